@@ -1,13 +1,17 @@
 """make_app(): the WSGI callable, and the single place that turns exceptions into responses."""
 import json
 import logging
+from time import perf_counter
 from urllib.parse import parse_qs
 
 import libvirt
 
 from . import errors
+from .bodies import Raw
 from .errors import HTTPError, bad_request
-from .pool import ConnectionPool
+from .events import EventHub
+from .metrics import RequestMetrics
+from .pool import ConnectionCache, ConnectionPool
 from .routes import Router, ROUTES
 
 log = logging.getLogger(__name__)
@@ -28,8 +32,9 @@ REASONS = {
 class Request:
     """What a handler sees of a request: method, path, query, body, and the libvirt connection."""
 
-    def __init__(self, environ, pool):
+    def __init__(self, environ, pool, app=None):
         self.environ = environ
+        self.app = app  # the WSGI app, for its per-app objects: hub, metrics, router
         self.method = environ['REQUEST_METHOD']
         # PEP 3333 hands the path over as latin-1; domain names may be UTF-8.
         self.path = environ.get('PATH_INFO', '').encode('latin-1').decode('utf-8', 'replace')
@@ -70,16 +75,21 @@ class Request:
             raise bad_request('the body is not valid JSON: %s' % err) from None
 
 
-def make_app(uri=None, pool=None, routes=ROUTES):
+def make_app(uri=None, pool=None, routes=ROUTES, hub=None):
     """A WSGI application serving the API on one pooled libvirt connection."""
     if pool is None:
         pool = ConnectionPool(uri or 'xen:///system')
     router = Router(routes)
+    hub = hub or EventHub()
+    pool.on_connect(hub.attach)
+    metrics = RequestMetrics()
 
     def app(environ, start_response):
-        request = Request(environ, pool)
+        started = perf_counter()
+        request = Request(environ, pool, app)
+        route = 'unmatched'  # a route pattern, never the raw path: metrics stay bounded
         try:
-            handler, params = router.match(request.method, request.path)
+            route, handler, params = router.find(request.method, request.path)
             answer = handler(request, **params)
         except HTTPError as err:
             answer = _error_answer(err)
@@ -91,10 +101,14 @@ def make_app(uri=None, pool=None, routes=ROUTES):
             log.exception('%s %s failed', request.method, request.path)
             answer = _error_answer(HTTPError(500, 'internal server error', 'internal_error'))
         status, body, headers = answer if len(answer) == 3 else (*answer, [])
+        metrics.observe(route, status, perf_counter() - started)
         return _respond(start_response, request.method, status, body, headers)
 
     app.pool = pool
     app.router = router
+    app.hub = hub
+    app.metrics = metrics
+    app.supports = ConnectionCache()  # what the driver can do, probed once per connection
     return app
 
 
@@ -105,6 +119,8 @@ def _error_answer(err):
 
 
 def _respond(start_response, method, status, body, headers):
+    if isinstance(body, Raw):
+        return _respond_raw(start_response, method, status, body, headers)
     if status in NO_BODY_STATUSES or body is None:
         payload = b''
     else:
@@ -112,3 +128,15 @@ def _respond(start_response, method, status, body, headers):
         headers = [('Content-Type', JSON_TYPE), ('Content-Length', str(len(payload)))] + headers
     start_response('%d %s' % (status, REASONS.get(status, 'Unknown')), headers)
     return [b''] if method == 'HEAD' else [payload]
+
+
+def _respond_raw(start_response, method, status, body, headers):
+    headers = [('Content-Type', body.content_type)] + headers
+    if not body.streamed:
+        headers.append(('Content-Length', str(len(body.content))))
+    start_response('%d %s' % (status, REASONS.get(status, 'Unknown')), headers)
+    if method != 'HEAD':
+        return body.content if body.streamed else [body.content]
+    if hasattr(body.content, 'close'):
+        body.content.close()
+    return [b'']

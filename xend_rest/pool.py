@@ -50,6 +50,16 @@ class ConnectionPool:
         self.connects = 0  # successful opens; every one after the first is a reconnect
         self._conn = None
         self._lock = threading.Lock()
+        self._on_connect = []
+
+    def on_connect(self, callback):
+        """Call callback(conn) on every connection this pool opens (e.g. to register for events)."""
+        self._on_connect.append(callback)
+
+    @property
+    def connected(self):
+        """Whether a connection is open now (never opens one)."""
+        return self._conn is not None
 
     def get(self):
         """The shared connection, opening it first if there is none (503 when that fails)."""
@@ -80,6 +90,11 @@ class ConnectionPool:
             conn.registerCloseCallback(self._on_close, None)
         except libvirt.libvirtError:
             pass  # only remote connections can close behind our back
+        for callback in self._on_connect:
+            try:
+                callback(conn)
+            except Exception:  # a failed hook must not cost the API its connection
+                log.exception('connection hook %r failed', callback)
         self.connects += 1
         log.info('connected to %s%s', self.uri, ' (reconnect)' if self.connects > 1 else '')
         return conn
@@ -107,3 +122,25 @@ class ConnectionPool:
                 conn.close()
             except libvirt.libvirtError:
                 pass
+
+
+class ConnectionCache:
+    """Values worked out once per libvirt connection, worked out again after a reconnect."""
+
+    def __init__(self):
+        self._conn = None
+        self._values = {}
+        self._lock = threading.Lock()
+
+    def get(self, conn, name, compute):
+        """The value of `name` for conn, calling compute(conn) the first time."""
+        with self._lock:
+            if self._conn is not conn:
+                self._conn, self._values = conn, {}
+            if name in self._values:
+                return self._values[name]
+        value = compute(conn)  # outside the lock: it may call libvirt
+        with self._lock:
+            if self._conn is conn:
+                self._values[name] = value
+        return value

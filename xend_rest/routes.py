@@ -26,21 +26,35 @@ ROUTES = [
 ]
 
 
+PARAMETER = re.compile(r'\(\?P<(\w+)>[^)]*\)')
+
+
+def path_template(pattern):
+    """A route's pattern as an OpenAPI path: '/nodes/(?P<ident>[^/]+)/json' -> '/nodes/{ident}/json'."""
+    return PARAMETER.sub(r'{\1}', pattern)
+
+
 class Router:
     """Finds the handler for a method and path, or raises 404, or 405 with its Allow header."""
 
     def __init__(self, routes):
-        self.routes = [(method, re.compile(pattern + r'\Z'), handler)
+        self.table = list(routes)
+        self.routes = [(method, re.compile(pattern + r'\Z'), handler,
+                        '%s %s' % (method, path_template(pattern)))
                        for method, pattern, handler in routes]
 
     def match(self, method, path):
+        return self.find(method, path)[1:]
+
+    def find(self, method, path):
+        """(route name, handler, path parameters); the name ('GET /nodes/{ident}/json') labels metrics."""
         allowed = set()
-        for route_method, pattern, handler in self.routes:
+        for route_method, pattern, handler, name in self.routes:
             found = pattern.match(path)
             if found is None:
                 continue
             if route_method == method or (method == 'HEAD' and route_method == 'GET'):
-                return handler, found.groupdict()
+                return name, handler, found.groupdict()
             allowed.add(route_method)
         if allowed:
             if 'GET' in allowed:

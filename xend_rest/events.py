@@ -1,0 +1,204 @@
+"""Domain events: libvirt's callbacks feed one bounded ring; each subscriber reads its own bounded queue.
+
+libvirt runs the callbacks on its event-loop thread, which also serves keepalives and every other
+connection's events: there they only build a small record, append it to the ring and hand it to the
+subscribers' queues, never anything that blocks.
+"""
+import collections
+import logging
+import threading
+import time
+from datetime import datetime, timezone
+
+import libvirt
+
+from .errors import unavailable
+
+log = logging.getLogger(__name__)
+
+# libvirt's virDomainEventType values, in order, and each one's detail names (also in order).
+LIFECYCLE_EVENTS = (
+    ('defined', ('added', 'updated', 'renamed', 'from_snapshot')),
+    ('undefined', ('removed', 'renamed')),
+    ('started', ('booted', 'migrated', 'restored', 'from_snapshot', 'wakeup')),
+    ('suspended', ('paused', 'migrated', 'ioerror', 'watchdog', 'restored', 'from_snapshot',
+                   'api_error', 'postcopy', 'postcopy_failed')),
+    ('resumed', ('unpaused', 'migrated', 'from_snapshot', 'postcopy', 'postcopy_failed')),
+    ('stopped', ('shutdown', 'destroyed', 'crashed', 'migrated', 'saved', 'failed',
+                 'from_snapshot')),
+    ('shutdown', ('finished', 'guest', 'host')),
+    ('pmsuspended', ('memory', 'disk')),
+    ('crashed', ('panicked', 'crashloaded')),
+)
+OTHER_EVENTS = ('reboot', 'device_added', 'device_removed')
+EVENT_NAMES = tuple(name for name, _details in LIFECYCLE_EVENTS) + OTHER_EVENTS
+
+# The state each event leaves the domain in, where the event alone says so.
+STATE_AFTER = {'started': 'running', 'resumed': 'running', 'suspended': 'paused',
+               'stopped': 'shutoff', 'pmsuspended': 'pmsuspended'}
+
+
+def lifecycle_names(event, detail):
+    """libvirt's (event, detail) numbers as names; a number this table predates stays visible."""
+    if 0 <= event < len(LIFECYCLE_EVENTS):
+        name, details = LIFECYCLE_EVENTS[event]
+    else:
+        name, details = 'unknown_%d' % event, ()
+    return name, details[detail] if 0 <= detail < len(details) else 'unknown_%d' % detail
+
+
+def _now():
+    return datetime.now(timezone.utc).isoformat(timespec='milliseconds').replace('+00:00', 'Z')
+
+
+class Subscription:
+    """One reader's view of the hub: a replay of the ring, then live records, up to `limit` queued."""
+
+    def __init__(self, wanted, limit, replay, last_id, gap):
+        self.wanted = wanted
+        self.end = None  # why no more records will come: 'overflow' or 'closed'
+        self.last_id = last_id  # of the last record read (or the `since` it started from)
+        self.gap = gap  # True when the ring no longer holds every record after `since`
+        self._limit = limit
+        self._replay = collections.deque(replay)
+        self._live = collections.deque()
+        self._ready = threading.Condition(threading.Lock())
+
+    def offer(self, record):
+        """Queue a record (event-loop thread, never blocks); False once this reader fell behind."""
+        with self._ready:
+            if self.end:
+                return False
+            if len(self._live) >= self._limit:
+                self.end = 'overflow'
+            else:
+                self._live.append(record)
+            self._ready.notify()
+            return self.end is None
+
+    def finish(self, reason):
+        with self._ready:
+            self.end = self.end or reason
+            self._ready.notify()
+
+    def get(self, timeout):
+        """The next record, or None after `timeout` seconds or once `end` is set and all is read."""
+        with self._ready:
+            if not self._replay and not self._live and self.end is None:
+                self._ready.wait(timeout)
+            queue = self._replay or self._live
+            if not queue:
+                return None
+            record = queue.popleft()
+            self.last_id = record['Id']
+            return record
+
+
+class EventHub:
+    """The last `ring_size` domain events of one app, and the subscribers that read them."""
+
+    def __init__(self, ring_size=1000, queue_size=1000, max_subscribers=16):
+        self.queue_size = queue_size
+        self.max_subscribers = max_subscribers
+        self.last_id = 0
+        self.overflows = 0
+        self._ring = collections.deque(maxlen=ring_size)
+        self._subscribers = set()
+        self._lock = threading.Lock()
+
+    @property
+    def subscribers(self):
+        return len(self._subscribers)
+
+    def attach(self, conn):
+        """Register for the domain events of a connection the pool just opened."""
+        for event_id, callback in (
+                (libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle),
+                (libvirt.VIR_DOMAIN_EVENT_ID_REBOOT, self._on_reboot),
+                (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_ADDED, self._on_device_added),
+                (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, self._on_device_removed)):
+            try:
+                conn.domainEventRegisterAny(None, event_id, callback, None)
+            except libvirt.libvirtError as err:
+                log.warning('no domain events of kind %d from this driver: %s',
+                            event_id, err.get_error_message())
+
+    def _on_lifecycle(self, _conn, dom, event, detail, _opaque):
+        self.publish(dom.name(), dom.UUIDString(), *lifecycle_names(event, detail))
+
+    def _on_reboot(self, _conn, dom, _opaque):
+        self.publish(dom.name(), dom.UUIDString(), 'reboot', None)
+
+    def _on_device_added(self, _conn, dom, alias, _opaque):
+        self.publish(dom.name(), dom.UUIDString(), 'device_added', alias)
+
+    def _on_device_removed(self, _conn, dom, alias, _opaque):
+        self.publish(dom.name(), dom.UUIDString(), 'device_removed', alias)
+
+    def publish(self, name, uuid, event, detail):
+        """Number a record, keep it in the ring and offer it to every subscriber that wants it."""
+        with self._lock:
+            self.last_id += 1
+            record = {'Id': self.last_id, 'Time': _now(), 'Event': event, 'Detail': detail,
+                      'Domain': {'Name': name, 'Uuid': uuid}}
+            self._ring.append(record)
+            behind = [sub for sub in self._subscribers
+                      if sub.wanted(record) and not sub.offer(record)]
+            for sub in behind:  # it reads the rest of its queue, then a notice to reconnect
+                self._subscribers.discard(sub)
+                self.overflows += 1
+        return record
+
+    def subscribe(self, wanted=None, since=None):
+        """A new Subscription (503 when `max_subscribers` are open): replays the ring after `since`."""
+        wanted = wanted or (lambda _record: True)
+        with self._lock:
+            if len(self._subscribers) >= self.max_subscribers:
+                raise unavailable('%d event streams and waits are open already, the most this '
+                                  'daemon serves at once' % self.max_subscribers)
+            replay = []
+            if since is not None:
+                if since > self.last_id:
+                    since = 0  # ids from before a restart of the daemon: replay all we have
+                replay = [record for record in self._ring
+                          if record['Id'] > since and wanted(record)]
+            if since is None:
+                since = self.last_id
+            gap = bool(self._ring) and self._ring[0]['Id'] > since + 1
+            sub = Subscription(wanted, self.queue_size, replay, since, gap)
+            self._subscribers.add(sub)
+        return sub
+
+    def unsubscribe(self, sub):
+        with self._lock:
+            self._subscribers.discard(sub)
+        sub.finish('closed')
+
+    def close(self):
+        """End every subscription (the daemon is stopping)."""
+        with self._lock:
+            subscribers, self._subscribers = self._subscribers, set()
+        for sub in subscribers:
+            sub.finish('closed')
+
+
+def wait_for(hub, uuid, reached, timeout, first):
+    """Wait up to `timeout` s until reached(record) for an event of domain `uuid`.
+
+    Subscribes before calling first() (which acts and/or checks the current state, True when
+    already there), so an event that happens in between cannot be missed.
+    """
+    sub = hub.subscribe(lambda record: record['Domain']['Uuid'] == uuid)
+    try:
+        if first():
+            return True
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or sub.end:
+                return False
+            record = sub.get(remaining)
+            if record is not None and reached(record):
+                return True
+    finally:
+        hub.unsubscribe(sub)

@@ -1,0 +1,85 @@
+"""The daemon's own request metrics, and Prometheus' text exposition format (version 0.0.4)."""
+import bisect
+import threading
+
+CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8'
+# Seconds; an API call on a local hypervisor takes about a millisecond, a wait up to minutes.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60, 600)
+
+
+class RequestMetrics:
+    """Request counts and a latency histogram per (route, status); one per app."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._series = {}  # (route, status) -> [count per bucket..., +Inf count, sum of seconds]
+
+    def observe(self, route, status, seconds):
+        """Count one answered request (on every request's path: keep it cheap)."""
+        bucket = bisect.bisect_left(LATENCY_BUCKETS, seconds)
+        with self._lock:
+            series = self._series.get((route, status))
+            if series is None:
+                series = self._series[route, status] = [0] * (len(LATENCY_BUCKETS) + 1) + [0.0]
+            series[bucket] += 1
+            series[-1] += seconds
+
+    def samples(self):
+        """(route, status, cumulative bucket counts, count, sum) for each series, sorted."""
+        with self._lock:
+            snapshot = {key: list(series) for key, series in self._series.items()}
+        for (route, status), series in sorted(snapshot.items()):
+            cumulative, running = [], 0
+            for count in series[:-1]:
+                running += count
+                cumulative.append(running)
+            yield route, status, cumulative, running, series[-1]
+
+
+def escape(value):
+    """A label value as the exposition format wants it: backslash, quote and newline escaped."""
+    return str(value).replace('\\', '\\\\').replace('"', '\\"').replace('\n', '\\n')
+
+
+def labels(**pairs):
+    return '{%s}' % ','.join('%s="%s"' % (name, escape(value)) for name, value in pairs.items())
+
+
+class Exposition:
+    """Builds the text of a scrape: each metric family once, with its HELP and TYPE lines."""
+
+    def __init__(self):
+        self._families = {}  # name -> (help, type, [lines]); dicts keep insertion order
+
+    def add(self, name, kind, help_text, value, label_text='', suffix=''):
+        family = self._families.setdefault(name, (help_text, kind, []))
+        family[2].append('%s%s%s %s' % (name, suffix, label_text, _number(value)))
+
+    def text(self):
+        out = []
+        for name, (help_text, kind, lines) in self._families.items():
+            out.append('# HELP %s %s' % (name, help_text.replace('\\', '\\\\').replace('\n', '\\n')))
+            out.append('# TYPE %s %s' % (name, kind))
+            out.extend(lines)
+        return '\n'.join(out) + '\n'
+
+
+def _number(value):
+    return repr(value) if isinstance(value, float) else str(int(value))  # counters are finite
+
+
+def add_requests(exposition, metrics):
+    """The request counter and latency histogram into an exposition."""
+    for route, status, cumulative, count, total in metrics.samples():
+        exposition.add('xend_http_requests_total', 'counter',
+                       'HTTP requests answered, by route pattern and status.',
+                       count, labels(route=route, status=status))
+    for route, status, cumulative, count, total in metrics.samples():
+        name = 'xend_http_request_duration_seconds'
+        help_text = 'Time from receiving a request to having its answer (a stream: its start).'
+        for bound, running in zip(LATENCY_BUCKETS + ('+Inf',), cumulative):
+            exposition.add(name, 'histogram', help_text, running,
+                           labels(route=route, status=status, le=bound), '_bucket')
+        exposition.add(name, 'histogram', help_text, total, labels(route=route, status=status), '_sum')
+        exposition.add(name, 'histogram', help_text, count, labels(route=route, status=status),
+                       '_count')
