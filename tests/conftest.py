@@ -68,7 +68,8 @@ class Response:
         self.status = int(status.split()[0])
         self.headers = dict(headers)
         self.body = body
-        self.json = json.loads(body) if body else None
+        is_json = self.headers.get('Content-Type', '').startswith('application/json')
+        self.json = json.loads(body) if body and is_json else None
 
 
 class Client:

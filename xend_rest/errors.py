@@ -88,3 +88,8 @@ def from_libvirt(err):
 def unavailable(message):
     return HTTPError(503, 'libvirt is unreachable: ' + message, 'hypervisor_unavailable',
                      [('Retry-After', RETRY_AFTER)])
+
+
+def wait_timeout(message):
+    """A wait the client bounded ran out: 408, since nothing upstream failed (504 says it did)."""
+    return HTTPError(408, message, 'wait_timeout')

@@ -12,7 +12,8 @@ from datetime import datetime, timezone
 
 import libvirt
 
-from .errors import unavailable
+from .errors import is_no_domain, unavailable
+from .stats import state_name
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,15 @@ EVENT_NAMES = tuple(name for name, _details in LIFECYCLE_EVENTS) + OTHER_EVENTS
 # The state each event leaves the domain in, where the event alone says so.
 STATE_AFTER = {'started': 'running', 'resumed': 'running', 'suspended': 'paused',
                'stopped': 'shutoff', 'pmsuspended': 'pmsuspended'}
+# What a client may wait for, and the states that satisfy it: Xen reports an idle guest as blocked.
+CONDITION_STATES = {
+    'running': ('running', 'blocked'),
+    'paused': ('paused',),
+    'shutoff': ('shutoff',),
+    'undefined': ('undefined',),
+}
+MAX_WAIT_SECONDS = 600  # a wait holds a server worker: bounded
+RESTART_EVENTS = ('reboot', 'started')  # Xen restarts a guest as a new domain: stopped, started
 
 
 def lifecycle_names(event, detail):
@@ -97,8 +107,9 @@ class Subscription:
 class EventHub:
     """The last `ring_size` domain events of one app, and the subscribers that read them."""
 
-    def __init__(self, ring_size=1000, queue_size=1000, max_subscribers=16):
+    def __init__(self, ring_size=1000, queue_size=1000, max_subscribers=16, heartbeat=15.0):
         self.queue_size = queue_size
+        self.heartbeat = heartbeat  # seconds between keep-alives on an idle stream
         self.max_subscribers = max_subscribers
         self.last_id = 0
         self.overflows = 0
@@ -202,3 +213,37 @@ def wait_for(hub, uuid, reached, timeout, first):
                 return True
     finally:
         hub.unsubscribe(sub)
+
+
+def current_state(conn, uuid):
+    """The domain's state name now; 'undefined' once libvirt no longer knows it."""
+    try:
+        return state_name(conn.lookupByUUIDString(uuid).state()[0])
+    except libvirt.libvirtError as err:
+        if is_no_domain(err):
+            return 'undefined'
+        raise
+
+
+def wait_for_state(hub, conn, uuid, condition, timeout, action=None):
+    """Run action() (if any), then wait until the domain is in `condition`; False on timeout."""
+    states = CONDITION_STATES[condition]
+
+    def first():
+        if action is not None:
+            action()
+        return current_state(conn, uuid) in states
+
+    def reached(record):
+        # The event names the state it led to; a later one may already have passed: ask too.
+        return STATE_AFTER.get(record['Event']) in states or current_state(conn, uuid) in states
+
+    return wait_for(hub, uuid, reached, timeout, first)
+
+
+def wait_for_restart(hub, uuid, timeout, action):
+    """Run action() (a reboot), then wait for the reboot event or the domain starting again."""
+    def first():
+        action()
+        return False
+    return wait_for(hub, uuid, lambda record: record['Event'] in RESTART_EVENTS, timeout, first)

@@ -92,3 +92,15 @@ def parse_choice(request, name, choices, default):
     if value not in choices:
         raise bad_request('%s=%s: expected one of %s' % (name, value, ', '.join(choices)))
     return choices[value]
+
+
+def parse_seconds(request, name, default=None, maximum=600):
+    """A duration in seconds (decimals allowed) from 0 to `maximum`; `default` when absent."""
+    value = request.arg(name)
+    if value is None:
+        return default
+    whole, _, fraction = value.partition('.')
+    if not (_is_whole(whole) and (not fraction or _is_whole(fraction))) \
+            or float(value) > maximum:
+        raise bad_request('%s=%s: expected a number of seconds from 0 to %d' % (name, value, maximum))
+    return float(value)

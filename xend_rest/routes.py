@@ -2,7 +2,8 @@
 import re
 
 from .errors import HTTPError
-from .handlers import domains
+from .handlers import domains, events, host
+from .openapi import path_template
 
 NODES = '/libvirt/xen/nodes'
 DOMAIN = NODES + '/(?P<ident>[^/]+)'
@@ -23,15 +24,16 @@ ROUTES = [
     ('POST', DOMAIN + '/devices/update', domains.update_device),
     ('POST', DOMAIN + '/memory/resize', domains.resize_memory),
     ('POST', DOMAIN + '/vcpu/resize', domains.resize_vcpu),
+    ('POST', DOMAIN + '/wait', events.wait_domain),
+    ('GET', DOMAIN + '/stats', host.domain_stats),
+    ('GET', NODES + '/stats', host.all_stats),
+    ('GET', '/libvirt/xen/events', events.stream_events),
+    ('GET', '/_ping', host.ping),
+    ('GET', '/version', host.version),
+    ('GET', '/info', host.info),
+    ('GET', '/metrics', host.metrics),
+    ('GET', '/openapi.json', host.openapi_document),
 ]
-
-
-PARAMETER = re.compile(r'\(\?P<(\w+)>[^)]*\)')
-
-
-def path_template(pattern):
-    """A route's pattern as an OpenAPI path: '/nodes/(?P<ident>[^/]+)/json' -> '/nodes/{ident}/json'."""
-    return PARAMETER.sub(r'{\1}', pattern)
 
 
 class Router:

@@ -4,9 +4,11 @@ import re
 import libvirt
 
 from .. import convert
-from ..errors import HTTPError, from_libvirt, is_no_domain
+from ..errors import HTTPError, from_libvirt, is_no_domain, wait_timeout
+from ..events import MAX_WAIT_SECONDS, wait_for_restart, wait_for_state
 from ..params import (AFFECT_FLAGS, DESTROY_FLAGS, DOMAIN_XML_FLAGS, REBOOT_FLAGS, SHUTDOWN_FLAGS,
-                      START_FLAGS, UNDEFINE_FLAGS, parse_bool, parse_choice, parse_flag, parse_int)
+                      START_FLAGS, UNDEFINE_FLAGS, parse_bool, parse_choice, parse_flag, parse_int,
+                      parse_seconds)
 
 UUID = re.compile(r'[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}\Z')
 DOM0_UUID = '00000000-0000-0000-0000-000000000000'
@@ -101,11 +103,18 @@ def start_domain(request, ident):
 
 
 def stop_domain(request, ident):
+    """Ask the guest to shut down; with wait=S, answer once it is shut off (408 after S s)."""
     flag = parse_flag(request, SHUTDOWN_FLAGS)
+    wait = parse_seconds(request, 'wait', maximum=MAX_WAIT_SECONDS)
     dom = lookup_domain(request.conn, ident)
     if not dom.isActive():
         return NOT_MODIFIED
-    dom.shutdownFlags(flag)
+    if wait is None:
+        dom.shutdownFlags(flag)
+    elif not wait_for_state(request.app.hub, request.conn, dom.UUIDString(), 'shutoff', wait,
+                            lambda: dom.shutdownFlags(flag)):
+        raise wait_timeout('the shutdown of %s was asked for, but it was not shut off within '
+                           '%g s' % (dom.name(), wait))
     return NO_CONTENT
 
 
@@ -119,9 +128,15 @@ def destroy_domain(request, ident):
 
 
 def restart_domain(request, ident):
+    """Ask the guest to reboot; with wait=S, answer once it has (408 after S s)."""
     flag = parse_flag(request, REBOOT_FLAGS)
+    wait = parse_seconds(request, 'wait', maximum=MAX_WAIT_SECONDS)
     dom = _active_domain(request, ident)
-    dom.reboot(flag)
+    if wait is None:
+        dom.reboot(flag)
+    elif not wait_for_restart(request.app.hub, dom.UUIDString(), wait, lambda: dom.reboot(flag)):
+        raise wait_timeout('the reboot of %s was asked for, but no reboot was seen within %g s'
+                           % (dom.name(), wait))
     return NO_CONTENT
 
 

@@ -1,0 +1,138 @@
+"""Watching instead of polling: the domain event stream, and waiting for a domain's state."""
+import json
+import time
+
+from ..bodies import Raw
+from ..errors import HTTPError, bad_request, wait_timeout
+from ..events import CONDITION_STATES, EVENT_NAMES, MAX_WAIT_SECONDS, wait_for_state
+from ..params import parse_choice, parse_int, parse_seconds
+from .domains import lookup_domain
+
+NDJSON_TYPE = 'application/x-ndjson'
+SSE_TYPE = 'text/event-stream'
+MAX_STREAM_SECONDS = 7 * 24 * 3600
+DEFAULT_WAIT_SECONDS = 60
+STREAM_HEADERS = [('Cache-Control', 'no-cache'), ('X-Accel-Buffering', 'no')]
+
+
+def stream_events(request):
+    """GET /events: domain events as they happen (after a replay of those since `since`)."""
+    since = _since(request)
+    wanted = _filter(_listed(request, 'domain'), _listed(request, 'event'))
+    limit = parse_int(request, 'limit', minimum=1) if request.arg('limit') is not None else None
+    timeout = parse_seconds(request, 'timeout', maximum=MAX_STREAM_SECONDS)
+    sse = SSE_TYPE in request.environ.get('HTTP_ACCEPT', '')
+    request.conn  # the pool registers for events when it connects: be connected
+    hub = request.app.hub
+    subscription = hub.subscribe(wanted, since)
+    stream = EventStream(hub, subscription, request.app.pool, sse, limit, timeout)
+    return 200, Raw(stream, SSE_TYPE if sse else NDJSON_TYPE), list(STREAM_HEADERS)
+
+
+def _since(request):
+    value = request.arg('since')
+    if value is None:  # an EventSource reconnecting says where it stopped in this header
+        value = request.environ.get('HTTP_LAST_EVENT_ID') or None
+    if value is None:
+        return None
+    if not (value.isascii() and value.isdigit() and len(value) <= 20):
+        raise bad_request('since=%s: expected the id of an event, a whole number' % value)
+    return int(value)
+
+
+def _listed(request, name):
+    """A filter's values: the parameter may be repeated, or list values separated by commas."""
+    return {item for value in request.query.get(name, ()) for item in value.split(',') if item}
+
+
+def _filter(domains, events):
+    unknown = events - set(EVENT_NAMES)
+    if unknown:
+        raise bad_request('event=%s: expected some of %s'
+                          % (','.join(sorted(unknown)), ', '.join(EVENT_NAMES)))
+    domains = {name.lower() for name in domains}  # a UUID in either case; names as given
+
+    def wanted(record):
+        return ((not events or record['Event'] in events)
+                and (not domains or record['Domain']['Name'].lower() in domains
+                     or record['Domain']['Uuid'] in domains))
+    return wanted
+
+
+class EventStream:
+    """The body of an event stream: JSON lines (or Server-Sent Events) and keep-alive heartbeats.
+
+    Heartbeats make a vanished client noticed (the write fails, the server closes us, we
+    unsubscribe); the server calls close() however the stream ends.
+    """
+
+    def __init__(self, hub, subscription, pool, sse, limit, timeout):
+        self.hub, self.subscription, self.pool = hub, subscription, pool
+        self.sse, self.limit = sse, limit
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+
+    def __iter__(self):
+        yield self._heartbeat()  # sends the response head now, before any event
+        if self.subscription.gap:
+            yield self._notice('gap', 'some events after the one asked for are no longer kept; '
+                               'read the current state again')
+        sent = 0
+        while self.limit is None or sent < self.limit:
+            wait = self.hub.heartbeat
+            if self.deadline is not None:
+                wait = min(wait, self.deadline - time.monotonic())
+                if wait <= 0:
+                    return
+            record = self.subscription.get(wait)
+            if record is not None:
+                sent += 1
+                yield self._event(record)
+            elif self.subscription.end:
+                yield self._end_notice(self.subscription.end)
+                return
+            else:
+                self._reconnect()
+                yield self._heartbeat()
+
+    def close(self):
+        self.hub.unsubscribe(self.subscription)
+
+    def _reconnect(self):
+        """Reopen a broken libvirt connection (and so register for its events again)."""
+        try:
+            self.pool.get()
+        except HTTPError:
+            pass  # libvirt is still away: try again at the next heartbeat
+
+    def _event(self, record):
+        data = json.dumps(record, sort_keys=True)
+        if self.sse:
+            return ('id: %d\nevent: %s\ndata: %s\n\n' % (record['Id'], record['Event'], data)).encode()
+        return data.encode() + b'\n'
+
+    def _notice(self, kind, message):
+        notice = {'Notice': kind, 'Message': message, 'LastId': self.subscription.last_id}
+        data = json.dumps(notice, sort_keys=True)
+        return ('event: notice\ndata: %s\n\n' % data if self.sse else data + '\n').encode()
+
+    def _end_notice(self, reason):
+        if reason == 'overflow':
+            return self._notice('overflow', 'this client fell behind and was dropped; reconnect '
+                                'with since=LastId to read on without a loss')
+        return self._notice('closed', 'the daemon is stopping; reconnect with since=LastId')
+
+    def _heartbeat(self):
+        return b':\n\n' if self.sse else b'\n'
+
+
+def wait_domain(request, ident):
+    """POST /nodes/(id)/wait: answers once the domain reaches `condition`; 408 after `timeout`."""
+    if request.arg('condition') is None:
+        raise bad_request('query parameter "condition" is required: one of %s'
+                          % ', '.join(CONDITION_STATES))
+    condition = parse_choice(request, 'condition', {name: name for name in CONDITION_STATES}, None)
+    timeout = parse_seconds(request, 'timeout', DEFAULT_WAIT_SECONDS, MAX_WAIT_SECONDS)
+    dom = lookup_domain(request.conn, ident)
+    if not wait_for_state(request.app.hub, request.conn, dom.UUIDString(), condition, timeout):
+        raise wait_timeout('domain %s did not become %s within %g s' % (dom.name(), condition, timeout))
+    return 200, {'State': condition}

@@ -1,0 +1,201 @@
+"""What operators look at: liveness, versions, the host, statistics, metrics and the API's spec."""
+import libvirt
+
+from .. import __version__, openapi
+from ..bodies import Raw
+from ..errors import HTTPError, is_no_domain
+from ..metrics import CONTENT_TYPE as METRICS_TYPE, Exposition, add_requests, labels
+from ..params import parse_bool
+from ..stats import STATE_NAMES, bulk_stats, describe
+from .domains import is_dom0, lookup_domain
+
+API_VERSION = '1.0'
+TEXT_TYPE = 'text/plain; charset=utf-8'
+# Optional domain calls, probed with an empty definition and an unknown flag bit: a driver that
+# has the call refuses the flag (or the XML) before doing anything; one that lacks it says so.
+PROBED_CALLS = (
+    ('DeviceAttach', 'attachDeviceFlags'),
+    ('DeviceDetach', 'detachDeviceFlags'),
+    ('DeviceUpdate', 'updateDeviceFlags'),
+)
+PROBE_FLAG = 1 << 31
+UNSUPPORTED = (libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_OPERATION_UNSUPPORTED)
+# (our state count key, listAllDomains flag)
+STATE_LISTS = (
+    ('running', libvirt.VIR_CONNECT_LIST_DOMAINS_RUNNING),
+    ('paused', libvirt.VIR_CONNECT_LIST_DOMAINS_PAUSED),
+    ('shutoff', libvirt.VIR_CONNECT_LIST_DOMAINS_SHUTOFF),
+    ('other', libvirt.VIR_CONNECT_LIST_DOMAINS_OTHER),
+)
+
+
+def ping(request):
+    """GET /_ping: the daemon answers; it opens no libvirt connection (GET /info does)."""
+    connected = 'true' if request.app.pool.connected else 'false'
+    return 200, Raw(b'OK', TEXT_TYPE), [('Api-Version', API_VERSION), ('Cache-Control', 'no-cache'),
+                                        ('Libvirt-Connected', connected)]
+
+
+def version(request):
+    conn = request.conn
+    return 200, {
+        'Version': __version__,
+        'ApiVersion': API_VERSION,
+        'LibvirtVersion': _dotted(libvirt.getVersion()),  # the library this daemon runs on
+        'DaemonLibvirtVersion': _dotted(conn.getLibVersion()),  # libvirtd's, when remote
+        'Hypervisor': conn.getType(),
+        'HypervisorVersion': _dotted(conn.getVersion()),
+    }
+
+
+def _dotted(number):
+    """libvirt's version number (major * 1,000,000 + minor * 1,000 + release) as text."""
+    return '%d.%d.%d' % (number // 1000000, number // 1000 % 1000, number % 1000)
+
+
+def info(request):
+    conn = request.conn
+    model, memory_mib, cpus, mhz, numa_nodes, sockets, cores, threads = conn.getInfo()
+    return 200, {
+        'Hostname': conn.getHostname(),
+        'Driver': conn.getType(),
+        'Uri': conn.getURI(),
+        'Cpus': cpus, 'CpuModel': model, 'CpuMhz': mhz,
+        'NumaNodes': numa_nodes, 'Sockets': sockets, 'Cores': cores, 'Threads': threads,
+        'MemoryKiB': memory_mib * 1024,
+        'Domains': _domain_counts(conn),
+        'Supports': request.app.supports.get(conn, 'operations', _probe_operations),
+    }
+
+
+def _domain_counts(conn):
+    return {state: sum(1 for dom in conn.listAllDomains(flag) if not is_dom0(dom))
+            for state, flag in STATE_LISTS}
+
+
+def _probe_operations(conn):
+    """Which optional operations this driver has, found out without changing anything."""
+    supports = {'BulkStats': _has(lambda: conn.getAllDomainStats(
+        libvirt.VIR_DOMAIN_STATS_STATE, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE))}
+    domains = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE) or conn.listAllDomains(0)
+    for name, method in PROBED_CALLS:  # without a domain to ask, we cannot tell: null
+        supports[name] = _has(lambda: getattr(domains[0], method)('', PROBE_FLAG)) \
+            if domains else None
+    return supports
+
+
+def _has(call):
+    try:
+        call()
+    except libvirt.libvirtError as err:
+        return err.get_error_code() not in UNSUPPORTED
+    return True
+
+
+def domain_stats(request, ident):
+    """GET /nodes/(id)/stats: one domain's CPU, memory, block and network counters."""
+    dom = lookup_domain(request.conn, ident)
+    found = _described(request.conn, [dom])
+    if not found:
+        raise HTTPError(404, 'no such domain: %s' % ident, 'no_such_domain')
+    return 200, found[0]
+
+
+def all_stats(request):
+    """GET /nodes/stats: the counters of every running domain (all=1: every defined one)."""
+    every = parse_bool(request, 'all')
+    return 200, _described(request.conn, active_only=not every)
+
+
+def _described(conn, domains=None, active_only=False):
+    described = []
+    for dom, raw in bulk_stats(conn, domains, active_only):
+        try:
+            if not is_dom0(dom):
+                described.append(describe(dom, raw))
+        except libvirt.libvirtError as err:
+            if not is_no_domain(err):  # a domain may vanish between listing and reading
+                raise
+    return described
+
+
+# (metric, type, help, value of a described domain); None values are left out.
+DOMAIN_METRICS = (
+    ('xend_domain_state', 'gauge', 'Domain state: ' + ', '.join(
+        '%d %s' % pair for pair in enumerate(STATE_NAMES)) + '.',
+     lambda d: STATE_NAMES.index(d['State']) if d['State'] in STATE_NAMES else None),
+    ('xend_domain_cpu_seconds_total', 'counter', 'CPU time the domain used, in seconds.',
+     lambda d: None if d['CpuTimeNs'] is None else d['CpuTimeNs'] / 1e9),
+    ('xend_domain_vcpus', 'gauge', 'Virtual CPUs the domain has now.', lambda d: d['Vcpus']),
+    ('xend_domain_memory_current_bytes', 'gauge', 'Memory the domain has now (its balloon).',
+     lambda d: _bytes(d['Memory']['CurrentKiB'])),
+    ('xend_domain_memory_maximum_bytes', 'gauge', 'Memory the domain may grow to.',
+     lambda d: _bytes(d['Memory']['MaximumKiB'])),
+)
+# (metric, our counter key, help), per device
+BLOCK_METRICS = (
+    ('xend_domain_block_read_requests_total', 'ReadRequests', 'Read requests of a disk.'),
+    ('xend_domain_block_read_bytes_total', 'ReadBytes', 'Bytes read from a disk.'),
+    ('xend_domain_block_write_requests_total', 'WriteRequests', 'Write requests of a disk.'),
+    ('xend_domain_block_write_bytes_total', 'WriteBytes', 'Bytes written to a disk.'),
+    ('xend_domain_block_errors_total', 'Errors', 'I/O errors of a disk.'),
+)
+NET_METRICS = (
+    ('xend_domain_network_receive_bytes_total', 'RxBytes', 'Bytes received by an interface.'),
+    ('xend_domain_network_receive_packets_total', 'RxPackets', 'Packets received.'),
+    ('xend_domain_network_receive_errors_total', 'RxErrors', 'Receive errors.'),
+    ('xend_domain_network_receive_drops_total', 'RxDrops', 'Received packets dropped.'),
+    ('xend_domain_network_transmit_bytes_total', 'TxBytes', 'Bytes sent by an interface.'),
+    ('xend_domain_network_transmit_packets_total', 'TxPackets', 'Packets sent.'),
+    ('xend_domain_network_transmit_errors_total', 'TxErrors', 'Transmit errors.'),
+    ('xend_domain_network_transmit_drops_total', 'TxDrops', 'Packets to send that were dropped.'),
+)
+
+
+def _bytes(kib):
+    return None if kib is None else kib * 1024
+
+
+def metrics(request):
+    """GET /metrics: domains and the daemon itself, in Prometheus' text format."""
+    exposition = Exposition()
+    try:
+        described = _described(request.conn)
+        up = 1
+    except HTTPError:  # libvirt is unreachable: still answer, with what the daemon knows
+        described, up = [], 0
+    exposition.add('xend_libvirt_up', 'gauge', 'Whether libvirt answered this scrape.', up)
+    _add_domains(exposition, described)
+    app = request.app
+    exposition.add('xend_libvirt_connects_total', 'counter',
+                   'Connections opened to libvirt; each after the first is a reconnect.',
+                   app.pool.connects)
+    exposition.add('xend_events_total', 'counter', 'Domain events received from libvirt.',
+                   app.hub.last_id)
+    exposition.add('xend_event_subscribers', 'gauge', 'Open event streams and waits.',
+                   app.hub.subscribers)
+    exposition.add('xend_event_overflows_total', 'counter',
+                   'Event streams dropped because their client fell behind.', app.hub.overflows)
+    add_requests(exposition, app.metrics)
+    return 200, Raw(exposition.text().encode(), METRICS_TYPE)
+
+
+def _add_domains(exposition, described):
+    for name, kind, help_text, value_of in DOMAIN_METRICS:
+        for dom in described:
+            value = value_of(dom)
+            if value is not None:
+                exposition.add(name, kind, help_text, value,
+                               labels(domain=dom['Name'], uuid=dom['Uuid']))
+    for group, table in (('Block', BLOCK_METRICS), ('Network', NET_METRICS)):
+        for name, key, help_text in table:
+            for dom in described:
+                for device in dom[group]:
+                    if device[key] is not None:
+                        exposition.add(name, 'counter', help_text, device[key], labels(
+                            domain=dom['Name'], uuid=dom['Uuid'], device=device['Device']))
+
+
+def openapi_document(request):
+    """GET /openapi.json: this API in OpenAPI 3, built from the route table."""
+    return 200, openapi.document(request.app.router.table)

@@ -1,0 +1,153 @@
+"""What libvirt reports about domains: state names, and CPU, memory, block and network counters.
+
+The bulk stats API (one call for every domain) is used where the driver has it; where it lacks the
+call or a group of statistics (Xen's libxl driver, the test driver), each missing group falls back
+to its per-domain call, and a statistic the driver cannot give at all is null.  Either way the
+answer has the same shape.
+"""
+import xml.etree.ElementTree as ElementTree
+
+import libvirt
+
+STATE_NAMES = ('nostate', 'running', 'blocked', 'paused', 'shutdown', 'shutoff', 'crashed',
+               'pmsuspended')
+STATS_GROUPS = (libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
+                | libvirt.VIR_DOMAIN_STATS_BALLOON | libvirt.VIR_DOMAIN_STATS_VCPU
+                | libvirt.VIR_DOMAIN_STATS_INTERFACE | libvirt.VIR_DOMAIN_STATS_BLOCK)
+# A driver may lack a call (NO_SUPPORT) or refuse it for an inactive domain or unknown device.
+SKIPPED_ERRORS = {libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_OPERATION_UNSUPPORTED,
+                  libvirt.VIR_ERR_OPERATION_INVALID, libvirt.VIR_ERR_INVALID_ARG}
+
+# (our key, bulk stats key, index in the tuple of the per-device call)
+BLOCK_COUNTERS = (
+    ('ReadRequests', 'rd.reqs', 0), ('ReadBytes', 'rd.bytes', 1),
+    ('WriteRequests', 'wr.reqs', 2), ('WriteBytes', 'wr.bytes', 3), ('Errors', 'errs', 4),
+)
+NET_COUNTERS = (
+    ('RxBytes', 'rx.bytes', 0), ('RxPackets', 'rx.pkts', 1), ('RxErrors', 'rx.errs', 2),
+    ('RxDrops', 'rx.drop', 3), ('TxBytes', 'tx.bytes', 4), ('TxPackets', 'tx.pkts', 5),
+    ('TxErrors', 'tx.errs', 6), ('TxDrops', 'tx.drop', 7),
+)
+
+
+def state_name(state):
+    return STATE_NAMES[state] if 0 <= state < len(STATE_NAMES) else 'unknown_%d' % state
+
+
+def is_skipped(err):
+    return err.get_error_code() in SKIPPED_ERRORS
+
+
+def bulk_stats(conn, domains=None, active_only=False):
+    """[(dom, raw stats)] from one bulk call; raw stats are {} when the driver has no bulk call."""
+    try:
+        if domains is not None:
+            return conn.domainListGetStats(domains, STATS_GROUPS) if domains else []
+        flags = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE if active_only else 0
+        return conn.getAllDomainStats(STATS_GROUPS, flags)
+    except libvirt.libvirtError as err:
+        if not is_skipped(err):
+            raise
+    if domains is None:
+        domains = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE if active_only else 0)
+    return [(dom, {}) for dom in domains]
+
+
+def describe(dom, raw):
+    """One domain's statistics, from its bulk record and per-statistic calls for what it lacks."""
+    info = _Lazy(dom.info)
+    state = raw.get('state.state')
+    if state is None:
+        state = dom.state()[0]
+    active = state != libvirt.VIR_DOMAIN_SHUTOFF
+    devices = _Lazy(lambda: _device_names(dom))
+    return {
+        'Name': dom.name(),
+        'Uuid': dom.UUIDString(),
+        'Id': dom.ID() if active else None,
+        'State': state_name(state),
+        'CpuTimeNs': _first(raw.get('cpu.time'), lambda: _item(info(), 4)),
+        'Vcpus': _first(raw.get('vcpu.current'), lambda: _item(info(), 3)),
+        'Memory': {
+            'CurrentKiB': _first(raw.get('balloon.current'), lambda: _balloon(dom, info)),
+            'MaximumKiB': _first(raw.get('balloon.maximum'), lambda: _item(info(), 1)),
+        },
+        'Block': _devices(raw, 'block', BLOCK_COUNTERS, dom.blockStats,
+                          lambda: devices()[0]) if active else [],
+        'Network': _devices(raw, 'net', NET_COUNTERS, dom.interfaceStats,
+                            lambda: devices()[1]) if active else [],
+    }
+
+
+class _Lazy:
+    """A libvirt call made at most once, and only if needed; None if the driver cannot."""
+
+    def __init__(self, call):
+        self._call = call
+        self._done = False
+        self._value = None
+
+    def __call__(self):
+        if not self._done:
+            self._value, self._done = _optional(self._call), True
+        return self._value
+
+
+def _optional(call):
+    try:
+        return call()
+    except libvirt.libvirtError as err:
+        if not is_skipped(err):
+            raise
+        return None
+
+
+def _first(value, fallback):
+    """The bulk value if the driver gave one, else the fallback's (None if that fails too)."""
+    return value if value is not None else fallback()
+
+
+def _item(values, index):
+    return None if values is None else values[index]
+
+
+def _balloon(dom, info):
+    memory = _optional(dom.memoryStats) or {}
+    return memory['actual'] if 'actual' in memory else _item(info(), 2)
+
+
+def _devices(raw, group, counters, per_device_call, names):
+    count = raw.get(group + '.count')
+    if count is not None:  # the bulk record has this group
+        return [_device(raw.get('%s.%d.name' % (group, index)),
+                        lambda key: raw.get('%s.%d.%s' % (group, index, key)), counters)
+                for index in range(count)]
+    found = []
+    for name in names() or ():
+        values = _optional(lambda: per_device_call(name))
+        if values is not None:
+            found.append(_device(name, lambda key: _at(values, counters, key), counters))
+    return found
+
+
+def _at(values, counters, key):
+    index = next(index for _name, bulk_key, index in counters if bulk_key == key)
+    return values[index] if values[index] >= 0 else None  # libvirt's -1: not known
+
+
+def _device(name, value_of, counters):
+    device = {'Device': name}
+    for ours, bulk_key, _index in counters:
+        device[ours] = value_of(bulk_key)
+    return device
+
+
+def _device_names(dom):
+    """(disk targets, interface targets) of the running domain."""
+    devices = ElementTree.fromstring(dom.XMLDesc(0)).find('devices')
+    if devices is None:
+        return [], []
+    disks = [target.get('dev') for target in devices.findall('disk/target') if target.get('dev')]
+    nics = [target.get('dev') for target in devices.findall('interface/target')
+            if target.get('dev')]
+    return disks, nics
