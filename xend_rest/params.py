@@ -99,8 +99,7 @@ def parse_seconds(request, name, default=None, maximum=600):
     value = request.arg(name)
     if value is None:
         return default
-    whole, _, fraction = value.partition('.')
-    if not (_is_whole(whole) and (not fraction or _is_whole(fraction))) \
-            or float(value) > maximum:
+    whole, dot, fraction = value.partition('.')
+    if not (_is_whole(whole) and (not dot or _is_whole(fraction))) or float(value) > maximum:
         raise bad_request('%s=%s: expected a number of seconds from 0 to %d' % (name, value, maximum))
     return float(value)

@@ -78,21 +78,24 @@ class EventStream:
                                'read the current state again')
         sent = 0
         while self.limit is None or sent < self.limit:
-            wait = self.hub.heartbeat
-            if self.deadline is not None:
-                wait = min(wait, self.deadline - time.monotonic())
-                if wait <= 0:
-                    return
-            record = self.subscription.get(wait)
+            record = self.subscription.get(self._wait())
             if record is not None:
                 sent += 1
                 yield self._event(record)
             elif self.subscription.end:
                 yield self._end_notice(self.subscription.end)
                 return
+            elif self.deadline is not None and time.monotonic() >= self.deadline:
+                return
             else:
                 self._reconnect()
                 yield self._heartbeat()
+
+    def _wait(self):
+        """Seconds until the next heartbeat is due, or the stream's end if sooner."""
+        if self.deadline is None:
+            return self.hub.heartbeat
+        return max(0.0, min(self.hub.heartbeat, self.deadline - time.monotonic()))
 
     def close(self):
         self.hub.unsubscribe(self.subscription)

@@ -1,0 +1,300 @@
+"""GET /libvirt/xen/events and waiting: what a watching client sees while another one acts."""
+import io
+import json
+import threading
+from wsgiref.util import setup_testing_defaults
+
+import libvirt
+import pytest
+
+from xend_rest.app import make_app
+from xend_rest.events import LIFECYCLE_EVENTS, EventHub, lifecycle_names
+
+from conftest import Client, WEB_UUID
+
+EVENTS = '/libvirt/xen/events'
+NODES = '/libvirt/xen/nodes'
+BOUND = 10  # seconds: only ever reached when something is broken
+
+
+class Stream:
+    """A streaming response read on its own thread, line by line, as a client would."""
+
+    def __init__(self, client, query='', headers=None):
+        environ = {}
+        setup_testing_defaults(environ)
+        environ.update({'REQUEST_METHOD': 'GET', 'PATH_INFO': EVENTS, 'QUERY_STRING': query,
+                        'wsgi.input': io.BytesIO(b''), 'CONTENT_LENGTH': '0'})
+        environ.update(headers or {})
+        captured = {}
+
+        def start_response(status, response_headers, exc_info=None):
+            captured['status'], captured['headers'] = status, dict(response_headers)
+
+        self.result = client.checked(environ, start_response)
+        self.status = int(captured['status'].split()[0])
+        self.headers = captured['headers']
+        self.chunks = []
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        if self.status == 200:
+            self.thread.start()
+
+    def _read(self):
+        try:
+            for chunk in self.result:
+                self.chunks.append(chunk)
+        finally:
+            self.result.close()
+
+    def finish(self):
+        """Every chunk, once the stream has ended by itself (limit or timeout)."""
+        self.thread.join(BOUND)
+        assert not self.thread.is_alive(), 'the stream did not end'
+        return b''.join(self.chunks)
+
+    def records(self):
+        return [json.loads(line) for line in self.finish().split(b'\n') if line]
+
+
+def transitions(records):
+    return [(record['Domain']['Name'], record['Event'], record['Detail']) for record in records]
+
+
+def test_a_watcher_sees_every_transition_once_in_order(api):
+    stream = Stream(api, 'limit=4')
+    assert stream.status == 200
+    assert stream.headers['Content-Type'] == 'application/x-ndjson'
+    for action in ('start', 'suspend', 'resume', 'stop'):
+        assert api.post(NODES + '/idle/' + action).status == 204
+    records = stream.records()
+    assert transitions(records) == [('idle', 'started', 'booted'), ('idle', 'suspended', 'paused'),
+                                    ('idle', 'resumed', 'unpaused'), ('idle', 'stopped', 'shutdown')]
+    ids = [record['Id'] for record in records]
+    assert ids == sorted(set(ids))
+    assert all(record['Time'].endswith('Z') for record in records)
+    assert records[0]['Domain']['Uuid'] == api.conn.lookupByName('idle').UUIDString()
+
+
+def test_a_reconnecting_client_loses_nothing(api):
+    first = Stream(api, 'limit=2')
+    for action in ('start', 'suspend'):
+        api.post(NODES + '/idle/' + action)
+    seen = first.records()
+    for action in ('resume', 'stop'):  # while nobody is watching
+        api.post(NODES + '/idle/' + action)
+    api.post(NODES + '/web/suspend')
+    again = Stream(api, 'since=%d&limit=3' % seen[-1]['Id'])
+    assert transitions(again.records()) == [('idle', 'resumed', 'unpaused'),
+                                            ('idle', 'stopped', 'shutdown'),
+                                            ('web', 'suspended', 'paused')]
+
+
+def test_filters_by_domain_and_event(api):
+    by_domain = Stream(api, 'domain=web&limit=2')
+    by_uuid_and_event = Stream(api, 'domain=%s&event=resumed,stopped&limit=1' % WEB_UUID.upper())
+    api.post(NODES + '/idle/start')
+    api.post(NODES + '/web/suspend')
+    api.post(NODES + '/web/resume')
+    assert transitions(by_domain.records()) == [('web', 'suspended', 'paused'),
+                                                ('web', 'resumed', 'unpaused')]
+    assert transitions(by_uuid_and_event.records()) == [('web', 'resumed', 'unpaused')]
+
+
+def test_server_sent_events_when_the_client_asks_for_them(api):
+    stream = Stream(api, 'limit=1', {'HTTP_ACCEPT': 'text/event-stream'})
+    api.post(NODES + '/web/suspend')
+    text = stream.finish().decode()
+    assert stream.headers['Content-Type'] == 'text/event-stream'
+    assert stream.headers['Cache-Control'] == 'no-cache'
+    blocks = [block for block in text.split('\n\n') if block and not block.startswith(':')]
+    lines = blocks[0].split('\n')
+    record = json.loads(lines[2][len('data: '):])
+    assert lines[:2] == ['id: %d' % record['Id'], 'event: suspended']
+    assert record['Domain']['Name'] == 'web'
+
+
+def test_last_event_id_resumes_an_event_source(api):
+    api.post(NODES + '/web/suspend')
+    api.post(NODES + '/web/resume')
+    first = Stream(api, 'since=0&limit=1')
+    start = first.records()[0]['Id']
+    stream = Stream(api, 'limit=1', {'HTTP_LAST_EVENT_ID': str(start)})
+    assert transitions(stream.records()) == [('web', 'resumed', 'unpaused')]
+
+
+def test_a_stream_ends_at_its_timeout_with_heartbeats_only(api):
+    assert Stream(api, 'timeout=0').finish() == b'\n'  # the first heartbeat sends the head
+
+
+def test_device_events_are_named():
+    assert lifecycle_names(libvirt.VIR_DOMAIN_EVENT_STOPPED,
+                           libvirt.VIR_DOMAIN_EVENT_STOPPED_DESTROYED) == ('stopped', 'destroyed')
+    assert lifecycle_names(42, 0) == ('unknown_42', 'unknown_0')
+
+
+@pytest.mark.parametrize('event', range(len(LIFECYCLE_EVENTS)))
+def test_event_names_follow_libvirts_numbering(event):
+    name, details = LIFECYCLE_EVENTS[event]
+    assert getattr(libvirt, 'VIR_DOMAIN_EVENT_' + name.upper()) == event
+    for number, detail in enumerate(details):
+        constant = 'VIR_DOMAIN_EVENT_%s_%s' % (name.upper(), detail.upper())
+        assert getattr(libvirt, constant, number) == number  # absent: newer than this libvirt
+
+
+@pytest.mark.parametrize('query', [
+    'since=-1', 'since=abc', 'event=exploded', 'limit=0', 'limit=x', 'timeout=-1', 'timeout=1e3',
+    'since=1&since=2',
+])
+def test_bad_stream_parameters_are_400(api, query):
+    response = api.get(EVENTS, query)
+    assert response.status == 400
+    assert response.json['code'] == 'bad_parameter'
+    assert api.app.hub.subscribers == 0
+
+
+def test_streams_beyond_the_cap_are_503(node_uri):
+    app = make_app(uri=node_uri, hub=EventHub(max_subscribers=1))
+    client = Client(app)
+    try:
+        stream = Stream(client, 'limit=1')
+        refused = client.get(EVENTS)
+        assert refused.status == 503
+        assert refused.headers['Retry-After']
+        client.post(NODES + '/web/suspend')
+        stream.finish()
+        assert app.hub.subscribers == 0
+        assert Stream(client, 'timeout=0').status == 200  # the slot is free again
+    finally:
+        app.pool.close()
+
+
+def test_a_client_that_falls_behind_is_dropped_with_a_notice(node_uri):
+    hub = EventHub(queue_size=2)
+    app = make_app(uri=node_uri, hub=hub)
+    client = Client(app)
+    try:
+        environ = {}
+        setup_testing_defaults(environ)
+        environ.update({'PATH_INFO': EVENTS, 'wsgi.input': io.BytesIO(b'')})
+        body = app(environ, lambda status, headers: None)  # subscribed, but nobody reads yet
+        for number in range(3):
+            hub.publish('web', WEB_UUID, 'reboot', None)
+        others = Stream(client, 'since=0&limit=3')  # a new client is not held back
+        lines = [json.loads(line) for line in b''.join(body).split(b'\n') if line]
+        body.close()
+        assert [line.get('Id') for line in lines] == [1, 2, None]
+        assert lines[-1]['Notice'] == 'overflow' and lines[-1]['LastId'] == 2
+        assert [record['Id'] for record in others.records()] == [1, 2, 3]
+        assert hub.subscribers == 0
+    finally:
+        app.pool.close()
+
+
+def test_the_ring_is_bounded_and_says_when_it_lost_events(node_uri):
+    hub = EventHub(ring_size=2)
+    for number in range(4):
+        hub.publish('web', WEB_UUID, 'reboot', None)
+    app = make_app(uri=node_uri, hub=hub)
+    try:
+        lines = Stream(Client(app), 'since=0&timeout=0').records()
+        assert lines[0]['Notice'] == 'gap'
+        assert [line['Id'] for line in lines[1:]] == [3, 4]
+    finally:
+        app.pool.close()
+
+
+# -- waiting --------------------------------------------------------------------------------------
+
+def test_wait_answers_at_once_when_the_state_is_reached(api):
+    response = api.post(NODES + '/web/wait', query='condition=running&timeout=0')
+    assert response.status == 200
+    assert response.json == {'State': 'running'}
+
+
+def _wait_in_background(api, ident, condition):
+    """Start a wait on its own thread; returns once it is subscribed, and a way to its answer."""
+    answers = []
+    waiter = threading.Thread(target=lambda: answers.append(api.post(
+        NODES + '/%s/wait' % ident, query='condition=%s&timeout=%d' % (condition, BOUND))))
+    waiter.start()
+    _until(lambda: api.app.hub.subscribers == 1)
+
+    def answer():
+        waiter.join(BOUND + 1)
+        return answers[0]
+    return answer
+
+
+def test_wait_answers_when_another_client_gets_the_domain_there(api):
+    answer = _wait_in_background(api, 'idle', 'paused')
+    other = Client(api.app)
+    other.post(NODES + '/idle/start')
+    other.post(NODES + '/idle/suspend')
+    assert answer().status == 200
+    assert answer().json == {'State': 'paused'}
+    assert api.conn.lookupByName('idle').state()[0] == libvirt.VIR_DOMAIN_PAUSED
+    assert api.app.hub.subscribers == 0
+
+
+def test_wait_for_undefined_after_a_transient_domain_stops(api):
+    answer = _wait_in_background(api, 'scratch', 'undefined')
+    Client(api.app).post(NODES + '/scratch/destroy')
+    assert answer().status == 200
+    assert api.get(NODES + '/scratch/json').status == 404
+
+
+def test_wait_times_out_with_408(api):
+    response = api.post(NODES + '/idle/wait', query='condition=running&timeout=0')
+    assert response.status == 408
+    assert response.json['code'] == 'wait_timeout'
+    assert api.app.hub.subscribers == 0
+
+
+@pytest.mark.parametrize('query', [
+    '', 'condition=asleep', 'condition=running&timeout=601', 'condition=running&timeout=-1',
+    'condition=running&timeout=soon', 'condition=running&timeout=1.',
+])
+def test_wait_rejects_bad_parameters(api, query):
+    response = api.post(NODES + '/web/wait', query=query)
+    assert response.status == 400
+    assert response.json['code'] == 'bad_parameter'
+
+
+def test_wait_on_an_unknown_domain_is_404(api):
+    assert api.post(NODES + '/nosuch/wait', query='condition=undefined').status == 404
+
+
+def test_stop_with_wait_answers_once_shut_off(api):
+    response = api.post(NODES + '/web/stop', query='wait=%d' % BOUND)
+    assert response.status == 204
+    assert api.conn.lookupByName('web').state()[0] == libvirt.VIR_DOMAIN_SHUTOFF
+
+
+def test_stop_with_wait_of_a_stopped_domain_is_304(api):
+    assert api.post(NODES + '/idle/stop', query='wait=5').status == 304
+
+
+def test_restart_with_wait_times_out_when_no_reboot_is_seen(api):
+    # The test driver reboots without any event: the wait cannot be satisfied.
+    response = api.post(NODES + '/web/restart', query='wait=0')
+    assert response.status == 408
+    assert response.json['code'] == 'wait_timeout'
+    assert api.conn.lookupByName('web').isActive()
+
+
+@pytest.mark.parametrize('action', ['stop', 'restart'])
+@pytest.mark.parametrize('wait', ['601', 'x', '-2'])
+def test_stop_and_restart_reject_a_bad_wait(api, action, wait):
+    response = api.post(NODES + '/web/' + action, query='wait=' + wait)
+    assert response.status == 400
+    assert api.conn.lookupByName('web').state()[0] == libvirt.VIR_DOMAIN_RUNNING
+
+
+def _until(condition):
+    """Poll a condition of this process's own state, bounded (no sleeps on libvirt)."""
+    done = threading.Event()
+    for _ in range(BOUND * 100):
+        if condition():
+            return
+        done.wait(0.01)
+    raise AssertionError('condition not reached')
