@@ -1,0 +1,154 @@
+"""/openapi.json: a valid OpenAPI 3 document that covers every route and tells the truth."""
+import json
+
+import pytest
+
+from xend_rest import openapi
+from xend_rest.routes import ROUTES
+
+from conftest import WEB_UUID
+
+METHODS = {'get', 'put', 'post', 'delete', 'options', 'head', 'patch', 'trace'}
+
+
+@pytest.fixture
+def spec(api):
+    response = api.get('/openapi.json')
+    assert response.status == 200
+    return response.json
+
+
+def test_the_document_has_the_structure_of_openapi_3(spec):
+    assert spec['openapi'].startswith('3.')
+    assert spec['info']['title'] and spec['info']['version']
+    for path, operations in spec['paths'].items():
+        assert path.startswith('/')
+        for method, operation in operations.items():
+            assert method in METHODS
+            assert operation['responses'], (method, path)
+            for status, response in operation['responses'].items():
+                assert status.isdigit() and response['description']
+                for media in response.get('content', {}).values():
+                    _check_refs(media['schema'], spec)
+            for parameter in operation['parameters']:
+                assert parameter['in'] in ('path', 'query', 'header')
+                assert parameter['in'] != 'path' or parameter['required'] is True
+            names = [part[1:-1] for part in path.split('/') if part.startswith('{')]
+            assert names == [p['name'] for p in operation['parameters'] if p['in'] == 'path']
+
+
+def _check_refs(schema, spec):
+    """Every $ref points at a schema in components."""
+    if isinstance(schema, dict):
+        if '$ref' in schema:
+            name = schema['$ref'].rsplit('/', 1)[1]
+            assert name in spec['components']['schemas']
+        for value in schema.values():
+            _check_refs(value, spec)
+
+
+def test_every_route_is_documented_and_every_description_has_a_route(spec):
+    routes = {(method, openapi.path_template(pattern)) for method, pattern, _ in ROUTES}
+    documented = {(method.upper(), path) for path, operations in spec['paths'].items()
+                  for method in operations}
+    assert documented == routes
+    assert openapi.undocumented(ROUTES) == []
+    assert set(openapi.DESCRIPTIONS) == routes
+
+
+def test_a_new_route_without_a_description_is_caught():
+    extra = ROUTES + [('GET', '/libvirt/xen/images/(?P<name>[^/]+)/json', lambda request: None)]
+    assert openapi.undocumented(extra) == [('GET', '/libvirt/xen/images/{name}/json')]
+
+
+# (method, path, query, status): calls whose answers must match their documented schema
+SAMPLES = [
+    ('GET', '/libvirt/xen/nodes/json', '', 200),
+    ('GET', '/libvirt/xen/nodes/json', 'all=maybe', 400),
+    ('GET', '/libvirt/xen/nodes/web/json', '', 200),
+    ('GET', '/libvirt/xen/nodes/nosuch/json', '', 404),
+    ('POST', '/libvirt/xen/nodes/web/suspend', '', 204),
+    ('POST', '/libvirt/xen/nodes/idle/stop', '', 304),
+    ('POST', '/libvirt/xen/nodes/web/wait', 'condition=running', 200),
+    ('POST', '/libvirt/xen/nodes/idle/wait', 'condition=running&timeout=0', 408),
+    ('GET', '/libvirt/xen/nodes/web/stats', '', 200),
+    ('GET', '/libvirt/xen/nodes/stats', 'all=1', 200),
+    ('GET', '/version', '', 200),
+    ('GET', '/info', '', 200),
+    ('GET', '/_ping', '', 200),
+    ('GET', '/libvirt/xen/events', 'since=0&timeout=0', 200),
+]
+
+
+@pytest.mark.parametrize('method, path, query, status', SAMPLES)
+def test_answers_match_their_documented_schema(api, spec, method, path, query, status):
+    api.post('/libvirt/xen/nodes/db/suspend')  # so that the event stream has a record
+    response = api.request(method, path, query=query)
+    assert response.status == status
+    operation = spec['paths'][_template(spec, path)][method.lower()]
+    documented = operation['responses'][str(status)]
+    if 'content' not in documented:
+        assert response.body == b''
+        return
+    [(media, content)] = documented['content'].items()
+    assert response.headers['Content-Type'].startswith(media)
+    if media == 'application/json':
+        validate(response.json, content['schema'], spec)
+    elif media == 'application/x-ndjson':
+        lines = [json.loads(line) for line in response.body.split(b'\n') if line]
+        assert lines
+        for line in lines:
+            validate(line, content['schema'], spec)
+
+
+def _template(spec, path):
+    parts = path.split('/')
+    for template in spec['paths']:
+        pattern = template.split('/')
+        if len(pattern) == len(parts) and all(
+                a == b or a.startswith('{') for a, b in zip(pattern, parts)):
+            return template
+    raise AssertionError('no documented path for %s' % path)
+
+
+TYPES = {'object': dict, 'array': list, 'string': str, 'integer': int, 'number': (int, float),
+         'boolean': bool}
+
+
+def validate(value, schema, spec, where='body'):
+    """The subset of OpenAPI schemas this API uses: $ref, type, nullable, enum, properties,
+    required, items, additionalProperties, minimum, min/maxProperties."""
+    if '$ref' in schema:
+        schema = spec['components']['schemas'][schema['$ref'].rsplit('/', 1)[1]]
+    if value is None:
+        assert schema.get('nullable'), '%s is null' % where
+        return
+    kind = schema.get('type')
+    if kind:
+        assert isinstance(value, TYPES[kind]) and not (
+            kind in ('integer', 'number') and isinstance(value, bool)), \
+            '%s: %r is not %s' % (where, value, kind)
+    if 'enum' in schema:
+        assert value in schema['enum'], '%s: %r not in %s' % (where, value, schema['enum'])
+    if 'minimum' in schema:
+        assert value >= schema['minimum']
+    if kind == 'object':
+        for name in schema.get('required', ()):
+            assert name in value, '%s lacks %s' % (where, name)
+        assert len(value) >= schema.get('minProperties', 0)
+        assert len(value) <= schema.get('maxProperties', len(value))
+        for name, item in value.items():
+            if name in schema.get('properties', {}):
+                validate(item, schema['properties'][name], spec, '%s.%s' % (where, name))
+            elif isinstance(schema.get('additionalProperties'), dict):
+                validate(item, schema['additionalProperties'], spec, '%s.%s' % (where, name))
+    if kind == 'array':
+        for index, item in enumerate(value):
+            validate(item, schema.get('items', {}), spec, '%s[%d]' % (where, index))
+
+
+def test_the_checker_catches_a_wrong_answer(spec):
+    with pytest.raises(AssertionError):
+        validate({'Uuid': WEB_UUID}, {'$ref': '#/components/schemas/Created'}, spec)
+    with pytest.raises(AssertionError):
+        validate({'message': 'x', 'code': 3}, {'$ref': '#/components/schemas/Error'}, spec)
