@@ -131,10 +131,10 @@ ERROR_STREAM = _ErrorStream()
 
 
 class _Connection:
-    __slots__ = ("sock", "buf", "deadline", "client", "server_name", "server_port")
+    __slots__ = ("sock", "buf", "deadline", "client", "client_port", "server_name", "server_port")
 
-    def __init__(self, sock, client, server_name, server_port):
-        self.sock, self.client = sock, client
+    def __init__(self, sock, client, client_port, server_name, server_port):
+        self.sock, self.client, self.client_port = sock, client, client_port
         self.server_name, self.server_port = server_name, server_port
         self.buf = bytearray()
         self.deadline = 0.0
@@ -360,9 +360,10 @@ class Server:
 
     def _select_loop(self):
         selector = self._selector
-        next_sweep = time.monotonic() + 1.0
+        interval = min(1.0, self.timeout, self.keepalive_timeout) / 2  # deadline resolution
+        next_sweep = time.monotonic() + interval
         while not self._stopping:
-            for key, _ in selector.select(timeout=1.0):
+            for key, _ in selector.select(timeout=interval):
                 if key.data == "listen":
                     self._accept(key.fileobj)
                 elif key.data == "wake":
@@ -371,7 +372,7 @@ class Server:
                     self._read_head(key.data)
             now = time.monotonic()
             if now >= next_sweep:  # close idle and too-slow connections
-                next_sweep = now + 1.0
+                next_sweep = now + interval
                 for key in list(selector.get_map().values()):
                     if isinstance(key.data, _Connection) and key.data.deadline < now:
                         self._drop(key.data)
@@ -399,13 +400,13 @@ class Server:
                 return
             sock.setblocking(False)
             if sock.family == socket.AF_UNIX:
-                client, server_name, server_port = "unix", listener.getsockname(), ""
+                client, client_port, server_name, server_port = "unix", "", listener.getsockname(), ""
             else:
                 # Without it a small response on a keep-alive connection can wait 40 ms for an ACK.
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 host, port = listener.getsockname()[:2]
-                client, server_name, server_port = peer[0], host, str(port)
-            conn = _Connection(sock, client, server_name, server_port)
+                client, client_port, server_name, server_port = peer[0], str(peer[1]), host, str(port)
+            conn = _Connection(sock, client, client_port, server_name, server_port)
             conn.deadline = time.monotonic() + self.timeout
             self._selector.register(sock, selectors.EVENT_READ, conn)
 
@@ -580,6 +581,7 @@ class Server:
             "SERVER_NAME": conn.server_name,
             "SERVER_PORT": conn.server_port,
             "REMOTE_ADDR": conn.client,
+            "REMOTE_PORT": conn.client_port,
             "wsgi.version": (1, 0),
             "wsgi.url_scheme": "http",
             "wsgi.errors": ERROR_STREAM,
