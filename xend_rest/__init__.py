@@ -1,0 +1,8 @@
+"""xend-rest: manage the virtual machines of a Xen host over HTTP, through libvirt."""
+__version__ = '0.1.0'
+
+
+def make_app(*args, **kwargs):
+    """The WSGI application; see xend_rest.app.make_app."""
+    from .app import make_app as _make_app
+    return _make_app(*args, **kwargs)

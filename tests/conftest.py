@@ -1,0 +1,120 @@
+"""Fixtures: each test gets its own libvirt test node and a client that calls the WSGI app directly."""
+import io
+import json
+from wsgiref.util import setup_testing_defaults
+from wsgiref.validate import validator
+
+import pytest
+
+from xend_rest.app import make_app
+
+DOM0_UUID = '00000000-0000-0000-0000-000000000000'
+WEB_UUID = '11111111-2222-3333-4444-555555555555'
+
+# A small Xen host: dom0, two running guests, one shut off, one paused, one transient.
+NODE_XML = """<node xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>
+  <cpu><mhz>2400</mhz><model>x86_64</model><nodes>1</nodes><sockets>1</sockets>
+       <cores>4</cores><threads>2</threads></cpu>
+  <memory>16777216</memory>
+  %s
+</node>"""
+
+DOMAIN_XML = """<domain type='xen'>
+  <name>%(name)s</name>%(uuid)s
+  <memory unit='KiB'>2097152</memory>
+  <currentMemory unit='KiB'>1048576</currentMemory>
+  <vcpu placement='static' current='1'>4</vcpu>
+  <os><type arch='x86_64'>%(os)s</type></os>
+  <devices>
+    <disk type='file' device='disk'>
+      <source file='/var/lib/xen/images/%(name)s.raw'/>
+      <target dev='xvda' bus='xen'/>
+    </disk>
+    <interface type='bridge'><mac address='00:16:3e:00:00:%(mac)s'/><source bridge='xenbr0'/></interface>
+  </devices>
+  %(extra)s
+</domain>"""
+
+DOMAINS = [
+    # name, uuid, os type, extra test-driver state
+    ('Domain-0', DOM0_UUID, 'xen', ''),
+    ('web', WEB_UUID, 'hvm', ''),
+    ('db', None, 'xen', ''),
+    ('idle', None, 'xen', '<test:runstate>5</test:runstate>'),
+    ('frozen', None, 'xen', '<test:runstate>3</test:runstate>'),
+    ('scratch', None, 'xen', '<test:transient/>'),
+]
+
+
+def node_xml(domains=DOMAINS):
+    parts = []
+    for index, (name, uuid, os_type, extra) in enumerate(domains):
+        parts.append(DOMAIN_XML % {
+            'name': name, 'uuid': '<uuid>%s</uuid>' % uuid if uuid else '',
+            'os': os_type, 'mac': '%02x' % index, 'extra': extra})
+    return NODE_XML % '\n'.join(parts)
+
+
+@pytest.fixture
+def node_uri(tmp_path):
+    """A libvirt URI for a fresh test node of this test's own."""
+    path = tmp_path / 'node.xml'
+    path.write_text(node_xml())
+    return 'test://%s' % path
+
+
+class Response:
+    def __init__(self, status, headers, body):
+        self.status = int(status.split()[0])
+        self.headers = dict(headers)
+        self.body = body
+        self.json = json.loads(body) if body else None
+
+
+class Client:
+    """Calls the WSGI app in-process, through wsgiref's validator (no socket)."""
+
+    def __init__(self, app):
+        self.app = app
+        self.checked = validator(app)
+
+    @property
+    def conn(self):
+        """The app's own libvirt connection: what the hypervisor looks like afterwards."""
+        return self.app.pool.get()
+
+    def request(self, method, path, body=None, query='', headers=None):
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body).encode()
+        environ = {}
+        setup_testing_defaults(environ)
+        environ.update({
+            'REQUEST_METHOD': method, 'PATH_INFO': path, 'QUERY_STRING': query,
+            'wsgi.input': io.BytesIO(body or b''), 'CONTENT_LENGTH': str(len(body or b'')),
+            'CONTENT_TYPE': 'application/json',
+        })
+        environ.update(headers or {})
+        captured = {}
+
+        def start_response(status, response_headers, exc_info=None):
+            captured['status'], captured['headers'] = status, response_headers
+
+        result = self.checked(environ, start_response)
+        try:
+            payload = b''.join(result)
+        finally:
+            result.close()
+        return Response(captured['status'], captured['headers'], payload)
+
+    def get(self, path, query=''):
+        return self.request('GET', path, query=query)
+
+    def post(self, path, body=None, query=''):
+        return self.request('POST', path, body=body, query=query)
+
+
+@pytest.fixture
+def api(node_uri):
+    app = make_app(uri=node_uri)
+    yield Client(app)
+    app.pool.close()

@@ -1,0 +1,90 @@
+"""HTTP errors, and the one table that maps libvirt errors onto them."""
+import libvirt
+
+
+class HTTPError(Exception):
+    """An error answer: a status, a JSON body {"message", "code"} and extra headers."""
+
+    def __init__(self, status, message, code, headers=()):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.headers = list(headers)
+
+    def body(self):
+        return {'message': self.message, 'code': self.code}
+
+
+def bad_request(message):
+    return HTTPError(400, message, 'bad_parameter')
+
+
+def _code(name):
+    # Older libvirt-python builds lack some constants; an absent one simply never matches.
+    return getattr(libvirt, name, None)
+
+
+# libvirt error code -> (HTTP status, our stable code).  Anything absent is a 500.
+LIBVIRT_ERRORS = {
+    _code('VIR_ERR_NO_DOMAIN'): (404, 'no_such_domain'),
+    _code('VIR_ERR_NO_DOMAIN_SNAPSHOT'): (404, 'no_such_snapshot'),
+    _code('VIR_ERR_NO_STORAGE_POOL'): (404, 'no_such_pool'),
+    _code('VIR_ERR_NO_STORAGE_VOL'): (404, 'no_such_image'),
+    _code('VIR_ERR_NO_NETWORK'): (404, 'no_such_network'),
+    _code('VIR_ERR_DEVICE_MISSING'): (404, 'no_such_device'),
+    _code('VIR_ERR_INVALID_ARG'): (400, 'bad_parameter'),
+    _code('VIR_ERR_XML_ERROR'): (400, 'bad_definition'),
+    _code('VIR_ERR_XML_DETAIL'): (400, 'bad_definition'),
+    _code('VIR_ERR_CONFIG_UNSUPPORTED'): (400, 'bad_definition'),
+    _code('VIR_ERR_OPERATION_INVALID'): (409, 'invalid_state'),
+    _code('VIR_ERR_DOM_EXIST'): (409, 'already_exists'),
+    _code('VIR_ERR_STORAGE_VOL_EXIST'): (409, 'already_exists'),
+    _code('VIR_ERR_OPERATION_DENIED'): (403, 'denied'),
+    _code('VIR_ERR_ACCESS_DENIED'): (403, 'denied'),
+    _code('VIR_ERR_NO_SUPPORT'): (501, 'not_supported'),
+    _code('VIR_ERR_OPERATION_UNSUPPORTED'): (501, 'not_supported'),
+    _code('VIR_ERR_ARGUMENT_UNSUPPORTED'): (501, 'not_supported'),
+    _code('VIR_ERR_OPERATION_TIMEOUT'): (504, 'hypervisor_timeout'),
+    _code('VIR_ERR_AGENT_UNRESPONSIVE'): (504, 'hypervisor_timeout'),
+    _code('VIR_ERR_AGENT_UNSYNCED'): (504, 'hypervisor_timeout'),
+    _code('VIR_ERR_NO_CONNECT'): (503, 'hypervisor_unavailable'),
+    _code('VIR_ERR_INVALID_CONN'): (503, 'hypervisor_unavailable'),
+}
+LIBVIRT_ERRORS.pop(None, None)
+
+# Error domains whose failures mean "the link to libvirtd broke", whatever the code.
+CONNECTION_DOMAINS = {_code('VIR_FROM_RPC'), _code('VIR_FROM_REMOTE')} - {None}
+RETRY_AFTER = '5'
+
+
+def is_connection_error(err):
+    """True when a libvirt error says the connection itself is unusable."""
+    code = err.get_error_code()
+    if LIBVIRT_ERRORS.get(code, (0,))[0] == 503:
+        return True
+    return err.get_error_domain() in CONNECTION_DOMAINS and code in (
+        libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_RPC, libvirt.VIR_ERR_INTERNAL_ERROR)
+
+
+def is_no_domain(err):
+    return err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN
+
+
+def from_libvirt(err):
+    """The HTTPError that a libvirt error means for a client."""
+    message = err.get_error_message() or str(err)
+    if is_connection_error(err):
+        if 'keepalive' in message:
+            return HTTPError(504, 'libvirt did not answer in time: ' + message, 'hypervisor_timeout')
+        return unavailable(message)
+    if err.get_error_code() == libvirt.VIR_ERR_INVALID_ARG and 'unsupported flags' in message:
+        # virCheckFlags: a documented flag this driver does not implement
+        return HTTPError(501, message, 'not_supported')
+    status, code = LIBVIRT_ERRORS.get(err.get_error_code(), (500, 'libvirt_error'))
+    return HTTPError(status, message, code)
+
+
+def unavailable(message):
+    return HTTPError(503, 'libvirt is unreachable: ' + message, 'hypervisor_unavailable',
+                     [('Retry-After', RETRY_AFTER)])

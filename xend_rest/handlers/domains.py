@@ -1,0 +1,237 @@
+"""The VM endpoints: one plain function per route, each answering (status, body[, headers])."""
+import re
+
+import libvirt
+
+from .. import convert
+from ..errors import HTTPError, from_libvirt, is_no_domain
+from ..params import (AFFECT_FLAGS, DESTROY_FLAGS, DOMAIN_XML_FLAGS, REBOOT_FLAGS, SHUTDOWN_FLAGS,
+                      START_FLAGS, UNDEFINE_FLAGS, parse_bool, parse_choice, parse_flag, parse_int)
+
+UUID = re.compile(r'[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}\Z')
+DOM0_UUID = '00000000-0000-0000-0000-000000000000'
+MEMORY_TYPES = {'target': 0, 'max': libvirt.VIR_DOMAIN_MEM_MAXIMUM}
+VCPU_TYPES = {'current': 0, 'max': libvirt.VIR_DOMAIN_VCPU_MAXIMUM}
+NOT_MODIFIED = (304, None)
+NO_CONTENT = (204, None)
+
+
+def is_dom0(dom):
+    """Xen's control domain: id 0, and the all-zero UUID (how a test node stands it in)."""
+    return dom.ID() == 0 or dom.UUIDString() == DOM0_UUID
+
+
+def lookup_domain(conn, ident):
+    """The domain named by a running id, a UUID or a name; dom0 is never handed out."""
+    dom = None
+    if ident.isascii() and ident.isdigit():
+        dom = _lookup(conn.lookupByID, int(ident))
+    if dom is None and UUID.match(ident):
+        dom = _lookup(conn.lookupByUUIDString, ident)
+    if dom is None:
+        dom = _lookup(conn.lookupByName, ident)
+    if dom is None:
+        raise HTTPError(404, 'no such domain: %s' % ident, 'no_such_domain')
+    if is_dom0(dom):
+        raise HTTPError(403, 'dom0 cannot be managed through this API', 'dom0_refused')
+    return dom
+
+
+def _lookup(find, key):
+    try:
+        return find(key)
+    except libvirt.libvirtError as err:
+        if is_no_domain(err):
+            return None
+        raise
+    except OverflowError:
+        return None  # an id too large for libvirt names no domain
+
+
+def list_domains(request):
+    """GET /nodes/json: every running domain (all=1: every defined one) except dom0."""
+    every = parse_bool(request, 'all')
+    flag = parse_flag(request, DOMAIN_XML_FLAGS)
+    listing = 0 if every else libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE
+    described = []
+    for dom in request.conn.listAllDomains(listing):
+        try:
+            if not is_dom0(dom):
+                described.append(convert.xml_to_dict(dom.XMLDesc(flag)))
+        except libvirt.libvirtError as err:
+            if not is_no_domain(err):  # a domain may vanish between listing and lookup
+                raise
+    return 200, described
+
+
+def inspect_domain(request, ident):
+    flag = parse_flag(request, DOMAIN_XML_FLAGS)
+    return 200, convert.xml_to_dict(lookup_domain(request.conn, ident).XMLDesc(flag))
+
+
+def create_domain(request):
+    """POST /nodes/create: define (or redefine) a domain; Warnings name what libvirt dropped."""
+    posted = request.json()
+    xml = convert.dict_to_xml(posted, 'domain')
+    try:
+        dom = request.conn.defineXML(xml)
+    except libvirt.libvirtError as err:
+        raise _rejected(err) from None
+    stored = convert.xml_to_dict(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+    warnings = ['%s was dropped by libvirt' % path
+                for path in convert.dropped(posted['domain'], stored['domain'], 'domain')]
+    return 201, {'Uuid': dom.UUIDString(), 'Warnings': warnings}
+
+
+def _rejected(err):
+    """A definition libvirt refuses is 406, unless the refusal means something else."""
+    mapped = from_libvirt(err)
+    if mapped.status in (400, 500, 501):
+        return HTTPError(406, err.get_error_message(), 'definition_rejected')
+    return mapped
+
+
+def start_domain(request, ident):
+    flag = parse_flag(request, START_FLAGS)
+    dom = lookup_domain(request.conn, ident)
+    if dom.isActive():
+        return NOT_MODIFIED
+    dom.createWithFlags(flag)
+    return NO_CONTENT
+
+
+def stop_domain(request, ident):
+    flag = parse_flag(request, SHUTDOWN_FLAGS)
+    dom = lookup_domain(request.conn, ident)
+    if not dom.isActive():
+        return NOT_MODIFIED
+    dom.shutdownFlags(flag)
+    return NO_CONTENT
+
+
+def destroy_domain(request, ident):
+    flag = parse_flag(request, DESTROY_FLAGS)
+    dom = lookup_domain(request.conn, ident)
+    if not dom.isActive():
+        return NOT_MODIFIED
+    dom.destroyFlags(flag)
+    return NO_CONTENT
+
+
+def restart_domain(request, ident):
+    flag = parse_flag(request, REBOOT_FLAGS)
+    dom = _active_domain(request, ident)
+    dom.reboot(flag)
+    return NO_CONTENT
+
+
+def delete_domain(request, ident):
+    flag = parse_flag(request, UNDEFINE_FLAGS)
+    dom = lookup_domain(request.conn, ident)
+    if not dom.isPersistent():
+        raise HTTPError(409, 'domain %s is transient: it has no definition to delete; '
+                        'destroy it instead' % dom.name(), 'invalid_state')
+    dom.undefineFlags(flag)
+    return NO_CONTENT
+
+
+def suspend_domain(request, ident):
+    parse_flag(request, ())
+    dom = _active_domain(request, ident)
+    if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+        return NOT_MODIFIED
+    dom.suspend()
+    return NO_CONTENT
+
+
+def resume_domain(request, ident):
+    parse_flag(request, ())
+    dom = _active_domain(request, ident)
+    if dom.state()[0] != libvirt.VIR_DOMAIN_PAUSED:
+        return NOT_MODIFIED
+    dom.resume()
+    return NO_CONTENT
+
+
+def _active_domain(request, ident):
+    """The domain, which must be running (or paused) for the action: 409 otherwise."""
+    dom = lookup_domain(request.conn, ident)
+    if not dom.isActive():
+        raise HTTPError(409, 'domain %s is not running' % dom.name(), 'invalid_state')
+    return dom
+
+
+def resize_memory(request, ident):
+    size = parse_int(request, 'size', minimum=1)
+    kind = parse_choice(request, 'type', MEMORY_TYPES, 'target')
+    flag = parse_flag(request, AFFECT_FLAGS)
+    lookup_domain(request.conn, ident).setMemoryFlags(size, kind | flag)
+    return NO_CONTENT
+
+
+def resize_vcpu(request, ident):
+    size = parse_int(request, 'size', minimum=1, maximum=2**31 - 1)
+    kind = parse_choice(request, 'type', VCPU_TYPES, 'current')
+    flag = parse_flag(request, AFFECT_FLAGS)
+    lookup_domain(request.conn, ident).setVcpusFlags(size, kind | flag)
+    return NO_CONTENT
+
+
+def attach_device(request, ident):
+    """Attach one device; answers the device as the domain now reports it."""
+    return _change_device(request, ident, 'attachDeviceFlags', 201)
+
+
+def update_device(request, ident):
+    """Change one device in place (e.g. a CD-ROM's media); answers the device as it is now."""
+    return _change_device(request, ident, 'updateDeviceFlags', 200)
+
+
+def detach_device(request, ident):
+    """Detach one device: 204 once it is gone, 202 while the guest has yet to release it."""
+    flag = parse_flag(request, AFFECT_FLAGS)
+    posted = request.json()
+    xml = convert.device_to_xml(posted)
+    dom = lookup_domain(request.conn, ident)
+    dom.detachDeviceFlags(xml, flag)
+    kind = next(iter(posted))
+    still_there = [dev for dev in _devices(dom, flag, kind) if _same_device(posted[kind], dev)]
+    return (202, {'message': 'the guest has yet to release the device'}) if still_there \
+        else NO_CONTENT
+
+
+def _change_device(request, ident, method, status):
+    flag = parse_flag(request, AFFECT_FLAGS)
+    posted = request.json()
+    xml = convert.device_to_xml(posted)
+    kind = next(iter(posted))
+    dom = lookup_domain(request.conn, ident)
+    before = _devices(dom, flag, kind)
+    getattr(dom, method)(xml, flag)
+    after = _devices(dom, flag, kind)
+    changed = [dev for dev in after if dev not in before]
+    matching = [dev for dev in after if _same_device(posted[kind], dev)]
+    device = (changed or matching or [posted[kind]])[0]
+    return status, {kind: device}
+
+
+def _devices(dom, flag, kind):
+    """The devices of one kind in the definition the flag affects (live, else config)."""
+    live = flag & libvirt.VIR_DOMAIN_AFFECT_LIVE or (
+        not flag & libvirt.VIR_DOMAIN_AFFECT_CONFIG and dom.isActive())
+    xml = dom.XMLDesc(0 if live else libvirt.VIR_DOMAIN_XML_INACTIVE)
+    devices = convert.xml_to_dict(xml)['domain'].get('devices') or {}
+    found = devices.get(kind) or []
+    return found if isinstance(found, list) else [found]
+
+
+def _same_device(posted, device):
+    """Whether a reported device is the posted one: same target, else same MAC, else same source."""
+    if not isinstance(posted, dict) or not isinstance(device, dict):
+        return False
+    for key in ('target', 'mac', 'source'):
+        mine, theirs = posted.get(key), device.get(key)
+        if isinstance(mine, dict) and isinstance(theirs, dict):
+            return all(theirs.get(name) == value for name, value in mine.items()
+                       if name.startswith('@'))
+    return False

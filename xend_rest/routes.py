@@ -1,0 +1,50 @@
+"""The route table, as data: (method, path pattern, handler) rows, compiled once by Router."""
+import re
+
+from .errors import HTTPError
+from .handlers import domains
+
+NODES = '/libvirt/xen/nodes'
+DOMAIN = NODES + '/(?P<ident>[^/]+)'
+
+ROUTES = [
+    ('GET', NODES + '/json', domains.list_domains),
+    ('POST', NODES + '/create', domains.create_domain),
+    ('GET', DOMAIN + '/json', domains.inspect_domain),
+    ('POST', DOMAIN + '/start', domains.start_domain),
+    ('POST', DOMAIN + '/stop', domains.stop_domain),
+    ('POST', DOMAIN + '/destroy', domains.destroy_domain),
+    ('POST', DOMAIN + '/restart', domains.restart_domain),
+    ('POST', DOMAIN + '/delete', domains.delete_domain),
+    ('POST', DOMAIN + '/suspend', domains.suspend_domain),
+    ('POST', DOMAIN + '/resume', domains.resume_domain),
+    ('POST', DOMAIN + '/devices/attach', domains.attach_device),
+    ('POST', DOMAIN + '/devices/detach', domains.detach_device),
+    ('POST', DOMAIN + '/devices/update', domains.update_device),
+    ('POST', DOMAIN + '/memory/resize', domains.resize_memory),
+    ('POST', DOMAIN + '/vcpu/resize', domains.resize_vcpu),
+]
+
+
+class Router:
+    """Finds the handler for a method and path, or raises 404, or 405 with its Allow header."""
+
+    def __init__(self, routes):
+        self.routes = [(method, re.compile(pattern + r'\Z'), handler)
+                       for method, pattern, handler in routes]
+
+    def match(self, method, path):
+        allowed = set()
+        for route_method, pattern, handler in self.routes:
+            found = pattern.match(path)
+            if found is None:
+                continue
+            if route_method == method or (method == 'HEAD' and route_method == 'GET'):
+                return handler, found.groupdict()
+            allowed.add(route_method)
+        if allowed:
+            if 'GET' in allowed:
+                allowed.add('HEAD')
+            raise HTTPError(405, 'method %s is not allowed on %s' % (method, path),
+                            'method_not_allowed', [('Allow', ', '.join(sorted(allowed)))])
+        raise HTTPError(404, 'no such endpoint: %s' % path, 'no_such_endpoint')
