@@ -1,8 +1,18 @@
 """The command line: arguments, configuration file and their precedence."""
 
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+
 import pytest
 
 from xend_rest.cli import parse_args
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(autouse=True)
@@ -85,3 +95,48 @@ def test_missing_config_file_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parse_args(["--config", str(tmp_path / "absent.conf")])
     assert "cannot read configuration file" in capsys.readouterr().err
+
+
+def free_port():
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        return sock.getsockname()[1]
+
+
+def test_demo_daemon_serves_and_exits_cleanly_on_sigterm(tmp_path):
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(10)
+    port = free_port()
+    env = dict(os.environ, NOTIFY_SOCKET=str(tmp_path / "notify"))
+    env.pop("XEND_REST_URI", None)
+    daemon = subprocess.Popen([sys.executable, "xend_rest.py", "--demo", "--listen", f"127.0.0.1:{port}"],
+                              cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        assert notify.recv(100) == b"READY=1"
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", "/libvirt/xen/nodes/json")
+        response = conn.getresponse()
+        assert response.status == 200
+        assert isinstance(json.loads(response.read()), list)
+        conn.close()
+        daemon.send_signal(signal.SIGTERM)
+        assert notify.recv(100) == b"STOPPING=1"
+        assert daemon.wait(10) == 0
+    finally:
+        notify.close()
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+    log = daemon.stderr.read()
+    assert "WARNING" in log and "DEMO" in log and "NOT Xen" in log
+    assert f"listening on 127.0.0.1:{port}" in log
+    assert "GET /libvirt/xen/nodes/json 200" in log
+
+
+def test_listen_failure_is_reported():
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        daemon = subprocess.run([sys.executable, "xend_rest.py", "--demo", "--listen", f"127.0.0.1:{port}"],
+                                cwd=REPO, stderr=subprocess.PIPE, text=True, timeout=10)
+    assert daemon.returncode == 1
+    assert "cannot listen" in daemon.stderr

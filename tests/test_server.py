@@ -379,3 +379,59 @@ def test_sd_notify_abstract_socket(monkeypatch):
 def test_sd_notify_without_systemd(monkeypatch):
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     assert not sd_notify("READY=1")
+
+
+# -- the real application on the demo hypervisor --------------------------------------
+
+@pytest.fixture
+def demo_app():
+    from xend_rest.app import make_app
+    from xend_rest.demo import demo_uri
+    app = make_app(uri=demo_uri())
+    yield app
+    app.pool.close()
+
+
+def test_real_app_lists_domains(demo_app):
+    with serving(demo_app) as server:
+        conn = client(server)
+        for _ in range(3):  # and keeps the connection alive between calls
+            conn.request("GET", "/libvirt/xen/nodes/json?all=1")
+            response = conn.getresponse()
+            domains = json.loads(response.read())
+            assert response.status == 200
+            assert response.getheader("Content-Type") == "application/json"
+            assert domains and all("domain" in d for d in domains)
+
+
+def test_real_app_unknown_domain_is_json_404(demo_app):
+    with serving(demo_app) as server:
+        conn = client(server)
+        conn.request("GET", "/libvirt/xen/nodes/no-such-domain/json")
+        response = conn.getresponse()
+        body = json.loads(response.read())
+    assert response.status == 404
+    assert set(body) >= {"message", "code"}
+
+
+def test_real_app_head_then_get_on_one_connection(demo_app):
+    with serving(demo_app) as server:
+        conn = client(server)
+        conn.request("HEAD", "/libvirt/xen/nodes/json")
+        head = conn.getresponse()
+        assert head.read() == b""
+        conn.request("GET", "/libvirt/xen/nodes/json")
+        get = conn.getresponse()
+        body = get.read()
+    assert head.status == get.status == 200
+    assert head.getheader("Content-Length") == str(len(body))
+
+
+def test_real_app_over_unix_socket(demo_app, tmp_path):
+    path = str(tmp_path / "api.sock")
+    with serving(demo_app, listeners=[f"unix:{path}"]) as server:
+        conn = UnixHTTPConnection(path)
+        conn.request("GET", "/libvirt/xen/nodes/json")
+        response = conn.getresponse()
+        assert response.status == 200
+        assert isinstance(json.loads(response.read()), list)

@@ -50,6 +50,14 @@ def parse_listen(spec):
     return family, (host, int(port))
 
 
+def format_address(address):
+    """A bound address (from getsockname()) in --listen syntax."""
+    if isinstance(address, str):
+        return "unix:" + address
+    host, port = address[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def sd_notify(state):
     """Send state (e.g. 'READY=1') to systemd if $NOTIFY_SOCKET is set; True if sent."""
     address = os.environ.get("NOTIFY_SOCKET")
@@ -297,7 +305,7 @@ class Server:
                           for i in range(self.workers)]
         for thread in self._threads:
             thread.start()
-        log.info("listening on %s", ", ".join(self.listeners))
+        log.info("listening on %s", ", ".join(map(format_address, self.addresses)))
 
     def serve_forever(self):
         """start(), notify systemd, serve until SIGTERM/SIGINT or stop(), then shut down."""
