@@ -435,3 +435,16 @@ def test_real_app_over_unix_socket(demo_app, tmp_path):
         response = conn.getresponse()
         assert response.status == 200
         assert isinstance(json.loads(response.read()), list)
+
+
+def test_bad_header_from_app_gives_500():
+    def app(environ, start_response):
+        start_response("200 OK", [("X-Name", "\u20ac")])  # not latin-1: cannot be sent
+        return [b"x"]
+
+    with serving(app) as server:
+        conn = client(server)
+        conn.request("GET", "/")
+        response = conn.getresponse()
+        assert response.status == 500
+        assert json.loads(response.read())["code"] == "internal_error"

@@ -252,8 +252,9 @@ class _Response:
         head.append(f"Date: {_http_date()}\r\n\r\n")
         if self.head_only or no_body:
             data = b""
+        head = "".join(head).encode("latin-1")  # may fail: then nothing is sent yet, a 500 still can be
         self.sent = True
-        self.sock.sendall("".join(head).encode("latin-1") + data)  # one send: no Nagle stall
+        self.sock.sendall(head + data)  # one send: no Nagle stall
         self.nbytes += len(data)
 
 
@@ -354,6 +355,8 @@ class Server:
                 pass
         for thread in workers:
             thread.join(1.0)
+        while self._returned:  # handed back by a worker as the selector was exiting
+            self._returned.popleft().close()
         self._wake_r.close()
         self._wake_w.close()
         log.info("stopped")
@@ -476,6 +479,7 @@ class Server:
             self._active.add(conn)
             keep = False
             try:
+                # A client that stalls in the middle of its body holds this worker up to `timeout`.
                 conn.sock.settimeout(self.timeout)
                 keep = self._serve(conn)
             except OSError as err:  # client gone, timed out, or connection cut at shutdown
