@@ -310,17 +310,20 @@ class Server:
 
     def serve_forever(self):
         """start(), notify systemd, serve until SIGTERM/SIGINT or stop(), then shut down."""
+        received = []
+
         def on_signal(signum, frame):
-            log.info("received %s, shutting down", signal.Signals(signum).name)
+            received.append(signal.Signals(signum).name)
             self.stop()
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             self.start()
             sd_notify("READY=1")
             # A plain flag and a short sleep: a signal handler must not take a lock
-            # (Event.set) that the interrupted main thread may be holding.
+            # (Event.set, logging) that the interrupted main thread may be holding.
             while not self._stop_requested:
                 time.sleep(0.1)
+            log.info("%s, shutting down", f"received {received[0]}" if received else "asked to stop")
             sd_notify("STOPPING=1")
             self.shutdown()
         finally:
