@@ -59,6 +59,10 @@ def dict_to_xml(doc, root):
     """Turn a JSON document {root: {...}} back into XML, refusing anything XML cannot express."""
     if not isinstance(doc, dict) or list(doc) != [root]:
         raise bad_request('the body must be a JSON object with the single key "%s"' % root)
+    if not XML_NAME.match(root):
+        raise bad_request('%s: not a valid XML element name' % root)
+    if isinstance(doc[root], list):
+        raise bad_request('%s: must be one object, not a list' % root)
     _check(doc[root], root)
     return xmltodict.unparse(doc, full_document=False)
 

@@ -1,5 +1,6 @@
 """The one place that opens, watches and reopens libvirt connections."""
 import logging
+import os
 import threading
 
 import libvirt
@@ -62,6 +63,10 @@ class ConnectionPool:
 
     def _open(self):
         start_event_loop()
+        node = self.uri[len('test://'):] if self.uri.startswith('test:///') else None
+        if node and node != '/default' and not os.path.exists(node):
+            # libxml2 would print an "I/O warning" to stderr before libvirt fails; say it ourselves
+            raise unavailable('test node file %s does not exist' % node)
         try:
             conn = libvirt.open(self.uri)
         except libvirt.libvirtError as err:

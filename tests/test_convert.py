@@ -1,0 +1,58 @@
+"""The converter: the xmltodict shape both ways, fast path identical to xmltodict.parse."""
+import pytest
+import xmltodict
+
+from xend_rest import convert
+from xend_rest.errors import HTTPError
+
+SAMPLES = [
+    "<domain type='xen'><name>a</name></domain>",
+    "<domain><devices><disk a='1'/><disk a='2'/><disk a='3'><readonly/></disk></devices></domain>",
+    "<domain><vcpu placement='static' current='1'>4</vcpu><on_crash>restart</on_crash></domain>",
+    "<domain><description>  spaced  text\n</description><empty></empty><e2/></domain>",
+    "<domain><mixed>one<b>x</b>two</mixed></domain>",
+    "<domain><a>1</a><b/><a>2</a></domain>",
+    "<domain><title>caf\u00e9 &amp; &lt;bar&gt;</title></domain>",
+    "<domain><metadata><app:x xmlns:app='http://example.org/app'>1</app:x></metadata></domain>",
+]
+
+
+@pytest.mark.parametrize('xml', SAMPLES)
+def test_fast_parse_matches_xmltodict(xml):
+    assert convert.xml_to_dict(xml) == xmltodict.parse(xml)
+
+
+@pytest.mark.parametrize('xml', SAMPLES[:4] + SAMPLES[5:])
+def test_json_back_to_xml_and_again_is_stable(xml):
+    doc = convert.xml_to_dict(xml)
+    assert convert.xml_to_dict(convert.dict_to_xml(doc, 'domain')) == doc
+
+
+def test_numbers_are_written_as_text():
+    xml = convert.dict_to_xml({'domain': {'vcpu': 2, 'memory': {'@unit': 'KiB', '#text': 1024}}},
+                              'domain')
+    assert convert.xml_to_dict(xml) == {
+        'domain': {'vcpu': '2', 'memory': {'@unit': 'KiB', '#text': '1024'}}}
+
+
+@pytest.mark.parametrize('doc', [
+    {'domain': {'name': {'@a b': '1'}}}, {'domain': {'-x': '1'}}, {'domain': {'a': [[]]}},
+    {'domain': {'a': {'@b': None}}}, {'domain': {'a': {'@b': {'c': 1}}}},
+    {'domain': {'a': '\x1b[31m'}}, {'domain': {'a': False}}, {'domain': [{}]},
+    {'domain': {}, 'other': {}}, ['domain'],
+])
+def test_unrepresentable_json_is_refused(doc):
+    with pytest.raises(HTTPError) as raised:
+        convert.dict_to_xml(doc, 'domain')
+    assert raised.value.status == 400
+
+
+@pytest.mark.parametrize('posted, stored, expected', [
+    ({'a': '1'}, {'a': '2'}, []),
+    ({'a': '1', 'b': None}, {'a': '1'}, ['d.b']),
+    ({'x': [{'@k': '1'}, {'@k': '2', '@z': '1'}]}, {'x': [{'@k': '1'}, {'@k': '2'}]}, ['d.x[1].@z']),
+    ({'x': {'@k': '1'}}, {'x': [{'@j': '0'}, {'@k': '1', '@extra': '1'}]}, []),
+    ({'x': {'y': '1'}}, {'x': 'text'}, ['d.x.y']),
+])
+def test_dropped_lists_what_is_missing(posted, stored, expected):
+    assert convert.dropped(posted, stored, 'd') == expected

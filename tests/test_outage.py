@@ -1,0 +1,70 @@
+"""A libvirt that cannot be reached is a 503 with Retry-After; the next request after it returns works."""
+import shutil
+
+import pytest
+
+from conftest import Client, node_xml
+from xend_rest.app import make_app
+
+NODES = '/libvirt/xen/nodes'
+
+
+def test_unreachable_libvirt_is_503_then_recovers(tmp_path):
+    node = tmp_path / 'node.xml'
+    client = Client(make_app(uri='test://%s' % node))
+    response = client.get(NODES + '/json')
+    assert response.status == 503
+    assert response.headers['Retry-After'].isdigit()
+    assert response.json['code'] == 'hypervisor_unavailable'
+    node.write_text(node_xml())  # "libvirt is back"
+    response = client.get(NODES + '/json')
+    assert response.status == 200
+    assert len(response.json) == 4
+    assert client.app.pool.connects == 1
+
+
+def test_no_libvirtd_behind_a_remote_uri_is_503(tmp_path):
+    client = Client(make_app(uri='qemu+unix:///system?socket=%s/none.sock' % tmp_path))
+    for path in ('/json', '/web/json'):
+        response = client.get(NODES + path)
+        assert response.status == 503
+        assert response.headers['Retry-After']
+        assert 'none.sock' in response.json['message']
+    assert client.post(NODES + '/web/start').status == 503
+
+
+def test_libvirt_prints_nothing_to_stderr(tmp_path, api, capfd):
+    Client(make_app(uri='test://%s/missing.xml' % tmp_path)).get(NODES + '/json')
+    api.get(NODES + '/nosuch/json')
+    api.post(NODES + '/web/devices/attach', {'disk': {'target': {'@dev': 'xvdz'}}})
+    api.post(NODES + '/create', {'domain': {'name': 'x'}})
+    assert capfd.readouterr().err == ''
+
+
+def test_a_failing_handler_is_a_json_500_with_the_traceback_only_in_the_log(node_uri, caplog):
+    def broken(request):
+        raise RuntimeError('secret detail')
+
+    client = Client(make_app(uri=node_uri, routes=[('GET', '/boom', broken)]))
+    response = client.get('/boom')
+    assert response.status == 500
+    assert response.json == {'message': 'internal server error', 'code': 'internal_error'}
+    assert 'secret' not in response.body.decode()
+    assert 'RuntimeError: secret detail' in caplog.text
+
+
+def test_apps_do_not_share_state(tmp_path):
+    first, second = tmp_path / 'a.xml', tmp_path / 'b.xml'
+    first.write_text(node_xml())
+    shutil.copy(first, second)
+    a, b = Client(make_app(uri='test://%s' % first)), Client(make_app(uri='test://%s' % second))
+    assert a.post(NODES + '/web/destroy').status == 204
+    assert b.get(NODES + '/web/json').status == 200
+    assert a.app.pool is not b.app.pool
+
+
+@pytest.mark.parametrize('method', ['PUT', 'DELETE', 'PATCH'])
+def test_other_methods_are_405(api, method):
+    response = api.request(method, NODES + '/web/start')
+    assert response.status == 405
+    assert response.headers['Allow'] == 'POST'
