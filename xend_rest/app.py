@@ -1,6 +1,7 @@
 """make_app(): the WSGI callable, and the single place that turns exceptions into responses."""
 import json
 import logging
+import os
 from urllib.parse import parse_qs
 
 import libvirt
@@ -71,9 +72,12 @@ class Request:
 
 
 def make_app(uri=None, pool=None, routes=ROUTES):
-    """A WSGI application serving the API on one pooled libvirt connection."""
+    """A WSGI application serving the API on one pooled libvirt connection.
+
+    The URI defaults to $XEND_REST_URI, else xen:///system.
+    """
     if pool is None:
-        pool = ConnectionPool(uri or 'xen:///system')
+        pool = ConnectionPool(uri or os.environ.get('XEND_REST_URI') or 'xen:///system')
     router = Router(routes)
 
     def app(environ, start_response):
