@@ -7,6 +7,7 @@ from urllib.parse import parse_qs
 import libvirt
 
 from . import errors
+from .convert import JSONText
 from .errors import HTTPError, bad_request
 from .pool import ConnectionPool
 from .routes import Router, ROUTES
@@ -112,7 +113,8 @@ def _respond(start_response, method, status, body, headers):
     if status in NO_BODY_STATUSES or body is None:
         payload = b''
     else:
-        payload = json.dumps(body, sort_keys=True).encode() + b'\n'
+        text = body if isinstance(body, JSONText) else json.dumps(body, sort_keys=True)
+        payload = text.encode() + b'\n'
         headers = [('Content-Type', JSON_TYPE), ('Content-Length', str(len(payload)))] + headers
     start_response('%d %s' % (status, REASONS.get(status, 'Unknown')), headers)
     return [b''] if method == 'HEAD' else [payload]
