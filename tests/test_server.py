@@ -137,6 +137,28 @@ def test_forty_concurrent_clients_with_four_workers():
     assert all(status == 200 for status, _ in results)
 
 
+def worker_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("xend-rest-worker-")]
+
+
+def test_workers_start_on_demand_and_never_exceed_the_bound():
+    before = len(worker_threads())
+    busy = threading.Barrier(4, timeout=5)
+
+    def meeting_app(environ, start_response):
+        busy.wait()  # four requests must run at once, so four workers must exist
+        return echo_app(environ, start_response)
+
+    with serving(meeting_app, workers=4) as server:
+        assert len(worker_threads()) == before  # idle: no worker yet
+        threads = [threading.Thread(target=lambda: get_json(client(server))) for _ in range(12)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(worker_threads()) - before == 4
+
+
 def test_half_sent_head_does_not_block_other_clients():
     with serving(workers=1) as server, raw_connect(server) as slow:
         slow.sendall(b"GET / HTTP/1.1\r\nHost: exa")

@@ -2,7 +2,8 @@
 
 One selector thread accepts connections, watches idle keep-alive connections and
 accumulates each request head without blocking; only a connection whose head is
-complete is handed, through a bounded queue, to one of a fixed pool of workers. So
+complete is handed, through a bounded queue, to one of a bounded pool of workers
+(started on demand, so an idle daemon stays small). So
 slow, idle or half-open clients cost a file descriptor, never a worker thread.
 
 Request bodies must carry a Content-Length: a chunked request body is refused with
@@ -274,7 +275,9 @@ class Server:
         self._returned = collections.deque()  # keep-alive connections back from workers
         self._active = set()  # connections a worker is serving, cut after the grace period
         self._sockets = []
-        self._threads = []
+        self._threads = []  # the selector, then the workers started so far
+        self._idle = 0  # workers waiting on the queue (or about to)
+        self._idle_lock = threading.Lock()
         self._stopping = False
         self._stop_requested = False
         self._selector = None
@@ -302,10 +305,7 @@ class Server:
             sock.setblocking(False)
             self._selector.register(sock, selectors.EVENT_READ, "listen")
         self._threads = [threading.Thread(target=self._select_loop, name="xend-rest-selector", daemon=True)]
-        self._threads += [threading.Thread(target=self._worker, name=f"xend-rest-worker-{i}", daemon=True)
-                          for i in range(self.workers)]
-        for thread in self._threads:
-            thread.start()
+        self._threads[0].start()
         log.info("listening on %s", ", ".join(map(format_address, self.addresses)))
 
     def serve_forever(self):
@@ -453,6 +453,7 @@ class Server:
             self._selector.unregister(conn.sock)
             try:
                 self._queue.put_nowait(conn)
+                self._add_worker_if_all_busy()
             except queue.Full:
                 log.warning("all workers busy and queue full, refusing %s", conn.client)
                 self._reject(conn, "503 Service Unavailable", "server busy", "busy")
@@ -474,9 +475,22 @@ class Server:
 
     # -- workers -----------------------------------------------------------------
 
+    def _add_worker_if_all_busy(self):
+        """Workers start on demand, up to `workers`: an idle daemon keeps a small footprint."""
+        with self._idle_lock:
+            if self._idle or len(self._threads) > self.workers:
+                return
+            self._idle += 1  # counted now, so the next request does not start another one
+        thread = threading.Thread(target=self._worker, name=f"xend-rest-worker-{len(self._threads)}",
+                                  daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
     def _worker(self):
         while True:
             conn = self._queue.get()
+            with self._idle_lock:
+                self._idle -= 1
             if conn is None:
                 return
             self._active.add(conn)
@@ -497,6 +511,8 @@ class Server:
                 self._wake()
             else:
                 conn.close()
+            with self._idle_lock:
+                self._idle += 1
 
     def _serve(self, conn):
         """Serve every complete request head buffered on conn; True to keep the connection."""
