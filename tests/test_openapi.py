@@ -76,7 +76,7 @@ SAMPLES = [
     ('GET', '/version', '', 200),
     ('GET', '/info', '', 200),
     ('GET', '/_ping', '', 200),
-    ('GET', '/libvirt/xen/events', 'since=0&timeout=0', 200),
+    ('GET', '/libvirt/xen/events', 'since=0&limit=1&timeout=10', 200),
 ]
 
 

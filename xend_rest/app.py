@@ -1,6 +1,7 @@
 """make_app(): the WSGI callable, and the single place that turns exceptions into responses."""
 import json
 import logging
+import os
 from time import perf_counter
 from urllib.parse import parse_qs
 
@@ -8,6 +9,7 @@ import libvirt
 
 from . import errors
 from .bodies import Raw
+from .convert import JSONText
 from .errors import HTTPError, bad_request
 from .events import EventHub
 from .metrics import RequestMetrics
@@ -76,9 +78,12 @@ class Request:
 
 
 def make_app(uri=None, pool=None, routes=ROUTES, hub=None):
-    """A WSGI application serving the API on one pooled libvirt connection."""
+    """A WSGI application serving the API on one pooled libvirt connection.
+
+    The URI defaults to $XEND_REST_URI, else xen:///system.
+    """
     if pool is None:
-        pool = ConnectionPool(uri or 'xen:///system')
+        pool = ConnectionPool(uri or os.environ.get('XEND_REST_URI') or 'xen:///system')
     router = Router(routes)
     hub = hub or EventHub()
     pool.on_connect(hub.attach)
@@ -124,7 +129,8 @@ def _respond(start_response, method, status, body, headers):
     if status in NO_BODY_STATUSES or body is None:
         payload = b''
     else:
-        payload = json.dumps(body, sort_keys=True).encode() + b'\n'
+        text = body if isinstance(body, JSONText) else json.dumps(body, sort_keys=True)
+        payload = text.encode() + b'\n'
         headers = [('Content-Type', JSON_TYPE), ('Content-Length', str(len(payload)))] + headers
     start_response('%d %s' % (status, REASONS.get(status, 'Unknown')), headers)
     return [b''] if method == 'HEAD' else [payload]
