@@ -1,6 +1,10 @@
 """GET /libvirt/xen/events and waiting: what a watching client sees while another one acts."""
+import contextlib
+import http.client
 import io
 import json
+import socket
+import struct
 import threading
 from wsgiref.util import setup_testing_defaults
 
@@ -9,6 +13,7 @@ import pytest
 
 from xend_rest.app import make_app
 from xend_rest.events import LIFECYCLE_EVENTS, EventHub, lifecycle_names
+from xend_rest.server import Server
 
 from conftest import Client, WEB_UUID
 
@@ -73,6 +78,49 @@ def test_a_watcher_sees_every_transition_once_in_order(api):
     assert ids == sorted(set(ids))
     assert all(record['Time'].endswith('Z') for record in records)
     assert records[0]['Domain']['Uuid'] == api.conn.lookupByName('idle').UUIDString()
+
+
+@contextlib.contextmanager
+def serving(node_uri, hub=None):
+    """The app behind the real threaded server, on a free local port."""
+    app = make_app(uri=node_uri, hub=hub)
+    server = Server(app, ['127.0.0.1:0'], workers=4)
+    server.start()
+    try:
+        yield app, server.addresses[0]
+    finally:
+        server.shutdown(grace=2)
+        app.pool.close()
+
+
+def test_a_watcher_through_the_server_sees_another_clients_actions(node_uri):
+    with serving(node_uri) as (app, address):
+        watcher = http.client.HTTPConnection(*address, timeout=BOUND)
+        watcher.request('GET', EVENTS + '?limit=4&domain=idle')
+        stream = watcher.getresponse()
+        assert stream.status == 200
+        assert stream.readline() == b'\n'  # the head and a heartbeat come at once
+        actor = http.client.HTTPConnection(*address, timeout=BOUND)
+        for action in ('start', 'suspend', 'resume', 'stop'):
+            actor.request('POST', NODES + '/idle/' + action)
+            answer = actor.getresponse()
+            answer.read()
+            assert answer.status == 204
+        records = [json.loads(line) for line in stream.read().split(b'\n') if line]
+        assert [record['Event'] for record in records] == \
+            ['started', 'suspended', 'resumed', 'stopped']
+        _until(lambda: app.hub.subscribers == 0)
+
+
+def test_a_vanished_client_is_noticed_and_unsubscribed(node_uri):
+    with serving(node_uri, EventHub(heartbeat=0.05)) as (app, address):
+        sock = socket.create_connection(address, timeout=BOUND)
+        sock.sendall(b'GET %s HTTP/1.1\r\nHost: x\r\n\r\n' % EVENTS.encode())
+        assert sock.recv(100).startswith(b'HTTP/1.1 200')
+        assert app.hub.subscribers == 1
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
+        sock.close()  # a reset, as when a client machine vanishes and comes back
+        _until(lambda: app.hub.subscribers == 0)
 
 
 def test_a_reconnecting_client_loses_nothing(api):
