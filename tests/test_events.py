@@ -4,6 +4,7 @@ import http.client
 import io
 import json
 import socket
+import time
 import struct
 import threading
 from wsgiref.util import setup_testing_defaults
@@ -110,6 +111,22 @@ def test_a_watcher_through_the_server_sees_another_clients_actions(node_uri):
         assert [record['Event'] for record in records] == \
             ['started', 'suspended', 'resumed', 'stopped']
         _until(lambda: app.hub.subscribers == 0)
+
+
+def test_shutdown_ends_open_streams_at_once(node_uri):
+    app = make_app(uri=node_uri)
+    server = Server(app, ['127.0.0.1:0'], workers=4, on_shutdown=app.hub.close)
+    server.start()
+    watcher = http.client.HTTPConnection(*server.addresses[0], timeout=BOUND)
+    watcher.request('GET', EVENTS)
+    stream = watcher.getresponse()
+    assert stream.readline() == b'\n'
+    started = time.monotonic()
+    server.shutdown(grace=30)
+    app.pool.close()
+    assert time.monotonic() - started < 10  # not the 30 s grace period
+    assert app.hub.subscribers == 0
+    assert stream.read() is not None  # the stream ended; the connection did not hang
 
 
 def test_a_vanished_client_is_noticed_and_unsubscribed(node_uri):

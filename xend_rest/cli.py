@@ -134,7 +134,8 @@ def main(argv=None):
                     "nothing here touches real virtual machines ***", args.uri)
     log.info("libvirt URI %s", args.uri)
     app = make_app(uri=args.uri)
-    server = Server(app, args.listen, workers=args.workers, timeout=args.timeout)
+    server = Server(app, args.listen, workers=args.workers, timeout=args.timeout,
+                    on_shutdown=app.hub.close)
     try:
         server.serve_forever()
     except OSError as err:

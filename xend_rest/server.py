@@ -263,8 +263,10 @@ class Server:
     """Serve a WSGI app on listeners ('HOST:PORT', '[::1]:PORT', 'unix:/path')."""
 
     def __init__(self, app, listeners, workers=32, queue_size=1024, timeout=30.0,
-                 keepalive_timeout=15.0, grace=10.0, max_head=65536, backlog=1024):
+                 keepalive_timeout=15.0, grace=10.0, max_head=65536, backlog=1024,
+                 on_shutdown=None):
         self.app = app
+        self.on_shutdown = on_shutdown  # ends long-lived responses (event streams) at shutdown
         self.listeners = list(listeners)
         for spec in self.listeners:
             parse_listen(spec)  # fail early, before anything is bound
@@ -343,6 +345,8 @@ class Server:
         self._stopping = True
         self._wake()
         self._threads[0].join()  # the selector closes listeners and idle connections
+        if self.on_shutdown:
+            self.on_shutdown()
         workers = self._threads[1:]
         for _ in workers:
             try:
