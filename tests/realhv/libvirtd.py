@@ -27,6 +27,8 @@ QEMU_USER = "libvirt-qemu"  # the QEMU driver refuses to initialise without it, 
 RUNTIME_DIRS = ("/run/libvirt", "/var/log/libvirt", "/var/lib/libvirt", "/var/cache/libvirt")
 REQUIRED_BINARIES = ("libvirtd", "qemu-system-x86_64", "qemu-img")
 SYSTEM_LOG = Path("/var/log/libvirt/libvirtd.log")
+# Where the libvirtd started here logs: kept after the session, for a post-mortem.
+OUR_LOG = Path("/var/log/libvirt/libvirtd-xend-rest-tests.log")
 
 
 @dataclass
@@ -75,7 +77,7 @@ def ensure_libvirtd(workdir, timeout=30):
     configure_host()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    log = workdir / "libvirtd.log"
+    log = OUR_LOG
     conf = workdir / "libvirtd.conf"
     # Our own daemon config (the system one may be absent): just a log file the tests can quote.
     conf.write_text(f'log_outputs = "3:file:{log}"\n')
