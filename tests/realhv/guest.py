@@ -285,7 +285,7 @@ class Console:
 
     def __init__(self, path, diagnostics=lambda: ""):
         self.path = Path(path)
-        self._diagnostics = diagnostics
+        self.diagnostics = diagnostics
 
     def text(self):
         try:
@@ -302,7 +302,7 @@ class Console:
     def wait_for(self, marker, count=1, timeout=30):
         """Wait until `marker` starts `count` console lines; return the seconds it took."""
         return wait_until(lambda: self.count(marker) >= count, timeout,
-                          f"{count} x {marker!r} on the console", self._diagnostics)
+                          f"{count} x {marker!r} on the console", self.diagnostics)
 
 
 def wait_until(predicate, timeout, what, diagnostics=lambda: ""):

@@ -22,7 +22,7 @@ def boot(libvirt_conn, guest_name, guest_xml, guest_console, stem, **options):
 
 def wait_state(domain, console, state, timeout=20):
     return wait_until(lambda: domain.state()[0] == state, timeout,
-                      f"{domain.name()} in state {state}", console._diagnostics)
+                      f"{domain.name()} in state {state}", console.diagnostics)
 
 
 def test_acpi_shutdown_then_start_again(libvirt_conn, guest_name, guest_xml, guest_console):
@@ -48,9 +48,9 @@ def test_balloon_moves_live(libvirt_conn, guest_name, guest_xml, guest_console):
     for target in (128 * 1024, 192 * 1024):
         domain.setMemoryFlags(target, LIVE)
         wait_until(lambda: domain.memoryStats()["actual"] == target, 20,
-                   f"balloon at {target} KiB", console._diagnostics)
+                   f"balloon at {target} KiB", console.diagnostics)
     # info() follows the balloon through QEMU's BALLOON_CHANGE event, a little later
-    wait_until(lambda: domain.info()[2] == 192 * 1024, 20, "info() at 192 MiB", console._diagnostics)
+    wait_until(lambda: domain.info()[2] == 192 * 1024, 20, "info() at 192 MiB", console.diagnostics)
 
 
 def test_vcpu_hotplug_live(libvirt_conn, guest_name, guest_xml, guest_console):
@@ -82,7 +82,7 @@ def test_disk_attach_detach_live(libvirt_conn, guest_name, guest_xml, guest_cons
     # Detaching from a PCI slot needs the guest to eject it (ACPI hotplug, built into the kernel).
     domain.detachDeviceFlags(disk, LIVE)
     wait_until(lambda: str(image) not in domain.XMLDesc(), 20, "disk gone from the live XML",
-               console._diagnostics)
+               console.diagnostics)
     console.wait_for(f"{UEVENT_MARKER} remove block vd")
     assert str(image) not in domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
 
@@ -96,7 +96,7 @@ def test_nic_attach_detach_live(libvirt_conn, guest_name, guest_xml, guest_conso
     console.wait_for(f"{UEVENT_MARKER} add net eth")
     domain.detachDeviceFlags(nic, LIVE)
     wait_until(lambda: mac not in domain.XMLDesc(), 20, "NIC gone from the live XML",
-               console._diagnostics)
+               console.diagnostics)
     console.wait_for(f"{UEVENT_MARKER} remove net eth")
 
 
