@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 MAX_JSON_BODY = 1 << 20  # a domain definition is a few KiB; 1 MiB is generous
 JSON_TYPE = 'application/json'
 NO_BODY_STATUSES = (204, 304)
+SAFE_METHODS = ('GET', 'HEAD')  # the rest may change the hypervisor's state
 REASONS = {
     200: 'OK', 201: 'Created', 202: 'Accepted', 204: 'No Content', 206: 'Partial Content',
     304: 'Not Modified', 400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden',
@@ -101,7 +102,8 @@ def make_app(uri=None, pool=None, routes=ROUTES, hub=None):
         except libvirt.libvirtError as err:
             if errors.is_connection_error(err):
                 pool.discard(request._conn)
-            answer = _error_answer(errors.from_libvirt(err))
+            write = request.method not in SAFE_METHODS
+            answer = _error_answer(errors.from_libvirt(err, write))
         except Exception:
             log.exception('%s %s failed', request.method, request.path)
             answer = _error_answer(HTTPError(500, 'internal server error', 'internal_error'))

@@ -56,6 +56,9 @@ LIBVIRT_ERRORS.pop(None, None)
 # Error domains whose failures mean "the link to libvirtd broke", whatever the code.
 CONNECTION_DOMAINS = {_code('VIR_FROM_RPC'), _code('VIR_FROM_REMOTE')} - {None}
 RETRY_AFTER = '5'
+# Never retried by the daemon: a write libvirtd carried out before the link broke would run twice.
+OUTCOME_UNKNOWN = ('; the connection broke while the request was under way, so whether it took '
+                   'effect is unknown: read the domain again (Inspect) before retrying')
 
 
 def is_connection_error(err):
@@ -71,13 +74,16 @@ def is_no_domain(err):
     return err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN
 
 
-def from_libvirt(err):
-    """The HTTPError that a libvirt error means for a client."""
+def from_libvirt(err, write=False):
+    """The HTTPError that a libvirt error means for a client; `write`: the request may have
+    changed something, so a connection that broke under it leaves the outcome unknown."""
     message = err.get_error_message() or str(err)
     if is_connection_error(err):
-        if 'keepalive' in message:
-            return HTTPError(504, 'libvirt did not answer in time: ' + message, 'hypervisor_timeout')
-        return unavailable(message)
+        broken = hypervisor_timeout(message) if 'keepalive' in message else unavailable(message)
+        if write:
+            broken.message += OUTCOME_UNKNOWN
+            broken.code = 'outcome_unknown'
+        return broken
     if err.get_error_code() == libvirt.VIR_ERR_INVALID_ARG and 'unsupported flags' in message:
         # virCheckFlags: a documented flag this driver does not implement
         return HTTPError(501, message, 'not_supported')
@@ -87,6 +93,11 @@ def from_libvirt(err):
 
 def unavailable(message):
     return HTTPError(503, 'libvirt is unreachable: ' + message, 'hypervisor_unavailable',
+                     [('Retry-After', RETRY_AFTER)])
+
+
+def hypervisor_timeout(message):
+    return HTTPError(504, 'libvirt did not answer in time: ' + message, 'hypervisor_timeout',
                      [('Retry-After', RETRY_AFTER)])
 
 

@@ -5,7 +5,7 @@ import threading
 
 import libvirt
 
-from .errors import unavailable
+from .errors import hypervisor_timeout, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +44,15 @@ def _run_event_loop():
 class ConnectionPool:
     """One libvirt connection, opened lazily, shared by every thread, reopened once it breaks."""
 
-    def __init__(self, uri, keepalive_interval=5, keepalive_count=3):
+    def __init__(self, uri, keepalive_interval=5, keepalive_count=3, open_timeout=30):
+        """A stopped libvirtd breaks an open connection after about interval x (count + 1) s of
+        silence (libvirt's keepalive), and an opening one after open_timeout s."""
         self.uri = uri
         self.keepalive = (keepalive_interval, keepalive_count)
+        self.open_timeout = open_timeout
         self.connects = 0  # successful opens; every one after the first is a reconnect
         self._conn = None
+        self._opener = None  # the _Opener in flight: one at a time, however many requests wait
         self._lock = threading.Lock()
         self._on_connect = []
 
@@ -62,14 +66,24 @@ class ConnectionPool:
         return self._conn is not None
 
     def get(self):
-        """The shared connection, opening it first if there is none (503 when that fails)."""
+        """The shared connection, opening it first if there is none (503 when that fails, 504
+        when libvirtd does not answer within open_timeout)."""
         conn = self._conn
         if conn is not None:
             return conn
         with self._lock:
-            if self._conn is None:
-                self._conn = self._open()
-            return self._conn
+            if self._conn is not None:
+                return self._conn
+            opener = self._opener = self._opener or _Opener(self._open)
+        if not opener.done.wait(self.open_timeout):
+            raise hypervisor_timeout('connecting to %s took longer than %g s'
+                                     % (self.uri, self.open_timeout))
+        with self._lock:
+            if self._opener is opener:  # the first to see it finished adopts its connection
+                self._opener, self._conn = None, opener.conn
+        if opener.error is not None:
+            raise opener.error
+        return opener.conn
 
     def _open(self):
         start_event_loop()
@@ -100,19 +114,26 @@ class ConnectionPool:
         return conn
 
     def _on_close(self, conn, reason, _opaque):
+        # libvirt calls this holding its close-callback lock, on whichever thread saw the link
+        # drop (often one inside a call): unregistering here would deadlock that thread.
         log.warning('libvirt closed the connection to %s (reason %d)', self.uri, reason)
-        self.discard(conn)
+        self._forget(conn)
 
     def discard(self, conn):
         """Forget a connection that broke, so that the next request opens a new one."""
-        with self._lock:
-            if self._conn is conn:
-                self._conn = None
-        if conn is not None:
+        if self._forget(conn):
             try:
                 conn.unregisterCloseCallback()
             except libvirt.libvirtError:
-                pass
+                pass  # libvirt already dropped it when it closed the connection
+
+    def _forget(self, conn):
+        """Stop handing out conn; True if it was the current connection."""
+        with self._lock:
+            if conn is None or self._conn is not conn:
+                return False
+            self._conn = None
+            return True
 
     def close(self):
         with self._lock:
@@ -122,6 +143,25 @@ class ConnectionPool:
                 conn.close()
             except libvirt.libvirtError:
                 pass
+
+
+class _Opener(threading.Thread):
+    """libvirt.open() in a thread of its own: against a stopped libvirtd it hangs, unbounded."""
+
+    def __init__(self, open_connection):
+        super().__init__(name='libvirt-open', daemon=True)
+        self._open_connection = open_connection
+        self.conn = self.error = None
+        self.done = threading.Event()
+        self.start()
+
+    def run(self):
+        try:
+            self.conn = self._open_connection()
+        except Exception as err:  # an HTTPError (503) from _open, or a bug: raised in get()
+            self.error = err
+        finally:
+            self.done.set()
 
 
 class ConnectionCache:

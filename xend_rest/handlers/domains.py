@@ -87,7 +87,7 @@ def create_domain(request):
 
 def _rejected(err):
     """A definition libvirt refuses is 406, unless the refusal means something else."""
-    mapped = from_libvirt(err)
+    mapped = from_libvirt(err, write=True)
     if mapped.status in (400, 500, 501):
         return HTTPError(406, err.get_error_message(), 'definition_rejected')
     return mapped
