@@ -148,3 +148,106 @@ def tail(path, lines=40):
 
 def _sbin_path():
     return os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+
+
+# What a private libvirtd must not share with the system one: its drivers' state, runtime files
+# and definitions (else it would adopt the shared daemon's QEMU processes and autostart its
+# networks). tmpfs over each, inside a mount namespace of its own.
+PRIVATE_DIRS = ("/run/libvirt", "/var/lib/libvirt", "/var/cache/libvirt", "/etc/libvirt")
+HOLDER_SCRIPT = """set -e
+for d in {dirs}; do mkdir -p "$d"; mount -t tmpfs -o mode=0755 xend-rest-tests "$d"; done
+mkdir -p /etc/libvirt
+cp {qemu_conf} /etc/libvirt/qemu.conf
+echo ready
+exec sleep infinity
+"""
+
+
+class PrivateLibvirtd:
+    """A libvirtd (QEMU driver) of the caller's own, to kill, stop and restart without disturbing
+    anyone: its socket in `workdir`, its state on tmpfs in a private mount namespace.
+
+    A holder process keeps the namespace (and so the state and the QEMU processes) alive while
+    libvirtd itself is killed and started again, as systemd would restart it.
+    """
+
+    def __init__(self, workdir):
+        self.workdir = Path(workdir)
+        self.socket = self.workdir / "sock" / "libvirt-sock"
+        self.uri = f"qemu+unix:///system?socket={self.socket}"
+        self.log = self.workdir / "libvirtd.log"
+        self.holder = None
+        self.process = None
+
+    def start(self, timeout=30):
+        if self.holder is None:
+            self._start_holder()
+        conf = self.workdir / "libvirtd.conf"
+        conf.write_text(f'unix_sock_dir = "{self.socket.parent}"\n'
+                        f'log_outputs = "3:file:{self.log}"\n')
+        with open(self.workdir / "libvirtd.stderr", "ab") as stderr:
+            self.process = subprocess.Popen(
+                ["nsenter", "-t", str(self.holder.pid), "-m",
+                 shutil.which("libvirtd", path=_sbin_path()), "-f", str(conf),
+                 "-p", str(self.workdir / "libvirtd.pid")],
+                stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while not answers(self.uri):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"private libvirtd did not answer {self.uri}\n"
+                                   f"{tail(self.workdir / 'libvirtd.stderr')}\n{tail(self.log)}")
+            time.sleep(0.1)
+
+    def signal(self, signum):
+        self.process.send_signal(signum)
+
+    def kill(self):
+        self.signal(signal.SIGKILL)
+        self.process.wait()
+
+    def close(self):
+        """Stop libvirtd, then every process left in the namespace (QEMU), then the holder."""
+        if self.process is not None and self.process.poll() is None:
+            self.signal(signal.SIGCONT)
+            self.kill()
+        if self.holder is not None:
+            namespace = os.readlink(f"/proc/{self.holder.pid}/ns/mnt")
+            for pid in _pids_in_namespace(namespace):
+                if pid != self.holder.pid:
+                    _kill_quietly(pid)
+            self.holder.kill()
+            self.holder.wait()
+            self.holder = None
+
+    def _start_holder(self):
+        self.socket.parent.mkdir(parents=True, exist_ok=True)
+        qemu_conf = self.workdir / "qemu.conf"
+        qemu_conf.write_text(qemu_conf_with_settings(
+            QEMU_CONF.read_text() if QEMU_CONF.exists() else ""))
+        script = HOLDER_SCRIPT.format(dirs=" ".join(PRIVATE_DIRS), qemu_conf=qemu_conf)
+        self.holder = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            start_new_session=True)
+        if self.holder.stdout.readline() != b"ready\n":
+            error = self.holder.stderr.read().decode(errors="replace")
+            self.holder.wait()
+            self.holder = None
+            raise RuntimeError(f"cannot set up a private mount namespace: {error}")
+
+
+def _pids_in_namespace(namespace):
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.readlink(f"/proc/{entry}/ns/mnt") == namespace:
+                    yield int(entry)
+            except OSError:
+                pass  # gone meanwhile
+
+
+def _kill_quietly(pid):
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

@@ -254,7 +254,7 @@ def test_nic_hot_plug_update_link_and_detach(api, running, libvirt_conn):
     mine = next(d for d in api.get(NODES + '/stats').json if d['Name'] == name)
     assert mine['Network'], mine
     assert all(isinstance(n['RxBytes'], int) and isinstance(n['TxPackets'], int)
-               for n in mine['Network'])
+               for n in mine['Network']), mine['Network']
 
     down = {'interface': {'@type': 'user', 'mac': {'@address': mac}, 'model': {'@type': 'virtio'},
                           'link': {'@state': 'down'}}}

@@ -1,0 +1,243 @@
+"""The daemon survives libvirtd faults: killed (SIGKILL) or frozen (SIGSTOP) under load.
+
+These tests kill and stop libvirtd, so they run a PRIVATE one (`libvirtd.PrivateLibvirtd`: its
+own socket, and its QEMU driver's state on tmpfs in a mount namespace of its own); the system
+libvirtd that other sessions share is never touched.
+"""
+
+import http.client
+import json
+import os
+import signal
+import sys
+import threading
+
+import libvirt
+import pytest
+
+from conftest import Client
+from xend_rest.app import make_app
+from xend_rest.pool import ConnectionPool
+from xend_rest.server import Server
+
+from . import guest
+from .conftest import SESSION_PREFIX
+from .guest import READY_MARKER, wait_until
+from .libvirtd import PrivateLibvirtd
+
+NODES = '/libvirt/xen/nodes'
+# A frozen libvirtd is noticed after about 1 s x (2 + 1) of silence, an opening one after 3 s.
+FAST_POOL = {'keepalive_interval': 1, 'keepalive_count': 2, 'open_timeout': 3}
+
+
+@pytest.fixture(scope='module')
+def private_libvirtd(libvirtd, tmp_path_factory):
+    """Needs what `libvirtd` needs (packages, root), plus mount namespaces."""
+    if os.geteuid() != 0:
+        pytest.skip('only root can run a private libvirtd')
+    daemon = PrivateLibvirtd(tmp_path_factory.mktemp('private-libvirtd'))
+    daemon.start()
+    yield daemon
+    daemon.close()
+
+
+@pytest.fixture
+def app(private_libvirtd):
+    if private_libvirtd.process.poll() is not None:
+        private_libvirtd.start()  # a failed test left it dead
+    private_libvirtd.signal(signal.SIGCONT)
+    app = make_app(pool=ConnectionPool(private_libvirtd.uri, **FAST_POOL))
+    yield app
+    app.pool.close()
+
+
+@pytest.fixture
+def guest_on_private(private_libvirtd, guest_files, console_dir):
+    """`make(stem) -> (name, console)`: a guest defined on the private libvirtd (not started)."""
+    conn = libvirt.open(private_libvirtd.uri)
+    names = []
+
+    def make(stem):
+        name = f'{SESSION_PREFIX}fault-{stem}-{len(names) + 1}'
+        console = guest.Console(console_dir / f'{name}.log')
+        conn.defineXML(guest.domain_xml(name, guest_files, console.path))
+        names.append(name)
+        return name, console
+
+    yield make
+    conn.close()
+    conn = libvirt.open(private_libvirtd.uri)  # the daemon may have been restarted meanwhile
+    for name in names:
+        domain = conn.lookupByName(name)
+        if domain.isActive():
+            domain.destroy()
+        domain.undefine()
+    conn.close()
+
+
+def request(server, method, path):
+    """(status, headers, JSON body) through the server's TCP socket; never waits over 60 s."""
+    host, port = server.addresses[0][:2]
+    conn = http.client.HTTPConnection(host, port, timeout=60)
+    try:
+        conn.request(method, path, body=b'', headers={'Content-Length': '0'})
+        response = conn.getresponse()
+        body = response.read()
+        return response.status, dict(response.getheaders()), json.loads(body) if body else None
+    finally:
+        conn.close()
+
+
+def in_libvirt(thread):
+    """Whether `thread` is inside a libvirt-python call now (waiting on libvirtd's answer)."""
+    frame = sys._current_frames().get(thread.ident)
+    while frame is not None:
+        if os.path.basename(frame.f_code.co_filename) == 'libvirt.py':
+            return True
+        frame = frame.f_back
+    return False
+
+
+class Load:
+    """Client threads sending GETs through the server in a loop, recording every answer."""
+
+    def __init__(self, server, paths, clients=4):
+        self.server, self.paths = server, paths
+        self.answers = [[] for _ in range(clients)]  # per client: (status, headers, body)
+        self.failures = []  # exceptions: a hang (socket timeout) or a dropped connection
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(i,)) for i in range(clients)]
+        for thread in self.threads:
+            thread.start()
+
+    def _run(self, index):
+        while not self.stop.is_set():
+            try:
+                for path in self.paths:
+                    self.answers[index].append(request(self.server, 'GET', path))
+            except Exception as err:  # recorded, asserted on by the test
+                self.failures.append(err)
+                return
+
+    def each_saw(self, count, since, statuses):
+        """Whether every client got `count` answers in `statuses` after its answer number since[i]."""
+        return all(sum(a[0] in statuses for a in answers[start:]) >= count
+                   for answers, start in zip(self.answers, since))
+
+    def marks(self):
+        return [len(answers) for answers in self.answers]
+
+    def finish(self):
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(60)
+        return [answer for answers in self.answers for answer in answers]
+
+
+@pytest.fixture
+def server(app):
+    running = Server(app, ['127.0.0.1:0'], workers=4, on_shutdown=app.hub.close)
+    running.start()
+    yield running
+    running.shutdown(grace=2)
+
+
+def test_libvirtd_killed_under_load_is_503_then_recovers_without_a_restart(
+        private_libvirtd, app, server, guest_on_private, capfd):
+    name, _console = guest_on_private('kill')
+    load = Load(server, [f'{NODES}/json?all=1', f'{NODES}/{name}/json'])
+    wait_until(lambda: load.each_saw(3, [0] * 4, {200}), 30, 'answers before the kill')
+    threads_before = threading.active_count()
+
+    private_libvirtd.kill()
+    killed = load.marks()
+    wait_until(lambda: load.each_saw(3, killed, {503}), 30, '503s while libvirtd is dead')
+    private_libvirtd.start()
+    back = load.marks()
+    wait_until(lambda: load.each_saw(3, back, {200}), 30, 'answers after libvirtd is back')
+    answers = load.finish()
+
+    assert load.failures == []
+    # 504: the restarted libvirtd accepts connections before its drivers are up, and this
+    # pool gives an opening connection 3 s
+    assert {status for status, _headers, _body in answers} <= {200, 503, 504}
+    for status, headers, body in answers:
+        if status != 200:
+            assert headers['Retry-After'].isdigit()
+            assert (status, body['code']) in (
+                (503, 'hypervisor_unavailable'), (504, 'hypervisor_timeout')), body
+    assert app.pool.connects == 2  # one reconnect, the same daemon
+    assert threading.active_count() <= threads_before
+    assert not [t for t in threading.enumerate() if t.name == 'libvirt-open']
+    assert capfd.readouterr().err == ''
+
+
+def test_a_start_cut_mid_call_is_outcome_unknown_and_never_applied_twice(
+        private_libvirtd, app, guest_on_private, capfd):
+    name, console = guest_on_private('cut')
+    api = Client(app)
+    assert api.get(f'{NODES}/{name}/json').status == 200  # connected
+    # Frozen, libvirtd takes the start request off its socket only after SIGCONT, if ever:
+    # the daemon cannot know, and must say so.
+    private_libvirtd.signal(signal.SIGSTOP)
+    answer = {}
+    thread = threading.Thread(target=lambda: answer.update(r=api.post(f'{NODES}/{name}/start')))
+    thread.start()
+    thread.join(30)
+    cut = answer['r']
+    assert cut.status == 504, cut.json
+    assert cut.json['code'] == 'outcome_unknown'
+    assert 'unknown' in cut.json['message'] and 'Inspect' in cut.json['message']
+
+    private_libvirtd.signal(signal.SIGCONT)
+    # what a client does next: read the domain again, and start it only if it is not running
+    inspected = api.get(f'{NODES}/{name}/json')
+    assert inspected.status == 200
+    retried = api.post(f'{NODES}/{name}/start')
+    assert retried.status in (204, 304)
+    console.wait_for(READY_MARKER)
+    assert libvirt.open(private_libvirtd.uri).lookupByName(name).isActive()
+    assert console.boots() == 1  # the start ran once, whichever of the two it was
+
+    # killed while a start waits in its socket: 503, again with the outcome unknown
+    assert api.post(f'{NODES}/{name}/destroy').status == 204
+    private_libvirtd.signal(signal.SIGSTOP)
+    thread = threading.Thread(target=lambda: answer.update(r=api.post(f'{NODES}/{name}/start')))
+    thread.start()
+    wait_until(lambda: in_libvirt(thread), 10, 'the start request inside a libvirt call')
+    private_libvirtd.kill()
+    thread.join(30)
+    assert (answer['r'].status, answer['r'].json['code']) == (503, 'outcome_unknown')
+    assert answer['r'].headers['Retry-After'].isdigit()
+    private_libvirtd.start()
+    assert api.get(f'{NODES}/{name}/json').status == 200
+    assert console.boots() == 1
+    assert capfd.readouterr().err == ''
+
+
+def test_a_frozen_libvirtd_is_504_in_bounded_time_then_recovers(private_libvirtd, app, capfd):
+    api = Client(app)
+    assert api.get(f'{NODES}/json').status == 200
+    private_libvirtd.signal(signal.SIGSTOP)
+    try:
+        # an open connection: libvirt's keepalive gives up on it
+        frozen = api.get(f'{NODES}/json')
+        assert (frozen.status, frozen.json['code']) == (504, 'hypervisor_timeout'), frozen.json
+        assert 'keepalive' in frozen.json['message']
+        # no connection left: opening one hangs in libvirt.open(), bounded by open_timeout;
+        # however many requests wait, one thread opens
+        answers = []
+        clients = [threading.Thread(target=lambda: answers.append(api.get(f'{NODES}/json')))
+                   for _ in range(3)]
+        for client in clients:
+            client.start()
+        for client in clients:
+            client.join(30)
+        assert [(a.status, a.json['code']) for a in answers] == [(504, 'hypervisor_timeout')] * 3
+        assert 'connecting' in answers[0].json['message']
+        assert len([t for t in threading.enumerate() if t.name == 'libvirt-open']) == 1
+    finally:
+        private_libvirtd.signal(signal.SIGCONT)
+    wait_until(lambda: api.get(f'{NODES}/json').status == 200, 30, 'an answer after SIGCONT')
+    assert not [t for t in threading.enumerate() if t.name == 'libvirt-open']
+    assert capfd.readouterr().err == ''
