@@ -242,8 +242,9 @@ def test_disk_and_nic_in_the_config_only(api, running, libvirt_conn, image):
 
 def test_nic_hot_plug_update_link_and_detach(api, running, libvirt_conn):
     name, console = running
-    # no MAC posted: libvirt assigns one, and the answer says which
-    nic = {'interface': {'@type': 'user', 'model': {'@type': 'virtio'}}}
+    # no MAC posted: libvirt assigns one, and the answer says which. An 'ethernet' NIC (a tap
+    # device libvirt creates, attached to nothing) rather than 'user': only a tap has counters.
+    nic = {'interface': {'@type': 'ethernet', 'model': {'@type': 'virtio'}}}
     attached = api.post(f'{NODES}/{name}/devices/attach', nic, query='flag=1')
     assert attached.status == 201, attached.json
     reported = attached.json['interface']
@@ -252,11 +253,11 @@ def test_nic_hot_plug_update_link_and_detach(api, running, libvirt_conn):
     assert reported['alias']['@name'] and reported['address']['@type'] == 'pci'
     console.wait_for(f'{UEVENT_MARKER} add net eth')
     mine = next(d for d in api.get(NODES + '/stats').json if d['Name'] == name)
-    assert mine['Network'], mine
-    assert all(isinstance(n['RxBytes'], int) and isinstance(n['TxPackets'], int)
-               for n in mine['Network']), mine['Network']
+    assert [n['Device'] for n in mine['Network']] == [reported['target']['@dev']]
+    assert all(isinstance(n[counter], int) for n in mine['Network']
+               for counter in ('RxBytes', 'RxPackets', 'TxBytes', 'TxPackets')), mine['Network']
 
-    down = {'interface': {'@type': 'user', 'mac': {'@address': mac}, 'model': {'@type': 'virtio'},
+    down = {'interface': {'@type': 'ethernet', 'mac': {'@address': mac}, 'model': {'@type': 'virtio'},
                           'link': {'@state': 'down'}}}
     updated = api.post(f'{NODES}/{name}/devices/update', down, query='flag=1')
     assert updated.status == 200, updated.json
@@ -265,7 +266,8 @@ def test_nic_hot_plug_update_link_and_detach(api, running, libvirt_conn):
     assert live[0]['link']['@state'] == 'down'
 
     detached = api.post(f'{NODES}/{name}/devices/detach',
-                        {'interface': {'@type': 'user', 'mac': {'@address': mac}}}, query='flag=1')
+                        {'interface': {'@type': 'ethernet', 'mac': {'@address': mac}}},
+                        query='flag=1')
     assert detached.status == 204, detached.json
     assert live_devices(libvirt_conn, name, 'interface') == []
     console.wait_for(f'{UEVENT_MARKER} remove net eth')
