@@ -5,14 +5,15 @@ from urllib.parse import parse_qs
 
 import libvirt
 
-from . import errors
+from . import errors, jsonbody
 from .errors import HTTPError, bad_request
 from .pool import ConnectionPool
 from .routes import Router, ROUTES
+from .security import Guard
 
 log = logging.getLogger(__name__)
 
-MAX_JSON_BODY = 1 << 20  # a domain definition is a few KiB; 1 MiB is generous
+MAX_JSON_BODY = 1 << 20  # a domain definition is a few KiB; 1 MiB is generous (max-body)
 JSON_TYPE = 'application/json'
 NO_BODY_STATUSES = (204, 304)
 REASONS = {
@@ -28,14 +29,17 @@ REASONS = {
 class Request:
     """What a handler sees of a request: method, path, query, body, and the libvirt connection."""
 
-    def __init__(self, environ, pool):
+    def __init__(self, environ, pool, max_body=MAX_JSON_BODY):
         self.environ = environ
+        self.max_body = max_body
+        self.role = None  # set by the Guard
         self.method = environ['REQUEST_METHOD']
         # PEP 3333 hands the path over as latin-1; domain names may be UTF-8.
         self.path = environ.get('PATH_INFO', '').encode('latin-1').decode('utf-8', 'replace')
         self.query = parse_qs(environ.get('QUERY_STRING', ''), keep_blank_values=True)
         self._pool = pool
         self._conn = None
+        self._json = _UNREAD
 
     @property
     def conn(self):
@@ -54,32 +58,52 @@ class Request:
         return values[0]
 
     def json(self):
-        """The request body, parsed as JSON."""
+        """The request body, parsed as strict JSON (read once, then remembered)."""
+        if self._json is _UNREAD:
+            self._json = jsonbody.loads(self._read_body())
+        return self._json
+
+    def _read_body(self):
+        given = self.environ.get('CONTENT_LENGTH')
+        if not given:
+            raise HTTPError(411, 'a JSON body needs a Content-Length', 'length_required')
         try:
-            length = int(self.environ.get('CONTENT_LENGTH') or 0)
+            length = int(given)
         except ValueError:
             raise bad_request('Content-Length is not a number') from None
-        if length > MAX_JSON_BODY:
-            raise HTTPError(413, 'the body is larger than %d bytes' % MAX_JSON_BODY, 'too_large')
-        body = self.environ['wsgi.input'].read(length) if length > 0 else b''
+        if length < 0:
+            raise bad_request('Content-Length is negative')
+        if length > self.max_body:
+            raise HTTPError(413, 'the body is larger than %d bytes' % self.max_body, 'too_large')
+        try:
+            body = self.environ['wsgi.input'].read(length)
+        except OSError as err:  # the client stalled past its deadline, or went away
+            raise HTTPError(408, 'the body did not arrive: %s' % err, 'timeout') from None
         if not body:
             raise bad_request('a JSON body is required')
-        try:
-            return json.loads(body)
-        except (ValueError, UnicodeDecodeError) as err:
-            raise bad_request('the body is not valid JSON: %s' % err) from None
+        return body
 
 
-def make_app(uri=None, pool=None, routes=ROUTES):
-    """A WSGI application serving the API on one pooled libvirt connection."""
+_UNREAD = object()
+
+
+def make_app(uri=None, pool=None, routes=ROUTES, guard=None, max_body=MAX_JSON_BODY):
+    """A WSGI application serving the API on one pooled libvirt connection.
+
+    guard: who may call what (security.Guard); the default checks Host, Origin and body types
+    and authenticates nobody, for a loopback or unix socket listener.
+    """
     if pool is None:
         pool = ConnectionPool(uri or 'xen:///system')
     router = Router(routes)
+    guard = guard or Guard()
 
     def app(environ, start_response):
-        request = Request(environ, pool)
+        request = Request(environ, pool, max_body)
         try:
+            guard.admit(request)
             handler, params = router.match(request.method, request.path)
+            guard.authorize(request, handler)
             answer = handler(request, **params)
         except HTTPError as err:
             answer = _error_answer(err)
@@ -95,6 +119,7 @@ def make_app(uri=None, pool=None, routes=ROUTES):
 
     app.pool = pool
     app.router = router
+    app.guard = guard
     return app
 
 
