@@ -56,3 +56,20 @@ def test_unrepresentable_json_is_refused(doc):
 ])
 def test_dropped_lists_what_is_missing(posted, stored, expected):
     assert convert.dropped(posted, stored, 'd') == expected
+
+
+def test_json_text_is_the_sorted_json_of_the_dict():
+    import json
+    xml = "<domain type='xen'><name>a</name><devices><disk/><disk a='1'/></devices></domain>"
+    text = convert.xml_to_json(xml)
+    assert json.loads(text) == xmltodict.parse(xml)
+    assert text == json.dumps(xmltodict.parse(xml), sort_keys=True)
+    assert convert.xml_to_json(xml.replace("'1'", "'2'")) != text  # keyed on the text: never stale
+
+
+def test_inspect_follows_a_change_made_behind_our_back(api):
+    first = api.get('/libvirt/xen/nodes/web/json').json
+    api.conn.lookupByName('web').setMemoryFlags(524288, 1)  # live, not through the API
+    second = api.get('/libvirt/xen/nodes/web/json').json
+    assert first['domain']['currentMemory']['#text'] == '1048576'
+    assert second['domain']['currentMemory']['#text'] == '524288'

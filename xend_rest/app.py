@@ -1,11 +1,13 @@
 """make_app(): the WSGI callable, and the single place that turns exceptions into responses."""
 import json
 import logging
+import os
 from urllib.parse import parse_qs
 
 import libvirt
 
 from . import errors, jsonbody
+from .convert import JSONText
 from .errors import HTTPError, bad_request
 from .pool import ConnectionPool
 from .routes import Router, ROUTES
@@ -90,11 +92,12 @@ _UNREAD = object()
 def make_app(uri=None, pool=None, routes=ROUTES, guard=None, max_body=MAX_JSON_BODY):
     """A WSGI application serving the API on one pooled libvirt connection.
 
-    guard: who may call what (security.Guard); the default checks Host, Origin and body types
-    and authenticates nobody, for a loopback or unix socket listener.
+    The URI defaults to $XEND_REST_URI, else xen:///system. guard: who may call what
+    (security.Guard); the default checks Host, Origin and body types and authenticates nobody,
+    for a loopback or unix socket listener.
     """
     if pool is None:
-        pool = ConnectionPool(uri or 'xen:///system')
+        pool = ConnectionPool(uri or os.environ.get('XEND_REST_URI') or 'xen:///system')
     router = Router(routes)
     guard = guard or Guard()
 
@@ -133,7 +136,8 @@ def _respond(start_response, method, status, body, headers):
     if status in NO_BODY_STATUSES or body is None:
         payload = b''
     else:
-        payload = json.dumps(body, sort_keys=True).encode() + b'\n'
+        text = body if isinstance(body, JSONText) else json.dumps(body, sort_keys=True)
+        payload = text.encode() + b'\n'
         headers = [('Content-Type', JSON_TYPE), ('Content-Length', str(len(payload)))] + headers
     start_response('%d %s' % (status, REASONS.get(status, 'Unknown')), headers)
     return [b''] if method == 'HEAD' else [payload]

@@ -3,6 +3,8 @@
 An element becomes a dict: attributes as "@name", text as "#text", children by tag; an element
 with only text becomes that string, an empty one None; a repeated child becomes a list.
 """
+import functools
+import json
 import re
 import xml.etree.ElementTree as ElementTree
 
@@ -20,6 +22,25 @@ XML_PREFIXES = frozenset(['xml'])  # the one prefix bound without a declaration
 XML_ATTRIBUTES = re.compile(r'xmlns(:.+)?|xml:(lang|space|base|id)\Z')
 # Characters XML 1.0 cannot carry at all, even escaped (lone surrogates cannot even be encoded).
 XML_INVALID_CHARS = re.compile('[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]')
+
+
+class JSONText(str):
+    """JSON already serialised, which the app sends as it is."""
+
+
+@functools.lru_cache(maxsize=1024)
+def xml_to_json(xml):
+    """The JSON text of xml_to_dict(xml), keys sorted.
+
+    Memoised on the XML text itself, so it is never stale: a domain's XML rarely changes between
+    two polls, and parsing plus serialising is most of what an Inspect or a List costs.
+    """
+    return JSONText(json.dumps(xml_to_dict(xml), sort_keys=True))
+
+
+def json_list(texts):
+    """A JSON list of already serialised items."""
+    return JSONText('[' + ', '.join(texts) + ']')
 
 
 def xml_to_dict(xml):

@@ -57,16 +57,16 @@ def list_domains(request):
     for dom in request.conn.listAllDomains(listing):
         try:
             if not is_dom0(dom):
-                described.append(convert.xml_to_dict(dom.XMLDesc(flag)))
+                described.append(convert.xml_to_json(dom.XMLDesc(flag)))
         except libvirt.libvirtError as err:
             if not is_no_domain(err):  # a domain may vanish between listing and lookup
                 raise
-    return 200, described
+    return 200, convert.json_list(described)
 
 
 def inspect_domain(request, ident):
     flag = parse_flag(request, DOMAIN_XML_FLAGS)
-    return 200, convert.xml_to_dict(lookup_domain(request.conn, ident).XMLDesc(flag))
+    return 200, convert.xml_to_json(lookup_domain(request.conn, ident).XMLDesc(flag))
 
 
 def create_domain(request):
