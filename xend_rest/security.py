@@ -6,8 +6,10 @@ host paths in a definition may be confined to a few directories.
 """
 import functools
 import hmac
+import ipaddress
 import os
 import socket
+import ssl
 import stat
 
 from .errors import HTTPError
@@ -223,3 +225,31 @@ def parse_tls_clients(text):
         name, _, role = item.partition(':')
         clients[name] = parse_role(role or ADMIN)
     return clients
+
+
+def tls_context(cert, key=None, ca=None):
+    """A server SSLContext: TLS 1.2+, and with a CA, client certificates required and verified."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+        if ca:
+            context.load_verify_locations(ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as err:
+        raise ConfigError('cannot load TLS certificate, key or CA: %s' % err) from None
+    return context
+
+
+def is_loopback(host):
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == 'localhost'
+
+
+def exposed_listeners(listen_hosts, tls_verifies_clients, tokens):
+    """The TCP hosts that listen beyond this machine with no way to authenticate a caller."""
+    if tls_verifies_clients or tokens:
+        return []
+    return [host for host in listen_hosts if not is_loopback(host)]
