@@ -195,7 +195,8 @@ def main(argv=None):
         return 2
     app = make_app(uri=args.uri, guard=guard, max_body=args.max_body)
     server = Server(app, args.listen, workers=args.workers, timeout=args.timeout, tls=tls,
-                    request_timeout=args.request_timeout, socket_mode=args.socket_mode, socket_gid=gid)
+                    request_timeout=args.request_timeout, max_body=args.max_body,
+                    socket_mode=args.socket_mode, socket_gid=gid)
     try:
         server.serve_forever()
     except OSError as err:

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import queue
+import re
 import selectors
 import signal
 import socket
@@ -32,6 +33,9 @@ LISTEN_HELP = "expected HOST:PORT, [IPV6]:PORT or unix:/path"
 STATUSES_WITHOUT_BODY = ("204", "304")
 MAX_DRAIN = 64 * 1024  # unread request body we still read to keep a connection alive
 RECV_SIZE = 65536
+# What the selector needs to know of a head to read its body too (the worker parses it fully).
+CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d{1,18})[ \t]*\r\n", re.IGNORECASE)
+EXPECT_CONTINUE = re.compile(rb"\r\nexpect:[ \t]*100-continue[ \t]*\r\n", re.IGNORECASE)
 
 
 def parse_listen(spec):
@@ -147,7 +151,7 @@ ERROR_STREAM = _ErrorStream()
 
 class _Connection:
     __slots__ = ("sock", "buf", "deadline", "client", "client_port", "server_name", "server_port",
-                 "transport", "handshaking", "client_cn")
+                 "transport", "handshaking", "client_cn", "awaiting_body")
 
     def __init__(self, sock, client, client_port, server_name, server_port, transport="tcp"):
         self.sock, self.client, self.client_port = sock, client, client_port
@@ -157,6 +161,7 @@ class _Connection:
         self.transport = transport  # unix, tcp or tls: xend_rest.transport for the app
         self.handshaking = transport == "tls"
         self.client_cn = None  # the verified client certificate's CN
+        self.awaiting_body = False  # the selector is reading a body after a complete head
 
     def close(self):
         try:
@@ -284,11 +289,11 @@ class Server:
 
     def __init__(self, app, listeners, workers=32, queue_size=1024, timeout=30.0,
                  keepalive_timeout=15.0, grace=10.0, max_head=65536, backlog=1024,
-                 request_timeout=60.0, tls=None, socket_mode=0o660, socket_gid=-1):
+                 request_timeout=60.0, tls=None, socket_mode=0o660, socket_gid=-1, max_body=1 << 20):
         """tls: an ssl.SSLContext for every TCP listener; request_timeout: a whole request's
         deadline; socket_mode, socket_gid: who may connect to unix listeners."""
         self.app = app
-        self.request_timeout, self.tls = request_timeout, tls
+        self.request_timeout, self.tls, self.max_body = request_timeout, tls, max_body
         self.socket_mode, self.socket_gid = socket_mode, socket_gid
         self.listeners = list(listeners)
         for spec in self.listeners:
@@ -416,7 +421,12 @@ class Server:
                 next_sweep = now + interval
                 for key in list(selector.get_map().values()):
                     if isinstance(key.data, _Connection) and key.data.deadline < now:
-                        self._drop(key.data)
+                        if key.data.awaiting_body:  # the head was fine: say why we hang up
+                            self._selector.unregister(key.fileobj)
+                            self._reject(key.data, "408 Request Timeout",
+                                         "the request body did not arrive in time", "timeout")
+                        else:
+                            self._drop(key.data)
         for key in list(selector.get_map().values()):
             if isinstance(key.data, _Connection):
                 key.data.close()
@@ -504,18 +514,40 @@ class Server:
         if not conn.buf:  # a new head has begun: the client gets `timeout` to finish it
             conn.deadline = time.monotonic() + self.timeout
         conn.buf += data
-        if b"\r\n\r\n" in conn.buf:
+        if self._complete(conn):
             self._selector.unregister(conn.sock)
             try:
+                conn.awaiting_body = False
                 self._queue.put_nowait(conn)
                 self._add_worker_if_all_busy()
             except queue.Full:
                 log.warning("all workers busy and queue full, refusing %s", conn.client)
                 self._reject(conn, "503 Service Unavailable", "server busy", "busy")
-        elif len(conn.buf) > self.max_head:
+        elif len(conn.buf) > self.max_head and not conn.awaiting_body:
             self._selector.unregister(conn.sock)
             self._reject(conn, "431 Request Header Fields Too Large", "request head too large",
                          "bad_request")
+
+    def _complete(self, conn):
+        """Whether a worker may take the request: its head, and its body unless that is larger
+        than max_body (a worker streams those), are here. So a client that sends a head and then
+        stalls its body costs a descriptor, not a worker."""
+        end = conn.buf.find(b"\r\n\r\n")
+        if end < 0:
+            return False
+        found = CONTENT_LENGTH.search(conn.buf, 0, end + 2)
+        length = int(found.group(1)) if found else 0
+        if length > self.max_body or len(conn.buf) >= end + 4 + length:
+            return True
+        if not conn.awaiting_body:  # the head just completed: the body gets its own deadline
+            conn.awaiting_body = True
+            conn.deadline = time.monotonic() + self.request_timeout
+            if EXPECT_CONTINUE.search(conn.buf, 0, end + 2):
+                try:
+                    conn.sock.send(b"HTTP/1.1 100 Continue\r\n\r\n")  # small: fits the buffer
+                except OSError:
+                    pass
+        return False
 
     def _reject(self, conn, status, message, code):
         try:
