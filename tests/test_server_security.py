@@ -199,7 +199,7 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock.connect(self.path)
 
 
-def test_unix_socket_mode_and_group(app, tmp_path, tokens=None):
+def test_unix_socket_mode_and_group(app, tmp_path):
     path = tmp_path / 'api.sock'
     gid = os.getgid()
     with serving(app(), ['unix:%s' % path], socket_mode=0o600, socket_gid=gid):
