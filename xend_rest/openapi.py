@@ -3,17 +3,11 @@
 A new route needs one row in DESCRIPTIONS (the test suite fails for a route without one, and for
 a row without a route).
 """
-import re
 
 from . import __version__
+from .routes import path_template
 
 JSON = 'application/json'
-PARAMETER = re.compile(r'\(\?P<(\w+)>[^)]*\)')
-
-
-def path_template(pattern):
-    """A route's pattern as an OpenAPI path: '/nodes/(?P<ident>[^/]+)/json' -> '/nodes/{ident}/json'."""
-    return PARAMETER.sub(r'{\1}', pattern)
 
 
 def _query(name, description, schema, required=False):

@@ -3,8 +3,8 @@ import re
 
 from .errors import HTTPError
 from .handlers import domains, events, host
-from .openapi import path_template
 
+PARAMETER = re.compile(r'\(\?P<(\w+)>[^)]*\)')
 NODES = '/libvirt/xen/nodes'
 DOMAIN = NODES + '/(?P<ident>[^/]+)'
 
@@ -34,6 +34,11 @@ ROUTES = [
     ('GET', '/metrics', host.metrics),
     ('GET', '/openapi.json', host.openapi_document),
 ]
+
+
+def path_template(pattern):
+    """A route's pattern as an OpenAPI path: '/nodes/(?P<ident>[^/]+)/json' -> '/nodes/{ident}/json'."""
+    return PARAMETER.sub(r'{\1}', pattern)
 
 
 class Router:

@@ -73,10 +73,15 @@ class ConfigError(ValueError):
     """A security setting the daemon must not start with."""
 
 
-@functools.lru_cache(maxsize=1)
 def own_names():
-    """This machine's loopback names, host name and FQDN (the FQDN may need a DNS look-up: once)."""
-    return {*LOOPBACK_HOSTS, socket.gethostname().lower(), socket.getfqdn().lower()}
+    """This machine's loopback names and host name."""
+    return {*LOOPBACK_HOSTS, socket.gethostname().lower()}
+
+
+@functools.lru_cache(maxsize=1)
+def own_fqdn():
+    """This machine's FQDN: a DNS look-up, done once and only when a Host needs it."""
+    return socket.getfqdn().lower()
 
 
 class Guard:
@@ -88,6 +93,9 @@ class Guard:
         self.allowed_hosts = own_names() | {_host_name(host) for host in allowed_hosts}
         self.allowed_paths = [os.path.realpath(path) for path in allowed_paths]
 
+    def is_own_host(self, host):
+        return host in self.allowed_hosts or '*' in self.allowed_hosts or host == own_fqdn()
+
     def admit(self, request):
         """The caller's role; 403 for a foreign Host or a web page's request, 401 without credentials."""
         environ = request.environ
@@ -96,7 +104,7 @@ class Guard:
                             'cross_origin')
         transport = environ.get('xend_rest.transport', 'tcp')
         host = _host_name(environ.get('HTTP_HOST') or environ.get('SERVER_NAME', ''))
-        if transport != 'unix' and host not in self.allowed_hosts and '*' not in self.allowed_hosts:
+        if transport != 'unix' and not self.is_own_host(host):
             raise HTTPError(403, 'Host %r is not a name of this daemon; add it to allowed-hosts'
                             % host, 'foreign_host')
         request.role = self._role(environ, transport)
