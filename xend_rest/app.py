@@ -9,6 +9,7 @@ from . import errors
 from .errors import HTTPError, bad_request
 from .pool import ConnectionPool
 from .routes import Router, ROUTES
+from .streams import StreamBody
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,32 @@ class Request:
         except (ValueError, UnicodeDecodeError) as err:
             raise bad_request('the body is not valid JSON: %s' % err) from None
 
+    def content_length(self):
+        """The declared length of a body read in chunks (uploads): 411 when there is none."""
+        value = self.environ.get('CONTENT_LENGTH') or ''
+        if not value:
+            raise HTTPError(411, 'a Content-Length header is required', 'length_required')
+        if not value.isascii() or not value.isdigit():
+            raise bad_request('Content-Length is not a number')
+        return int(value)
+
+    def body_chunks(self, size):
+        """The body in chunks of at most `size` bytes, without the JSON cap; ending early is an error."""
+        remaining = total = self.content_length()
+        body = self.environ['wsgi.input']
+        while remaining:
+            try:
+                chunk = body.read(min(size, remaining))
+            except TimeoutError:
+                raise HTTPError(408, 'the client stopped sending the body', 'body_timeout') from None
+            except OSError as err:  # the client went away
+                raise HTTPError(400, 'the body was cut off: %s' % err, 'incomplete_body') from None
+            if not chunk:
+                raise HTTPError(400, 'the body ended after %d of its %d bytes'
+                                % (total - remaining, total), 'incomplete_body')
+            remaining -= len(chunk)
+            yield chunk
+
 
 def make_app(uri=None, pool=None, routes=ROUTES):
     """A WSGI application serving the API on one pooled libvirt connection."""
@@ -105,6 +132,14 @@ def _error_answer(err):
 
 
 def _respond(start_response, method, status, body, headers):
+    if isinstance(body, StreamBody):
+        # The server iterates it and calls close(), which releases the libvirt stream.
+        headers = [('Content-Type', body.content_type), ('Content-Length', str(body.length))] + headers
+        start_response('%d %s' % (status, REASONS.get(status, 'Unknown')), headers)
+        if method == 'HEAD':
+            body.close()
+            return [b'']
+        return body
     if status in NO_BODY_STATUSES or body is None:
         payload = b''
     else:

@@ -2,10 +2,15 @@
 import re
 
 from .errors import HTTPError
-from .handlers import domains
+from .handlers import domains, images
 
 NODES = '/libvirt/xen/nodes'
 DOMAIN = NODES + '/(?P<ident>[^/]+)'
+IMAGES = '/libvirt/xen/images'
+POOL_IMAGES = IMAGES + '/(?P<pool>[^/]+)'
+# An image name takes the rest of the path, so that "a/b" reaches the handler and gets its 400.
+IMAGE = POOL_IMAGES + '/(?P<name>.+)'
+POOLS = '/libvirt/xen/pools'
 
 ROUTES = [
     ('GET', NODES + '/json', domains.list_domains),
@@ -23,6 +28,17 @@ ROUTES = [
     ('POST', DOMAIN + '/devices/update', domains.update_device),
     ('POST', DOMAIN + '/memory/resize', domains.resize_memory),
     ('POST', DOMAIN + '/vcpu/resize', domains.resize_vcpu),
+    ('GET', IMAGES + '/json', images.list_images),
+    ('POST', POOL_IMAGES + '/create', images.create_image),
+    ('GET', IMAGE + '/json', images.inspect_image),
+    ('POST', IMAGE + '/clone', images.clone_image),
+    ('POST', IMAGE + '/resize', images.resize_image),
+    ('POST', IMAGE + '/wipe', images.wipe_image),
+    ('POST', IMAGE + '/delete', images.delete_image),
+    ('PUT', IMAGE + '/upload', images.upload_image),
+    ('GET', IMAGE + '/download', images.download_image),
+    ('GET', POOLS + '/json', images.list_pools),
+    ('GET', POOLS + '/(?P<pool>[^/]+)/json', images.inspect_pool),
 ]
 
 
