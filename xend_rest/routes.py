@@ -8,8 +8,9 @@ NODES = '/libvirt/xen/nodes'
 DOMAIN = NODES + '/(?P<ident>[^/]+)'
 IMAGES = '/libvirt/xen/images'
 POOL_IMAGES = IMAGES + '/(?P<pool>[^/]+)'
-# An image name takes the rest of the path, so that "a/b" reaches the handler and gets its 400.
-IMAGE = POOL_IMAGES + '/(?P<name>.+)'
+# An image name takes the rest of the path (newlines too), so that "a/b" reaches the handler
+# and gets its 400 rather than a 404.
+IMAGE = POOL_IMAGES + '/(?P<name>(?s:.+))'
 POOLS = '/libvirt/xen/pools'
 
 ROUTES = [

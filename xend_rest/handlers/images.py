@@ -317,10 +317,9 @@ def _byte_range(header, size):
     if first == '':  # bytes=-N: the last N bytes (N = 0 is unsatisfiable)
         first, last = max(size - int(last), 0), size - 1
     else:
-        first, last = int(first), size - 1 if last == '' else int(last)
-        if last < first:
+        first, last = int(first), min(int(last or size - 1), size - 1)
+        if found.group(2) and int(found.group(2)) < first:
             return 200, 0, size, []
-        last = min(last, size - 1)
     if first >= size or last < first:
         raise HTTPError(416, 'the image has %d bytes; %s is outside it' % (size, header),
                         'range_not_satisfiable', [('Content-Range', 'bytes */%d' % size)])
