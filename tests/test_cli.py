@@ -1,0 +1,142 @@
+"""The command line: arguments, configuration file and their precedence."""
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from xend_rest.cli import parse_args
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def no_uri_in_environment(monkeypatch):
+    monkeypatch.delenv("XEND_REST_URI", raising=False)
+
+
+@pytest.fixture
+def config(tmp_path):
+    path = tmp_path / "xend-rest.conf"
+    path.write_text("[xend-rest]\n"
+                    "uri = test:///default\n"
+                    "listen = 0.0.0.0:8080\n    unix:/run/xend-rest/api.sock\n"
+                    "log-level = debug\n"
+                    "workers = 8\n"
+                    "timeout = 5\n")
+    return str(path)
+
+
+def test_defaults():
+    args = parse_args([])
+    assert args.uri == "xen:///system"
+    assert args.listen == ["127.0.0.1:8000"]
+    assert (args.log_level, args.workers, args.timeout, args.demo) == ("INFO", 32, 30.0, False)
+
+
+def test_uri_from_environment(monkeypatch):
+    monkeypatch.setenv("XEND_REST_URI", "test:///default")
+    assert parse_args([]).uri == "test:///default"
+    assert parse_args(["--uri", "xen:///"]).uri == "xen:///"
+
+
+def test_listen_is_repeatable():
+    args = parse_args(["--listen", "[::1]:8000", "--listen", "unix:/tmp/x.sock"])
+    assert args.listen == ["[::1]:8000", "unix:/tmp/x.sock"]
+
+
+@pytest.mark.parametrize("flags", [["--listen", "8000"], ["--listen", "localhost"], ["--listen", "unix:"],
+                                   ["--listen", "::1:80"], ["--workers", "0"], ["--log-level", "loud"]])
+def test_bad_values_refused_with_clear_message(flags, capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_args(flags)
+    assert exc.value.code == 2
+    message = capsys.readouterr().err
+    assert f"argument {flags[0]}" in message
+    if flags[0] == "--listen":
+        assert "invalid listen address" in message
+
+
+def test_config_file(config):
+    args = parse_args(["--config", config])
+    assert args.uri == "test:///default"
+    assert args.listen == ["0.0.0.0:8080", "unix:/run/xend-rest/api.sock"]
+    assert (args.log_level, args.workers, args.timeout) == ("DEBUG", 8, 5.0)
+
+
+def test_command_line_overrides_config_file(config):
+    args = parse_args(["--config", config, "--uri", "xen:///system", "--listen", "127.0.0.1:9000",
+                       "--workers", "2", "--log-level", "warning"])
+    assert args.uri == "xen:///system"
+    assert args.listen == ["127.0.0.1:9000"]
+    assert (args.log_level, args.workers, args.timeout) == ("WARNING", 2, 5.0)
+
+
+@pytest.mark.parametrize("line, error", [
+    ("listen = nonsense", "invalid listen address"),
+    ("workers = many", "workers"),
+    ("colour = blue", "unknown key"),
+])
+def test_bad_config_file_refused(tmp_path, capsys, line, error):
+    path = tmp_path / "bad.conf"
+    path.write_text(f"[xend-rest]\n{line}\n")
+    with pytest.raises(SystemExit):
+        parse_args(["--config", str(path)])
+    message = capsys.readouterr().err
+    assert str(path) in message and error in message
+
+
+def test_missing_config_file_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--config", str(tmp_path / "absent.conf")])
+    assert "cannot read configuration file" in capsys.readouterr().err
+
+
+def free_port():
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        return sock.getsockname()[1]
+
+
+def test_demo_daemon_serves_and_exits_cleanly_on_sigterm(tmp_path):
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(10)
+    port = free_port()
+    env = dict(os.environ, NOTIFY_SOCKET=str(tmp_path / "notify"))
+    env.pop("XEND_REST_URI", None)
+    daemon = subprocess.Popen([sys.executable, "xend_rest.py", "--demo", "--listen", f"127.0.0.1:{port}"],
+                              cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        assert notify.recv(100) == b"READY=1"
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", "/libvirt/xen/nodes/json")
+        response = conn.getresponse()
+        assert response.status == 200
+        assert isinstance(json.loads(response.read()), list)
+        conn.close()
+        daemon.send_signal(signal.SIGTERM)
+        assert notify.recv(100) == b"STOPPING=1"
+        assert daemon.wait(10) == 0
+    finally:
+        notify.close()
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+    log = daemon.stderr.read()
+    assert "WARNING" in log and "DEMO" in log and "NOT Xen" in log
+    assert f"listening on 127.0.0.1:{port}" in log
+    assert "GET /libvirt/xen/nodes/json 200" in log
+
+
+def test_listen_failure_is_reported():
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        daemon = subprocess.run([sys.executable, "xend_rest.py", "--demo", "--listen", f"127.0.0.1:{port}"],
+                                cwd=REPO, stderr=subprocess.PIPE, text=True, timeout=10)
+    assert daemon.returncode == 1
+    assert "cannot listen" in daemon.stderr
