@@ -9,6 +9,7 @@ import json
 import os
 import random
 import socket
+import subprocess
 
 import libvirt
 import pytest
@@ -181,6 +182,16 @@ def test_upload_with_a_larger_capacity(server, pool, libvirt_conn):
     assert length == 16 * MiB  # the rest reads as zeros
     first = b''.join(chunks(2, 3 * MiB))
     assert sha == digest([first, bytes(13 * MiB)])
+
+
+def test_uploaded_qcow2_is_seen_as_qcow2(server, pool, tmp_path):
+    source = tmp_path / 'disk.qcow2'
+    subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2', str(source), '64M'], check=True)
+    status, _, body = request(server, 'PUT', '%s/%s/disk.qcow2/upload' % (IMAGES, pool),
+                              body=source.read_bytes())
+    assert status == 201
+    assert (json.loads(body)['Format'], json.loads(body)['Capacity']) == ('qcow2', 64 * MiB)
+    assert download(server, pool, 'disk.qcow2')[2] == digest([source.read_bytes()])
 
 
 def test_range_downloads(server, pool):
