@@ -190,7 +190,13 @@ def test_uploaded_qcow2_is_seen_as_qcow2(server, pool, tmp_path):
     status, _, body = request(server, 'PUT', '%s/%s/disk.qcow2/upload' % (IMAGES, pool),
                               body=source.read_bytes())
     assert status == 201
-    assert (json.loads(body)['Format'], json.loads(body)['Capacity']) == ('qcow2', 64 * MiB)
+
+    def described():
+        _, _, body = request(server, 'GET', '%s/json?pool=%s' % (IMAGES, pool))
+        return [(image['Format'], image['Capacity']) for image in json.loads(body)]
+
+    # libvirtd re-reads the pool in a thread of its own once the upload stream has finished
+    wait_until(lambda: described() == [('qcow2', 64 * MiB)], 10, 'the upload read as qcow2')
     assert download(server, pool, 'disk.qcow2')[2] == digest([source.read_bytes()])
 
 
