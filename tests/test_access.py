@@ -102,6 +102,17 @@ ROUTE_ROLES = [
     ('POST', N + '/web/devices/update', {'disk': {'@type': 'file'}}, 'admin'),
     ('POST', N + '/web/memory/resize?size=1048576', None, 'admin'),
     ('POST', N + '/web/vcpu/resize?size=1', None, 'admin'),
+    ('GET', '/libvirt/xen/images/json', None, 'read'),
+    ('GET', '/libvirt/xen/images/default/web.raw/json', None, 'read'),
+    ('GET', '/libvirt/xen/images/default/web.raw/download', None, 'read'),
+    ('GET', '/libvirt/xen/pools/json', None, 'read'),
+    ('GET', '/libvirt/xen/pools/default/json', None, 'read'),
+    ('POST', '/libvirt/xen/images/default/create?name=new.raw&capacity=1M', None, 'admin'),
+    ('POST', '/libvirt/xen/images/default/web.raw/clone?name=copy.raw', None, 'admin'),
+    ('POST', '/libvirt/xen/images/default/web.raw/resize?capacity=2G', None, 'admin'),
+    ('POST', '/libvirt/xen/images/default/web.raw/wipe', None, 'admin'),
+    ('POST', '/libvirt/xen/images/default/web.raw/delete', None, 'admin'),
+    ('PUT', '/libvirt/xen/images/default/new.raw/upload', None, 'admin'),
 ]
 
 

@@ -90,6 +90,32 @@ class Request:
             raise bad_request('a JSON body is required')
         return body
 
+    def content_length(self):
+        """The declared length of a body read in chunks (uploads): 411 when there is none."""
+        value = self.environ.get('CONTENT_LENGTH') or ''
+        if not value:
+            raise HTTPError(411, 'a Content-Length header is required', 'length_required')
+        if not value.isascii() or not value.isdigit():
+            raise bad_request('Content-Length is not a number')
+        return int(value)
+
+    def body_chunks(self, size):
+        """The body in chunks of at most `size` bytes, without the JSON cap; ending early is an error."""
+        remaining = total = self.content_length()
+        body = self.environ['wsgi.input']
+        while remaining:
+            try:
+                chunk = body.read(min(size, remaining))
+            except TimeoutError:
+                raise HTTPError(408, 'the client stopped sending the body', 'body_timeout') from None
+            except OSError as err:  # the client went away
+                raise HTTPError(400, 'the body was cut off: %s' % err, 'incomplete_body') from None
+            if not chunk:
+                raise HTTPError(400, 'the body ended after %d of its %d bytes'
+                                % (total - remaining, total), 'incomplete_body')
+            remaining -= len(chunk)
+            yield chunk
+
 
 _UNREAD = object()
 
@@ -161,8 +187,8 @@ def _respond(start_response, method, status, body, headers):
 
 def _respond_raw(start_response, method, status, body, headers):
     headers = [('Content-Type', body.content_type)] + headers
-    if not body.streamed:
-        headers.append(('Content-Length', str(len(body.content))))
+    if body.length is not None:
+        headers.append(('Content-Length', str(body.length)))
     start_response('%d %s' % (status, REASONS.get(status, 'Unknown')), headers)
     if method != 'HEAD':
         return body.content if body.streamed else [body.content]

@@ -13,7 +13,7 @@ import ssl
 import stat
 
 from .errors import HTTPError
-from .handlers import domains, events, host
+from .handlers import domains, events, host, images
 
 READ, OPERATOR, ADMIN = 'read', 'operator', 'admin'
 ROLES = (READ, OPERATOR, ADMIN)  # each role may do everything the ones before it may
@@ -41,11 +41,15 @@ REQUIRED_ROLES = {
     host.info: READ,
     host.metrics: READ,
     host.openapi_document: READ,
+    images.list_images: READ,
+    images.inspect_image: READ,
+    images.download_image: READ,
+    images.list_pools: READ,
+    images.inspect_pool: READ,
 }
 
 # Route handler -> the media type its request body must have; absent: application/json.
-# Image uploads add themselves here as OCTET_STREAM.
-BODY_TYPES = {}
+BODY_TYPES = {images.upload_image: OCTET_STREAM}
 
 # Routes whose JSON body may point the hypervisor at host files: checked against allowed-paths.
 PATH_CHECKED = {domains.create_domain, domains.attach_device, domains.update_device}
