@@ -92,6 +92,8 @@ def digest(parts):
 def request(server, method, path, body=None, headers=None):
     """(status, headers, body bytes) of one request on a fresh connection."""
     conn = http.client.HTTPConnection(*server, timeout=60)
+    if method == 'PUT':  # uploads are the only PUTs, and carry octets
+        headers = {'Content-Type': 'application/octet-stream', **(headers or {})}
     try:
         conn.request(method, path, body=body, headers=headers or {})
         response = conn.getresponse()
@@ -106,6 +108,7 @@ def upload(server, pool, name, seed, length, query=''):
     try:
         conn.putrequest('PUT', '%s/%s/%s/upload%s' % (IMAGES, pool, name, query))
         conn.putheader('Content-Length', str(length))
+        conn.putheader('Content-Type', 'application/octet-stream')
         conn.endheaders()
         for chunk in chunks(seed, length):
             conn.send(chunk)
@@ -229,7 +232,7 @@ def test_download_aborted_by_the_client_releases_the_stream(server, pool, libvir
     assert upload(server, pool, 'gone.raw', seed=5, length=64 * MiB)[0] == 201
     path = volume(libvirt_conn, pool, 'gone.raw').path()
     sock = socket.create_connection(server, timeout=30)
-    sock.sendall(('GET %s/%s/gone.raw/download HTTP/1.1\r\nHost: x\r\n\r\n'
+    sock.sendall(('GET %s/%s/gone.raw/download HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n'
                   % (IMAGES, pool)).encode())
     received = 0
     while received < 2 * MiB:
@@ -244,7 +247,8 @@ def test_download_aborted_by_the_client_releases_the_stream(server, pool, libvir
 
 def test_short_upload_body_leaves_no_image(server, pool, libvirt_conn):
     sock = socket.create_connection(server, timeout=30)
-    sock.sendall(('PUT %s/%s/short.raw/upload HTTP/1.1\r\nHost: x\r\n'
+    sock.sendall(('PUT %s/%s/short.raw/upload HTTP/1.1\r\nHost: 127.0.0.1\r\n'
+                  'Content-Type: application/octet-stream\r\n'
                   'Content-Length: %d\r\n\r\n' % (IMAGES, pool, 32 * MiB)).encode())
     for chunk in chunks(6, 5 * MiB):
         sock.sendall(chunk)
@@ -265,7 +269,8 @@ def test_short_upload_body_leaves_no_image(server, pool, libvirt_conn):
 
 def test_upload_cut_off_midway_is_marked_then_removed(server, pool, libvirt_conn):
     sock = socket.create_connection(server, timeout=30)
-    sock.sendall(('PUT %s/%s/cut.raw/upload HTTP/1.1\r\nHost: x\r\n'
+    sock.sendall(('PUT %s/%s/cut.raw/upload HTTP/1.1\r\nHost: 127.0.0.1\r\n'
+                  'Content-Type: application/octet-stream\r\n'
                   'Content-Length: %d\r\n\r\n' % (IMAGES, pool, 64 * MiB)).encode())
     for chunk in chunks(7, 8 * MiB):
         sock.sendall(chunk)
@@ -297,7 +302,7 @@ def test_upload_larger_than_capacity_is_refused_before_reading(server, pool, lib
 
 def test_upload_without_length_is_411(server, pool, libvirt_conn):
     sock = socket.create_connection(server, timeout=30)
-    sock.sendall(('PUT %s/%s/x.raw/upload HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n'
+    sock.sendall(('PUT %s/%s/x.raw/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n'
                   % (IMAGES, pool)).encode())
     answer = sock.makefile('rb').read()
     sock.close()
