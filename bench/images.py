@@ -4,7 +4,8 @@ Runs the daemon as a subprocess on a real libvirtd (qemu:///system), in a direct
 own (xrt-bench-*, removed afterwards), and moves SIZE MiB each way over HTTP. Memory should stay
 flat: the body is streamed in 1 MiB chunks, whatever the image's size.
 
-    .venv/bin/python bench/images.py [SIZE_MIB]       (default 512)
+    ./dev bench images          (512 MiB; starts a libvirtd as the test tier does, if none runs)
+    .venv/bin/python -m bench.images [SIZE_MIB]
 """
 import hashlib
 import http.client
@@ -20,6 +21,8 @@ import threading
 import time
 
 import libvirt
+
+from bench.common import ROOT
 
 URI = 'qemu:///system'
 MiB = 1 << 20
@@ -85,6 +88,7 @@ def upload(port, path, size, seed):
     conn = http.client.HTTPConnection('127.0.0.1', port, timeout=120)
     conn.putrequest('PUT', path)
     conn.putheader('Content-Length', str(size))
+    conn.putheader('Content-Type', 'application/octet-stream')
     conn.endheaders()
     for _ in range(size // MiB):
         chunk = rng.randbytes(MiB)
@@ -119,6 +123,16 @@ def timed(function, *args):
 
 
 def main(size_mib=512):
+    sys.path.insert(0, os.path.join(ROOT, 'tests'))
+    from realhv.libvirtd import ensure_libvirtd  # the test tier's: reuse one, else start one
+    libvirtd = ensure_libvirtd(tempfile.mkdtemp(prefix='xrt-bench-libvirtd-'))
+    try:
+        _run(size_mib)
+    finally:
+        libvirtd.stop()  # only if this run started it
+
+
+def _run(size_mib):
     size = size_mib * MiB
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
     conn = libvirt.open(URI)
