@@ -68,7 +68,7 @@ CONFIG_KEYS = [
     ("workers", "workers", positive(int)),
     ("timeout", "timeout", positive(float)),
 ]
-# Who may call, and how much they may send: see docs/security.md.
+# Who may call, and how much they may send: see the README, "Security".
 SECURITY_KEYS = [
     ("socket-mode", "socket_mode", octal_mode),
     ("socket-group", "socket_group", str),
@@ -100,7 +100,7 @@ def build_parser():
     parser.add_argument("--log-level", type=log_level, help="DEBUG, INFO, WARNING, ERROR (default: INFO)")
     parser.add_argument("--workers", type=positive(int), help="worker threads (default: 32)")
     parser.add_argument("--timeout", type=positive(float), help="socket timeout in seconds (default: 30)")
-    group = parser.add_argument_group("security (see docs/security.md)")
+    group = parser.add_argument_group("security (see the README, "Security")")
     group.add_argument("--socket-mode", type=octal_mode, help="mode of unix sockets (default: 660)")
     group.add_argument("--socket-group", metavar="GROUP", help="group of unix sockets (default: ours)")
     group.add_argument("--tls-cert", metavar="FILE", help="TLS server certificate: TCP listeners speak HTTPS")
