@@ -100,7 +100,7 @@ def build_parser():
     parser.add_argument("--log-level", type=log_level, help="DEBUG, INFO, WARNING, ERROR (default: INFO)")
     parser.add_argument("--workers", type=positive(int), help="worker threads (default: 32)")
     parser.add_argument("--timeout", type=positive(float), help="socket timeout in seconds (default: 30)")
-    group = parser.add_argument_group("security (see the README, "Security")")
+    group = parser.add_argument_group("security (see the README, section Security)")
     group.add_argument("--socket-mode", type=octal_mode, help="mode of unix sockets (default: 660)")
     group.add_argument("--socket-group", metavar="GROUP", help="group of unix sockets (default: ours)")
     group.add_argument("--tls-cert", metavar="FILE", help="TLS server certificate: TCP listeners speak HTTPS")
