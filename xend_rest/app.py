@@ -71,30 +71,21 @@ class Request:
         return self._json
 
     def _read_body(self):
-        given = self.environ.get('CONTENT_LENGTH')
-        if not given:
-            raise HTTPError(411, 'a JSON body needs a Content-Length', 'length_required')
-        try:
-            length = int(given)
-        except ValueError:
-            raise bad_request('Content-Length is not a number') from None
-        if length < 0:
-            raise bad_request('Content-Length is negative')
+        length = self.content_length()
         if length > self.max_body:
             raise HTTPError(413, 'the body is larger than %d bytes' % self.max_body, 'too_large')
-        try:
-            body = self.environ['wsgi.input'].read(length)
-        except OSError as err:  # the client stalled past its deadline, or went away
-            raise HTTPError(408, 'the body did not arrive: %s' % err, 'timeout') from None
+        body = b''.join(self.body_chunks(length or 1))
         if not body:
             raise bad_request('a JSON body is required')
         return body
 
     def content_length(self):
-        """The declared length of a body read in chunks (uploads): 411 when there is none."""
+        """The declared length of the body: 411 when there is none, 400 when it is not a length."""
         value = self.environ.get('CONTENT_LENGTH') or ''
         if not value:
-            raise HTTPError(411, 'a Content-Length header is required', 'length_required')
+            raise HTTPError(411, 'a body needs a Content-Length', 'length_required')
+        if value.startswith('-') and value[1:].isdigit():
+            raise bad_request('Content-Length is negative')
         if not value.isascii() or not value.isdigit():
             raise bad_request('Content-Length is not a number')
         return int(value)
@@ -107,7 +98,7 @@ class Request:
             try:
                 chunk = body.read(min(size, remaining))
             except TimeoutError:
-                raise HTTPError(408, 'the client stopped sending the body', 'body_timeout') from None
+                raise HTTPError(408, 'the client stopped sending the body', 'timeout') from None
             except OSError as err:  # the client went away
                 raise HTTPError(400, 'the body was cut off: %s' % err, 'incomplete_body') from None
             if not chunk:
