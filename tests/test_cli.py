@@ -24,7 +24,7 @@ def no_uri_in_environment(monkeypatch):
 def config(tmp_path):
     path = tmp_path / "xend-rest.conf"
     path.write_text("[xend-rest]\n"
-                    "uri = test:///default\n"
+                    "uri = xen+ssh://root@dom0.example/system\n"
                     "listen = 0.0.0.0:8080\n    unix:/run/xend-rest/api.sock\n"
                     "log-level = debug\n"
                     "workers = 8\n"
@@ -40,8 +40,8 @@ def test_defaults():
 
 
 def test_uri_from_environment(monkeypatch):
-    monkeypatch.setenv("XEND_REST_URI", "test:///default")
-    assert parse_args([]).uri == "test:///default"
+    monkeypatch.setenv("XEND_REST_URI", "xen+ssh://root@dom0.example/system")
+    assert parse_args([]).uri == "xen+ssh://root@dom0.example/system"
     assert parse_args(["--uri", "xen:///"]).uri == "xen:///"
 
 
@@ -64,7 +64,7 @@ def test_bad_values_refused_with_clear_message(flags, capsys):
 
 def test_config_file(config):
     args = parse_args(["--config", config])
-    assert args.uri == "test:///default"
+    assert args.uri == "xen+ssh://root@dom0.example/system"
     assert args.listen == ["0.0.0.0:8080", "unix:/run/xend-rest/api.sock"]
     assert (args.log_level, args.workers, args.timeout) == ("DEBUG", 8, 5.0)
 

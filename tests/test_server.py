@@ -406,10 +406,13 @@ def test_sd_notify_without_systemd(monkeypatch):
 # -- the real application on the demo hypervisor --------------------------------------
 
 @pytest.fixture
-def demo_app():
+def demo_app(tmp_path):
+    """The app on this test's own copy of the demo node."""
     from xend_rest.app import make_app
-    from xend_rest.demo import demo_uri
-    app = make_app(uri=demo_uri())
+    from xend_rest.demo import DEMO_NODE
+    node = tmp_path / "node.xml"
+    node.write_bytes(open(DEMO_NODE, "rb").read())
+    app = make_app(uri=f"test://{node}")
     yield app
     app.pool.close()
 

@@ -7,7 +7,7 @@ from urllib.parse import parse_qs
 
 import libvirt
 
-from . import errors
+from . import errors, jsonbody
 from .bodies import Raw
 from .convert import JSONText
 from .errors import HTTPError, bad_request
@@ -15,10 +15,11 @@ from .events import EventHub
 from .metrics import RequestMetrics
 from .pool import ConnectionCache, ConnectionPool
 from .routes import Router, ROUTES
+from .security import Guard
 
 log = logging.getLogger(__name__)
 
-MAX_JSON_BODY = 1 << 20  # a domain definition is a few KiB; 1 MiB is generous
+MAX_JSON_BODY = 1 << 20  # a domain definition is a few KiB; 1 MiB is generous (max-body)
 JSON_TYPE = 'application/json'
 NO_BODY_STATUSES = (204, 304)
 SAFE_METHODS = ('GET', 'HEAD')  # the rest may change the hypervisor's state
@@ -35,15 +36,18 @@ REASONS = {
 class Request:
     """What a handler sees of a request: method, path, query, body, and the libvirt connection."""
 
-    def __init__(self, environ, pool, app=None):
+    def __init__(self, environ, pool, app=None, max_body=MAX_JSON_BODY):
         self.environ = environ
         self.app = app  # the WSGI app, for its per-app objects: hub, metrics, router
+        self.max_body = max_body
+        self.role = None  # set by the Guard
         self.method = environ['REQUEST_METHOD']
         # PEP 3333 hands the path over as latin-1; domain names may be UTF-8.
         self.path = environ.get('PATH_INFO', '').encode('latin-1').decode('utf-8', 'replace')
         self.query = parse_qs(environ.get('QUERY_STRING', ''), keep_blank_values=True)
         self._pool = pool
         self._conn = None
+        self._json = _UNREAD
 
     @property
     def conn(self):
@@ -62,26 +66,58 @@ class Request:
         return values[0]
 
     def json(self):
-        """The request body, parsed as JSON."""
-        try:
-            length = int(self.environ.get('CONTENT_LENGTH') or 0)
-        except ValueError:
-            raise bad_request('Content-Length is not a number') from None
-        if length > MAX_JSON_BODY:
-            raise HTTPError(413, 'the body is larger than %d bytes' % MAX_JSON_BODY, 'too_large')
-        body = self.environ['wsgi.input'].read(length) if length > 0 else b''
+        """The request body, parsed as strict JSON (read once, then remembered)."""
+        if self._json is _UNREAD:
+            self._json = jsonbody.loads(self._read_body())
+        return self._json
+
+    def _read_body(self):
+        length = self.content_length()
+        if length > self.max_body:
+            raise HTTPError(413, 'the body is larger than %d bytes' % self.max_body, 'too_large')
+        body = b''.join(self.body_chunks(length or 1))
         if not body:
             raise bad_request('a JSON body is required')
-        try:
-            return json.loads(body)
-        except (ValueError, UnicodeDecodeError) as err:
-            raise bad_request('the body is not valid JSON: %s' % err) from None
+        return body
+
+    def content_length(self):
+        """The declared length of the body: 411 when there is none, 400 when it is not a length."""
+        value = self.environ.get('CONTENT_LENGTH') or ''
+        if not value:
+            raise HTTPError(411, 'a body needs a Content-Length', 'length_required')
+        if value.startswith('-') and value[1:].isdigit():
+            raise bad_request('Content-Length is negative')
+        if not value.isascii() or not value.isdigit():
+            raise bad_request('Content-Length is not a number')
+        return int(value)
+
+    def body_chunks(self, size):
+        """The body in chunks of at most `size` bytes, without the JSON cap; ending early is an error."""
+        remaining = total = self.content_length()
+        body = self.environ['wsgi.input']
+        while remaining:
+            try:
+                chunk = body.read(min(size, remaining))
+            except TimeoutError:
+                raise HTTPError(408, 'the client stopped sending the body', 'timeout') from None
+            except OSError as err:  # the client went away
+                raise HTTPError(400, 'the body was cut off: %s' % err, 'incomplete_body') from None
+            if not chunk:
+                raise HTTPError(400, 'the body ended after %d of its %d bytes'
+                                % (total - remaining, total), 'incomplete_body')
+            remaining -= len(chunk)
+            yield chunk
 
 
-def make_app(uri=None, pool=None, routes=ROUTES, hub=None):
+_UNREAD = object()
+
+
+def make_app(uri=None, pool=None, routes=ROUTES, hub=None, guard=None, max_body=MAX_JSON_BODY):
     """A WSGI application serving the API on one pooled libvirt connection.
 
-    The URI defaults to $XEND_REST_URI, else xen:///system.
+    The URI defaults to $XEND_REST_URI, else xen:///system. guard: who may call what
+    (security.Guard); the default checks Host, Origin and body types and authenticates nobody,
+    for a loopback or unix socket listener.
     """
     if pool is None:
         pool = ConnectionPool(uri or os.environ.get('XEND_REST_URI') or 'xen:///system')
@@ -89,13 +125,16 @@ def make_app(uri=None, pool=None, routes=ROUTES, hub=None):
     hub = hub or EventHub()
     pool.on_connect(hub.attach)
     metrics = RequestMetrics()
+    guard = guard or Guard()
 
     def app(environ, start_response):
         started = perf_counter()
-        request = Request(environ, pool, app)
+        request = Request(environ, pool, app, max_body)
         route = 'unmatched'  # a route pattern, never the raw path: metrics stay bounded
         try:
+            guard.admit(request)
             route, handler, params = router.find(request.method, request.path)
+            guard.authorize(request, handler)
             answer = handler(request, **params)
         except HTTPError as err:
             answer = _error_answer(err)
@@ -116,6 +155,7 @@ def make_app(uri=None, pool=None, routes=ROUTES, hub=None):
     app.hub = hub
     app.metrics = metrics
     app.supports = ConnectionCache()  # what the driver can do, probed once per connection
+    app.guard = guard
     return app
 
 
@@ -140,8 +180,8 @@ def _respond(start_response, method, status, body, headers):
 
 def _respond_raw(start_response, method, status, body, headers):
     headers = [('Content-Type', body.content_type)] + headers
-    if not body.streamed:
-        headers.append(('Content-Length', str(len(body.content))))
+    if body.length is not None:
+        headers.append(('Content-Length', str(body.length)))
     start_response('%d %s' % (status, REASONS.get(status, 'Unknown')), headers)
     if method != 'HEAD':
         return body.content if body.streamed else [body.content]

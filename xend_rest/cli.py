@@ -2,10 +2,13 @@
 
 import argparse
 import configparser
+import grp
 import logging
 import os
+import socket
 import sys
 
+from xend_rest import security
 from xend_rest.server import Server, parse_listen
 
 log = logging.getLogger("xend_rest")
@@ -37,6 +40,20 @@ def positive(kind):
     return convert
 
 
+def octal_mode(text):
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        mode = -1
+    if not 0 <= mode <= 0o777:
+        raise argparse.ArgumentTypeError(f"expected an octal file mode such as 660, not {text!r}")
+    return mode
+
+
+def words(text):
+    return text.split()
+
+
 def log_level(text):
     if text.upper() not in LOG_LEVELS:
         raise argparse.ArgumentTypeError(f"expected one of {', '.join(LOG_LEVELS)}, not {text!r}")
@@ -51,6 +68,24 @@ CONFIG_KEYS = [
     ("workers", "workers", positive(int)),
     ("timeout", "timeout", positive(float)),
 ]
+# Who may call, and how much they may send: see the README, "Security".
+SECURITY_KEYS = [
+    ("socket-mode", "socket_mode", octal_mode),
+    ("socket-group", "socket_group", str),
+    ("tls-cert", "tls_cert", str),
+    ("tls-key", "tls_key", str),
+    ("tls-ca", "tls_ca", str),
+    ("tls-allowed-clients", "tls_allowed_clients", str),
+    ("tokens-file", "tokens_file", str),
+    ("allowed-hosts", "allowed_hosts", words),
+    ("allowed-paths", "allowed_paths", words),
+    ("max-body", "max_body", positive(int)),
+    ("request-timeout", "request_timeout", positive(float)),
+]
+CONFIG_KEYS += SECURITY_KEYS
+# Defaults of the settings above that have one (the others default to None: off).
+SECURITY_DEFAULTS = {"socket_mode": 0o660, "allowed_hosts": [], "allowed_paths": [],
+                     "max_body": 1 << 20, "request_timeout": 60.0}
 
 
 def build_parser():
@@ -65,6 +100,24 @@ def build_parser():
     parser.add_argument("--log-level", type=log_level, help="DEBUG, INFO, WARNING, ERROR (default: INFO)")
     parser.add_argument("--workers", type=positive(int), help="worker threads (default: 32)")
     parser.add_argument("--timeout", type=positive(float), help="socket timeout in seconds (default: 30)")
+    group = parser.add_argument_group("security (see the README, section Security)")
+    group.add_argument("--socket-mode", type=octal_mode, help="mode of unix sockets (default: 660)")
+    group.add_argument("--socket-group", metavar="GROUP", help="group of unix sockets (default: ours)")
+    group.add_argument("--tls-cert", metavar="FILE", help="TLS server certificate: TCP listeners speak HTTPS")
+    group.add_argument("--tls-key", metavar="FILE", help="its private key (default: in --tls-cert)")
+    group.add_argument("--tls-ca", metavar="FILE", help="CA that client certificates must be signed by")
+    group.add_argument("--tls-allowed-clients", metavar="'CN[:ROLE] ...'",
+                       help="client certificate CNs allowed in, with their roles (default: any, admin)")
+    group.add_argument("--tokens-file", metavar="FILE", help="bearer tokens: 'TOKEN ROLE [NAME]' lines, mode 600")
+    group.add_argument("--allowed-hosts", type=words, metavar="'NAME ...'",
+                       help="Host names accepted besides loopback, the host's names and the listen addresses")
+    group.add_argument("--allowed-paths", type=words, metavar="'DIR ...'",
+                       help="directories that disks, kernels and bootloaders may point into (default: anywhere)")
+    group.add_argument("--max-body", type=positive(int), metavar="BYTES", help="largest JSON body (default: 1 MiB)")
+    group.add_argument("--request-timeout", type=positive(float), metavar="SECONDS",
+                       help="deadline for a whole request body (default: 60)")
+    group.add_argument("--insecure", action="store_true",
+                       help="allow TCP beyond loopback without TLS client certificates or tokens")
     parser.add_argument("--demo", action="store_true",
                         help="serve an in-memory libvirt test hypervisor instead of Xen")
     return parser
@@ -109,6 +162,8 @@ def parse_args(argv=None):
                 "log_level": from_file.get("log_level", "INFO"),
                 "workers": from_file.get("workers", 32),
                 "timeout": from_file.get("timeout", 30.0)}
+    defaults.update({dest: from_file.get(dest, SECURITY_DEFAULTS.get(dest))
+                     for _, dest, _ in SECURITY_KEYS})
     for dest, value in defaults.items():
         if getattr(args, dest) is None:
             setattr(args, dest, value)
@@ -133,9 +188,15 @@ def main(argv=None):
         log.warning("*** DEMO MODE: serving an in-memory libvirt TEST hypervisor (%s), NOT Xen; "
                     "nothing here touches real virtual machines ***", args.uri)
     log.info("libvirt URI %s", args.uri)
-    app = make_app(uri=args.uri)
-    server = Server(app, args.listen, workers=args.workers, timeout=args.timeout,
-                    on_shutdown=app.hub.close)
+    try:
+        guard, tls, gid = build_security(args)
+    except security.ConfigError as err:
+        log.error("refusing to start: %s", err)
+        return 2
+    app = make_app(uri=args.uri, guard=guard, max_body=args.max_body)
+    server = Server(app, args.listen, workers=args.workers, timeout=args.timeout, tls=tls,
+                    request_timeout=args.request_timeout, max_body=args.max_body,
+                    socket_mode=args.socket_mode, socket_gid=gid, on_shutdown=app.hub.close)
     try:
         server.serve_forever()
     except OSError as err:
@@ -144,3 +205,38 @@ def main(argv=None):
     finally:
         app.pool.close()
     return 0
+
+
+def build_security(args):
+    """The Guard, the TLS context and the unix sockets' group; ConfigError if unsafe or unreadable."""
+    if (args.tls_key or args.tls_ca) and not args.tls_cert:
+        raise security.ConfigError("tls-key and tls-ca need tls-cert")
+    if args.tls_allowed_clients and not args.tls_ca:
+        raise security.ConfigError("tls-allowed-clients needs tls-ca (client certificates)")
+    tokens = security.load_tokens(args.tokens_file) if args.tokens_file else None
+    tls = security.tls_context(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
+    clients = security.parse_tls_clients(args.tls_allowed_clients) if args.tls_allowed_clients else None
+    tcp_hosts = [address[0] for family, address in map(parse_listen, args.listen)
+                 if family != socket.AF_UNIX]
+    exposed = security.exposed_listeners(tcp_hosts, bool(args.tls_ca), tokens)
+    if exposed and not args.insecure:
+        raise security.ConfigError(
+            f"{', '.join(exposed)} is reachable from other machines, and nothing authenticates "
+            "callers: set tls-cert, tls-key and tls-ca (client certificates) or tokens-file, "
+            "or pass --insecure")
+    if exposed:
+        log.warning("*** INSECURE: anyone who can reach %s can control every VM of this host ***",
+                    ", ".join(exposed))
+    elif tcp_hosts and not (args.tls_ca or tokens):
+        log.warning("TCP listener without authentication: every local user can control every VM")
+    guard = security.Guard(tokens, clients, args.allowed_hosts + tcp_hosts, args.allowed_paths)
+    return guard, tls, _group_id(args.socket_group)
+
+
+def _group_id(group):
+    if group is None:
+        return -1
+    try:
+        return int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise security.ConfigError(f"socket-group: no such group {group!r}") from None

@@ -12,11 +12,16 @@ import xmltodict
 
 from .errors import bad_request
 
-# Names we accept as JSON keys: a conservative subset of XML names (no namespaces, no colons
-# other than a single prefix separator, which libvirt's own metadata uses).
-XML_NAME = re.compile(r'[A-Za-z_][\w.-]*(:[A-Za-z_][\w.-]*)?\Z')
-# Characters XML 1.0 cannot carry at all, even escaped.
-XML_INVALID_CHARS = re.compile('[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]')
+# Names we accept as JSON keys: a conservative, ASCII-only subset of XML names (no colons other
+# than a single prefix separator, which libvirt's own metadata uses). Not every Unicode \w is an
+# XML name character, and libvirt's schema is all ASCII.
+XML_NAME = re.compile(r'[A-Za-z_][A-Za-z0-9_.-]*(:[A-Za-z_][A-Za-z0-9_.-]*)?\Z')
+# Names starting with "xml" belong to XML itself; these are the ones a definition may use.
+XML_RESERVED = re.compile('xml', re.IGNORECASE)
+XML_PREFIXES = frozenset(['xml'])  # the one prefix bound without a declaration
+XML_ATTRIBUTES = re.compile(r'xmlns(:.+)?|xml:(lang|space|base|id)\Z')
+# Characters XML 1.0 cannot carry at all, even escaped (lone surrogates cannot even be encoded).
+XML_INVALID_CHARS = re.compile('[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]')
 
 
 class JSONText(str):
@@ -45,8 +50,10 @@ def xml_to_dict(xml):
     namespace-free XML libvirt writes; documents that declare namespaces (metadata, qemu:
     passthrough) go through xmltodict, which keeps prefixes as written.
     """
+    if '<!DOCTYPE' in xml:  # libvirt never writes one; a DTD could declare entities
+        raise ValueError('refusing XML with a document type declaration')
     if 'xmlns' in xml:
-        return xmltodict.parse(xml)
+        return xmltodict.parse(xml, disable_entities=True)
     root = ElementTree.fromstring(xml)
     return {root.tag: _element(root)}
 
@@ -80,11 +87,12 @@ def dict_to_xml(doc, root):
     """Turn a JSON document {root: {...}} back into XML, refusing anything XML cannot express."""
     if not isinstance(doc, dict) or list(doc) != [root]:
         raise bad_request('the body must be a JSON object with the single key "%s"' % root)
-    if not XML_NAME.match(root):
+    if not _is_element_name(root):
         raise bad_request('%s: not a valid XML element name' % root)
     if isinstance(doc[root], list):
         raise bad_request('%s: must be one object, not a list' % root)
-    _check(doc[root], root)
+    _check_prefix(root, _declared(doc[root], XML_PREFIXES), root)
+    _check(doc[root], root, XML_PREFIXES)
     return xmltodict.unparse(doc, full_document=False)
 
 
@@ -96,28 +104,62 @@ def device_to_xml(doc):
     return dict_to_xml(doc, next(iter(doc)))
 
 
-def _check(value, path):
-    """Validate one JSON value standing for the element at `path`."""
+def _check(value, path, inherited):
+    """Validate one JSON value standing for the element at `path`; `inherited`: prefixes in scope."""
     if isinstance(value, list):
         for index, item in enumerate(value):
             if isinstance(item, list):
                 raise bad_request('%s[%d]: a list cannot hold a list' % (path, index))
-            _check(item, '%s[%d]' % (path, index))
+            _check(item, '%s[%d]' % (path, index), inherited)
     elif isinstance(value, dict):
+        prefixes = _declared(value, inherited)
         for key, child in value.items():
             where = '%s.%s' % (path, key)
             if key == '#text':
                 _check_scalar(child, where)
             elif key.startswith('@'):
-                if not XML_NAME.match(key[1:]):
+                name = key[1:]
+                if not XML_NAME.match(name) or (XML_RESERVED.match(name) and
+                                                not XML_ATTRIBUTES.match(name)):
                     raise bad_request('%s: not a valid XML attribute name' % where)
+                if name.startswith('xmlns:'):
+                    _check_declaration(name, child, where)
+                elif name != 'xmlns':
+                    _check_prefix(name, prefixes, where)
                 _check_scalar(child, where)
-            elif not XML_NAME.match(key):
+            elif not _is_element_name(key):
                 raise bad_request('%s: not a valid XML element name' % where)
             else:
-                _check(child, where)
+                for item in child if isinstance(child, list) else [child]:
+                    _check_prefix(key, _declared(item, prefixes), where)
+                _check(child, where, prefixes)
     elif value is not None:
         _check_scalar(value, path)
+
+
+def _is_element_name(name):
+    return bool(XML_NAME.match(name)) and not XML_RESERVED.match(name)
+
+
+def _declared(element, prefixes):
+    """The namespace prefixes in scope inside an element: its parent's and its own xmlns:p."""
+    if not isinstance(element, dict):
+        return prefixes
+    own = {key[len('@xmlns:'):] for key in element if key.startswith('@xmlns:')}
+    return prefixes | own if own else prefixes
+
+
+def _check_prefix(name, prefixes, where):
+    """A prefixed name (app:foo) needs its xmlns:app in scope, or no XML parser accepts it."""
+    prefix, colon, _ = name.partition(':')
+    if colon and prefix not in prefixes:
+        raise bad_request('%s: namespace prefix "%s" is not declared (add "@xmlns:%s")'
+                          % (where, prefix, prefix))
+
+
+def _check_declaration(name, uri, where):
+    if name in ('xmlns:xml', 'xmlns:xmlns') or uri in ('', None):
+        raise bad_request('%s: a namespace declaration needs its own prefix and a URI' % where)
 
 
 def _check_scalar(value, path):

@@ -40,6 +40,7 @@ LIBVIRT_ERRORS = {
     _code('VIR_ERR_OPERATION_INVALID'): (409, 'invalid_state'),
     _code('VIR_ERR_DOM_EXIST'): (409, 'already_exists'),
     _code('VIR_ERR_STORAGE_VOL_EXIST'): (409, 'already_exists'),
+    _code('VIR_ERR_STORAGE_POOL_BUILT'): (409, 'already_exists'),
     _code('VIR_ERR_OPERATION_DENIED'): (403, 'denied'),
     _code('VIR_ERR_ACCESS_DENIED'): (403, 'denied'),
     _code('VIR_ERR_NO_SUPPORT'): (501, 'not_supported'),
@@ -72,6 +73,10 @@ def is_connection_error(err):
 
 def is_no_domain(err):
     return err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN
+
+
+def is_no_image(err):
+    return err.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL
 
 
 def from_libvirt(err, write=False):

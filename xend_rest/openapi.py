@@ -3,17 +3,11 @@
 A new route needs one row in DESCRIPTIONS (the test suite fails for a route without one, and for
 a row without a route).
 """
-import re
 
 from . import __version__
+from .routes import path_template
 
 JSON = 'application/json'
-PARAMETER = re.compile(r'\(\?P<(\w+)>[^)]*\)')
-
-
-def path_template(pattern):
-    """A route's pattern as an OpenAPI path: '/nodes/(?P<ident>[^/]+)/json' -> '/nodes/{ident}/json'."""
-    return PARAMETER.sub(r'{\1}', pattern)
 
 
 def _query(name, description, schema, required=False):
@@ -28,6 +22,8 @@ def _flag(*names):
 
 PATH_PARAMETERS = {
     'ident': 'The domain: its running id, its UUID or its name.',
+    'pool': 'The storage pool, by name.',
+    'name': 'The image (volume) name within its pool.',
 }
 ALL = _query('all', '1/True/true: every defined domain, not only the running ones.',
              {'type': 'string', 'enum': ['1', 'True', 'true', '0', 'False', 'false']})
@@ -60,6 +56,14 @@ def _lifecycle(summary, flag, extra=(), not_modified=True):
 
 NODES = '/libvirt/xen/nodes'
 DOMAIN = NODES + '/{ident}'
+IMAGES = '/libvirt/xen/images'
+STRING_SCHEMA = {'type': 'string'}
+IMAGE = IMAGES + '/{pool}/{name}'
+FORCE = _query('force', '1/True/true: even while a defined domain uses the image.',
+               {'type': 'string', 'enum': ['1', 'True', 'true', '0', 'False', 'false']})
+CAPACITY = _query('capacity', 'A size: bytes, or a number with a unit (K, M, G, T; KiB...; KB...).',
+                  {'type': 'string'}, True)
+OCTETS = ('application/octet-stream', {'type': 'string', 'format': 'binary'})
 
 # (method, path) -> the route's description; the route table says which exist.
 DESCRIPTIONS = {
@@ -138,6 +142,46 @@ DESCRIPTIONS = {
     ('GET', '/metrics'): _op('Metrics in Prometheus\' text format', {200: (
         'text/plain; version=0.0.4', {'type': 'string'})}),
     ('GET', '/openapi.json'): _op('This document', {200: (JSON, {'type': 'object'})}),
+    ('GET', IMAGES + '/json'): _op('List images (every pool, or one)', {200: 'ImageList',
+                                                                     404: ERROR},
+                                   [_query('pool', 'Only this pool.', STRING_SCHEMA)]),
+    ('POST', IMAGES + '/{pool}/create'): _op(
+        'Create an empty image', {201: 'Image', 400: ERROR, 404: ERROR, 409: ERROR},
+        [_query('name', 'The new image\'s name.', STRING_SCHEMA, True), CAPACITY,
+         _query('format', 'raw (default) or qcow2.', {'type': 'string', 'enum': ['raw', 'qcow2']}),
+         _query('allocation', 'Space to allocate now (default 0: sparse).', STRING_SCHEMA),
+         _flag('1 VIR_STORAGE_VOL_CREATE_PREALLOC_METADATA')]),
+    ('GET', IMAGE + '/json'): _op('Inspect an image', {200: 'Volume', 400: ERROR, 404: ERROR}),
+    ('POST', IMAGE + '/clone'): _op(
+        'Clone an image', {201: 'Image', 400: ERROR, 404: ERROR, 409: ERROR},
+        [_query('name', 'The clone\'s name.', STRING_SCHEMA, True),
+         _query('pool', 'The clone\'s pool (default: the same).', STRING_SCHEMA),
+         _query('format', 'raw or qcow2 (default: the source\'s).',
+                {'type': 'string', 'enum': ['raw', 'qcow2']})]),
+    ('POST', IMAGE + '/resize'): _op(
+        'Resize an image (shrinking needs flag=4)', {204: NO_BODY, 400: ERROR, 404: ERROR,
+                                                     409: ERROR, 501: ERROR},
+        [CAPACITY, FORCE, _flag('1 VIR_STORAGE_VOL_RESIZE_ALLOCATE', '2 VIR_STORAGE_VOL_RESIZE_DELTA',
+                                '4 VIR_STORAGE_VOL_RESIZE_SHRINK')]),
+    ('POST', IMAGE + '/wipe'): _op(
+        'Wipe an image\'s content', {204: NO_BODY, 400: ERROR, 404: ERROR, 409: ERROR, 501: ERROR},
+        [_query('algorithm', 'zero (default), or one of libvirt\'s wipe patterns.', STRING_SCHEMA),
+         FORCE]),
+    ('POST', IMAGE + '/delete'): _op(
+        'Delete an image', {204: NO_BODY, 400: ERROR, 404: ERROR, 409: ERROR},
+        [FORCE, _flag('1 VIR_STORAGE_VOL_DELETE_ZEROED', '2 VIR_STORAGE_VOL_DELETE_WITH_SNAPSHOTS')]),
+    ('PUT', IMAGE + '/upload'): _op(
+        'Upload a new image\'s content', {201: 'Image', 400: ERROR, 404: ERROR, 408: ERROR,
+                                           409: ERROR, 411: ERROR, 413: ERROR, 501: ERROR},
+        [_query('capacity', 'The image\'s size (default: the body\'s length).', STRING_SCHEMA)],
+        body='Octets'),
+    ('GET', IMAGE + '/download'): _op(
+        'Download an image (a single Range is honoured)', {200: OCTETS, 206: OCTETS, 400: ERROR,
+                                                           404: ERROR, 409: ERROR, 416: ERROR,
+                                                           501: ERROR}),
+    ('GET', '/libvirt/xen/pools/json'): _op('List storage pools', {200: 'PoolList'}),
+    ('GET', '/libvirt/xen/pools/{pool}/json'): _op('Inspect a storage pool',
+                                                   {200: 'StoragePool', 400: ERROR, 404: ERROR}),
 }
 
 INT = {'type': 'integer'}
@@ -176,6 +220,20 @@ SCHEMAS = {
             'TxPackets': MAYBE_INT, 'TxErrors': MAYBE_INT, 'TxDrops': MAYBE_INT})},
     }),
     'StatsList': {'type': 'array', 'items': _ref('Stats')},
+    'Image': _object({
+        'Name': STRING, 'Pool': STRING, 'Path': {'type': 'string', 'nullable': True},
+        'Type': {'type': 'string', 'nullable': True}, 'Format': {'type': 'string', 'nullable': True},
+        'Capacity': INT, 'Allocation': INT, 'UsedBy': {'type': 'array', 'items': STRING},
+        'Uploading': {'type': 'boolean'}}),
+    'ImageList': {'type': 'array', 'items': _ref('Image')},
+    'Volume': _object({'volume': {'type': 'object'}}),
+    'Pool': _object({
+        'Name': STRING, 'Uuid': STRING, 'Type': STRING, 'Path': {'type': 'string', 'nullable': True},
+        'State': STRING, 'Capacity': INT, 'Allocation': INT, 'Available': INT,
+        'Persistent': {'type': 'boolean'}, 'Autostart': {'type': 'boolean'}}),
+    'PoolList': {'type': 'array', 'items': _ref('Pool')},
+    'StoragePool': _object({'pool': {'type': 'object'}}),
+    'Octets': {'type': 'string', 'format': 'binary'},
     'Event': _object({
         'Id': INT, 'Time': STRING, 'Event': STRING, 'Detail': {'type': 'string', 'nullable': True},
         'Domain': _object({'Name': STRING, 'Uuid': STRING})}),
@@ -195,7 +253,8 @@ SCHEMAS = {
 REASONS = {200: 'OK', 201: 'Created', 202: 'Accepted', 204: 'No Content', 304: 'Not Modified',
            400: 'Bad request', 403: 'Refused (dom0)', 404: 'No such domain or endpoint',
            406: 'Definition rejected by libvirt', 408: 'The wait ran out (see the docs)',
-           409: 'Not in a state that allows it', 413: 'Body too large',
+           409: 'Not in a state that allows it', 411: 'Content-Length required',
+           413: 'Body too large', 416: 'Range not satisfiable',
            500: 'Server error', 501: 'Not supported by this hypervisor driver',
            503: 'libvirt is unreachable, or too many event streams are open'}
 
@@ -232,8 +291,9 @@ def _operation(operation_id, path, row):
                  'responses': {str(status): _response(status, spec) for status, spec
                                in sorted({**STANDARD_ERRORS, **row['responses']}.items())}}
     if row['body']:
+        media = OCTETS[0] if row['body'] == 'Octets' else JSON
         operation['requestBody'] = {'required': True,
-                                    'content': {JSON: {'schema': _ref(row['body'])}}}
+                                    'content': {media: {'schema': _ref(row['body'])}}}
     return operation
 
 

@@ -1,4 +1,6 @@
 """Query parameters: the flag tables of the contract, and the parsers that validate them."""
+import re
+
 import libvirt
 
 from .errors import bad_request
@@ -45,6 +47,42 @@ AFFECT_FLAGS = (
 )
 NO_FLAGS = ()
 
+# Images (storage volumes).
+VOL_CREATE_FLAGS = (
+    ('VIR_STORAGE_VOL_CREATE_PREALLOC_METADATA', libvirt.VIR_STORAGE_VOL_CREATE_PREALLOC_METADATA),
+    ('VIR_STORAGE_VOL_CREATE_REFLINK', libvirt.VIR_STORAGE_VOL_CREATE_REFLINK),
+)
+VOL_DELETE_FLAGS = (
+    ('VIR_STORAGE_VOL_DELETE_ZEROED', libvirt.VIR_STORAGE_VOL_DELETE_ZEROED),
+    ('VIR_STORAGE_VOL_DELETE_WITH_SNAPSHOTS', libvirt.VIR_STORAGE_VOL_DELETE_WITH_SNAPSHOTS),
+)
+VOL_RESIZE_FLAGS = (
+    ('VIR_STORAGE_VOL_RESIZE_ALLOCATE', libvirt.VIR_STORAGE_VOL_RESIZE_ALLOCATE),
+    ('VIR_STORAGE_VOL_RESIZE_DELTA', libvirt.VIR_STORAGE_VOL_RESIZE_DELTA),
+    ('VIR_STORAGE_VOL_RESIZE_SHRINK', libvirt.VIR_STORAGE_VOL_RESIZE_SHRINK),
+)
+WIPE_ALGORITHMS = {
+    'zero': libvirt.VIR_STORAGE_VOL_WIPE_ALG_ZERO,
+    'nnsa': libvirt.VIR_STORAGE_VOL_WIPE_ALG_NNSA,
+    'dod': libvirt.VIR_STORAGE_VOL_WIPE_ALG_DOD,
+    'bsi': libvirt.VIR_STORAGE_VOL_WIPE_ALG_BSI,
+    'gutmann': libvirt.VIR_STORAGE_VOL_WIPE_ALG_GUTMANN,
+    'schneier': libvirt.VIR_STORAGE_VOL_WIPE_ALG_SCHNEIER,
+    'pfitzner7': libvirt.VIR_STORAGE_VOL_WIPE_ALG_PFITZNER7,
+    'pfitzner33': libvirt.VIR_STORAGE_VOL_WIPE_ALG_PFITZNER33,
+    'random': libvirt.VIR_STORAGE_VOL_WIPE_ALG_RANDOM,
+    'trim': libvirt.VIR_STORAGE_VOL_WIPE_ALG_TRIM,
+}
+IMAGE_FORMATS = {'raw': 'raw', 'qcow2': 'qcow2'}
+
+# Size suffixes as libvirt reads them: K, KiB = 1024 but KB = 1000 (case-insensitive).
+SIZE_UNITS = {'': 1, 'B': 1, 'BYTES': 1}
+for _power, _prefix in enumerate('KMGTPE', start=1):
+    SIZE_UNITS.update({_prefix: 1024 ** _power, _prefix + 'IB': 1024 ** _power,
+                       _prefix + 'B': 1000 ** _power})
+SIZE = re.compile(r'([0-9]{1,20})([A-Za-z]{0,5})\Z')
+MAX_SIZE = 2**63 - 1  # libvirt's sizes are unsigned long long; Python's int would not stop us
+
 BOOLEANS = {'1': True, 'True': True, 'true': True, '0': False, 'False': False, 'false': False}
 
 
@@ -80,6 +118,22 @@ def parse_int(request, name, minimum=0, maximum=2**63 - 1):
         raise bad_request('%s=%s: expected a whole number from %d to %d'
                           % (name, value, minimum, maximum))
     return int(value)
+
+
+def parse_size(request, name, default=None):
+    """A size in bytes, written as a number with an optional unit: 10G, 512MiB, 1000000."""
+    value = request.arg(name)
+    if value is None:
+        if default is None:
+            raise bad_request('query parameter "%s" is required' % name)
+        return default
+    found = SIZE.match(value)
+    unit = SIZE_UNITS.get(found.group(2).upper()) if found else None
+    if unit is None or int(found.group(1)) * unit > MAX_SIZE:
+        raise bad_request('%s=%s: expected a size such as 1073741824, 512M, 10G or 10GiB '
+                          '(K, M, G, T, P, E, KiB... are powers of 1024; KB, MB, GB... of 1000)'
+                          % (name, value))
+    return int(found.group(1)) * unit
 
 
 def _is_whole(value):

@@ -2,11 +2,17 @@
 import re
 
 from .errors import HTTPError
-from .handlers import domains, events, host
-from .openapi import path_template
+from .handlers import domains, events, host, images
 
+PARAMETER = re.compile(r'\(\?P<(\w+)>[^)]*\)')
 NODES = '/libvirt/xen/nodes'
 DOMAIN = NODES + '/(?P<ident>[^/]+)'
+IMAGES = '/libvirt/xen/images'
+POOL_IMAGES = IMAGES + '/(?P<pool>[^/]+)'
+# An image name takes the rest of the path (newlines too), so that "a/b" reaches the handler
+# and gets its 400 rather than a 404.
+IMAGE = POOL_IMAGES + r'/(?P<name>[\s\S]+)'
+POOLS = '/libvirt/xen/pools'
 
 ROUTES = [
     ('GET', NODES + '/json', domains.list_domains),
@@ -33,7 +39,23 @@ ROUTES = [
     ('GET', '/info', host.info),
     ('GET', '/metrics', host.metrics),
     ('GET', '/openapi.json', host.openapi_document),
+    ('GET', IMAGES + '/json', images.list_images),
+    ('POST', POOL_IMAGES + '/create', images.create_image),
+    ('GET', IMAGE + '/json', images.inspect_image),
+    ('POST', IMAGE + '/clone', images.clone_image),
+    ('POST', IMAGE + '/resize', images.resize_image),
+    ('POST', IMAGE + '/wipe', images.wipe_image),
+    ('POST', IMAGE + '/delete', images.delete_image),
+    ('PUT', IMAGE + '/upload', images.upload_image),
+    ('GET', IMAGE + '/download', images.download_image),
+    ('GET', POOLS + '/json', images.list_pools),
+    ('GET', POOLS + '/(?P<pool>[^/]+)/json', images.inspect_pool),
 ]
+
+
+def path_template(pattern):
+    """A route's pattern as an OpenAPI path: '/nodes/(?P<ident>[^/]+)/json' -> '/nodes/{ident}/json'."""
+    return PARAMETER.sub(r'{\1}', pattern)
 
 
 class Router:

@@ -15,9 +15,11 @@ import json
 import logging
 import os
 import queue
+import re
 import selectors
 import signal
 import socket
+import ssl
 import stat
 import threading
 import time
@@ -31,6 +33,9 @@ LISTEN_HELP = "expected HOST:PORT, [IPV6]:PORT or unix:/path"
 STATUSES_WITHOUT_BODY = ("204", "304")
 MAX_DRAIN = 64 * 1024  # unread request body we still read to keep a connection alive
 RECV_SIZE = 65536
+# What the selector needs to know of a head to read its body too (the worker parses it fully).
+CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d{1,18})[ \t]*\r\n", re.IGNORECASE)
+EXPECT_CONTINUE = re.compile(rb"\r\nexpect:[ \t]*100-continue[ \t]*\r\n", re.IGNORECASE)
 
 
 def parse_listen(spec):
@@ -76,7 +81,7 @@ def sd_notify(state):
     return True
 
 
-def _bind(spec, backlog):
+def _bind(spec, backlog, socket_mode=0o660, socket_gid=-1):
     family, address = parse_listen(spec)
     if family != socket.AF_UNIX:
         return socket.create_server(address, family=family, backlog=backlog)
@@ -86,12 +91,17 @@ def _bind(spec, backlog):
     except FileNotFoundError:
         pass
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    umask = os.umask(0o177)  # nobody else may connect between bind() and chmod()
     try:
         sock.bind(address)
+        os.chown(address, -1, socket_gid)
+        os.chmod(address, socket_mode)  # connecting needs write access: mode says who may
         sock.listen(backlog)
     except OSError:
         sock.close()
         raise
+    finally:
+        os.umask(umask)
     return sock
 
 
@@ -140,13 +150,18 @@ ERROR_STREAM = _ErrorStream()
 
 
 class _Connection:
-    __slots__ = ("sock", "buf", "deadline", "client", "client_port", "server_name", "server_port")
+    __slots__ = ("sock", "buf", "deadline", "client", "client_port", "server_name", "server_port",
+                 "transport", "handshaking", "client_cn", "awaiting_body")
 
-    def __init__(self, sock, client, client_port, server_name, server_port):
+    def __init__(self, sock, client, client_port, server_name, server_port, transport="tcp"):
         self.sock, self.client, self.client_port = sock, client, client_port
         self.server_name, self.server_port = server_name, server_port
         self.buf = bytearray()
         self.deadline = 0.0
+        self.transport = transport  # unix, tcp or tls: xend_rest.transport for the app
+        self.handshaking = transport == "tls"
+        self.client_cn = None  # the verified client certificate's CN
+        self.awaiting_body = False  # the selector is reading a body after a complete head
 
     def close(self):
         try:
@@ -158,18 +173,28 @@ class _Connection:
 class _Input:
     """wsgi.input: at most Content-Length bytes, first from what the selector buffered."""
 
-    def __init__(self, sock, buf, length, expect_continue):
+    def __init__(self, sock, buf, length, expect_continue, timeout=30.0, deadline=float("inf")):
         self._sock = sock
         self._buf = buf[:length]
         self.extra = buf[length:]  # pipelined bytes that belong to the next request
         self.remaining = length - len(self._buf)  # still on the socket
         self.expect_continue = expect_continue and self.remaining > 0
+        self._timeout, self._deadline = timeout, deadline
 
     def _fill(self, size):
         if self.expect_continue:  # the client waits for this before sending the body
             self._sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
             self.expect_continue = False
-        data = self._sock.recv(min(max(size, 1), self.remaining, RECV_SIZE))
+        # Each read may wait `timeout`, and all of them together only until the request's
+        # deadline: a body trickled a byte at a time cannot hold a worker for long.
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request body did not arrive within the request timeout")
+        self._sock.settimeout(min(self._timeout, left))
+        try:
+            data = self._sock.recv(min(max(size, 1), self.remaining, RECV_SIZE))
+        finally:
+            self._sock.settimeout(self._timeout)
         if not data:
             raise ConnectionError("client closed the connection before the end of the body")
         self.remaining -= len(data)
@@ -264,9 +289,15 @@ class Server:
 
     def __init__(self, app, listeners, workers=32, queue_size=1024, timeout=30.0,
                  keepalive_timeout=15.0, grace=10.0, max_head=65536, backlog=1024,
+                 request_timeout=60.0, tls=None, socket_mode=0o660, socket_gid=-1, max_body=1 << 20,
                  on_shutdown=None):
+        """tls: an ssl.SSLContext for every TCP listener; request_timeout: a whole request's
+        deadline; socket_mode, socket_gid: who may connect to unix listeners; on_shutdown: called
+        once shutdown begins, to end long-lived responses (event streams)."""
         self.app = app
-        self.on_shutdown = on_shutdown  # ends long-lived responses (event streams) at shutdown
+        self.request_timeout, self.tls, self.max_body = request_timeout, tls, max_body
+        self.socket_mode, self.socket_gid = socket_mode, socket_gid
+        self.on_shutdown = on_shutdown
         self.listeners = list(listeners)
         for spec in self.listeners:
             parse_listen(spec)  # fail early, before anything is bound
@@ -291,7 +322,7 @@ class Server:
         """Bind every listener and start the threads; return once listening."""
         try:
             for spec in self.listeners:
-                sock = _bind(spec, self.backlog)
+                sock = _bind(spec, self.backlog, self.socket_mode, self.socket_gid)
                 self._sockets.append(sock)
                 self.addresses.append(sock.getsockname())
         except OSError:
@@ -386,6 +417,8 @@ class Server:
                     self._accept(key.fileobj)
                 elif key.data == "wake":
                     self._drain_wake()
+                elif key.data.handshaking:
+                    self._handshake(key.data)
                 else:
                     self._read_head(key.data)
             now = time.monotonic()
@@ -393,7 +426,12 @@ class Server:
                 next_sweep = now + interval
                 for key in list(selector.get_map().values()):
                     if isinstance(key.data, _Connection) and key.data.deadline < now:
-                        self._drop(key.data)
+                        if key.data.awaiting_body:  # the head was fine: say why we hang up
+                            self._selector.unregister(key.fileobj)
+                            self._reject(key.data, "408 Request Timeout",
+                                         "the request body did not arrive in time", "timeout")
+                        else:
+                            self._drop(key.data)
         for key in list(selector.get_map().values()):
             if isinstance(key.data, _Connection):
                 key.data.close()
@@ -417,6 +455,7 @@ class Server:
                 log.error("accept failed: %s", err)
                 return
             sock.setblocking(False)
+            transport = "unix"
             if sock.family == socket.AF_UNIX:
                 client, client_port, server_name, server_port = "unix", "", listener.getsockname(), ""
             else:
@@ -424,9 +463,32 @@ class Server:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 host, port = listener.getsockname()[:2]
                 client, client_port, server_name, server_port = peer[0], str(peer[1]), host, str(port)
-            conn = _Connection(sock, client, client_port, server_name, server_port)
-            conn.deadline = time.monotonic() + self.timeout
+                transport = "tcp"
+                if self.tls is not None:  # the handshake happens in _handshake(), never here
+                    sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+                    transport = "tls"
+            conn = _Connection(sock, client, client_port, server_name, server_port, transport)
+            conn.deadline = time.monotonic() + self.timeout  # for the handshake and the head
             self._selector.register(sock, selectors.EVENT_READ, conn)
+
+    def _handshake(self, conn):
+        """One non-blocking step of a TLS handshake; the sweep drops it if it takes too long."""
+        try:
+            conn.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._selector.modify(conn.sock, selectors.EVENT_READ, conn)
+            return
+        except ssl.SSLWantWriteError:
+            self._selector.modify(conn.sock, selectors.EVENT_WRITE, conn)
+            return
+        except OSError as err:  # SSLError included: bad or missing client certificate
+            log.info("TLS handshake with %s failed: %s", conn.client, err)
+            self._drop(conn)
+            return
+        conn.handshaking = False
+        subject = dict(field[0] for field in (conn.sock.getpeercert() or {}).get("subject", ()))
+        conn.client_cn = subject.get("commonName")
+        self._selector.modify(conn.sock, selectors.EVENT_READ, conn)
 
     def _drain_wake(self):
         try:
@@ -439,11 +501,15 @@ class Server:
             conn = self._returned.popleft()
             conn.deadline = deadline
             self._selector.register(conn.sock, selectors.EVENT_READ, conn)
+            if conn.transport == "tls" and conn.sock.pending():  # already decrypted: no event
+                self._read_head(conn)
 
     def _read_head(self, conn):
         try:
             data = conn.sock.recv(RECV_SIZE)
-        except (BlockingIOError, InterruptedError):
+            while conn.transport == "tls" and conn.sock.pending():  # decrypted, not on the fd
+                data += conn.sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return
         except OSError:
             data = b""
@@ -453,18 +519,40 @@ class Server:
         if not conn.buf:  # a new head has begun: the client gets `timeout` to finish it
             conn.deadline = time.monotonic() + self.timeout
         conn.buf += data
-        if b"\r\n\r\n" in conn.buf:
+        if self._complete(conn):
             self._selector.unregister(conn.sock)
             try:
+                conn.awaiting_body = False
                 self._queue.put_nowait(conn)
                 self._add_worker_if_all_busy()
             except queue.Full:
                 log.warning("all workers busy and queue full, refusing %s", conn.client)
                 self._reject(conn, "503 Service Unavailable", "server busy", "busy")
-        elif len(conn.buf) > self.max_head:
+        elif len(conn.buf) > self.max_head and not conn.awaiting_body:
             self._selector.unregister(conn.sock)
             self._reject(conn, "431 Request Header Fields Too Large", "request head too large",
                          "bad_request")
+
+    def _complete(self, conn):
+        """Whether a worker may take the request: its head, and its body unless that is larger
+        than max_body (a worker streams those), are here. So a client that sends a head and then
+        stalls its body costs a descriptor, not a worker."""
+        end = conn.buf.find(b"\r\n\r\n")
+        if end < 0:
+            return False
+        found = CONTENT_LENGTH.search(conn.buf, 0, end + 2)
+        length = int(found.group(1)) if found else 0
+        if length > self.max_body or len(conn.buf) >= end + 4 + length:
+            return True
+        if not conn.awaiting_body:  # the head just completed: the body gets its own deadline
+            conn.awaiting_body = True
+            conn.deadline = time.monotonic() + self.request_timeout
+            if EXPECT_CONTINUE.search(conn.buf, 0, end + 2):
+                try:
+                    conn.sock.send(b"HTTP/1.1 100 Continue\r\n\r\n")  # small: fits the buffer
+                except OSError:
+                    pass
+        return False
 
     def _reject(self, conn, status, message, code):
         try:
@@ -544,7 +632,8 @@ class Server:
             return False
         body = _Input(conn.sock, buf[end + 4:], length,
                       environ.get("HTTP_EXPECT", "").lower() == "100-continue"
-                      and environ["SERVER_PROTOCOL"] == "HTTP/1.1")
+                      and environ["SERVER_PROTOCOL"] == "HTTP/1.1",
+                      self.timeout, time.monotonic() + self.request_timeout)
         environ["wsgi.input"] = body
         response = _Response(conn.sock, method == "HEAD", keep_alive and not self._stopping,
                              environ["SERVER_PROTOCOL"] == "HTTP/1.0")
@@ -618,12 +707,15 @@ class Server:
             "REMOTE_ADDR": conn.client,
             "REMOTE_PORT": conn.client_port,
             "wsgi.version": (1, 0),
-            "wsgi.url_scheme": "http",
+            "wsgi.url_scheme": "https" if conn.transport == "tls" else "http",
             "wsgi.errors": ERROR_STREAM,
             "wsgi.multithread": True,
             "wsgi.multiprocess": False,
             "wsgi.run_once": False,
+            "xend_rest.transport": conn.transport,  # what security.Guard authenticates by
         }
+        if conn.client_cn is not None:
+            environ["xend_rest.client_cn"] = conn.client_cn
         # Parsed by hand rather than with http.client.parse_headers: the email parser costs
         # more than the rest of the request, and accepts obsolete line folding we refuse.
         for line in lines[1:]:

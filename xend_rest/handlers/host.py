@@ -1,7 +1,7 @@
 """What operators look at: liveness, versions, the host, statistics, metrics and the API's spec."""
 import libvirt
 
-from .. import __version__, openapi
+from .. import __version__
 from ..bodies import Raw
 from ..errors import HTTPError, is_no_domain
 from ..metrics import CONTENT_TYPE as METRICS_TYPE, Exposition, add_requests, labels
@@ -198,4 +198,5 @@ def _add_domains(exposition, described):
 
 def openapi_document(request):
     """GET /openapi.json: this API in OpenAPI 3, built from the route table."""
+    from .. import openapi  # built on demand: most daemons never serve it
     return 200, openapi.document(request.app.router.table)

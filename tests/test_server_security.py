@@ -1,0 +1,331 @@
+"""The server's side of security, through real sockets: mutual TLS with handshakes that never
+stall the server, unix socket permissions, slow clients cut off, refusal to start exposed."""
+import contextlib
+import http.client
+import json
+import os
+import socket
+import ssl
+import stat
+import subprocess
+import sys
+import threading
+
+import libvirt
+import pytest
+
+from conftest import node_xml
+from xend_rest import cli, security
+from xend_rest.app import make_app
+from xend_rest.server import Server
+
+NODES = '/libvirt/xen/nodes'
+OPENSSL_SUBJECT = '/CN=%s'
+
+
+def openssl(*args, cwd):
+    subprocess.run(['openssl', *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope='module')
+def pki(tmp_path_factory):
+    """A throwaway CA, a server certificate for 127.0.0.1, clients 'alice' and 'monitor', and an
+    'eve' signed by another CA. Made at test time: no key is ever committed."""
+    d = tmp_path_factory.mktemp('pki')
+    for ca in ('ca', 'otherca'):
+        openssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj',
+                OPENSSL_SUBJECT % ca, '-keyout', ca + '.key', '-out', ca + '.pem', cwd=d)
+    (d / 'san.ext').write_text('subjectAltName=IP:127.0.0.1,DNS:localhost\n')
+    for name, ca, extra in (('server', 'ca', ['-extfile', 'san.ext']), ('alice', 'ca', []),
+                            ('monitor', 'ca', []), ('eve', 'otherca', [])):
+        openssl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', OPENSSL_SUBJECT % name,
+                '-keyout', name + '.key', '-out', name + '.csr', cwd=d)
+        openssl('x509', '-req', '-in', name + '.csr', '-CA', ca + '.pem', '-CAkey', ca + '.key',
+                '-CAcreateserial', '-days', '1', '-out', name + '.pem', *extra, cwd=d)
+    return d
+
+
+@pytest.fixture
+def app(node_uri):
+    made = []
+
+    def make(**guard_settings):
+        made.append(make_app(uri=node_uri, guard=security.Guard(**guard_settings)))
+        return made[-1]
+    yield make
+    for each in made:
+        each.pool.close()
+
+
+@contextlib.contextmanager
+def serving(app, listeners=('127.0.0.1:0',), **options):
+    server = Server(app, listeners, **options)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.shutdown(grace=2)
+
+
+def tls_client(server, pki, who=None, timeout=10):
+    context = ssl.create_default_context(cafile=str(pki / 'ca.pem'))
+    if who:
+        context.load_cert_chain(str(pki / (who + '.pem')), str(pki / (who + '.key')))
+    host, port = server.addresses[0]
+    return http.client.HTTPSConnection(host, port, context=context, timeout=timeout)
+
+
+def call(conn, method, path, body=None, headers=None):
+    headers = dict(headers or {})
+    if body is not None:
+        body = json.dumps(body).encode()
+        headers['Content-Type'] = 'application/json'
+    conn.request(method, path, body=body, headers=headers)
+    response = conn.getresponse()
+    data = response.read()
+    return response.status, json.loads(data) if data else None
+
+
+def mtls_server(app, pki, **guard):
+    context = security.tls_context(str(pki / 'server.pem'), str(pki / 'server.key'), str(pki / 'ca.pem'))
+    return serving(app(**guard), tls=context, workers=2)
+
+
+def domain_state(node_uri_conn, name):
+    return node_uri_conn.lookupByName(name).state()[0]
+
+
+# -- mutual TLS -----------------------------------------------------------------------------
+
+def test_a_client_with_a_certificate_from_our_ca_is_served(app, pki):
+    with mtls_server(app, pki) as server:
+        conn = tls_client(server, pki, 'alice')
+        status, body = call(conn, 'GET', NODES + '/json')
+        assert status == 200 and {d['domain']['name'] for d in body} >= {'web', 'db'}
+        assert call(conn, 'POST', NODES + '/web/destroy')[0] == 204  # same connection, kept alive
+
+
+@pytest.mark.parametrize('who', [None, 'eve'])
+def test_a_client_without_a_good_certificate_gets_no_answer(app, pki, who):
+    with mtls_server(app, pki) as server:
+        conn = tls_client(server, pki, who)
+        with pytest.raises((ssl.SSLError, ConnectionError, http.client.RemoteDisconnected)):
+            call(conn, 'POST', NODES + '/web/destroy')
+        conn.close()
+        status, _ = call(tls_client(server, pki, 'alice'), 'GET', NODES + '/web/json')
+        assert status == 200
+        assert server.app.pool.get().lookupByName('web').isActive()
+
+
+def test_plain_http_to_a_tls_listener_gets_no_answer(app, pki):
+    with mtls_server(app, pki) as server:
+        with socket.create_connection(server.addresses[0], timeout=10) as sock:
+            sock.sendall(b'POST ' + NODES.encode() + b'/web/destroy HTTP/1.1\r\nHost: localhost\r\n\r\n')
+            try:
+                answer = sock.recv(65536)
+            except ConnectionResetError:
+                answer = b''
+            assert b'HTTP/1.1 2' not in answer
+        assert server.app.pool.get().lookupByName('web').isActive()
+
+
+def test_allowed_clients_and_their_roles(app, pki):
+    clients = security.parse_tls_clients('alice monitor:read')
+    with mtls_server(app, pki, tls_clients=clients) as server:
+        monitor = tls_client(server, pki, 'monitor')
+        assert call(monitor, 'GET', NODES + '/json')[0] == 200
+        status, body = call(monitor, 'POST', NODES + '/web/destroy')
+        assert status == 403 and body['code'] == 'forbidden'
+        assert server.app.pool.get().lookupByName('web').isActive()
+        assert call(tls_client(server, pki, 'alice'), 'POST', NODES + '/web/destroy')[0] == 204
+
+
+def test_silent_clients_do_not_stall_handshakes(app, pki):
+    """Connections that never start their handshake cost a descriptor, not the server."""
+    with mtls_server(app, pki) as server:
+        silent = [socket.create_connection(server.addresses[0], timeout=10) for _ in range(50)]
+        try:
+            for _ in range(3):
+                assert call(tls_client(server, pki, 'alice'), 'GET', NODES + '/json')[0] == 200
+        finally:
+            for sock in silent:
+                sock.close()
+
+
+def test_a_stalled_handshake_is_cut_off(app, pki):
+    with mtls_server(app, pki) as server:
+        server.timeout = 0.5  # the sweep reads it each round
+        with socket.create_connection(server.addresses[0], timeout=10) as sock:
+            assert sock.recv(1) == b''  # closed by the server, well before our own timeout
+
+
+# -- tokens over a real socket --------------------------------------------------------------
+
+def test_bearer_tokens_over_tcp(app, tmp_path):
+    path = tmp_path / 'tokens'
+    path.write_text('%s operator ops\n' % ('t' * 40))
+    path.chmod(0o600)
+    with serving(app(tokens=security.load_tokens(str(path)))) as server:
+        conn = http.client.HTTPConnection(*server.addresses[0], timeout=10)
+        status, body = call(conn, 'POST', NODES + '/web/destroy')
+        assert status == 401 and body['code'] == 'unauthorized'
+        status, _ = call(conn, 'POST', NODES + '/web/destroy',
+                         headers={'Authorization': 'Bearer ' + 't' * 40})
+        assert status == 204
+
+
+def test_a_browser_request_is_refused_over_tcp(app):
+    with serving(app()) as server:
+        conn = http.client.HTTPConnection(*server.addresses[0], timeout=10)
+        status, body = call(conn, 'POST', NODES + '/web/destroy',
+                            headers={'Origin': 'http://evil.example'})
+        assert status == 403 and body['code'] == 'cross_origin'
+        status, body = call(conn, 'POST', NODES + '/web/destroy',
+                            headers={'Host': 'rebound.evil.example:8000'})
+        assert status == 403 and body['code'] == 'foreign_host'
+        assert server.app.pool.get().lookupByName('web').isActive()
+
+
+# -- unix sockets ---------------------------------------------------------------------------
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path):
+        super().__init__('localhost', timeout=10)
+        self.path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(10)
+        self.sock.connect(self.path)
+
+
+def test_unix_socket_mode_and_group(app, tmp_path):
+    path = tmp_path / 'api.sock'
+    gid = os.getgid()
+    with serving(app(), ['unix:%s' % path], socket_mode=0o600, socket_gid=gid):
+        info = os.stat(path)
+        assert stat.S_IMODE(info.st_mode) == 0o600 and info.st_gid == gid
+
+
+def test_unix_socket_callers_need_no_token(app, tmp_path):
+    path = tmp_path / 'api.sock'
+    tokens = {'t' * 40: ('read', 'reader')}
+    with serving(app(tokens=tokens), ['unix:%s' % path]):
+        status, _ = call(UnixHTTPConnection(str(path)), 'POST', NODES + '/web/destroy')
+        assert status == 204
+
+
+# -- slow clients ---------------------------------------------------------------------------
+
+def test_slowloris_does_not_stop_normal_requests(app):
+    """200 half-open connections against 4 workers: heads that never end, and bodies that
+    never arrive; normal requests meanwhile still get their answers."""
+    with serving(app(), workers=4, timeout=30, request_timeout=30) as server:
+        address = server.addresses[0]
+        slow = []
+        try:
+            for index in range(200):
+                sock = socket.create_connection(address, timeout=10)
+                if index % 2:
+                    sock.sendall(b'GET ' + NODES.encode() + b'/json HTTP/1.1\r\nHost: localhost\r\n')
+                else:  # a complete head, then a body that never comes: these reach workers
+                    sock.sendall(b'POST ' + NODES.encode() + b'/create HTTP/1.1\r\nHost: localhost\r\n'
+                                 b'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{')
+                slow.append(sock)
+            for _ in range(5):
+                conn = http.client.HTTPConnection(*address, timeout=20)
+                assert call(conn, 'GET', NODES + '/web/json')[0] == 200
+                conn.close()
+        finally:
+            for sock in slow:
+                sock.close()
+
+
+@pytest.mark.parametrize('buffered_up_to', [1 << 20, 10], ids=['by the selector', 'by the worker'])
+def test_a_body_that_never_arrives_is_cut_off_at_the_deadline(app, buffered_up_to):
+    with serving(app(), workers=1, timeout=30, request_timeout=0.5,
+                 max_body=buffered_up_to) as server:
+        with socket.create_connection(server.addresses[0], timeout=20) as sock:
+            sock.sendall(b'POST ' + NODES.encode() + b'/create HTTP/1.1\r\nHost: localhost\r\n'
+                         b'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{')
+            answer = sock.recv(65536)
+        assert answer.startswith(b'HTTP/1.1 408 ')
+        assert b'"code": "timeout"' in answer
+        conn = http.client.HTTPConnection(*server.addresses[0], timeout=20)
+        assert call(conn, 'GET', NODES + '/json')[0] == 200  # the one worker is free again
+
+
+@pytest.mark.parametrize('length, status', [('-1', b'400'), ('x', b'400'), ('', b'411')])
+def test_bad_lengths_over_tcp(app, length, status):
+    with serving(app()) as server:
+        with socket.create_connection(server.addresses[0], timeout=10) as sock:
+            header = b'Content-Length: %s\r\n' % length.encode() if length else b''
+            sock.sendall(b'POST ' + NODES.encode() + b'/create HTTP/1.1\r\nHost: localhost\r\n'
+                         b'Content-Type: application/json\r\n' + header + b'\r\n')
+            assert sock.recv(65536).split(b' ')[1] == status
+
+
+# -- start-up -------------------------------------------------------------------------------
+
+def run_cli(*args, timeout=20):
+    return subprocess.run([sys.executable, '-m', 'xend_rest', '--demo', *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize('listen', ['0.0.0.0:0', '[::]:0', '192.0.2.1:0'])
+def test_refuses_to_start_exposed_without_authentication(listen):
+    result = run_cli('--listen', listen)
+    assert result.returncode == 2
+    assert 'refusing to start' in result.stderr and '--insecure' in result.stderr
+
+
+def test_tls_without_client_certificates_is_still_exposed(pki):
+    result = run_cli('--listen', '0.0.0.0:0', '--tls-cert', str(pki / 'server.pem'),
+                     '--tls-key', str(pki / 'server.key'))
+    assert result.returncode == 2 and 'refusing to start' in result.stderr
+
+
+def test_refuses_to_start_with_a_readable_tokens_file(tmp_path):
+    path = tmp_path / 'tokens'
+    path.write_text('%s admin\n' % ('t' * 40))
+    path.chmod(0o644)
+    result = run_cli('--listen', '127.0.0.1:0', '--tokens-file', str(path))
+    assert result.returncode == 2 and 'chmod 600' in result.stderr
+
+
+@pytest.mark.parametrize('args', [
+    ['--tls-ca', 'x.pem'], ['--tls-cert', '/nonexistent.pem'],
+    ['--tls-cert', 'c.pem', '--tls-allowed-clients', 'alice'], ['--socket-group', 'no-such-group-x'],
+])
+def test_refuses_to_start_with_broken_tls_or_group(args):
+    result = run_cli('--listen', '127.0.0.1:0', *args)
+    assert result.returncode == 2 and 'refusing to start' in result.stderr
+
+
+def test_insecure_is_allowed_but_warned(monkeypatch, tmp_path):
+    args = cli.parse_args(['--listen', '0.0.0.0:0', '--insecure'])
+    guard, tls, gid = cli.build_security(args)
+    assert tls is None and guard.tokens == {}
+    with pytest.raises(security.ConfigError):
+        cli.build_security(cli.parse_args(['--listen', '0.0.0.0:0']))
+
+
+def test_exposed_with_tokens_or_client_certificates_is_allowed(pki, tmp_path):
+    path = tmp_path / 'tokens'
+    path.write_text('%s admin\n' % ('t' * 40))
+    path.chmod(0o600)
+    cli.build_security(cli.parse_args(['--listen', '0.0.0.0:0', '--tokens-file', str(path)]))
+    cli.build_security(cli.parse_args([
+        '--listen', '0.0.0.0:0', '--tls-cert', str(pki / 'server.pem'),
+        '--tls-key', str(pki / 'server.key'), '--tls-ca', str(pki / 'ca.pem')]))
+
+
+def test_security_keys_in_the_configuration_file(tmp_path):
+    config = tmp_path / 'xend-rest.conf'
+    config.write_text('[xend-rest]\nsocket-mode = 640\nallowed-hosts = xen1 xen1.example.org\n'
+                      'allowed-paths = /var/lib/xen/images /var/lib/xen/boot\nmax-body = 4096\n'
+                      'request-timeout = 5\n')
+    args = cli.parse_args(['--config', str(config)])
+    assert (args.socket_mode, args.allowed_hosts, args.allowed_paths, args.max_body,
+            args.request_timeout) == (0o640, ['xen1', 'xen1.example.org'],
+                                      ['/var/lib/xen/images', '/var/lib/xen/boot'], 4096, 5.0)

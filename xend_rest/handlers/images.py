@@ -1,0 +1,355 @@
+"""The image endpoints: disk images are libvirt storage volumes, addressed by pool and name."""
+import os
+import re
+import threading
+import xml.etree.ElementTree as ElementTree
+from urllib.parse import quote
+
+import libvirt
+
+from .. import convert, streams
+from ..bodies import Raw
+from ..errors import HTTPError, bad_request, is_no_domain, is_no_image
+from ..params import (IMAGE_FORMATS, VOL_CREATE_FLAGS, VOL_DELETE_FLAGS, VOL_RESIZE_FLAGS,
+                      WIPE_ALGORITHMS, parse_bool, parse_choice, parse_flag, parse_size)
+
+NAME_MAX = 255  # bytes: what a file name may hold on the file systems dir pools live on
+# Whatever could make a name leave its pool's directory, or hide in it.
+UNSAFE_NAME = re.compile(r'[/\\\x00-\x1f\x7f]|\A\.')
+POOL_STATES = {
+    libvirt.VIR_STORAGE_POOL_INACTIVE: 'inactive',
+    libvirt.VIR_STORAGE_POOL_BUILDING: 'building',
+    libvirt.VIR_STORAGE_POOL_RUNNING: 'running',
+    libvirt.VIR_STORAGE_POOL_DEGRADED: 'degraded',
+    libvirt.VIR_STORAGE_POOL_INACCESSIBLE: 'inaccessible',
+}
+RANGE = re.compile(r'bytes=([0-9]{0,20})-([0-9]{0,20})\Z')
+NO_CONTENT = (204, None)
+
+# Images this process is uploading into, as (pool UUID, name): listed as Uploading, and no other
+# request may read, change or delete them until the upload has finished or been cleaned up.
+_uploading = set()
+_uploading_lock = threading.Lock()
+
+
+def check_name(name, what='image'):
+    """A pool or image name that stays inside its pool: 400 for separators, control characters,
+    a leading dot (., .., hidden files) or more than NAME_MAX bytes."""
+    if not name:
+        raise bad_request('the %s name is empty' % what)
+    if UNSAFE_NAME.search(name):
+        raise bad_request('%s name %r: no "/", "\\", control characters or leading "."'
+                          % (what, name))
+    if len(name.encode('utf-8', 'surrogatepass')) > NAME_MAX:
+        raise bad_request('%s name is longer than %d bytes' % (what, NAME_MAX))
+    return name
+
+
+def lookup_pool(conn, name):
+    return conn.storagePoolLookupByName(check_name(name, 'pool'))
+
+
+def lookup_image(conn, pool_name, name):
+    """(pool, volume) for an image name in a pool; 404 when either is missing."""
+    check_name(name)
+    pool = lookup_pool(conn, pool_name)
+    return pool, pool.storageVolLookupByName(name)
+
+
+def image_users(conn):
+    """{file path or (pool, volume): {domain names}} over every domain's live and persistent disks.
+
+    One pass over the domains per request, whatever the number of images asked about.
+    """
+    users = {}
+    for dom in conn.listAllDomains(0):
+        try:
+            name = dom.name()
+            definitions = [dom.XMLDesc(0)]
+            if dom.isActive() and dom.isPersistent():
+                definitions.append(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        except libvirt.libvirtError as err:
+            if is_no_domain(err):  # a domain may vanish between listing and lookup
+                continue
+            raise
+        for xml in definitions:
+            for source in _disk_sources(xml):
+                users.setdefault(source, set()).add(name)
+    return users
+
+
+def _disk_sources(xml):
+    """Every file, device or pool volume a domain's disks read, backing chains included."""
+    for disk in ElementTree.fromstring(xml).iterfind('devices/disk'):
+        for source in disk.iter('source'):
+            path = source.get('file') or source.get('dev')
+            if path:
+                yield os.path.normpath(path)
+            if source.get('pool') and source.get('volume'):
+                yield source.get('pool'), source.get('volume')
+
+
+def _summary(pool, xml, users):
+    """An image as listed: where it is, what it is, how large, and which domains use it."""
+    vol = ElementTree.fromstring(xml)
+    name, path = vol.findtext('name'), vol.findtext('target/path')
+    form = vol.find('target/format')
+    using = users.get((pool.name(), name), set())
+    if path:
+        using = using | users.get(os.path.normpath(path), set())
+    return {
+        'Name': name,
+        'Pool': pool.name(),
+        'Path': path,
+        'Type': vol.get('type'),
+        'Format': form.get('type') if form is not None else None,
+        'Capacity': int(vol.findtext('capacity', '0')),
+        'Allocation': int(vol.findtext('allocation', '0')),
+        'UsedBy': sorted(using),
+        'Uploading': (pool.UUIDString(), name) in _uploading,
+    }
+
+
+def _describe(conn, pool, vol):
+    return _summary(pool, vol.XMLDesc(0), image_users(conn))
+
+
+def list_images(request):
+    """GET /images/json: the images of every active pool, or of the pool named by ?pool=."""
+    wanted = request.arg('pool')
+    if wanted is not None:
+        pools = [lookup_pool(request.conn, wanted)]
+    else:
+        pools = request.conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE)
+    users = image_users(request.conn)
+    listed = []
+    for pool in pools:
+        for vol in pool.listAllVolumes(0):
+            try:
+                listed.append(_summary(pool, vol.XMLDesc(0), users))
+            except libvirt.libvirtError as err:
+                if not is_no_image(err):  # an image may vanish between listing and lookup
+                    raise
+    return 200, sorted(listed, key=lambda image: (image['Pool'], image['Name']))
+
+
+def inspect_image(request, pool, name):
+    _, vol = lookup_image(request.conn, pool, name)
+    return 200, convert.xml_to_dict(vol.XMLDesc(0))
+
+
+def create_image(request, pool):
+    """POST /images/(pool)/create?name=&capacity=[&format=][&allocation=]: a new, empty image."""
+    name = check_name(request.arg('name'))
+    capacity = parse_size(request, 'capacity')
+    allocation = parse_size(request, 'allocation', default=0)
+    form = parse_choice(request, 'format', IMAGE_FORMATS, 'raw')
+    flag = parse_flag(request, VOL_CREATE_FLAGS)
+    target = lookup_pool(request.conn, pool)
+    _refuse_existing(target, name)
+    vol = target.createXML(_volume_xml(name, capacity, form, allocation), flag)
+    return 201, _describe(request.conn, target, vol)
+
+
+def clone_image(request, pool, name):
+    """POST .../clone?name=[&pool=][&format=]: a full copy, in the same pool unless ?pool= says."""
+    new_name = check_name(request.arg('name'))
+    form = parse_choice(request, 'format', IMAGE_FORMATS, 'raw') if request.arg('format') else None
+    flag = parse_flag(request, VOL_CREATE_FLAGS)
+    source_pool, source = lookup_image(request.conn, pool, name)
+    target = lookup_pool(request.conn, request.arg('pool', pool))
+    _refuse_uploading(source_pool, name)
+    _refuse_existing(target, new_name)
+    capacity = source.info()[1]
+    if form is None:
+        found = ElementTree.fromstring(source.XMLDesc(0)).find('target/format')
+        form = found.get('type') if found is not None else 'raw'
+    vol = target.createXMLFrom(_volume_xml(new_name, capacity, form), source, flag)
+    return 201, _describe(request.conn, target, vol)
+
+
+def _volume_xml(name, capacity, form, allocation=None):
+    doc = {'name': name, 'capacity': {'@unit': 'bytes', '#text': str(capacity)},
+           'target': {'format': {'@type': form}}}
+    if allocation is not None:
+        doc['allocation'] = {'@unit': 'bytes', '#text': str(allocation)}
+    return convert.dict_to_xml({'volume': doc}, 'volume')
+
+
+def _refuse_existing(pool, name):
+    # Asked first: not every driver reports a clash as VIR_ERR_STORAGE_VOL_EXIST.
+    try:
+        pool.storageVolLookupByName(name)
+    except libvirt.libvirtError as err:
+        if is_no_image(err):
+            return
+        raise
+    raise HTTPError(409, 'image %s already exists in pool %s' % (name, pool.name()),
+                    'already_exists')
+
+
+def _refuse_uploading(pool, name):
+    if (pool.UUIDString(), name) in _uploading:
+        raise HTTPError(409, 'image %s is being uploaded' % name, 'upload_in_progress')
+
+
+def _refuse_in_use(request, pool, vol, action):
+    """409 while a defined domain's disk is this image, unless ?force=1."""
+    if parse_bool(request, 'force'):
+        return
+    users = _summary(pool, vol.XMLDesc(0), image_users(request.conn))['UsedBy']
+    if users:
+        raise HTTPError(409, 'image %s is used by %s: %s it with force=1 only if you mean it'
+                        % (vol.name(), ', '.join(users), action), 'image_in_use')
+
+
+def resize_image(request, pool, name):
+    """POST .../resize?capacity=[&flag=]: grow; shrinking needs flag 4 (and force=1 while used)."""
+    capacity = parse_size(request, 'capacity')
+    flag = parse_flag(request, VOL_RESIZE_FLAGS)
+    parse_bool(request, 'force')
+    source_pool, vol = lookup_image(request.conn, pool, name)
+    _refuse_uploading(source_pool, name)
+    current = vol.info()[1]
+    shrink = flag & libvirt.VIR_STORAGE_VOL_RESIZE_SHRINK
+    if flag & libvirt.VIR_STORAGE_VOL_RESIZE_DELTA:
+        wanted = current - capacity if shrink else current + capacity
+    else:
+        wanted = capacity
+    if wanted < current:
+        if not shrink:
+            raise bad_request('capacity %d is below the current %d: shrinking loses data, '
+                              'ask for it with flag=4 (VIR_STORAGE_VOL_RESIZE_SHRINK)'
+                              % (wanted, current))
+        _refuse_in_use(request, source_pool, vol, 'shrink')
+    vol.resize(capacity, flag)
+    return NO_CONTENT
+
+
+def delete_image(request, pool, name):
+    """POST .../delete[?force=1][&flag=]: 409 while a defined domain uses the image."""
+    flag = parse_flag(request, VOL_DELETE_FLAGS)
+    source_pool, vol = lookup_image(request.conn, pool, name)
+    _refuse_uploading(source_pool, name)
+    _refuse_in_use(request, source_pool, vol, 'delete')
+    vol.delete(flag)
+    return NO_CONTENT
+
+
+def wipe_image(request, pool, name):
+    """POST .../wipe[?algorithm=][&force=1]: overwrite the content; 409 while used."""
+    algorithm = parse_choice(request, 'algorithm', WIPE_ALGORITHMS, 'zero')
+    parse_flag(request, ())
+    source_pool, vol = lookup_image(request.conn, pool, name)
+    _refuse_uploading(source_pool, name)
+    _refuse_in_use(request, source_pool, vol, 'wipe')
+    vol.wipePattern(algorithm, 0)
+    return NO_CONTENT
+
+
+def upload_image(request, pool, name):
+    """PUT .../upload[?capacity=]: a new image holding the body; gone again if the upload fails."""
+    check_name(name)
+    length = request.content_length()
+    if not length:
+        raise bad_request('the body is empty: use create for an empty image')
+    capacity = parse_size(request, 'capacity', default=length)
+    if capacity < length:
+        raise HTTPError(413, 'the body (%d bytes) is larger than capacity=%d'
+                        % (length, capacity), 'too_large')
+    target = lookup_pool(request.conn, pool)
+    _refuse_existing(target, name)
+    available = target.info()[3]
+    if length > available:
+        raise HTTPError(413, 'pool %s has %d bytes free, the body is %d'
+                        % (target.name(), available, length), 'insufficient_space')
+    key = (target.UUIDString(), name)
+    with _uploading_lock:
+        if key in _uploading:
+            raise HTTPError(409, 'image %s is being uploaded' % name, 'upload_in_progress')
+        _uploading.add(key)
+    try:
+        vol = target.createXML(_volume_xml(name, capacity, 'raw', 0), 0)
+        try:
+            streams.upload(request.conn, vol, request.body_chunks(streams.CHUNK), length)
+        except BaseException:
+            _delete_quietly(vol)  # half an image must not pass for a whole one
+            raise
+    finally:
+        with _uploading_lock:
+            _uploading.discard(key)
+    return 201, _describe(request.conn, target, vol)
+
+
+def _delete_quietly(vol):
+    try:
+        vol.delete(0)
+    except libvirt.libvirtError as err:
+        if not is_no_image(err):
+            raise
+
+
+def download_image(request, pool, name):
+    """GET .../download: the image's bytes as stored (the whole file, or one Range)."""
+    source_pool, vol = lookup_image(request.conn, pool, name)
+    _refuse_uploading(source_pool, name)
+    size = _stored_size(vol.XMLDesc(0))
+    status, offset, length, headers = _byte_range(request.environ.get('HTTP_RANGE'), size)
+    headers += [('Accept-Ranges', 'bytes'),
+                ('Content-Disposition', "attachment; filename*=UTF-8''" + quote(name))]
+    body = Raw(streams.Download(request.conn, vol, offset, length), streams.OCTETS, length)
+    return status, body, headers
+
+
+def _stored_size(xml):
+    """The bytes a download yields: the file's size (<physical>), else the capacity."""
+    vol = ElementTree.fromstring(xml)
+    return int(vol.findtext('physical') or vol.findtext('capacity', '0'))
+
+
+def _byte_range(header, size):
+    """(status, offset, length, headers) for a Range header of one byte range.
+
+    Several ranges, or a header we cannot read, are ignored (RFC 9110 allows it): the whole image.
+    """
+    found = RANGE.match(header.strip()) if header else None
+    if found is None or found.groups() == ('', ''):
+        return 200, 0, size, []
+    first, last = found.groups()
+    if first == '':  # bytes=-N: the last N bytes (N = 0 is unsatisfiable)
+        first, last = max(size - int(last), 0), size - 1
+    else:
+        first, last = int(first), min(int(last or size - 1), size - 1)
+        if found.group(2) and int(found.group(2)) < first:
+            return 200, 0, size, []
+    if first >= size or last < first:
+        raise HTTPError(416, 'the image has %d bytes; %s is outside it' % (size, header),
+                        'range_not_satisfiable', [('Content-Range', 'bytes */%d' % size)])
+    return 206, first, last - first + 1, [('Content-Range', 'bytes %d-%d/%d' % (first, last, size))]
+
+
+def list_pools(request):
+    """GET /pools/json: every storage pool, with its state, size and free space."""
+    return 200, sorted((_pool_summary(pool) for pool in request.conn.listAllStoragePools(0)),
+                       key=lambda pool: pool['Name'])
+
+
+def _pool_summary(pool):
+    state, capacity, allocation, available = pool.info()
+    xml = ElementTree.fromstring(pool.XMLDesc(0))
+    return {
+        'Name': pool.name(),
+        'Uuid': pool.UUIDString(),
+        'Type': xml.get('type'),
+        'Path': xml.findtext('target/path'),
+        'State': POOL_STATES.get(state, 'unknown'),
+        'Capacity': capacity,
+        'Allocation': allocation,
+        'Available': available,
+        'Persistent': bool(pool.isPersistent()),
+        'Autostart': bool(pool.autostart()),
+    }
+
+
+def inspect_pool(request, pool):
+    return 200, convert.xml_to_dict(lookup_pool(request.conn, pool).XMLDesc(0))

@@ -1,0 +1,68 @@
+"""Strict JSON for request bodies: what json.loads tolerates but a domain definition never needs is 400."""
+import json
+import math
+
+from .errors import bad_request
+
+MAX_DEPTH = 64  # libvirt's deepest domain XML is about a dozen levels
+MAX_INT_DIGITS = 20
+MAX_INT = 2 ** 63
+
+
+def loads(body):
+    """The parsed body; NaN/Infinity, duplicate keys, deep nesting and huge numbers are refused."""
+    try:
+        doc = json.loads(body, parse_constant=_refuse_constant, parse_int=_bounded_int,
+                         parse_float=_finite_float, object_pairs_hook=_unique_keys)
+    except RecursionError:
+        raise bad_request('the body nests deeper than %d levels' % MAX_DEPTH) from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise bad_request('the body is not valid JSON: %s' % err) from None
+    if _depth(doc) > MAX_DEPTH:
+        raise bad_request('the body nests deeper than %d levels' % MAX_DEPTH)
+    return doc
+
+
+class _Refused(ValueError):
+    """Raised from inside the parser; its message reaches the client as is."""
+
+
+def _refuse_constant(name):
+    raise _Refused('%s is not a number JSON allows' % name)
+
+
+def _bounded_int(text):
+    # Count digits before converting: int() of a huge literal is itself slow.
+    if len(text.lstrip('-')) > MAX_INT_DIGITS or abs(int(text)) > MAX_INT:
+        raise _Refused('integer %s... is too large' % text[:MAX_INT_DIGITS])
+    return int(text)
+
+
+def _finite_float(text):
+    value = float(text)
+    if not math.isfinite(value):
+        raise _Refused('number %s... is too large' % text[:MAX_INT_DIGITS])
+    return value
+
+
+def _unique_keys(pairs):
+    doc = {}
+    for key, value in pairs:
+        if key in doc:
+            raise _Refused('key "%s" is given twice' % key)
+        doc[key] = value
+    return doc
+
+
+def _depth(doc):
+    """How deeply containers nest (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(doc, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            value = value.values()
+        elif not isinstance(value, list):
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in value)
+    return deepest

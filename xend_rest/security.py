@@ -1,0 +1,277 @@
+"""Who may call which route, from where, with what body: the access policy, as tables and a Guard.
+
+Whoever can call this API is root on dom0, so every route needs a role (absent from the table:
+admin), every request must come from the daemon's own names and never from a browser page, and
+host paths in a definition may be confined to a few directories.
+"""
+import functools
+import hmac
+import ipaddress
+import os
+import socket
+import ssl
+import stat
+
+from .errors import HTTPError
+from .handlers import domains, events, host, images
+
+READ, OPERATOR, ADMIN = 'read', 'operator', 'admin'
+ROLES = (READ, OPERATOR, ADMIN)  # each role may do everything the ones before it may
+JSON_TYPE = 'application/json'
+OCTET_STREAM = 'application/octet-stream'
+
+# Route handler -> the least role that may call it. A route missing here needs admin, so a new
+# route is safe until someone decides otherwise.
+REQUIRED_ROLES = {
+    domains.list_domains: READ,
+    domains.inspect_domain: READ,
+    domains.start_domain: OPERATOR,
+    domains.stop_domain: OPERATOR,
+    domains.destroy_domain: OPERATOR,
+    domains.restart_domain: OPERATOR,
+    domains.suspend_domain: OPERATOR,
+    domains.resume_domain: OPERATOR,
+    # Watching changes nothing: events, waits, counters and descriptions are for readers.
+    events.stream_events: READ,
+    events.wait_domain: READ,
+    host.domain_stats: READ,
+    host.all_stats: READ,
+    host.ping: READ,
+    host.version: READ,
+    host.info: READ,
+    host.metrics: READ,
+    host.openapi_document: READ,
+    images.list_images: READ,
+    images.inspect_image: READ,
+    images.download_image: READ,
+    images.list_pools: READ,
+    images.inspect_pool: READ,
+}
+
+# Route handler -> the media type its request body must have; absent: application/json.
+BODY_TYPES = {images.upload_image: OCTET_STREAM}
+
+# Routes whose JSON body may point the hypervisor at host files: checked against allowed-paths.
+PATH_CHECKED = {domains.create_domain, domains.attach_device, domains.update_device}
+
+# Where a definition names a host file: the trailing element names and the attribute (or #text)
+# of a value, matched at any depth. Each is a file or program the hypervisor opens or runs.
+PATH_FIELDS = (
+    ('source', '@file'), ('source', '@dir'), ('source', '@path'), ('source', '@socket'),
+    ('disk', 'source', '@dev'), ('mirror', '@file'),
+    ('os', 'kernel'), ('os', 'initrd'), ('os', 'loader'), ('os', 'nvram'), ('os', 'dtb'),
+    ('nvram', '@template'), ('domain', 'bootloader'), ('devices', 'emulator'),
+    ('script', '@path'), ('backend', 'device', '@path'),
+)
+
+# Names a client on this machine may use in Host: besides these, the listen addresses and the
+# host's own names. Anything else is a DNS-rebinding page or a misdirected request.
+LOOPBACK_HOSTS = ('localhost', '127.0.0.1', '::1')
+UNAUTHENTICATED = [('WWW-Authenticate', 'Bearer realm="xend-rest"')]
+# Sec-Fetch-Site values a browser sends for requests a web page made (a typed URL sends "none").
+PAGE_FETCHES = ('cross-site', 'same-site', 'same-origin')
+MIN_TOKEN_LENGTH = 16
+
+
+class ConfigError(ValueError):
+    """A security setting the daemon must not start with."""
+
+
+def own_names():
+    """This machine's loopback names and host name."""
+    return {*LOOPBACK_HOSTS, socket.gethostname().lower()}
+
+
+@functools.lru_cache(maxsize=1)
+def own_fqdn():
+    """This machine's FQDN: a DNS look-up, done once and only when a Host needs it."""
+    return socket.getfqdn().lower()
+
+
+class Guard:
+    """Admits a request (Host, Origin, credentials), then authorizes it for its route."""
+
+    def __init__(self, tokens=None, tls_clients=None, allowed_hosts=(), allowed_paths=()):
+        self.tokens = tokens or {}  # token -> (role, name)
+        self.tls_clients = tls_clients  # None (any verified client is admin) or {CN: role}
+        self.allowed_hosts = own_names() | {_host_name(host) for host in allowed_hosts}
+        self.allowed_paths = [os.path.realpath(path) for path in allowed_paths]
+
+    def is_own_host(self, host):
+        return host in self.allowed_hosts or '*' in self.allowed_hosts or host == own_fqdn()
+
+    def admit(self, request):
+        """The caller's role; 403 for a foreign Host or a web page's request, 401 without credentials."""
+        environ = request.environ
+        if 'HTTP_ORIGIN' in environ or environ.get('HTTP_SEC_FETCH_SITE') in PAGE_FETCHES:
+            raise HTTPError(403, 'requests from web pages (with an Origin header) are refused',
+                            'cross_origin')
+        transport = environ.get('xend_rest.transport', 'tcp')
+        host = _host_name(environ.get('HTTP_HOST') or environ.get('SERVER_NAME', ''))
+        if transport != 'unix' and not self.is_own_host(host):
+            raise HTTPError(403, 'Host %r is not a name of this daemon; add it to allowed-hosts'
+                            % host, 'foreign_host')
+        request.role = self._role(environ, transport)
+        return request.role
+
+    def authorize(self, request, handler):
+        """403 unless the role may call the route; 415 for a body of the wrong type; 403 for paths."""
+        needed = REQUIRED_ROLES.get(handler, ADMIN)
+        if ROLES.index(request.role) < ROLES.index(needed):
+            raise HTTPError(403, 'this needs the %s role; your credentials have %s'
+                            % (needed, request.role), 'forbidden')
+        if _content_length(request.environ) > 0:
+            expected = BODY_TYPES.get(handler, JSON_TYPE)
+            given = request.environ.get('CONTENT_TYPE', '').split(';')[0].strip().lower()
+            if given != expected:
+                raise HTTPError(415, 'the body must be %s, not %s' % (expected, given or 'untyped'),
+                                'unsupported_media_type')
+        if self.allowed_paths and handler in PATH_CHECKED:
+            for where, path in host_paths(request.json()):
+                self.check_path(where, path)
+
+    def check_path(self, where, path):
+        """403 unless path resolves (links followed) into one of allowed-paths."""
+        real = os.path.realpath(path) if isinstance(path, str) and path.startswith('/') else None
+        if real is None or not any(real == top or real.startswith(top.rstrip('/') + '/')
+                                   for top in self.allowed_paths):
+            raise HTTPError(403, '%s: %r is outside the allowed paths (%s)'
+                            % (where, path, ' '.join(self.allowed_paths)), 'path_not_allowed')
+
+    def _role(self, environ, transport):
+        authorization = environ.get('HTTP_AUTHORIZATION')
+        if authorization is not None and self.tokens:
+            return self._token_role(authorization)
+        if transport == 'unix':
+            return ADMIN  # the socket's owner, group and mode decided who got this far
+        if transport == 'tls' and 'xend_rest.client_cn' in environ:
+            return self._client_role(environ['xend_rest.client_cn'])
+        if self.tokens:
+            raise HTTPError(401, 'authentication required: send Authorization: Bearer <token>',
+                            'unauthorized', UNAUTHENTICATED)
+        return ADMIN  # no authentication configured: start-up allowed this only on loopback
+
+    def _token_role(self, authorization):
+        scheme, _, token = authorization.partition(' ')
+        found = None
+        # Compare with every token, in constant time each: timing reveals nothing.
+        for known, entry in self.tokens.items():
+            if hmac.compare_digest(known.encode(), token.strip().encode()):
+                found = entry
+        if scheme.lower() != 'bearer' or found is None:
+            raise HTTPError(401, 'the bearer token is not valid', 'unauthorized',
+                            [('WWW-Authenticate', 'Bearer realm="xend-rest", error="invalid_token"')])
+        return found[0]
+
+    def _client_role(self, common_name):
+        if self.tls_clients is None:
+            return ADMIN  # like docker --tlsverify: a certificate from our CA is enough
+        if common_name not in self.tls_clients:
+            raise HTTPError(403, 'client certificate CN=%s is not allowed' % common_name,
+                            'forbidden')
+        return self.tls_clients[common_name]
+
+
+def host_paths(doc, trail=()):
+    """(where, value) of every host path a JSON definition names (see PATH_FIELDS)."""
+    if isinstance(doc, list):
+        for item in doc:
+            yield from host_paths(item, trail)
+    elif isinstance(doc, dict):
+        for key, value in doc.items():
+            yield from host_paths(value, trail + (key,))
+    elif trail:
+        named = trail[:-1] if trail[-1] == '#text' else trail  # <kernel>/x</kernel>, or with attributes
+        if any(named[-len(field):] == field for field in PATH_FIELDS):
+            yield '.'.join(trail), doc
+
+
+def _host_name(host):
+    """The name part of a Host header, lowercased: 'Web.Example.:8000' -> 'web.example'."""
+    host = host.strip().lower()
+    if host.startswith('['):
+        return host[1:].partition(']')[0]
+    name, colon, port = host.rpartition(':')
+    if colon and port.isdigit() and ':' not in name:
+        host = name
+    return host.rstrip('.')
+
+
+def _content_length(environ):
+    try:
+        return int(environ.get('CONTENT_LENGTH') or 0)
+    except ValueError:
+        return 0
+
+
+def parse_role(text):
+    if text not in ROLES:
+        raise ConfigError('unknown role %r (expected one of %s)' % (text, ', '.join(ROLES)))
+    return text
+
+
+def load_tokens(path):
+    """{token: (role, name)} from a file of 'TOKEN ROLE [NAME]' lines that only its owner may read."""
+    try:
+        with open(path) as f:
+            info = os.fstat(f.fileno())
+            lines = f.read().splitlines()
+    except OSError as err:
+        raise ConfigError('cannot read tokens file: %s' % err) from None
+    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError('tokens file %s is accessible to group or others (mode %o): '
+                          'chmod 600 it' % (path, stat.S_IMODE(info.st_mode)))
+    if info.st_uid != os.geteuid():
+        raise ConfigError('tokens file %s must belong to the user running xend-rest' % path)
+    tokens = {}
+    for number, line in enumerate(lines, 1):
+        fields = line.split('#', 1)[0].split()
+        if not fields:
+            continue
+        if len(fields) not in (2, 3):
+            raise ConfigError('%s:%d: expected TOKEN ROLE [NAME]' % (path, number))
+        token, role = fields[0], parse_role(fields[1])
+        if len(token) < MIN_TOKEN_LENGTH or token in tokens:
+            raise ConfigError('%s:%d: a token must be unique and at least %d characters'
+                              % (path, number, MIN_TOKEN_LENGTH))
+        tokens[token] = (role, fields[2] if len(fields) == 3 else 'line %d' % number)
+    if not tokens:
+        raise ConfigError('tokens file %s holds no token' % path)
+    return tokens
+
+
+def parse_tls_clients(text):
+    """{CN: role} from 'alice bob:operator monitor:read' (a CN without a role is admin)."""
+    clients = {}
+    for item in text.split():
+        name, _, role = item.partition(':')
+        clients[name] = parse_role(role or ADMIN)
+    return clients
+
+
+def tls_context(cert, key=None, ca=None):
+    """A server SSLContext: TLS 1.2+, and with a CA, client certificates required and verified."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+        if ca:
+            context.load_verify_locations(ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as err:
+        raise ConfigError('cannot load TLS certificate, key or CA: %s' % err) from None
+    return context
+
+
+def is_loopback(host):
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == 'localhost'
+
+
+def exposed_listeners(listen_hosts, tls_verifies_clients, tokens):
+    """The TCP hosts that listen beyond this machine with no way to authenticate a caller."""
+    if tls_verifies_clients or tokens:
+        return []
+    return [host for host in listen_hosts if not is_loopback(host)]
