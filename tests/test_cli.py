@@ -28,7 +28,9 @@ def config(tmp_path):
                     "listen = 0.0.0.0:8080\n    unix:/run/xend-rest/api.sock\n"
                     "log-level = debug\n"
                     "workers = 8\n"
-                    "timeout = 5\n")
+                    "timeout = 5\n"
+                    "keepalive-interval = 2\n"
+                    "open-timeout = 7.5\n")
     return str(path)
 
 
@@ -37,6 +39,7 @@ def test_defaults():
     assert args.uri == "xen:///system"
     assert args.listen == ["127.0.0.1:8000"]
     assert (args.log_level, args.workers, args.timeout, args.demo) == ("INFO", 32, 30.0, False)
+    assert (args.keepalive_interval, args.keepalive_count, args.open_timeout) == (5, 3, 30.0)
 
 
 def test_uri_from_environment(monkeypatch):
@@ -51,7 +54,8 @@ def test_listen_is_repeatable():
 
 
 @pytest.mark.parametrize("flags", [["--listen", "8000"], ["--listen", "localhost"], ["--listen", "unix:"],
-                                   ["--listen", "::1:80"], ["--workers", "0"], ["--log-level", "loud"]])
+                                   ["--listen", "::1:80"], ["--workers", "0"], ["--log-level", "loud"],
+                                   ["--keepalive-count", "0"], ["--open-timeout", "soon"]])
 def test_bad_values_refused_with_clear_message(flags, capsys):
     with pytest.raises(SystemExit) as exc:
         parse_args(flags)
@@ -67,14 +71,16 @@ def test_config_file(config):
     assert args.uri == "xen+ssh://root@dom0.example/system"
     assert args.listen == ["0.0.0.0:8080", "unix:/run/xend-rest/api.sock"]
     assert (args.log_level, args.workers, args.timeout) == ("DEBUG", 8, 5.0)
+    assert (args.keepalive_interval, args.keepalive_count, args.open_timeout) == (2, 3, 7.5)
 
 
 def test_command_line_overrides_config_file(config):
     args = parse_args(["--config", config, "--uri", "xen:///system", "--listen", "127.0.0.1:9000",
-                       "--workers", "2", "--log-level", "warning"])
+                       "--workers", "2", "--log-level", "warning", "--keepalive-count", "4"])
     assert args.uri == "xen:///system"
     assert args.listen == ["127.0.0.1:9000"]
     assert (args.log_level, args.workers, args.timeout) == ("WARNING", 2, 5.0)
+    assert (args.keepalive_interval, args.keepalive_count) == (2, 4)
 
 
 @pytest.mark.parametrize("line, error", [

@@ -82,10 +82,17 @@ SECURITY_KEYS = [
     ("max-body", "max_body", positive(int)),
     ("request-timeout", "request_timeout", positive(float)),
 ]
-CONFIG_KEYS += SECURITY_KEYS
+# How soon a libvirtd that stopped answering is given up (503/504 instead of a hang).
+LIBVIRT_KEYS = [
+    ("keepalive-interval", "keepalive_interval", positive(int)),
+    ("keepalive-count", "keepalive_count", positive(int)),
+    ("open-timeout", "open_timeout", positive(float)),
+]
+CONFIG_KEYS += SECURITY_KEYS + LIBVIRT_KEYS
 # Defaults of the settings above that have one (the others default to None: off).
 SECURITY_DEFAULTS = {"socket_mode": 0o660, "allowed_hosts": [], "allowed_paths": [],
                      "max_body": 1 << 20, "request_timeout": 60.0}
+LIBVIRT_DEFAULTS = {"keepalive_interval": 5, "keepalive_count": 3, "open_timeout": 30.0}
 
 
 def build_parser():
@@ -118,6 +125,13 @@ def build_parser():
                        help="deadline for a whole request body (default: 60)")
     group.add_argument("--insecure", action="store_true",
                        help="allow TCP beyond loopback without TLS client certificates or tokens")
+    group = parser.add_argument_group("libvirt connection")
+    group.add_argument("--keepalive-interval", type=positive(int), metavar="SECONDS",
+                       help="libvirt keepalive probe interval (default: 5)")
+    group.add_argument("--keepalive-count", type=positive(int), metavar="N",
+                       help="unanswered probes before the connection is given up: 504 (default: 3)")
+    group.add_argument("--open-timeout", type=positive(float), metavar="SECONDS",
+                       help="longest wait for a new libvirt connection (default: 30)")
     parser.add_argument("--demo", action="store_true",
                         help="serve an in-memory libvirt test hypervisor instead of Xen")
     return parser
@@ -164,6 +178,8 @@ def parse_args(argv=None):
                 "timeout": from_file.get("timeout", 30.0)}
     defaults.update({dest: from_file.get(dest, SECURITY_DEFAULTS.get(dest))
                      for _, dest, _ in SECURITY_KEYS})
+    defaults.update({dest: from_file.get(dest, LIBVIRT_DEFAULTS[dest])
+                     for _, dest, _ in LIBVIRT_KEYS})
     for dest, value in defaults.items():
         if getattr(args, dest) is None:
             setattr(args, dest, value)
@@ -182,6 +198,7 @@ def main(argv=None):
     args = parse_args(argv)
     setup_logging(args.log_level)
     from xend_rest.app import make_app  # after logging: importing libvirt may log
+    from xend_rest.pool import ConnectionPool
     if args.demo:
         from xend_rest.demo import demo_uri
         args.uri = demo_uri()
@@ -193,7 +210,9 @@ def main(argv=None):
     except security.ConfigError as err:
         log.error("refusing to start: %s", err)
         return 2
-    app = make_app(uri=args.uri, guard=guard, max_body=args.max_body)
+    pool = ConnectionPool(args.uri, keepalive_interval=args.keepalive_interval,
+                          keepalive_count=args.keepalive_count, open_timeout=args.open_timeout)
+    app = make_app(pool=pool, guard=guard, max_body=args.max_body)
     server = Server(app, args.listen, workers=args.workers, timeout=args.timeout, tls=tls,
                     request_timeout=args.request_timeout, max_body=args.max_body,
                     socket_mode=args.socket_mode, socket_gid=gid, on_shutdown=app.hub.close)
