@@ -1,6 +1,8 @@
 """Fixtures: each test gets its own libvirt test node and a client that calls the WSGI app directly."""
+import http.client
 import io
 import json
+import socket
 from wsgiref.util import setup_testing_defaults
 from wsgiref.validate import validator
 
@@ -61,6 +63,19 @@ def node_uri(tmp_path):
     path = tmp_path / 'node.xml'
     path.write_text(node_xml())
     return 'test://%s' % path
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over a unix socket."""
+
+    def __init__(self, path, timeout=10):
+        super().__init__('localhost', timeout=timeout)
+        self.unix_path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.unix_path)
 
 
 class Response:

@@ -12,6 +12,8 @@ import wsgiref.validate
 
 import pytest
 
+from conftest import UnixHTTPConnection
+
 from xend_rest.server import Server, parse_listen, sd_notify
 
 
@@ -73,17 +75,6 @@ def raw_exchange(server, data):
 def split_response(raw):
     head, _, body = raw.partition(b"\r\n\r\n")
     return head.decode("latin-1").split("\r\n"), body
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path):
-        super().__init__("localhost", timeout=5)
-        self.unix_path = path
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.unix_path)
 
 
 def test_get_returns_json_body():

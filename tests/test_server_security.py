@@ -14,7 +14,7 @@ import threading
 import libvirt
 import pytest
 
-from conftest import node_xml
+from conftest import UnixHTTPConnection, node_xml
 from xend_rest import cli, security
 from xend_rest.app import make_app
 from xend_rest.server import Server
@@ -187,17 +187,6 @@ def test_a_browser_request_is_refused_over_tcp(app):
 
 
 # -- unix sockets ---------------------------------------------------------------------------
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path):
-        super().__init__('localhost', timeout=10)
-        self.path = path
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(10)
-        self.sock.connect(self.path)
-
 
 def test_unix_socket_mode_and_group(app, tmp_path):
     path = tmp_path / 'api.sock'
