@@ -122,3 +122,10 @@ def test_bad_vcpu_parameters_are_400(api, query):
 @pytest.mark.parametrize('path', ['memory/resize', 'vcpu/resize'])
 def test_resize_unknown_domain_is_404(api, path):
     assert api.post(NODES + '/nosuch/' + path, query='size=2').status == 404
+
+
+def test_a_size_libvirt_cannot_hold_is_400_and_unchanged(api):
+    response = api.post(NODES + '/web/memory/resize', query='size=99999999999999999')
+    assert response.status == 400
+    assert response.json['code'] == 'bad_parameter'
+    assert api.conn.lookupByName('web').info()[2] == 1048576

@@ -1,4 +1,6 @@
 """Start, Stop, Destroy, Restart, Delete, Suspend, Resume: status codes and the state afterwards."""
+import threading
+
 import libvirt
 import pytest
 
@@ -140,3 +142,30 @@ def test_unknown_paths_are_404_json(api, path):
     response = api.get(path)
     assert response.status == 404
     assert response.json['code'] == 'no_such_endpoint'
+
+
+@pytest.mark.parametrize('action, name, undo', [
+    ('start', 'idle', 'destroy'), ('destroy', 'web', 'start'), ('stop', 'db', 'start'),
+    ('suspend', 'web', 'resume'), ('resume', 'frozen', 'suspend'),
+])
+def test_concurrent_repeats_answer_204_once_then_304(api, action, name, undo):
+    """Twelve clients ask at once: one does it, the others are told it was already done."""
+    for _ in range(5):  # a few rounds give the race between reading the state and acting a chance
+        barrier, statuses = threading.Barrier(12), []
+
+        def one():
+            barrier.wait()
+            statuses.append(api.post('%s/%s/%s' % (NODES, name, action)).status)
+        threads = [threading.Thread(target=one) for _ in range(12)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(statuses) == [204] + [304] * 11
+        assert api.post('%s/%s/%s' % (NODES, name, undo)).status == 204
+
+
+def test_a_name_with_a_nul_is_just_not_found(api):
+    response = api.get(NODES + '/a\x00b/json')
+    assert response.status == 404
+    assert response.json['code'] == 'no_such_domain'

@@ -68,3 +68,13 @@ def test_other_methods_are_405(api, method):
     response = api.request(method, NODES + '/web/start')
     assert response.status == 405
     assert response.headers['Allow'] == 'POST'
+
+
+def test_a_connection_broken_during_create_is_dropped_and_reopened(api):
+    from test_create import TEST0
+    api.conn.close()  # the link breaks behind the daemon's back
+    response = api.post(NODES + '/create', TEST0)
+    assert response.status == 503
+    assert response.json['code'] == 'outcome_unknown'
+    assert api.get(NODES + '/json').status == 200  # the next request reconnects
+    assert api.app.pool.connects == 2

@@ -34,6 +34,7 @@ LIBVIRT_ERRORS = {
     _code('VIR_ERR_NO_NETWORK'): (404, 'no_such_network'),
     _code('VIR_ERR_DEVICE_MISSING'): (404, 'no_such_device'),
     _code('VIR_ERR_INVALID_ARG'): (400, 'bad_parameter'),
+    _code('VIR_ERR_OVERFLOW'): (400, 'bad_parameter'),
     _code('VIR_ERR_XML_ERROR'): (400, 'bad_definition'),
     _code('VIR_ERR_XML_DETAIL'): (400, 'bad_definition'),
     _code('VIR_ERR_CONFIG_UNSUPPORTED'): (400, 'bad_definition'),

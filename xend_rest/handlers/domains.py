@@ -4,7 +4,7 @@ import re
 import libvirt
 
 from .. import convert
-from ..errors import HTTPError, from_libvirt, is_no_domain, wait_timeout
+from ..errors import HTTPError, from_libvirt, is_connection_error, is_no_domain, wait_timeout
 from ..events import MAX_WAIT_SECONDS, wait_for_restart, wait_for_state
 from ..params import (AFFECT_FLAGS, DESTROY_FLAGS, DOMAIN_XML_FLAGS, REBOOT_FLAGS, SHUTDOWN_FLAGS,
                       START_FLAGS, UNDEFINE_FLAGS, parse_bool, parse_choice, parse_flag, parse_int,
@@ -46,8 +46,8 @@ def _lookup(find, key):
         if is_no_domain(err):
             return None
         raise
-    except OverflowError:
-        return None  # an id too large for libvirt names no domain
+    except (OverflowError, ValueError):
+        return None  # an id too large for libvirt, a name with a NUL: no such domain
 
 
 def list_domains(request):
@@ -78,6 +78,8 @@ def create_domain(request):
     try:
         dom = request.conn.defineXML(xml)
     except libvirt.libvirtError as err:
+        if is_connection_error(err):
+            raise  # the app drops the connection and says the outcome is unknown
         raise _rejected(err) from None
     stored = convert.xml_to_dict(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
     warnings = ['%s was dropped by libvirt' % path
@@ -87,7 +89,7 @@ def create_domain(request):
 
 def _rejected(err):
     """A definition libvirt refuses is 406, unless the refusal means something else."""
-    mapped = from_libvirt(err, write=True)
+    mapped = from_libvirt(err)
     if mapped.status in (400, 500, 501):
         return HTTPError(406, err.get_error_message(), 'definition_rejected')
     return mapped
@@ -98,8 +100,7 @@ def start_domain(request, ident):
     dom = lookup_domain(request.conn, ident)
     if dom.isActive():
         return NOT_MODIFIED
-    dom.createWithFlags(flag)
-    return NO_CONTENT
+    return _change_state(lambda: dom.createWithFlags(flag), dom.isActive)
 
 
 def stop_domain(request, ident):
@@ -110,9 +111,9 @@ def stop_domain(request, ident):
     if not dom.isActive():
         return NOT_MODIFIED
     if wait is None:
-        dom.shutdownFlags(flag)
-    elif not wait_for_state(request.app.hub, request.conn, dom.UUIDString(), 'shutoff', wait,
-                            lambda: dom.shutdownFlags(flag)):
+        return _change_state(lambda: dom.shutdownFlags(flag), lambda: not dom.isActive())
+    if not wait_for_state(request.app.hub, request.conn, dom.UUIDString(), 'shutoff', wait,
+                          lambda: dom.shutdownFlags(flag)):
         raise wait_timeout('the shutdown of %s was asked for, but it was not shut off within '
                            '%g s' % (dom.name(), wait))
     return NO_CONTENT
@@ -123,8 +124,7 @@ def destroy_domain(request, ident):
     dom = lookup_domain(request.conn, ident)
     if not dom.isActive():
         return NOT_MODIFIED
-    dom.destroyFlags(flag)
-    return NO_CONTENT
+    return _change_state(lambda: dom.destroyFlags(flag), lambda: not dom.isActive())
 
 
 def restart_domain(request, ident):
@@ -153,18 +153,32 @@ def delete_domain(request, ident):
 def suspend_domain(request, ident):
     parse_flag(request, ())
     dom = _active_domain(request, ident)
-    if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+    if _paused(dom):
         return NOT_MODIFIED
-    dom.suspend()
-    return NO_CONTENT
+    return _change_state(dom.suspend, lambda: _paused(dom))
 
 
 def resume_domain(request, ident):
     parse_flag(request, ())
     dom = _active_domain(request, ident)
-    if dom.state()[0] != libvirt.VIR_DOMAIN_PAUSED:
+    if not _paused(dom):
         return NOT_MODIFIED
-    dom.resume()
+    return _change_state(dom.resume, lambda: dom.isActive() and not _paused(dom))
+
+
+def _paused(dom):
+    return dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED
+
+
+def _change_state(action, reached):
+    """Do a state change read as needed; if libvirt refuses it and the domain is now where it was
+    asked to go (a concurrent request got it there first), that is 304 like any repeat."""
+    try:
+        action()
+    except libvirt.libvirtError as err:
+        if is_connection_error(err) or not reached():
+            raise
+        return NOT_MODIFIED
     return NO_CONTENT
 
 
