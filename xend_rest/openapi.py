@@ -5,6 +5,9 @@ a row without a route).
 """
 
 from . import __version__
+from .params import (AFFECT_FLAGS, DESTROY_FLAGS, DOMAIN_XML_FLAGS, REBOOT_FLAGS, SHUTDOWN_FLAGS,
+                     START_FLAGS, UNDEFINE_FLAGS, VOL_CREATE_FLAGS, VOL_DELETE_FLAGS,
+                     VOL_RESIZE_FLAGS)
 from .routes import path_template
 
 JSON = 'application/json'
@@ -15,9 +18,10 @@ def _query(name, description, schema, required=False):
             'schema': schema}
 
 
-def _flag(*names):
-    return _query('flag', 'An OR of: ' + ', '.join(names) + '. Default 0.',
-                  {'type': 'integer', 'minimum': 0})
+def _flag(table):
+    """The `flag` parameter of a route, from its flag table in params (one list of the bits)."""
+    names = ', '.join('%d %s' % (bit, name) for name, bit in table)
+    return _query('flag', 'An OR of: ' + names + '. Default 0.', {'type': 'integer', 'minimum': 0})
 
 
 PATH_PARAMETERS = {
@@ -27,9 +31,8 @@ PATH_PARAMETERS = {
 }
 ALL = _query('all', '1/True/true: every defined domain, not only the running ones.',
              {'type': 'string', 'enum': ['1', 'True', 'true', '0', 'False', 'false']})
-XML_FLAG = _flag('1 VIR_DOMAIN_XML_SECURE', '2 VIR_DOMAIN_XML_INACTIVE',
-                 '4 VIR_DOMAIN_XML_UPDATE_CPU', '8 VIR_DOMAIN_XML_MIGRATABLE')
-AFFECT_FLAG = _flag('1 VIR_DOMAIN_AFFECT_LIVE', '2 VIR_DOMAIN_AFFECT_CONFIG')
+XML_FLAG = _flag(DOMAIN_XML_FLAGS)
+AFFECT_FLAG = _flag(AFFECT_FLAGS)
 NO_FLAG = _query('flag', 'Only 0.', {'type': 'integer', 'enum': [0]})
 SIZE = _query('size', 'The new size (memory: KiB).', {'type': 'integer', 'minimum': 1}, True)
 SECONDS = {'type': 'number', 'minimum': 0, 'maximum': 600}
@@ -74,25 +77,16 @@ DESCRIPTIONS = {
                                           413: ERROR}, body='Domain'),
     ('GET', DOMAIN + '/json'): _op('Inspect a domain', {200: 'Domain', 403: ERROR, 404: ERROR},
                                    [XML_FLAG]),
-    ('POST', DOMAIN + '/start'): _lifecycle('Start a domain', _flag(
-        '1 VIR_DOMAIN_START_PAUSED', '2 VIR_DOMAIN_START_AUTODESTROY',
-        '4 VIR_DOMAIN_START_BYPASS_CACHE', '8 VIR_DOMAIN_START_FORCE_BOOT',
-        '16 VIR_DOMAIN_START_VALIDATE')),
-    ('POST', DOMAIN + '/stop'): dict(_lifecycle('Shut a domain down', _flag(
-        '1 VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN', '2 VIR_DOMAIN_SHUTDOWN_GUEST_AGENT',
-        '4 VIR_DOMAIN_SHUTDOWN_INITCTL', '8 VIR_DOMAIN_SHUTDOWN_SIGNAL',
-        '16 VIR_DOMAIN_SHUTDOWN_PARAVIRT'), [WAIT]), responses={
-            204: NO_BODY, 304: NO_BODY, 400: ERROR, 404: ERROR, 408: ERROR, 409: ERROR}),
-    ('POST', DOMAIN + '/destroy'): _lifecycle('Power a domain off', _flag(
-        '1 VIR_DOMAIN_DESTROY_GRACEFUL')),
-    ('POST', DOMAIN + '/restart'): dict(_lifecycle('Reboot a domain', _flag(
-        '1 VIR_DOMAIN_REBOOT_ACPI_POWER_BTN', '2 VIR_DOMAIN_REBOOT_GUEST_AGENT',
-        '4 VIR_DOMAIN_REBOOT_INITCTL', '8 VIR_DOMAIN_REBOOT_SIGNAL',
-        '16 VIR_DOMAIN_REBOOT_PARAVIRT'), [WAIT], not_modified=False), responses={
-            204: NO_BODY, 400: ERROR, 404: ERROR, 408: ERROR, 409: ERROR}),
-    ('POST', DOMAIN + '/delete'): _lifecycle('Delete a domain\'s definition', _flag(
-        '1 VIR_DOMAIN_UNDEFINE_MANAGED_SAVE', '2 VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA',
-        '4 VIR_DOMAIN_UNDEFINE_NVRAM'), not_modified=False),
+    ('POST', DOMAIN + '/start'): _lifecycle('Start a domain', _flag(START_FLAGS)),
+    ('POST', DOMAIN + '/stop'): dict(
+        _lifecycle('Shut a domain down', _flag(SHUTDOWN_FLAGS), [WAIT]),
+        responses={204: NO_BODY, 304: NO_BODY, 400: ERROR, 404: ERROR, 408: ERROR, 409: ERROR}),
+    ('POST', DOMAIN + '/destroy'): _lifecycle('Power a domain off', _flag(DESTROY_FLAGS)),
+    ('POST', DOMAIN + '/restart'): dict(
+        _lifecycle('Reboot a domain', _flag(REBOOT_FLAGS), [WAIT], not_modified=False),
+        responses={204: NO_BODY, 400: ERROR, 404: ERROR, 408: ERROR, 409: ERROR}),
+    ('POST', DOMAIN + '/delete'): _lifecycle('Delete a domain\'s definition', _flag(UNDEFINE_FLAGS),
+                                             not_modified=False),
     ('POST', DOMAIN + '/suspend'): _lifecycle('Pause a domain', NO_FLAG),
     ('POST', DOMAIN + '/resume'): _lifecycle('Resume a paused domain', NO_FLAG),
     ('POST', DOMAIN + '/devices/attach'): _op(
@@ -150,7 +144,7 @@ DESCRIPTIONS = {
         [_query('name', 'The new image\'s name.', STRING_SCHEMA, True), CAPACITY,
          _query('format', 'raw (default) or qcow2.', {'type': 'string', 'enum': ['raw', 'qcow2']}),
          _query('allocation', 'Space to allocate now (default 0: sparse).', STRING_SCHEMA),
-         _flag('1 VIR_STORAGE_VOL_CREATE_PREALLOC_METADATA')]),
+         _flag(VOL_CREATE_FLAGS)]),
     ('GET', IMAGE + '/json'): _op('Inspect an image', {200: 'Volume', 400: ERROR, 404: ERROR}),
     ('POST', IMAGE + '/clone'): _op(
         'Clone an image', {201: 'Image', 400: ERROR, 404: ERROR, 409: ERROR},
@@ -161,15 +155,14 @@ DESCRIPTIONS = {
     ('POST', IMAGE + '/resize'): _op(
         'Resize an image (shrinking needs flag=4)', {204: NO_BODY, 400: ERROR, 404: ERROR,
                                                      409: ERROR, 501: ERROR},
-        [CAPACITY, FORCE, _flag('1 VIR_STORAGE_VOL_RESIZE_ALLOCATE', '2 VIR_STORAGE_VOL_RESIZE_DELTA',
-                                '4 VIR_STORAGE_VOL_RESIZE_SHRINK')]),
+        [CAPACITY, FORCE, _flag(VOL_RESIZE_FLAGS)]),
     ('POST', IMAGE + '/wipe'): _op(
         'Wipe an image\'s content', {204: NO_BODY, 400: ERROR, 404: ERROR, 409: ERROR, 501: ERROR},
         [_query('algorithm', 'zero (default), or one of libvirt\'s wipe patterns.', STRING_SCHEMA),
          FORCE]),
     ('POST', IMAGE + '/delete'): _op(
         'Delete an image', {204: NO_BODY, 400: ERROR, 404: ERROR, 409: ERROR},
-        [FORCE, _flag('1 VIR_STORAGE_VOL_DELETE_ZEROED', '2 VIR_STORAGE_VOL_DELETE_WITH_SNAPSHOTS')]),
+        [FORCE, _flag(VOL_DELETE_FLAGS)]),
     ('PUT', IMAGE + '/upload'): _op(
         'Upload a new image\'s content', {201: 'Image', 400: ERROR, 404: ERROR, 408: ERROR,
                                            409: ERROR, 411: ERROR, 413: ERROR, 501: ERROR},

@@ -67,9 +67,6 @@ class Router:
                         '%s %s' % (method, path_template(pattern)))
                        for method, pattern, handler in routes]
 
-    def match(self, method, path):
-        return self.find(method, path)[1:]
-
     def find(self, method, path):
         """(route name, handler, path parameters); the name ('GET /nodes/{ident}/json') labels metrics."""
         allowed = set()

@@ -28,7 +28,11 @@ class Download:
     def _open_window(self):
         size = min(WINDOW, self._end - self._offset)  # never 0: libvirt reads 0 as "to the end"
         stream = self._conn.newStream(0)
-        self._vol.download(stream, self._offset, size, 0)
+        try:
+            self._vol.download(stream, self._offset, size, 0)
+        except libvirt.libvirtError:
+            abort(stream)
+            raise
         self._offset += size
         return stream
 
@@ -58,8 +62,8 @@ class Download:
 def upload(conn, vol, chunks, length):
     """Send the chunks into the volume from offset 0; any failure aborts the stream and re-raises."""
     stream = conn.newStream(0)
-    vol.upload(stream, 0, length, 0)
     try:
+        vol.upload(stream, 0, length, 0)
         for chunk in chunks:
             _send_all(stream, chunk)
         stream.finish()

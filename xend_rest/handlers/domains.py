@@ -6,9 +6,9 @@ import libvirt
 from .. import convert
 from ..errors import HTTPError, from_libvirt, is_connection_error, is_no_domain, wait_timeout
 from ..events import MAX_WAIT_SECONDS, wait_for_restart, wait_for_state
-from ..params import (AFFECT_FLAGS, DESTROY_FLAGS, DOMAIN_XML_FLAGS, REBOOT_FLAGS, SHUTDOWN_FLAGS,
-                      START_FLAGS, UNDEFINE_FLAGS, parse_bool, parse_choice, parse_flag, parse_int,
-                      parse_seconds)
+from ..params import (AFFECT_FLAGS, DESTROY_FLAGS, DOMAIN_XML_FLAGS, NO_FLAGS, REBOOT_FLAGS,
+                      SHUTDOWN_FLAGS, START_FLAGS, UNDEFINE_FLAGS, parse_bool, parse_choice,
+                      parse_flag, parse_int, parse_seconds)
 
 UUID = re.compile(r'[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}\Z')
 DOM0_UUID = '00000000-0000-0000-0000-000000000000'
@@ -151,7 +151,7 @@ def delete_domain(request, ident):
 
 
 def suspend_domain(request, ident):
-    parse_flag(request, ())
+    parse_flag(request, NO_FLAGS)
     dom = _active_domain(request, ident)
     if _paused(dom):
         return NOT_MODIFIED
@@ -159,7 +159,7 @@ def suspend_domain(request, ident):
 
 
 def resume_domain(request, ident):
-    parse_flag(request, ())
+    parse_flag(request, NO_FLAGS)
     dom = _active_domain(request, ident)
     if not _paused(dom):
         return NOT_MODIFIED

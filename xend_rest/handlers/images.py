@@ -1,4 +1,5 @@
 """The image endpoints: disk images are libvirt storage volumes, addressed by pool and name."""
+import logging
 import os
 import re
 import threading
@@ -10,8 +11,11 @@ import libvirt
 from .. import convert, streams
 from ..bodies import Raw
 from ..errors import HTTPError, bad_request, is_no_domain, is_no_image
-from ..params import (IMAGE_FORMATS, VOL_CREATE_FLAGS, VOL_DELETE_FLAGS, VOL_RESIZE_FLAGS,
-                      WIPE_ALGORITHMS, parse_bool, parse_choice, parse_flag, parse_size)
+from ..params import (IMAGE_FORMATS, NO_FLAGS, VOL_CREATE_FLAGS, VOL_DELETE_FLAGS,
+                      VOL_RESIZE_FLAGS, WIPE_ALGORITHMS, parse_bool, parse_choice, parse_flag,
+                      parse_size)
+
+log = logging.getLogger(__name__)
 
 NAME_MAX = 255  # bytes: what a file name may hold on the file systems dir pools live on
 # Whatever could make a name leave its pool's directory, or hide in it.
@@ -239,7 +243,7 @@ def delete_image(request, pool, name):
 def wipe_image(request, pool, name):
     """POST .../wipe[?algorithm=][&force=1]: overwrite the content; 409 while used."""
     algorithm = parse_choice(request, 'algorithm', WIPE_ALGORITHMS, 'zero')
-    parse_flag(request, ())
+    parse_flag(request, NO_FLAGS)
     source_pool, vol = lookup_image(request.conn, pool, name)
     _refuse_uploading(source_pool, name)
     _refuse_in_use(request, source_pool, vol, 'wipe')
@@ -282,11 +286,13 @@ def upload_image(request, pool, name):
 
 
 def _delete_quietly(vol):
+    """Delete a half-written image; a failure here is logged, the error that led here is the answer."""
     try:
         vol.delete(0)
     except libvirt.libvirtError as err:
         if not is_no_image(err):
-            raise
+            log.error('could not delete the incomplete image %s: %s', vol.path(),
+                      err.get_error_message())
 
 
 def download_image(request, pool, name):
