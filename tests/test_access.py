@@ -217,6 +217,15 @@ def test_allowed_clients_get_their_roles(make_client):
     assert client.request('POST', NODES + '/web/destroy', headers=tls('alice')).status == 204
 
 
+def test_with_allowed_clients_a_certificate_without_a_cn_gets_nothing(make_client):
+    client = make_client(tls_clients=security.parse_tls_clients('alice'))
+    response = client.request('POST', NODES + '/web/destroy', headers={'xend_rest.transport': 'tls'})
+    assert response.status == 403
+    assert response.json == {'code': 'forbidden',
+                             'message': 'a client certificate without a CN is not allowed'}
+    assert state(client, 'web') == libvirt.VIR_DOMAIN_RUNNING
+
+
 def test_a_token_outranks_the_certificate(make_client, tokens_file):
     client = make_client(tokens=load_tokens(str(tokens_file)))
     headers = {**tls('alice'), **bearer('read')}

@@ -29,16 +29,22 @@ def openssl(*args, cwd):
 
 @pytest.fixture(scope='module')
 def pki(tmp_path_factory):
-    """A throwaway CA, a server certificate for 127.0.0.1, clients 'alice' and 'monitor', and an
-    'eve' signed by another CA. Made at test time: no key is ever committed."""
+    """A throwaway CA, a server certificate for 127.0.0.1, clients 'alice' and 'monitor', an
+    'eve' signed by another CA, and a 'nocn' of our CA whose subject has no CN (its name is only
+    in subjectAltName). Made at test time: no key is ever committed."""
     d = tmp_path_factory.mktemp('pki')
     for ca in ('ca', 'otherca'):
         openssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj',
                 OPENSSL_SUBJECT % ca, '-keyout', ca + '.key', '-out', ca + '.pem', cwd=d)
     (d / 'san.ext').write_text('subjectAltName=IP:127.0.0.1,DNS:localhost\n')
-    for name, ca, extra in (('server', 'ca', ['-extfile', 'san.ext']), ('alice', 'ca', []),
-                            ('monitor', 'ca', []), ('eve', 'otherca', [])):
-        openssl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', OPENSSL_SUBJECT % name,
+    (d / 'alice-san.ext').write_text('subjectAltName=DNS:alice\n')
+    for name, subject, ca, extra in (
+            ('server', OPENSSL_SUBJECT % 'server', 'ca', ['-extfile', 'san.ext']),
+            ('alice', OPENSSL_SUBJECT % 'alice', 'ca', []),
+            ('monitor', OPENSSL_SUBJECT % 'monitor', 'ca', []),
+            ('eve', OPENSSL_SUBJECT % 'eve', 'otherca', []),
+            ('nocn', '/O=xend-rest tests', 'ca', ['-extfile', 'alice-san.ext'])):
+        openssl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', subject,
                 '-keyout', name + '.key', '-out', name + '.csr', cwd=d)
         openssl('x509', '-req', '-in', name + '.csr', '-CA', ca + '.pem', '-CAkey', ca + '.key',
                 '-CAcreateserial', '-days', '1', '-out', name + '.pem', *extra, cwd=d)
@@ -138,6 +144,20 @@ def test_allowed_clients_and_their_roles(app, pki):
         assert status == 403 and body['code'] == 'forbidden'
         assert server.app.pool.get().lookupByName('web').isActive()
         assert call(tls_client(server, pki, 'alice'), 'POST', NODES + '/web/destroy')[0] == 204
+
+
+def test_a_certificate_without_a_cn_is_not_an_allowed_client(app, pki):
+    """With tls-allowed-clients, a certificate from our CA whose subject has no CN (only a SAN
+    naming an allowed client) gets nothing: 403, and nothing changes."""
+    clients = security.parse_tls_clients('alice monitor:read')
+    with mtls_server(app, pki, tls_clients=clients) as server:
+        nocn = tls_client(server, pki, 'nocn')
+        for method, path in (('POST', NODES + '/web/destroy'), ('GET', NODES + '/json')):
+            status, body = call(nocn, method, path)
+            assert status == 403
+            assert body == {'code': 'forbidden',
+                            'message': 'a client certificate without a CN is not allowed'}
+        assert server.app.pool.get().lookupByName('web').isActive()
 
 
 def test_silent_clients_do_not_stall_handshakes(app, pki):

@@ -144,8 +144,9 @@ class Guard:
             return self._token_role(authorization)
         if transport == 'unix':
             return ADMIN  # the socket's owner, group and mode decided who got this far
-        if transport == 'tls' and 'xend_rest.client_cn' in environ:
-            return self._client_role(environ['xend_rest.client_cn'])
+        # With an allow-list, a certificate must name an allowed CN: one without a CN gets nothing.
+        if transport == 'tls' and (self.tls_clients is not None or 'xend_rest.client_cn' in environ):
+            return self._client_role(environ.get('xend_rest.client_cn'))
         if self.tokens:
             raise HTTPError(401, 'authentication required: send Authorization: Bearer <token>',
                             'unauthorized', UNAUTHENTICATED)
@@ -166,6 +167,8 @@ class Guard:
     def _client_role(self, common_name):
         if self.tls_clients is None:
             return ADMIN  # like docker --tlsverify: a certificate from our CA is enough
+        if common_name is None:
+            raise HTTPError(403, 'a client certificate without a CN is not allowed', 'forbidden')
         if common_name not in self.tls_clients:
             raise HTTPError(403, 'client certificate CN=%s is not allowed' % common_name,
                             'forbidden')
