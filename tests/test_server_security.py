@@ -1,6 +1,7 @@
 """The server's side of security, through real sockets: mutual TLS with handshakes that never
 stall the server, unix socket permissions, slow clients cut off, refusal to start exposed."""
 import contextlib
+import hashlib
 import http.client
 import json
 import os
@@ -10,6 +11,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 
 import libvirt
 import pytest
@@ -250,9 +252,12 @@ def test_slowloris_does_not_stop_normal_requests(app):
                 sock.close()
 
 
-@pytest.mark.parametrize('buffered_up_to', [1 << 20, 10], ids=['by the selector', 'by the worker'])
-def test_a_body_that_never_arrives_is_cut_off_at_the_deadline(app, buffered_up_to):
-    with serving(app(), workers=1, timeout=30, request_timeout=0.5,
+@pytest.mark.parametrize('buffered_up_to, timeout, request_timeout', [
+    (1 << 20, 30, 0.5), (10, 0.5, 30)], ids=['by the selector', 'by the worker'])
+def test_a_body_that_never_arrives_is_cut_off(app, buffered_up_to, timeout, request_timeout):
+    """The selector gives a buffered body request-timeout; a worker streaming a larger one waits
+    at most `timeout` for each read."""
+    with serving(app(), workers=1, timeout=timeout, request_timeout=request_timeout,
                  max_body=buffered_up_to) as server:
         with socket.create_connection(server.addresses[0], timeout=20) as sock:
             sock.sendall(b'POST ' + NODES.encode() + b'/create HTTP/1.1\r\nHost: localhost\r\n'
@@ -262,6 +267,41 @@ def test_a_body_that_never_arrives_is_cut_off_at_the_deadline(app, buffered_up_t
         assert b'"code": "timeout"' in answer
         conn = http.client.HTTPConnection(*server.addresses[0], timeout=20)
         assert call(conn, 'GET', NODES + '/json')[0] == 200  # the one worker is free again
+
+
+def counting_app(environ, start_response):
+    """Reads the whole body and answers its length and SHA-256."""
+    digest, size = hashlib.sha256(), 0
+    for chunk in iter(lambda: environ['wsgi.input'].read(65536), b''):
+        digest.update(chunk)
+        size += len(chunk)
+    body = json.dumps({'size': size, 'sha256': digest.hexdigest()}).encode()
+    start_response('200 OK', [('Content-Type', 'application/json'),
+                              ('Content-Length', str(len(body)))])
+    return [body]
+
+
+def test_a_streamed_body_that_keeps_arriving_outlasts_the_request_timeout():
+    """An upload larger than max-body, sent steadily for longer than request-timeout: a worker
+    streams it, and it all arrives (a long upload is not a slow client)."""
+    data = os.urandom(300 * 1024)
+    sent = []
+
+    def steadily():  # 30 pieces over about 1.5 s
+        started = time.monotonic()
+        for offset in range(0, len(data), 10 * 1024):
+            yield data[offset:offset + 10 * 1024]
+            time.sleep(0.05)
+        sent.append(time.monotonic() - started)
+    with serving(counting_app, workers=1, timeout=5, request_timeout=0.5, max_body=1024) as server:
+        conn = http.client.HTTPConnection(*server.addresses[0], timeout=20)
+        conn.request('PUT', '/upload', body=steadily(), headers={
+            'Content-Length': str(len(data)), 'Content-Type': 'application/octet-stream'})
+        response = conn.getresponse()
+        assert sent[0] > 0.5  # the premise: it took longer than request-timeout
+        assert response.status == 200
+        assert json.loads(response.read()) == {'size': len(data),
+                                               'sha256': hashlib.sha256(data).hexdigest()}
 
 
 @pytest.mark.parametrize('length, status', [('-1', b'400'), ('x', b'400'), ('', b'411')])

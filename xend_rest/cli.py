@@ -122,7 +122,8 @@ def build_parser():
                        help="directories that disks, kernels and bootloaders may point into (default: anywhere)")
     group.add_argument("--max-body", type=positive(int), metavar="BYTES", help="largest JSON body (default: 1 MiB)")
     group.add_argument("--request-timeout", type=positive(float), metavar="SECONDS",
-                       help="deadline for a whole request body (default: 60)")
+                       help="deadline for a request body of up to --max-body; larger ones (uploads) "
+                            "may take longer while they keep coming (default: 60)")
     group.add_argument("--insecure", action="store_true",
                        help="allow TCP beyond loopback without TLS client certificates or tokens")
     group = parser.add_argument_group("libvirt connection")
