@@ -1,5 +1,7 @@
 """Who may call what: bearer tokens and roles, TLS client names, Host and Origin, body types.
 Every refusal is a JSON error and leaves the hypervisor as it was."""
+import copy
+
 import libvirt
 import pytest
 
@@ -104,7 +106,7 @@ ROUTE_ROLES = [
     ('POST', N + '/web/vcpu/resize?size=1', None, 'admin'),
     ('GET', '/libvirt/xen/images/json', None, 'read'),
     ('GET', '/libvirt/xen/images/default/web.raw/json', None, 'read'),
-    ('GET', '/libvirt/xen/images/default/web.raw/download', None, 'read'),
+    ('GET', '/libvirt/xen/images/default/web.raw/download', None, 'admin'),  # a guest's disk
     ('GET', '/libvirt/xen/pools/json', None, 'read'),
     ('GET', '/libvirt/xen/pools/default/json', None, 'read'),
     ('POST', '/libvirt/xen/images/default/create?name=new.raw&capacity=1M', None, 'admin'),
@@ -155,6 +157,44 @@ def test_an_unclassified_route_needs_admin(node_uri, tokens_file):
         assert client.request('GET', '/new', headers=bearer('admin')).json == {'done': True}
     finally:
         app.pool.close()
+
+
+def with_vnc_password(api):
+    """TEST0 defined with a VNC password: what VIR_DOMAIN_XML_SECURE (flag=1) reveals."""
+    doc = copy.deepcopy(TEST0)
+    doc['domain']['devices']['graphics'] = {'@type': 'vnc', '@port': '-1', '@passwd': 's3cret'}
+    assert api.request('POST', NODES + '/create', doc, headers=bearer('admin')).status == 201
+    return 'test0'
+
+
+def vnc_passwords(body):
+    domains = body if isinstance(body, list) else [body]
+    return [d['domain']['devices']['graphics'].get('@passwd') for d in domains
+            if d['domain']['name'] == 'test0']
+
+
+@pytest.mark.parametrize('path', [NODES + '/json?all=1&', NODES + '/test0/json?'])
+@pytest.mark.parametrize('flag', ['1', '3', '9'])
+@pytest.mark.parametrize('role', ['read', 'operator'])
+def test_secrets_in_definitions_need_admin(locked, path, flag, role):
+    with_vnc_password(locked)
+    path, _, query = path.partition('?')
+    response = locked.request('GET', path, query=query + 'flag=' + flag, headers=bearer(role))
+    assert response.status == 403
+    assert response.json == {'code': 'forbidden', 'message':
+                             'flag=%s asks for secrets (VIR_DOMAIN_XML_SECURE): this needs the '
+                             'admin role; your credentials have %s' % (flag, role)}
+    response = locked.request('GET', path, query=query + 'flag=2', headers=bearer(role))
+    assert response.status == 200 and vnc_passwords(response.json) == [None]
+    response = locked.request('GET', path, query=query + 'flag=' + flag, headers=bearer('admin'))
+    assert response.status == 200 and vnc_passwords(response.json) == ['s3cret']
+
+
+@pytest.mark.parametrize('flag', ['x', '-1', '9' * 5000, '1' * 21])
+def test_a_flag_that_is_not_a_number_is_still_400_for_readers(locked, flag):
+    response = locked.request('GET', NODES + '/web/json', query='flag=' + flag,
+                              headers=bearer('read'))
+    assert response.status == 400 and response.json['code'] == 'bad_parameter'
 
 
 def test_operator_starts_but_cannot_create(locked):

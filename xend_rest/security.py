@@ -12,6 +12,8 @@ import socket
 import ssl
 import stat
 
+import libvirt
+
 from .errors import HTTPError
 from .handlers import domains, events, host, images
 
@@ -43,9 +45,16 @@ REQUIRED_ROLES = {
     host.openapi_document: READ,
     images.list_images: READ,
     images.inspect_image: READ,
-    images.download_image: READ,
+    images.download_image: ADMIN,  # a guest's disk: its secrets, keys and data
     images.list_pools: READ,
     images.inspect_pool: READ,
+}
+
+# Route handler -> (name, bit, role): a bit of the `flag` query that makes the route answer
+# secrets, and the least role that may set it. VIR_DOMAIN_XML_SECURE adds VNC/SPICE passwords.
+SECRET_FLAGS = {
+    domains.list_domains: ('VIR_DOMAIN_XML_SECURE', libvirt.VIR_DOMAIN_XML_SECURE, ADMIN),
+    domains.inspect_domain: ('VIR_DOMAIN_XML_SECURE', libvirt.VIR_DOMAIN_XML_SECURE, ADMIN),
 }
 
 # Route handler -> the media type its request body must have; absent: application/json.
@@ -120,6 +129,7 @@ class Guard:
         if ROLES.index(request.role) < ROLES.index(needed):
             raise HTTPError(403, 'this needs the %s role; your credentials have %s'
                             % (needed, request.role), 'forbidden')
+        self.check_secret_flag(request, handler)
         if _content_length(request.environ) > 0:
             expected = BODY_TYPES.get(handler, JSON_TYPE)
             given = request.environ.get('CONTENT_TYPE', '').split(';')[0].strip().lower()
@@ -129,6 +139,21 @@ class Guard:
         if self.allowed_paths and handler in PATH_CHECKED:
             for where, path in host_paths(request.json()):
                 self.check_path(where, path)
+
+    def check_secret_flag(self, request, handler):
+        """403 unless the role may set the route's flag bit that asks for secrets (SECRET_FLAGS)."""
+        if handler not in SECRET_FLAGS:
+            return
+        name, bit, needed = SECRET_FLAGS[handler]
+        flag = request.arg('flag')
+        # Not a whole number of at most 20 digits: the handler answers 400, as to anyone.
+        if flag is None or not (flag.isascii() and flag.isdigit() and len(flag) <= 20):
+            return
+        if not int(flag) & bit:
+            return
+        if ROLES.index(request.role) < ROLES.index(needed):
+            raise HTTPError(403, 'flag=%s asks for secrets (%s): this needs the %s role; your '
+                            'credentials have %s' % (flag, name, needed, request.role), 'forbidden')
 
     def check_path(self, where, path):
         """403 unless path resolves (links followed) into one of allowed-paths."""
