@@ -66,11 +66,19 @@ PATH_CHECKED = {domains.create_domain, domains.attach_device, domains.update_dev
 # Where a definition names a host file: the trailing element names and the attribute (or #text)
 # of a value, matched at any depth. Each is a file or program the hypervisor opens or runs.
 PATH_FIELDS = (
+    # disks, filesystems, serial/console/parallel/channel/redirdev/vhost-user/TPM sources
     ('source', '@file'), ('source', '@dir'), ('source', '@path'), ('source', '@socket'),
-    ('disk', 'source', '@dev'), ('mirror', '@file'),
+    ('disk', 'source', '@dev'), ('mirror', '@file'), ('host', '@socket'),
     ('os', 'kernel'), ('os', 'initrd'), ('os', 'loader'), ('os', 'nvram'), ('os', 'dtb'),
-    ('nvram', '@template'), ('domain', 'bootloader'), ('devices', 'emulator'),
-    ('script', '@path'), ('backend', 'device', '@path'),
+    ('nvram', '@template'), ('acpi', 'table'), ('domain', 'bootloader'), ('devices', 'emulator'),
+    ('script', '@path'), ('downscript', '@path'), ('binary', '@path'),  # programs run
+    ('interface', 'backend', '@tap'), ('interface', 'backend', '@vhost'),
+    ('backend', 'device', '@path'), ('rng', 'backend'), ('log', '@file'), ('audio', '@path'),
+    ('input', 'source', '@evdev'), ('input', 'source', '@dev'),
+    ('hostdev', 'source', 'block'), ('hostdev', 'source', 'char'),
+    ('memory', 'source', 'path'),  # nvdimm, virtio-pmem
+    ('shmem', 'server', '@path'), ('graphics', '@socket'), ('listen', '@socket'),
+    ('gl', '@rendernode'), ('smartcard', 'database'),
 )
 
 # Names a client on this machine may use in Host: besides these, the listen addresses and the
@@ -137,7 +145,13 @@ class Guard:
                 raise HTTPError(415, 'the body must be %s, not %s' % (expected, given or 'untyped'),
                                 'unsupported_media_type')
         if self.allowed_paths and handler in PATH_CHECKED:
-            for where, path in host_paths(request.json()):
+            doc = request.json()
+            for where in hypervisor_elements(doc):
+                raise HTTPError(403, '%s: elements in a hypervisor\'s namespace (xen:commandline, '
+                                'qemu:commandline, ...) pass anything to the device model, so '
+                                'they are refused while allowed-paths is set' % where,
+                                'path_not_allowed')
+            for where, path in host_paths(doc):
                 self.check_path(where, path)
 
     def check_secret_flag(self, request, handler):
@@ -212,6 +226,23 @@ def host_paths(doc, trail=()):
         named = trail[:-1] if trail[-1] == '#text' else trail  # <kernel>/x</kernel>, or with attributes
         if any(named[-len(field):] == field for field in PATH_FIELDS):
             yield '.'.join(trail), doc
+
+
+def hypervisor_elements(doc):
+    """Where a definition puts elements in a namespace of its own at the top of <domain>: a
+    prefixed name, or a default xmlns on <domain> or a child. There, libvirt reads a driver's
+    extensions (xen:commandline, qemu:commandline), which no path check can see into."""
+    domain = doc.get('domain') if isinstance(doc, dict) else None
+    if not isinstance(domain, dict):
+        return
+    if '@xmlns' in domain:
+        yield 'domain.@xmlns'
+    for key, value in domain.items():
+        if ':' in key and not key.startswith('@'):
+            yield 'domain.' + key
+        for child in value if isinstance(value, list) else [value]:
+            if isinstance(child, dict) and '@xmlns' in child:
+                yield 'domain.%s.@xmlns' % key
 
 
 def _host_name(host):
