@@ -119,7 +119,8 @@ def build_parser():
     group.add_argument("--allowed-hosts", type=words, metavar="'NAME ...'",
                        help="Host names accepted besides loopback, the host's names and the listen addresses")
     group.add_argument("--allowed-paths", type=words, metavar="'DIR ...'",
-                       help="directories that disks, kernels and bootloaders may point into (default: anywhere)")
+                       help="directories that every host path of a definition (disks, kernels, bootloaders, "
+                            "devices) may point into; also refuses xen:/qemu:commandline (default: anywhere)")
     group.add_argument("--max-body", type=positive(int), metavar="BYTES", help="largest JSON body (default: 1 MiB)")
     group.add_argument("--request-timeout", type=positive(float), metavar="SECONDS",
                        help="deadline for a request body of up to --max-body; larger ones (uploads) "

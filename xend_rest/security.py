@@ -146,7 +146,8 @@ class Guard:
                                 'unsupported_media_type')
         if self.allowed_paths and handler in PATH_CHECKED:
             doc = request.json()
-            for where in hypervisor_elements(doc):
+            where = next(hypervisor_elements(doc), None)
+            if where is not None:
                 raise HTTPError(403, '%s: elements in a hypervisor\'s namespace (xen:commandline, '
                                 'qemu:commandline, ...) pass anything to the device model, so '
                                 'they are refused while allowed-paths is set' % where,
