@@ -1,5 +1,7 @@
 """Who may call what: bearer tokens and roles, TLS client names, Host and Origin, body types.
 Every refusal is a JSON error and leaves the hypervisor as it was."""
+import copy
+
 import libvirt
 import pytest
 
@@ -7,7 +9,8 @@ from conftest import Client
 from test_create import TEST0
 from xend_rest import security
 from xend_rest.app import make_app
-from xend_rest.routes import ROUTES
+from xend_rest.errors import HTTPError
+from xend_rest.routes import ROUTES, Router, path_template
 from xend_rest.security import ConfigError, Guard, load_tokens
 
 NODES = '/libvirt/xen/nodes'
@@ -104,7 +107,7 @@ ROUTE_ROLES = [
     ('POST', N + '/web/vcpu/resize?size=1', None, 'admin'),
     ('GET', '/libvirt/xen/images/json', None, 'read'),
     ('GET', '/libvirt/xen/images/default/web.raw/json', None, 'read'),
-    ('GET', '/libvirt/xen/images/default/web.raw/download', None, 'read'),
+    ('GET', '/libvirt/xen/images/default/web.raw/download', None, 'admin'),  # a guest's disk
     ('GET', '/libvirt/xen/pools/json', None, 'read'),
     ('GET', '/libvirt/xen/pools/default/json', None, 'read'),
     ('POST', '/libvirt/xen/images/default/create?name=new.raw&capacity=1M', None, 'admin'),
@@ -135,11 +138,28 @@ def test_each_route_needs_its_role(locked, method, path, body, needed, role):
         assert response.status not in (401, 403)
 
 
+def untested_routes(routes, table):
+    """The (method, pattern) of each route that no row of table reaches: each row's method and
+    whole path dispatched by the Router, as the app does (first matching route wins)."""
+    router = Router(routes)
+    reached = set()
+    for method, path, _, _ in table:
+        try:
+            reached.add(router.find(method, path.partition('?')[0])[0])
+        except HTTPError:  # 404 or 405: the row reaches no route
+            pass
+    return [(method, pattern) for method, pattern, _ in routes
+            if '%s %s' % (method, path_template(pattern)) not in reached]
+
+
 def test_the_table_above_covers_every_route():
-    tested = {(method, path.partition('?')[0].rsplit('/', 1)[1])
-              for method, path, _, _ in ROUTE_ROLES}
-    for method, pattern, _ in ROUTES:
-        assert (method, pattern.rsplit('/', 1)[1]) in tested, pattern
+    assert untested_routes(ROUTES, ROUTE_ROLES) == []
+
+
+def test_a_new_route_missing_from_the_table_is_noticed():
+    new = [('GET', N + r'/(?P<ident>[^/]+)/secrets/json', None), ('POST', N + '/json', None),
+           ('GET', N + '/(?P<ident>[^/]+)', None)]
+    assert untested_routes(ROUTES + new, ROUTE_ROLES) == [route[:2] for route in new]
 
 
 def test_an_unclassified_route_needs_admin(node_uri, tokens_file):
@@ -155,6 +175,44 @@ def test_an_unclassified_route_needs_admin(node_uri, tokens_file):
         assert client.request('GET', '/new', headers=bearer('admin')).json == {'done': True}
     finally:
         app.pool.close()
+
+
+def with_vnc_password(api):
+    """TEST0 defined with a VNC password: what VIR_DOMAIN_XML_SECURE (flag=1) reveals."""
+    doc = copy.deepcopy(TEST0)
+    doc['domain']['devices']['graphics'] = {'@type': 'vnc', '@port': '-1', '@passwd': 's3cret'}
+    assert api.request('POST', NODES + '/create', doc, headers=bearer('admin')).status == 201
+    return 'test0'
+
+
+def vnc_passwords(body):
+    domains = body if isinstance(body, list) else [body]
+    return [d['domain']['devices']['graphics'].get('@passwd') for d in domains
+            if d['domain']['name'] == 'test0']
+
+
+@pytest.mark.parametrize('path', [NODES + '/json?all=1&', NODES + '/test0/json?'])
+@pytest.mark.parametrize('flag', ['1', '3', '9'])
+@pytest.mark.parametrize('role', ['read', 'operator'])
+def test_secrets_in_definitions_need_admin(locked, path, flag, role):
+    with_vnc_password(locked)
+    path, _, query = path.partition('?')
+    response = locked.request('GET', path, query=query + 'flag=' + flag, headers=bearer(role))
+    assert response.status == 403
+    assert response.json == {'code': 'forbidden', 'message':
+                             'flag=%s asks for secrets (VIR_DOMAIN_XML_SECURE): this needs the '
+                             'admin role; your credentials have %s' % (flag, role)}
+    response = locked.request('GET', path, query=query + 'flag=2', headers=bearer(role))
+    assert response.status == 200 and vnc_passwords(response.json) == [None]
+    response = locked.request('GET', path, query=query + 'flag=' + flag, headers=bearer('admin'))
+    assert response.status == 200 and vnc_passwords(response.json) == ['s3cret']
+
+
+@pytest.mark.parametrize('flag', ['x', '-1', '9' * 5000, '1' * 21])
+def test_a_flag_that_is_not_a_number_is_still_400_for_readers(locked, flag):
+    response = locked.request('GET', NODES + '/web/json', query='flag=' + flag,
+                              headers=bearer('read'))
+    assert response.status == 400 and response.json['code'] == 'bad_parameter'
 
 
 def test_operator_starts_but_cannot_create(locked):
@@ -215,6 +273,15 @@ def test_allowed_clients_get_their_roles(make_client):
                              'message': 'client certificate CN=mallory is not allowed'}
     assert state(client, 'web') == libvirt.VIR_DOMAIN_RUNNING
     assert client.request('POST', NODES + '/web/destroy', headers=tls('alice')).status == 204
+
+
+def test_with_allowed_clients_a_certificate_without_a_cn_gets_nothing(make_client):
+    client = make_client(tls_clients=security.parse_tls_clients('alice'))
+    response = client.request('POST', NODES + '/web/destroy', headers={'xend_rest.transport': 'tls'})
+    assert response.status == 403
+    assert response.json == {'code': 'forbidden',
+                             'message': 'a client certificate without a CN is not allowed'}
+    assert state(client, 'web') == libvirt.VIR_DOMAIN_RUNNING
 
 
 def test_a_token_outranks_the_certificate(make_client, tokens_file):

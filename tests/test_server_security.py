@@ -1,6 +1,7 @@
 """The server's side of security, through real sockets: mutual TLS with handshakes that never
 stall the server, unix socket permissions, slow clients cut off, refusal to start exposed."""
 import contextlib
+import hashlib
 import http.client
 import json
 import os
@@ -10,6 +11,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 
 import libvirt
 import pytest
@@ -29,16 +31,22 @@ def openssl(*args, cwd):
 
 @pytest.fixture(scope='module')
 def pki(tmp_path_factory):
-    """A throwaway CA, a server certificate for 127.0.0.1, clients 'alice' and 'monitor', and an
-    'eve' signed by another CA. Made at test time: no key is ever committed."""
+    """A throwaway CA, a server certificate for 127.0.0.1, clients 'alice' and 'monitor', an
+    'eve' signed by another CA, and a 'nocn' of our CA whose subject has no CN (its name is only
+    in subjectAltName). Made at test time: no key is ever committed."""
     d = tmp_path_factory.mktemp('pki')
     for ca in ('ca', 'otherca'):
         openssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj',
                 OPENSSL_SUBJECT % ca, '-keyout', ca + '.key', '-out', ca + '.pem', cwd=d)
     (d / 'san.ext').write_text('subjectAltName=IP:127.0.0.1,DNS:localhost\n')
-    for name, ca, extra in (('server', 'ca', ['-extfile', 'san.ext']), ('alice', 'ca', []),
-                            ('monitor', 'ca', []), ('eve', 'otherca', [])):
-        openssl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', OPENSSL_SUBJECT % name,
+    (d / 'alice-san.ext').write_text('subjectAltName=DNS:alice\n')
+    for name, subject, ca, extra in (
+            ('server', OPENSSL_SUBJECT % 'server', 'ca', ['-extfile', 'san.ext']),
+            ('alice', OPENSSL_SUBJECT % 'alice', 'ca', []),
+            ('monitor', OPENSSL_SUBJECT % 'monitor', 'ca', []),
+            ('eve', OPENSSL_SUBJECT % 'eve', 'otherca', []),
+            ('nocn', '/O=xend-rest tests', 'ca', ['-extfile', 'alice-san.ext'])):
+        openssl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', subject,
                 '-keyout', name + '.key', '-out', name + '.csr', cwd=d)
         openssl('x509', '-req', '-in', name + '.csr', '-CA', ca + '.pem', '-CAkey', ca + '.key',
                 '-CAcreateserial', '-days', '1', '-out', name + '.pem', *extra, cwd=d)
@@ -140,6 +148,20 @@ def test_allowed_clients_and_their_roles(app, pki):
         assert call(tls_client(server, pki, 'alice'), 'POST', NODES + '/web/destroy')[0] == 204
 
 
+def test_a_certificate_without_a_cn_is_not_an_allowed_client(app, pki):
+    """With tls-allowed-clients, a certificate from our CA whose subject has no CN (only a SAN
+    naming an allowed client) gets nothing: 403, and nothing changes."""
+    clients = security.parse_tls_clients('alice monitor:read')
+    with mtls_server(app, pki, tls_clients=clients) as server:
+        nocn = tls_client(server, pki, 'nocn')
+        for method, path in (('POST', NODES + '/web/destroy'), ('GET', NODES + '/json')):
+            status, body = call(nocn, method, path)
+            assert status == 403
+            assert body == {'code': 'forbidden',
+                            'message': 'a client certificate without a CN is not allowed'}
+        assert server.app.pool.get().lookupByName('web').isActive()
+
+
 def test_silent_clients_do_not_stall_handshakes(app, pki):
     """Connections that never start their handshake cost a descriptor, not the server."""
     with mtls_server(app, pki) as server:
@@ -230,9 +252,12 @@ def test_slowloris_does_not_stop_normal_requests(app):
                 sock.close()
 
 
-@pytest.mark.parametrize('buffered_up_to', [1 << 20, 10], ids=['by the selector', 'by the worker'])
-def test_a_body_that_never_arrives_is_cut_off_at_the_deadline(app, buffered_up_to):
-    with serving(app(), workers=1, timeout=30, request_timeout=0.5,
+@pytest.mark.parametrize('buffered_up_to, timeout, request_timeout', [
+    (1 << 20, 30, 0.5), (10, 0.5, 30)], ids=['by the selector', 'by the worker'])
+def test_a_body_that_never_arrives_is_cut_off(app, buffered_up_to, timeout, request_timeout):
+    """The selector gives a buffered body request-timeout; a worker streaming a larger one waits
+    at most `timeout` for each read."""
+    with serving(app(), workers=1, timeout=timeout, request_timeout=request_timeout,
                  max_body=buffered_up_to) as server:
         with socket.create_connection(server.addresses[0], timeout=20) as sock:
             sock.sendall(b'POST ' + NODES.encode() + b'/create HTTP/1.1\r\nHost: localhost\r\n'
@@ -242,6 +267,41 @@ def test_a_body_that_never_arrives_is_cut_off_at_the_deadline(app, buffered_up_t
         assert b'"code": "timeout"' in answer
         conn = http.client.HTTPConnection(*server.addresses[0], timeout=20)
         assert call(conn, 'GET', NODES + '/json')[0] == 200  # the one worker is free again
+
+
+def counting_app(environ, start_response):
+    """Reads the whole body and answers its length and SHA-256."""
+    digest, size = hashlib.sha256(), 0
+    for chunk in iter(lambda: environ['wsgi.input'].read(65536), b''):
+        digest.update(chunk)
+        size += len(chunk)
+    body = json.dumps({'size': size, 'sha256': digest.hexdigest()}).encode()
+    start_response('200 OK', [('Content-Type', 'application/json'),
+                              ('Content-Length', str(len(body)))])
+    return [body]
+
+
+def test_a_streamed_body_that_keeps_arriving_outlasts_the_request_timeout():
+    """An upload larger than max-body, sent steadily for longer than request-timeout: a worker
+    streams it, and it all arrives (a long upload is not a slow client)."""
+    data = os.urandom(300 * 1024)
+    sent = []
+
+    def steadily():  # 30 pieces over about 1.5 s
+        started = time.monotonic()
+        for offset in range(0, len(data), 10 * 1024):
+            yield data[offset:offset + 10 * 1024]
+            time.sleep(0.05)
+        sent.append(time.monotonic() - started)
+    with serving(counting_app, workers=1, timeout=5, request_timeout=0.5, max_body=1024) as server:
+        conn = http.client.HTTPConnection(*server.addresses[0], timeout=20)
+        conn.request('PUT', '/upload', body=steadily(), headers={
+            'Content-Length': str(len(data)), 'Content-Type': 'application/octet-stream'})
+        response = conn.getresponse()
+        assert sent[0] > 0.5  # the premise: it took longer than request-timeout
+        assert response.status == 200
+        assert json.loads(response.read()) == {'size': len(data),
+                                               'sha256': hashlib.sha256(data).hexdigest()}
 
 
 @pytest.mark.parametrize('length, status', [('-1', b'400'), ('x', b'400'), ('', b'411')])
@@ -303,10 +363,18 @@ def test_exposed_with_tokens_or_client_certificates_is_allowed(pki, tmp_path):
     path = tmp_path / 'tokens'
     path.write_text('%s admin\n' % ('t' * 40))
     path.chmod(0o600)
-    cli.build_security(cli.parse_args(['--listen', '0.0.0.0:0', '--tokens-file', str(path)]))
-    cli.build_security(cli.parse_args([
+    guard, tls, _ = cli.build_security(cli.parse_args(['--listen', '0.0.0.0:0',
+                                                       '--tokens-file', str(path)]))
+    assert guard.tokens == {'t' * 40: ('admin', 'line 1')} and tls is None
+    assert '0.0.0.0' in guard.allowed_hosts  # the listen address is one of its names
+    guard, tls, _ = cli.build_security(cli.parse_args([
         '--listen', '0.0.0.0:0', '--tls-cert', str(pki / 'server.pem'),
-        '--tls-key', str(pki / 'server.key'), '--tls-ca', str(pki / 'ca.pem')]))
+        '--tls-key', str(pki / 'server.key'), '--tls-ca', str(pki / 'ca.pem'),
+        '--tls-allowed-clients', 'alice monitor:read']))
+    assert guard.tokens == {} and guard.tls_clients == {'alice': 'admin', 'monitor': 'read'}
+    assert tls.verify_mode == ssl.CERT_REQUIRED
+    assert tls.minimum_version == ssl.TLSVersion.TLSv1_2
+    assert tls.cert_store_stats()['x509_ca'] == 1  # our CA, and only it, signs clients
 
 
 def test_security_keys_in_the_configuration_file(tmp_path):

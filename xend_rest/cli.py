@@ -119,10 +119,12 @@ def build_parser():
     group.add_argument("--allowed-hosts", type=words, metavar="'NAME ...'",
                        help="Host names accepted besides loopback, the host's names and the listen addresses")
     group.add_argument("--allowed-paths", type=words, metavar="'DIR ...'",
-                       help="directories that disks, kernels and bootloaders may point into (default: anywhere)")
+                       help="directories that every host path of a definition (disks, kernels, bootloaders, "
+                            "devices) may point into; also refuses xen:/qemu:commandline (default: anywhere)")
     group.add_argument("--max-body", type=positive(int), metavar="BYTES", help="largest JSON body (default: 1 MiB)")
     group.add_argument("--request-timeout", type=positive(float), metavar="SECONDS",
-                       help="deadline for a whole request body (default: 60)")
+                       help="deadline for a request body of up to --max-body; larger ones (uploads) "
+                            "may take longer while they keep coming (default: 60)")
     group.add_argument("--insecure", action="store_true",
                        help="allow TCP beyond loopback without TLS client certificates or tokens")
     group = parser.add_argument_group("libvirt connection")

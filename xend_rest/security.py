@@ -12,6 +12,8 @@ import socket
 import ssl
 import stat
 
+import libvirt
+
 from .errors import HTTPError
 from .handlers import domains, events, host, images
 
@@ -43,9 +45,16 @@ REQUIRED_ROLES = {
     host.openapi_document: READ,
     images.list_images: READ,
     images.inspect_image: READ,
-    images.download_image: READ,
+    images.download_image: ADMIN,  # a guest's disk: its secrets, keys and data
     images.list_pools: READ,
     images.inspect_pool: READ,
+}
+
+# Route handler -> (name, bit, role): a bit of the `flag` query that makes the route answer
+# secrets, and the least role that may set it. VIR_DOMAIN_XML_SECURE adds VNC/SPICE passwords.
+SECRET_FLAGS = {
+    domains.list_domains: ('VIR_DOMAIN_XML_SECURE', libvirt.VIR_DOMAIN_XML_SECURE, ADMIN),
+    domains.inspect_domain: ('VIR_DOMAIN_XML_SECURE', libvirt.VIR_DOMAIN_XML_SECURE, ADMIN),
 }
 
 # Route handler -> the media type its request body must have; absent: application/json.
@@ -57,11 +66,19 @@ PATH_CHECKED = {domains.create_domain, domains.attach_device, domains.update_dev
 # Where a definition names a host file: the trailing element names and the attribute (or #text)
 # of a value, matched at any depth. Each is a file or program the hypervisor opens or runs.
 PATH_FIELDS = (
+    # disks, filesystems, serial/console/parallel/channel/redirdev/vhost-user/TPM sources
     ('source', '@file'), ('source', '@dir'), ('source', '@path'), ('source', '@socket'),
-    ('disk', 'source', '@dev'), ('mirror', '@file'),
+    ('disk', 'source', '@dev'), ('mirror', '@file'), ('host', '@socket'),
     ('os', 'kernel'), ('os', 'initrd'), ('os', 'loader'), ('os', 'nvram'), ('os', 'dtb'),
-    ('nvram', '@template'), ('domain', 'bootloader'), ('devices', 'emulator'),
-    ('script', '@path'), ('backend', 'device', '@path'),
+    ('nvram', '@template'), ('acpi', 'table'), ('domain', 'bootloader'), ('devices', 'emulator'),
+    ('script', '@path'), ('downscript', '@path'), ('binary', '@path'),  # programs run
+    ('interface', 'backend', '@tap'), ('interface', 'backend', '@vhost'),
+    ('backend', 'device', '@path'), ('rng', 'backend'), ('log', '@file'), ('audio', '@path'),
+    ('input', 'source', '@evdev'), ('input', 'source', '@dev'),
+    ('hostdev', 'source', 'block'), ('hostdev', 'source', 'char'),
+    ('memory', 'source', 'path'),  # nvdimm, virtio-pmem
+    ('shmem', 'server', '@path'), ('graphics', '@socket'), ('listen', '@socket'),
+    ('gl', '@rendernode'), ('smartcard', 'database'),
 )
 
 # Names a client on this machine may use in Host: besides these, the listen addresses and the
@@ -120,6 +137,7 @@ class Guard:
         if ROLES.index(request.role) < ROLES.index(needed):
             raise HTTPError(403, 'this needs the %s role; your credentials have %s'
                             % (needed, request.role), 'forbidden')
+        self.check_secret_flag(request, handler)
         if _content_length(request.environ) > 0:
             expected = BODY_TYPES.get(handler, JSON_TYPE)
             given = request.environ.get('CONTENT_TYPE', '').split(';')[0].strip().lower()
@@ -127,8 +145,30 @@ class Guard:
                 raise HTTPError(415, 'the body must be %s, not %s' % (expected, given or 'untyped'),
                                 'unsupported_media_type')
         if self.allowed_paths and handler in PATH_CHECKED:
-            for where, path in host_paths(request.json()):
+            doc = request.json()
+            where = next(hypervisor_elements(doc), None)
+            if where is not None:
+                raise HTTPError(403, '%s: elements in a hypervisor\'s namespace (xen:commandline, '
+                                'qemu:commandline, ...) pass anything to the device model, so '
+                                'they are refused while allowed-paths is set' % where,
+                                'path_not_allowed')
+            for where, path in host_paths(doc):
                 self.check_path(where, path)
+
+    def check_secret_flag(self, request, handler):
+        """403 unless the role may set the route's flag bit that asks for secrets (SECRET_FLAGS)."""
+        if handler not in SECRET_FLAGS:
+            return
+        name, bit, needed = SECRET_FLAGS[handler]
+        flag = request.arg('flag')
+        # Not a whole number of at most 20 digits: the handler answers 400, as to anyone.
+        if flag is None or not (flag.isascii() and flag.isdigit() and len(flag) <= 20):
+            return
+        if not int(flag) & bit:
+            return
+        if ROLES.index(request.role) < ROLES.index(needed):
+            raise HTTPError(403, 'flag=%s asks for secrets (%s): this needs the %s role; your '
+                            'credentials have %s' % (flag, name, needed, request.role), 'forbidden')
 
     def check_path(self, where, path):
         """403 unless path resolves (links followed) into one of allowed-paths."""
@@ -144,8 +184,9 @@ class Guard:
             return self._token_role(authorization)
         if transport == 'unix':
             return ADMIN  # the socket's owner, group and mode decided who got this far
-        if transport == 'tls' and 'xend_rest.client_cn' in environ:
-            return self._client_role(environ['xend_rest.client_cn'])
+        # With an allow-list, a certificate must name an allowed CN: one without a CN gets nothing.
+        if transport == 'tls' and (self.tls_clients is not None or 'xend_rest.client_cn' in environ):
+            return self._client_role(environ.get('xend_rest.client_cn'))
         if self.tokens:
             raise HTTPError(401, 'authentication required: send Authorization: Bearer <token>',
                             'unauthorized', UNAUTHENTICATED)
@@ -166,6 +207,8 @@ class Guard:
     def _client_role(self, common_name):
         if self.tls_clients is None:
             return ADMIN  # like docker --tlsverify: a certificate from our CA is enough
+        if common_name is None:
+            raise HTTPError(403, 'a client certificate without a CN is not allowed', 'forbidden')
         if common_name not in self.tls_clients:
             raise HTTPError(403, 'client certificate CN=%s is not allowed' % common_name,
                             'forbidden')
@@ -184,6 +227,23 @@ def host_paths(doc, trail=()):
         named = trail[:-1] if trail[-1] == '#text' else trail  # <kernel>/x</kernel>, or with attributes
         if any(named[-len(field):] == field for field in PATH_FIELDS):
             yield '.'.join(trail), doc
+
+
+def hypervisor_elements(doc):
+    """Where a definition puts elements in a namespace of its own at the top of <domain>: a
+    prefixed name, or a default xmlns on <domain> or a child. There, libvirt reads a driver's
+    extensions (xen:commandline, qemu:commandline), which no path check can see into."""
+    domain = doc.get('domain') if isinstance(doc, dict) else None
+    if not isinstance(domain, dict):
+        return
+    if '@xmlns' in domain:
+        yield 'domain.@xmlns'
+    for key, value in domain.items():
+        if ':' in key and not key.startswith('@'):
+            yield 'domain.' + key
+        for child in value if isinstance(value, list) else [value]:
+            if isinstance(child, dict) and '@xmlns' in child:
+                yield 'domain.%s.@xmlns' % key
 
 
 def _host_name(host):

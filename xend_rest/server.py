@@ -185,8 +185,8 @@ class _Input:
         if self.expect_continue:  # the client waits for this before sending the body
             self._sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
             self.expect_continue = False
-        # Each read may wait `timeout`, and all of them together only until the request's
-        # deadline: a body trickled a byte at a time cannot hold a worker for long.
+        # Each read may wait `timeout`, and all of them together only until the deadline (if
+        # any): a small body trickled a byte at a time cannot hold a worker for long.
         left = self._deadline - time.monotonic()
         if left <= 0:
             raise TimeoutError("the request body did not arrive within the request timeout")
@@ -291,8 +291,8 @@ class Server:
                  keepalive_timeout=15.0, grace=10.0, max_head=65536, backlog=1024,
                  request_timeout=60.0, tls=None, socket_mode=0o660, socket_gid=-1, max_body=1 << 20,
                  on_shutdown=None):
-        """tls: an ssl.SSLContext for every TCP listener; request_timeout: a whole request's
-        deadline; socket_mode, socket_gid: who may connect to unix listeners; on_shutdown: called
+        """tls: an ssl.SSLContext for every TCP listener; request_timeout: the deadline of a
+        body of up to max_body (larger ones are streamed, `timeout` per read); socket_mode, socket_gid: who may connect to unix listeners; on_shutdown: called
         once shutdown begins, to end long-lived responses (event streams)."""
         self.app = app
         self.request_timeout, self.tls, self.max_body = request_timeout, tls, max_body
@@ -630,10 +630,14 @@ class Server:
             conn.sock.sendall(response)
             self._log(method, target, err.status[:3], nbytes, start, conn)
             return False
+        # A body of up to max_body gets the request's deadline (it is usually here already). A
+        # larger one is streamed (an image upload) for as long as it keeps coming: each read
+        # still waits at most `timeout`, so a client that stalls is cut off all the same.
+        deadline = time.monotonic() + self.request_timeout if length <= self.max_body else float("inf")
         body = _Input(conn.sock, buf[end + 4:], length,
                       environ.get("HTTP_EXPECT", "").lower() == "100-continue"
                       and environ["SERVER_PROTOCOL"] == "HTTP/1.1",
-                      self.timeout, time.monotonic() + self.request_timeout)
+                      self.timeout, deadline)
         environ["wsgi.input"] = body
         response = _Response(conn.sock, method == "HEAD", keep_alive and not self._stopping,
                              environ["SERVER_PROTOCOL"] == "HTTP/1.0")
