@@ -1,4 +1,4 @@
-"""The pooled libvirt connection: closed for real when let go."""
+"""The pooled libvirt connection: closed for real when let go; a hung open is waited for once."""
 import json
 import threading
 
@@ -7,6 +7,7 @@ import pytest
 
 from conftest import Client
 from xend_rest.app import make_app
+from xend_rest.pool import ConnectionPool
 
 NODES = '/libvirt/xen/nodes'
 BOUND = 10  # seconds: only ever reached when something is broken
@@ -48,4 +49,35 @@ def test_a_connection_the_pool_let_go_is_closed_with_its_event_callbacks(node_ur
         assert _event_domains(client) == ['db']
         assert app.pool.connects == 2
     finally:
+        app.pool.close()
+
+
+def test_a_hung_open_is_not_waited_for_again(node_uri, monkeypatch):
+    release = threading.Event()
+    real_open = libvirt.open
+
+    def hung_open(uri):  # as against a frozen libvirtd: returns only once it thaws
+        release.wait(BOUND)
+        return real_open(uri)
+
+    monkeypatch.setattr(libvirt, 'open', hung_open)
+    app = make_app(pool=ConnectionPool(node_uri, open_timeout=0.2))
+    client = Client(app)
+    try:
+        first = client.get(NODES + '/json')
+        assert first.status == 504
+        assert first.json['code'] == 'hypervisor_timeout'
+        app.pool.open_timeout = 3600  # a request that waited afresh would hang here
+        answers = []
+        second = threading.Thread(target=lambda: answers.append(client.get(NODES + '/json')))
+        second.start()
+        second.join(BOUND)
+        assert not second.is_alive(), 'a request waited again for the hung open'
+        assert answers[0].status == 504
+        assert answers[0].json['code'] == 'hypervisor_timeout'
+        release.set()  # libvirtd thaws: the open in flight finishes and is used
+        _until(lambda: client.get(NODES + '/json').status == 200)
+        assert app.pool.connects == 1
+    finally:
+        release.set()
         app.pool.close()

@@ -2,6 +2,7 @@
 import logging
 import os
 import threading
+import time
 
 import libvirt
 
@@ -80,10 +81,12 @@ class ConnectionPool:
         with self._lock:
             if self._conn is not None:
                 return self._conn
-            opener = self._opener = self._opener or _Opener(self._open)
-        if not opener.done.wait(self.open_timeout):
-            raise hypervisor_timeout('connecting to %s took longer than %g s'
-                                     % (self.uri, self.open_timeout))
+            opener = self._opener = self._opener or _Opener(self._open, self.open_timeout)
+        # Wait no longer than the opener's own deadline: once one open has hung past it, every
+        # request answers at once instead of holding a worker for another open_timeout.
+        if not opener.done.wait(max(0.0, opener.deadline - time.monotonic())):
+            raise hypervisor_timeout('connecting to %s has taken longer than %g s'
+                                     % (self.uri, opener.timeout))
         with self._lock:
             if self._opener is opener:  # the first to see it finished adopts its connection
                 self._opener, self._conn = None, opener.conn
@@ -189,9 +192,11 @@ class ConnectionPool:
 class _Opener(threading.Thread):
     """libvirt.open() in a thread of its own: against a stopped libvirtd it hangs, unbounded."""
 
-    def __init__(self, open_connection):
+    def __init__(self, open_connection, timeout):
         super().__init__(name='libvirt-open', daemon=True)
         self._open_connection = open_connection
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout  # requests stop waiting for it then
         self.conn = self.error = None
         self.done = threading.Event()
         self.start()
