@@ -165,6 +165,35 @@ def test_filters_by_domain_and_event(api):
     assert transitions(by_uuid_and_event.records()) == [('web', 'resumed', 'unpaused')]
 
 
+def test_names_are_case_sensitive_in_filters(api):
+    stream = Stream(api, 'domain=WEB,idle&limit=1')
+    api.post(NODES + '/web/suspend')
+    api.post(NODES + '/idle/start')
+    assert transitions(stream.records()) == [('idle', 'started', 'booted')]
+
+
+def test_a_reconnect_to_libvirt_tells_watchers_events_may_be_lost(api):
+    stream = Stream(api, 'domain=idle&limit=1')
+    sse = Stream(api, 'domain=idle&limit=1', {'HTTP_ACCEPT': 'text/event-stream'})
+    api.app.pool.discard(api.conn)  # as when libvirtd went away
+    assert api.post(NODES + '/idle/start').status == 204  # reconnects
+    lines = stream.records()
+    assert lines[0]['Notice'] == 'gap'
+    assert 'libvirt reconnected' in lines[0]['Message']
+    assert transitions(lines[1:]) == [('idle', 'started', 'booted')]
+    blocks = [block for block in sse.finish().decode().split('\n\n') if block.strip(':\n')]
+    assert blocks[0].split('\n')[:2] == ['id: %d' % lines[0]['LastId'], 'event: notice']
+    later = Stream(api, 'since=0&timeout=0').records()  # a client back from before the outage
+    assert [line.get('Notice') for line in later] == ['gap', None]
+    assert api.app.hub.events == 1
+
+
+def test_the_first_connection_is_no_gap(api):
+    api.post(NODES + '/idle/start')
+    _until(lambda: api.app.hub.events == 1)
+    assert [line.get('Notice') for line in Stream(api, 'since=0&timeout=0').records()] == [None]
+
+
 def test_server_sent_events_when_the_client_asks_for_them(api):
     stream = Stream(api, 'limit=1', {'HTTP_ACCEPT': 'text/event-stream'})
     api.post(NODES + '/web/suspend')
@@ -225,6 +254,8 @@ def test_streams_beyond_the_cap_are_503(node_uri):
         refused = client.get(EVENTS)
         assert refused.status == 503
         assert refused.headers['Retry-After']
+        assert refused.json['code'] == 'too_many_watchers'  # libvirt itself is fine
+        assert 'too many event streams and waits are open (1)' in refused.json['message']
         client.post(NODES + '/web/suspend')
         stream.finish()
         assert app.hub.subscribers == 0
@@ -341,10 +372,18 @@ def test_stop_with_wait_of_a_stopped_domain_is_304(api):
 
 def test_restart_with_wait_times_out_when_no_reboot_is_seen(api):
     # The test driver reboots without any event: the wait cannot be satisfied.
-    response = api.post(NODES + '/web/restart', query='wait=0')
+    response = api.post(NODES + '/web/restart', query='wait=0.2')
     assert response.status == 408
     assert response.json['code'] == 'wait_timeout'
+    assert 'no reboot was seen' in response.json['message']
     assert api.conn.lookupByName('web').isActive()
+
+
+@pytest.mark.parametrize('action', ['stop', 'restart'])
+def test_stop_and_restart_with_wait_0_do_not_wait(api, action):
+    response = api.post(NODES + '/web/' + action, query='wait=0')
+    assert response.status == 204  # as without wait: asked, answered at once
+    assert api.app.hub.subscribers == 0
 
 
 @pytest.mark.parametrize('action', ['stop', 'restart'])

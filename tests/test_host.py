@@ -184,3 +184,13 @@ def test_metrics_still_answer_when_libvirt_is_away(tmp_path):
     samples = _samples(response.body.decode())
     assert samples['xend_libvirt_up', ''] == 0
     assert not [key for key in samples if key[0].startswith('xend_domain_')]
+
+
+def test_metrics_say_libvirt_is_down_when_its_connection_broke(api):
+    api.conn.close()  # behind the pool's back: every call on it now fails as on a broken link
+    response = api.get('/metrics')
+    assert response.status == 200
+    assert _samples(response.body.decode())['xend_libvirt_up', ''] == 0
+    samples = _samples(api.get('/metrics').body.decode())  # the broken one was let go
+    assert samples['xend_libvirt_up', ''] == 1
+    assert samples['xend_libvirt_connects_total', ''] == 2

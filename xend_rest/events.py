@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 
 import libvirt
 
-from .errors import is_no_domain, unavailable
+from .errors import RETRY_AFTER, HTTPError, is_no_domain
 from .stats import state_name
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ CONDITION_STATES = {
 }
 MAX_WAIT_SECONDS = 600  # a wait holds a server worker: bounded
 RESTART_EVENTS = ('reboot', 'started')  # Xen restarts a guest as a new domain: stopped, started
+RECONNECT_MESSAGE = 'libvirt reconnected: events may have been missed; read the current state again'
 
 
 def lifecycle_names(event, detail):
@@ -55,6 +56,17 @@ def lifecycle_names(event, detail):
     else:
         name, details = 'unknown_%d' % event, ()
     return name, details[detail] if 0 <= detail < len(details) else 'unknown_%d' % detail
+
+
+def too_many_watchers(limit):
+    """503 for one stream or wait more than the daemon serves at once: libvirt itself is fine."""
+    return HTTPError(503, 'too many event streams and waits are open (%d); try again later' % limit,
+                     'too_many_watchers', [('Retry-After', RETRY_AFTER)])
+
+
+def is_notice(record):
+    """A ring entry that is a notice to every reader (no domain, no event), not an event."""
+    return 'Notice' in record
 
 
 def _now():
@@ -111,8 +123,10 @@ class EventHub:
         self.queue_size = queue_size
         self.heartbeat = heartbeat  # seconds between keep-alives on an idle stream
         self.max_subscribers = max_subscribers
-        self.last_id = 0
+        self.last_id = 0  # of the newest ring entry: events and reconnect notices
+        self.events = 0  # received from libvirt
         self.overflows = 0
+        self.attached = 0  # connections attached: each after the first followed an outage
         self._ring = collections.deque(maxlen=ring_size)
         self._subscribers = set()
         self._lock = threading.Lock()
@@ -122,17 +136,30 @@ class EventHub:
         return len(self._subscribers)
 
     def attach(self, conn):
-        """Register for the domain events of a connection the pool just opened."""
+        """Register for the domain events of a connection the pool just opened; returns the
+        function that deregisters them (the pool calls it before closing the connection)."""
+        callback_ids = []
         for event_id, callback in (
                 (libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle),
                 (libvirt.VIR_DOMAIN_EVENT_ID_REBOOT, self._on_reboot),
                 (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_ADDED, self._on_device_added),
                 (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, self._on_device_removed)):
             try:
-                conn.domainEventRegisterAny(None, event_id, callback, None)
+                callback_ids.append(conn.domainEventRegisterAny(None, event_id, callback, None))
             except libvirt.libvirtError as err:
                 log.warning('no domain events of kind %d from this driver: %s',
                             event_id, err.get_error_message())
+        self.attached += 1
+        if self.attached > 1:  # whatever happened while libvirt was away was never seen
+            self._append({'Notice': 'gap', 'Message': RECONNECT_MESSAGE})
+
+        def detach():
+            for callback_id in callback_ids:
+                try:
+                    conn.domainEventDeregisterAny(callback_id)
+                except libvirt.libvirtError:
+                    pass  # the connection is dead: libvirt dropped its callbacks with it
+        return detach
 
     def _on_lifecycle(self, _conn, dom, event, detail, _opaque):
         self.publish(dom.name(), dom.UUIDString(), *lifecycle_names(event, detail))
@@ -147,32 +174,39 @@ class EventHub:
         self.publish(dom.name(), dom.UUIDString(), 'device_removed', alias)
 
     def publish(self, name, uuid, event, detail):
-        """Number a record, keep it in the ring and offer it to every subscriber that wants it."""
+        """Number an event, keep it in the ring and offer it to every subscriber that wants it."""
+        return self._append({'Event': event, 'Detail': detail,
+                             'Domain': {'Name': name, 'Uuid': uuid}})
+
+    def _append(self, entry):
+        """Number an entry (an event or a notice), keep it in the ring and offer it to readers."""
         with self._lock:
             self.last_id += 1
-            record = {'Id': self.last_id, 'Time': _now(), 'Event': event, 'Detail': detail,
-                      'Domain': {'Name': name, 'Uuid': uuid}}
+            self.events += not is_notice(entry)
+            record = {'Id': self.last_id, 'Time': _now(), **entry}
             self._ring.append(record)
             behind = [sub for sub in self._subscribers
-                      if sub.wanted(record) and not sub.offer(record)]
+                      if _wants(sub.wanted, record) and not sub.offer(record)]
             for sub in behind:  # it reads the rest of its queue, then a notice to reconnect
                 self._subscribers.discard(sub)
                 self.overflows += 1
         return record
 
     def subscribe(self, wanted=None, since=None):
-        """A new Subscription (503 when `max_subscribers` are open): replays the ring after `since`."""
+        """A new Subscription (503 when `max_subscribers` are open): replays the ring after `since`.
+
+        Notices reach every subscriber; `wanted` chooses among the events.
+        """
         wanted = wanted or (lambda _record: True)
         with self._lock:
             if len(self._subscribers) >= self.max_subscribers:
-                raise unavailable('%d event streams and waits are open already, the most this '
-                                  'daemon serves at once' % self.max_subscribers)
+                raise too_many_watchers(self.max_subscribers)
             replay = []
             if since is not None:
                 if since > self.last_id:
                     since = 0  # ids from before a restart of the daemon: replay all we have
                 replay = [record for record in self._ring
-                          if record['Id'] > since and wanted(record)]
+                          if record['Id'] > since and _wants(wanted, record)]
             if since is None:
                 since = self.last_id
             gap = bool(self._ring) and self._ring[0]['Id'] > since + 1
@@ -191,6 +225,10 @@ class EventHub:
             subscribers, self._subscribers = self._subscribers, set()
         for sub in subscribers:
             sub.finish('closed')
+
+
+def _wants(wanted, record):
+    return is_notice(record) or wanted(record)
 
 
 def wait_for(hub, uuid, reached, timeout, first):
@@ -226,7 +264,13 @@ def current_state(conn, uuid):
 
 
 def wait_for_state(hub, conn, uuid, condition, timeout, action=None):
-    """Run action() (if any), then wait until the domain is in `condition`; False on timeout."""
+    """Run action() (if any), then wait until the domain is in `condition`; False on timeout.
+
+    A timeout of 0 with an action does not wait (True once acted); without one, checks now.
+    """
+    if action is not None and timeout == 0:
+        action()
+        return True
     states = CONDITION_STATES[condition]
 
     def first():
@@ -235,15 +279,23 @@ def wait_for_state(hub, conn, uuid, condition, timeout, action=None):
         return current_state(conn, uuid) in states
 
     def reached(record):
-        # The event names the state it led to; a later one may already have passed: ask too.
-        return STATE_AFTER.get(record['Event']) in states or current_state(conn, uuid) in states
+        # The event names the state it led to; a later one (or a reconnect notice: events lost)
+        # may already have passed: ask too.
+        return STATE_AFTER.get(record.get('Event')) in states or current_state(conn, uuid) in states
 
     return wait_for(hub, uuid, reached, timeout, first)
 
 
 def wait_for_restart(hub, uuid, timeout, action):
-    """Run action() (a reboot), then wait for the reboot event or the domain starting again."""
+    """Run action() (a reboot), then wait for the reboot event or the domain starting again.
+
+    A timeout of 0 does not wait: True once the reboot was asked for.
+    """
+    if timeout == 0:
+        action()
+        return True
+
     def first():
         action()
         return False
-    return wait_for(hub, uuid, lambda record: record['Event'] in RESTART_EVENTS, timeout, first)
+    return wait_for(hub, uuid, lambda record: record.get('Event') in RESTART_EVENTS, timeout, first)

@@ -2,6 +2,7 @@
 import logging
 import os
 import threading
+import time
 
 import libvirt
 
@@ -55,9 +56,15 @@ class ConnectionPool:
         self._opener = None  # the _Opener in flight: one at a time, however many requests wait
         self._lock = threading.Lock()
         self._on_connect = []
+        self._detachers = {}  # conn -> what its on_connect callbacks returned, to undo them
+        self._dropped = []  # connections libvirt closed (close callback), still to be released
 
     def on_connect(self, callback):
-        """Call callback(conn) on every connection this pool opens (e.g. to register for events)."""
+        """Call callback(conn) on every connection this pool opens (e.g. to register for events).
+
+        callback may return a function, called (without arguments) before that connection is
+        closed: registrations like event callbacks hold a reference that keeps it open otherwise.
+        """
         self._on_connect.append(callback)
 
     @property
@@ -74,10 +81,12 @@ class ConnectionPool:
         with self._lock:
             if self._conn is not None:
                 return self._conn
-            opener = self._opener = self._opener or _Opener(self._open)
-        if not opener.done.wait(self.open_timeout):
-            raise hypervisor_timeout('connecting to %s took longer than %g s'
-                                     % (self.uri, self.open_timeout))
+            opener = self._opener = self._opener or _Opener(self._open, self.open_timeout)
+        # Wait no longer than the opener's own deadline: once one open has hung past it, every
+        # request answers at once instead of holding a worker for another open_timeout.
+        if not opener.done.wait(max(0.0, opener.deadline - time.monotonic())):
+            raise hypervisor_timeout('connecting to %s has taken longer than %g s'
+                                     % (self.uri, opener.timeout))
         with self._lock:
             if self._opener is opener:  # the first to see it finished adopts its connection
                 self._opener, self._conn = None, opener.conn
@@ -87,6 +96,7 @@ class ConnectionPool:
 
     def _open(self):
         start_event_loop()
+        self._release_dropped()
         node = self.uri[len('test://'):] if self.uri.startswith('test:///') else None
         if node and node != '/default' and not os.path.exists(node):
             # libxml2 would print an "I/O warning" to stderr before libvirt fails; say it ourselves
@@ -104,28 +114,34 @@ class ConnectionPool:
             conn.registerCloseCallback(self._on_close, None)
         except libvirt.libvirtError:
             pass  # only remote connections can close behind our back
+        detachers = []
         for callback in self._on_connect:
             try:
-                callback(conn)
+                detach = callback(conn)
             except Exception:  # a failed hook must not cost the API its connection
                 log.exception('connection hook %r failed', callback)
+            else:
+                if detach is not None:
+                    detachers.append(detach)
+        with self._lock:
+            self._detachers[conn] = detachers
         self.connects += 1
         log.info('connected to %s%s', self.uri, ' (reconnect)' if self.connects > 1 else '')
         return conn
 
     def _on_close(self, conn, reason, _opaque):
         # libvirt calls this holding its close-callback lock, on whichever thread saw the link
-        # drop (often one inside a call): unregistering here would deadlock that thread.
+        # drop (often one inside a call): unregistering or closing here would deadlock that
+        # thread, so the connection is only set aside; the next open releases it.
         log.warning('libvirt closed the connection to %s (reason %d)', self.uri, reason)
-        self._forget(conn)
+        if self._forget(conn):
+            with self._lock:
+                self._dropped.append(conn)
 
     def discard(self, conn):
-        """Forget a connection that broke, so that the next request opens a new one."""
+        """Forget a connection that broke, so that the next request opens a new one, and close it."""
         if self._forget(conn):
-            try:
-                conn.unregisterCloseCallback()
-            except libvirt.libvirtError:
-                pass  # libvirt already dropped it when it closed the connection
+            self._release(conn)
 
     def _forget(self, conn):
         """Stop handing out conn; True if it was the current connection."""
@@ -139,18 +155,48 @@ class ConnectionPool:
         with self._lock:
             conn, self._conn = self._conn, None
         if conn is not None:
+            self._release(conn)
+        self._release_dropped()
+
+    def _release_dropped(self):
+        with self._lock:
+            dropped, self._dropped = self._dropped, []
+        for conn in dropped:
+            self._release(conn)
+
+    def _release(self, conn):
+        """Undo what the on_connect callbacks registered on conn, then close it.
+
+        Requests still under way on conn hold references of their own, so libvirt frees it only
+        once they are done; on a connection that broke, these calls fail at once, harmlessly.
+        """
+        with self._lock:
+            detachers = self._detachers.pop(conn, ())
+        for detach in detachers:
             try:
-                conn.close()
-            except libvirt.libvirtError:
-                pass
+                detach()
+            except Exception:
+                log.exception('undoing connection hook %r failed', detach)
+        try:
+            conn.unregisterCloseCallback()
+        except libvirt.libvirtError:
+            pass  # libvirt already dropped it when it closed the connection
+        try:
+            left = conn.close()
+        except libvirt.libvirtError:
+            return
+        if left > 0:
+            log.debug('libvirt still holds %d references to the connection it closed', left)
 
 
 class _Opener(threading.Thread):
     """libvirt.open() in a thread of its own: against a stopped libvirtd it hangs, unbounded."""
 
-    def __init__(self, open_connection):
+    def __init__(self, open_connection, timeout):
         super().__init__(name='libvirt-open', daemon=True)
         self._open_connection = open_connection
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout  # requests stop waiting for it then
         self.conn = self.error = None
         self.done = threading.Event()
         self.start()

@@ -142,6 +142,32 @@ def server(app):
     running.shutdown(grace=2)
 
 
+def _open_sockets():
+    """How many sockets this process holds: each open remote libvirt connection holds one."""
+    fds = '/proc/self/fd'
+    return sum(1 for fd in os.listdir(fds) if _link(os.path.join(fds, fd)).startswith('socket:'))
+
+
+def _link(path):
+    try:
+        return os.readlink(path)
+    except OSError:  # the fd listing itself, closed meanwhile
+        return ''
+
+
+def test_reconnects_and_close_leave_no_libvirt_connection_open(app):
+    client = Client(app)
+    before = _open_sockets()
+    for _ in range(3):
+        assert client.get(NODES + '/json').status == 200
+        app.pool.discard(app.pool.get())  # as after a broken call: the next request reconnects
+    assert client.get(NODES + '/json').status == 200
+    assert app.pool.connects == 4
+    app.pool.close()
+    # libvirt frees a closed connection's socket from its event loop: wait for it, bounded
+    wait_until(lambda: _open_sockets() == before, 10, 'the sockets of closed connections closed')
+
+
 def test_libvirtd_killed_under_load_is_503_then_recovers_without_a_restart(
         private_libvirtd, app, server, guest_on_private, capfd):
     name, _console = guest_on_private('kill')

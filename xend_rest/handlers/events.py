@@ -4,7 +4,7 @@ import time
 
 from ..bodies import Raw
 from ..errors import HTTPError, bad_request, wait_timeout
-from ..events import CONDITION_STATES, EVENT_NAMES, MAX_WAIT_SECONDS, wait_for_state
+from ..events import CONDITION_STATES, EVENT_NAMES, MAX_WAIT_SECONDS, is_notice, wait_for_state
 from ..params import parse_choice, parse_int, parse_seconds
 from .domains import lookup_domain
 
@@ -50,12 +50,13 @@ def _filter(domains, events):
     if unknown:
         raise bad_request('event=%s: expected some of %s'
                           % (','.join(sorted(unknown)), ', '.join(EVENT_NAMES)))
-    domains = {name.lower() for name in domains}  # a UUID in either case; names as given
+    # libvirt's names are case-sensitive and matched exactly; a UUID matches in either case.
+    uuids = {name.lower() for name in domains}
 
     def wanted(record):
         return ((not events or record['Event'] in events)
-                and (not domains or record['Domain']['Name'].lower() in domains
-                     or record['Domain']['Uuid'] in domains))
+                and (not domains or record['Domain']['Name'] in domains
+                     or record['Domain']['Uuid'].lower() in uuids))
     return wanted
 
 
@@ -79,7 +80,9 @@ class EventStream:
         sent = 0
         while self.limit is None or sent < self.limit:
             record = self.subscription.get(self._wait())
-            if record is not None:
+            if record is not None and is_notice(record):  # e.g. libvirt reconnected
+                yield self._notice(record['Notice'], record['Message'], record['Id'])
+            elif record is not None:
                 sent += 1
                 yield self._event(record)
             elif self.subscription.end:
@@ -113,10 +116,14 @@ class EventStream:
             return ('id: %d\nevent: %s\ndata: %s\n\n' % (record['Id'], record['Event'], data)).encode()
         return data.encode() + b'\n'
 
-    def _notice(self, kind, message):
+    def _notice(self, kind, message, ident=None):
+        """A notice; one kept in the ring has an id, which an EventSource resumes after."""
         notice = {'Notice': kind, 'Message': message, 'LastId': self.subscription.last_id}
         data = json.dumps(notice, sort_keys=True)
-        return ('event: notice\ndata: %s\n\n' % data if self.sse else data + '\n').encode()
+        if not self.sse:
+            return data.encode() + b'\n'
+        head = '' if ident is None else 'id: %d\n' % ident
+        return ('%sevent: notice\ndata: %s\n\n' % (head, data)).encode()
 
     def _end_notice(self, reason):
         if reason == 'overflow':

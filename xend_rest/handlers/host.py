@@ -3,7 +3,7 @@ import libvirt
 
 from .. import __version__
 from ..bodies import Raw
-from ..errors import HTTPError, is_no_domain
+from ..errors import HTTPError, is_connection_error, is_no_domain
 from ..metrics import CONTENT_TYPE as METRICS_TYPE, Exposition, add_requests, labels
 from ..params import parse_bool
 from ..stats import STATE_NAMES, bulk_stats, describe
@@ -159,10 +159,16 @@ def _bytes(kib):
 def metrics(request):
     """GET /metrics: domains and the daemon itself, in Prometheus' text format."""
     exposition = Exposition()
+    conn = None
     try:
-        described = _described(request.conn)
-        up = 1
+        conn = request.conn
+        described, up = _described(conn), 1
     except HTTPError:  # libvirt is unreachable: still answer, with what the daemon knows
+        described, up = [], 0
+    except libvirt.libvirtError as err:
+        if not is_connection_error(err):
+            raise
+        request.app.pool.discard(conn)  # as the app does with an error it answers: reconnect next
         described, up = [], 0
     exposition.add('xend_libvirt_up', 'gauge', 'Whether libvirt answered this scrape.', up)
     _add_domains(exposition, described)
@@ -171,7 +177,7 @@ def metrics(request):
                    'Connections opened to libvirt; each after the first is a reconnect.',
                    app.pool.connects)
     exposition.add('xend_events_total', 'counter', 'Domain events received from libvirt.',
-                   app.hub.last_id)
+                   app.hub.events)
     exposition.add('xend_event_subscribers', 'gauge', 'Open event streams and waits.',
                    app.hub.subscribers)
     exposition.add('xend_event_overflows_total', 'counter',

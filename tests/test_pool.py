@@ -1,0 +1,83 @@
+"""The pooled libvirt connection: closed for real when let go; a hung open is waited for once."""
+import json
+import threading
+
+import libvirt
+import pytest
+
+from conftest import Client
+from xend_rest.app import make_app
+from xend_rest.pool import ConnectionPool
+
+NODES = '/libvirt/xen/nodes'
+BOUND = 10  # seconds: only ever reached when something is broken
+
+
+def _until(condition):
+    """Poll a condition, bounded (no sleeps on libvirt)."""
+    done = threading.Event()
+    for _ in range(BOUND * 100):
+        if condition():
+            return
+        done.wait(0.01)
+    raise AssertionError('condition not reached')
+
+
+def _event_domains(client):
+    """The domains of the events the app's hub kept, as a client reads them (no notices)."""
+    body = client.get('/libvirt/xen/events', 'since=0&timeout=0').body
+    records = [json.loads(line) for line in body.split(b'\n') if line.strip()]
+    return [record['Domain']['Name'] for record in records if 'Notice' not in record]
+
+
+@pytest.mark.parametrize('let_go', [
+    lambda pool, conn: pool.discard(conn),  # what the app does when a call says the link broke
+    lambda pool, conn: pool.close(),
+], ids=['discard', 'close'])
+def test_a_connection_the_pool_let_go_is_closed_with_its_event_callbacks(node_uri, let_go):
+    # The callbacks held a reference that kept libvirt from closing the connection; while
+    # they lived, events of the old connection still reached the hub.
+    app = make_app(uri=node_uri)
+    client = Client(app)
+    try:
+        old = app.pool.get()
+        idle_there = old.lookupByName('idle')  # holds a reference of its own: still usable
+        let_go(app.pool, old)
+        idle_there.create()
+        assert client.post(NODES + '/db/suspend').status == 204  # a new connection
+        _until(lambda: app.hub.events >= 1)
+        assert _event_domains(client) == ['db']
+        assert app.pool.connects == 2
+    finally:
+        app.pool.close()
+
+
+def test_a_hung_open_is_not_waited_for_again(node_uri, monkeypatch):
+    release = threading.Event()
+    real_open = libvirt.open
+
+    def hung_open(uri):  # as against a frozen libvirtd: returns only once it thaws
+        release.wait(BOUND)
+        return real_open(uri)
+
+    monkeypatch.setattr(libvirt, 'open', hung_open)
+    app = make_app(pool=ConnectionPool(node_uri, open_timeout=0.2))
+    client = Client(app)
+    try:
+        first = client.get(NODES + '/json')
+        assert first.status == 504
+        assert first.json['code'] == 'hypervisor_timeout'
+        app.pool.open_timeout = 3600  # a request that waited afresh would hang here
+        answers = []
+        second = threading.Thread(target=lambda: answers.append(client.get(NODES + '/json')))
+        second.start()
+        second.join(BOUND)
+        assert not second.is_alive(), 'a request waited again for the hung open'
+        assert answers[0].status == 504
+        assert answers[0].json['code'] == 'hypervisor_timeout'
+        release.set()  # libvirtd thaws: the open in flight finishes and is used
+        _until(lambda: client.get(NODES + '/json').status == 200)
+        assert app.pool.connects == 1
+    finally:
+        release.set()
+        app.pool.close()
