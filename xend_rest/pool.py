@@ -141,7 +141,7 @@ class ConnectionPool:
     def discard(self, conn):
         """Forget a connection that broke, so that the next request opens a new one, and close it."""
         if self._forget(conn):
-            self._release(conn)
+            self._release(conn, close=False)
 
     def _forget(self, conn):
         """Stop handing out conn; True if it was the current connection."""
@@ -155,20 +155,22 @@ class ConnectionPool:
         with self._lock:
             conn, self._conn = self._conn, None
         if conn is not None:
-            self._release(conn)
+            self._release(conn, close=True)
         self._release_dropped()
 
     def _release_dropped(self):
         with self._lock:
             dropped, self._dropped = self._dropped, []
         for conn in dropped:
-            self._release(conn)
+            self._release(conn, close=False)
 
-    def _release(self, conn):
-        """Undo what the on_connect callbacks registered on conn, then close it.
+    def _release(self, conn, close):
+        """Undo what the on_connect callbacks registered on conn, so that nothing but requests
+        holds it; close it only when no request can still be using it (close=True, at shutdown).
 
-        Requests still under way on conn hold references of their own, so libvirt frees it only
-        once they are done; on a connection that broke, these calls fail at once, harmlessly.
+        A broken connection is not closed here: other threads may be inside a call on it, and
+        closing would free it under them. libvirt-python closes it when the last request lets go
+        of the object (its __del__), now that no callback keeps a reference.
         """
         with self._lock:
             detachers = self._detachers.pop(conn, ())
@@ -181,6 +183,8 @@ class ConnectionPool:
             conn.unregisterCloseCallback()
         except libvirt.libvirtError:
             pass  # libvirt already dropped it when it closed the connection
+        if not close:
+            return
         try:
             left = conn.close()
         except libvirt.libvirtError:
