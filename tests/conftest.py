@@ -3,6 +3,7 @@ import http.client
 import io
 import json
 import socket
+import time
 from wsgiref.util import setup_testing_defaults
 from wsgiref.validate import validator
 
@@ -63,6 +64,15 @@ def node_uri(tmp_path):
     path = tmp_path / 'node.xml'
     path.write_text(node_xml())
     return 'test://%s' % path
+
+
+def until(condition, bound=10):
+    """Poll a condition of this process's own state every 10 ms, for at most `bound` seconds."""
+    deadline = time.monotonic() + bound
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError('condition not reached within %g s' % bound)
+        time.sleep(0.01)
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):

@@ -16,7 +16,7 @@ from xend_rest.app import make_app
 from xend_rest.events import LIFECYCLE_EVENTS, EventHub, lifecycle_names
 from xend_rest.server import Server
 
-from conftest import Client, WEB_UUID
+from conftest import Client, WEB_UUID, until
 
 EVENTS = '/libvirt/xen/events'
 NODES = '/libvirt/xen/nodes'
@@ -110,7 +110,7 @@ def test_a_watcher_through_the_server_sees_another_clients_actions(node_uri):
         records = [json.loads(line) for line in stream.read().split(b'\n') if line]
         assert [record['Event'] for record in records] == \
             ['started', 'suspended', 'resumed', 'stopped']
-        _until(lambda: app.hub.subscribers == 0)
+        until(lambda: app.hub.subscribers == 0)
 
 
 def test_shutdown_ends_open_streams_at_once(node_uri):
@@ -137,7 +137,7 @@ def test_a_vanished_client_is_noticed_and_unsubscribed(node_uri):
         assert app.hub.subscribers == 1
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
         sock.close()  # a reset, as when a client machine vanishes and comes back
-        _until(lambda: app.hub.subscribers == 0)
+        until(lambda: app.hub.subscribers == 0)
 
 
 def test_a_reconnecting_client_loses_nothing(api):
@@ -190,7 +190,7 @@ def test_a_reconnect_to_libvirt_tells_watchers_events_may_be_lost(api):
 
 def test_the_first_connection_is_no_gap(api):
     api.post(NODES + '/idle/start')
-    _until(lambda: api.app.hub.events == 1)
+    until(lambda: api.app.hub.events == 1)
     assert [line.get('Notice') for line in Stream(api, 'since=0&timeout=0').records()] == [None]
 
 
@@ -313,7 +313,7 @@ def _wait_in_background(api, ident, condition):
     waiter = threading.Thread(target=lambda: answers.append(api.post(
         NODES + '/%s/wait' % ident, query='condition=%s&timeout=%d' % (condition, BOUND))))
     waiter.start()
-    _until(lambda: api.app.hub.subscribers == 1)
+    until(lambda: api.app.hub.subscribers == 1)
 
     def answer():
         waiter.join(BOUND + 1)
@@ -394,11 +394,3 @@ def test_stop_and_restart_reject_a_bad_wait(api, action, wait):
     assert api.conn.lookupByName('web').state()[0] == libvirt.VIR_DOMAIN_RUNNING
 
 
-def _until(condition):
-    """Poll a condition of this process's own state, bounded (no sleeps on libvirt)."""
-    done = threading.Event()
-    for _ in range(BOUND * 100):
-        if condition():
-            return
-        done.wait(0.01)
-    raise AssertionError('condition not reached')

@@ -5,22 +5,12 @@ import threading
 import libvirt
 import pytest
 
-from conftest import Client
+from conftest import Client, until
 from xend_rest.app import make_app
 from xend_rest.pool import ConnectionPool
 
 NODES = '/libvirt/xen/nodes'
 BOUND = 10  # seconds: only ever reached when something is broken
-
-
-def _until(condition):
-    """Poll a condition, bounded (no sleeps on libvirt)."""
-    done = threading.Event()
-    for _ in range(BOUND * 100):
-        if condition():
-            return
-        done.wait(0.01)
-    raise AssertionError('condition not reached')
 
 
 def _event_domains(client):
@@ -45,7 +35,7 @@ def test_a_connection_the_pool_let_go_is_closed_with_its_event_callbacks(node_ur
         let_go(app.pool, old)
         idle_there.create()
         assert client.post(NODES + '/db/suspend').status == 204  # a new connection
-        _until(lambda: app.hub.events >= 1)
+        until(lambda: app.hub.events >= 1)
         assert _event_domains(client) == ['db']
         assert app.pool.connects == 2
     finally:
@@ -76,7 +66,7 @@ def test_a_hung_open_is_not_waited_for_again(node_uri, monkeypatch):
         assert answers[0].status == 504
         assert answers[0].json['code'] == 'hypervisor_timeout'
         release.set()  # libvirtd thaws: the open in flight finishes and is used
-        _until(lambda: client.get(NODES + '/json').status == 200)
+        until(lambda: client.get(NODES + '/json').status == 200)
         assert app.pool.connects == 1
     finally:
         release.set()
