@@ -1,4 +1,5 @@
 """Fixtures: each test gets its own libvirt test node and a client that calls the WSGI app directly."""
+import contextlib
 import http.client
 import io
 import json
@@ -10,6 +11,7 @@ from wsgiref.validate import validator
 import pytest
 
 from xend_rest.app import make_app
+from xend_rest.server import Server
 
 DOM0_UUID = '00000000-0000-0000-0000-000000000000'
 WEB_UUID = '11111111-2222-3333-4444-555555555555'
@@ -64,6 +66,17 @@ def node_uri(tmp_path):
     path = tmp_path / 'node.xml'
     path.write_text(node_xml())
     return 'test://%s' % path
+
+
+@contextlib.contextmanager
+def serving(app, listeners=('127.0.0.1:0',), **options):
+    """A Server for app on free local ports, shut down at the end."""
+    server = Server(app, listeners, **options)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.shutdown(grace=2)
 
 
 def until(condition, bound=10):

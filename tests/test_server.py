@@ -1,6 +1,5 @@
 """The threaded server, through real sockets: TCP on 127.0.0.1 port 0 and unix sockets."""
 
-import contextlib
 import http.client
 import json
 import os
@@ -12,7 +11,7 @@ import wsgiref.validate
 
 import pytest
 
-from conftest import UnixHTTPConnection
+from conftest import UnixHTTPConnection, serving
 
 from xend_rest.server import Server, parse_listen, sd_notify
 
@@ -27,16 +26,6 @@ def echo_app(environ, start_response):
     }).encode()
     start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
     return [data]
-
-
-@contextlib.contextmanager
-def serving(app=echo_app, listeners=("127.0.0.1:0",), **options):
-    server = Server(app, listeners, **options)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.shutdown(grace=2)
 
 
 def client(server, timeout=5):
@@ -78,7 +67,7 @@ def split_response(raw):
 
 
 def test_get_returns_json_body():
-    with serving() as server:
+    with serving(echo_app) as server:
         status, data = get_json(client(server), path="/libvirt/xen/nodes/json?all=1")
     assert status == 200
     assert data["method"] == "GET"
@@ -88,14 +77,14 @@ def test_get_returns_json_body():
 
 
 def test_keep_alive_reuses_one_connection():
-    with serving(workers=2) as server:
+    with serving(echo_app, workers=2) as server:
         conn = client(server)
         ports = {get_json(conn, path=f"/{i}")[1]["port"] for i in range(50)}
     assert len(ports) == 1
 
 
 def test_http10_keep_alive_when_asked():
-    with serving() as server, raw_connect(server) as sock:
+    with serving(echo_app) as server, raw_connect(server) as sock:
         for _ in range(2):
             sock.sendall(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
             head = sock.recv(65536)
@@ -104,7 +93,7 @@ def test_http10_keep_alive_when_asked():
 
 def test_pipelined_requests_are_answered_in_order():
     requests = b"".join(b"GET /%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(5))
-    with serving() as server:
+    with serving(echo_app) as server:
         raw = raw_exchange(server, requests)
     assert raw.count(b"HTTP/1.1 200 OK") == 5
     assert re.findall(rb'"path": "(/\d)"', raw) == [b"/0", b"/1", b"/2", b"/3", b"/4"]
@@ -151,7 +140,7 @@ def test_workers_start_on_demand_and_never_exceed_the_bound():
 
 
 def test_half_sent_head_does_not_block_other_clients():
-    with serving(workers=1) as server, raw_connect(server) as slow:
+    with serving(echo_app, workers=1) as server, raw_connect(server) as slow:
         slow.sendall(b"GET / HTTP/1.1\r\nHost: exa")
         started = time.monotonic()
         assert get_json(client(server))[0] == 200
@@ -159,7 +148,7 @@ def test_half_sent_head_does_not_block_other_clients():
 
 
 def test_idle_keep_alive_connection_does_not_pin_a_worker():
-    with serving(workers=1) as server:
+    with serving(echo_app, workers=1) as server:
         idle = client(server)
         assert get_json(idle)[0] == 200
         assert get_json(client(server))[0] == 200
@@ -167,7 +156,7 @@ def test_idle_keep_alive_connection_does_not_pin_a_worker():
 
 
 def test_idle_keep_alive_connection_closed_after_timeout():
-    with serving(keepalive_timeout=0.2) as server, raw_connect(server) as sock:
+    with serving(echo_app, keepalive_timeout=0.2) as server, raw_connect(server) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\n\r\n")
         assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
         started = time.monotonic()
@@ -177,7 +166,7 @@ def test_idle_keep_alive_connection_closed_after_timeout():
 
 def test_body_with_content_length_is_delivered():
     body = os.urandom(300_000).hex()  # more than one recv()
-    with serving() as server:
+    with serving(echo_app) as server:
         status, data = get_json(client(server), "POST", "/x", body=body.encode())
     assert status == 200
     assert data["body"] == body
@@ -195,7 +184,7 @@ def test_body_read_line_by_line():
 
 
 def test_expect_100_continue():
-    with serving() as server, raw_connect(server) as sock:
+    with serving(echo_app) as server, raw_connect(server) as sock:
         sock.sendall(b"POST / HTTP/1.1\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
         assert sock.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
         sock.sendall(b"hello")
@@ -213,7 +202,7 @@ def test_expect_100_continue():
     (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", "411"),
 ])
 def test_malformed_request_gets_json_error_and_close(request_bytes, status):
-    with serving() as server:
+    with serving(echo_app) as server:
         lines, body = split_response(raw_exchange(server, request_bytes))
     assert lines[0].split(" ")[1] == status
     assert "Connection: close" in lines
@@ -221,7 +210,7 @@ def test_malformed_request_gets_json_error_and_close(request_bytes, status):
 
 
 def test_too_large_head_is_refused():
-    with serving(max_head=1024) as server:
+    with serving(echo_app, max_head=1024) as server:
         lines, body = split_response(raw_exchange(server, b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 4096))
     assert lines[0] == "HTTP/1.1 431 Request Header Fields Too Large"
 
@@ -241,7 +230,7 @@ def test_app_exception_gives_json_500_and_logged_traceback(caplog):
 
 
 def test_head_has_no_body():
-    with serving() as server:
+    with serving(echo_app) as server:
         lines, body = split_response(raw_exchange(server, b"HEAD / HTTP/1.1\r\nConnection: close\r\n\r\n"))
     assert lines[0] == "HTTP/1.1 200 OK"
     assert any(line.startswith("Content-Length: ") and line != "Content-Length: 0" for line in lines)
@@ -263,7 +252,7 @@ def test_content_length_added_to_list_bodies():
 
 def test_access_log_line(caplog):
     caplog.set_level("INFO", logger="xend_rest.access")
-    with serving() as server:
+    with serving(echo_app) as server:
         get_json(client(server), path="/a/b?c=d")
     [line] = [r.getMessage() for r in caplog.records if r.name == "xend_rest.access"]
     method, path, status, nbytes, duration, remote = line.split(" ")
@@ -295,7 +284,7 @@ def test_unix_socket_replaces_a_stale_one(tmp_path):
     stale = socket.socket(socket.AF_UNIX)
     stale.bind(path)
     stale.close()
-    with serving(listeners=[f"unix:{path}"]) as server:
+    with serving(echo_app, listeners=[f"unix:{path}"]) as server:
         status, data = get_json(UnixHTTPConnection(path))
     assert status == 200
     assert data["remote"] == "unix"
@@ -304,7 +293,7 @@ def test_unix_socket_replaces_a_stale_one(tmp_path):
 
 def test_several_listeners_at_once(tmp_path):
     path = str(tmp_path / "s.sock")
-    with serving(listeners=["127.0.0.1:0", f"unix:{path}"]) as server:
+    with serving(echo_app, listeners=["127.0.0.1:0", f"unix:{path}"]) as server:
         assert get_json(client(server))[0] == 200
         assert get_json(UnixHTTPConnection(path))[0] == 200
 
@@ -314,7 +303,7 @@ def test_ipv6_listener():
         socket.create_server(("::1", 0), family=socket.AF_INET6).close()
     except OSError:
         pytest.skip("no IPv6 loopback here")
-    with serving(listeners=["[::1]:0"]) as server:
+    with serving(echo_app, listeners=["[::1]:0"]) as server:
         host, port = server.addresses[0][:2]
         status, data = get_json(http.client.HTTPConnection(host, port, timeout=5))
     assert data["remote"] == "::1"

@@ -1,6 +1,5 @@
 """The server's side of security, through real sockets: mutual TLS with handshakes that never
 stall the server, unix socket permissions, slow clients cut off, refusal to start exposed."""
-import contextlib
 import hashlib
 import http.client
 import json
@@ -16,7 +15,7 @@ import time
 import libvirt
 import pytest
 
-from conftest import UnixHTTPConnection, node_xml
+from conftest import UnixHTTPConnection, node_xml, serving
 from xend_rest import cli, security
 from xend_rest.app import make_app
 from xend_rest.server import Server
@@ -63,16 +62,6 @@ def app(node_uri):
     yield make
     for each in made:
         each.pool.close()
-
-
-@contextlib.contextmanager
-def serving(app, listeners=('127.0.0.1:0',), **options):
-    server = Server(app, listeners, **options)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.shutdown(grace=2)
 
 
 def tls_client(server, pki, who=None, timeout=10):

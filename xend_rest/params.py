@@ -94,7 +94,7 @@ def parse_flag(request, table):
     mask = 0
     for _name, bit in table:
         mask |= bit
-    if not _is_whole(value) or int(value) & ~mask:
+    if not is_whole(value) or int(value) & ~mask:
         allowed = ', '.join('%d (%s)' % (bit, name) for name, bit in table) or 'only 0'
         raise bad_request('flag=%s is not a combination of %s' % (value, allowed))
     return int(value)
@@ -114,7 +114,7 @@ def parse_int(request, name, minimum=0, maximum=2**63 - 1):
     value = request.arg(name)
     if value is None:
         raise bad_request('query parameter "%s" is required' % name)
-    if not _is_whole(value) or not minimum <= int(value) <= maximum:
+    if not is_whole(value) or not minimum <= int(value) <= maximum:
         raise bad_request('%s=%s: expected a whole number from %d to %d'
                           % (name, value, minimum, maximum))
     return int(value)
@@ -136,7 +136,8 @@ def parse_size(request, name, default=None):
     return int(found.group(1)) * unit
 
 
-def _is_whole(value):
+def is_whole(value):
+    """A decimal whole number of at most 20 digits (no sign, no spaces)."""
     return value.isascii() and value.isdigit() and len(value) <= 20
 
 
@@ -154,6 +155,6 @@ def parse_seconds(request, name, default=None, maximum=600):
     if value is None:
         return default
     whole, dot, fraction = value.partition('.')
-    if not (_is_whole(whole) and (not dot or _is_whole(fraction))) or float(value) > maximum:
+    if not (is_whole(whole) and (not dot or is_whole(fraction))) or float(value) > maximum:
         raise bad_request('%s=%s: expected a number of seconds from 0 to %d' % (name, value, maximum))
     return float(value)

@@ -245,13 +245,19 @@ def test_download_aborted_by_the_client_releases_the_stream(server, pool, libvir
     assert (status, sha) == (200, digest(chunks(5, 64 * MiB)))
 
 
-def test_short_upload_body_leaves_no_image(server, pool, libvirt_conn):
+def partial_upload(server, pool, name, length, parts):
+    """A raw socket that announced an upload of `length` bytes and sent only `parts`."""
     sock = socket.create_connection(server, timeout=30)
-    sock.sendall(('PUT %s/%s/short.raw/upload HTTP/1.1\r\nHost: 127.0.0.1\r\n'
+    sock.sendall(('PUT %s/%s/%s/upload HTTP/1.1\r\nHost: 127.0.0.1\r\n'
                   'Content-Type: application/octet-stream\r\n'
-                  'Content-Length: %d\r\n\r\n' % (IMAGES, pool, 32 * MiB)).encode())
-    for chunk in chunks(6, 5 * MiB):
-        sock.sendall(chunk)
+                  'Content-Length: %d\r\n\r\n' % (IMAGES, pool, name, length)).encode())
+    for part in parts:
+        sock.sendall(part)
+    return sock
+
+
+def test_short_upload_body_leaves_no_image(server, pool, libvirt_conn):
+    sock = partial_upload(server, pool, 'short.raw', 32 * MiB, chunks(6, 5 * MiB))
     sock.shutdown(socket.SHUT_WR)  # the body ends 27 MiB early
     answer = b''
     while True:
@@ -268,12 +274,7 @@ def test_short_upload_body_leaves_no_image(server, pool, libvirt_conn):
 
 
 def test_upload_cut_off_midway_is_marked_then_removed(server, pool, libvirt_conn):
-    sock = socket.create_connection(server, timeout=30)
-    sock.sendall(('PUT %s/%s/cut.raw/upload HTTP/1.1\r\nHost: 127.0.0.1\r\n'
-                  'Content-Type: application/octet-stream\r\n'
-                  'Content-Length: %d\r\n\r\n' % (IMAGES, pool, 64 * MiB)).encode())
-    for chunk in chunks(7, 8 * MiB):
-        sock.sendall(chunk)
+    sock = partial_upload(server, pool, 'cut.raw', 64 * MiB, chunks(7, 8 * MiB))
 
     def listed():
         status, _, body = request(server, 'GET', '%s/json?pool=%s' % (IMAGES, pool))

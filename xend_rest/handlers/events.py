@@ -5,7 +5,7 @@ import time
 from ..bodies import Raw
 from ..errors import HTTPError, bad_request, wait_timeout
 from ..events import CONDITION_STATES, EVENT_NAMES, MAX_WAIT_SECONDS, is_notice, wait_for_state
-from ..params import parse_choice, parse_int, parse_seconds
+from ..params import is_whole, parse_choice, parse_int, parse_seconds
 from .domains import lookup_domain
 
 NDJSON_TYPE = 'application/x-ndjson'
@@ -35,7 +35,7 @@ def _since(request):
         value = request.environ.get('HTTP_LAST_EVENT_ID') or None
     if value is None:
         return None
-    if not (value.isascii() and value.isdigit() and len(value) <= 20):
+    if not is_whole(value):
         raise bad_request('since=%s: expected the id of an event, a whole number' % value)
     return int(value)
 
