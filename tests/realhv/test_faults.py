@@ -158,6 +158,7 @@ def _link(path):
 
 def test_reconnects_and_close_leave_no_libvirt_connection_open(app):
     client = Client(app)
+    gc.collect()  # sockets earlier tests left for the collector must not count, nor close mid-way
     before = _open_sockets()
     for _ in range(3):
         assert client.get(NODES + '/json').status == 200
@@ -168,7 +169,7 @@ def test_reconnects_and_close_leave_no_libvirt_connection_open(app):
     # A discarded connection is closed by libvirt-python once nothing refers to it (its callback
     # bookkeeping makes reference cycles: the cyclic collector finds them), and libvirt frees the
     # socket from its event loop: wait for both, bounded.
-    wait_until(lambda: gc.collect() >= 0 and _open_sockets() == before, 10,
+    wait_until(lambda: gc.collect() >= 0 and _open_sockets() <= before, 10,
                'the sockets of closed connections closed')
 
 
