@@ -67,6 +67,8 @@ def guest_on_private(private_libvirtd, guest_files, console_dir):
 
     yield make
     conn.close()
+    if private_libvirtd.process.poll() is not None:
+        private_libvirtd.start()  # a failed test left it dead
     conn = libvirt.open(private_libvirtd.uri)  # the daemon may have been restarted meanwhile
     for name in names:
         domain = conn.lookupByName(name)
@@ -220,7 +222,7 @@ def test_a_start_cut_mid_call_is_outcome_unknown_and_never_applied_twice(
     assert cut.json['code'] == 'outcome_unknown'
     assert 'unknown' in cut.json['message'] and 'Inspect' in cut.json['message']
 
-    private_libvirtd.signal(signal.SIGCONT)
+    private_libvirtd.resume()
     # what a client does next: read the domain again, and start it only if it is not running
     inspected = api.get(f'{NODES}/{name}/json')
     assert inspected.status == 200
@@ -268,7 +270,7 @@ def test_a_frozen_libvirtd_is_504_in_bounded_time_then_recovers(private_libvirtd
         assert 'connecting' in answers[0].json['message']
         assert len([t for t in threading.enumerate() if t.name == 'libvirt-open']) == 1
     finally:
-        private_libvirtd.signal(signal.SIGCONT)
+        private_libvirtd.resume()
     wait_until(lambda: api.get(f'{NODES}/json').status == 200, 30, 'an answer after SIGCONT')
     assert not [t for t in threading.enumerate() if t.name == 'libvirt-open']
     assert capfd.readouterr().err == ''
