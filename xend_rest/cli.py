@@ -218,6 +218,7 @@ def main(argv=None):
     server = Server(app, args.listen, workers=args.workers, timeout=args.timeout, tls=tls,
                     request_timeout=args.request_timeout, max_body=args.max_body,
                     socket_mode=args.socket_mode, socket_gid=gid, on_shutdown=app.hub.close)
+    release_freed_memory()
     try:
         server.serve_forever()
     except OSError as err:
@@ -226,6 +227,16 @@ def main(argv=None):
     finally:
         app.pool.close()
     return 0
+
+
+def release_freed_memory():
+    """Hand back to the kernel the heap pages that start-up freed (about 1.5 MiB measured, most
+    of it from importing): glibc keeps free pages below the top of its heap until asked."""
+    try:
+        import ctypes
+        ctypes.CDLL(None).malloc_trim(0)
+    except (ImportError, OSError, AttributeError):
+        pass  # no ctypes, or not glibc (musl has no malloc_trim): nothing to ask
 
 
 def build_security(args):
