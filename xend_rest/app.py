@@ -42,8 +42,7 @@ class Request:
         self.max_body = max_body
         self.role = None  # set by the Guard
         self.method = environ['REQUEST_METHOD']
-        # PEP 3333 hands the path over as latin-1; domain names may be UTF-8.
-        self.path = environ.get('PATH_INFO', '').encode('latin-1').decode('utf-8', 'replace')
+        self.path = _decoded_path(environ.get('PATH_INFO', ''))
         self.query = parse_qs(environ.get('QUERY_STRING', ''), keep_blank_values=True)
         self._pool = pool
         self._conn = None
@@ -112,6 +111,15 @@ class Request:
 _UNREAD = object()
 
 
+def _decoded_path(path):
+    """PEP 3333 hands the path over as latin-1; domain names may be UTF-8. A server that
+    decoded it already (characters latin-1 cannot hold) is taken at its word."""
+    try:
+        return path.encode('latin-1').decode('utf-8', 'replace')
+    except UnicodeEncodeError:
+        return path
+
+
 def make_app(uri=None, pool=None, routes=ROUTES, hub=None, guard=None, max_body=MAX_JSON_BODY):
     """A WSGI application serving the API on one pooled libvirt connection.
 
@@ -145,10 +153,16 @@ def make_app(uri=None, pool=None, routes=ROUTES, hub=None, guard=None, max_body=
             answer = _error_answer(errors.from_libvirt(err, write))
         except Exception:
             log.exception('%s %s failed', request.method, request.path)
-            answer = _error_answer(HTTPError(500, 'internal server error', 'internal_error'))
+            answer = _internal_error()
         status, body, headers = answer if len(answer) == 3 else (*answer, [])
+        try:
+            response = _respond(start_response, request.method, status, body, headers)
+        except Exception:  # an answer that cannot be sent (a body JSON cannot carry): a bug
+            log.exception('%s %s: cannot send the answer', request.method, request.path)
+            status, body, headers = _internal_error()
+            response = _respond(start_response, request.method, status, body, headers)
         metrics.observe(route, status, perf_counter() - started)
-        return _respond(start_response, request.method, status, body, headers)
+        return response
 
     app.pool = pool
     app.router = router
@@ -157,6 +171,10 @@ def make_app(uri=None, pool=None, routes=ROUTES, hub=None, guard=None, max_body=
     app.supports = ConnectionCache()  # what the driver can do, probed once per connection
     app.guard = guard
     return app
+
+
+def _internal_error():
+    return _error_answer(HTTPError(500, 'internal server error', 'internal_error'))
 
 
 def _error_answer(err):
