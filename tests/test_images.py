@@ -1,10 +1,13 @@
 """Images and pools on the test driver: listing, inspecting, creating, cloning, deleting, and
 every refusal. (The test driver cannot upload, download, resize or wipe: those answer 501 here
 once our own checks pass; tests/realhv/test_images_real.py moves real bytes.)"""
+import shutil
+
 import libvirt
 import pytest
 
-from conftest import node_xml
+from conftest import Client, node_xml
+from xend_rest.app import make_app
 from xend_rest.handlers.images import _byte_range
 from xend_rest.errors import HTTPError
 
@@ -507,3 +510,20 @@ def test_inspect_pool(api):
 @pytest.mark.parametrize('pool, status', [('nope', 404), ('..', 400), ('.x', 400)])
 def test_inspect_pool_refusals(api, pool, status):
     assert api.get('%s/%s/json' % (POOLS, pool)).status == status
+
+
+def test_an_upload_in_progress_belongs_to_the_app_running_it(api, node_uri):
+    # a second app on a copy of the same node: the same pool UUIDs, in the same process
+    other_path = node_uri[len('test://'):].replace('node.xml', 'other.xml')
+    shutil.copy(node_uri[len('test://'):], other_path)
+    other = Client(make_app(uri='test://' + other_path))
+    pool_uuid = api.conn.storagePoolLookupByName('default').UUIDString()
+    with api.app.uploads.holding((pool_uuid, 'spare.qcow2')):  # as a running upload does
+        assert listed(api)['default', 'spare.qcow2']['Uploading'] is True
+        assert api.post(IMAGES + '/default/spare.qcow2/delete').json['code'] == 'upload_in_progress'
+        assert listed(other)['default', 'spare.qcow2']['Uploading'] is False
+        assert other.post(IMAGES + '/default/spare.qcow2/delete').status == 204
+    assert 'spare.qcow2' in volumes(api)
+    assert 'spare.qcow2' not in volumes(other)
+    assert listed(api)['default', 'spare.qcow2']['Uploading'] is False
+    other.app.pool.close()

@@ -12,6 +12,7 @@ from .bodies import Raw
 from .convert import JSONText
 from .errors import HTTPError, bad_request
 from .events import EventHub
+from .handlers.images import Uploads
 from .metrics import RequestMetrics
 from .pool import ConnectionCache, ConnectionPool
 from .routes import Router, ROUTES
@@ -169,6 +170,7 @@ def make_app(uri=None, pool=None, routes=ROUTES, hub=None, guard=None, max_body=
     app.hub = hub
     app.metrics = metrics
     app.supports = ConnectionCache()  # what the driver can do, probed once per connection
+    app.uploads = Uploads()  # images this app is uploading into
     app.guard = guard
     return app
 

@@ -1,4 +1,5 @@
 """The image endpoints: disk images are libvirt storage volumes, addressed by pool and name."""
+import contextlib
 import logging
 import os
 import re
@@ -30,10 +31,29 @@ POOL_STATES = {
 RANGE = re.compile(r'bytes=([0-9]{0,20})-([0-9]{0,20})\Z')
 NO_CONTENT = (204, None)
 
-# Images this process is uploading into, as (pool UUID, name): listed as Uploading, and no other
-# request may read, change or delete them until the upload has finished or been cleaned up.
-_uploading = set()
-_uploading_lock = threading.Lock()
+
+class Uploads:
+    """The images one app is uploading into, as (pool UUID, name): listed as Uploading, and no
+    other request may read, change or delete them until the upload has finished or been cleaned up."""
+
+    def __init__(self):
+        self._keys = set()
+        self._lock = threading.Lock()
+
+    def __contains__(self, key):
+        return key in self._keys
+
+    @contextlib.contextmanager
+    def holding(self, key):
+        with self._lock:
+            if key in self._keys:
+                raise HTTPError(409, 'image %s is being uploaded' % key[1], 'upload_in_progress')
+            self._keys.add(key)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._keys.discard(key)
 
 
 def check_name(name, what='image'):
@@ -93,7 +113,7 @@ def _disk_sources(xml):
                 yield source.get('pool'), source.get('volume')
 
 
-def _summary(pool, xml, users):
+def _summary(pool, xml, users, uploads=()):
     """An image as listed: where it is, what it is, how large, and which domains use it."""
     vol = ElementTree.fromstring(xml)
     name, path = vol.findtext('name'), vol.findtext('target/path')
@@ -110,12 +130,12 @@ def _summary(pool, xml, users):
         'Capacity': int(vol.findtext('capacity', '0')),
         'Allocation': int(vol.findtext('allocation', '0')),
         'UsedBy': sorted(using),
-        'Uploading': (pool.UUIDString(), name) in _uploading,
+        'Uploading': (pool.UUIDString(), name) in uploads,
     }
 
 
-def _describe(conn, pool, vol):
-    return _summary(pool, vol.XMLDesc(0), image_users(conn))
+def _describe(request, pool, vol):
+    return _summary(pool, vol.XMLDesc(0), image_users(request.conn), request.app.uploads)
 
 
 def list_images(request):
@@ -130,7 +150,7 @@ def list_images(request):
     for pool in pools:
         for vol in pool.listAllVolumes(0):
             try:
-                listed.append(_summary(pool, vol.XMLDesc(0), users))
+                listed.append(_summary(pool, vol.XMLDesc(0), users, request.app.uploads))
             except libvirt.libvirtError as err:
                 if not is_no_image(err):  # an image may vanish between listing and lookup
                     raise
@@ -152,7 +172,7 @@ def create_image(request, pool):
     target = lookup_pool(request.conn, pool)
     _refuse_existing(target, name)
     vol = target.createXML(_volume_xml(name, capacity, form, allocation), flag)
-    return 201, _describe(request.conn, target, vol)
+    return 201, _describe(request, target, vol)
 
 
 def clone_image(request, pool, name):
@@ -162,14 +182,14 @@ def clone_image(request, pool, name):
     flag = parse_flag(request, VOL_CREATE_FLAGS)
     source_pool, source = lookup_image(request.conn, pool, name)
     target = lookup_pool(request.conn, request.arg('pool', pool))
-    _refuse_uploading(source_pool, name)
+    _refuse_uploading(request, source_pool, name)
     _refuse_existing(target, new_name)
     capacity = source.info()[1]
     if form is None:
         found = ElementTree.fromstring(source.XMLDesc(0)).find('target/format')
         form = found.get('type') if found is not None else 'raw'
     vol = target.createXMLFrom(_volume_xml(new_name, capacity, form), source, flag)
-    return 201, _describe(request.conn, target, vol)
+    return 201, _describe(request, target, vol)
 
 
 def _volume_xml(name, capacity, form, allocation=None):
@@ -192,8 +212,8 @@ def _refuse_existing(pool, name):
                     'already_exists')
 
 
-def _refuse_uploading(pool, name):
-    if (pool.UUIDString(), name) in _uploading:
+def _refuse_uploading(request, pool, name):
+    if (pool.UUIDString(), name) in request.app.uploads:
         raise HTTPError(409, 'image %s is being uploaded' % name, 'upload_in_progress')
 
 
@@ -213,7 +233,7 @@ def resize_image(request, pool, name):
     flag = parse_flag(request, VOL_RESIZE_FLAGS)
     parse_bool(request, 'force')
     source_pool, vol = lookup_image(request.conn, pool, name)
-    _refuse_uploading(source_pool, name)
+    _refuse_uploading(request, source_pool, name)
     current = vol.info()[1]
     shrink = flag & libvirt.VIR_STORAGE_VOL_RESIZE_SHRINK
     if flag & libvirt.VIR_STORAGE_VOL_RESIZE_DELTA:
@@ -234,7 +254,7 @@ def delete_image(request, pool, name):
     """POST .../delete[?force=1][&flag=]: 409 while a defined domain uses the image."""
     flag = parse_flag(request, VOL_DELETE_FLAGS)
     source_pool, vol = lookup_image(request.conn, pool, name)
-    _refuse_uploading(source_pool, name)
+    _refuse_uploading(request, source_pool, name)
     _refuse_in_use(request, source_pool, vol, 'delete')
     vol.delete(flag)
     return NO_CONTENT
@@ -245,7 +265,7 @@ def wipe_image(request, pool, name):
     algorithm = parse_choice(request, 'algorithm', WIPE_ALGORITHMS, 'zero')
     parse_flag(request, NO_FLAGS)
     source_pool, vol = lookup_image(request.conn, pool, name)
-    _refuse_uploading(source_pool, name)
+    _refuse_uploading(request, source_pool, name)
     _refuse_in_use(request, source_pool, vol, 'wipe')
     vol.wipePattern(algorithm, 0)
     return NO_CONTENT
@@ -267,22 +287,14 @@ def upload_image(request, pool, name):
     if length > available:
         raise HTTPError(413, 'pool %s has %d bytes free, the body is %d'
                         % (target.name(), available, length), 'insufficient_space')
-    key = (target.UUIDString(), name)
-    with _uploading_lock:
-        if key in _uploading:
-            raise HTTPError(409, 'image %s is being uploaded' % name, 'upload_in_progress')
-        _uploading.add(key)
-    try:
+    with request.app.uploads.holding((target.UUIDString(), name)):
         vol = target.createXML(_volume_xml(name, capacity, 'raw', 0), 0)
         try:
             streams.upload(request.conn, vol, request.body_chunks(streams.CHUNK), length)
         except BaseException:
             _delete_quietly(vol)  # half an image must not pass for a whole one
             raise
-    finally:
-        with _uploading_lock:
-            _uploading.discard(key)
-    return 201, _describe(request.conn, target, vol)
+    return 201, _describe(request, target, vol)
 
 
 def _delete_quietly(vol):
@@ -298,7 +310,7 @@ def _delete_quietly(vol):
 def download_image(request, pool, name):
     """GET .../download: the image's bytes as stored (the whole file, or one Range)."""
     source_pool, vol = lookup_image(request.conn, pool, name)
-    _refuse_uploading(source_pool, name)
+    _refuse_uploading(request, source_pool, name)
     size = _stored_size(vol.XMLDesc(0))
     status, offset, length, headers = _byte_range(request.environ.get('HTTP_RANGE'), size)
     headers += [('Accept-Ranges', 'bytes'),
