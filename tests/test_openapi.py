@@ -2,6 +2,8 @@
 import json
 
 import pytest
+from openapi_spec_validator import validate as validate_openapi
+from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 
 from xend_rest import openapi
 from xend_rest.routes import ROUTES
@@ -16,6 +18,14 @@ def spec(api):
     response = api.get('/openapi.json')
     assert response.status == 200
     return response.json
+
+
+def test_the_document_validates_as_openapi_3(spec):
+    validate_openapi(spec)  # against the OpenAPI 3.0 schema: raises at the first violation
+    broken = json.loads(json.dumps(spec))
+    del broken['paths']['/_ping']['get']['responses']
+    with pytest.raises(OpenAPIValidationError):
+        validate_openapi(broken)
 
 
 def test_the_document_has_the_structure_of_openapi_3(spec):
