@@ -65,14 +65,6 @@ def test_an_answer_that_cannot_be_sent_is_a_json_500_too(node_uri, caplog):
     assert [(route, status) for route, status, *_ in app.metrics.samples()] == [('GET /odd', 500)]
 
 
-def test_a_path_a_server_decoded_already_is_taken_as_it_is(api):
-    # PEP 3333 says latin-1; a server that passes text latin-1 cannot hold still gets JSON
-    response = api.get(NODES + '/caf\u00e9\u20ac/json')
-    assert response.status == 404
-    assert response.json['code'] == 'no_such_domain'
-    assert 'caf\u00e9\u20ac' in response.json['message']
-
-
 def test_apps_do_not_share_state(tmp_path):
     first, second = tmp_path / 'a.xml', tmp_path / 'b.xml'
     first.write_text(node_xml())
