@@ -8,8 +8,8 @@
 3. the daemon over HTTP/1.1 keep-alive, measured with wrk at concurrency 1 and 16;
 4. the same app behind a naive threaded wsgiref server (a thread per connection), same wrk runs;
 5. List of 1,000 domains;
-6. idle RSS of the daemon against a bare Python that imported libvirt and xmltodict and opened
-   the same URI.
+6. idle RSS of the daemon (after its first request, and again after the wrk runs) against a bare
+   Python that imported libvirt and xmltodict and opened the same URI.
 """
 import json
 import os
@@ -148,6 +148,8 @@ def main():
         app = in_process_us(uri)
         app_cold = in_process_us(uri, cold=True)
         daemon, base = start_daemon(uri)
+        urllib.request.urlopen(base + INSPECT).read()
+        fresh_rss = rss_kib(daemon.pid)
         ours = load(base, seconds)
         for _ in range(20):
             urllib.request.urlopen(base + INSPECT).read()
@@ -174,8 +176,10 @@ def main():
     print('  ratio c=16 xend-rest / naive: %.2fx' % (ours['c16']['rps'] / theirs['c16']['rps']))
     print('  List of %d domains (all=1): first call %.1f ms, then median %.1f ms over 10 calls'
           % (listed, first_list, listing))
-    print('  idle RSS: daemon %.1f MiB, bare python+libvirt+xmltodict %.1f MiB, +%.1f MiB'
-          % (idle_rss / 1024, bare_rss / 1024, (idle_rss - bare_rss) / 1024))
+    print('  idle RSS: bare python+libvirt+xmltodict %.1f MiB; daemon after one request %.1f MiB'
+          ' (+%.1f), after the wrk runs %.1f MiB (+%.1f)'
+          % (bare_rss / 1024, fresh_rss / 1024, (fresh_rss - bare_rss) / 1024,
+             idle_rss / 1024, (idle_rss - bare_rss) / 1024))
 
 
 if __name__ == '__main__':
