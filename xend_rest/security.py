@@ -16,6 +16,7 @@ import libvirt
 
 from .errors import HTTPError
 from .handlers import domains, events, host, images
+from .params import is_whole
 
 READ, OPERATOR, ADMIN = 'read', 'operator', 'admin'
 ROLES = (READ, OPERATOR, ADMIN)  # each role may do everything the ones before it may
@@ -161,8 +162,7 @@ class Guard:
             return
         name, bit, needed = SECRET_FLAGS[handler]
         flag = request.arg('flag')
-        # Not a whole number of at most 20 digits: the handler answers 400, as to anyone.
-        if flag is None or not (flag.isascii() and flag.isdigit() and len(flag) <= 20):
+        if flag is None or not is_whole(flag):  # the handler answers 400, as to anyone
             return
         if not int(flag) & bit:
             return
