@@ -69,12 +69,13 @@ def _number(value):
 
 
 def add_requests(exposition, metrics):
-    """The request counter and latency histogram into an exposition."""
-    for route, status, cumulative, count, total in metrics.samples():
+    """The request counter and latency histogram into an exposition (from one snapshot)."""
+    samples = list(metrics.samples())
+    for route, status, cumulative, count, total in samples:
         exposition.add('xend_http_requests_total', 'counter',
                        'HTTP requests answered, by route pattern and status.',
                        count, labels(route=route, status=status))
-    for route, status, cumulative, count, total in metrics.samples():
+    for route, status, cumulative, count, total in samples:
         name = 'xend_http_request_duration_seconds'
         help_text = 'Time from receiving a request to having its answer (a stream: its start).'
         for bound, running in zip(LATENCY_BUCKETS + ('+Inf',), cumulative):

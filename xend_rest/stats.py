@@ -120,25 +120,25 @@ def _devices(raw, group, counters, per_device_call, names):
     count = raw.get(group + '.count')
     if count is not None:  # the bulk record has this group
         return [_device(raw.get('%s.%d.name' % (group, index)),
-                        lambda key: raw.get('%s.%d.%s' % (group, index, key)), counters)
+                        lambda key, _position: raw.get('%s.%d.%s' % (group, index, key)), counters)
                 for index in range(count)]
     found = []
     for name in names() or ():
         values = _optional(lambda: per_device_call(name))
         if values is not None:
-            found.append(_device(name, lambda key: _at(values, counters, key), counters))
+            found.append(_device(name, lambda _key, position: _known(values[position]), counters))
     return found
 
 
-def _at(values, counters, key):
-    index = next(index for _name, bulk_key, index in counters if bulk_key == key)
-    return values[index] if values[index] >= 0 else None  # libvirt's -1: not known
+def _known(value):
+    return value if value >= 0 else None  # libvirt's -1: not known
 
 
 def _device(name, value_of, counters):
+    """{'Device': name, our key: value_of(bulk stats key, index in the per-device tuple)...}"""
     device = {'Device': name}
-    for ours, bulk_key, _index in counters:
-        device[ours] = value_of(bulk_key)
+    for ours, bulk_key, position in counters:
+        device[ours] = value_of(bulk_key, position)
     return device
 
 
