@@ -139,7 +139,8 @@ class ConnectionPool:
                 self._dropped.append(conn)
 
     def discard(self, conn):
-        """Forget a connection that broke, so that the next request opens a new one, and close it."""
+        """Forget a connection that broke, so that the next request opens a new one; libvirt-python
+        closes it once no request holds it (see _release)."""
         if self._forget(conn):
             self._release(conn, close=False)
 

@@ -118,9 +118,6 @@ def _summary(pool, xml, users, uploads=()):
     vol = ElementTree.fromstring(xml)
     name, path = vol.findtext('name'), vol.findtext('target/path')
     form = vol.find('target/format')
-    using = users.get((pool.name(), name), set())
-    if path:
-        using = using | users.get(os.path.normpath(path), set())
     return {
         'Name': name,
         'Pool': pool.name(),
@@ -129,9 +126,17 @@ def _summary(pool, xml, users, uploads=()):
         'Format': form.get('type') if form is not None else None,
         'Capacity': int(vol.findtext('capacity', '0')),
         'Allocation': int(vol.findtext('allocation', '0')),
-        'UsedBy': sorted(using),
+        'UsedBy': _used_by(pool, name, path, users),
         'Uploading': (pool.UUIDString(), name) in uploads,
     }
+
+
+def _used_by(pool, name, path, users):
+    """The names of the domains whose disks are this image: as a pool volume, or by its file."""
+    using = users.get((pool.name(), name), set())
+    if path:
+        using = using | users.get(os.path.normpath(path), set())
+    return sorted(using)
 
 
 def _describe(request, pool, vol):
@@ -221,7 +226,7 @@ def _refuse_in_use(request, pool, vol, action):
     """409 while a defined domain's disk is this image, unless ?force=1."""
     if parse_bool(request, 'force'):
         return
-    users = _summary(pool, vol.XMLDesc(0), image_users(request.conn))['UsedBy']
+    users = _used_by(pool, vol.name(), vol.path(), image_users(request.conn))
     if users:
         raise HTTPError(409, 'image %s is used by %s: %s it with force=1 only if you mean it'
                         % (vol.name(), ', '.join(users), action), 'image_in_use')
