@@ -7,7 +7,7 @@ import pytest
 
 from conftest import Client
 from test_create import TEST0
-from xend_rest import security
+from xend_rest import defaults, security
 from xend_rest.app import make_app
 from xend_rest.errors import HTTPError
 from xend_rest.routes import ROUTES, Router, path_template
@@ -396,7 +396,7 @@ def test_json_with_parameters_is_json(api):
 def test_a_route_may_take_octet_streams(node_uri, monkeypatch):
     def upload(request):
         return 201, {'size': len(request.environ['wsgi.input'].read(100))}
-    monkeypatch.setitem(security.BODY_TYPES, upload, security.OCTET_STREAM)
+    monkeypatch.setitem(security.BODY_TYPES, upload, defaults.OCTETS)
     app = make_app(uri=node_uri, routes=[('PUT', '/upload', upload)])
     client = Client(app)
     try:

@@ -1,5 +1,4 @@
 """make_app(): the WSGI callable, and the single place that turns exceptions into responses."""
-import json
 import logging
 import os
 from time import perf_counter
@@ -7,11 +6,12 @@ from urllib.parse import parse_qs
 
 import libvirt
 
-from . import errors, jsonbody
+from . import defaults, errors, jsonbody
 from .bodies import Raw
 from .convert import JSONText
-from .errors import HTTPError, bad_request
+from .errors import HTTPError, bad_request, json_payload
 from .events import EventHub
+from .headers import required_length
 from .handlers.images import Uploads
 from .metrics import RequestMetrics
 from .pool import ConnectionCache, ConnectionPool
@@ -20,8 +20,6 @@ from .security import Guard
 
 log = logging.getLogger(__name__)
 
-MAX_JSON_BODY = 1 << 20  # a domain definition is a few KiB; 1 MiB is generous (max-body)
-JSON_TYPE = 'application/json'
 NO_BODY_STATUSES = (204, 304)
 SAFE_METHODS = ('GET', 'HEAD')  # the rest may change the hypervisor's state
 REASONS = {
@@ -37,7 +35,7 @@ REASONS = {
 class Request:
     """What a handler sees of a request: method, path, query, body, and the libvirt connection."""
 
-    def __init__(self, environ, pool, app=None, max_body=MAX_JSON_BODY):
+    def __init__(self, environ, pool, app=None, max_body=defaults.MAX_BODY):
         self.environ = environ
         self.app = app  # the WSGI app, for its per-app objects: hub, metrics, router
         self.max_body = max_body
@@ -82,14 +80,7 @@ class Request:
 
     def content_length(self):
         """The declared length of the body: 411 when there is none, 400 when it is not a length."""
-        value = self.environ.get('CONTENT_LENGTH') or ''
-        if not value:
-            raise HTTPError(411, 'a body needs a Content-Length', 'length_required')
-        if value.startswith('-') and value[1:].isdigit():
-            raise bad_request('Content-Length is negative')
-        if not value.isascii() or not value.isdigit():
-            raise bad_request('Content-Length is not a number')
-        return int(value)
+        return required_length(self.environ.get('CONTENT_LENGTH'))
 
     def body_chunks(self, size):
         """The body in chunks of at most `size` bytes, without the JSON cap; ending early is an error."""
@@ -121,7 +112,7 @@ def _decoded_path(path):
         return path
 
 
-def make_app(uri=None, pool=None, routes=ROUTES, hub=None, guard=None, max_body=MAX_JSON_BODY):
+def make_app(uri=None, pool=None, routes=ROUTES, hub=None, guard=None, max_body=defaults.MAX_BODY):
     """A WSGI application serving the API on one pooled libvirt connection.
 
     The URI defaults to $XEND_REST_URI, else xen:///system. guard: who may call what
@@ -129,7 +120,7 @@ def make_app(uri=None, pool=None, routes=ROUTES, hub=None, guard=None, max_body=
     for a loopback or unix socket listener.
     """
     if pool is None:
-        pool = ConnectionPool(uri or os.environ.get('XEND_REST_URI') or 'xen:///system')
+        pool = ConnectionPool(uri or os.environ.get(defaults.URI_VARIABLE) or defaults.DEFAULT_URI)
     router = Router(routes)
     hub = hub or EventHub()
     pool.on_connect(hub.attach)
@@ -191,9 +182,8 @@ def _respond(start_response, method, status, body, headers):
     if status in NO_BODY_STATUSES or body is None:
         payload = b''
     else:
-        text = body if isinstance(body, JSONText) else json.dumps(body, sort_keys=True)
-        payload = text.encode() + b'\n'
-        headers = [('Content-Type', JSON_TYPE), ('Content-Length', str(len(payload)))] + headers
+        payload = (body.encode() + b'\n') if isinstance(body, JSONText) else json_payload(body)
+        headers = [('Content-Type', defaults.JSON), ('Content-Length', str(len(payload)))] + headers
     start_response('%d %s' % (status, REASONS.get(status, 'Unknown')), headers)
     return [b''] if method == 'HEAD' else [payload]
 

@@ -8,13 +8,11 @@ import os
 import socket
 import sys
 
-from xend_rest import security
+from xend_rest import defaults, security
 from xend_rest.server import Server, parse_listen
 
 log = logging.getLogger("xend_rest")
 
-DEFAULT_URI = "xen:///system"
-DEFAULT_LISTEN = ["127.0.0.1:8000"]
 CONFIG_SECTION = "xend-rest"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -90,9 +88,10 @@ LIBVIRT_KEYS = [
 ]
 CONFIG_KEYS += SECURITY_KEYS + LIBVIRT_KEYS
 # Defaults of the settings above that have one (the others default to None: off).
-SECURITY_DEFAULTS = {"socket_mode": 0o660, "allowed_hosts": [], "allowed_paths": [],
-                     "max_body": 1 << 20, "request_timeout": 60.0}
-LIBVIRT_DEFAULTS = {"keepalive_interval": 5, "keepalive_count": 3, "open_timeout": 30.0}
+SECURITY_DEFAULTS = {"socket_mode": defaults.SOCKET_MODE, "allowed_hosts": [], "allowed_paths": [],
+                     "max_body": defaults.MAX_BODY, "request_timeout": defaults.REQUEST_TIMEOUT}
+LIBVIRT_DEFAULTS = {"keepalive_interval": defaults.KEEPALIVE_INTERVAL,
+                    "keepalive_count": defaults.KEEPALIVE_COUNT, "open_timeout": defaults.OPEN_TIMEOUT}
 
 
 def build_parser():
@@ -100,13 +99,13 @@ def build_parser():
         prog="xend-rest", description="Manage the virtual machines of a Xen host over HTTP, through libvirt.",
         epilog="Each setting comes from the command line, else $XEND_REST_URI (the URI only), "
                "else the configuration file, else the default.")
-    parser.add_argument("--uri", help=f"libvirt connection URI (default: $XEND_REST_URI, else {DEFAULT_URI})")
+    parser.add_argument("--uri", help=f"libvirt connection URI (default: $XEND_REST_URI, else {defaults.DEFAULT_URI})")
     parser.add_argument("--listen", action="append", type=listen_address, metavar="ADDRESS",
-                        help=f"HOST:PORT, [IPV6]:PORT or unix:/path; repeatable (default: {DEFAULT_LISTEN[0]})")
+                        help=f"HOST:PORT, [IPV6]:PORT or unix:/path; repeatable (default: {defaults.DEFAULT_LISTEN[0]})")
     parser.add_argument("--config", metavar="FILE", help=f"INI file with a [{CONFIG_SECTION}] section")
     parser.add_argument("--log-level", type=log_level, help="DEBUG, INFO, WARNING, ERROR (default: INFO)")
-    parser.add_argument("--workers", type=positive(int), help="worker threads (default: 32)")
-    parser.add_argument("--timeout", type=positive(float), help="socket timeout in seconds (default: 30)")
+    parser.add_argument("--workers", type=positive(int), help=f"worker threads (default: {defaults.WORKERS})")
+    parser.add_argument("--timeout", type=positive(float), help=f"socket timeout in seconds (default: {defaults.TIMEOUT:g})")
     group = parser.add_argument_group("security (see the README, section Security)")
     group.add_argument("--socket-mode", type=octal_mode, help="mode of unix sockets (default: 660)")
     group.add_argument("--socket-group", metavar="GROUP", help="group of unix sockets (default: ours)")
@@ -129,11 +128,11 @@ def build_parser():
                        help="allow TCP beyond loopback without TLS client certificates or tokens")
     group = parser.add_argument_group("libvirt connection")
     group.add_argument("--keepalive-interval", type=positive(int), metavar="SECONDS",
-                       help="libvirt keepalive probe interval (default: 5)")
+                       help=f"libvirt keepalive probe interval (default: {defaults.KEEPALIVE_INTERVAL})")
     group.add_argument("--keepalive-count", type=positive(int), metavar="N",
-                       help="unanswered probes before the connection is given up: 504 (default: 3)")
+                       help=f"unanswered probes before the connection is given up: 504 (default: {defaults.KEEPALIVE_COUNT})")
     group.add_argument("--open-timeout", type=positive(float), metavar="SECONDS",
-                       help="longest wait for a new libvirt connection (default: 30)")
+                       help=f"longest wait for a new libvirt connection (default: {defaults.OPEN_TIMEOUT:g})")
     parser.add_argument("--demo", action="store_true",
                         help="serve an in-memory libvirt test hypervisor instead of Xen")
     return parser
@@ -173,16 +172,16 @@ def parse_args(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     from_file = read_config(args.config, parser) if args.config else {}
-    defaults = {"uri": os.environ.get("XEND_REST_URI") or from_file.get("uri") or DEFAULT_URI,
-                "listen": from_file.get("listen") or DEFAULT_LISTEN,
-                "log_level": from_file.get("log_level", "INFO"),
-                "workers": from_file.get("workers", 32),
-                "timeout": from_file.get("timeout", 30.0)}
-    defaults.update({dest: from_file.get(dest, SECURITY_DEFAULTS.get(dest))
-                     for _, dest, _ in SECURITY_KEYS})
-    defaults.update({dest: from_file.get(dest, LIBVIRT_DEFAULTS[dest])
-                     for _, dest, _ in LIBVIRT_KEYS})
-    for dest, value in defaults.items():
+    settled = {"uri": os.environ.get(defaults.URI_VARIABLE) or from_file.get("uri") or defaults.DEFAULT_URI,
+               "listen": from_file.get("listen") or list(defaults.DEFAULT_LISTEN),
+               "log_level": from_file.get("log_level", "INFO"),
+               "workers": from_file.get("workers", defaults.WORKERS),
+               "timeout": from_file.get("timeout", defaults.TIMEOUT)}
+    settled.update({dest: from_file.get(dest, SECURITY_DEFAULTS.get(dest))
+                    for _, dest, _ in SECURITY_KEYS})
+    settled.update({dest: from_file.get(dest, LIBVIRT_DEFAULTS[dest])
+                    for _, dest, _ in LIBVIRT_KEYS})
+    for dest, value in settled.items():
         if getattr(args, dest) is None:
             setattr(args, dest, value)
     return args

@@ -1,4 +1,6 @@
 """HTTP errors, and the one table that maps libvirt errors onto them."""
+import json
+
 import libvirt
 
 
@@ -14,6 +16,15 @@ class HTTPError(Exception):
 
     def body(self):
         return {'message': self.message, 'code': self.code}
+
+    def payload(self):
+        """The body as sent: the one way a JSON error is written, by the app and the server."""
+        return json_payload(self.body())
+
+
+def json_payload(body):
+    """A JSON answer's bytes: keys sorted, one line."""
+    return json.dumps(body, sort_keys=True).encode() + b'\n'
 
 
 def bad_request(message):

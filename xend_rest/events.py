@@ -44,7 +44,6 @@ CONDITION_STATES = {
     'shutoff': ('shutoff',),
     'undefined': ('undefined',),
 }
-MAX_WAIT_SECONDS = 600  # a wait holds a server worker: bounded
 RESTART_EVENTS = ('reboot', 'started')  # Xen restarts a guest as a new domain: stopped, started
 RECONNECT_MESSAGE = 'libvirt reconnected: events may have been missed; read the current state again'
 

@@ -2,7 +2,6 @@
 import bisect
 import threading
 
-CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8'
 # Seconds; an API call on a local hypervisor takes about a millisecond, a wait up to minutes.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60, 600)
 

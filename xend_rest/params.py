@@ -3,6 +3,7 @@ import re
 
 import libvirt
 
+from .defaults import MAX_WAIT_SECONDS
 from .errors import bad_request
 
 # Each table lists the (name, bit) pairs the contract documents; `flag` may be any OR of them.
@@ -149,7 +150,7 @@ def parse_choice(request, name, choices, default):
     return choices[value]
 
 
-def parse_seconds(request, name, default=None, maximum=600):
+def parse_seconds(request, name, default=None, maximum=MAX_WAIT_SECONDS):
     """A duration in seconds (decimals allowed) from 0 to `maximum`; `default` when absent."""
     value = request.arg(name)
     if value is None:

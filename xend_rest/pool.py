@@ -6,6 +6,7 @@ import time
 
 import libvirt
 
+from . import defaults
 from .errors import hypervisor_timeout, unavailable
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,8 @@ def _run_event_loop():
 class ConnectionPool:
     """One libvirt connection, opened lazily, shared by every thread, reopened once it breaks."""
 
-    def __init__(self, uri, keepalive_interval=5, keepalive_count=3, open_timeout=30):
+    def __init__(self, uri, keepalive_interval=defaults.KEEPALIVE_INTERVAL,
+                 keepalive_count=defaults.KEEPALIVE_COUNT, open_timeout=defaults.OPEN_TIMEOUT):
         """A stopped libvirtd breaks an open connection after about interval x (count + 1) s of
         silence (libvirt's keepalive), and an opening one after open_timeout s."""
         self.uri = uri

@@ -14,14 +14,14 @@ import stat
 
 import libvirt
 
+from . import defaults
 from .errors import HTTPError
+from .headers import content_length, media_type
 from .handlers import domains, events, host, images
 from .params import is_whole
 
 READ, OPERATOR, ADMIN = 'read', 'operator', 'admin'
 ROLES = (READ, OPERATOR, ADMIN)  # each role may do everything the ones before it may
-JSON_TYPE = 'application/json'
-OCTET_STREAM = 'application/octet-stream'
 
 # Route handler -> the least role that may call it. A route missing here needs admin, so a new
 # route is safe until someone decides otherwise.
@@ -59,7 +59,7 @@ SECRET_FLAGS = {
 }
 
 # Route handler -> the media type its request body must have; absent: application/json.
-BODY_TYPES = {images.upload_image: OCTET_STREAM}
+BODY_TYPES = {images.upload_image: defaults.OCTETS}
 
 # Routes whose JSON body may point the hypervisor at host files: checked against allowed-paths.
 PATH_CHECKED = {domains.create_domain, domains.attach_device, domains.update_device}
@@ -139,9 +139,9 @@ class Guard:
             raise HTTPError(403, 'this needs the %s role; your credentials have %s'
                             % (needed, request.role), 'forbidden')
         self.check_secret_flag(request, handler)
-        if _content_length(request.environ) > 0:
-            expected = BODY_TYPES.get(handler, JSON_TYPE)
-            given = request.environ.get('CONTENT_TYPE', '').split(';')[0].strip().lower()
+        if content_length(request.environ.get('CONTENT_LENGTH')):
+            expected = BODY_TYPES.get(handler, defaults.JSON)
+            given = media_type(request.environ.get('CONTENT_TYPE'))
             if given != expected:
                 raise HTTPError(415, 'the body must be %s, not %s' % (expected, given or 'untyped'),
                                 'unsupported_media_type')
@@ -255,13 +255,6 @@ def _host_name(host):
     if colon and port.isdigit() and ':' not in name:
         host = name
     return host.rstrip('.')
-
-
-def _content_length(environ):
-    try:
-        return int(environ.get('CONTENT_LENGTH') or 0)
-    except ValueError:
-        return 0
 
 
 def parse_role(text):

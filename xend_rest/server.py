@@ -26,6 +26,8 @@ import time
 from email.utils import formatdate
 from urllib.parse import unquote
 
+from . import defaults
+
 log = logging.getLogger("xend_rest.server")
 access_log = logging.getLogger("xend_rest.access")
 
@@ -287,10 +289,11 @@ class _Response:
 class Server:
     """Serve a WSGI app on listeners ('HOST:PORT', '[::1]:PORT', 'unix:/path')."""
 
-    def __init__(self, app, listeners, workers=32, queue_size=1024, timeout=30.0,
-                 keepalive_timeout=15.0, grace=10.0, max_head=65536, backlog=1024,
-                 request_timeout=60.0, tls=None, socket_mode=0o660, socket_gid=-1, max_body=1 << 20,
-                 on_shutdown=None):
+    def __init__(self, app, listeners, workers=defaults.WORKERS, queue_size=defaults.QUEUE_SIZE,
+                 timeout=defaults.TIMEOUT, keepalive_timeout=defaults.KEEPALIVE_TIMEOUT,
+                 grace=defaults.GRACE, max_head=defaults.MAX_HEAD, backlog=defaults.BACKLOG,
+                 request_timeout=defaults.REQUEST_TIMEOUT, tls=None, socket_mode=defaults.SOCKET_MODE,
+                 socket_gid=-1, max_body=defaults.MAX_BODY, on_shutdown=None):
         """tls: an ssl.SSLContext for every TCP listener; request_timeout: the deadline of a
         body of up to max_body (larger ones are streamed, `timeout` per read); socket_mode, socket_gid: who may connect to unix listeners; on_shutdown: called
         once shutdown begins, to end long-lived responses (event streams)."""

@@ -7,7 +7,6 @@ log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20  # per read and per send: memory stays flat whatever the image's size
 WINDOW = 8 << 20  # bytes asked of libvirtd per download stream (see Download)
-OCTETS = 'application/octet-stream'
 
 
 class Download:

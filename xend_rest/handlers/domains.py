@@ -5,7 +5,8 @@ import libvirt
 
 from .. import convert
 from ..errors import HTTPError, from_libvirt, is_connection_error, is_no_domain, wait_timeout
-from ..events import MAX_WAIT_SECONDS, wait_for_restart, wait_for_state
+from ..defaults import MAX_WAIT_SECONDS
+from ..events import wait_for_restart, wait_for_state
 from ..params import (AFFECT_FLAGS, DESTROY_FLAGS, DOMAIN_XML_FLAGS, NO_FLAGS, REBOOT_FLAGS,
                       SHUTDOWN_FLAGS, START_FLAGS, UNDEFINE_FLAGS, parse_bool, parse_choice,
                       parse_flag, parse_int, parse_seconds)

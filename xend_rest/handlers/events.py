@@ -4,12 +4,12 @@ import time
 
 from ..bodies import Raw
 from ..errors import HTTPError, bad_request, wait_timeout
-from ..events import CONDITION_STATES, EVENT_NAMES, MAX_WAIT_SECONDS, is_notice, wait_for_state
+from .. import defaults
+from ..defaults import MAX_WAIT_SECONDS
+from ..events import CONDITION_STATES, EVENT_NAMES, is_notice, wait_for_state
 from ..params import is_whole, parse_choice, parse_int, parse_seconds
 from .domains import lookup_domain
 
-NDJSON_TYPE = 'application/x-ndjson'
-SSE_TYPE = 'text/event-stream'
 MAX_STREAM_SECONDS = 7 * 24 * 3600
 DEFAULT_WAIT_SECONDS = 60
 STREAM_HEADERS = [('Cache-Control', 'no-cache'), ('X-Accel-Buffering', 'no')]
@@ -21,12 +21,12 @@ def stream_events(request):
     wanted = _filter(_listed(request, 'domain'), _listed(request, 'event'))
     limit = parse_int(request, 'limit', minimum=1) if request.arg('limit') is not None else None
     timeout = parse_seconds(request, 'timeout', maximum=MAX_STREAM_SECONDS)
-    sse = SSE_TYPE in request.environ.get('HTTP_ACCEPT', '')
+    sse = defaults.SSE in request.environ.get('HTTP_ACCEPT', '')
     request.conn  # the pool registers for events when it connects: be connected
     hub = request.app.hub
     subscription = hub.subscribe(wanted, since)
     stream = EventStream(hub, subscription, request.app.pool, sse, limit, timeout)
-    return 200, Raw(stream, SSE_TYPE if sse else NDJSON_TYPE), list(STREAM_HEADERS)
+    return 200, Raw(stream, defaults.SSE if sse else defaults.NDJSON), list(STREAM_HEADERS)
 
 
 def _since(request):

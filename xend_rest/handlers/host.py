@@ -4,13 +4,13 @@ import libvirt
 from .. import __version__
 from ..bodies import Raw
 from ..errors import HTTPError, is_connection_error, is_no_domain
-from ..metrics import CONTENT_TYPE as METRICS_TYPE, Exposition, add_requests, labels
+from .. import defaults
+from ..metrics import Exposition, add_requests, labels
 from ..params import parse_bool
 from ..stats import STATE_NAMES, bulk_stats, describe
 from .domains import is_dom0, lookup_domain
 
 API_VERSION = '1.0'
-TEXT_TYPE = 'text/plain; charset=utf-8'
 # Optional domain calls, probed with an empty definition and an unknown flag bit: a driver that
 # has the call refuses the flag (or the XML) before doing anything; one that lacks it says so.
 PROBED_CALLS = (
@@ -32,7 +32,7 @@ STATE_LISTS = (
 def ping(request):
     """GET /_ping: the daemon answers; it opens no libvirt connection (GET /info does)."""
     connected = 'true' if request.app.pool.connected else 'false'
-    return 200, Raw(b'OK', TEXT_TYPE), [('Api-Version', API_VERSION), ('Cache-Control', 'no-cache'),
+    return 200, Raw(b'OK', defaults.TEXT), [('Api-Version', API_VERSION), ('Cache-Control', 'no-cache'),
                                         ('Libvirt-Connected', connected)]
 
 
@@ -183,7 +183,7 @@ def metrics(request):
     exposition.add('xend_event_overflows_total', 'counter',
                    'Event streams dropped because their client fell behind.', app.hub.overflows)
     add_requests(exposition, app.metrics)
-    return 200, Raw(exposition.text().encode(), METRICS_TYPE)
+    return 200, Raw(exposition.text().encode(), defaults.METRICS)
 
 
 def _add_domains(exposition, described):

@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 import libvirt
 
-from .. import convert, streams
+from .. import convert, defaults, streams
 from ..bodies import Raw
 from ..errors import HTTPError, bad_request, is_no_domain, is_no_image
 from ..params import (IMAGE_FORMATS, NO_FLAGS, VOL_CREATE_FLAGS, VOL_DELETE_FLAGS,
@@ -320,7 +320,7 @@ def download_image(request, pool, name):
     status, offset, length, headers = _byte_range(request.environ.get('HTTP_RANGE'), size)
     headers += [('Accept-Ranges', 'bytes'),
                 ('Content-Disposition', "attachment; filename*=UTF-8''" + quote(name))]
-    body = Raw(streams.Download(request.conn, vol, offset, length), streams.OCTETS, length)
+    body = Raw(streams.Download(request.conn, vol, offset, length), defaults.OCTETS, length)
     return status, body, headers
 
 

@@ -1,0 +1,32 @@
+"""Every default and media type the daemon shares between modules, in one place."""
+
+# The hypervisor
+DEFAULT_URI = 'xen:///system'  # unless --uri or $XEND_REST_URI says otherwise
+URI_VARIABLE = 'XEND_REST_URI'
+KEEPALIVE_INTERVAL = 5  # seconds of silence before libvirt pings libvirtd
+KEEPALIVE_COUNT = 3  # unanswered pings before the connection counts as broken
+OPEN_TIMEOUT = 30.0  # seconds an opening connection may take before requests get 503
+
+# The server
+DEFAULT_LISTEN = ('127.0.0.1:8000',)
+WORKERS = 32
+TIMEOUT = 30.0  # seconds a read or write on a client socket may take
+KEEPALIVE_TIMEOUT = 15.0  # seconds an idle keep-alive connection is kept
+REQUEST_TIMEOUT = 60.0  # seconds a whole request body of up to MAX_BODY may take
+GRACE = 10.0  # seconds requests in flight get at shutdown
+MAX_HEAD = 65536  # bytes of request line and header fields
+BACKLOG = 1024
+QUEUE_SIZE = 1024
+SOCKET_MODE = 0o660
+
+# Requests
+MAX_BODY = 1 << 20  # a JSON body: a domain definition is a few KiB; 1 MiB is generous
+MAX_WAIT_SECONDS = 600  # a wait holds a server worker: bounded
+
+# Media types
+JSON = 'application/json'
+OCTETS = 'application/octet-stream'
+NDJSON = 'application/x-ndjson'
+SSE = 'text/event-stream'
+TEXT = 'text/plain; charset=utf-8'
+METRICS = 'text/plain; version=0.0.4; charset=utf-8'
