@@ -30,3 +30,8 @@ NDJSON = 'application/x-ndjson'
 SSE = 'text/event-stream'
 TEXT = 'text/plain; charset=utf-8'
 METRICS = 'text/plain; version=0.0.4; charset=utf-8'
+
+# Consoles
+CONSOLE_SESSIONS = 16  # console and screen sessions open at once; past it 429
+CONSOLE_IDLE = 3600.0  # seconds without input or output before a session is closed
+CONSOLE_BUFFER = 1 << 20  # bytes waiting each way; a client that lets more pile up is cut off

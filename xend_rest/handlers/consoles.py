@@ -1,0 +1,53 @@
+"""The console endpoints: a guest's console as a WebSocket, or as raw bytes (Upgrade: tcp).
+
+Each answers 101 and hands the server a session to run on the connection; the session is in
+xend_rest.consoles. Refusals are decided before the 101, from state: 426 without the upgrade,
+501 under a foreign WSGI server or a driver without consoles, 409 for a domain that is not
+running or a console another session holds, 429 past the session limit.
+"""
+from .. import websocket
+from ..consoles import CONSOLE_FLAGS, upgrade_hook
+from ..errors import HTTPError
+from ..params import parse_bool
+from .domains import lookup_domain
+
+RAW_UPGRADE = [('Upgrade', 'tcp'), ('Connection', 'Upgrade')]
+
+
+def console(request, ident):
+    """GET /nodes/{ident}/console: the console over a WebSocket, in binary frames both ways."""
+    upgrade = upgrade_hook(request.environ)
+    headers = websocket.handshake(request.environ)
+    return _upgrade(upgrade, _open_session(request, ident, True), headers)
+
+
+def attach(request, ident):
+    """POST /nodes/{ident}/attach with Upgrade: tcp: the console's raw bytes both ways, as
+    Docker's attach does, for clients that speak no WebSocket."""
+    upgrade = upgrade_hook(request.environ)
+    if not websocket.asks_upgrade(request.environ, 'tcp'):
+        raise websocket.upgrade_required('tcp')
+    return _upgrade(upgrade, _open_session(request, ident, False), RAW_UPGRADE)
+
+
+def _open_session(request, ident, over_websocket):
+    flags = 0
+    for name, bit in CONSOLE_FLAGS:
+        if parse_bool(request, name):
+            flags |= bit
+    dev = request.arg('dev')
+    dom = lookup_domain(request.conn, ident)
+    if not dom.isActive():
+        raise HTTPError(409, 'domain %s is not running: it has no console to open' % dom.name(),
+                        'invalid_state')
+    consoles = request.app.consoles
+    return consoles.open_console(request.conn, dom, dev, flags, consoles.framing(over_websocket))
+
+
+def _upgrade(upgrade, session, headers):
+    try:
+        upgrade(session)
+    except BaseException:
+        session.discard()
+        raise
+    return 101, None, headers
