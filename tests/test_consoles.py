@@ -4,6 +4,7 @@ The stream is a fake driven from libvirt's real event loop (the test driver has 
 tests/realhv/test_consoles_real.py runs the same against QEMU guests. Every test checks that
 each stream it opened was finished or aborted."""
 import base64
+import contextlib
 import os
 import socket
 import threading
@@ -17,7 +18,8 @@ from conftest import Client, until
 from consoles_support import (ConsoleApp, FakeConnection, FixedPool, FrameClient, UpgradeServer)
 from xend_rest import websocket
 from xend_rest.app import make_app
-from xend_rest.consoles import Consoles, ConsoleStream, Session, WebSocketFraming
+from xend_rest.consoles import ConsoleStream, open_console
+from xend_rest.sessions import Session, Sessions, WebSocketFraming
 from xend_rest.pool import start_event_loop
 from xend_rest.websocket import BINARY, CLOSE, PING, PONG, TEXT
 
@@ -35,7 +37,7 @@ def conn():
 
 @pytest.fixture
 def consoles():
-    registry = Consoles(max_sessions=3)
+    registry = Sessions(max_sessions=3)
     yield registry
     assert registry.close_all(timeout=10)
 
@@ -50,7 +52,7 @@ def server(conn, consoles):
 
 def bridged(conn, consoles, framing=None, buffered=b'', dev=None):
     """(client socket, session, its thread): a session run on one end of a socket pair."""
-    session = consoles.open_console(conn, conn.dom, dev, 0, framing or WebSocketFraming())
+    session = open_console(consoles, conn, conn.dom, dev, 0, framing or WebSocketFraming())
     ours, theirs = socket.socketpair()
     thread = threading.Thread(target=session, args=(theirs, buffered), daemon=True)
     thread.start()
@@ -109,13 +111,11 @@ def test_binary_subprotocol_is_agreed_for_vnc_clients(server):
 
 
 def test_past_the_session_limit_is_429_with_a_code(server, consoles):
-    opened = [connect(server.url(CONSOLE) + '?dev=serial%d' % i) for i in range(3)]
-    try:
+    with contextlib.ExitStack() as opened:
+        for i in range(3):
+            opened.enter_context(connect(server.url(CONSOLE) + '?dev=serial%d' % i))
         with pytest.raises(InvalidStatus) as refused:
             connect(server.url(CONSOLE) + '?dev=serial3')
-    finally:
-        for ws in opened:
-            ws.close()
     response = refused.value.response
     assert response.status_code == 429
     assert b'"too_many_sessions"' in response.body
@@ -233,7 +233,7 @@ def test_a_client_close_is_answered_with_its_code_and_the_stream_aborted(client,
     (websocket.encode(BINARY, b'x' * 70000, mask=b'abcd'), 1009),
 ])
 def test_protocol_violations_close_with_their_code(conn, frame, code):
-    registry = Consoles(max_message=65536)
+    registry = Sessions(max_message=65536)
     sock, session, thread = bridged(conn, registry, WebSocketFraming(65536))
     with sock:
         ws = FrameClient(sock)
@@ -289,7 +289,7 @@ def test_a_stream_error_with_libvirt_gone_closes_with_1014(client, conn):
 def test_daemon_shutdown_closes_every_session_with_1001(conn, consoles):
     clients = []
     for dev in ('serial0', 'serial1'):
-        session = consoles.open_console(conn, conn.dom, dev, 0, WebSocketFraming())
+        session = open_console(consoles, conn, conn.dom, dev, 0, WebSocketFraming())
         ours, theirs = socket.socketpair()
         threading.Thread(target=session, args=(theirs, b''), daemon=True).start()
         clients.append(FrameClient(ours))
@@ -310,7 +310,7 @@ def test_daemon_shutdown_closes_every_session_with_1001(conn, consoles):
 
 
 def test_an_idle_session_is_closed(conn):
-    registry = Consoles(idle_timeout=0.3)
+    registry = Sessions(idle_timeout=0.3)
     sock, session, thread = bridged(conn, registry)
     with sock:
         ws = FrameClient(sock)
@@ -321,8 +321,8 @@ def test_an_idle_session_is_closed(conn):
 
 
 def test_a_client_that_stops_reading_is_cut_off_and_memory_stays_bounded(conn):
-    registry = Consoles(buffer_size=65536)
-    session = registry.open_console(conn, conn.dom, None, 0, WebSocketFraming())
+    registry = Sessions(buffer_size=65536)
+    session = open_console(registry, conn, conn.dom, None, 0, WebSocketFraming())
     ours, theirs = socket.socketpair()
     theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -344,8 +344,8 @@ def test_a_client_that_stops_reading_is_cut_off_and_memory_stays_bounded(conn):
 
 
 def test_the_other_sessions_go_on_while_one_client_stalls(conn):
-    registry = Consoles(buffer_size=65536)
-    stalled = registry.open_console(conn, conn.dom, 'serial0', 0, WebSocketFraming())
+    registry = Sessions(buffer_size=65536)
+    stalled = open_console(registry, conn, conn.dom, 'serial0', 0, WebSocketFraming())
     ours, theirs = socket.socketpair()
     theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     threading.Thread(target=stalled, args=(theirs, b''), daemon=True).start()
@@ -368,7 +368,7 @@ def test_bytes_sent_with_the_upgrade_request_are_input(conn, consoles):
 
 
 def test_a_session_the_server_never_ran_can_be_discarded(conn, consoles):
-    session = consoles.open_console(conn, conn.dom, None, 0, WebSocketFraming())
+    session = open_console(consoles, conn, conn.dom, None, 0, WebSocketFraming())
     assert len(consoles) == 1
     session.discard()
     assert len(consoles) == 0
@@ -389,7 +389,7 @@ def upgrade_headers(hook=True):
 @pytest.fixture
 def test_driver(node_uri):
     app = make_app(uri=node_uri)
-    console_app = ConsoleApp(app.pool, Consoles())
+    console_app = ConsoleApp(app.pool, Sessions())
     yield Client(console_app)
     app.pool.close()
 

@@ -1,14 +1,15 @@
 """The console endpoints: a guest's console as a WebSocket, or as raw bytes (Upgrade: tcp).
 
-Each answers 101 and hands the server a session to run on the connection; the session is in
-xend_rest.consoles. Refusals are decided before the 101, from state: 426 without the upgrade,
+Each answers 101 and hands the server a session to run on the connection (xend_rest.sessions,
+with a console stream from xend_rest.consoles on the guest's side). Refusals are decided before the 101, from state: 426 without the upgrade,
 501 under a foreign WSGI server or a driver without consoles, 409 for a domain that is not
 running or a console another session holds, 429 past the session limit.
 """
 from .. import websocket
-from ..consoles import CONSOLE_FLAGS, upgrade_hook
+from ..consoles import CONSOLE_FLAGS, open_console
 from ..errors import HTTPError
 from ..params import parse_bool
+from ..sessions import upgrade_hook
 from .domains import lookup_domain
 
 RAW_UPGRADE = [('Upgrade', 'tcp'), ('Connection', 'Upgrade')]
@@ -40,8 +41,8 @@ def _open_session(request, ident, over_websocket):
     if not dom.isActive():
         raise HTTPError(409, 'domain %s is not running: it has no console to open' % dom.name(),
                         'invalid_state')
-    consoles = request.app.consoles
-    return consoles.open_console(request.conn, dom, dev, flags, consoles.framing(over_websocket))
+    sessions = request.app.consoles
+    return open_console(sessions, request.conn, dom, dev, flags, sessions.framing(over_websocket))
 
 
 def _upgrade(upgrade, session, headers):

@@ -1,0 +1,482 @@
+"""Sessions on an upgraded connection: a client's socket bridged to a guest's console or screen.
+
+A session runs as session(sock, buffered) on a thread the server gives it (not a request
+worker), after the 101 answer; that thread is the only one touching the client's socket. What
+is on the guest's side (a libvirt console stream, a VNC socket) is an object with fileno(),
+receive(), send(), room(), alive(), explain() and close(): xend_rest.consoles and xend_rest.vnc.
+
+Memory is bounded each way: the guest's output is taken only while the frame under way to the
+client is sent (a console's stream buffers at most its limit, then cuts a client that stopped
+reading off), and the client's input is read only while the guest side has room for it.
+"""
+import logging
+import selectors
+import socket
+import ssl
+import threading
+import time
+
+from . import defaults, websocket
+from .errors import HTTPError
+
+log = logging.getLogger(__name__)
+
+CHUNK = 65536  # bytes per read, per send, per frame
+TICK = 1.0  # seconds between checks that the guest side is still reachable
+CLOSE_WAIT = 5.0  # seconds a client gets to take the last bytes and answer our close frame
+UNSTARTED = 60.0  # seconds after which a session the server never ran is given up
+CLIENT_ERRORS = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+# Why a session ended -> (WebSocket close code, reason). Codes 4xxx are ours: 4000 plus the HTTP
+# status that would say the same.
+ENDINGS = {
+    'client_closed': (websocket.NORMAL, 'the client closed the session'),
+    'client_gone': (None, 'the client went away'),  # nobody to send a close frame to
+    'guest_stopped': (websocket.NORMAL, 'the domain stopped'),
+    'console_closed': (websocket.NORMAL, 'the console was closed'),
+    'console_lost': (websocket.INTERNAL_ERROR, 'the console stream failed'),
+    'taken_over': (4409, 'another session took the console over (force=1)'),
+    'idle': (4408, 'no input or output within the idle timeout'),
+    'client_too_slow': (websocket.POLICY_VIOLATION, 'the client stopped reading: its buffer is full'),
+    'libvirt_lost': (websocket.BAD_GATEWAY, 'the connection to libvirt was lost'),
+    'shutdown': (websocket.GOING_AWAY, 'the daemon is shutting down'),
+    'protocol_error': (websocket.PROTOCOL_ERROR, 'protocol error'),
+}
+
+
+class Ended(Exception):
+    """The guest side of a session ended: `kind` is eof, error or overflow."""
+
+    def __init__(self, kind, detail=''):
+        super().__init__(detail or kind)
+        self.kind, self.detail = kind, detail
+
+
+
+def upgrade_hook(environ):
+    """The server's upgrade(session) callable; 501 under a server that cannot hand the app its
+    connection (gunicorn, uwsgi, mod_wsgi: PEP 3333 has no way to)."""
+    hook = environ.get('xend_rest.upgrade')
+    if hook is None:
+        raise HTTPError(501, "consoles need xend-rest's own server: this WSGI server cannot hand "
+                        'the connection over to the application', 'upgrade_unsupported')
+    return hook
+
+
+class WebSocketFraming:
+    """Console bytes in binary frames both ways; text frames accepted as UTF-8 input."""
+
+    def __init__(self, max_message=websocket.MAX_MESSAGE):
+        self._decoder = websocket.Decoder(max_message)
+        self.close_answered = False  # the client's close frame was answered
+
+    def decode(self, data):
+        """(input bytes, control frames to send, whether the client closed); ProtocolError."""
+        inputs, replies = [], []
+        for frame in self._decoder.feed(data):
+            if frame.opcode in websocket.DATA_OPCODES:
+                inputs.append(frame.data)
+            elif frame.opcode == websocket.PING:
+                replies.append(websocket.encode(websocket.PONG, frame.data))
+            elif frame.opcode == websocket.CLOSE:
+                code, _reason = websocket.parse_close(frame.data)
+                self.close_answered = True
+                replies.append(websocket.close_frame(code) if code else
+                               websocket.encode(websocket.CLOSE))
+                return b''.join(inputs), b''.join(replies), True
+        return b''.join(inputs), b''.join(replies), False
+
+    @staticmethod
+    def encode(data):
+        return websocket.encode(websocket.BINARY, data)
+
+    def goodbye(self, code, reason):
+        if self.close_answered or code is None:
+            return b''
+        return websocket.close_frame(code, reason)
+
+    def awaits_close(self):
+        return not self.close_answered
+
+
+class RawFraming:
+    """Raw bytes both ways (POST .../attach with Upgrade: tcp); the client's EOF ends it."""
+
+    @staticmethod
+    def decode(data):
+        return data, b'', False
+
+    @staticmethod
+    def encode(data):
+        return data
+
+    @staticmethod
+    def goodbye(_code, _reason):
+        return b''
+
+    @staticmethod
+    def awaits_close():
+        return False
+
+
+class Session:
+    """One client bridged to one guest side; the server runs it as session(sock, buffered)."""
+
+    def __init__(self, registry, guest, framing, key=None, label=''):
+        self.registry, self.guest, self.framing = registry, guest, framing
+        self.key = key  # the console it holds, for force=1 takeovers
+        self.label = label
+        self.created = time.monotonic()
+        self.started = None
+        self.bytes_in = self.bytes_out = 0  # guest bytes: typed by the client, shown to it
+        self.ending = None  # (ENDINGS key, close code, reason)
+        self._requested = None  # an ending asked for by another thread
+        self._sock = None
+        self._wire = b''  # encoded bytes under way to the client
+        self._replies = b''  # control frames waiting for the end of the frame under way
+        self._input = b''  # client input the guest side has not taken yet
+        self._last_traffic = self._last_tick = 0.0
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._released = False
+
+    def end(self, key):
+        """Ask the session to end with an ENDINGS key (any thread: shutdown, takeover)."""
+        if self._requested is None:
+            self._requested = key
+        try:
+            self._wake_w.send(b'x')
+        except OSError:
+            pass
+
+    def __call__(self, sock, buffered=b''):
+        self.started = self._last_traffic = self._last_tick = time.monotonic()
+        try:
+            self._sock = sock
+            sock.setblocking(False)
+            self._run(bytes(buffered or b''))
+        except Exception:
+            log.exception('console session %s failed', self.label)
+            self.ending = self.ending or ('console_lost', None, 'internal error')
+        finally:
+            self.discard()
+
+    def discard(self):
+        """Close the guest side and give the session's place back (once; also for a session the
+        server could not run)."""
+        if self._released:
+            return
+        self._released = True
+        try:
+            self.guest.close()
+        finally:
+            self._wake_r.close()
+            self._wake_w.close()
+            self.registry.release(self)
+
+    def _run(self, buffered):
+        selector = selectors.DefaultSelector()
+        try:
+            self.guest.start()
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            selector.register(self.guest, selectors.EVENT_READ)
+            selector.register(self._sock, selectors.EVENT_READ)
+            if buffered:
+                self._take_from_client(buffered)
+            while self.ending is None:
+                self._watch(selector)
+                for key, events in selector.select(self._timeout()):
+                    if key.fileobj is self._sock and events & selectors.EVENT_READ:
+                        self._read_client()
+                    elif key.fileobj is self._wake_r:
+                        _drain(self._wake_r)
+                self._step()
+            self._say_goodbye()
+        finally:
+            selector.close()
+
+    def _watch(self, selector):
+        client = selectors.EVENT_READ if not self._input and self.ending is None else 0
+        if self._wire or self._replies:
+            client |= selectors.EVENT_WRITE
+        _modify(selector, self._sock, client)
+        guest = selectors.EVENT_READ if self.guest.watch_always or not self._wire else 0
+        _modify(selector, self.guest, guest)
+
+    def _timeout(self):
+        idle_left = self._last_traffic + self.registry.idle_timeout - time.monotonic()
+        return max(0.0, min(TICK, idle_left))
+
+    def _step(self):
+        """Move what can move without blocking, then check the reasons to end."""
+        self._feed_guest()
+        try:
+            self._take_from_guest()
+        except Ended as ended:
+            self._finish('client_too_slow' if ended.kind == 'overflow'
+                         else self.guest.explain(ended), ended.detail)
+        self._write_client()
+        now = time.monotonic()
+        if self._requested is not None:
+            self._finish(self._requested)
+        elif now - self._last_traffic >= self.registry.idle_timeout:
+            self._finish('idle', 'no input or output for %g s' % self.registry.idle_timeout)
+        elif now - self._last_tick >= TICK:
+            self._last_tick = now
+            if not self.guest.alive():
+                self._finish('libvirt_lost')
+
+    def _finish(self, key, detail='', code=None):
+        if self.ending is None:
+            default_code, reason = ENDINGS[key]
+            self.ending = (key, code or default_code, detail or reason)
+
+    def _read_client(self):
+        try:
+            data = _recv(self._sock)
+        except CLIENT_ERRORS:
+            return
+        except OSError:
+            data = b''
+        if not data:
+            self._finish('client_gone' if self.framing.awaits_close() else 'client_closed')
+            return
+        self._take_from_client(data)
+
+    def _take_from_client(self, data):
+        try:
+            inputs, replies, closed = self.framing.decode(data)
+        except websocket.ProtocolError as err:
+            self._finish('protocol_error', err.reason, err.code)
+            return
+        self._input += inputs
+        self._replies += replies
+        if closed:
+            self._finish('client_closed')
+        self._feed_guest()
+
+    def _feed_guest(self):
+        if self._input:
+            taken = self.guest.send(self._input)
+            self._input = self._input[taken:]
+            self.bytes_in += taken
+            if taken:
+                self._last_traffic = time.monotonic()
+
+    def _take_from_guest(self):
+        if self._wire:
+            self.guest.receive(0)  # only to hear of an overflow
+            return
+        data = self.guest.receive(CHUNK)
+        if data:
+            self._wire = self.framing.encode(data)
+            self.bytes_out += len(data)
+            self._last_traffic = time.monotonic()
+
+    def _write_client(self):
+        """Send what is under way; control frames go between whole frames, never inside one."""
+        while True:
+            if not self._wire:
+                self._wire, self._replies = self._replies, b''
+                if not self._wire:
+                    return
+            try:
+                sent = self._sock.send(self._wire)
+            except CLIENT_ERRORS:
+                return
+            except OSError:
+                self._wire = self._replies = b''
+                self._finish('client_gone')
+                return
+            self._wire = self._wire[sent:]
+            if self._wire:
+                return
+
+    def _say_goodbye(self):
+        """Deliver what the guest said last, our close frame, and wait for the client's."""
+        key, code, reason = self.ending
+        if key in ('client_gone', 'protocol_error', 'client_too_slow'):
+            self._input = b''
+        if key in ('guest_stopped', 'console_closed'):
+            self._drain_guest()
+        self._replies += self.framing.goodbye(code, reason) if key != 'client_gone' else b''
+        deadline = time.monotonic() + (CLOSE_WAIT if key != 'client_gone' else 0)
+        self._flush_client(deadline)
+        if key not in ('client_gone', 'protocol_error') and self.framing.awaits_close():
+            self._await_close(deadline)
+
+    def _drain_guest(self):
+        while True:
+            try:
+                data = self.guest.receive(CHUNK)
+            except Ended:
+                return
+            if not data:
+                return
+            self._wire += self.framing.encode(data)
+            self.bytes_out += len(data)
+
+    def _flush_client(self, deadline):
+        while (self._wire or self._replies) and time.monotonic() < deadline:
+            self._write_client()
+            if self._wire or self._replies:
+                _wait(self._sock, selectors.EVENT_WRITE, deadline)
+
+    def _await_close(self, deadline):
+        while time.monotonic() < deadline and self.framing.awaits_close():
+            if not _wait(self._sock, selectors.EVENT_READ, deadline):
+                return
+            try:
+                data = _recv(self._sock)
+            except CLIENT_ERRORS:
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            try:
+                self.framing.decode(data)  # data frames after our close are dropped
+            except websocket.ProtocolError:
+                return
+
+
+def _recv(sock):
+    data = sock.recv(CHUNK)
+    while data and isinstance(sock, ssl.SSLSocket) and sock.pending():  # decrypted already
+        data += sock.recv(CHUNK)
+    return data
+
+
+def _drain(sock):
+    try:
+        while sock.recv(4096):
+            pass
+    except (BlockingIOError, OSError):
+        pass
+
+
+def _modify(selector, fileobj, events):
+    try:
+        registered = selector.get_key(fileobj)
+    except KeyError:
+        registered = None
+    if registered is None:
+        if events:
+            selector.register(fileobj, events)
+    elif not events:
+        selector.unregister(fileobj)
+    elif registered.events != events:
+        selector.modify(fileobj, events)
+
+
+def _wait(sock, events, deadline):
+    with selectors.DefaultSelector() as selector:
+        selector.register(sock, events)
+        return bool(selector.select(max(0.0, deadline - time.monotonic())))
+
+
+
+# -- the sessions of an app ----------------------------------------------------------------------
+
+class Sessions:
+    """The sessions of one app: how many may be open, which holds which console, and the bytes
+    they moved (for /metrics)."""
+
+    def __init__(self, max_sessions=defaults.CONSOLE_SESSIONS, idle_timeout=defaults.CONSOLE_IDLE,
+                 buffer_size=defaults.CONSOLE_BUFFER, max_message=websocket.MAX_MESSAGE):
+        self.max_sessions, self.idle_timeout = max_sessions, idle_timeout
+        self.buffer_size, self.max_message = buffer_size, max_message
+        self.bytes_in = self.bytes_out = 0  # of the sessions that ended
+        self._sessions = set()  # Session, and Place while a guest side is being opened
+        self._holders = {}  # console key -> the session holding it
+        self._lock = threading.Condition()
+
+    def __len__(self):
+        with self._lock:
+            return len(self._sessions)
+
+    def framing(self, over_websocket):
+        return WebSocketFraming(self.max_message) if over_websocket else RawFraming()
+
+    def admit(self, key=None, take_over=False):
+        """A Place under the session limit (429 past it) while a guest side is opened; with
+        take_over, the session holding `key` is told it is being taken over."""
+        self._give_up_unstarted()
+        with self._lock:
+            if len(self._sessions) >= self.max_sessions:
+                raise HTTPError(429, '%d console sessions are open, the most this daemon allows'
+                                % self.max_sessions, 'too_many_sessions', [('Retry-After', '5')])
+            place = Place(key, self._holders.get(key) if take_over and key else None)
+            self._sessions.add(place)
+        if place.holder is not None:
+            place.holder.guest.taken_over = True
+        return place
+
+    def cancel(self, place):
+        """The guest side could not be opened: the place is free again."""
+        if place.holder is not None:
+            place.holder.guest.taken_over = False
+        with self._lock:
+            self._sessions.discard(place)
+            self._lock.notify_all()
+
+    def start(self, place, guest, framing, label):
+        """The Session for an opened guest side, in the place admit() gave."""
+        session = Session(self, guest, framing, place.key, label)
+        with self._lock:
+            self._sessions.discard(place)
+            self._sessions.add(session)
+            if place.key:
+                self._holders[place.key] = session
+        if place.holder is not None:
+            place.holder.end('taken_over')
+        return session
+
+    def release(self, session):
+        """A session ended: its place and its console are free, its bytes counted."""
+        with self._lock:
+            self._sessions.discard(session)
+            if session.key and self._holders.get(session.key) is session:
+                del self._holders[session.key]
+            self.bytes_in += session.bytes_in
+            self.bytes_out += session.bytes_out
+            self._lock.notify_all()
+
+    def _give_up_unstarted(self):
+        """Sessions the server never ran (the 101 could not be sent) hold a stream: free them."""
+        now = time.monotonic()
+        with self._lock:
+            stale = [s for s in self._sessions
+                     if isinstance(s, Session) and s.started is None and now - s.created > UNSTARTED]
+        for session in stale:
+            session.discard()
+
+    def totals(self):
+        """(open sessions, bytes in, bytes out), the open sessions' bytes included."""
+        with self._lock:
+            sessions = [s for s in self._sessions if isinstance(s, Session)]
+            return (len(self._sessions), self.bytes_in + sum(s.bytes_in for s in sessions),
+                    self.bytes_out + sum(s.bytes_out for s in sessions))
+
+    def close_all(self, timeout=CLOSE_WAIT + 1):
+        """At shutdown: every session says 1001 and ends; wait up to timeout for them."""
+        with self._lock:
+            sessions = [s for s in self._sessions if isinstance(s, Session)]
+        for session in sessions:
+            if session.started is None:
+                session.discard()
+            else:
+                session.end('shutdown')
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._sessions and time.monotonic() < deadline:
+                self._lock.wait(max(0.0, deadline - time.monotonic()))
+            return not self._sessions
+
+
+class Place:
+    """A place under the limit, taken while a guest side is being opened."""
+
+    def __init__(self, key, holder):
+        self.key, self.holder = key, holder
