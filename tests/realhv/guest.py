@@ -39,6 +39,7 @@ BOOT_MARKER = "XEND-GUEST-BOOT"
 READY_MARKER = "XEND-GUEST-READY"
 POWEROFF_MARKER = "XEND-GUEST-POWEROFF"
 UEVENT_MARKER = "XEND-GUEST-UEVENT"
+PROMPT = "xend-guest#"  # the serial console's shell prompt
 
 INIT = f"""#!/bin/sh
 # PID 1 of the xend-rest test guest.
@@ -62,23 +63,31 @@ done
 # Without a writable log acpid exits silently and the power button does nothing.
 acpid -c /etc/acpi -l /tmp/acpid.log
 echo "{READY_MARKER} cpus=$(nproc) mem_kib=$(sed -n 's/^MemTotal: *\\([0-9]*\\).*/\\1/p' /proc/meminfo)" > /dev/console
-while true; do sleep 3600; done
+# A shell on the serial console, for the console tests; respawned when it exits.
+export PS1='{PROMPT} ' HOME=/ TERM=vt100
+while true; do setsid sh -c 'exec sh -i <>/dev/ttyS0 >&0 2>&1'; done
 """
+
+# Markers written while the console's shell waits for input: on a line of their own, since the
+# shell leaves its prompt and a cursor-position query (ESC [6n) without a newline. One write.
+MARKER_FUNCTION = """marker() { printf '\\n%s\\n' "$1" > /dev/console; }"""
 
 # busybox `uevent` runs this for every kernel uevent; report the ones tests care about, online new CPUs.
 UEVENT_HOOK = f"""#!/bin/sh
+{MARKER_FUNCTION}
 case "$SUBSYSTEM:$ACTION" in
     cpu:add)
         echo 1 > /sys$DEVPATH/online 2>/dev/null
-        echo "{UEVENT_MARKER} $ACTION cpu ${{DEVPATH##*/}} online=$(cat /sys$DEVPATH/online 2>/dev/null)" > /dev/console ;;
+        marker "{UEVENT_MARKER} $ACTION cpu ${{DEVPATH##*/}} online=$(cat /sys$DEVPATH/online 2>/dev/null)" ;;
     cpu:remove|block:add|block:remove|net:add|net:remove)
-        echo "{UEVENT_MARKER} $ACTION $SUBSYSTEM ${{DEVPATH##*/}}" > /dev/console ;;
+        marker "{UEVENT_MARKER} $ACTION $SUBSYSTEM ${{DEVPATH##*/}}" ;;
 esac
 """
 
 # busybox acpid maps the power button to the event "PWRF/00000080" and runs ./PWRF/00000080.
 POWER_BUTTON = f"""#!/bin/sh
-echo "{POWEROFF_MARKER}" > /dev/console
+{MARKER_FUNCTION}
+marker "{POWEROFF_MARKER}"
 poweroff -f
 """
 
@@ -251,9 +260,13 @@ class _Cpio:
 
 
 def domain_xml(name, files, console, *, memory_mib=256, current_memory_mib=None,
-               vcpus=2, current_vcpus=1, cmdline=""):
-    """Domain XML for a TCG guest booting `files` directly, its serial console appended to `console`."""
+               vcpus=2, current_vcpus=1, cmdline="", vnc=False):
+    """Domain XML for a TCG guest booting `files` directly: a shell on its serial console (a pty,
+    for virDomainOpenConsole), everything it prints appended to `console`; vnc=True adds a VNC
+    screen on 127.0.0.1 (a free port chosen by libvirt)."""
     current_memory_mib = current_memory_mib or memory_mib
+    graphics = ("\n    <graphics type='vnc' autoport='yes' listen='127.0.0.1'/>"
+                "\n    <video><model type='vga'/></video>") if vnc else ""
     return f"""<domain type='qemu'>
   <name>{escape(name)}</name>
   <memory unit='MiB'>{memory_mib}</memory>
@@ -270,10 +283,10 @@ def domain_xml(name, files, console, *, memory_mib=256, current_memory_mib=None,
   <on_reboot>restart</on_reboot>
   <on_crash>destroy</on_crash>
   <devices>
-    <serial type='file'>
-      <source path={quoteattr(str(console))} append='on'/>
+    <serial type='pty'>
+      <log file={quoteattr(str(console))} append='on'/>
       <target port='0'/>
-    </serial>
+    </serial>{graphics}
     <memballoon model='virtio'><stats period='1'/></memballoon>
   </devices>
 </domain>

@@ -1,0 +1,149 @@
+"""Consoles against real QEMU guests: a shell on the guest's serial console, reached through the
+WebSocket route and the raw attach, taken over with force=1, and ended by the guest's power-off.
+
+The console routes run behind tests/consoles_support.UpgradeServer (the upgrade contract of
+issue 11) until the daemon's own server carries them.
+"""
+import os
+import secrets
+import socket
+import time
+
+import libvirt
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+from consoles_support import ConsoleApp, UpgradeServer
+from xend_rest.app import make_app
+from xend_rest.sessions import Sessions
+
+from . import guest
+from .conftest import SESSION_PREFIX, _remove_domain
+from .guest import PROMPT, READY_MARKER, wait_until
+
+NODES = '/libvirt/xen/nodes'
+
+
+@pytest.fixture(scope='module')
+def consoles():
+    registry = Sessions()
+    yield registry
+    assert registry.close_all(timeout=10)
+
+
+@pytest.fixture(scope='module')
+def server(libvirtd, consoles):
+    app = make_app(uri=libvirtd.uri)
+    running = UpgradeServer(ConsoleApp(app.pool, consoles))
+    yield running
+    consoles.close_all(timeout=10)
+    running.close()
+    app.pool.close()
+
+
+def boot(libvirt_conn, guest_xml, guest_console, name, **options):
+    dom = libvirt_conn.defineXML(guest_xml(name, **options))
+    dom.create()
+    guest_console(name).wait_for(READY_MARKER, timeout=60)
+    return dom
+
+
+@pytest.fixture(scope='module')
+def shared_guest(libvirtd, libvirt_conn, guest_files, console_dir):
+    """One running guest for the tests that leave it running."""
+    name = SESSION_PREFIX + 'console-shared'
+    console = guest.Console(console_dir / f'{name}.log')
+    dom = libvirt_conn.defineXML(guest.domain_xml(name, guest_files, console.path))
+    dom.create()
+    console.wait_for(READY_MARKER, timeout=60)
+    yield name
+    _remove_domain(libvirt_conn, name)
+
+
+def typed(send, receive, timeout=30):
+    """Type a command whose output differs from its echo; its output then the next prompt prove
+    the guest's shell ran it."""
+    token = secrets.token_hex(6)
+    send(f'echo XEND-CONSOLE-$((6*7))-{token}\n'.encode())
+    wanted = f'XEND-CONSOLE-42-{token}\r\n'.encode()
+    seen = b''
+    deadline = time.monotonic() + timeout
+    while wanted not in seen or PROMPT.encode() not in seen.split(wanted, 1)[1]:
+        assert time.monotonic() < deadline, f'no {wanted!r} then a prompt in {seen[-500:]!r}'
+        seen += receive()
+    return seen
+
+
+def open_fds():
+    return len(os.listdir('/proc/self/fd'))
+
+
+def test_a_command_typed_through_the_websocket_console_runs_in_the_guest(server, shared_guest):
+    with connect(server.url(f'{NODES}/{shared_guest}/console')) as ws:
+        typed(ws.send, lambda: ws.recv(timeout=30))
+
+
+def test_the_same_through_the_raw_attach(server, shared_guest, consoles):
+    sock = socket.create_connection(('127.0.0.1', server.port), timeout=30)
+    with sock:
+        sock.sendall(f'POST {NODES}/{shared_guest}/attach HTTP/1.1\r\nHost: localhost\r\n'
+                     'Connection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: 0\r\n\r\n'.encode())
+        head = b''
+        while b'\r\n\r\n' not in head:
+            head += sock.recv(1)
+        assert head.startswith(b'HTTP/1.1 101 ')
+        typed(sock.sendall, lambda: sock.recv(65536))
+    wait_until(lambda: len(consoles) == 0, 10, 'the session to end after the client left')
+
+
+def test_force_takes_the_console_over_from_another_client(server, shared_guest):
+    url = server.url(f'{NODES}/{shared_guest}/console')
+    with connect(url) as first:
+        typed(first.send, lambda: first.recv(timeout=30))
+        with pytest.raises(InvalidStatus) as refused:
+            connect(url)
+        assert refused.value.response.status_code == 409
+        assert b'"console_busy"' in refused.value.response.body
+        with connect(url + '?force=1') as second:
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    first.recv(timeout=30)
+            assert closed.value.rcvd.code == 4409
+            typed(second.send, lambda: second.recv(timeout=30))
+
+
+def test_sessions_leave_no_descriptor_behind(server, shared_guest, consoles):
+    url = server.url(f'{NODES}/{shared_guest}/console')
+    with connect(url) as ws:  # the first one may open libvirt's and the loop's own descriptors
+        typed(ws.send, lambda: ws.recv(timeout=30))
+    wait_until(lambda: len(consoles) == 0, 10, 'the session to end')
+    before = open_fds()
+    for _ in range(5):
+        with connect(url) as ws:
+            typed(ws.send, lambda: ws.recv(timeout=30))
+        wait_until(lambda: len(consoles) == 0, 10, 'the session to end')
+    assert open_fds() == before
+
+
+def test_the_guest_powering_off_ends_the_session_cleanly(server, libvirt_conn, guest_name,
+                                                         guest_xml, guest_console, consoles):
+    name = guest_name('console-off')
+    boot(libvirt_conn, guest_xml, guest_console, name)
+    with connect(server.url(f'{NODES}/{name}/console')) as ws:
+        typed(ws.send, lambda: ws.recv(timeout=30))
+        ws.send(b'poweroff -f\n')
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                ws.recv(timeout=60)
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1000, 'the domain stopped')
+    assert libvirt_conn.lookupByName(name).state()[0] == libvirt.VIR_DOMAIN_SHUTOFF
+    wait_until(lambda: len(consoles) == 0, 10, 'the session to end')
+
+
+def test_a_stopped_domain_is_409(server, libvirt_conn, guest_name, guest_xml):
+    name = guest_name('console-stopped')
+    libvirt_conn.defineXML(guest_xml(name))
+    with pytest.raises(InvalidStatus) as refused:
+        connect(server.url(f'{NODES}/{name}/console'))
+    assert refused.value.response.status_code == 409
