@@ -175,7 +175,8 @@ class ConsoleApp:
     """A WSGI app serving only the console routes (until the route rows carry them)."""
 
     ROUTES = [('GET', re.compile(r'/libvirt/xen/nodes/([^/]+)/console\Z'), handlers.console),
-              ('POST', re.compile(r'/libvirt/xen/nodes/([^/]+)/attach\Z'), handlers.attach)]
+              ('POST', re.compile(r'/libvirt/xen/nodes/([^/]+)/attach\Z'), handlers.attach),
+              ('GET', re.compile(r'/libvirt/xen/nodes/([^/]+)/vnc\Z'), handlers.screen)]
 
     def __init__(self, pool, consoles):
         self.pool, self.consoles = pool, consoles

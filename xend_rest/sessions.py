@@ -35,6 +35,8 @@ ENDINGS = {
     'guest_stopped': (websocket.NORMAL, 'the domain stopped'),
     'console_closed': (websocket.NORMAL, 'the console was closed'),
     'console_lost': (websocket.INTERNAL_ERROR, 'the console stream failed'),
+    'screen_closed': (websocket.NORMAL, 'the VNC server closed the connection'),
+    'screen_lost': (websocket.INTERNAL_ERROR, 'the connection to the VNC server failed'),
     'taken_over': (4409, 'another session took the console over (force=1)'),
     'idle': (4408, 'no input or output within the idle timeout'),
     'client_too_slow': (websocket.POLICY_VIOLATION, 'the client stopped reading: its buffer is full'),
@@ -201,7 +203,11 @@ class Session:
         if self._wire or self._replies:
             client |= selectors.EVENT_WRITE
         _modify(selector, self._sock, client)
-        guest = selectors.EVENT_READ if self.guest.watch_always or not self._wire else 0
+        if self.guest.watch_always:  # a wake-up that says anything changed
+            guest = selectors.EVENT_READ
+        else:  # a socket: read while the client keeps up, write while input waits
+            guest = (0 if self._wire else selectors.EVENT_READ) | \
+                (selectors.EVENT_WRITE if self._input else 0)
         _modify(selector, self.guest, guest)
 
     def _timeout(self):

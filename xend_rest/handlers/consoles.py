@@ -1,7 +1,9 @@
-"""The console endpoints: a guest's console as a WebSocket, or as raw bytes (Upgrade: tcp).
+"""The console endpoints: a guest's console as a WebSocket, or as raw bytes (Upgrade: tcp), and
+its screen (VNC) as a WebSocket.
 
 Each answers 101 and hands the server a session to run on the connection (xend_rest.sessions,
-with a console stream from xend_rest.consoles on the guest's side). Refusals are decided before the 101, from state: 426 without the upgrade,
+with a console stream from xend_rest.consoles or a VNC socket from xend_rest.vnc on the guest's
+side). Refusals are decided before the 101, from state: 426 without the upgrade,
 501 under a foreign WSGI server or a driver without consoles, 409 for a domain that is not
 running or a console another session holds, 429 past the session limit.
 """
@@ -10,6 +12,7 @@ from ..consoles import CONSOLE_FLAGS, open_console
 from ..errors import HTTPError
 from ..params import parse_bool
 from ..sessions import upgrade_hook
+from ..vnc import open_screen
 from .domains import lookup_domain
 
 RAW_UPGRADE = [('Upgrade', 'tcp'), ('Connection', 'Upgrade')]
@@ -31,18 +34,32 @@ def attach(request, ident):
     return _upgrade(upgrade, _open_session(request, ident, False), RAW_UPGRADE)
 
 
+def screen(request, ident):
+    """GET /nodes/{ident}/vnc: the VNC screen's RFB bytes over a WebSocket, for noVNC."""
+    upgrade = upgrade_hook(request.environ)
+    headers = websocket.handshake(request.environ)
+    sessions = request.app.consoles
+    dom = _running_domain(request, ident)
+    return _upgrade(upgrade, open_screen(sessions, request.conn, dom, sessions.framing(True)),
+                    headers)
+
+
 def _open_session(request, ident, over_websocket):
     flags = 0
     for name, bit in CONSOLE_FLAGS:
         if parse_bool(request, name):
             flags |= bit
     dev = request.arg('dev')
-    dom = lookup_domain(request.conn, ident)
-    if not dom.isActive():
-        raise HTTPError(409, 'domain %s is not running: it has no console to open' % dom.name(),
-                        'invalid_state')
+    dom = _running_domain(request, ident)
     sessions = request.app.consoles
     return open_console(sessions, request.conn, dom, dev, flags, sessions.framing(over_websocket))
+
+
+def _running_domain(request, ident):
+    dom = lookup_domain(request.conn, ident)
+    if not dom.isActive():
+        raise HTTPError(409, 'domain %s is not running' % dom.name(), 'invalid_state')
+    return dom
 
 
 def _upgrade(upgrade, session, headers):

@@ -1,0 +1,129 @@
+"""The screen: a domain's VNC server carried over a WebSocket, on the test driver.
+
+The test driver has no virDomainOpenGraphicsFD, so the daemon connects to the address and port
+of the definition's <graphics type='vnc'>: here a fake RFB server on a free loopback port.
+tests/realhv/test_consoles_real.py talks to QEMU's own VNC server."""
+import socket
+import threading
+
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+from conftest import DOMAINS, node_xml, until
+from consoles_support import ConsoleApp, UpgradeServer
+from xend_rest.app import make_app
+from xend_rest.sessions import Sessions
+from xend_rest import vnc
+
+
+class FakeRFBServer:
+    """Speaks the first steps of RFB 3.8, then echoes what the client sends, upper-cased."""
+
+    def __init__(self):
+        self.listener = socket.create_server(('127.0.0.1', 0))
+        self.port = self.listener.getsockname()[1]
+        self.clients = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return
+            self.clients += 1
+            with sock:
+                sock.sendall(b'RFB 003.008\n')
+                while True:
+                    data = sock.recv(65536)
+                    if not data:
+                        break
+                    sock.sendall(data.upper())
+
+    def close(self):
+        self.listener.close()
+
+
+def domain(name, graphics):
+    return (name, None, 'hvm', '<devices>%s</devices>' % graphics)
+
+
+@pytest.fixture
+def rfb():
+    server = FakeRFBServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def screens(tmp_path, rfb):
+    """An upgrade server in front of a test node whose domains have various screens."""
+    extra = [
+        domain('desktop', "<graphics type='vnc' port='%d' listen='127.0.0.1'/>" % rfb.port),
+        domain('anywhere', "<graphics type='vnc' port='%d' listen='0.0.0.0'/>" % rfb.port),
+        domain('elsewhere', "<graphics type='vnc' port='5900' listen='192.0.2.1'/>"),
+        domain('unstarted', "<graphics type='vnc' port='-1' autoport='yes'/>"),
+        domain('spicy', "<graphics type='spice' port='5900'/>"),
+    ]
+    path = tmp_path / 'node.xml'
+    path.write_text(node_xml(DOMAINS + extra))
+    app = make_app(uri='test://%s' % path)
+    sessions = Sessions()
+    server = UpgradeServer(ConsoleApp(app.pool, sessions))
+    yield server, sessions
+    assert sessions.close_all(timeout=10)
+    server.close()
+    app.pool.close()
+
+
+def test_rfb_bytes_pass_through_a_websocket_both_ways(screens, rfb):
+    server, sessions = screens
+    with connect(server.url('/libvirt/xen/nodes/desktop/vnc'), subprotocols=['binary']) as ws:
+        assert ws.subprotocol == 'binary'
+        assert ws.recv(timeout=10) == b'RFB 003.008\n'
+        ws.send(b'rfb 003.008\n')
+        assert ws.recv(timeout=10) == b'RFB 003.008\n'
+        assert len(sessions) == 1
+    until(lambda: len(sessions) == 0)
+    assert sessions.totals()[1:] == (12, 24)
+
+
+def test_a_screen_listening_on_any_address_is_reached_on_loopback(screens, rfb):
+    server, _ = screens
+    with connect(server.url('/libvirt/xen/nodes/anywhere/vnc')) as ws:
+        assert ws.recv(timeout=10) == b'RFB 003.008\n'
+
+
+@pytest.mark.parametrize('name, status, code', [
+    ('web', 404, 'no_vnc'),
+    ('spicy', 501, 'graphics_unsupported'),
+    ('elsewhere', 501, 'vnc_not_local'),  # never connects where a definition points elsewhere
+    ('unstarted', 409, 'vnc_not_listening'),
+    ('idle', 409, 'invalid_state'),
+])
+def test_screens_that_cannot_be_reached(screens, rfb, name, status, code):
+    server, sessions = screens
+    with pytest.raises(InvalidStatus) as refused:
+        connect(server.url('/libvirt/xen/nodes/%s/vnc' % name))
+    assert refused.value.response.status_code == status
+    assert ('"%s"' % code).encode() in refused.value.response.body
+    assert rfb.clients == 0
+    assert len(sessions) == 0
+
+
+def test_a_remote_hypervisor_uri_is_501():
+    class Remote:
+        def getURI(self):
+            return 'xen+ssh://root@dom0.example/system'
+    with pytest.raises(vnc.HTTPError) as refused:
+        vnc.open_screen(Sessions(), Remote(), None, None)
+    assert (refused.value.status, refused.value.code) == (501, 'remote_hypervisor')
+
+
+@pytest.mark.parametrize('address, local', [
+    ('127.0.0.1', True), ('::1', True), ('127.3.4.5', True),
+    ('192.0.2.1', False), ('example.com', False), ('localhost', False),
+])
+def test_only_this_hosts_addresses_are_local(address, local):
+    assert vnc.is_local_address(address) is local

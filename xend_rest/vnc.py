@@ -1,0 +1,162 @@
+"""A guest's screen: the guest side of a screen session, a socket to the domain's VNC server.
+
+RFB passes through as it is, as websockify does, so noVNC works against the daemon alone; the
+RFB password stays the guest's business (never read, never skipped). The socket comes from
+libvirt (virDomainOpenGraphicsFD, where the driver offers it: local connections) or else from
+the live definition's <graphics type='vnc'> address and port, and only when that address is
+one of this host's: the daemon never connects where a definition points elsewhere.
+"""
+import ipaddress
+import socket
+import xml.etree.ElementTree as ElementTree
+from urllib.parse import urlsplit
+
+import libvirt
+
+from .errors import HTTPError, is_no_domain
+from .sessions import CHUNK, Ended
+
+CONNECT_TIMEOUT = 5.0
+NOT_OFFERED = (libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_OPERATION_UNSUPPORTED,
+               libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED)
+ANY_ADDRESS = {'0.0.0.0': '127.0.0.1', '::': '::1', '': '127.0.0.1'}
+
+
+def open_screen(sessions, conn, dom, framing):
+    """A Session on the domain's VNC screen: 404 without VNC graphics, 501 for SPICE only or a
+    hypervisor reached through a remote URI, 429 past the session limit."""
+    uri = conn.getURI()
+    if urlsplit(uri).hostname:
+        raise HTTPError(501, 'the screen is only reachable when libvirt runs on this host, not '
+                        'through the remote URI %s' % uri, 'remote_hypervisor')
+    index, graphics = vnc_graphics(dom)
+    place = sessions.admit()
+    try:
+        sock = connect_vnc(dom, index, graphics)
+    except BaseException:
+        sessions.cancel(place)
+        raise
+    return sessions.start(place, VncSocket(sock, dom), framing, '%s vnc' % dom.name())
+
+
+def vnc_graphics(dom):
+    """(index among the domain's <graphics>, the element) of its first VNC screen."""
+    devices = ElementTree.fromstring(dom.XMLDesc(0)).findall('devices/graphics')
+    for index, graphics in enumerate(devices):
+        if graphics.get('type') == 'vnc':
+            return index, graphics
+    kinds = sorted({graphics.get('type') for graphics in devices})
+    if kinds:
+        raise HTTPError(501, 'domain %s has no VNC screen, only %s graphics, which this daemon '
+                        'does not carry' % (dom.name(), ', '.join(kinds)), 'graphics_unsupported')
+    raise HTTPError(404, 'domain %s has no VNC graphics' % dom.name(), 'no_vnc')
+
+
+def connect_vnc(dom, index, graphics):
+    """A connected socket to the VNC server: through libvirt if it can, else to a local address."""
+    try:
+        fd = dom.openGraphicsFD(index, 0)  # no SKIPAUTH: the password stays in force
+    except libvirt.libvirtError as err:
+        if err.get_error_code() not in NOT_OFFERED:
+            raise
+    else:
+        return socket.socket(fileno=fd)
+    return _connect_listen(dom, graphics)
+
+
+def _connect_listen(dom, graphics):
+    listen = graphics.find('listen')
+    path = graphics.get('socket') or (listen.get('socket') if listen is not None else None)
+    if path:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(CONNECT_TIMEOUT)
+        sock.connect(path)
+        return sock
+    port = int(graphics.get('port') or -1)
+    if port <= 0:
+        raise HTTPError(409, 'the VNC server of %s is not listening on a port' % dom.name(),
+                        'vnc_not_listening')
+    address = graphics.get('listen')
+    if listen is not None and listen.get('address'):
+        address = listen.get('address')
+    address = ANY_ADDRESS.get(address or '', address)
+    if not is_local_address(address):
+        raise HTTPError(501, 'the VNC server of %s listens on %s, not on this host; the daemon '
+                        'connects to local addresses only' % (dom.name(), address), 'vnc_not_local')
+    return socket.create_connection((address, port), timeout=CONNECT_TIMEOUT)
+
+
+def is_local_address(address):
+    """Whether an IP address is this host's own (loopback, or one it can bind); names are not."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if ip.is_loopback:
+        return True
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((address, 0))
+        except OSError:
+            return False
+    return True
+
+
+class VncSocket:
+    """The guest side of a screen session: RFB bytes read only while the client keeps up (QEMU's
+    VNC server copes with a slow client itself), written as the socket takes them."""
+
+    watch_always = False  # a real socket: watched for reading only when there is room
+    taken_over = False
+
+    def __init__(self, sock, dom):
+        self.sock, self.dom = sock, dom
+        self.sock.setblocking(False)
+        self._failed = None
+
+    def fileno(self):
+        return self.sock.fileno()
+
+    def start(self):
+        pass
+
+    def receive(self, size):
+        if self._failed is not None:
+            raise Ended('error', str(self._failed))
+        if not size:
+            return b''
+        try:
+            data = self.sock.recv(min(size, CHUNK))
+        except (BlockingIOError, InterruptedError):
+            return b''
+        except OSError as err:
+            raise Ended('error', str(err)) from None
+        if not data:
+            raise Ended('eof')
+        return data
+
+    def send(self, data):
+        try:
+            return self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as err:
+            self._failed = err
+            return 0
+
+    @staticmethod
+    def alive():
+        return True  # QEMU serves the screen; libvirtd is not in the way once it is open
+
+    def explain(self, ended):
+        try:
+            if not self.dom.isActive():
+                return 'guest_stopped'
+        except libvirt.libvirtError as err:
+            if is_no_domain(err):
+                return 'guest_stopped'
+        return 'screen_closed' if ended.kind == 'eof' else 'screen_lost'
+
+    def close(self):
+        self.sock.close()
