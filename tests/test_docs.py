@@ -19,9 +19,9 @@ ROUTE = re.compile(r'(GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS) (/\S*)$')
 
 
 def served_routes():
-    """(method, path template) of every route, e.g. ('GET', '/libvirt/xen/nodes/{ident}/json')."""
-    # Once the rows are objects: {(route.method, route.path) for route in routes.ROUTES}
-    return {(method, routes.path_template(pattern)) for method, pattern, _handler in routes.ROUTES}
+    """(method, path template) of every route as the docs write it, on the default connection:
+    ('GET', '/libvirt/xen/nodes/{ident}/json')."""
+    return {(route.method, route.path.replace('{connection}', 'xen')) for route in routes.ROUTES}
 
 
 def prose_lines(path):
