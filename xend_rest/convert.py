@@ -226,7 +226,7 @@ def dropped(posted, stored, path):
 
 
 def _differences(posted, stored, path, tag):
-    """(path, 'dropped' or 'changed') for each part of `posted` that `stored` does not hold as is."""
+    """(path, 'dropped' or 'changed') for each part of `posted` that `stored` lacks or alters."""
     if isinstance(posted, list) or isinstance(stored, list):
         return _item_differences(_as_list(posted), _as_list(stored), path, tag)
     if not isinstance(posted, dict):
@@ -263,23 +263,19 @@ def _item_differences(posted, stored, path, tag):
             if same is not False:
                 found = _differences(item, candidate, _item_path(path, i, posted), tag)
                 costs.append((same is None, len(found), i, j, found))
-    paired, taken, found = set(), set(), []
+    paired, taken = {}, set()
     for _, _, i, j, differences in sorted(costs, key=lambda cost: cost[:4]):
         if i not in paired and j not in taken:
-            paired.add(i)
+            paired[i] = differences
             taken.add(j)
-            found += differences
-    found += [(_item_path(path, i, posted), 'dropped') for i in range(len(posted)) if i not in paired]
-    return sorted(found, key=lambda difference: _order(difference[0]))
+    found = []
+    for i in range(len(posted)):
+        found += paired[i] if i in paired else [(_item_path(path, i, posted), 'dropped')]
+    return found
 
 
 def _item_path(path, index, items):
     return '%s[%d]' % (path, index) if len(items) > 1 else path
-
-
-def _order(path):
-    """Sort paths with their list indexes as numbers (disk[2] before disk[10])."""
-    return [int(part) if part.isdigit() else part for part in re.split(r'\[([0-9]+)\]', path)]
 
 
 def _identity(posted, stored, tag):

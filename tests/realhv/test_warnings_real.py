@@ -1,4 +1,4 @@
-"""Create's Warnings against a real QEMU libvirtd: what its own driver drops, checked in what it stored."""
+"""Create's Warnings on a real QEMU libvirtd: what its driver drops, checked in what it stored."""
 import pathlib
 
 import libvirt
