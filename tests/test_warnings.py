@@ -67,10 +67,11 @@ def test_units_case_and_defaults_libvirt_rewrote_are_no_warnings(api):
     assert stored['devices']['disk'][1]['driver'] == {'@name': 'qemu', '@type': 'raw'}
 
 
-def test_numatune_placement_libvirt_implies_is_no_warning(api):
+def test_numatune_placement_and_cpusets_libvirt_rewrote_are_no_warnings(api):
     warnings, stored, _ = create(api, definition('qemu-tuned.xml'))
-    assert 'domain.numatune.memory.@placement was dropped by libvirt' not in warnings
+    assert warnings == ['domain.cputune.cachetune[1] was dropped by libvirt']  # and nothing else
     assert stored['numatune']['memory'] == {'@mode': 'strict', '@nodeset': '0'}
+    assert stored['cputune']['emulatorpin'] == {'@cpuset': '0-1'}
     assert stored['cpu']['numa']['cell'] == {'@id': '0', '@cpus': '0-3', '@memory': '8388608',
                                              '@unit': 'KiB'}
 
