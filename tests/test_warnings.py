@@ -4,6 +4,7 @@ Definitions in tests/definitions/ are written as Xen and QEMU users write them; 
 stored definition itself (with secrets, as only the daemon may) to show the Warning is true.
 """
 import pathlib
+import time
 
 import libvirt
 import pytest
@@ -156,3 +157,18 @@ def test_an_unequal_form_does_not_identify_its_item(posted, stored):
 ])
 def test_list_items_are_matched_one_to_one(tag, posted, stored, expected):
     assert convert.dropped({tag: posted}, {tag: stored}, 'd') == expected
+
+
+def test_a_list_too_long_to_pair_every_item_is_compared_in_order_in_bounded_time():
+    count = 20000  # fits a 1 MiB body; pairing every item with every other would take hours
+    posted = {'item': [{'@n': index, 'v': 'x'} for index in range(count)]}  # numbers, not text
+    stored = {'item': [{'@n': str(index), 'v': 'x'} for index in range(count - 1)]}
+    started = time.monotonic()
+    assert convert.dropped(posted, stored, 'd') == ['d.item[%d]' % (count - 1)]
+    assert time.monotonic() - started < 10
+
+
+def test_items_libvirt_stored_exactly_pair_first():
+    posted = {'x': [{'@a': '1'}, {'@a': '1', '@b': '2'}]}
+    stored = {'x': [{'@a': '1', '@b': '2'}]}  # the first posted item is what libvirt dropped
+    assert convert.dropped(posted, stored, 'd') == ['d.x[0]']

@@ -210,6 +210,9 @@ UNITS = {'b': 1, 'bytes': 1, 'KB': 10 ** 3, 'k': 2 ** 10, 'KiB': 2 ** 10, 'MB': 
          'TB': 10 ** 12, 'T': 2 ** 40, 'TiB': 2 ** 40, 'PB': 10 ** 15, 'P': 2 ** 50,
          'PiB': 2 ** 50, 'EB': 10 ** 18, 'E': 2 ** 60, 'EiB': 2 ** 60}
 SCALED = ('#text', '@size', '@memory')  # the values a sibling @unit scales
+# Pairs of a list's items compared at most (a 1 MiB body could post 40,000 <metadata> items,
+# and pairing all of them would hold a worker for hours); a real domain's lists stay far below.
+MAX_PAIRS = 10000
 DECIMAL = re.compile(r'[0-9]+\Z')
 HEX = re.compile(r'0[xX][0-9a-fA-F]+\Z')
 CPU_SET = re.compile(r'\^?[0-9]+(-[0-9]+)?(,\^?[0-9]+(-[0-9]+)?)*\Z')
@@ -253,17 +256,29 @@ def _differences(posted, stored, path, tag):
 def _item_differences(posted, stored, path, tag):
     """Pair each posted item with its own stored item, one to one, and compare them.
 
-    Pairs that share an identity come first, then those that differ least; a posted item left
-    without a stored one was dropped whole.
+    Items libvirt stored exactly as posted pair first; then pairs that share an identity, then
+    those that differ least; a posted item left without a stored one was dropped whole.
     """
-    costs = []
-    for i, item in enumerate(posted):
-        for j, candidate in enumerate(stored):
-            same = _identity(item, candidate, tag)
-            if same is not False:
-                found = _differences(item, candidate, _item_path(path, i, posted), tag)
-                costs.append((same is None, len(found), i, j, found))
     paired, taken = {}, set()
+    twins = {}
+    for j, candidate in enumerate(stored):
+        twins.setdefault(_canonical(candidate), []).append(j)
+    for i, item in enumerate(posted):
+        if twins.get(_canonical(item)):
+            paired[i] = []
+            taken.add(twins[_canonical(item)].pop(0))
+    rest = [i for i in range(len(posted)) if i not in paired]
+    free = [j for j in range(len(stored)) if j not in taken]
+    if len(rest) * len(free) > MAX_PAIRS:  # a pathological list: compare in order, in bounded time
+        candidates = list(zip(rest, free))
+    else:
+        candidates = [(i, j) for i in rest for j in free]
+    costs = []
+    for i, j in candidates:
+        same = _identity(posted[i], stored[j], tag)
+        if same is not False:
+            found = _differences(posted[i], stored[j], _item_path(path, i, posted), tag)
+            costs.append((same is None, len(found), i, j, found))
     for _, _, i, j, differences in sorted(costs, key=lambda cost: cost[:4]):
         if i not in paired and j not in taken:
             paired[i] = differences
@@ -272,6 +287,10 @@ def _item_differences(posted, stored, path, tag):
     for i in range(len(posted)):
         found += paired[i] if i in paired else [(_item_path(path, i, posted), 'dropped')]
     return found
+
+
+def _canonical(item):
+    return json.dumps(item, sort_keys=True)
 
 
 def _item_path(path, index, items):
