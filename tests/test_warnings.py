@@ -143,6 +143,12 @@ def test_an_unequal_form_does_not_identify_its_item(posted, stored):
     # an identity only one side has (an address libvirt assigned) does not separate them
     ('disk', [{'target': {'@dev': 'vda'}}],
      [{'target': {'@dev': 'vda'}, 'address': {'@type': 'pci', '@slot': '0x04'}}], []),
+    # nor does a part of one that libvirt dropped; that part is reported
+    ('disk', [{'target': {'@dev': 'vda'}, 'address': {'@type': 'pci', '@slot': '5', '@x': '1'}},
+              {'target': {'@dev': 'vdb'}}],
+     [{'target': {'@dev': 'vdb'}}, {'target': {'@dev': 'vda'},
+                                     'address': {'@type': 'pci', '@slot': '0x05'}}],
+     ['d.disk[0].address.@x']),
     # a conflicting identity does: the posted vdb is gone though a vdc is there
     ('disk', [{'target': {'@dev': 'vdb'}}], [{'target': {'@dev': 'vdc'}}], ['d.disk']),
     # an address in decimal names the same device as libvirt's hex
