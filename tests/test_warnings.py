@@ -8,6 +8,7 @@ import time
 
 import libvirt
 import pytest
+from hypothesis import given, strategies as st
 
 from xend_rest import convert
 
@@ -178,3 +179,40 @@ def test_items_libvirt_stored_exactly_pair_first():
     posted = {'x': [{'@a': '1'}, {'@a': '1', '@b': '2'}]}
     stored = {'x': [{'@a': '1', '@b': '2'}]}  # the first posted item is what libvirt dropped
     assert convert.dropped(posted, stored, 'd') == ['d.x[0]']
+
+
+@pytest.mark.parametrize('posted, stored', [
+    ('09', '0x09'), ('9' * 5000, '1'), ('0-99999999999', '5'), ('0x' + 'f' * 5000, '0x1'),
+    ({'@unit': 'KiB', '#text': '9' * 5000}, {'@unit': 'KiB', '#text': '1'}),
+])
+def test_values_no_number_libvirt_reads_are_compared_as_text(posted, stored):
+    assert convert.dropped(*pair(posted, stored), 'd') == ['d.x[0]']
+
+
+def documents(scalars):
+    """Elements in the xmltodict shape, from a few colliding names and number-like values."""
+    def element(children):
+        child = children | st.lists(children, min_size=1, max_size=3)
+        return st.builds(lambda attributes, kids: {**attributes, **kids},
+                         st.dictionaries(st.sampled_from(['@a', '@unit', '@size', '#text']),
+                                         scalars, max_size=3),
+                         st.dictionaries(st.sampled_from(['address', 'target', 'x']), child,
+                                         max_size=3))
+    return st.recursive(st.none() | scalars, element, max_leaves=15)
+
+
+texts = st.sampled_from(['0x1f', '010', '09', '0-3', '1', 'KiB', 'MiB', 'default', '']) | st.text(
+    max_size=4).filter(lambda text: not convert.XML_INVALID_CHARS.search(text))
+posted_documents = documents(texts | st.integers(-2 ** 63, 2 ** 63))
+stored_documents = documents(texts)  # libvirt's XML holds text only
+
+
+@given(posted_documents, stored_documents)
+def test_any_pair_of_documents_is_compared_without_error(posted, stored):
+    assert isinstance(convert.dropped(posted, stored, 'd'), list)
+
+
+@given(posted_documents)
+def test_a_document_stored_as_posted_lost_nothing(doc):
+    stored = convert.xml_to_dict(convert.dict_to_xml({'d': doc}, 'd'))['d']
+    assert convert.dropped(doc, stored, 'd') == []

@@ -214,9 +214,11 @@ SCALED = ('#text', '@size', '@memory')  # the values a sibling @unit scales
 # and pairing every one with every other would hold a worker for half an hour or more); a real
 # domain's lists stay far below.
 MAX_PAIRS = 10000
-DECIMAL = re.compile(r'[0-9]+\Z')
-HEX = re.compile(r'0[xX][0-9a-fA-F]+\Z')
-CPU_SET = re.compile(r'\^?[0-9]+(-[0-9]+)?(,\^?[0-9]+(-[0-9]+)?)*\Z')
+# Numbers as libvirt reads them (64 bits at most: longer digit strings are text, not numbers).
+DECIMAL = re.compile(r'[0-9]{1,20}\Z')
+OCTAL = re.compile(r'0[0-7]{1,22}\Z')
+HEX = re.compile(r'0[xX][0-9a-fA-F]{1,16}\Z')
+CPU_SET = re.compile(r'\^?[0-9]{1,5}(-[0-9]{1,5})?(,\^?[0-9]{1,5}(-[0-9]{1,5})?)*\Z')
 HEX_ID = re.compile(r'[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}\Z|'  # a MAC, a UUID
                     r'[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}\Z')
 
@@ -244,7 +246,7 @@ def _differences(posted, stored, path, tag):
     for key, value in posted.items():
         where = '%s.%s' % (path, key)
         if key not in stored:
-            if not _omitted_default(tag, key, value):
+            if not _posts_nothing(key, value) and not _omitted_default(tag, key, value):
                 found.append((where, 'dropped'))
         elif scale and key in SCALED:
             if _quantity(value, scale[0]) != _quantity(stored[key], scale[1]):
@@ -291,7 +293,19 @@ def _item_differences(posted, stored, path, tag):
 
 
 def _canonical(item):
-    return json.dumps(item, sort_keys=True)
+    """The JSON of an item as xml_to_dict would read it back, so that twins compare equal."""
+    return json.dumps(_as_parsed(item), sort_keys=True)
+
+
+def _as_parsed(value):
+    if isinstance(value, list):
+        items = [_as_parsed(item) for item in value]
+        return items[0] if len(items) == 1 else items or None
+    if isinstance(value, dict):
+        parsed = {key: _as_parsed(child) for key, child in value.items()
+                  if not _posts_nothing(key, child)}
+        return parsed if set(parsed) - {'#text'} else parsed.get('#text')
+    return None if value is None else str(value).strip() or None
 
 
 def _item_path(path, index, items):
@@ -303,7 +317,7 @@ def _identity(posted, stored, tag):
     shared = False
     for key in IDENTITY.get(tag, ()) + DEVICE_IDENTITY:
         mine, theirs = _get(posted, key), _get(stored, key)
-        if mine is not None and theirs is not None:
+        if mine not in (None, '') and theirs is not None:
             if any(kind == 'changed' for _, kind in _differences(mine, theirs, '', '')):
                 return False  # a part of it libvirt dropped is reported, it does not separate
             shared = True
@@ -316,6 +330,11 @@ def _get(element, path):
             return None
         element = element.get(key)
     return element
+
+
+def _posts_nothing(key, value):
+    """An empty list, or blank text beside attributes: nothing of it reaches the XML parsed."""
+    return value == [] or key == '#text' and not str(value).strip()
 
 
 def _omitted_default(tag, key, value):
@@ -341,8 +360,8 @@ def _text(value):
 
 def _same(posted, stored):
     """Whether libvirt's `stored` text is the posted value, in the form libvirt writes it."""
-    posted = str(posted)
-    if stored is None or posted == stored:
+    posted, stored = str(posted).strip(), stored or ''  # as xml_to_dict reads text back
+    if not stored or posted == stored:
         return posted == stored
     c_rules = bool(HEX.match(stored))
     for normal in (lambda text: _number(text, c_rules), _cpu_set, _hex_id):
@@ -359,13 +378,14 @@ def _number(text, c_rules):
         return None
     if HEX.match(text):
         return int(text, 16)
-    if DECIMAL.match(text):
-        return int(text, 8 if c_rules and len(text) > 1 and text[0] == '0' else 10)
-    return None
+    if c_rules and text.startswith('0') and len(text) > 1:
+        return int(text, 8) if OCTAL.match(text) else None  # '09' is no number in C
+    return int(text) if DECIMAL.match(text) else None
 
 
 def _cpu_set(text):
-    """A cpuset or nodeset ("0-3,^2"), which libvirt writes back in its shortest form."""
+    """A cpuset or nodeset ("0-3,^2"), which libvirt writes back in its shortest form; CPU_SET's
+    five digits bound the set built here."""
     if not CPU_SET.match(text):
         return None
     included, excluded = set(), set()
