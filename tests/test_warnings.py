@@ -96,6 +96,7 @@ EQUAL_FORMS = [
     ({'@size': '3', '@unit': 'MiB'}, {'@size': '3072', '@unit': 'KiB'}),
     ('1024', {'@unit': 'KiB', '#text': '1024'}),
     ('02', '2'),
+    (' text\n', 'text'),  # how xml_to_dict reads text back
     ({'@slot': '5'}, {'@slot': '0x05'}),
     ({'@bus': '010'}, {'@bus': '0x08'}),  # libvirt reads addresses with C's rules: 010 is octal
     ({'@slot': '0X1f'}, {'@slot': '0x1f'}),
