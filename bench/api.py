@@ -83,7 +83,7 @@ def in_process_us(uri, count=5000, cold=False):
             xml_to_json.cache_clear()
         b''.join(app(dict(environ), lambda status, headers: None))
     result = per_call_us(call, count)
-    app.pool.close()
+    app.close()
     return result
 
 

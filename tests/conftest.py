@@ -120,7 +120,7 @@ class Client:
     @property
     def conn(self):
         """The app's own libvirt connection: what the hypervisor looks like afterwards."""
-        return self.app.pool.get()
+        return self.app.hypervisor.connection.get()
 
     def request(self, method, path, body=None, query='', headers=None):
         if isinstance(body, (dict, list)):
@@ -156,4 +156,4 @@ class Client:
 def api(node_uri):
     app = make_app(uri=node_uri)
     yield Client(app)
-    app.pool.close()
+    app.close()

@@ -84,14 +84,14 @@ def test_a_watcher_sees_every_transition_once_in_order(api):
 @contextlib.contextmanager
 def serving(node_uri, hub=None):
     """The app behind the real threaded server, on a free local port."""
-    app = make_app(uri=node_uri, hub=hub)
+    app = make_app(uri=node_uri, events=hub)
     server = Server(app, ['127.0.0.1:0'], workers=4)
     server.start()
     try:
         yield app, server.addresses[0]
     finally:
         server.shutdown(grace=2)
-        app.pool.close()
+        app.close()
 
 
 def test_a_watcher_through_the_server_sees_another_clients_actions(node_uri):
@@ -110,12 +110,12 @@ def test_a_watcher_through_the_server_sees_another_clients_actions(node_uri):
         records = [json.loads(line) for line in stream.read().split(b'\n') if line]
         assert [record['Event'] for record in records] == \
             ['started', 'suspended', 'resumed', 'stopped']
-        until(lambda: app.hub.subscribers == 0)
+        until(lambda: app.hypervisor.events.subscribers == 0)
 
 
 def test_shutdown_ends_open_streams_at_once(node_uri):
     app = make_app(uri=node_uri)
-    server = Server(app, ['127.0.0.1:0'], workers=4, on_shutdown=app.hub.close)
+    server = Server(app, ['127.0.0.1:0'], workers=4, on_shutdown=app.end_streams)
     server.start()
     watcher = http.client.HTTPConnection(*server.addresses[0], timeout=BOUND)
     watcher.request('GET', EVENTS)
@@ -123,9 +123,9 @@ def test_shutdown_ends_open_streams_at_once(node_uri):
     assert stream.readline() == b'\n'
     started = time.monotonic()
     server.shutdown(grace=30)
-    app.pool.close()
+    app.close()
     assert time.monotonic() - started < 10  # not the 30 s grace period
-    assert app.hub.subscribers == 0
+    assert app.hypervisor.events.subscribers == 0
     assert stream.read() is not None  # the stream ended; the connection did not hang
 
 
@@ -134,10 +134,10 @@ def test_a_vanished_client_is_noticed_and_unsubscribed(node_uri):
         sock = socket.create_connection(address, timeout=BOUND)
         sock.sendall(b'GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n' % EVENTS.encode())
         assert sock.recv(100).startswith(b'HTTP/1.1 200')
-        assert app.hub.subscribers == 1
+        assert app.hypervisor.events.subscribers == 1
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
         sock.close()  # a reset, as when a client machine vanishes and comes back
-        until(lambda: app.hub.subscribers == 0)
+        until(lambda: app.hypervisor.events.subscribers == 0)
 
 
 def test_a_reconnecting_client_loses_nothing(api):
@@ -175,7 +175,7 @@ def test_names_are_case_sensitive_in_filters(api):
 def test_a_reconnect_to_libvirt_tells_watchers_events_may_be_lost(api):
     stream = Stream(api, 'domain=idle&limit=1')
     sse = Stream(api, 'domain=idle&limit=1', {'HTTP_ACCEPT': 'text/event-stream'})
-    api.app.pool.discard(api.conn)  # as when libvirtd went away
+    api.app.hypervisor.connection.discard(api.conn)  # as when libvirtd went away
     assert api.post(NODES + '/idle/start').status == 204  # reconnects
     lines = stream.records()
     assert lines[0]['Notice'] == 'gap'
@@ -185,12 +185,12 @@ def test_a_reconnect_to_libvirt_tells_watchers_events_may_be_lost(api):
     assert blocks[0].split('\n')[:2] == ['id: %d' % lines[0]['LastId'], 'event: notice']
     later = Stream(api, 'since=0&timeout=0').records()  # a client back from before the outage
     assert [line.get('Notice') for line in later] == ['gap', None]
-    assert api.app.hub.events == 1
+    assert api.app.hypervisor.events.events == 1
 
 
 def test_the_first_connection_is_no_gap(api):
     api.post(NODES + '/idle/start')
-    until(lambda: api.app.hub.events == 1)
+    until(lambda: api.app.hypervisor.events.events == 1)
     assert [line.get('Notice') for line in Stream(api, 'since=0&timeout=0').records()] == [None]
 
 
@@ -243,11 +243,11 @@ def test_bad_stream_parameters_are_400(api, query):
     response = api.get(EVENTS, query)
     assert response.status == 400
     assert response.json['code'] == 'bad_parameter'
-    assert api.app.hub.subscribers == 0
+    assert api.app.hypervisor.events.subscribers == 0
 
 
 def test_streams_beyond_the_cap_are_503(node_uri):
-    app = make_app(uri=node_uri, hub=EventHub(max_subscribers=1))
+    app = make_app(uri=node_uri, events=EventHub(max_subscribers=1))
     client = Client(app)
     try:
         stream = Stream(client, 'limit=1')
@@ -258,15 +258,15 @@ def test_streams_beyond_the_cap_are_503(node_uri):
         assert 'too many event streams and waits are open (1)' in refused.json['message']
         client.post(NODES + '/web/suspend')
         stream.finish()
-        assert app.hub.subscribers == 0
+        assert app.hypervisor.events.subscribers == 0
         assert Stream(client, 'timeout=0').status == 200  # the slot is free again
     finally:
-        app.pool.close()
+        app.close()
 
 
 def test_a_client_that_falls_behind_is_dropped_with_a_notice(node_uri):
     hub = EventHub(queue_size=2)
-    app = make_app(uri=node_uri, hub=hub)
+    app = make_app(uri=node_uri, events=hub)
     client = Client(app)
     try:
         environ = {}
@@ -283,20 +283,20 @@ def test_a_client_that_falls_behind_is_dropped_with_a_notice(node_uri):
         assert [record['Id'] for record in others.records()] == [1, 2, 3]
         assert hub.subscribers == 0
     finally:
-        app.pool.close()
+        app.close()
 
 
 def test_the_ring_is_bounded_and_says_when_it_lost_events(node_uri):
     hub = EventHub(ring_size=2)
     for number in range(4):
         hub.publish('web', WEB_UUID, 'reboot', None)
-    app = make_app(uri=node_uri, hub=hub)
+    app = make_app(uri=node_uri, events=hub)
     try:
         lines = Stream(Client(app), 'since=0&timeout=0').records()
         assert lines[0]['Notice'] == 'gap'
         assert [line['Id'] for line in lines[1:]] == [3, 4]
     finally:
-        app.pool.close()
+        app.close()
 
 
 # -- waiting --------------------------------------------------------------------------------------
@@ -313,7 +313,7 @@ def _wait_in_background(api, ident, condition):
     waiter = threading.Thread(target=lambda: answers.append(api.post(
         NODES + '/%s/wait' % ident, query='condition=%s&timeout=%d' % (condition, BOUND))))
     waiter.start()
-    until(lambda: api.app.hub.subscribers == 1)
+    until(lambda: api.app.hypervisor.events.subscribers == 1)
 
     def answer():
         waiter.join(BOUND + 1)
@@ -329,7 +329,7 @@ def test_wait_answers_when_another_client_gets_the_domain_there(api):
     assert answer().status == 200
     assert answer().json == {'State': 'paused'}
     assert api.conn.lookupByName('idle').state()[0] == libvirt.VIR_DOMAIN_PAUSED
-    assert api.app.hub.subscribers == 0
+    assert api.app.hypervisor.events.subscribers == 0
 
 
 def test_wait_for_undefined_after_a_transient_domain_stops(api):
@@ -343,7 +343,7 @@ def test_wait_times_out_with_408(api):
     response = api.post(NODES + '/idle/wait', query='condition=running&timeout=0')
     assert response.status == 408
     assert response.json['code'] == 'wait_timeout'
-    assert api.app.hub.subscribers == 0
+    assert api.app.hypervisor.events.subscribers == 0
 
 
 @pytest.mark.parametrize('query', [
@@ -383,7 +383,7 @@ def test_restart_with_wait_times_out_when_no_reboot_is_seen(api):
 def test_stop_and_restart_with_wait_0_do_not_wait(api, action):
     response = api.post(NODES + '/web/' + action, query='wait=0')
     assert response.status == 204  # as without wait: asked, answered at once
-    assert api.app.hub.subscribers == 0
+    assert api.app.hypervisor.events.subscribers == 0
 
 
 @pytest.mark.parametrize('action', ['stop', 'restart'])

@@ -23,7 +23,7 @@ def test_ping_answers_ok_without_opening_libvirt(tmp_path):
         assert response.headers['Content-Length'] == '2'
         assert response.headers['Libvirt-Connected'] == 'false'
         assert response.body == (b'OK' if method == 'GET' else b'')
-    assert app.pool.connects == 0
+    assert app.hypervisor.connection.connects == 0
     assert client.get('/info').status == 503  # the readiness check does need libvirt
 
 

@@ -26,7 +26,7 @@ def images(tmp_path):
 def confined(node_uri, images):
     app = make_app(uri=node_uri, guard=Guard(allowed_paths=[str(images)]))
     yield Client(app)
-    app.pool.close()
+    app.close()
 
 
 def definition(images, **changes):

@@ -518,7 +518,7 @@ def test_an_upload_in_progress_belongs_to_the_app_running_it(api, node_uri):
     shutil.copy(node_uri[len('test://'):], other_path)
     other = Client(make_app(uri='test://' + other_path))
     pool_uuid = api.conn.storagePoolLookupByName('default').UUIDString()
-    with api.app.uploads.holding((pool_uuid, 'spare.qcow2')):  # as a running upload does
+    with api.app.hypervisor.uploads.holding((pool_uuid, 'spare.qcow2')):  # as a running upload does
         assert listed(api)['default', 'spare.qcow2']['Uploading'] is True
         assert api.post(IMAGES + '/default/spare.qcow2/delete').json['code'] == 'upload_in_progress'
         assert listed(other)['default', 'spare.qcow2']['Uploading'] is False
@@ -526,4 +526,4 @@ def test_an_upload_in_progress_belongs_to_the_app_running_it(api, node_uri):
     assert 'spare.qcow2' in volumes(api)
     assert 'spare.qcow2' not in volumes(other)
     assert listed(api)['default', 'spare.qcow2']['Uploading'] is False
-    other.app.pool.close()
+    other.app.close()

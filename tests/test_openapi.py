@@ -5,8 +5,8 @@ import pytest
 from openapi_spec_validator import validate as validate_openapi
 from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 
-from xend_rest import openapi
-from xend_rest.routes import ROUTES
+from xend_rest.openapi import Doc
+from xend_rest.routes import ROUTES, Route, unfinished
 
 from conftest import WEB_UUID
 
@@ -57,18 +57,20 @@ def _check_refs(schema, spec):
             _check_refs(value, spec)
 
 
-def test_every_route_is_documented_and_every_description_has_a_route(spec):
-    routes = {(method, openapi.path_template(pattern)) for method, pattern, _ in ROUTES}
+def test_every_route_is_documented_and_states_its_role(spec):
+    routes = {(route.method, route.path) for route in ROUTES}
     documented = {(method.upper(), path) for path, operations in spec['paths'].items()
                   for method in operations}
     assert documented == routes
-    assert openapi.undocumented(ROUTES) == []
-    assert set(openapi.DESCRIPTIONS) == routes
+    assert unfinished(ROUTES) == []
 
 
-def test_a_new_route_without_a_description_is_caught():
-    extra = ROUTES + [('GET', '/libvirt/xen/images/(?P<name>[^/]+)/json', lambda request: None)]
-    assert openapi.undocumented(extra) == [('GET', '/libvirt/xen/images/{name}/json')]
+def test_a_new_route_without_a_description_or_a_role_is_caught():
+    def handler(request):
+        return 200, {}
+    extra = [Route('GET', '/libvirt/{connection}/images/{name}/json', handler, role='read'),
+             Route('GET', '/libvirt/{connection}/secrets', handler, doc=Doc('Secrets', {}))]
+    assert unfinished(ROUTES + extra) == extra
 
 
 # (method, path, query, status): calls whose answers must match their documented schema

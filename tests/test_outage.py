@@ -5,6 +5,7 @@ import pytest
 
 from conftest import Client, node_xml
 from xend_rest.app import make_app
+from xend_rest.routes import Route
 
 NODES = '/libvirt/xen/nodes'
 
@@ -20,7 +21,7 @@ def test_unreachable_libvirt_is_503_then_recovers(tmp_path):
     response = client.get(NODES + '/json')
     assert response.status == 200
     assert len(response.json) == 4
-    assert client.app.pool.connects == 1
+    assert client.app.hypervisor.connection.connects == 1
 
 
 def test_no_libvirtd_behind_a_remote_uri_is_503(tmp_path):
@@ -45,7 +46,7 @@ def test_a_failing_handler_is_a_json_500_with_the_traceback_only_in_the_log(node
     def broken(request):
         raise RuntimeError('secret detail')
 
-    client = Client(make_app(uri=node_uri, routes=[('GET', '/boom', broken)]))
+    client = Client(make_app(uri=node_uri, routes=[Route('GET', '/boom', broken)]))
     response = client.get('/boom')
     assert response.status == 500
     assert response.json == {'message': 'internal server error', 'code': 'internal_error'}
@@ -57,7 +58,7 @@ def test_an_answer_that_cannot_be_sent_is_a_json_500_too(node_uri, caplog):
     def unserialisable(request):
         return 200, {'when': object()}
 
-    app = make_app(uri=node_uri, routes=[('GET', '/odd', unserialisable)])
+    app = make_app(uri=node_uri, routes=[Route('GET', '/odd', unserialisable)])
     response = Client(app).get('/odd')
     assert response.status == 500
     assert response.json == {'message': 'internal server error', 'code': 'internal_error'}
@@ -72,7 +73,7 @@ def test_apps_do_not_share_state(tmp_path):
     a, b = Client(make_app(uri='test://%s' % first)), Client(make_app(uri='test://%s' % second))
     assert a.post(NODES + '/web/destroy').status == 204
     assert b.get(NODES + '/web/json').status == 200
-    assert a.app.pool is not b.app.pool
+    assert a.app.hypervisor.connection is not b.app.hypervisor.connection
 
 
 @pytest.mark.parametrize('method', ['PUT', 'DELETE', 'PATCH'])
@@ -89,4 +90,4 @@ def test_a_connection_broken_during_create_is_dropped_and_reopened(api):
     assert response.status == 503
     assert response.json['code'] == 'outcome_unknown'
     assert api.get(NODES + '/json').status == 200  # the next request reconnects
-    assert api.app.pool.connects == 2
+    assert api.app.hypervisor.connection.connects == 2

@@ -47,7 +47,7 @@ def test_the_body_size_cap_is_configurable(node_uri):
                                  'message': 'the body is larger than 200 bytes'}
         assert 'test0' not in defined_names(client)
     finally:
-        app.pool.close()
+        app.close()
 
 
 def test_the_default_cap_is_one_mebibyte(api):

@@ -394,7 +394,7 @@ def demo_app(tmp_path):
     node.write_bytes(open(DEMO_NODE, "rb").read())
     app = make_app(uri=f"test://{node}")
     yield app
-    app.pool.close()
+    app.close()
 
 
 def test_real_app_lists_domains(demo_app):

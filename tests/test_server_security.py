@@ -61,7 +61,7 @@ def app(node_uri):
         return made[-1]
     yield make
     for each in made:
-        each.pool.close()
+        each.close()
 
 
 def tls_client(server, pki, who=None, timeout=10):
@@ -111,7 +111,7 @@ def test_a_client_without_a_good_certificate_gets_no_answer(app, pki, who):
         conn.close()
         status, _ = call(tls_client(server, pki, 'alice'), 'GET', NODES + '/web/json')
         assert status == 200
-        assert server.app.pool.get().lookupByName('web').isActive()
+        assert server.app.hypervisor.connection.get().lookupByName('web').isActive()
 
 
 def test_plain_http_to_a_tls_listener_gets_no_answer(app, pki):
@@ -123,7 +123,7 @@ def test_plain_http_to_a_tls_listener_gets_no_answer(app, pki):
             except ConnectionResetError:
                 answer = b''
             assert b'HTTP/1.1 2' not in answer
-        assert server.app.pool.get().lookupByName('web').isActive()
+        assert server.app.hypervisor.connection.get().lookupByName('web').isActive()
 
 
 def test_allowed_clients_and_their_roles(app, pki):
@@ -133,7 +133,7 @@ def test_allowed_clients_and_their_roles(app, pki):
         assert call(monitor, 'GET', NODES + '/json')[0] == 200
         status, body = call(monitor, 'POST', NODES + '/web/destroy')
         assert status == 403 and body['code'] == 'forbidden'
-        assert server.app.pool.get().lookupByName('web').isActive()
+        assert server.app.hypervisor.connection.get().lookupByName('web').isActive()
         assert call(tls_client(server, pki, 'alice'), 'POST', NODES + '/web/destroy')[0] == 204
 
 
@@ -148,7 +148,7 @@ def test_a_certificate_without_a_cn_is_not_an_allowed_client(app, pki):
             assert status == 403
             assert body == {'code': 'forbidden',
                             'message': 'a client certificate without a CN is not allowed'}
-        assert server.app.pool.get().lookupByName('web').isActive()
+        assert server.app.hypervisor.connection.get().lookupByName('web').isActive()
 
 
 def test_silent_clients_do_not_stall_handshakes(app, pki):
@@ -194,7 +194,7 @@ def test_a_browser_request_is_refused_over_tcp(app):
         status, body = call(conn, 'POST', NODES + '/web/destroy',
                             headers={'Host': 'rebound.evil.example:8000'})
         assert status == 403 and body['code'] == 'foreign_host'
-        assert server.app.pool.get().lookupByName('web').isActive()
+        assert server.app.hypervisor.connection.get().lookupByName('web').isActive()
 
 
 # -- unix sockets ---------------------------------------------------------------------------

@@ -1,25 +1,27 @@
-"""make_app(): the WSGI callable, and the single place that turns exceptions into responses."""
+"""make_app(): the WSGI application object, and the single place that turns exceptions into
+responses."""
 import logging
 import os
 from time import perf_counter
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import libvirt
 
 from . import defaults, errors, jsonbody
 from .bodies import Raw
+from .connection import SharedConnection
 from .convert import JSONText
 from .errors import HTTPError, bad_request, json_payload
-from .events import EventHub
 from .headers import required_length
-from .handlers.images import Uploads
+from .hypervisor import Hypervisor
 from .metrics import RequestMetrics
-from .pool import ConnectionCache, ConnectionPool
-from .routes import Router, ROUTES
+from .router import Router, path_segments
+from .routes import ROUTES
 from .security import Guard
 
 log = logging.getLogger(__name__)
 
+DEFAULT_HYPERVISOR = 'xen'  # the contract's paths: /libvirt/xen/...
 NO_BODY_STATUSES = (204, 304)
 SAFE_METHODS = ('GET', 'HEAD')  # the rest may change the hypervisor's state
 REASONS = {
@@ -28,31 +30,41 @@ REASONS = {
     404: 'Not Found', 405: 'Method Not Allowed', 406: 'Not Acceptable', 408: 'Request Timeout',
     409: 'Conflict', 411: 'Length Required', 413: 'Payload Too Large', 415: 'Unsupported Media Type',
     416: 'Range Not Satisfiable', 500: 'Internal Server Error', 501: 'Not Implemented',
-    503: 'Service Unavailable', 504: 'Gateway Timeout',
+    503: 'Service Unavailable', 504: 'Gateway Timeout', 507: 'Insufficient Storage',
 }
 
 
 class Request:
-    """What a handler sees of a request: method, path, query, body, and the libvirt connection."""
+    """What a handler sees of a request: method, path, query, body, and its hypervisor."""
 
-    def __init__(self, environ, pool, app=None, max_body=defaults.MAX_BODY):
+    def __init__(self, environ, app):
         self.environ = environ
-        self.app = app  # the WSGI app, for its per-app objects: hub, metrics, router
-        self.max_body = max_body
+        self.app = app  # for what is the daemon's own: its router, metrics, hypervisors
+        self.hypervisor = app.hypervisor  # the route's, once routed
         self.role = None  # set by the Guard
+        self.route = None  # set once routed
         self.method = environ['REQUEST_METHOD']
-        self.path = _decoded_path(environ.get('PATH_INFO', ''))
         self.query = parse_qs(environ.get('QUERY_STRING', ''), keep_blank_values=True)
-        self._pool = pool
         self._conn = None
         self._json = _UNREAD
 
     @property
     def conn(self):
-        """The pooled libvirt connection (opened on first use)."""
+        """The hypervisor's shared libvirt connection (opened on first use)."""
         if self._conn is None:
-            self._conn = self._pool.get()
+            self._conn = self.hypervisor.connection.get()
         return self._conn
+
+    def connection_broke(self):
+        """Tell the connection's owner that it broke under this request: the next one reopens it."""
+        if self._conn is not None:
+            self.hypervisor.connection.discard(self._conn)
+
+    def route_name(self):
+        """The route as metrics label it: 'GET /libvirt/xen/nodes/{ident}/json', or 'unmatched'."""
+        if self.route is None:
+            return 'unmatched'
+        return self.route.name.replace('{connection}', self.hypervisor.name)
 
     def arg(self, name, default=None):
         """One query parameter; given twice is an error."""
@@ -71,8 +83,9 @@ class Request:
 
     def _read_body(self):
         length = self.content_length()
-        if length > self.max_body:
-            raise HTTPError(413, 'the body is larger than %d bytes' % self.max_body, 'too_large')
+        if length > self.app.max_body:
+            raise HTTPError(413, 'the body is larger than %d bytes' % self.app.max_body,
+                            'too_large')
         body = b''.join(self.body_chunks(length or 1))
         if not body:
             raise bad_request('a JSON body is required')
@@ -103,67 +116,94 @@ class Request:
 _UNREAD = object()
 
 
-def _decoded_path(path):
-    """PEP 3333 hands the path over as latin-1; domain names may be UTF-8. A server that
-    decoded it already (characters latin-1 cannot hold) is taken at its word."""
-    try:
-        return path.encode('latin-1').decode('utf-8', 'replace')
-    except UnicodeEncodeError:
-        return path
+class App:
+    """The WSGI application: routes a request, admits and authorizes it, calls its handler, and
+    turns whatever happens into a response."""
 
+    def __init__(self, hypervisors, routes=ROUTES, guard=None, max_body=defaults.MAX_BODY):
+        self.hypervisors = {hypervisor.name: hypervisor for hypervisor in hypervisors}
+        self.hypervisor = hypervisors[0]  # the default: daemon-wide routes (/info) answer for it
+        self.router = Router(routes)
+        # guard: who may call what; the default checks Host, Origin and body types and
+        # authenticates nobody, for a loopback or unix socket listener.
+        self.guard = guard or Guard()
+        self.metrics = RequestMetrics()
+        self.max_body = max_body
 
-def make_app(uri=None, pool=None, routes=ROUTES, hub=None, guard=None, max_body=defaults.MAX_BODY):
-    """A WSGI application serving the API on one pooled libvirt connection.
-
-    The URI defaults to $XEND_REST_URI, else xen:///system. guard: who may call what
-    (security.Guard); the default checks Host, Origin and body types and authenticates nobody,
-    for a loopback or unix socket listener.
-    """
-    if pool is None:
-        pool = ConnectionPool(uri or os.environ.get(defaults.URI_VARIABLE) or defaults.DEFAULT_URI)
-    router = Router(routes)
-    hub = hub or EventHub()
-    pool.on_connect(hub.attach)
-    metrics = RequestMetrics()
-    guard = guard or Guard()
-
-    def app(environ, start_response):
+    def __call__(self, environ, start_response):
         started = perf_counter()
-        request = Request(environ, pool, app, max_body)
-        route = 'unmatched'  # a route pattern, never the raw path: metrics stay bounded
+        request = Request(environ, self)
         try:
-            guard.admit(request)
-            route, handler, params = router.find(request.method, request.path)
-            guard.authorize(request, handler)
-            answer = handler(request, **params)
+            answer = self._dispatch(request)
         except HTTPError as err:
             answer = _error_answer(err)
         except libvirt.libvirtError as err:
             if errors.is_connection_error(err):
-                pool.discard(request._conn)
+                request.connection_broke()
             write = request.method not in SAFE_METHODS
             answer = _error_answer(errors.from_libvirt(err, write))
         except Exception:
-            log.exception('%s %s failed', request.method, request.path)
+            log.exception('%s %s failed', request.method, environ.get('PATH_INFO'))
             answer = _internal_error()
         status, body, headers = answer if len(answer) == 3 else (*answer, [])
         try:
             response = _respond(start_response, request.method, status, body, headers)
         except Exception:  # an answer that cannot be sent (a body JSON cannot carry): a bug
-            log.exception('%s %s: cannot send the answer', request.method, request.path)
+            log.exception('%s %s: cannot send the answer', request.method,
+                          environ.get('PATH_INFO'))
             status, body, headers = _internal_error()
             response = _respond(start_response, request.method, status, body, headers)
-        metrics.observe(route, status, perf_counter() - started)
+        # A route's name, never the raw path: metrics stay bounded.
+        self.metrics.observe(request.route_name(), status, perf_counter() - started)
         return response
 
-    app.pool = pool
-    app.router = router
-    app.hub = hub
-    app.metrics = metrics
-    app.supports = ConnectionCache()  # what the driver can do, probed once per connection
-    app.uploads = Uploads()  # images this app is uploading into
-    app.guard = guard
-    return app
+    def _dispatch(self, request):
+        self.guard.admit(request)
+        route, params = self.router.find(request.method, _segments(request.environ))
+        request.route = route
+        if 'connection' in params:
+            request.hypervisor = self._hypervisor(params.pop('connection'))
+        self.guard.authorize(request, route)
+        return route.handler(request, **params)
+
+    def _hypervisor(self, name):
+        try:
+            return self.hypervisors[name]
+        except KeyError:
+            raise HTTPError(404, 'no such hypervisor connection: %s (configured: %s)'
+                            % (name, ', '.join(self.hypervisors)), 'no_such_connection') from None
+
+    def end_streams(self):
+        """End every open event stream (at shutdown: they would otherwise never finish)."""
+        for hypervisor in self.hypervisors.values():
+            hypervisor.events.close()
+
+    def close(self):
+        """Close every libvirt connection."""
+        for hypervisor in self.hypervisors.values():
+            hypervisor.connection.close()
+
+
+def _segments(environ):
+    """The request path's segments: from the raw request target where the server gives it (so
+    that '%2F' stays inside a name), else from PATH_INFO, which the server decoded already."""
+    raw = environ.get('RAW_URI') or environ.get('REQUEST_URI')
+    if raw and not environ.get('SCRIPT_NAME'):
+        path = urlsplit(raw).path if '://' in raw else raw.partition('?')[0]
+        return path_segments(path, encoded=True)
+    return path_segments(environ.get('PATH_INFO', ''), encoded=False)
+
+
+def make_app(uri=None, connection=None, routes=ROUTES, events=None, guard=None,
+             max_body=defaults.MAX_BODY):
+    """A WSGI application serving the API on one shared libvirt connection, named 'xen'.
+
+    The URI defaults to $XEND_REST_URI, else xen:///system; or pass a SharedConnection.
+    """
+    if connection is None:
+        connection = SharedConnection(uri or os.environ.get(defaults.URI_VARIABLE)
+                                      or defaults.DEFAULT_URI)
+    return App([Hypervisor(DEFAULT_HYPERVISOR, connection, events)], routes, guard, max_body)
 
 
 def _internal_error():

@@ -199,7 +199,7 @@ def main(argv=None):
     args = parse_args(argv)
     setup_logging(args.log_level)
     from xend_rest.app import make_app  # after logging: importing libvirt may log
-    from xend_rest.pool import ConnectionPool
+    from xend_rest.connection import SharedConnection
     if args.demo:
         from xend_rest.demo import demo_uri
         args.uri = demo_uri()
@@ -211,12 +211,13 @@ def main(argv=None):
     except security.ConfigError as err:
         log.error("refusing to start: %s", err)
         return 2
-    pool = ConnectionPool(args.uri, keepalive_interval=args.keepalive_interval,
-                          keepalive_count=args.keepalive_count, open_timeout=args.open_timeout)
-    app = make_app(pool=pool, guard=guard, max_body=args.max_body)
+    connection = SharedConnection(args.uri, keepalive_interval=args.keepalive_interval,
+                                  keepalive_count=args.keepalive_count,
+                                  open_timeout=args.open_timeout)
+    app = make_app(connection=connection, guard=guard, max_body=args.max_body)
     server = Server(app, args.listen, workers=args.workers, timeout=args.timeout, tls=tls,
                     request_timeout=args.request_timeout, max_body=args.max_body,
-                    socket_mode=args.socket_mode, socket_gid=gid, on_shutdown=app.hub.close)
+                    socket_mode=args.socket_mode, socket_gid=gid, on_shutdown=app.end_streams)
     release_freed_memory()
     try:
         server.serve_forever()
@@ -224,7 +225,7 @@ def main(argv=None):
         log.error("cannot listen: %s", err)
         return 1
     finally:
-        app.pool.close()
+        app.close()
     return 0
 
 

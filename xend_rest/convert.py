@@ -169,34 +169,236 @@ def _check_scalar(value, path):
         raise bad_request('%s: contains a character XML cannot carry' % path)
 
 
+# What names one item of a repeated element (paths inside the item): a posted item is compared
+# with the stored item that is the same thing, not merely a similar one. Two items are the same
+# when they agree on every key both have and share at least one; a key only one side has (an
+# address libvirt assigned, a user alias) neither joins nor separates them. Chosen from libvirt's
+# formatdomain: what libvirt itself looks a device up by (target dev, MAC, channel name, serial
+# port, controller type+index) or what must be unique per element (cachetune vcpus, memnode
+# cellid, timer name). An interface's target dev is not one: drivers generate it (vnet0, testnet0).
+IDENTITY = {
+    'disk': ('target.@dev',),
+    'interface': ('mac.@address',),
+    'channel': ('target.@name',),
+    'serial': ('target.@port',),
+    'parallel': ('target.@port',),
+    'console': ('target.@type', 'target.@port'),
+    'controller': ('@type', '@index'),
+    'filesystem': ('target.@dir',),
+    'graphics': ('@type',),
+    'input': ('@type', '@bus'),
+    'hostdev': ('source.address', 'source.vendor.@id', 'source.product.@id'),
+    'cachetune': ('@vcpus',),
+    'memorytune': ('@vcpus',),
+    'cache': ('@id', '@level', '@type'),
+    'vcpupin': ('@vcpu',),
+    'iothreadpin': ('@iothread',),
+    'memnode': ('@cellid',),
+    'cell': ('@id',),
+    'boot': ('@dev',),
+    'timer': ('@name',),
+    'feature': ('@name',),
+}
+DEVICE_IDENTITY = ('alias.@name', 'address')  # any element that has them: devices
+# Attribute values libvirt stores as "not set" and so never writes back: the zero of its enums is
+# "default" (disk driver cache='default'), and numatune's placement='static' is implied by the
+# nodeset that libvirt writes instead (formatdomain, NUMA Node Tuning).
+OMITTED_DEFAULTS = {('memory', '@placement'): 'static'}
+# libvirt's scaled integers (formatdomain, Memory Allocation): a unit, KiB when absent.
+UNITS = {'b': 1, 'bytes': 1, 'KB': 10 ** 3, 'k': 2 ** 10, 'KiB': 2 ** 10, 'MB': 10 ** 6,
+         'M': 2 ** 20, 'MiB': 2 ** 20, 'GB': 10 ** 9, 'G': 2 ** 30, 'GiB': 2 ** 30,
+         'TB': 10 ** 12, 'T': 2 ** 40, 'TiB': 2 ** 40, 'PB': 10 ** 15, 'P': 2 ** 50,
+         'PiB': 2 ** 50, 'EB': 10 ** 18, 'E': 2 ** 60, 'EiB': 2 ** 60}
+SCALED = ('#text', '@size', '@memory')  # the values a sibling @unit scales
+# Pairs of a list's items compared at most (a 1 MiB body can post 40,000 <metadata> items,
+# and pairing every one with every other would hold a worker for half an hour or more); a real
+# domain's lists stay far below.
+MAX_PAIRS = 10000
+# Numbers as libvirt reads them (64 bits at most: longer digit strings are text, not numbers).
+DECIMAL = re.compile(r'[0-9]{1,20}\Z')
+OCTAL = re.compile(r'0[0-7]{1,22}\Z')
+HEX = re.compile(r'0[xX][0-9a-fA-F]{1,16}\Z')
+CPU_SET = re.compile(r'\^?[0-9]{1,5}(-[0-9]{1,5})?(,\^?[0-9]{1,5}(-[0-9]{1,5})?)*\Z')
+HEX_ID = re.compile(r'[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}\Z|'  # a MAC, a UUID
+                    r'[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}\Z')
+
+
 def dropped(posted, stored, path):
-    """Paths of the parts of `posted` that are missing from `stored` (what libvirt dropped)."""
-    if not isinstance(posted, (dict, list)):
-        return []
+    """Paths of the parts of `posted` that are missing from `stored` (what libvirt dropped).
+
+    A value libvirt kept in another form, or changed, is not missing: only what it left out.
+    """
+    return [where for where, kind in _differences(posted, stored, path, path) if kind == 'dropped']
+
+
+def _differences(posted, stored, path, tag):
+    """(path, 'dropped' or 'changed') for each part of `posted` that `stored` lacks or alters."""
     if isinstance(posted, list) or isinstance(stored, list):
-        return _dropped_items(_as_list(posted), _as_list(stored), path)
+        return _item_differences(_as_list(posted), _as_list(stored), path, tag)
+    if not isinstance(posted, dict):
+        if posted is None or _same(posted, _text(stored)):
+            return []
+        return [(path, 'changed')]
     if not isinstance(stored, dict):
-        return [path + '.' + key for key in posted if key != '#text']
-    missing = []
+        return [('%s.%s' % (path, key), 'dropped') for key in posted if key != '#text']
+    found = []
+    scale = _scales(posted, stored)
     for key, value in posted.items():
+        where = '%s.%s' % (path, key)
         if key not in stored:
-            missing.append('%s.%s' % (path, key))
-        else:
-            missing += dropped(value, stored[key], '%s.%s' % (path, key))
-    return missing
+            if not _posts_nothing(key, value) and not _omitted_default(tag, key, value):
+                found.append((where, 'dropped'))
+        elif scale and key in SCALED:
+            if _quantity(value, scale[0]) != _quantity(stored[key], scale[1]):
+                found.append((where, 'changed'))
+        elif not (scale and key == '@unit'):
+            found += _differences(value, stored[key], where, key)
+    return found
 
 
-def _dropped_items(posted, stored, path):
-    """Each posted item is compared with the stored item that kept most of it."""
-    missing = []
-    for index, item in enumerate(posted):
-        where = '%s[%d]' % (path, index) if len(posted) > 1 else path
-        candidates = [dropped(item, candidate, where) for candidate in stored]
-        if not candidates:
-            missing.append(where)
-        else:
-            missing += min(candidates, key=len)
-    return missing
+def _item_differences(posted, stored, path, tag):
+    """Pair each posted item with its own stored item, one to one, and compare them.
+
+    Items libvirt stored exactly as posted pair first; then pairs that share an identity, then
+    those that differ least; a posted item left without a stored one was dropped whole.
+    """
+    paired, taken = {}, set()
+    twins = {}
+    for j, candidate in enumerate(stored):
+        twins.setdefault(_canonical(candidate), []).append(j)
+    for i, item in enumerate(posted):
+        if twins.get(_canonical(item)):
+            paired[i] = []
+            taken.add(twins[_canonical(item)].pop(0))
+    rest = [i for i in range(len(posted)) if i not in paired]
+    free = [j for j in range(len(stored)) if j not in taken]
+    if len(rest) * len(free) > MAX_PAIRS:  # a pathological list: compare in order, in bounded time
+        candidates = list(zip(rest, free))
+    else:
+        candidates = [(i, j) for i in rest for j in free]
+    costs = []
+    for i, j in candidates:
+        same = _identity(posted[i], stored[j], tag)
+        if same is not False:
+            found = _differences(posted[i], stored[j], _item_path(path, i, posted), tag)
+            costs.append((same is None, len(found), i, j, found))
+    for _, _, i, j, differences in sorted(costs, key=lambda cost: cost[:4]):
+        if i not in paired and j not in taken:
+            paired[i] = differences
+            taken.add(j)
+    found = []
+    for i in range(len(posted)):
+        found += paired[i] if i in paired else [(_item_path(path, i, posted), 'dropped')]
+    return found
+
+
+def _canonical(item):
+    """The JSON of an item as xml_to_dict would read it back, so that twins compare equal."""
+    return json.dumps(_as_parsed(item), sort_keys=True)
+
+
+def _as_parsed(value):
+    if isinstance(value, list):
+        items = [_as_parsed(item) for item in value]
+        return items[0] if len(items) == 1 else items or None
+    if isinstance(value, dict):
+        parsed = {key: _as_parsed(child) for key, child in value.items()
+                  if not _posts_nothing(key, child)}
+        return parsed if set(parsed) - {'#text'} else parsed.get('#text')
+    return None if value is None else str(value).strip() or None
+
+
+def _item_path(path, index, items):
+    return '%s[%d]' % (path, index) if len(items) > 1 else path
+
+
+def _identity(posted, stored, tag):
+    """True: the same item by identity; False: two different items; None: nothing to tell by."""
+    shared = False
+    for key in IDENTITY.get(tag, ()) + DEVICE_IDENTITY:
+        mine, theirs = _get(posted, key), _get(stored, key)
+        if mine not in (None, '') and theirs is not None:
+            if any(kind == 'changed' for _, kind in _differences(mine, theirs, '', '')):
+                return False  # a part of it libvirt dropped is reported, it does not separate
+            shared = True
+    return True if shared else None
+
+
+def _get(element, path):
+    for key in path.split('.'):
+        if not isinstance(element, dict):
+            return None
+        element = element.get(key)
+    return element
+
+
+def _posts_nothing(key, value):
+    """An empty list, or blank text beside attributes: nothing of it reaches the XML parsed."""
+    return value == [] or key == '#text' and not str(value).strip()
+
+
+def _omitted_default(tag, key, value):
+    return key.startswith('@') and value in ('default', OMITTED_DEFAULTS.get((tag, key)))
+
+
+def _scales(posted, stored):
+    """The (posted, stored) unit multipliers when either side states a unit libvirt knows."""
+    if '@unit' not in posted and '@unit' not in stored:
+        return None
+    units = UNITS.get(posted.get('@unit', 'KiB')), UNITS.get(stored.get('@unit', 'KiB'))
+    return units if None not in units else None
+
+
+def _quantity(value, scale):
+    number = _number(_text(value), False)
+    return value if number is None else number * scale
+
+
+def _text(value):
+    return value.get('#text') if isinstance(value, dict) else value
+
+
+def _same(posted, stored):
+    """Whether libvirt's `stored` text is the posted value, in the form libvirt writes it."""
+    posted, stored = str(posted).strip(), stored or ''  # as xml_to_dict reads text back
+    if not stored or posted == stored:
+        return posted == stored
+    c_rules = bool(HEX.match(stored))
+    for normal in (lambda text: _number(text, c_rules), _cpu_set, _hex_id):
+        mine, theirs = normal(posted), normal(stored)
+        if mine is not None and theirs is not None:
+            return mine == theirs
+    return False
+
+
+def _number(text, c_rules):
+    """An integer as libvirt reads it: decimal (leading zeros allowed); where libvirt writes hex
+    (addresses, USB ids), C's rules: 0x hex, a leading 0 octal."""
+    if not isinstance(text, str):
+        return None
+    if HEX.match(text):
+        return int(text, 16)
+    if c_rules and text.startswith('0') and len(text) > 1:
+        return int(text, 8) if OCTAL.match(text) else None  # '09' is no number in C
+    return int(text) if DECIMAL.match(text) else None
+
+
+def _cpu_set(text):
+    """A cpuset or nodeset ("0-3,^2"), which libvirt writes back in its shortest form; CPU_SET's
+    five digits bound the set built here."""
+    if not CPU_SET.match(text):
+        return None
+    included, excluded = set(), set()
+    for part in text.split(','):
+        into = excluded if part.startswith('^') else included
+        first, _, last = part.lstrip('^').partition('-')
+        into.update(range(int(first), int(last or first) + 1))
+    return included - excluded
+
+
+def _hex_id(text):
+    """A MAC or UUID: libvirt parses them as numbers and writes them lower case."""
+    return text.lower().replace('-', '') if HEX_ID.match(text) else None
 
 
 def _as_list(value):

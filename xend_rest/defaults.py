@@ -5,7 +5,7 @@ DEFAULT_URI = 'xen:///system'  # unless --uri or $XEND_REST_URI says otherwise
 URI_VARIABLE = 'XEND_REST_URI'
 KEEPALIVE_INTERVAL = 5  # seconds of silence before libvirt pings libvirtd
 KEEPALIVE_COUNT = 3  # unanswered pings before the connection counts as broken
-OPEN_TIMEOUT = 30.0  # seconds an opening connection may take before requests get 503
+OPEN_TIMEOUT = 30.0  # seconds an opening connection may take before requests get 504
 
 # The server
 DEFAULT_LISTEN = ('127.0.0.1:8000',)

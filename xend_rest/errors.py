@@ -121,3 +121,17 @@ def hypervisor_timeout(message):
 def wait_timeout(message):
     """A wait the client bounded ran out: 408, since nothing upstream failed (504 says it did)."""
     return HTTPError(408, message, 'wait_timeout')
+
+
+def still_there(items, read, gone=is_no_domain):
+    """read(item) for each item, skipping those that vanished between listing and reading
+    (gone(err) says so) and those read answers None for."""
+    for item in items:
+        try:
+            value = read(item)
+        except libvirt.libvirtError as err:
+            if not gone(err):
+                raise
+            continue
+        if value is not None:
+            yield value

@@ -1,85 +1,182 @@
-"""The route table, as data: (method, path pattern, handler) rows, compiled once by Router."""
-import re
+"""The route table, as data: one row per route with everything about it.
 
-from .errors import HTTPError
-from .handlers import domains, events, host, images
+A row says which method and path reach which handler, the least role that may call it, the media
+type of its body (None: it takes none), which `flag` bit makes it answer secrets, whether host
+paths in its body are checked against allowed-paths, and its OpenAPI words. `security`,
+`openapi` and the router read the rows; none of them knows a handler.
+"""
+import libvirt
 
-PARAMETER = re.compile(r'\(\?P<(\w+)>[^)]*\)')
-NODES = '/libvirt/xen/nodes'
-DOMAIN = NODES + '/(?P<ident>[^/]+)'
-IMAGES = '/libvirt/xen/images'
-POOL_IMAGES = IMAGES + '/(?P<pool>[^/]+)'
-# An image name takes the rest of the path (newlines too), so that "a/b" reaches the handler
-# and gets its 400 rather than a 404.
-IMAGE = POOL_IMAGES + r'/(?P<name>[\s\S]+)'
-POOLS = '/libvirt/xen/pools'
+from . import defaults
+from .handlers import domains, events, images, operations
+from .openapi import (AFFECT_FLAG, ALL, CAPACITY, ERROR, FORCE, NO_BODY, NO_FLAG, OCTETS, SIZE,
+                      STRING, TEXT, WAIT, XML_FLAG, Doc, flag, lifecycle, query)
+from .params import (DESTROY_FLAGS, REBOOT_FLAGS, SHUTDOWN_FLAGS, START_FLAGS, UNDEFINE_FLAGS,
+                     VOL_CREATE_FLAGS, VOL_DELETE_FLAGS, VOL_RESIZE_FLAGS)
+
+READ, OPERATOR, ADMIN = 'read', 'operator', 'admin'
+ROLES = (READ, OPERATOR, ADMIN)  # each role may do everything the ones before it may
+# VIR_DOMAIN_XML_SECURE adds VNC/SPICE passwords to a description: only admins may ask for it.
+SECURE_XML = ('VIR_DOMAIN_XML_SECURE', libvirt.VIR_DOMAIN_XML_SECURE, ADMIN)
+
+
+class Route:
+    """One route: how it is reached, who may call it, what it takes, and its documentation."""
+
+    __slots__ = ('method', 'path', 'handler', 'role', 'body', 'secret_flag', 'host_paths', 'doc')
+
+    def __init__(self, method, path, handler, role=None, doc=None, body=None, secret_flag=None,
+                 host_paths=False):
+        self.method = method
+        self.path = path  # '/libvirt/{connection}/nodes/{ident}/json': OpenAPI's template
+        self.handler = handler
+        self.role = role  # None: not decided, so admin only (a test fails for such a row)
+        self.doc = doc  # openapi.Doc; None: undocumented (a test fails for such a row)
+        self.body = body  # the media type of its body; None: a body is ignored
+        self.secret_flag = secret_flag  # (name, bit, role): a flag bit only that role may set
+        self.host_paths = host_paths  # its JSON body may name host files: check allowed-paths
+
+    @property
+    def name(self):
+        """'GET /libvirt/{connection}/nodes/{ident}/json': labels metrics and logs."""
+        return '%s %s' % (self.method, self.path)
+
+    def __repr__(self):
+        return '<Route %s>' % self.name
+
+
+def unfinished(routes):
+    """The rows that do not say who may call them or how they are documented."""
+    return [route for route in routes if route.role is None or route.doc is None]
+
+
+HV = '/libvirt/{connection}'  # the hypervisor connection the route acts on
+NODES = HV + '/nodes'
+DOMAIN = NODES + '/{ident}'
+IMAGES = HV + '/images'
+IMAGE = IMAGES + '/{pool}/{name}'
+POOLS = HV + '/pools'
+JSON = defaults.JSON
+DOMAIN_ERRORS = {400: ERROR, 403: ERROR, 404: ERROR}
 
 ROUTES = [
-    ('GET', NODES + '/json', domains.list_domains),
-    ('POST', NODES + '/create', domains.create_domain),
-    ('GET', DOMAIN + '/json', domains.inspect_domain),
-    ('POST', DOMAIN + '/start', domains.start_domain),
-    ('POST', DOMAIN + '/stop', domains.stop_domain),
-    ('POST', DOMAIN + '/destroy', domains.destroy_domain),
-    ('POST', DOMAIN + '/restart', domains.restart_domain),
-    ('POST', DOMAIN + '/delete', domains.delete_domain),
-    ('POST', DOMAIN + '/suspend', domains.suspend_domain),
-    ('POST', DOMAIN + '/resume', domains.resume_domain),
-    ('POST', DOMAIN + '/devices/attach', domains.attach_device),
-    ('POST', DOMAIN + '/devices/detach', domains.detach_device),
-    ('POST', DOMAIN + '/devices/update', domains.update_device),
-    ('POST', DOMAIN + '/memory/resize', domains.resize_memory),
-    ('POST', DOMAIN + '/vcpu/resize', domains.resize_vcpu),
-    ('POST', DOMAIN + '/wait', events.wait_domain),
-    ('GET', DOMAIN + '/stats', host.domain_stats),
-    ('GET', NODES + '/stats', host.all_stats),
-    ('GET', '/libvirt/xen/events', events.stream_events),
-    ('GET', '/_ping', host.ping),
-    ('GET', '/version', host.version),
-    ('GET', '/info', host.info),
-    ('GET', '/metrics', host.metrics),
-    ('GET', '/openapi.json', host.openapi_document),
-    ('GET', IMAGES + '/json', images.list_images),
-    ('POST', POOL_IMAGES + '/create', images.create_image),
-    ('GET', IMAGE + '/json', images.inspect_image),
-    ('POST', IMAGE + '/clone', images.clone_image),
-    ('POST', IMAGE + '/resize', images.resize_image),
-    ('POST', IMAGE + '/wipe', images.wipe_image),
-    ('POST', IMAGE + '/delete', images.delete_image),
-    ('PUT', IMAGE + '/upload', images.upload_image),
-    ('GET', IMAGE + '/download', images.download_image),
-    ('GET', POOLS + '/json', images.list_pools),
-    ('GET', POOLS + '/(?P<pool>[^/]+)/json', images.inspect_pool),
+    Route('GET', NODES + '/json', domains.list_domains, READ, secret_flag=SECURE_XML, doc=Doc(
+        'List domains (dom0 excepted)', {200: 'DomainList', 400: ERROR}, [ALL, XML_FLAG])),
+    Route('POST', NODES + '/create', domains.create_domain, ADMIN, body=JSON, host_paths=True,
+          doc=Doc('Define (or redefine) a domain', {201: 'Created', 400: ERROR, 406: ERROR,
+                                                    409: ERROR, 413: ERROR}, body='Domain')),
+    Route('GET', DOMAIN + '/json', domains.inspect_domain, READ, secret_flag=SECURE_XML, doc=Doc(
+        'Inspect a domain', {200: 'Domain', 403: ERROR, 404: ERROR}, [XML_FLAG])),
+    Route('POST', DOMAIN + '/start', domains.start_domain, OPERATOR,
+          doc=lifecycle('Start a domain', flag(START_FLAGS))),
+    Route('POST', DOMAIN + '/stop', domains.stop_domain, OPERATOR,
+          doc=lifecycle('Shut a domain down', flag(SHUTDOWN_FLAGS), [WAIT], timeout=True)),
+    Route('POST', DOMAIN + '/destroy', domains.destroy_domain, OPERATOR,
+          doc=lifecycle('Power a domain off', flag(DESTROY_FLAGS))),
+    Route('POST', DOMAIN + '/restart', domains.restart_domain, OPERATOR,
+          doc=lifecycle('Reboot a domain', flag(REBOOT_FLAGS), [WAIT], not_modified=False,
+                        timeout=True)),
+    Route('POST', DOMAIN + '/delete', domains.delete_domain, ADMIN,
+          doc=lifecycle("Delete a domain's definition", flag(UNDEFINE_FLAGS),
+                        not_modified=False)),
+    Route('POST', DOMAIN + '/suspend', domains.suspend_domain, OPERATOR,
+          doc=lifecycle('Pause a domain', NO_FLAG)),
+    Route('POST', DOMAIN + '/resume', domains.resume_domain, OPERATOR,
+          doc=lifecycle('Resume a paused domain', NO_FLAG)),
+    Route('POST', DOMAIN + '/devices/attach', domains.attach_device, ADMIN, body=JSON,
+          host_paths=True, doc=Doc('Attach a device', {201: 'Device', 409: ERROR, 501: ERROR,
+                                                       **DOMAIN_ERRORS},
+                                   [AFFECT_FLAG], body='Device')),
+    Route('POST', DOMAIN + '/devices/detach', domains.detach_device, ADMIN, body=JSON, doc=Doc(
+        'Detach a device', {202: 'Message', 204: NO_BODY, 501: ERROR, **DOMAIN_ERRORS},
+        [AFFECT_FLAG], body='Device')),
+    Route('POST', DOMAIN + '/devices/update', domains.update_device, ADMIN, body=JSON,
+          host_paths=True, doc=Doc('Change a device in place', {200: 'Device', 501: ERROR,
+                                                                 **DOMAIN_ERRORS},
+                                   [AFFECT_FLAG], body='Device')),
+    Route('POST', DOMAIN + '/memory/resize', domains.resize_memory, ADMIN, doc=Doc(
+        "Resize a domain's memory", {204: NO_BODY, 501: ERROR, **DOMAIN_ERRORS},
+        [SIZE, query('type', 'target (default) or max.', {'type': 'string',
+                                                          'enum': ['target', 'max']}),
+         AFFECT_FLAG])),
+    Route('POST', DOMAIN + '/vcpu/resize', domains.resize_vcpu, ADMIN, doc=Doc(
+        "Change a domain's virtual CPUs", {204: NO_BODY, 501: ERROR, **DOMAIN_ERRORS},
+        [SIZE, query('type', 'current (default) or max.', {'type': 'string',
+                                                           'enum': ['current', 'max']}),
+         AFFECT_FLAG])),
+    # Watching changes nothing: events, waits, counters and descriptions are for readers.
+    Route('POST', DOMAIN + '/wait', events.wait_domain, READ, doc=Doc(
+        'Wait until a domain reaches a state', {200: 'WaitResult', 408: ERROR, **DOMAIN_ERRORS},
+        [query('condition', 'The state to wait for.', {
+            'type': 'string', 'enum': ['running', 'shutoff', 'paused', 'undefined']}, True),
+         query('timeout', 'Seconds to wait at most (0-%d, default 60).'
+               % defaults.MAX_WAIT_SECONDS,
+               {'type': 'number', 'minimum': 0, 'maximum': defaults.MAX_WAIT_SECONDS})])),
+    Route('GET', DOMAIN + '/stats', operations.domain_stats, READ, doc=Doc(
+        "A domain's counters", {200: 'Stats', 403: ERROR, 404: ERROR})),
+    Route('GET', NODES + '/stats', operations.all_stats, READ, doc=Doc(
+        "Every domain's counters", {200: 'StatsList', 400: ERROR}, [ALL])),
+    Route('GET', HV + '/events', events.stream_events, READ, doc=Doc(
+        'Domain events as they happen',
+        {200: (defaults.NDJSON, {'$ref': '#/components/schemas/Event'}), 400: ERROR},
+        [query('since', 'Replay the kept events after this id first.', {'type': 'integer'}),
+         query('domain', 'Only events of these domains (names or UUIDs, comma-separated).',
+               STRING),
+         query('event', 'Only these events (comma-separated names).', STRING),
+         query('limit', 'End the stream after this many events.', {'type': 'integer',
+                                                                    'minimum': 1}),
+         query('timeout', 'End the stream after this many seconds.', {'type': 'number',
+                                                                       'minimum': 0})])),
+    Route('GET', '/_ping', operations.ping, READ, doc=Doc(
+        'Is the daemon alive? (touches no hypervisor)', {200: TEXT})),
+    Route('GET', '/version', operations.version, READ, doc=Doc(
+        'Versions of the daemon, libvirt and the hypervisor', {200: 'Version'})),
+    Route('GET', '/info', operations.info, READ, doc=Doc(
+        'The host, its domains, and what its driver supports', {200: 'Info'})),
+    Route('GET', '/metrics', operations.metrics, READ, doc=Doc(
+        "Metrics in Prometheus' text format", {200: (defaults.METRICS, STRING)})),
+    Route('GET', '/openapi.json', operations.openapi_document, READ, doc=Doc(
+        'This document', {200: (JSON, {'type': 'object'})})),
+    Route('GET', IMAGES + '/json', images.list_images, READ, doc=Doc(
+        'List images (every pool, or one)', {200: 'ImageList', 404: ERROR},
+        [query('pool', 'Only this pool.', STRING)])),
+    Route('POST', IMAGES + '/{pool}/create', images.create_image, ADMIN, doc=Doc(
+        'Create an empty image', {201: 'Image', 400: ERROR, 404: ERROR, 409: ERROR},
+        [query('name', "The new image's name.", STRING, True), CAPACITY,
+         query('format', 'raw (default) or qcow2.', {'type': 'string', 'enum': ['raw', 'qcow2']}),
+         query('allocation', 'Space to allocate now (default 0: sparse).', STRING),
+         flag(VOL_CREATE_FLAGS)])),
+    Route('GET', IMAGE + '/json', images.inspect_image, READ, doc=Doc(
+        'Inspect an image', {200: 'Volume', 400: ERROR, 404: ERROR})),
+    Route('POST', IMAGE + '/clone', images.clone_image, ADMIN, doc=Doc(
+        'Clone an image', {201: 'Image', 400: ERROR, 404: ERROR, 409: ERROR},
+        [query('name', "The clone's name.", STRING, True),
+         query('pool', "The clone's pool (default: the same).", STRING),
+         query('format', "raw or qcow2 (default: the source's).",
+               {'type': 'string', 'enum': ['raw', 'qcow2']})])),
+    Route('POST', IMAGE + '/resize', images.resize_image, ADMIN, doc=Doc(
+        'Resize an image (shrinking needs flag=4)', {204: NO_BODY, 400: ERROR, 404: ERROR,
+                                                     409: ERROR, 501: ERROR},
+        [CAPACITY, FORCE, flag(VOL_RESIZE_FLAGS)])),
+    Route('POST', IMAGE + '/wipe', images.wipe_image, ADMIN, doc=Doc(
+        "Wipe an image's content", {204: NO_BODY, 400: ERROR, 404: ERROR, 409: ERROR, 501: ERROR},
+        [query('algorithm', "zero (default), or one of libvirt's wipe patterns.", STRING),
+         FORCE])),
+    Route('POST', IMAGE + '/delete', images.delete_image, ADMIN, doc=Doc(
+        'Delete an image', {204: NO_BODY, 400: ERROR, 404: ERROR, 409: ERROR},
+        [FORCE, flag(VOL_DELETE_FLAGS)])),
+    Route('PUT', IMAGE + '/upload', images.upload_image, ADMIN, body=defaults.OCTETS, doc=Doc(
+        "Upload a new image's content", {201: 'Image', 400: ERROR, 404: ERROR, 408: ERROR,
+                                          409: ERROR, 411: ERROR, 413: ERROR, 501: ERROR},
+        [query('capacity', "The image's size (default: the body's length).", STRING)],
+        body='Octets')),
+    # A guest's disk holds its secrets, keys and data.
+    Route('GET', IMAGE + '/download', images.download_image, ADMIN, doc=Doc(
+        'Download an image (a single Range is honoured)', {200: OCTETS, 206: OCTETS, 400: ERROR,
+                                                           404: ERROR, 409: ERROR, 416: ERROR,
+                                                           501: ERROR})),
+    Route('GET', POOLS + '/json', images.list_pools, READ, doc=Doc(
+        'List storage pools', {200: 'PoolList'})),
+    Route('GET', POOLS + '/{pool}/json', images.inspect_pool, READ, doc=Doc(
+        'Inspect a storage pool', {200: 'StoragePool', 400: ERROR, 404: ERROR})),
 ]
-
-
-def path_template(pattern):
-    """A route's pattern as an OpenAPI path: '/nodes/(?P<ident>[^/]+)/json' -> '/nodes/{ident}/json'."""
-    return PARAMETER.sub(r'{\1}', pattern)
-
-
-class Router:
-    """Finds the handler for a method and path, or raises 404, or 405 with its Allow header."""
-
-    def __init__(self, routes):
-        self.table = list(routes)
-        self.routes = [(method, re.compile(pattern + r'\Z'), handler,
-                        '%s %s' % (method, path_template(pattern)))
-                       for method, pattern, handler in routes]
-
-    def find(self, method, path):
-        """(route name, handler, path parameters); the name ('GET /nodes/{ident}/json') labels metrics."""
-        allowed = set()
-        for route_method, pattern, handler, name in self.routes:
-            found = pattern.match(path)
-            if found is None:
-                continue
-            if route_method == method or (method == 'HEAD' and route_method == 'GET'):
-                return name, handler, found.groupdict()
-            allowed.add(route_method)
-        if allowed:
-            if 'GET' in allowed:
-                allowed.add('HEAD')
-            raise HTTPError(405, 'method %s is not allowed on %s' % (method, path),
-                            'method_not_allowed', [('Allow', ', '.join(sorted(allowed)))])
-        raise HTTPError(404, 'no such endpoint: %s' % path, 'no_such_endpoint')

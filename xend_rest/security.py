@@ -1,6 +1,7 @@
-"""Who may call which route, from where, with what body: the access policy, as tables and a Guard.
+"""Who may call which route, from where, with what body: the access policy, as a Guard that reads
+each route's row (routes.py).
 
-Whoever can call this API is root on dom0, so every route needs a role (absent from the table:
+Whoever can call this API is root on dom0, so every route needs a role (a row without one:
 admin), every request must come from the daemon's own names and never from a browser page, and
 host paths in a definition may be confined to a few directories.
 """
@@ -12,57 +13,11 @@ import socket
 import ssl
 import stat
 
-import libvirt
-
 from . import defaults
 from .errors import HTTPError
 from .headers import content_length, media_type
-from .handlers import domains, events, host, images
 from .params import is_whole
-
-READ, OPERATOR, ADMIN = 'read', 'operator', 'admin'
-ROLES = (READ, OPERATOR, ADMIN)  # each role may do everything the ones before it may
-
-# Route handler -> the least role that may call it. A route missing here needs admin, so a new
-# route is safe until someone decides otherwise.
-REQUIRED_ROLES = {
-    domains.list_domains: READ,
-    domains.inspect_domain: READ,
-    domains.start_domain: OPERATOR,
-    domains.stop_domain: OPERATOR,
-    domains.destroy_domain: OPERATOR,
-    domains.restart_domain: OPERATOR,
-    domains.suspend_domain: OPERATOR,
-    domains.resume_domain: OPERATOR,
-    # Watching changes nothing: events, waits, counters and descriptions are for readers.
-    events.stream_events: READ,
-    events.wait_domain: READ,
-    host.domain_stats: READ,
-    host.all_stats: READ,
-    host.ping: READ,
-    host.version: READ,
-    host.info: READ,
-    host.metrics: READ,
-    host.openapi_document: READ,
-    images.list_images: READ,
-    images.inspect_image: READ,
-    images.download_image: ADMIN,  # a guest's disk: its secrets, keys and data
-    images.list_pools: READ,
-    images.inspect_pool: READ,
-}
-
-# Route handler -> (name, bit, role): a bit of the `flag` query that makes the route answer
-# secrets, and the least role that may set it. VIR_DOMAIN_XML_SECURE adds VNC/SPICE passwords.
-SECRET_FLAGS = {
-    domains.list_domains: ('VIR_DOMAIN_XML_SECURE', libvirt.VIR_DOMAIN_XML_SECURE, ADMIN),
-    domains.inspect_domain: ('VIR_DOMAIN_XML_SECURE', libvirt.VIR_DOMAIN_XML_SECURE, ADMIN),
-}
-
-# Route handler -> the media type its request body must have; absent: application/json.
-BODY_TYPES = {images.upload_image: defaults.OCTETS}
-
-# Routes whose JSON body may point the hypervisor at host files: checked against allowed-paths.
-PATH_CHECKED = {domains.create_domain, domains.attach_device, domains.update_device}
+from .routes import ADMIN, ROLES
 
 # Where a definition names a host file: the trailing element names and the attribute (or #text)
 # of a value, matched at any depth. Each is a file or program the hypervisor opens or runs.
@@ -132,20 +87,23 @@ class Guard:
         request.role = self._role(environ, transport)
         return request.role
 
-    def authorize(self, request, handler):
-        """403 unless the role may call the route; 415 for a body of the wrong type; 403 for paths."""
-        needed = REQUIRED_ROLES.get(handler, ADMIN)
+    def authorize(self, request, route):
+        """403 unless the role may call the route; 415 for a body of the wrong type; 403 for paths.
+
+        Any body must have the route's media type, JSON where the route takes none (it is then
+        ignored): so no HTML form can reach an action, whichever route it posts to."""
+        needed = route.role or ADMIN  # a route nobody classified is for admins only
         if ROLES.index(request.role) < ROLES.index(needed):
             raise HTTPError(403, 'this needs the %s role; your credentials have %s'
                             % (needed, request.role), 'forbidden')
-        self.check_secret_flag(request, handler)
+        self.check_secret_flag(request, route)
         if content_length(request.environ.get('CONTENT_LENGTH')):
-            expected = BODY_TYPES.get(handler, defaults.JSON)
+            expected = route.body or defaults.JSON
             given = media_type(request.environ.get('CONTENT_TYPE'))
             if given != expected:
                 raise HTTPError(415, 'the body must be %s, not %s' % (expected, given or 'untyped'),
                                 'unsupported_media_type')
-        if self.allowed_paths and handler in PATH_CHECKED:
+        if self.allowed_paths and route.host_paths:
             doc = request.json()
             where = next(hypervisor_elements(doc), None)
             if where is not None:
@@ -156,11 +114,11 @@ class Guard:
             for where, path in host_paths(doc):
                 self.check_path(where, path)
 
-    def check_secret_flag(self, request, handler):
-        """403 unless the role may set the route's flag bit that asks for secrets (SECRET_FLAGS)."""
-        if handler not in SECRET_FLAGS:
+    def check_secret_flag(self, request, route):
+        """403 unless the role may set the route's flag bit that asks for secrets."""
+        if route.secret_flag is None:
             return
-        name, bit, needed = SECRET_FLAGS[handler]
+        name, bit, needed = route.secret_flag
         flag = request.arg('flag')
         if flag is None or not is_whole(flag):  # the handler answers 400, as to anyone
             return

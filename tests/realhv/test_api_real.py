@@ -31,13 +31,13 @@ INACTIVE_XML = libvirt.VIR_DOMAIN_XML_INACTIVE
 def api(libvirtd):
     app = make_app(uri=libvirtd.uri)
     yield Client(app)
-    app.pool.close()
+    app.close()
 
 
 @pytest.fixture(scope='module')
 def server(api):
     """The real threaded server in front of the same app, on a free TCP port."""
-    running = Server(api.app, ['127.0.0.1:0'], workers=4, on_shutdown=api.app.hub.close)
+    running = Server(api.app, ['127.0.0.1:0'], workers=4, on_shutdown=api.app.end_streams)
     running.start()
     yield running
     running.shutdown(grace=2)

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import Client
 from xend_rest.app import make_app
-from xend_rest.pool import ConnectionPool
+from xend_rest.connection import SharedConnection
 from xend_rest.server import Server
 
 from . import guest
@@ -47,9 +47,9 @@ def app(private_libvirtd):
     if private_libvirtd.process.poll() is not None:
         private_libvirtd.start()  # a failed test left it dead
     private_libvirtd.signal(signal.SIGCONT)
-    app = make_app(pool=ConnectionPool(private_libvirtd.uri, **FAST_POOL))
+    app = make_app(connection=SharedConnection(private_libvirtd.uri, **FAST_POOL))
     yield app
-    app.pool.close()
+    app.close()
 
 
 @pytest.fixture
@@ -139,7 +139,7 @@ class Load:
 
 @pytest.fixture
 def server(app):
-    running = Server(app, ['127.0.0.1:0'], workers=4, on_shutdown=app.hub.close)
+    running = Server(app, ['127.0.0.1:0'], workers=4, on_shutdown=app.end_streams)
     running.start()
     yield running
     running.shutdown(grace=2)
@@ -164,10 +164,10 @@ def test_reconnects_and_close_leave_no_libvirt_connection_open(app):
     before = _open_sockets()
     for _ in range(3):
         assert client.get(NODES + '/json').status == 200
-        app.pool.discard(app.pool.get())  # as after a broken call: the next request reconnects
+        app.hypervisor.connection.discard(app.hypervisor.connection.get())  # as after a broken call: the next request reconnects
     assert client.get(NODES + '/json').status == 200
-    assert app.pool.connects == 4
-    app.pool.close()
+    assert app.hypervisor.connection.connects == 4
+    app.close()
     # A discarded connection is closed by libvirt-python once nothing refers to it (its callback
     # bookkeeping makes reference cycles: the cyclic collector finds them), and libvirt frees the
     # socket from its event loop: wait for both, bounded.
@@ -199,7 +199,7 @@ def test_libvirtd_killed_under_load_is_503_then_recovers_without_a_restart(
             assert headers['Retry-After'].isdigit()
             assert (status, body['code']) in (
                 (503, 'hypervisor_unavailable'), (504, 'hypervisor_timeout')), body
-    assert app.pool.connects == 2  # one reconnect, the same daemon
+    assert app.hypervisor.connection.connects == 2  # one reconnect, the same daemon
     assert threading.active_count() <= threads_before
     assert not [t for t in threading.enumerate() if t.name == 'libvirt-open']
     assert capfd.readouterr().err == ''

@@ -70,7 +70,7 @@ def server(libvirtd):
     running.start()
     yield running.addresses[0]
     running.shutdown(grace=5)
-    app.pool.close()
+    app.close()
 
 
 def chunks(seed, length, size=MiB):

@@ -4,7 +4,8 @@ import re
 import libvirt
 
 from .. import convert
-from ..errors import HTTPError, from_libvirt, is_connection_error, is_no_domain, wait_timeout
+from ..errors import (HTTPError, from_libvirt, is_connection_error, is_no_domain, still_there,
+                      wait_timeout)
 from ..defaults import MAX_WAIT_SECONDS
 from ..events import wait_for_restart, wait_for_state
 from ..params import (AFFECT_FLAGS, DESTROY_FLAGS, DOMAIN_XML_FLAGS, NO_FLAGS, REBOOT_FLAGS,
@@ -56,15 +57,9 @@ def list_domains(request):
     every = parse_bool(request, 'all')
     flag = parse_flag(request, DOMAIN_XML_FLAGS)
     listing = 0 if every else libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE
-    described = []
-    for dom in request.conn.listAllDomains(listing):
-        try:
-            if not is_dom0(dom):
-                described.append(convert.xml_to_json(dom.XMLDesc(flag)))
-        except libvirt.libvirtError as err:
-            if not is_no_domain(err):  # a domain may vanish between listing and lookup
-                raise
-    return 200, convert.json_list(described)
+    described = still_there(request.conn.listAllDomains(listing), lambda dom: None if is_dom0(dom)
+                            else convert.xml_to_json(dom.XMLDesc(flag)))
+    return 200, convert.json_list(list(described))
 
 
 def inspect_domain(request, ident):
@@ -82,7 +77,10 @@ def create_domain(request):
         if is_connection_error(err):
             raise  # the app drops the connection and says the outcome is unknown
         raise _rejected(err) from None
-    stored = convert.xml_to_dict(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+    # With its secrets (a VNC password libvirt kept is not dropped); they stay here: a Warning
+    # is a path, never a value.
+    stored = convert.xml_to_dict(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE |
+                                             libvirt.VIR_DOMAIN_XML_SECURE))
     warnings = ['%s was dropped by libvirt' % path
                 for path in convert.dropped(posted['domain'], stored['domain'], 'domain')]
     return 201, {'Uuid': dom.UUIDString(), 'Warnings': warnings}
@@ -113,7 +111,7 @@ def stop_domain(request, ident):
         return NOT_MODIFIED
     if wait is None:
         return _change_state(lambda: dom.shutdownFlags(flag), lambda: not dom.isActive())
-    if not wait_for_state(request.app.hub, request.conn, dom.UUIDString(), 'shutoff', wait,
+    if not wait_for_state(request.hypervisor.events, request.conn, dom.UUIDString(), 'shutoff', wait,
                           lambda: dom.shutdownFlags(flag)):
         raise wait_timeout('the shutdown of %s was asked for, but it was not shut off within '
                            '%g s' % (dom.name(), wait))
@@ -135,7 +133,7 @@ def restart_domain(request, ident):
     dom = _active_domain(request, ident)
     if wait is None:
         dom.reboot(flag)
-    elif not wait_for_restart(request.app.hub, dom.UUIDString(), wait, lambda: dom.reboot(flag)):
+    elif not wait_for_restart(request.hypervisor.events, dom.UUIDString(), wait, lambda: dom.reboot(flag)):
         raise wait_timeout('the reboot of %s was asked for, but no reboot was seen within %g s'
                            % (dom.name(), wait))
     return NO_CONTENT

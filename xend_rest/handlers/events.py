@@ -22,10 +22,10 @@ def stream_events(request):
     limit = parse_int(request, 'limit', minimum=1) if request.arg('limit') is not None else None
     timeout = parse_seconds(request, 'timeout', maximum=MAX_STREAM_SECONDS)
     sse = defaults.SSE in request.environ.get('HTTP_ACCEPT', '')
-    request.conn  # the pool registers for events when it connects: be connected
-    hub = request.app.hub
+    request.conn  # the hypervisor registers for events when it connects: be connected
+    hub = request.hypervisor.events
     subscription = hub.subscribe(wanted, since)
-    stream = EventStream(hub, subscription, request.app.pool, sse, limit, timeout)
+    stream = EventStream(hub, subscription, request.hypervisor.connection, sse, limit, timeout)
     return 200, Raw(stream, defaults.SSE if sse else defaults.NDJSON), list(STREAM_HEADERS)
 
 
@@ -67,8 +67,8 @@ class EventStream:
     unsubscribe); the server calls close() however the stream ends.
     """
 
-    def __init__(self, hub, subscription, pool, sse, limit, timeout):
-        self.hub, self.subscription, self.pool = hub, subscription, pool
+    def __init__(self, hub, subscription, connection, sse, limit, timeout):
+        self.hub, self.subscription, self.connection = hub, subscription, connection
         self.sse, self.limit = sse, limit
         self.deadline = None if timeout is None else time.monotonic() + timeout
 
@@ -106,7 +106,7 @@ class EventStream:
     def _reconnect(self):
         """Reopen a broken libvirt connection (and so register for its events again)."""
         try:
-            self.pool.get()
+            self.connection.get()
         except HTTPError:
             pass  # libvirt is still away: try again at the next heartbeat
 
@@ -143,6 +143,6 @@ def wait_domain(request, ident):
     condition = parse_choice(request, 'condition', {name: name for name in CONDITION_STATES}, None)
     timeout = parse_seconds(request, 'timeout', DEFAULT_WAIT_SECONDS, MAX_WAIT_SECONDS)
     dom = lookup_domain(request.conn, ident)
-    if not wait_for_state(request.app.hub, request.conn, dom.UUIDString(), condition, timeout):
+    if not wait_for_state(request.hypervisor.events, request.conn, dom.UUIDString(), condition, timeout):
         raise wait_timeout('domain %s did not become %s within %g s' % (dom.name(), condition, timeout))
     return 200, {'State': condition}

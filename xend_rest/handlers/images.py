@@ -11,7 +11,7 @@ import libvirt
 
 from .. import convert, defaults, streams
 from ..bodies import Raw
-from ..errors import HTTPError, bad_request, is_no_domain, is_no_image
+from ..errors import HTTPError, bad_request, is_no_image, still_there
 from ..params import (IMAGE_FORMATS, NO_FLAGS, VOL_CREATE_FLAGS, VOL_DELETE_FLAGS,
                       VOL_RESIZE_FLAGS, WIPE_ALGORITHMS, parse_bool, parse_choice, parse_flag,
                       parse_size)
@@ -86,20 +86,19 @@ def image_users(conn):
     One pass over the domains per request, whatever the number of images asked about.
     """
     users = {}
-    for dom in conn.listAllDomains(0):
-        try:
-            name = dom.name()
-            definitions = [dom.XMLDesc(0)]
-            if dom.isActive() and dom.isPersistent():
-                definitions.append(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
-        except libvirt.libvirtError as err:
-            if is_no_domain(err):  # a domain may vanish between listing and lookup
-                continue
-            raise
+    for name, definitions in still_there(conn.listAllDomains(0), _definitions):
         for xml in definitions:
             for source in _disk_sources(xml):
                 users.setdefault(source, set()).add(name)
     return users
+
+
+def _definitions(dom):
+    """A domain's name and its live and persistent definitions."""
+    definitions = [dom.XMLDesc(0)]
+    if dom.isActive() and dom.isPersistent():
+        definitions.append(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+    return dom.name(), definitions
 
 
 def _disk_sources(xml):
@@ -140,7 +139,7 @@ def _used_by(pool, name, path, users):
 
 
 def _describe(request, pool, vol):
-    return _summary(pool, vol.XMLDesc(0), image_users(request.conn), request.app.uploads)
+    return _summary(pool, vol.XMLDesc(0), image_users(request.conn), request.hypervisor.uploads)
 
 
 def list_images(request):
@@ -151,14 +150,10 @@ def list_images(request):
     else:
         pools = request.conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE)
     users = image_users(request.conn)
-    listed = []
-    for pool in pools:
-        for vol in pool.listAllVolumes(0):
-            try:
-                listed.append(_summary(pool, vol.XMLDesc(0), users, request.app.uploads))
-            except libvirt.libvirtError as err:
-                if not is_no_image(err):  # an image may vanish between listing and lookup
-                    raise
+    uploads = request.hypervisor.uploads
+    listed = [summary for pool in pools for summary in still_there(
+        pool.listAllVolumes(0), lambda vol: _summary(pool, vol.XMLDesc(0), users, uploads),
+        is_no_image)]
     return 200, sorted(listed, key=lambda image: (image['Pool'], image['Name']))
 
 
@@ -218,7 +213,7 @@ def _refuse_existing(pool, name):
 
 
 def _refuse_uploading(request, pool, name):
-    if (pool.UUIDString(), name) in request.app.uploads:
+    if (pool.UUIDString(), name) in request.hypervisor.uploads:
         raise HTTPError(409, 'image %s is being uploaded' % name, 'upload_in_progress')
 
 
@@ -292,7 +287,7 @@ def upload_image(request, pool, name):
     if length > available:
         raise HTTPError(413, 'pool %s has %d bytes free, the body is %d'
                         % (target.name(), available, length), 'insufficient_space')
-    with request.app.uploads.holding((target.UUIDString(), name)):
+    with request.hypervisor.uploads.holding((target.UUIDString(), name)):
         vol = target.createXML(_volume_xml(name, capacity, 'raw', 0), 0)
         try:
             streams.upload(request.conn, vol, request.body_chunks(streams.CHUNK), length)

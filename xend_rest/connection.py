@@ -43,7 +43,7 @@ def _run_event_loop():
             log.exception('libvirt event loop iteration failed')
 
 
-class ConnectionPool:
+class SharedConnection:
     """One libvirt connection, opened lazily, shared by every thread, reopened once it breaks."""
 
     def __init__(self, uri, keepalive_interval=defaults.KEEPALIVE_INTERVAL,
@@ -62,7 +62,7 @@ class ConnectionPool:
         self._dropped = []  # connections libvirt closed (close callback), still to be released
 
     def on_connect(self, callback):
-        """Call callback(conn) on every connection this pool opens (e.g. to register for events).
+        """Call callback(conn) on every connection this opens (e.g. to register for events).
 
         callback may return a function, called (without arguments) before that connection is
         closed: registrations like event callbacks hold a reference that keeps it open otherwise.
@@ -217,7 +217,7 @@ class _Opener(threading.Thread):
             self.done.set()
 
 
-class ConnectionCache:
+class PerConnection:
     """Values worked out once per libvirt connection, worked out again after a reconnect."""
 
     def __init__(self):

@@ -3,7 +3,7 @@ import libvirt
 
 from .. import __version__
 from ..bodies import Raw
-from ..errors import HTTPError, is_connection_error, is_no_domain
+from ..errors import HTTPError, is_connection_error, still_there
 from .. import defaults
 from ..metrics import Exposition, add_requests, labels
 from ..params import parse_bool
@@ -31,7 +31,7 @@ STATE_LISTS = (
 
 def ping(request):
     """GET /_ping: the daemon answers; it opens no libvirt connection (GET /info does)."""
-    connected = 'true' if request.app.pool.connected else 'false'
+    connected = 'true' if request.hypervisor.connection.connected else 'false'
     return 200, Raw(b'OK', defaults.TEXT), [('Api-Version', API_VERSION), ('Cache-Control', 'no-cache'),
                                         ('Libvirt-Connected', connected)]
 
@@ -64,7 +64,7 @@ def info(request):
         'NumaNodes': numa_nodes, 'Sockets': sockets, 'Cores': cores, 'Threads': threads,
         'MemoryKiB': memory_mib * 1024,
         'Domains': _domain_counts(conn),
-        'Supports': request.app.supports.get(conn, 'operations', _probe_operations),
+        'Supports': request.hypervisor.features.get(conn, 'operations', _probe_operations),
     }
 
 
@@ -108,15 +108,8 @@ def all_stats(request):
 
 
 def _described(conn, domains=None, active_only=False):
-    described = []
-    for dom, raw in bulk_stats(conn, domains, active_only):
-        try:
-            if not is_dom0(dom):
-                described.append(describe(dom, raw))
-        except libvirt.libvirtError as err:
-            if not is_no_domain(err):  # a domain may vanish between listing and reading
-                raise
-    return described
+    return list(still_there(bulk_stats(conn, domains, active_only),
+                            lambda pair: None if is_dom0(pair[0]) else describe(*pair)))
 
 
 # (metric, type, help, value of a described domain); None values are left out.
@@ -159,30 +152,29 @@ def _bytes(kib):
 def metrics(request):
     """GET /metrics: domains and the daemon itself, in Prometheus' text format."""
     exposition = Exposition()
-    conn = None
     try:
-        conn = request.conn
-        described, up = _described(conn), 1
+        described, up = _described(request.conn), 1
     except HTTPError:  # libvirt is unreachable: still answer, with what the daemon knows
         described, up = [], 0
     except libvirt.libvirtError as err:
         if not is_connection_error(err):
             raise
-        request.app.pool.discard(conn)  # as the app does with an error it answers: reconnect next
+        request.connection_broke()
         described, up = [], 0
     exposition.add('xend_libvirt_up', 'gauge', 'Whether libvirt answered this scrape.', up)
     _add_domains(exposition, described)
-    app = request.app
+    hypervisor = request.hypervisor
     exposition.add('xend_libvirt_connects_total', 'counter',
                    'Connections opened to libvirt; each after the first is a reconnect.',
-                   app.pool.connects)
+                   hypervisor.connection.connects)
     exposition.add('xend_events_total', 'counter', 'Domain events received from libvirt.',
-                   app.hub.events)
+                   hypervisor.events.events)
     exposition.add('xend_event_subscribers', 'gauge', 'Open event streams and waits.',
-                   app.hub.subscribers)
+                   hypervisor.events.subscribers)
     exposition.add('xend_event_overflows_total', 'counter',
-                   'Event streams dropped because their client fell behind.', app.hub.overflows)
-    add_requests(exposition, app.metrics)
+                   'Event streams dropped because their client fell behind.',
+                   hypervisor.events.overflows)
+    add_requests(exposition, request.app.metrics)
     return 200, Raw(exposition.text().encode(), defaults.METRICS)
 
 
@@ -205,4 +197,4 @@ def _add_domains(exposition, described):
 def openapi_document(request):
     """GET /openapi.json: this API in OpenAPI 3, built from the route table."""
     from .. import openapi  # built on demand: most daemons never serve it
-    return 200, openapi.document(request.app.router.table)
+    return 200, openapi.document(request.app.router.routes, list(request.app.hypervisors))

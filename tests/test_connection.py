@@ -7,7 +7,7 @@ import pytest
 
 from conftest import Client, until
 from xend_rest.app import make_app
-from xend_rest.pool import ConnectionPool
+from xend_rest.connection import SharedConnection
 
 NODES = '/libvirt/xen/nodes'
 BOUND = 10  # seconds: only ever reached when something is broken
@@ -30,16 +30,16 @@ def test_a_connection_the_pool_let_go_is_closed_with_its_event_callbacks(node_ur
     app = make_app(uri=node_uri)
     client = Client(app)
     try:
-        old = app.pool.get()
+        old = app.hypervisor.connection.get()
         idle_there = old.lookupByName('idle')  # holds a reference of its own: still usable
-        let_go(app.pool, old)
+        let_go(app.hypervisor.connection, old)
         idle_there.create()
         assert client.post(NODES + '/db/suspend').status == 204  # a new connection
-        until(lambda: app.hub.events >= 1)
+        until(lambda: app.hypervisor.events.events >= 1)
         assert _event_domains(client) == ['db']
-        assert app.pool.connects == 2
+        assert app.hypervisor.connection.connects == 2
     finally:
-        app.pool.close()
+        app.close()
 
 
 def test_a_hung_open_is_not_waited_for_again(node_uri, monkeypatch):
@@ -51,13 +51,13 @@ def test_a_hung_open_is_not_waited_for_again(node_uri, monkeypatch):
         return real_open(uri)
 
     monkeypatch.setattr(libvirt, 'open', hung_open)
-    app = make_app(pool=ConnectionPool(node_uri, open_timeout=0.2))
+    app = make_app(connection=SharedConnection(node_uri, open_timeout=0.2))
     client = Client(app)
     try:
         first = client.get(NODES + '/json')
         assert first.status == 504
         assert first.json['code'] == 'hypervisor_timeout'
-        app.pool.open_timeout = 3600  # a request that waited afresh would hang here
+        app.hypervisor.connection.open_timeout = 3600  # a request that waited afresh would hang here
         answers = []
         second = threading.Thread(target=lambda: answers.append(client.get(NODES + '/json')))
         second.start()
@@ -67,7 +67,7 @@ def test_a_hung_open_is_not_waited_for_again(node_uri, monkeypatch):
         assert answers[0].json['code'] == 'hypervisor_timeout'
         release.set()  # libvirtd thaws: the open in flight finishes and is used
         until(lambda: client.get(NODES + '/json').status == 200)
-        assert app.pool.connects == 1
+        assert app.hypervisor.connection.connects == 1
     finally:
         release.set()
-        app.pool.close()
+        app.close()
