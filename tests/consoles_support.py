@@ -1,7 +1,6 @@
-"""What the console tests share: a fake console stream and domain, a WSGI app serving only the
-console routes, and a small server honouring the upgrade contract of issue 11
-(environ['xend_rest.upgrade'], then session(sock, buffered) on a thread of its own)."""
-import re
+"""What the console tests share: a fake console stream and domain, and a small server honouring
+the upgrade contract of issue 11 (environ['xend_rest.upgrade'](session, on_shutdown), then
+session(sock, buffered) on a thread of its own)."""
 import socket
 import struct
 import threading
@@ -10,9 +9,6 @@ import time
 import libvirt
 
 from xend_rest import websocket
-from xend_rest.app import Request
-from xend_rest.errors import HTTPError, from_libvirt, json_payload
-from xend_rest.handlers import consoles as handlers
 
 MASK = b'\x11\x22\x33\x44'
 CONSOLE_XML = """<domain><name>%s</name><devices>
@@ -163,45 +159,25 @@ class FakeConnection:
     lookupByUUIDString = lookupByID
 
 
-class FixedPool:
+class FixedConnection:
+    """A SharedConnection that hands out one given connection (a fake)."""
+
+    connects = 1
+
     def __init__(self, conn):
         self.conn = conn
 
     def get(self):
         return self.conn
 
+    def on_connect(self, _callback):
+        pass
 
-class ConsoleApp:
-    """A WSGI app serving only the console routes (until the route rows carry them)."""
+    def discard(self, _conn):
+        pass
 
-    ROUTES = [('GET', re.compile(r'/libvirt/xen/nodes/([^/]+)/console\Z'), handlers.console),
-              ('POST', re.compile(r'/libvirt/xen/nodes/([^/]+)/attach\Z'), handlers.attach),
-              ('GET', re.compile(r'/libvirt/xen/nodes/([^/]+)/vnc\Z'), handlers.screen)]
-
-    def __init__(self, pool, consoles):
-        self.pool, self.consoles = pool, consoles
-
-    def __call__(self, environ, start_response):
-        request = Request(environ, self.pool, self)
-        try:
-            for method, pattern, handler in self.ROUTES:
-                found = pattern.match(request.path)
-                if found and method == request.method:
-                    status, body, headers = handler(request, found.group(1))
-                    break
-            else:
-                raise HTTPError(404, 'no such endpoint', 'no_such_endpoint')
-        except HTTPError as err:
-            status, body, headers = err.status, err.body(), err.headers
-        except libvirt.libvirtError as err:
-            mapped = from_libvirt(err)
-            status, body, headers = mapped.status, mapped.body(), mapped.headers
-        payload = json_payload(body) if body is not None else b''
-        reason = 'Switching Protocols' if status == 101 else 'X'
-        if body is not None:
-            headers = [('Content-Type', 'application/json')] + list(headers)
-        start_response('%d %s' % (status, reason), list(headers))
-        return [payload]
+    def close(self):
+        pass
 
 
 class UpgradeServer:
@@ -241,24 +217,28 @@ class UpgradeServer:
             method, target, _ = lines[0].split(' ')
             path, _, query = target.partition('?')
             environ = {'REQUEST_METHOD': method, 'PATH_INFO': path, 'QUERY_STRING': query,
-                       'wsgi.input': None, 'CONTENT_LENGTH': '0'}
+                       'RAW_URI': target, 'REMOTE_ADDR': '127.0.0.1', 'SERVER_NAME': '127.0.0.1',
+                       'xend_rest.transport': 'tcp', 'wsgi.input': None}
             for line in lines[1:]:
                 name, _, value = line.partition(':')
                 key = 'HTTP_' + name.strip().upper().replace('-', '_')
                 environ[key] = environ[key] + ', ' + value.strip() if key in environ else value.strip()
             upgraded = []
-            environ['xend_rest.upgrade'] = upgraded.append
+            environ['xend_rest.upgrade'] = lambda session, on_shutdown=None: upgraded.append(
+                (session, on_shutdown))
             answer = {}
             body = b''.join(self.app(environ, lambda status, headers: answer.update(
                 status=status, headers=headers)))
             out = 'HTTP/1.1 %s\r\n' % answer['status']
             out += ''.join('%s: %s\r\n' % pair for pair in answer['headers'])
             if not answer['status'].startswith('101'):
-                out += 'Content-Length: %d\r\nConnection: close\r\n' % len(body)
+                out += 'Connection: close\r\n'
+                if 'content-length' not in {name.lower() for name, _ in answer['headers']}:
+                    out += 'Content-Length: %d\r\n' % len(body)
             sock.sendall(out.encode('latin-1') + b'\r\n' + body)
             if answer['status'].startswith('101') and upgraded:
                 self.sessions.append(upgraded[0])
-                upgraded[0](sock, buffered)
+                upgraded[0][0](sock, buffered)
 
     def close(self):
         self.listener.close()

@@ -99,6 +99,10 @@ ROUTE_ROLES = [
     ('POST', N + '/web/restart', None, 'operator'),
     ('POST', N + '/web/suspend', None, 'operator'),
     ('POST', N + '/frozen/resume', None, 'operator'),
+    ('GET', N + '/web/console', None, 'operator'),  # typing into a console acts on the guest
+    ('POST', N + '/web/attach', None, 'operator'),
+    ('GET', N + '/web/vnc', None, 'operator'),
+    ('POST', N + '/web/console/ticket', None, 'operator'),
     ('POST', N + '/create', TEST0, 'admin'),
     ('POST', N + '/idle/delete', None, 'admin'),
     ('POST', N + '/web/devices/attach', {'disk': {'@type': 'file'}}, 'admin'),

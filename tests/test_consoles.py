@@ -15,12 +15,12 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from conftest import Client, until
-from consoles_support import (ConsoleApp, FakeConnection, FixedPool, FrameClient, UpgradeServer)
+from consoles_support import FakeConnection, FixedConnection, FrameClient, UpgradeServer
 from xend_rest import websocket
 from xend_rest.app import make_app
 from xend_rest.consoles import ConsoleStream, open_console
-from xend_rest.sessions import Session, Sessions, WebSocketFraming
-from xend_rest.pool import start_event_loop
+from xend_rest.bridge import Bridge, Bridges, WebSocketFraming
+from xend_rest.connection import start_event_loop
 from xend_rest.websocket import BINARY, CLOSE, PING, PONG, TEXT
 
 CONSOLE = '/libvirt/xen/nodes/web/console'
@@ -37,14 +37,14 @@ def conn():
 
 @pytest.fixture
 def consoles():
-    registry = Sessions(max_sessions=3)
+    registry = Bridges(max_sessions=3)
     yield registry
     assert registry.close_all(timeout=10)
 
 
 @pytest.fixture
 def server(conn, consoles):
-    running = UpgradeServer(ConsoleApp(FixedPool(conn), consoles))
+    running = UpgradeServer(make_app(connection=FixedConnection(conn), consoles=consoles))
     yield running
     consoles.close_all(timeout=10)
     running.close()
@@ -195,7 +195,8 @@ def test_attach_answers_101_then_raw_bytes_both_ways(server, conn, consoles):
 def test_attach_without_the_upgrade_is_426_naming_tcp(server):
     sock = socket.create_connection(('127.0.0.1', server.port), timeout=10)
     with sock:
-        sock.sendall(b'POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n' % ATTACH.encode())
+        sock.sendall(b'POST %s HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n'
+                     % ATTACH.encode())
         answer = sock.recv(65536).decode()
     assert answer.startswith('HTTP/1.1 426 ')
     assert 'Upgrade: tcp\r\n' in answer
@@ -233,7 +234,7 @@ def test_a_client_close_is_answered_with_its_code_and_the_stream_aborted(client,
     (websocket.encode(BINARY, b'x' * 70000, mask=b'abcd'), 1009),
 ])
 def test_protocol_violations_close_with_their_code(conn, frame, code):
-    registry = Sessions(max_message=65536)
+    registry = Bridges(max_message=65536)
     sock, session, thread = bridged(conn, registry, WebSocketFraming(65536))
     with sock:
         ws = FrameClient(sock)
@@ -310,7 +311,7 @@ def test_daemon_shutdown_closes_every_session_with_1001(conn, consoles):
 
 
 def test_an_idle_session_is_closed(conn):
-    registry = Sessions(idle_timeout=0.3)
+    registry = Bridges(idle_timeout=0.3)
     sock, session, thread = bridged(conn, registry)
     with sock:
         ws = FrameClient(sock)
@@ -321,7 +322,7 @@ def test_an_idle_session_is_closed(conn):
 
 
 def test_a_client_that_stops_reading_is_cut_off_and_memory_stays_bounded(conn):
-    registry = Sessions(buffer_size=65536)
+    registry = Bridges(buffer_size=65536)
     session = open_console(registry, conn, conn.dom, None, 0, WebSocketFraming())
     ours, theirs = socket.socketpair()
     theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
@@ -344,7 +345,7 @@ def test_a_client_that_stops_reading_is_cut_off_and_memory_stays_bounded(conn):
 
 
 def test_the_other_sessions_go_on_while_one_client_stalls(conn):
-    registry = Sessions(buffer_size=65536)
+    registry = Bridges(buffer_size=65536)
     stalled = open_console(registry, conn, conn.dom, 'serial0', 0, WebSocketFraming())
     ours, theirs = socket.socketpair()
     theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
@@ -389,9 +390,8 @@ def upgrade_headers(hook=True):
 @pytest.fixture
 def test_driver(node_uri):
     app = make_app(uri=node_uri)
-    console_app = ConsoleApp(app.pool, Sessions())
-    yield Client(console_app)
-    app.pool.close()
+    yield Client(app)
+    app.close()
 
 
 def test_under_a_foreign_wsgi_server_the_console_is_501_saying_why(test_driver):
@@ -437,4 +437,4 @@ def test_session_counts_reach_the_registry_totals(client, consoles):
     assert open_sessions == 1
     assert typed == len(b'echo 12345\n')
     assert shown >= len(b'echo 12345\n12345\r\n')
-    assert isinstance(session, Session)
+    assert isinstance(session, Bridge)

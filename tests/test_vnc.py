@@ -11,9 +11,9 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from conftest import DOMAINS, node_xml, until
-from consoles_support import ConsoleApp, UpgradeServer
+from consoles_support import UpgradeServer
 from xend_rest.app import make_app
-from xend_rest.sessions import Sessions
+from xend_rest.bridge import Bridges
 from xend_rest import vnc
 
 
@@ -68,13 +68,13 @@ def screens(tmp_path, rfb):
     ]
     path = tmp_path / 'node.xml'
     path.write_text(node_xml(DOMAINS + extra))
-    app = make_app(uri='test://%s' % path)
-    sessions = Sessions()
-    server = UpgradeServer(ConsoleApp(app.pool, sessions))
+    sessions = Bridges()
+    app = make_app(uri='test://%s' % path, consoles=sessions)
+    server = UpgradeServer(app)
     yield server, sessions
     assert sessions.close_all(timeout=10)
     server.close()
-    app.pool.close()
+    app.close()
 
 
 def test_rfb_bytes_pass_through_a_websocket_both_ways(screens, rfb):
@@ -117,7 +117,7 @@ def test_a_remote_hypervisor_uri_is_501():
         def getURI(self):
             return 'xen+ssh://root@dom0.example/system'
     with pytest.raises(vnc.HTTPError) as refused:
-        vnc.open_screen(Sessions(), Remote(), None, None)
+        vnc.open_screen(Bridges(), Remote(), None, None)
     assert (refused.value.status, refused.value.code) == (501, 'remote_hypervisor')
 
 

@@ -9,6 +9,7 @@ import libvirt
 
 from . import defaults, errors, jsonbody
 from .bodies import Raw
+from .bridge import Bridges
 from .connection import SharedConnection
 from .convert import JSONText
 from .errors import HTTPError, bad_request, json_payload
@@ -22,14 +23,15 @@ from .security import Guard
 log = logging.getLogger(__name__)
 
 DEFAULT_HYPERVISOR = 'xen'  # the contract's paths: /libvirt/xen/...
-NO_BODY_STATUSES = (204, 304)
+NO_BODY_STATUSES = (101, 204, 304)
 SAFE_METHODS = ('GET', 'HEAD')  # the rest may change the hypervisor's state
 REASONS = {
-    200: 'OK', 201: 'Created', 202: 'Accepted', 204: 'No Content', 206: 'Partial Content',
-    304: 'Not Modified', 400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden',
-    404: 'Not Found', 405: 'Method Not Allowed', 406: 'Not Acceptable', 408: 'Request Timeout',
-    409: 'Conflict', 411: 'Length Required', 413: 'Payload Too Large', 415: 'Unsupported Media Type',
-    416: 'Range Not Satisfiable', 500: 'Internal Server Error', 501: 'Not Implemented',
+    101: 'Switching Protocols', 200: 'OK', 201: 'Created', 202: 'Accepted', 204: 'No Content',
+    206: 'Partial Content', 304: 'Not Modified', 400: 'Bad Request', 401: 'Unauthorized',
+    403: 'Forbidden', 404: 'Not Found', 405: 'Method Not Allowed', 406: 'Not Acceptable',
+    408: 'Request Timeout', 409: 'Conflict', 411: 'Length Required', 413: 'Payload Too Large',
+    415: 'Unsupported Media Type', 416: 'Range Not Satisfiable', 426: 'Upgrade Required',
+    429: 'Too Many Requests', 500: 'Internal Server Error', 501: 'Not Implemented',
     503: 'Service Unavailable', 504: 'Gateway Timeout', 507: 'Insufficient Storage',
 }
 
@@ -42,6 +44,7 @@ class Request:
         self.app = app  # for what is the daemon's own: its router, metrics, hypervisors
         self.hypervisor = app.hypervisor  # the route's, once routed
         self.role = None  # set by the Guard
+        self.ticket = None  # the console ticket the Guard took the role from, if any
         self.route = None  # set once routed
         self.method = environ['REQUEST_METHOD']
         self.query = parse_qs(environ.get('QUERY_STRING', ''), keep_blank_values=True)
@@ -120,7 +123,8 @@ class App:
     """The WSGI application: routes a request, admits and authorizes it, calls its handler, and
     turns whatever happens into a response."""
 
-    def __init__(self, hypervisors, routes=ROUTES, guard=None, max_body=defaults.MAX_BODY):
+    def __init__(self, hypervisors, routes=ROUTES, guard=None, max_body=defaults.MAX_BODY,
+                 consoles=None):
         self.hypervisors = {hypervisor.name: hypervisor for hypervisor in hypervisors}
         self.hypervisor = hypervisors[0]  # the default: daemon-wide routes (/info) answer for it
         self.router = Router(routes)
@@ -129,6 +133,7 @@ class App:
         self.guard = guard or Guard()
         self.metrics = RequestMetrics()
         self.max_body = max_body
+        self.consoles = Bridges() if consoles is None else consoles  # daemon-wide sessions
 
     def __call__(self, environ, start_response):
         started = perf_counter()
@@ -195,7 +200,7 @@ def _segments(environ):
 
 
 def make_app(uri=None, connection=None, routes=ROUTES, events=None, guard=None,
-             max_body=defaults.MAX_BODY):
+             max_body=defaults.MAX_BODY, consoles=None):
     """A WSGI application serving the API on one shared libvirt connection, named 'xen'.
 
     The URI defaults to $XEND_REST_URI, else xen:///system; or pass a SharedConnection.
@@ -203,7 +208,8 @@ def make_app(uri=None, connection=None, routes=ROUTES, events=None, guard=None,
     if connection is None:
         connection = SharedConnection(uri or os.environ.get(defaults.URI_VARIABLE)
                                       or defaults.DEFAULT_URI)
-    return App([Hypervisor(DEFAULT_HYPERVISOR, connection, events)], routes, guard, max_body)
+    return App([Hypervisor(DEFAULT_HYPERVISOR, connection, events)], routes, guard, max_body,
+               consoles)
 
 
 def _internal_error():

@@ -16,7 +16,7 @@ import libvirt
 
 from . import defaults
 from .errors import HTTPError, is_connection_error, is_no_domain
-from .sessions import CHUNK, Ended
+from .bridge import CHUNK, Ended
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ STREAM_EVENTS = libvirt.VIR_STREAM_EVENT_READABLE | libvirt.VIR_STREAM_EVENT_ERR
 
 
 def open_console(sessions, conn, dom, dev, flags, framing):
-    """A Session on the domain's console (dev: an alias, None for the first console); 429 past
+    """A Bridge on the domain's console (dev: an alias, None for the first console); 429 past
     the limit, 409 when another session holds the console, unless flags has FORCE."""
     alias = pick_console(dom, dev)
     place = sessions.admit((conn.getURI(), dom.UUIDString(), alias or ''),

@@ -40,6 +40,22 @@ def lifecycle(summary, flag_parameter, extra=(), not_modified=True, timeout=Fals
     return Doc(summary, responses, [flag_parameter, *extra])
 
 
+def upgrade(summary, console=False):
+    """A console or screen route's words: 101 and a session, or a refusal decided before it."""
+    parameters = [query('ticket', 'A console ticket (for browsers, which cannot send '
+                        'Authorization); single-use.', STRING)]
+    if console:
+        parameters = [
+            query('dev', 'The console or serial device, by alias (default: the first console).',
+                  STRING),
+            query('force', '1/True/true: take the console over from the session holding it.',
+                  BOOLEAN),
+            query('safe', '1/True/true: only a console libvirt can open safely.', BOOLEAN),
+        ] + parameters
+    return Doc(summary, {101: NO_BODY, 400: ERROR, 403: ERROR, 404: ERROR, 409: ERROR,
+                         426: ERROR, 429: ERROR, 501: ERROR}, parameters)
+
+
 PATH_PARAMETERS = {
     'connection': 'The hypervisor connection, by its configured name.',
     'ident': 'The domain: its running id, its UUID or its name.',
@@ -117,6 +133,7 @@ SCHEMAS = {
     'Event': _object({
         'Id': INT, 'Time': STRING, 'Event': STRING, 'Detail': {'type': 'string', 'nullable': True},
         'Domain': _object({'Name': STRING, 'Uuid': STRING})}),
+    'Ticket': _object({'Ticket': STRING, 'Expires': {'type': 'number'}, 'Path': STRING}),
     'Version': _object({'Version': STRING, 'ApiVersion': STRING, 'LibvirtVersion': STRING,
                         'DaemonLibvirtVersion': STRING, 'Hypervisor': STRING,
                         'HypervisorVersion': STRING}),
@@ -130,11 +147,14 @@ SCHEMAS = {
     }),
 }
 
-REASONS = {200: 'OK', 201: 'Created', 202: 'Accepted', 204: 'No Content', 304: 'Not Modified',
+REASONS = {101: 'Switching Protocols: the console or screen session begins', 200: 'OK',
+           201: 'Created', 202: 'Accepted', 204: 'No Content', 304: 'Not Modified',
            400: 'Bad request', 403: 'Refused (dom0)', 404: 'No such domain or endpoint',
            406: 'Definition rejected by libvirt', 408: 'The wait ran out (see the docs)',
            409: 'Not in a state that allows it', 411: 'Content-Length required',
            413: 'Body too large', 416: 'Range not satisfiable',
+           426: 'Upgrade required (WebSocket, or tcp for attach)',
+           429: 'Too many console sessions (or tickets) at once',
            500: 'Server error', 501: 'Not supported by this hypervisor driver',
            503: 'libvirt is unreachable, or too many event streams are open'}
 

@@ -8,9 +8,9 @@ paths in its body are checked against allowed-paths, and its OpenAPI words. `sec
 import libvirt
 
 from . import defaults
-from .handlers import domains, events, images, operations
+from .handlers import consoles, domains, events, images, operations
 from .openapi import (AFFECT_FLAG, ALL, CAPACITY, ERROR, FORCE, NO_BODY, NO_FLAG, OCTETS, SIZE,
-                      STRING, TEXT, WAIT, XML_FLAG, Doc, flag, lifecycle, query)
+                      STRING, TEXT, WAIT, XML_FLAG, Doc, flag, lifecycle, query, upgrade)
 from .params import (DESTROY_FLAGS, REBOOT_FLAGS, SHUTDOWN_FLAGS, START_FLAGS, UNDEFINE_FLAGS,
                      VOL_CREATE_FLAGS, VOL_DELETE_FLAGS, VOL_RESIZE_FLAGS)
 
@@ -104,6 +104,20 @@ ROUTES = [
         [SIZE, query('type', 'current (default) or max.', {'type': 'string',
                                                            'enum': ['current', 'max']}),
          AFFECT_FLAG])),
+    # Consoles and screens upgrade the connection (see docs/consoles.md). Typing into a guest's
+    # console or screen acts on it: operators.
+    Route('GET', DOMAIN + '/console', consoles.console, OPERATOR, doc=upgrade(
+        "A domain's text console over a WebSocket (binary frames both ways)", console=True)),
+    Route('POST', DOMAIN + '/attach', consoles.attach, OPERATOR, doc=upgrade(
+        "A domain's text console as raw bytes (Connection: Upgrade, Upgrade: tcp)",
+        console=True)),
+    Route('GET', DOMAIN + '/vnc', consoles.screen, OPERATOR, doc=upgrade(
+        "A domain's VNC screen (RFB) over a WebSocket, for noVNC")),
+    Route('POST', DOMAIN + '/console/ticket', consoles.issue_ticket, OPERATOR, doc=Doc(
+        'A single-use ticket that opens the console or screen from a browser',
+        {201: 'Ticket', 400: ERROR, 429: ERROR, **DOMAIN_ERRORS},
+        [query('for', 'console (default) or vnc.', {'type': 'string',
+                                                    'enum': ['console', 'vnc']})])),
     # Watching changes nothing: events, waits, counters and descriptions are for readers.
     Route('POST', DOMAIN + '/wait', events.wait_domain, READ, doc=Doc(
         'Wait until a domain reaches a state', {200: 'WaitResult', 408: ERROR, **DOMAIN_ERRORS},

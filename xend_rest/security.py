@@ -17,6 +17,7 @@ from . import defaults
 from .errors import HTTPError
 from .headers import content_length, media_type
 from .params import is_whole
+from .tickets import Tickets
 from .routes import ADMIN, ROLES
 
 # Where a definition names a host file: the trailing element names and the attribute (or #text)
@@ -64,27 +65,48 @@ def own_fqdn():
 class Guard:
     """Admits a request (Host, Origin, credentials), then authorizes it for its route."""
 
-    def __init__(self, tokens=None, tls_clients=None, allowed_hosts=(), allowed_paths=()):
+    def __init__(self, tokens=None, tls_clients=None, allowed_hosts=(), allowed_paths=(),
+                 allowed_origins=(), tickets=None):
         self.tokens = tokens or {}  # token -> (role, name)
         self.tls_clients = tls_clients  # None (any verified client is admin) or {CN: role}
         self.allowed_hosts = own_names() | {_host_name(host) for host in allowed_hosts}
         self.allowed_paths = [os.path.realpath(path) for path in allowed_paths]
+        # Pages that may open a console or a screen, with a ticket and nothing else.
+        self.allowed_origins = {origin_name(origin) for origin in allowed_origins}
+        self.tickets = Tickets() if tickets is None else tickets
 
     def is_own_host(self, host):
         return host in self.allowed_hosts or '*' in self.allowed_hosts or host == own_fqdn()
 
     def admit(self, request):
-        """The caller's role; 403 for a foreign Host or a web page's request, 401 without credentials."""
+        """The caller's role; 403 for a foreign Host or a web page's request, 401 without credentials.
+
+        A request with ?ticket= is a console or screen upgrade (a browser's WebSocket): the
+        ticket is its only credential, used up here, and a page of an allowed origin may send it.
+        """
         environ = request.environ
-        if 'HTTP_ORIGIN' in environ or environ.get('HTTP_SEC_FETCH_SITE') in PAGE_FETCHES:
+        token = request.arg('ticket')
+        if token is None and ('HTTP_ORIGIN' in environ
+                              or environ.get('HTTP_SEC_FETCH_SITE') in PAGE_FETCHES):
             raise HTTPError(403, 'requests from web pages (with an Origin header) are refused',
                             'cross_origin')
+        origin = environ.get('HTTP_ORIGIN')
+        if token is not None and origin is not None and origin_name(origin) not in self.allowed_origins:
+            raise HTTPError(403, 'Origin %s may not open consoles; add it to allowed-origins'
+                            % origin, 'cross_origin')
         transport = environ.get('xend_rest.transport', 'tcp')
         host = _host_name(environ.get('HTTP_HOST') or environ.get('SERVER_NAME', ''))
         if transport != 'unix' and not self.is_own_host(host):
             raise HTTPError(403, 'Host %r is not a name of this daemon; add it to allowed-hosts'
                             % host, 'foreign_host')
-        request.role = self._role(environ, transport)
+        if token is not None:
+            request.ticket = self.tickets.redeem(token)
+            if request.ticket is None:
+                raise HTTPError(401, 'the console ticket is unknown, used already or expired',
+                                'bad_ticket')
+            request.role = request.ticket.role
+        else:
+            request.role = self._role(environ, transport)
         return request.role
 
     def authorize(self, request, route):
@@ -92,6 +114,10 @@ class Guard:
 
         Any body must have the route's media type, JSON where the route takes none (it is then
         ignored): so no HTML form can reach an action, whichever route it posts to."""
+        ticket = request.ticket
+        if ticket is not None and (route.handler is not ticket.handler
+                                   or request.hypervisor.name != ticket.hypervisor):
+            raise HTTPError(403, 'this console ticket is for another route', 'ticket_mismatch')
         needed = route.role or ADMIN  # a route nobody classified is for admins only
         if ROLES.index(request.role) < ROLES.index(needed):
             raise HTTPError(403, 'this needs the %s role; your credentials have %s'
@@ -202,6 +228,15 @@ def hypervisor_elements(doc):
         for child in value if isinstance(value, list) else [value]:
             if isinstance(child, dict) and '@xmlns' in child:
                 yield 'domain.%s.@xmlns' % key
+
+
+def origin_name(origin):
+    """An Origin as compared: 'HTTPS://Admin.Example:443' -> 'https://admin.example'."""
+    scheme, _, rest = origin.strip().lower().partition('://')
+    default = {'http': ':80', 'https': ':443'}.get(scheme)
+    if default and rest.endswith(default):
+        rest = rest[:-len(default)]
+    return '%s://%s' % (scheme, rest.rstrip('/'))
 
 
 def _host_name(host):

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import libvirt
 
 from .errors import HTTPError, is_no_domain
-from .sessions import CHUNK, Ended
+from .bridge import CHUNK, Ended
 
 CONNECT_TIMEOUT = 5.0
 NOT_OFFERED = (libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_OPERATION_UNSUPPORTED,
@@ -23,7 +23,7 @@ ANY_ADDRESS = {'0.0.0.0': '127.0.0.1', '::': '::1', '': '127.0.0.1'}
 
 
 def open_screen(sessions, conn, dom, framing):
-    """A Session on the domain's VNC screen: 404 without VNC graphics, 501 for SPICE only or a
+    """A Bridge on the domain's VNC screen: 404 without VNC graphics, 501 for SPICE only or a
     hypervisor reached through a remote URI, 429 past the session limit."""
     uri = conn.getURI()
     if urlsplit(uri).hostname:

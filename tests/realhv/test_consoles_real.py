@@ -15,10 +15,10 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from consoles_support import ConsoleApp, FakeError, UpgradeServer
+from consoles_support import FakeError, UpgradeServer
 from xend_rest import vnc
 from xend_rest.app import make_app
-from xend_rest.sessions import Sessions
+from xend_rest.bridge import Bridges
 
 from . import guest
 from .conftest import SESSION_PREFIX, _remove_domain
@@ -29,19 +29,19 @@ NODES = '/libvirt/xen/nodes'
 
 @pytest.fixture(scope='module')
 def consoles():
-    registry = Sessions()
+    registry = Bridges()
     yield registry
     assert registry.close_all(timeout=10)
 
 
 @pytest.fixture(scope='module')
 def server(libvirtd, consoles):
-    app = make_app(uri=libvirtd.uri)
-    running = UpgradeServer(ConsoleApp(app.pool, consoles))
+    app = make_app(uri=libvirtd.uri, consoles=consoles)
+    running = UpgradeServer(app)
     yield running
     consoles.close_all(timeout=10)
     running.close()
-    app.pool.close()
+    app.close()
 
 
 def boot(libvirt_conn, guest_xml, guest_console, name, **options):

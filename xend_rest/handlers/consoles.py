@@ -1,17 +1,18 @@
-"""The console endpoints: a guest's console as a WebSocket, or as raw bytes (Upgrade: tcp), and
-its screen (VNC) as a WebSocket.
+"""The console endpoints: a guest's console as a WebSocket, or as raw bytes (Upgrade: tcp), its
+screen (VNC) as a WebSocket, and the tickets a browser opens them with.
 
-Each answers 101 and hands the server a session to run on the connection (xend_rest.sessions,
-with a console stream from xend_rest.consoles or a VNC socket from xend_rest.vnc on the guest's
-side). Refusals are decided before the 101, from state: 426 without the upgrade,
-501 under a foreign WSGI server or a driver without consoles, 409 for a domain that is not
-running or a console another session holds, 429 past the session limit.
+Each upgrade answers 101 and hands the server a session to run on the connection
+(xend_rest.bridge, with a console stream from xend_rest.consoles or a VNC socket from
+xend_rest.vnc on the guest's side). Refusals are decided before the 101, from state: 426
+without the upgrade, 501 under a foreign WSGI server or a driver without consoles, 409 for a
+domain that is not running or a console another session holds, 429 past the session limit.
 """
 from .. import websocket
+from ..bridge import upgrade_hook
 from ..consoles import CONSOLE_FLAGS, open_console
 from ..errors import HTTPError
-from ..params import parse_bool
-from ..sessions import upgrade_hook
+from ..params import parse_bool, parse_choice
+from ..tickets import redact_ticket
 from ..vnc import open_screen
 from .domains import lookup_domain
 
@@ -22,7 +23,7 @@ def console(request, ident):
     """GET /nodes/{ident}/console: the console over a WebSocket, in binary frames both ways."""
     upgrade = upgrade_hook(request.environ)
     headers = websocket.handshake(request.environ)
-    return _upgrade(upgrade, _open_session(request, ident, True), headers)
+    return _upgrade(request, upgrade, _open_console(request, ident, True), headers)
 
 
 def attach(request, ident):
@@ -31,7 +32,7 @@ def attach(request, ident):
     upgrade = upgrade_hook(request.environ)
     if not websocket.asks_upgrade(request.environ, 'tcp'):
         raise websocket.upgrade_required('tcp')
-    return _upgrade(upgrade, _open_session(request, ident, False), RAW_UPGRADE)
+    return _upgrade(request, upgrade, _open_console(request, ident, False), RAW_UPGRADE)
 
 
 def screen(request, ident):
@@ -40,11 +41,28 @@ def screen(request, ident):
     headers = websocket.handshake(request.environ)
     sessions = request.app.consoles
     dom = _running_domain(request, ident)
-    return _upgrade(upgrade, open_screen(sessions, request.conn, dom, sessions.framing(True)),
-                    headers)
+    session = open_screen(sessions, request.conn, dom, sessions.framing(True))
+    return _upgrade(request, upgrade, session, headers)
 
 
-def _open_session(request, ident, over_websocket):
+# What a ticket may open: ?for= -> the handler of its route.
+TICKET_ROUTES = {'console': console, 'vnc': screen}
+
+
+def issue_ticket(request, ident):
+    """POST /nodes/{ident}/console/ticket?for=console|vnc: a single-use ticket, good for a few
+    seconds, that opens that route on this domain with the caller's role (for browsers)."""
+    target = request.arg('for', 'console')
+    handler = parse_choice(request, 'for', TICKET_ROUTES, 'console')
+    uuid = lookup_domain(request.conn, ident).UUIDString()
+    tickets = request.app.guard.tickets
+    token = tickets.issue(request.hypervisor.name, uuid, handler, request.role)
+    return 201, {'Ticket': token, 'Expires': tickets.lifetime,
+                 'Path': '/libvirt/%s/nodes/%s/%s?ticket=%s'
+                         % (request.hypervisor.name, uuid, target, token)}
+
+
+def _open_console(request, ident, over_websocket):
     flags = 0
     for name, bit in CONSOLE_FLAGS:
         if parse_bool(request, name):
@@ -57,14 +75,20 @@ def _open_session(request, ident, over_websocket):
 
 def _running_domain(request, ident):
     dom = lookup_domain(request.conn, ident)
+    if request.ticket is not None and request.ticket.uuid != dom.UUIDString():
+        raise HTTPError(403, 'this console ticket is for another domain', 'ticket_mismatch')
     if not dom.isActive():
         raise HTTPError(409, 'domain %s is not running' % dom.name(), 'invalid_state')
     return dom
 
 
-def _upgrade(upgrade, session, headers):
+def _upgrade(request, upgrade, session, headers):
+    environ = request.environ
+    session.request_line = '%s %s' % (request.method, redact_ticket(
+        environ.get('RAW_URI') or environ.get('PATH_INFO', '')))
+    session.client = environ.get('REMOTE_ADDR', '-')
     try:
-        upgrade(session)
+        upgrade(session, lambda: session.end('shutdown'))
     except BaseException:
         session.discard()
         raise

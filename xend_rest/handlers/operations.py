@@ -174,8 +174,17 @@ def metrics(request):
     exposition.add('xend_event_overflows_total', 'counter',
                    'Event streams dropped because their client fell behind.',
                    hypervisor.events.overflows)
+    _add_consoles(exposition, request.app.consoles)
     add_requests(exposition, request.app.metrics)
     return 200, Raw(exposition.text().encode(), defaults.METRICS)
+
+
+def _add_consoles(exposition, consoles):
+    sessions, typed, shown = consoles.totals()
+    exposition.add('xend_console_sessions', 'gauge', 'Open console and screen sessions.', sessions)
+    help_text = 'Bytes through console and screen sessions: in, typed by clients; out, shown to them.'
+    exposition.add('xend_console_bytes_total', 'counter', help_text, typed, '{direction="in"}')
+    exposition.add('xend_console_bytes_total', 'counter', help_text, shown, '{direction="out"}')
 
 
 def _add_domains(exposition, described):

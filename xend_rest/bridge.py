@@ -1,7 +1,7 @@
-"""Sessions on an upgraded connection: a client's socket bridged to a guest's console or screen.
+"""Console sessions: a client's upgraded connection bridged to a guest's console or screen.
 
-A session runs as session(sock, buffered) on a thread the server gives it (not a request
-worker), after the 101 answer; that thread is the only one touching the client's socket. What
+A session (a Bridge) runs as session(sock, buffered) on a thread the server gives it (not a
+request worker), after the 101 answer; that thread alone touches the client's socket. What
 is on the guest's side (a libvirt console stream, a VNC socket) is an object with fileno(),
 receive(), send(), room(), alive(), explain() and close(): xend_rest.consoles and xend_rest.vnc.
 
@@ -20,6 +20,7 @@ from . import defaults, websocket
 from .errors import HTTPError
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger('xend_rest.access')
 
 CHUNK = 65536  # bytes per read, per send, per frame
 TICK = 1.0  # seconds between checks that the guest side is still reachable
@@ -121,13 +122,14 @@ class RawFraming:
         return False
 
 
-class Session:
+class Bridge:
     """One client bridged to one guest side; the server runs it as session(sock, buffered)."""
 
     def __init__(self, registry, guest, framing, key=None, label=''):
         self.registry, self.guest, self.framing = registry, guest, framing
         self.key = key  # the console it holds, for force=1 takeovers
         self.label = label
+        self.request_line, self.client = '-', '-'  # for its access-log line
         self.created = time.monotonic()
         self.started = None
         self.bytes_in = self.bytes_out = 0  # guest bytes: typed by the client, shown to it
@@ -176,6 +178,15 @@ class Session:
             self._wake_r.close()
             self._wake_w.close()
             self.registry.release(self)
+            self._log()
+
+    def _log(self):
+        """One access-log line per session, once it is over: how long, how much, why it ended."""
+        if access_log.isEnabledFor(logging.INFO):
+            took = time.monotonic() - self.started if self.started is not None else 0.0
+            ending = self.ending[0] if self.ending else 'never_started'
+            access_log.info('%s session %s %.1fs in=%d out=%d %s %s', self.request_line, ending,
+                            took, self.bytes_in, self.bytes_out, self.label, self.client)
 
     def _run(self, buffered):
         selector = selectors.DefaultSelector()
@@ -385,7 +396,7 @@ def _wait(sock, events, deadline):
 
 # -- the sessions of an app ----------------------------------------------------------------------
 
-class Sessions:
+class Bridges:
     """The sessions of one app: how many may be open, which holds which console, and the bytes
     they moved (for /metrics)."""
 
@@ -394,7 +405,7 @@ class Sessions:
         self.max_sessions, self.idle_timeout = max_sessions, idle_timeout
         self.buffer_size, self.max_message = buffer_size, max_message
         self.bytes_in = self.bytes_out = 0  # of the sessions that ended
-        self._sessions = set()  # Session, and Place while a guest side is being opened
+        self._sessions = set()  # Bridge, and Place while a guest side is being opened
         self._holders = {}  # console key -> the session holding it
         self._lock = threading.Condition()
 
@@ -428,8 +439,8 @@ class Sessions:
             self._lock.notify_all()
 
     def start(self, place, guest, framing, label):
-        """The Session for an opened guest side, in the place admit() gave."""
-        session = Session(self, guest, framing, place.key, label)
+        """The Bridge for an opened guest side, in the place admit() gave."""
+        session = Bridge(self, guest, framing, place.key, label)
         with self._lock:
             self._sessions.discard(place)
             self._sessions.add(session)
@@ -454,21 +465,21 @@ class Sessions:
         now = time.monotonic()
         with self._lock:
             stale = [s for s in self._sessions
-                     if isinstance(s, Session) and s.started is None and now - s.created > UNSTARTED]
+                     if isinstance(s, Bridge) and s.started is None and now - s.created > UNSTARTED]
         for session in stale:
             session.discard()
 
     def totals(self):
         """(open sessions, bytes in, bytes out), the open sessions' bytes included."""
         with self._lock:
-            sessions = [s for s in self._sessions if isinstance(s, Session)]
+            sessions = [s for s in self._sessions if isinstance(s, Bridge)]
             return (len(self._sessions), self.bytes_in + sum(s.bytes_in for s in sessions),
                     self.bytes_out + sum(s.bytes_out for s in sessions))
 
     def close_all(self, timeout=CLOSE_WAIT + 1):
         """At shutdown: every session says 1001 and ends; wait up to timeout for them."""
         with self._lock:
-            sessions = [s for s in self._sessions if isinstance(s, Session)]
+            sessions = [s for s in self._sessions if isinstance(s, Bridge)]
         for session in sessions:
             if session.started is None:
                 session.discard()

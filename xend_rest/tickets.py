@@ -1,0 +1,66 @@
+"""Console tickets: short-lived, single-use credentials that a browser's WebSocket can carry.
+
+A browser's WebSocket always sends Origin and cannot send Authorization. So a caller with the
+role asks for a ticket (POST .../console/ticket) and hands it to the page, which passes it as
+?ticket=; the ticket is bound to the hypervisor connection, the domain, the route and the role
+of the caller who asked for it, and works once, within `lifetime` seconds (as Proxmox's
+vncticket does). Tickets live in memory: a restart forgets them, which costs a page a retry.
+"""
+import re
+import secrets
+import threading
+import time
+from collections import namedtuple
+
+from .errors import HTTPError
+
+LIFETIME = 30.0  # seconds a ticket is good for: enough to hand it to a page and open the socket
+MAX_TICKETS = 1024  # outstanding at once; each is a few hundred bytes
+
+TICKET_QUERY = re.compile(r'([?&]ticket=)[^&]*')
+
+Ticket = namedtuple('Ticket', 'hypervisor uuid handler role expires')
+
+
+def redact_ticket(target):
+    """A request target fit for a log: a ticket is a credential, never written down."""
+    return TICKET_QUERY.sub(r'\1-', target)
+
+
+class Tickets:
+    """The outstanding tickets of one guard."""
+
+    def __init__(self, lifetime=LIFETIME, max_tickets=MAX_TICKETS):
+        self.lifetime, self.max_tickets = lifetime, max_tickets
+        self._tickets = {}  # token -> Ticket
+        self._lock = threading.Lock()
+
+    def issue(self, hypervisor, uuid, handler, role):
+        """A new ticket's token for the route served by `handler`, on one domain, with `role`."""
+        token = secrets.token_urlsafe(24)
+        now = time.monotonic()
+        with self._lock:
+            self._sweep(now)
+            if len(self._tickets) >= self.max_tickets:
+                raise HTTPError(429, '%d console tickets are outstanding; they expire within %g s'
+                                % (len(self._tickets), self.lifetime), 'too_many_tickets',
+                                [('Retry-After', str(int(self.lifetime)))])
+            self._tickets[token] = Ticket(hypervisor, uuid, handler, role, now + self.lifetime)
+        return token
+
+    def redeem(self, token):
+        """The ticket a token names, taken out (it works once); None if unknown or expired."""
+        with self._lock:
+            ticket = self._tickets.pop(token, None)
+        if ticket is None or ticket.expires < time.monotonic():
+            return None
+        return ticket
+
+    def __len__(self):
+        with self._lock:
+            self._sweep(time.monotonic())
+            return len(self._tickets)
+
+    def _sweep(self, now):
+        for token in [token for token, ticket in self._tickets.items() if ticket.expires < now]:
+            del self._tickets[token]
