@@ -156,7 +156,16 @@ class FakeConnection:
     def lookupByID(self, _id):
         raise FakeError(libvirt.VIR_ERR_NO_DOMAIN, 'no domain')
 
-    lookupByUUIDString = lookupByID
+    def lookupByUUIDString(self, uuid):
+        if uuid != self.dom.UUIDString():
+            raise FakeError(libvirt.VIR_ERR_NO_DOMAIN, 'no domain %s' % uuid)
+        return self.dom
+
+    def listAllDomains(self, _flags=0):
+        return [self.dom]
+
+    def getAllDomainStats(self, _stats=0, _flags=0):
+        return []  # a scrape of the fake host: no domain counters, only the daemon's own
 
 
 class FixedConnection:

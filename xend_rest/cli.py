@@ -77,6 +77,7 @@ SECURITY_KEYS = [
     ("tokens-file", "tokens_file", str),
     ("allowed-hosts", "allowed_hosts", words),
     ("allowed-paths", "allowed_paths", words),
+    ("allowed-origins", "allowed_origins", words),
     ("max-body", "max_body", positive(int)),
     ("request-timeout", "request_timeout", positive(float)),
 ]
@@ -86,12 +87,20 @@ LIBVIRT_KEYS = [
     ("keepalive-count", "keepalive_count", positive(int)),
     ("open-timeout", "open_timeout", positive(float)),
 ]
-CONFIG_KEYS += SECURITY_KEYS + LIBVIRT_KEYS
+# Console and screen sessions (docs/consoles.md).
+CONSOLE_KEYS = [
+    ("console-sessions", "console_sessions", positive(int)),
+    ("console-idle-timeout", "console_idle_timeout", positive(float)),
+]
+CONFIG_KEYS += SECURITY_KEYS + LIBVIRT_KEYS + CONSOLE_KEYS
 # Defaults of the settings above that have one (the others default to None: off).
 SECURITY_DEFAULTS = {"socket_mode": defaults.SOCKET_MODE, "allowed_hosts": [], "allowed_paths": [],
+                     "allowed_origins": [],
                      "max_body": defaults.MAX_BODY, "request_timeout": defaults.REQUEST_TIMEOUT}
 LIBVIRT_DEFAULTS = {"keepalive_interval": defaults.KEEPALIVE_INTERVAL,
                     "keepalive_count": defaults.KEEPALIVE_COUNT, "open_timeout": defaults.OPEN_TIMEOUT}
+CONSOLE_DEFAULTS = {"console_sessions": defaults.CONSOLE_SESSIONS,
+                    "console_idle_timeout": defaults.CONSOLE_IDLE}
 
 
 def build_parser():
@@ -120,6 +129,9 @@ def build_parser():
     group.add_argument("--allowed-paths", type=words, metavar="'DIR ...'",
                        help="directories that every host path of a definition (disks, kernels, bootloaders, "
                             "devices) may point into; also refuses xen:/qemu:commandline (default: anywhere)")
+    group.add_argument("--allowed-origins", type=words, metavar="'ORIGIN ...'",
+                       help="web pages (https://host[:port]) that may open a console or screen with a "
+                            "ticket (default: none)")
     group.add_argument("--max-body", type=positive(int), metavar="BYTES", help="largest JSON body (default: 1 MiB)")
     group.add_argument("--request-timeout", type=positive(float), metavar="SECONDS",
                        help="deadline for a request body of up to --max-body; larger ones (uploads) "
@@ -133,6 +145,11 @@ def build_parser():
                        help=f"unanswered probes before the connection is given up: 504 (default: {defaults.KEEPALIVE_COUNT})")
     group.add_argument("--open-timeout", type=positive(float), metavar="SECONDS",
                        help=f"longest wait for a new libvirt connection (default: {defaults.OPEN_TIMEOUT:g})")
+    group = parser.add_argument_group("consoles and screens")
+    group.add_argument("--console-sessions", type=positive(int), metavar="N",
+                       help=f"sessions open at once; past it 429 (default: {defaults.CONSOLE_SESSIONS})")
+    group.add_argument("--console-idle-timeout", type=positive(float), metavar="SECONDS",
+                       help=f"a session without input or output is closed after (default: {defaults.CONSOLE_IDLE:g})")
     parser.add_argument("--demo", action="store_true",
                         help="serve an in-memory libvirt test hypervisor instead of Xen")
     return parser
@@ -181,6 +198,8 @@ def parse_args(argv=None):
                     for _, dest, _ in SECURITY_KEYS})
     settled.update({dest: from_file.get(dest, LIBVIRT_DEFAULTS[dest])
                     for _, dest, _ in LIBVIRT_KEYS})
+    settled.update({dest: from_file.get(dest, CONSOLE_DEFAULTS[dest])
+                    for _, dest, _ in CONSOLE_KEYS})
     for dest, value in settled.items():
         if getattr(args, dest) is None:
             setattr(args, dest, value)
@@ -200,6 +219,7 @@ def main(argv=None):
     setup_logging(args.log_level)
     from xend_rest.app import make_app  # after logging: importing libvirt may log
     from xend_rest.connection import SharedConnection
+    from xend_rest.bridge import Bridges
     if args.demo:
         from xend_rest.demo import demo_uri
         args.uri = demo_uri()
@@ -214,7 +234,8 @@ def main(argv=None):
     connection = SharedConnection(args.uri, keepalive_interval=args.keepalive_interval,
                                   keepalive_count=args.keepalive_count,
                                   open_timeout=args.open_timeout)
-    app = make_app(connection=connection, guard=guard, max_body=args.max_body)
+    consoles = Bridges(args.console_sessions, args.console_idle_timeout)
+    app = make_app(connection=connection, guard=guard, max_body=args.max_body, consoles=consoles)
     server = Server(app, args.listen, workers=args.workers, timeout=args.timeout, tls=tls,
                     request_timeout=args.request_timeout, max_body=args.max_body,
                     socket_mode=args.socket_mode, socket_gid=gid, on_shutdown=app.end_streams)
@@ -261,7 +282,8 @@ def build_security(args):
                     ", ".join(exposed))
     elif tcp_hosts and not (args.tls_ca or tokens):
         log.warning("TCP listener without authentication: every local user can control every VM")
-    guard = security.Guard(tokens, clients, args.allowed_hosts + tcp_hosts, args.allowed_paths)
+    guard = security.Guard(tokens, clients, args.allowed_hosts + tcp_hosts, args.allowed_paths,
+                           args.allowed_origins)
     return guard, tls, _group_id(args.socket_group)
 
 

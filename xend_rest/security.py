@@ -233,10 +233,11 @@ def hypervisor_elements(doc):
 def origin_name(origin):
     """An Origin as compared: 'HTTPS://Admin.Example:443' -> 'https://admin.example'."""
     scheme, _, rest = origin.strip().lower().partition('://')
+    rest = rest.rstrip('/')
     default = {'http': ':80', 'https': ':443'}.get(scheme)
     if default and rest.endswith(default):
         rest = rest[:-len(default)]
-    return '%s://%s' % (scheme, rest.rstrip('/'))
+    return '%s://%s' % (scheme, rest)
 
 
 def _host_name(host):

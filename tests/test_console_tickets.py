@@ -1,0 +1,196 @@
+"""Browsers and consoles: the Origin check on upgrades, allowed-origins, and console tickets
+(single-use, short-lived, bound to the connection, the domain, the route and the role)."""
+import logging
+import time
+
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+from conftest import Client, until
+from test_consoles import upgrade_headers
+from consoles_support import FakeConnection, FixedConnection, UpgradeServer
+from xend_rest.app import make_app
+from xend_rest.bridge import Bridges
+from xend_rest.connection import start_event_loop
+from xend_rest.security import Guard, origin_name
+from xend_rest.tickets import Tickets, redact_ticket
+
+PAGE = 'https://admin.example.org'
+NODE = '/libvirt/xen/nodes/web'
+TOKENS = {'o' * 20: ('operator', 'ops'), 'r' * 20: ('read', 'monitor')}
+
+
+@pytest.fixture
+def conn():
+    start_event_loop()
+    fake = FakeConnection()
+    yield fake
+    until(lambda: all(stream.state != 'open' for stream in fake.streams), 10)
+
+
+@pytest.fixture
+def daemon(conn):
+    """(upgrade server, in-process client, sessions) of one app that wants tokens and lets
+    PAGE open consoles with tickets."""
+    sessions = Bridges()
+    guard = Guard(tokens=TOKENS, allowed_origins=[PAGE + ':443/'])
+    app = make_app(connection=FixedConnection(conn), guard=guard, consoles=sessions)
+    server = UpgradeServer(app)
+    yield server, Client(app), sessions
+    assert sessions.close_all(timeout=10)
+    server.close()
+
+
+def ticket(client, route='console', token='o' * 20, node=NODE):
+    answer = client.request('POST', node + '/console/ticket', query='for=' + route,
+                            headers={'HTTP_AUTHORIZATION': 'Bearer ' + token})
+    assert answer.status == 201, answer.json
+    return answer.json
+
+
+def refused(url, **options):
+    with pytest.raises(InvalidStatus) as raised:
+        connect(url, **options)
+    response = raised.value.response
+    return response.status_code, response.body
+
+
+def test_a_page_opens_the_console_with_a_ticket_once(daemon, conn):
+    server, client, _ = daemon
+    issued = ticket(client)
+    assert issued['Expires'] == 30
+    assert issued['Path'] == '%s/console?ticket=%s' % (
+        '/libvirt/xen/nodes/11111111-2222-3333-4444-555555555555', issued['Ticket'])
+    with connect(server.url(issued['Path']), origin=PAGE) as ws:
+        ws.send(b'echo from a page\n')
+        seen = b''
+        while b'from a page\r\n' not in seen:
+            seen += ws.recv(timeout=10)
+    status, body = refused(server.url(issued['Path']), origin=PAGE)
+    assert (status, b'"bad_ticket"' in body) == (401, True)  # single-use
+
+
+def test_a_cross_site_page_cannot_open_a_console(daemon, conn):
+    server, client, _ = daemon
+    issued = ticket(client)
+    status, body = refused(server.url(issued['Path']), origin='https://evil.example')
+    assert (status, b'"cross_origin"' in body) == (403, True)
+    status, body = refused(server.url(NODE + '/console'), origin='https://evil.example')
+    assert (status, b'"cross_origin"' in body) == (403, True)
+    assert conn.streams == []
+
+
+def test_an_allowed_page_still_needs_a_ticket(daemon, conn):
+    server, _, _ = daemon
+    status, body = refused(server.url(NODE + '/console'), origin=PAGE,
+                           additional_headers={'Authorization': 'Bearer ' + 'o' * 20})
+    assert (status, b'"cross_origin"' in body) == (403, True)
+    assert conn.streams == []
+
+
+def test_without_an_origin_a_token_opens_the_console(daemon):
+    server, _, _ = daemon
+    with connect(server.url(NODE + '/console'),
+                 additional_headers={'Authorization': 'Bearer ' + 'o' * 20}):
+        pass
+    status, _ = refused(server.url(NODE + '/console'))
+    assert status == 401
+
+
+def test_a_ticket_opens_only_its_route(daemon, conn):
+    server, client, _ = daemon
+    issued = ticket(client, route='vnc')
+    path = issued['Path'].replace('/vnc?', '/console?')
+    status, body = refused(server.url(path), origin=PAGE)
+    assert (status, b'"ticket_mismatch"' in body) == (403, True)
+    status, body = refused(server.url(NODE + '/json?ticket=' + ticket(client)['Ticket']))
+    assert (status, b'"ticket_mismatch"' in body) == (403, True)
+
+
+def test_a_reader_gets_no_ticket(daemon):
+    _, client, _ = daemon
+    answer = client.request('POST', NODE + '/console/ticket',
+                            headers={'HTTP_AUTHORIZATION': 'Bearer ' + 'r' * 20})
+    assert (answer.status, answer.json['code']) == (403, 'forbidden')
+
+
+def test_an_expired_ticket_is_401(conn):
+    guard = Guard(allowed_origins=[PAGE], tickets=Tickets(lifetime=0.05))
+    app = make_app(connection=FixedConnection(conn), guard=guard)
+    server = UpgradeServer(app)
+    issued = ticket(Client(app))
+    time.sleep(0.1)
+    status, body = refused(server.url(issued['Path']), origin=PAGE)
+    assert (status, b'"bad_ticket"' in body) == (401, True)
+    server.close()
+
+
+def test_a_ticket_for_another_domain_is_403(node_uri):
+    app = make_app(uri=node_uri)
+    client = Client(app)
+    issued = ticket(client, node='/libvirt/xen/nodes/web')
+    answer = client.request('GET', '/libvirt/xen/nodes/db/console', query='ticket=' + issued['Ticket'],
+                            headers=upgrade_headers())
+    assert (answer.status, answer.json['code']) == (403, 'ticket_mismatch')
+    app.close()
+
+
+def test_tickets_are_bounded():
+    tickets = Tickets(max_tickets=2)
+    tickets.issue('xen', 'u', None, 'operator')
+    tickets.issue('xen', 'u', None, 'operator')
+    with pytest.raises(Exception) as raised:
+        tickets.issue('xen', 'u', None, 'operator')
+    assert (raised.value.status, raised.value.code) == (429, 'too_many_tickets')
+
+
+def test_a_session_is_one_access_log_line_without_its_ticket(daemon, caplog):
+    server, client, _ = daemon
+    issued = ticket(client)
+    with caplog.at_level(logging.INFO, logger='xend_rest.access'):
+        with connect(server.url(issued['Path']), origin=PAGE) as ws:
+            ws.send(b'echo 1\n')
+            ws.recv(timeout=10)
+        until(lambda: any(' session ' in r.getMessage() for r in caplog.records))
+    lines = [r.getMessage() for r in caplog.records if ' session ' in r.getMessage()]
+    assert len(lines) == 1
+    assert issued['Ticket'] not in lines[0]
+    assert lines[0].startswith('GET /libvirt/xen/nodes/11111111-2222-3333-4444-555555555555'
+                               '/console?ticket=- session client_closed ')
+    assert ' in=7 ' in lines[0]
+
+
+def test_metrics_count_sessions_and_their_bytes(daemon):
+    server, client, sessions = daemon
+    with connect(server.url(NODE + '/console'),
+                 additional_headers={'Authorization': 'Bearer ' + 'o' * 20}) as ws:
+        ws.send(b'echo 42\n')
+        seen = b''
+        while b'42\r\n' not in seen:
+            seen += ws.recv(timeout=10)
+        scrape = client.request('GET', '/metrics', headers={
+            'HTTP_AUTHORIZATION': 'Bearer ' + 'r' * 20}).body.decode()
+        assert 'xend_console_sessions 1\n' in scrape
+    until(lambda: len(sessions) == 0)
+    scrape = client.request('GET', '/metrics', headers={
+        'HTTP_AUTHORIZATION': 'Bearer ' + 'r' * 20}).body.decode()
+    assert 'xend_console_sessions 0\n' in scrape
+    assert 'xend_console_bytes_total{direction="in"} 8\n' in scrape
+    assert 'xend_console_bytes_total{direction="out"} %d\n' % len(b'echo 42\n42\r\n') in scrape
+
+
+@pytest.mark.parametrize('given, compared', [
+    ('https://Admin.Example.org', 'https://admin.example.org'),
+    ('https://admin.example.org:443/', 'https://admin.example.org'),
+    ('http://admin.example.org:80', 'http://admin.example.org'),
+    ('https://admin.example.org:8443', 'https://admin.example.org:8443'),
+])
+def test_origins_are_compared_normalized(given, compared):
+    assert origin_name(given) == compared
+
+
+def test_tickets_are_redacted_from_targets():
+    assert redact_ticket('/x/console?dev=serial0&ticket=abc&force=1') == \
+        '/x/console?dev=serial0&ticket=-&force=1'
+    assert redact_ticket('/x/vnc?ticket=abc') == '/x/vnc?ticket=-'
