@@ -9,7 +9,8 @@ import socket
 import sys
 
 from xend_rest import defaults, security
-from xend_rest.server import Server, parse_listen
+from xend_rest.listeners import parse_listen
+from xend_rest.server import Server
 
 log = logging.getLogger("xend_rest")
 
