@@ -11,7 +11,7 @@ import wsgiref.validate
 
 import pytest
 
-from conftest import UnixHTTPConnection, serving
+from conftest import UnixHTTPConnection, serving, until
 
 from xend_rest.listeners import parse_listen, sd_notify
 from xend_rest.server import Server
@@ -469,3 +469,107 @@ def test_bad_header_from_app_gives_500():
         response = conn.getresponse()
         assert response.status == 500
         assert json.loads(response.read())['code'] == 'internal_error'
+
+
+# -- connections upgraded away from HTTP (consoles) -----------------------------------
+
+def upgrading_app(ended=None):
+    """A toy app: /echo upgrades to a session that echoes every byte; anything else is echo_app."""
+    def echo(sock, buffered):
+        if buffered:
+            sock.sendall(buffered)
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return
+            sock.sendall(data)
+
+    def on_shutdown():
+        ended.append('told to end')
+
+    def app(environ, start_response):
+        if environ['PATH_INFO'] != '/echo':
+            return echo_app(environ, start_response)
+        environ['xend_rest.upgrade'](echo, on_shutdown if ended is not None else None)
+        start_response('101 Switching Protocols', [('Connection', 'Upgrade'), ('Upgrade', 'echo')])
+        return []
+    return app
+
+
+def upgrade(sock, extra=b''):
+    """Ask for /echo, with extra bytes right behind the head; return the 101 head's lines."""
+    sock.sendall(b'GET /echo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n'
+                 + extra)
+    head = b''
+    while b'\r\n\r\n' not in head:
+        head += sock.recv(1)
+    return head.decode('latin-1').split('\r\n')
+
+
+def test_an_upgraded_connection_echoes_raw_bytes_after_101():
+    with serving(upgrading_app()) as server, raw_connect(server) as sock:
+        lines = upgrade(sock, b'already sent;')
+        assert lines[0] == 'HTTP/1.1 101 Switching Protocols'
+        assert 'Connection: Upgrade' in lines and 'Upgrade: echo' in lines
+        assert not any(line.lower().startswith('content-length') for line in lines)
+        assert sock.recv(100) == b'already sent;'  # read past the head by the server: handed over
+        for message in (b'hello', b'GET / HTTP/1.1\r\n\r\n', bytes(range(256))):
+            sock.sendall(message)
+            received = b''
+            while len(received) < len(message):
+                received += sock.recv(65536)
+            assert received == message  # no longer HTTP: even a request line is just bytes
+        assert server.open_sessions == 1
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.recv(100) == b''  # the session returned: the server closed the socket
+        until(lambda: server.open_sessions == 0)
+
+
+def test_sessions_do_not_hold_request_workers():
+    with serving(upgrading_app(), workers=1) as server:
+        sockets = [raw_connect(server) for _ in range(3)]
+        for sock in sockets:
+            assert upgrade(sock)[0] == 'HTTP/1.1 101 Switching Protocols'
+        until(lambda: server.open_sessions == 3)
+        started = time.monotonic()
+        assert get_json(client(server))[0] == 200  # the one worker is free for the API
+        assert time.monotonic() - started < 1
+        for sock in sockets:
+            sock.close()
+        until(lambda: server.open_sessions == 0)
+
+
+def test_shutdown_tells_sessions_to_end_and_closes_them():
+    ended = []
+    server = Server(upgrading_app(ended), ['127.0.0.1:0'], workers=2)
+    server.start()
+    with raw_connect(server) as sock:
+        upgrade(sock)
+        until(lambda: server.open_sessions == 1)
+        server.shutdown(grace=0.5)  # this echo session ignores the request: it gets cut
+        assert ended == ['told to end']
+        assert sock.recv(100) == b''
+        assert server.open_sessions == 0
+
+
+def test_a_101_without_an_upgrade_closes_the_connection():
+    def app(environ, start_response):
+        start_response('101 Switching Protocols', [('Connection', 'Upgrade'), ('Upgrade', 'x')])
+        return []
+
+    with serving(app) as server, raw_connect(server) as sock:
+        sock.sendall(b'GET / HTTP/1.1\r\nHost: x\r\n\r\n')
+        assert read_until_closed(sock).startswith(b'HTTP/1.1 101 ')
+        assert server.open_sessions == 0
+
+
+def test_an_upgrade_answered_with_another_status_stays_http():
+    def app(environ, start_response):
+        environ['xend_rest.upgrade'](lambda sock, buffered: None)
+        return echo_app(environ, start_response)  # e.g. refused: 403, 426...
+
+    with serving(app) as server:
+        conn = client(server)
+        assert get_json(conn)[0] == 200
+        assert get_json(conn)[0] == 200  # the same connection, still HTTP
+        assert server.open_sessions == 0

@@ -280,10 +280,11 @@ class Response:
     def _head(self, no_body, total):
         """The status line and header block; UnicodeEncodeError (nothing sent: a 500 still can be)."""
         head = [f'HTTP/1.1 {self.status}\r\n']
+        upgrade = self.status[:3] == '101'  # its Connection: Upgrade is the app's to send
         has_length = False
         for name, value in self.headers:
             lower = name.lower()
-            if lower == 'connection':
+            if lower == 'connection' and not upgrade:
                 continue  # ours to decide
             has_length = has_length or lower == 'content-length'
             head.append(f'{name}: {value}\r\n')
@@ -293,7 +294,9 @@ class Response:
             head.append(f'Content-Length: {total}\r\n')
         else:
             self.keep_alive = False  # the body ends when the connection does
-        if not self.keep_alive:
+        if upgrade:
+            pass
+        elif not self.keep_alive:
             head.append('Connection: close\r\n')
         elif self.http10:
             head.append('Connection: keep-alive\r\n')

@@ -16,12 +16,14 @@ import ssl
 import threading
 import time
 
-from . import defaults, http11, listeners
+from . import defaults, http11, listeners, sessions
 from .errors import RETRY_AFTER, HTTPError
 from .listeners import format_address, parse_listen, sd_notify
 
 log = logging.getLogger('xend_rest.server')
 access_log = logging.getLogger('xend_rest.access')
+
+CLOSE, KEEP, UPGRADED = 'close', 'keep', 'upgraded'  # what becomes of a connection after a request
 
 
 class Connection:
@@ -78,6 +80,12 @@ class Server:
         self._stop_requested = False
         self._selector = None
         self._wake_r = self._wake_w = None
+        self._sessions = sessions.Sessions()
+
+    @property
+    def open_sessions(self):
+        """How many upgraded connections (consoles) are open."""
+        return len(self._sessions)
 
     # -- life cycle --------------------------------------------------------------
 
@@ -142,7 +150,9 @@ class Server:
         self._threads[0].join()  # the selector closes listeners and idle connections
         if self.on_shutdown:
             self.on_shutdown()
+        self._sessions.end()
         self._stop_workers(deadline)
+        self._sessions.join(deadline)
         while self._returned:  # handed back by a worker as the selector was exiting
             self._returned.popleft().close()
         self._wake_r.close()
@@ -364,33 +374,34 @@ class Server:
             if conn is None:
                 return
             self._active.add(conn)
-            keep = False
+            outcome = CLOSE
             try:
                 # A client that stalls in the middle of its body holds this worker up to `timeout`.
                 conn.sock.settimeout(self.timeout)
-                keep = self._serve(conn)
+                outcome = self._serve(conn)
             except OSError as err:  # client gone, timed out, or connection cut at shutdown
                 log.debug('connection from %s: %s', conn.client, err)
             except Exception:
                 log.exception('unexpected error serving %s', conn.client)
             finally:
                 self._active.discard(conn)
-            if keep and not self._stopping:
+            if outcome == KEEP and not self._stopping:
                 conn.sock.setblocking(False)
                 self._returned.append(conn)
                 self._wake()
-            else:
+            elif outcome != UPGRADED:
                 conn.close()
             with self._idle_lock:
                 self._idle += 1
 
     def _serve(self, conn):
-        """Serve every complete request buffered on conn; True to keep the connection."""
+        """Serve every complete request buffered on conn: CLOSE, KEEP or UPGRADED."""
         while True:
-            if not self._serve_one(conn) or self._stopping:
-                return False
+            outcome = self._serve_one(conn)
+            if outcome != KEEP or self._stopping:
+                return outcome
             if http11.find_head(conn.buf) is None:  # no pipelined request: back to the selector
-                return True
+                return KEEP
 
     def _serve_one(self, conn):
         start = time.perf_counter()
@@ -400,7 +411,8 @@ class Server:
                 request = http11.parse_request(conn.buf, http11.find_head(conn.buf), conn.environ)
             except HTTPError as err:
                 self._refuse(conn, err, start)
-                return False
+                return CLOSE
+        upgrade = request.environ['xend_rest.upgrade'] = sessions.Upgrade()
         # A body of up to max_body gets the request's deadline (it is usually here already). A
         # larger one is streamed (an image upload) for as long as it keeps coming: each read
         # still waits at most `timeout`, so a client that stalls is cut off all the same.
@@ -411,7 +423,12 @@ class Server:
         environ = request.environ
         self._log(environ['REQUEST_METHOD'], environ['RAW_URI'], response.status[:3],
                   response.nbytes, start, conn)
-        return keep
+        if response.status[:3] == '101':  # no longer HTTP: a session's, or nobody's
+            if keep and upgrade.session is not None:
+                self._sessions.start(conn.sock, bytes(conn.buf), upgrade, conn.client)
+                return UPGRADED
+            return CLOSE
+        return KEEP if keep else CLOSE
 
     def _log(self, method, target, status, nbytes, start, conn):
         if access_log.isEnabledFor(logging.INFO):  # skip the formatting when nobody listens
