@@ -5,6 +5,7 @@ import json
 import os
 import re
 import socket
+import ssl
 import threading
 import time
 import wsgiref.validate
@@ -158,7 +159,7 @@ def test_idle_keep_alive_connection_does_not_pin_a_worker():
 
 def test_idle_keep_alive_connection_closed_after_timeout():
     with serving(echo_app, keepalive_timeout=0.2) as server, raw_connect(server) as sock:
-        sock.sendall(b'GET / HTTP/1.1\r\n\r\n')
+        sock.sendall(b'GET / HTTP/1.1\r\nHost: x\r\n\r\n')
         assert sock.recv(65536).startswith(b'HTTP/1.1 200 ')
         started = time.monotonic()
         assert sock.recv(65536) == b''
@@ -186,7 +187,7 @@ def test_body_read_line_by_line():
 
 def test_expect_100_continue():
     with serving(echo_app) as server, raw_connect(server) as sock:
-        sock.sendall(b'POST / HTTP/1.1\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n')
+        sock.sendall(b'POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n')
         assert sock.recv(65536) == b'HTTP/1.1 100 Continue\r\n\r\n'
         sock.sendall(b'hello')
         sock.shutdown(socket.SHUT_WR)
@@ -247,7 +248,7 @@ def test_app_exception_gives_json_500_and_logged_traceback(caplog):
 
 def test_head_has_no_body():
     with serving(echo_app) as server:
-        lines, body = split_response(raw_exchange(server, b'HEAD / HTTP/1.1\r\nConnection: close\r\n\r\n'))
+        lines, body = split_response(raw_exchange(server, b'HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n'))
     assert lines[0] == 'HTTP/1.1 200 OK'
     assert any(line.startswith('Content-Length: ') and line != 'Content-Length: 0' for line in lines)
     assert body == b''
@@ -573,3 +574,123 @@ def test_an_upgrade_answered_with_another_status_stays_http():
         assert get_json(conn)[0] == 200
         assert get_json(conn)[0] == 200  # the same connection, still HTTP
         assert server.open_sessions == 0
+
+
+# -- input the server refuses, at once (issue 10) -------------------------------------
+
+def exchange_at_once(server, data):
+    """Send data without closing our side: the answer must come, and the close, well before
+    the server's 30 s timeout."""
+    with raw_connect(server) as sock:
+        sock.settimeout(2)
+        sock.sendall(data)
+        return split_response(read_until_closed(sock))
+
+
+@pytest.mark.parametrize('request_bytes, status, code', [
+    (b'GET /' + b'a' * 120_000 + b' HTTP/1.1\r\nHost: x\r\n\r\n', '414', 'uri_too_long'),
+    (b'GET /' + b'a' * 120_000, '414', 'uri_too_long'),  # the line has not even ended
+    (b'GET / HTTP/1.1\r\nHost: x\r\nX-Big: ' + b'a' * 70_000 + b'\r\n\r\n', '431', 'head_too_large'),
+    (b'GET / HTTP/1.1\r\nHost: x\r\n' + b'X-Many: a\r\n' * 7000 + b'\r\n', '431', 'head_too_large'),
+    (b'GET / HTTP/1.1\r\nHost: x\r\nX-Big: ' + b'a' * 70_000, '431', 'head_too_large'),
+])
+def test_max_head_is_enforced_as_stated(request_bytes, status, code):
+    with serving(echo_app) as server:  # max_head: 65,536 bytes of request line and fields
+        lines, body = exchange_at_once(server, request_bytes)
+    assert lines[0].split(' ')[1] == status
+    assert json.loads(body)['code'] == code
+
+
+def test_max_head_is_a_setting():
+    with serving(echo_app, max_head=1024) as server:
+        lines, _ = exchange_at_once(server, b'GET /' + b'a' * 1100 + b' HTTP/1.1\r\nHost: x\r\n\r\n')
+        assert lines[0] == 'HTTP/1.1 414 Request-URI Too Long'
+        lines, _ = exchange_at_once(server, b'GET /' + b'a' * 900 + b' HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')
+        assert lines[0] == 'HTTP/1.1 200 OK'
+
+
+@pytest.mark.parametrize('request_bytes', [
+    b'GET / HTTP/1.1\r\n\r\n',
+    b'GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n',
+])
+def test_http11_needs_one_host(request_bytes):
+    with serving(echo_app) as server:
+        lines, body = exchange_at_once(server, request_bytes)
+    assert lines[0] == 'HTTP/1.1 400 Bad Request'
+    assert 'Host' in json.loads(body)['message']
+
+
+def test_http10_needs_no_host():
+    with serving(echo_app) as server:
+        lines, _ = exchange_at_once(server, b'GET / HTTP/1.0\r\n\r\n')
+    assert lines[0] == 'HTTP/1.1 200 OK'
+
+
+@pytest.mark.parametrize('value', [b'a\x00b', b'a\rb', b'a\x01', b'\x1b[31m', b'a\x7f', b'a\x0bb'])
+def test_control_characters_in_a_header_value_are_400(value):
+    with serving(echo_app) as server:
+        lines, body = exchange_at_once(server, b'GET / HTTP/1.1\r\nHost: x\r\nX-A: ' + value + b'\r\n\r\n')
+    assert lines[0] == 'HTTP/1.1 400 Bad Request'
+    assert json.loads(body)['code'] == 'bad_request'
+
+
+def test_htab_and_obs_text_in_a_header_value_are_fine():
+    seen = {}
+
+    def app(environ, start_response):
+        seen.update(environ)
+        return echo_app(environ, start_response)
+
+    with serving(app) as server:
+        lines, _ = exchange_at_once(server, b'GET / HTTP/1.1\r\nHost: x\r\nX-A: a\tb\xe9\r\n'
+                                            b'Connection: close\r\n\r\n')
+    assert lines[0] == 'HTTP/1.1 200 OK'
+    assert seen['HTTP_X_A'] == 'a\tb\xe9'
+
+
+def client_hello():
+    """The first bytes a TLS client sends."""
+    context = ssl.create_default_context()
+    tls = context.wrap_bio(ssl.MemoryBIO(), outgoing := ssl.MemoryBIO(), server_hostname='localhost')
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+@pytest.mark.parametrize('request_bytes', [
+    b'GET /\r\n',  # HTTP/0.9: no version, and the client waits for an answer after one line
+    b'GET /\n',
+    client_hello(),  # a TLS client on a plain listener
+    b'\x16\x03\x01',
+])
+def test_what_is_not_http11_is_answered_at_once(request_bytes):
+    with serving(echo_app) as server:
+        started = time.monotonic()
+        lines, body = exchange_at_once(server, request_bytes)
+    assert lines[0] == 'HTTP/1.1 400 Bad Request'
+    assert json.loads(body)['code'] == 'bad_request'
+    assert time.monotonic() - started < 1
+
+
+def test_bare_lf_line_endings_are_served_without_a_hang():
+    with serving(echo_app) as server, raw_connect(server) as sock:
+        sock.settimeout(2)
+        for i in range(2):  # and the connection stays usable
+            sock.sendall(b'POST /%d HTTP/1.1\nHost: x\nContent-Length: 2\n\nhi' % i)
+            lines, body = split_response(sock.recv(65536))
+            assert lines[0] == 'HTTP/1.1 200 OK'
+            assert json.loads(body)['path'] == '/%d' % i
+            assert json.loads(body)['body'] == 'hi'
+
+
+def test_the_raw_request_target_is_in_raw_uri_and_request_uri():
+    seen = {}
+
+    def app(environ, start_response):
+        seen.update(environ)
+        return echo_app(environ, start_response)
+
+    with serving(app) as server:
+        get_json(client(server), 'POST', '/libvirt/xen/nodes/web-pv1%2Fstart?x=%2F%20')
+    assert seen['RAW_URI'] == seen['REQUEST_URI'] == '/libvirt/xen/nodes/web-pv1%2Fstart?x=%2F%20'
+    assert seen['PATH_INFO'] == '/libvirt/xen/nodes/web-pv1/start'  # PEP 3333: decoded

@@ -5,6 +5,7 @@ Request bodies must carry a Content-Length: a chunked request body is refused wi
 Required (our API only takes small JSON bodies and image uploads of a known size).
 """
 import logging
+import re
 import time
 from email.utils import formatdate
 from http import HTTPStatus
@@ -20,7 +21,12 @@ RECV_SIZE = 65536
 MAX_DRAIN = 64 * 1024  # unread request body we still read to keep a connection alive
 STATUSES_WITHOUT_BODY = ('204', '304')
 CONTINUE = b'HTTP/1.1 100 Continue\r\n\r\n'
-HEAD_END = b'\r\n\r\n'
+# A line ends with LF, a CR before it ignored (RFC 9112 2.2): the head ends at an empty line.
+HEAD_END = re.compile(rb'\n\r?\n')
+# Control characters but HTAB, and a CR that does not end a line (RFC 9110 5.5).
+CONTROL = re.compile(rb'[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)')
+# What an incomplete head can begin with: empty lines, then a method and a space.
+REQUEST_START = re.compile(rb'[\r\n]*[A-Z]{0,32}(?: |\Z)')
 
 
 class ProtocolError(HTTPError):
@@ -101,31 +107,65 @@ class Request:
 
 def find_head(buf):
     """The end of the request head in buf and where the body starts, or None while incomplete."""
-    end = buf.find(HEAD_END)
-    return None if end < 0 else (end, end + len(HEAD_END))
+    found = HEAD_END.search(buf)
+    return None if found is None else (found.start() + 1, found.end())
 
 
-def parse_request(buf, found, base):
+def check_partial_head(buf, max_head):
+    """ProtocolError as soon as an incomplete head cannot become a request we serve: too large,
+    a request line that is not HTTP/1.x (HTTP/0.9), or bytes no request starts with (a TLS
+    ClientHello on a plain listener). So such a client is answered at once, never left to time out."""
+    line_end = buf.find(b'\n')
+    if line_end < 0:
+        if len(buf) > max_head:
+            raise ProtocolError('request line too long', 414, 'uri_too_long')
+        if not REQUEST_START.match(buf):
+            raise ProtocolError('not an HTTP/1.x request')
+        return
+    if not buf[:line_end].strip(b'\r'):
+        return  # an empty line before the request line: allowed (RFC 9112 2.2)
+    _request_line(buf[:line_end].decode('latin-1').strip('\r\n'))
+    if len(buf) > max_head:
+        raise ProtocolError('request head too large', 431, 'head_too_large')
+
+
+def parse_request(buf, found, base, max_head=defaults.MAX_HEAD):
     """The Request whose head buf holds, as found by find_head(); ProtocolError if malformed."""
     end, body_start = found
-    lines = buf[:end].decode('latin-1').lstrip('\r\n').split('\r\n')
+    if end > max_head:  # which part is too large decides the status (RFC 9112 3, RFC 6585 5)
+        if buf.find(b'\n', 0, end) > max_head:
+            raise ProtocolError('request line too long', 414, 'uri_too_long')
+        raise ProtocolError('request head too large', 431, 'head_too_large')
+    if CONTROL.search(buf, 0, end):
+        raise ProtocolError('a control character in the request head')
+    lines = buf[:end].decode('latin-1').lstrip('\r\n').split('\n')
+    lines = [line[:-1] if line[-1:] == '\r' else line for line in lines[:-1]]
     environ = base.copy()
-    method, target, version = _request_line(lines[0])
+    method, target, version = _request_line(lines[0] if lines else '')
     path, _, query = target.partition('?')
     environ.update({
         'REQUEST_METHOD': method,
         'PATH_INFO': unquote(path, 'latin-1'),  # PEP 3333: bytes as latin-1 characters
         'QUERY_STRING': query,
-        'RAW_URI': target,
+        'RAW_URI': target,  # undecoded, as gunicorn and uwsgi give it: %2F stays in its segment
+        'REQUEST_URI': target,
         'SERVER_PROTOCOL': version,
     })
     _header_fields(lines, environ)
+    return _framed(environ, body_start)
+
+
+def _framed(environ, body_start):
+    """The Request, once the header fields say how its body is framed and that it is complete."""
+    version = environ['SERVER_PROTOCOL']
     if 'HTTP_TRANSFER_ENCODING' in environ:
         raise ProtocolError('a request body needs a Content-Length (chunked bodies are not supported)',
                             411, 'length_required')
     if environ.get('CONTENT_LENGTH') == '':  # absent is fine, empty is not
         raise ProtocolError('malformed Content-Length')
     length = content_length(environ.get('CONTENT_LENGTH')) or 0
+    if version == 'HTTP/1.1' and 'HTTP_HOST' not in environ:
+        raise ProtocolError('an HTTP/1.1 request needs a Host header')
     connection = environ.get('HTTP_CONNECTION', '').lower()
     if version == 'HTTP/1.1':
         keep_alive = 'close' not in connection
@@ -177,8 +217,8 @@ def _header_fields(lines, environ):
             key = 'HTTP_' + key
         value = value.strip(' \t')
         if key in environ:
-            if key == 'CONTENT_LENGTH':
-                raise ProtocolError('several Content-Length headers')
+            if key in ('CONTENT_LENGTH', 'HTTP_HOST'):
+                raise ProtocolError(f'several {name} headers')
             value = environ[key] + ', ' + value
         environ[key] = value
 

@@ -23,13 +23,15 @@ from .listeners import format_address, parse_listen, sd_notify
 log = logging.getLogger('xend_rest.server')
 access_log = logging.getLogger('xend_rest.access')
 
-CLOSE, KEEP, UPGRADED = 'close', 'keep', 'upgraded'  # what becomes of a connection after a request
+# What becomes of a connection after a request: closed, kept, upgraded, or closing (see _refuse).
+CLOSE, KEEP, UPGRADED, LINGER = 'close', 'keep', 'upgraded', 'linger'
+LINGER_TIME = 2.0  # seconds a refused client's remaining bytes are read and dropped
 
 
 class Connection:
     """A client connection: its socket, what has been read of it, and its per-connection environ."""
     __slots__ = ('sock', 'buf', 'deadline', 'client', 'environ', 'transport', 'handshaking',
-                 'request')
+                 'request', 'closing')
 
     def __init__(self, sock, environ):
         self.sock, self.environ = sock, environ
@@ -39,6 +41,7 @@ class Connection:
         self.deadline = 0.0
         self.handshaking = self.transport == 'tls'
         self.request = None  # a complete head whose body the selector is still reading
+        self.closing = False  # answered and half-closed: what the client still sends is dropped
 
     def close(self):
         try:
@@ -196,6 +199,8 @@ class Server:
                     self._drain_wake()
                 elif key.data.handshaking:
                     self._handshake(key.data)
+                elif key.data.closing:
+                    self._discard_input(key.data)
                 else:
                     self._read_head(key.data)
             now = time.monotonic()
@@ -215,7 +220,7 @@ class Server:
             conn = key.data
             if isinstance(conn, Connection) and conn.deadline < now:
                 self._selector.unregister(conn.sock)
-                if conn.request is not None:  # the head was fine: say why we hang up
+                if conn.request is not None and not conn.closing:  # the head was fine: say why
                     self._refuse(conn, HTTPError(408, 'the request body did not arrive in time',
                                                  'timeout'))
                 else:
@@ -277,7 +282,8 @@ class Server:
         deadline = time.monotonic() + self.keepalive_timeout
         while self._returned:
             conn = self._returned.popleft()
-            conn.deadline = deadline
+            if not conn.closing:
+                conn.deadline = deadline
             self._selector.register(conn.sock, selectors.EVENT_READ, conn)
             if conn.transport == 'tls' and conn.sock.pending():  # already decrypted: no event
                 self._read_head(conn)
@@ -306,9 +312,6 @@ class Server:
         if complete:
             self._selector.unregister(conn.sock)
             self._dispatch(conn)
-        elif len(conn.buf) > self.max_head and conn.request is None:
-            self._selector.unregister(conn.sock)
-            self._refuse(conn, http11.ProtocolError('request head too large', 431, 'head_too_large'))
 
     def _complete(self, conn):
         """Whether a worker may take the request: its head, and its body unless that is larger
@@ -317,8 +320,9 @@ class Server:
         if conn.request is None:
             found = http11.find_head(conn.buf)
             if found is None:
+                http11.check_partial_head(conn.buf, self.max_head)
                 return False
-            conn.request = http11.parse_request(conn.buf, found, conn.environ)
+            conn.request = http11.parse_request(conn.buf, found, conn.environ, self.max_head)
             request = conn.request
             if request.length <= self.max_body and len(conn.buf) < request.body_start + request.length:
                 conn.deadline = time.monotonic() + self.request_timeout  # the body's own deadline
@@ -338,16 +342,33 @@ class Server:
             log.warning('all workers busy and queue full, refusing %s', conn.client)
             self._refuse(conn, HTTPError(503, 'server busy', 'busy', [('Retry-After', RETRY_AFTER)]))
 
-    def _refuse(self, conn, err, start=None):
-        """Answer err and close; start: log the request too (its head was read)."""
+    def _refuse(self, conn, err, start=None, selector=True):
+        """Answer err and half-close; start: log the request too (its head was read). Closing a
+        socket with unread bytes resets the connection, which can destroy the answer in flight:
+        so for a while what the client still sends is read and dropped (by the selector, which
+        a worker hands the connection to: selector=False)."""
         response, nbytes = http11.error_response(err)
-        try:
-            conn.sock.sendall(response)  # small: fits the socket buffer
-        except OSError:
-            pass
-        conn.close()
         if start is not None:
             self._log(*http11.request_line_of(conn.buf), err.status, nbytes, start, conn)
+        try:
+            conn.sock.sendall(response)  # small: fits the socket buffer
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            conn.close()
+            return
+        conn.closing, conn.deadline = True, time.monotonic() + LINGER_TIME
+        if selector:
+            self._selector.register(conn.sock, selectors.EVENT_READ, conn)
+
+    def _discard_input(self, conn):
+        try:
+            if conn.sock.recv(http11.RECV_SIZE):
+                return
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return
+        except OSError:
+            pass
+        self._drop(conn)
 
     def _drop(self, conn):
         self._selector.unregister(conn.sock)
@@ -385,7 +406,7 @@ class Server:
                 log.exception('unexpected error serving %s', conn.client)
             finally:
                 self._active.discard(conn)
-            if outcome == KEEP and not self._stopping:
+            if outcome == LINGER or outcome == KEEP and not self._stopping:
                 conn.sock.setblocking(False)
                 self._returned.append(conn)
                 self._wake()
@@ -408,10 +429,11 @@ class Server:
         request, conn.request = conn.request, None
         if request is None:  # a pipelined request, not parsed by the selector
             try:
-                request = http11.parse_request(conn.buf, http11.find_head(conn.buf), conn.environ)
+                request = http11.parse_request(conn.buf, http11.find_head(conn.buf), conn.environ,
+                                               self.max_head)
             except HTTPError as err:
-                self._refuse(conn, err, start)
-                return CLOSE
+                self._refuse(conn, err, start, selector=False)
+                return LINGER
         upgrade = request.environ['xend_rest.upgrade'] = sessions.Upgrade()
         # A body of up to max_body gets the request's deadline (it is usually here already). A
         # larger one is streamed (an image upload) for as long as it keeps coming: each read
