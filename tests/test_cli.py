@@ -146,3 +146,12 @@ def test_listen_failure_is_reported():
                                 cwd=REPO, stderr=subprocess.PIPE, text=True, timeout=10)
     assert daemon.returncode == 1
     assert "cannot listen" in daemon.stderr
+
+
+def test_max_head_from_flag_file_and_default(tmp_path):
+    from xend_rest import defaults
+    assert parse_args([]).max_head == defaults.MAX_HEAD
+    assert parse_args(['--max-head', '8192']).max_head == 8192
+    path = tmp_path / 'xend-rest.conf'
+    path.write_text('[xend-rest]\nmax-head = 4096\n')
+    assert parse_args(['--config', str(path)]).max_head == 4096

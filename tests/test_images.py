@@ -527,3 +527,19 @@ def test_an_upload_in_progress_belongs_to_the_app_running_it(api, node_uri):
     assert 'spare.qcow2' not in volumes(other)
     assert listed(api)['default', 'spare.qcow2']['Uploading'] is False
     other.app.close()
+
+
+@pytest.mark.parametrize('method, path, query', [
+    ('GET', '/libvirt/xen/images/default/\xff\xfe.raw/json', ''),  # PATH_INFO is latin-1
+    ('PUT', '/libvirt/xen/images/default/\xed\xa0\x80.raw/upload', ''),  # a lone surrogate
+    ('POST', '/libvirt/xen/images/default/create', 'name=%FF%FE.raw&capacity=1M'),
+    ('POST', '/libvirt/xen/images/default/create', 'name=%ED%A0%80.raw&capacity=1M'),
+    ('POST', '/libvirt/xen/images/default/web.raw/clone', 'name=%FF.raw'),
+])
+def test_a_name_that_is_not_utf8_is_400_never_another_name(api, method, path, query):
+    before = volumes(api)
+    response = api.request(method, path, b'\0' if method == 'PUT' else None, query,
+                           headers=OCTETS if method == 'PUT' else None)
+    assert response.status == 400
+    assert response.json['code'] == 'bad_parameter' and 'UTF-8' in response.json['message']
+    assert volumes(api) == before

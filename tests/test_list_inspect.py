@@ -126,3 +126,10 @@ def test_utf8_names_are_found(api):
     # PEP 3333: the server hands PATH_INFO over as latin-1 decoded bytes
     path = (NODES + '/café/json').encode('utf-8').decode('latin-1')
     assert api.get(path).json['domain']['name'] == 'café'
+
+
+
+def test_a_domain_name_that_is_not_utf8_is_400(api):
+    response = api.get('/libvirt/xen/nodes/\xff/json')  # PATH_INFO is latin-1 (PEP 3333)
+    assert response.status == 400
+    assert response.json == {'code': 'bad_parameter', 'message': 'the path is not valid UTF-8'}

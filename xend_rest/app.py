@@ -47,7 +47,7 @@ class Request:
         self.ticket = None  # the console ticket the Guard took the role from, if any
         self.route = None  # set once routed
         self.method = environ['REQUEST_METHOD']
-        self.query = parse_qs(environ.get('QUERY_STRING', ''), keep_blank_values=True)
+        self.query = {}  # read once admitted (see read_query)
         self._conn = None
         self._json = _UNREAD
 
@@ -62,6 +62,14 @@ class Request:
         """Tell the connection's owner that it broke under this request: the next one reopens it."""
         if self._conn is not None:
             self.hypervisor.connection.discard(self._conn)
+
+    def read_query(self):
+        """Parse the query string: names and values are UTF-8 (400 otherwise, never U+FFFD)."""
+        try:
+            self.query = parse_qs(self.environ.get('QUERY_STRING', ''), keep_blank_values=True,
+                                  errors='strict')
+        except UnicodeDecodeError:
+            raise bad_request('the query string is not valid UTF-8') from None
 
     def route_name(self):
         """The route as metrics label it: 'GET /libvirt/xen/nodes/{ident}/json', or 'unmatched'."""
@@ -164,6 +172,7 @@ class App:
 
     def _dispatch(self, request):
         self.guard.admit(request)
+        request.read_query()
         route, params = self.router.find(request.method, _segments(request.environ))
         request.route = route
         if 'connection' in params:

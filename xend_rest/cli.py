@@ -9,7 +9,8 @@ import socket
 import sys
 
 from xend_rest import defaults, security
-from xend_rest.server import Server, parse_listen
+from xend_rest.listeners import parse_listen
+from xend_rest.server import Server
 
 log = logging.getLogger("xend_rest")
 
@@ -79,6 +80,7 @@ SECURITY_KEYS = [
     ("allowed-paths", "allowed_paths", words),
     ("allowed-origins", "allowed_origins", words),
     ("max-body", "max_body", positive(int)),
+    ('max-head', 'max_head', positive(int)),
     ("request-timeout", "request_timeout", positive(float)),
 ]
 # How soon a libvirtd that stopped answering is given up (503/504 instead of a hang).
@@ -96,7 +98,8 @@ CONFIG_KEYS += SECURITY_KEYS + LIBVIRT_KEYS + CONSOLE_KEYS
 # Defaults of the settings above that have one (the others default to None: off).
 SECURITY_DEFAULTS = {"socket_mode": defaults.SOCKET_MODE, "allowed_hosts": [], "allowed_paths": [],
                      "allowed_origins": [],
-                     "max_body": defaults.MAX_BODY, "request_timeout": defaults.REQUEST_TIMEOUT}
+                     "max_body": defaults.MAX_BODY, "request_timeout": defaults.REQUEST_TIMEOUT,
+                     'max_head': defaults.MAX_HEAD}
 LIBVIRT_DEFAULTS = {"keepalive_interval": defaults.KEEPALIVE_INTERVAL,
                     "keepalive_count": defaults.KEEPALIVE_COUNT, "open_timeout": defaults.OPEN_TIMEOUT}
 CONSOLE_DEFAULTS = {"console_sessions": defaults.CONSOLE_SESSIONS,
@@ -133,6 +136,8 @@ def build_parser():
                        help="web pages (https://host[:port]) that may open a console or screen with a "
                             "ticket (default: none)")
     group.add_argument("--max-body", type=positive(int), metavar="BYTES", help="largest JSON body (default: 1 MiB)")
+    group.add_argument('--max-head', type=positive(int), metavar='BYTES',
+                       help='largest request line, and request head: 414 and 431 past it (default: 65536)')
     group.add_argument("--request-timeout", type=positive(float), metavar="SECONDS",
                        help="deadline for a request body of up to --max-body; larger ones (uploads) "
                             "may take longer while they keep coming (default: 60)")
@@ -238,7 +243,8 @@ def main(argv=None):
     app = make_app(connection=connection, guard=guard, max_body=args.max_body, consoles=consoles)
     server = Server(app, args.listen, workers=args.workers, timeout=args.timeout, tls=tls,
                     request_timeout=args.request_timeout, max_body=args.max_body,
-                    socket_mode=args.socket_mode, socket_gid=gid, on_shutdown=app.end_streams)
+                    max_head=args.max_head, socket_mode=args.socket_mode, socket_gid=gid,
+                    on_shutdown=app.end_streams)
     release_freed_memory()
     try:
         server.serve_forever()

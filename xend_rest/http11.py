@@ -1,0 +1,395 @@
+"""HTTP/1.1 framing: a request head into a PEP 3333 environ, wsgi.input, the response writer,
+and protocol errors. Nothing here owns a thread or a selector: the server (server.py) calls it.
+
+Request bodies must carry a Content-Length: a chunked request body is refused with 411 Length
+Required (our API only takes small JSON bodies and image uploads of a known size).
+"""
+import logging
+import re
+import time
+from email.utils import formatdate
+from http import HTTPStatus
+from urllib.parse import unquote
+
+from . import defaults
+from .errors import HTTPError
+from .headers import content_length
+
+log = logging.getLogger('xend_rest.server')
+
+RECV_SIZE = 65536
+MAX_DRAIN = 64 * 1024  # unread request body we still read to keep a connection alive
+STATUSES_WITHOUT_BODY = ('204', '304')
+CONTINUE = b'HTTP/1.1 100 Continue\r\n\r\n'
+# A line ends with LF, a CR before it ignored (RFC 9112 2.2): the head ends at an empty line.
+HEAD_END = re.compile(rb'\n\r?\n')
+# Control characters but HTAB, and a CR that does not end a line (RFC 9110 5.5).
+CONTROL = re.compile(rb'[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)')
+# What an incomplete head can begin with: empty lines, then a method and a space.
+REQUEST_START = re.compile(rb'[\r\n]*[A-Z]{0,32}(?: |\Z)')
+
+
+class ProtocolError(HTTPError):
+    """Malformed or unacceptable HTTP (400, 411, 431, 505...): answered, then the connection closed."""
+
+    def __init__(self, message, status=400, code='bad_request'):
+        super().__init__(status, message, code)
+
+
+def status_line(status):
+    """'431 Request Header Fields Too Large' for 431."""
+    return f'{status} {HTTPStatus(status).phrase}'
+
+
+_date_cache = [0, '']
+
+
+def http_date():
+    now = int(time.time())
+    if now != _date_cache[0]:  # formatting costs more than the whole header block
+        _date_cache[:] = now, formatdate(now, usegmt=True)
+    return _date_cache[1]
+
+
+def error_response(err):
+    """A complete JSON answer for an HTTPError that closes the connection, and its body's length."""
+    body = err.payload()
+    extra = ''.join(f'{name}: {value}\r\n' for name, value in err.headers)
+    head = (f'HTTP/1.1 {status_line(err.status)}\r\nContent-Type: {defaults.JSON}\r\n'
+            f'Content-Length: {len(body)}\r\n{extra}Connection: close\r\nDate: {http_date()}\r\n\r\n')
+    return head.encode('latin-1') + body, len(body)
+
+
+class _ErrorStream:
+    """wsgi.errors: what the application writes goes to logging, not to stderr."""
+
+    def write(self, text):
+        if text.strip():
+            log.error('%s', text.rstrip())
+
+    def writelines(self, lines):
+        for line in lines:
+            self.write(line)
+
+    def flush(self):
+        pass
+
+
+ERROR_STREAM = _ErrorStream()
+
+
+def connection_environ(transport, client, client_port, server_name, server_port):
+    """The environ keys that are the same for every request on one connection."""
+    return {
+        'SCRIPT_NAME': '',
+        'SERVER_NAME': server_name,
+        'SERVER_PORT': server_port,
+        'REMOTE_ADDR': client,
+        'REMOTE_PORT': client_port,
+        'wsgi.version': (1, 0),
+        'wsgi.url_scheme': 'https' if transport == 'tls' else 'http',
+        'wsgi.errors': ERROR_STREAM,
+        'wsgi.multithread': True,
+        'wsgi.multiprocess': False,
+        'wsgi.run_once': False,
+        'xend_rest.transport': transport,  # what security.Guard authenticates by
+    }
+
+
+class Request:
+    """A parsed request head: its environ (without wsgi.input), where its body starts, its length."""
+    __slots__ = ('environ', 'keep_alive', 'length', 'body_start', 'expect_continue')
+
+    def __init__(self, environ, keep_alive, length, body_start, expect_continue):
+        self.environ, self.keep_alive, self.length = environ, keep_alive, length
+        self.body_start, self.expect_continue = body_start, expect_continue
+
+
+def find_head(buf):
+    """The end of the request head in buf and where the body starts, or None while incomplete."""
+    found = HEAD_END.search(buf)
+    return None if found is None else (found.start() + 1, found.end())
+
+
+def check_partial_head(buf, max_head):
+    """ProtocolError as soon as an incomplete head cannot become a request we serve: too large,
+    a request line that is not HTTP/1.x (HTTP/0.9), or bytes no request starts with (a TLS
+    ClientHello on a plain listener). So such a client is answered at once, never left to time out."""
+    line_end = buf.find(b'\n')
+    if line_end < 0:
+        if len(buf) > max_head:
+            raise ProtocolError('request line too long', 414, 'uri_too_long')
+        if not REQUEST_START.match(buf):
+            raise ProtocolError('not an HTTP/1.x request')
+        return
+    if not buf[:line_end].strip(b'\r'):
+        return  # an empty line before the request line: allowed (RFC 9112 2.2)
+    _request_line(buf[:line_end].decode('latin-1').strip('\r\n'))
+    if len(buf) > max_head:
+        raise ProtocolError('request head too large', 431, 'head_too_large')
+
+
+def parse_request(buf, found, base, max_head=defaults.MAX_HEAD):
+    """The Request whose head buf holds, as found by find_head(); ProtocolError if malformed."""
+    end, body_start = found
+    if end > max_head:  # which part is too large decides the status (RFC 9112 3, RFC 6585 5)
+        if buf.find(b'\n', 0, end) > max_head:
+            raise ProtocolError('request line too long', 414, 'uri_too_long')
+        raise ProtocolError('request head too large', 431, 'head_too_large')
+    if CONTROL.search(buf, 0, end):
+        raise ProtocolError('a control character in the request head')
+    lines = buf[:end].decode('latin-1').lstrip('\r\n').split('\n')
+    lines = [line[:-1] if line[-1:] == '\r' else line for line in lines[:-1]]
+    environ = base.copy()
+    method, target, version = _request_line(lines[0] if lines else '')
+    path, _, query = target.partition('?')
+    environ.update({
+        'REQUEST_METHOD': method,
+        'PATH_INFO': unquote(path, 'latin-1'),  # PEP 3333: bytes as latin-1 characters
+        'QUERY_STRING': query,
+        'RAW_URI': target,  # undecoded, as gunicorn and uwsgi give it: %2F stays in its segment
+        'REQUEST_URI': target,
+        'SERVER_PROTOCOL': version,
+    })
+    _header_fields(lines, environ)
+    return _framed(environ, body_start)
+
+
+def _framed(environ, body_start):
+    """The Request, once the header fields say how its body is framed and that it is complete."""
+    version = environ['SERVER_PROTOCOL']
+    if 'HTTP_TRANSFER_ENCODING' in environ:
+        raise ProtocolError('a request body needs a Content-Length (chunked bodies are not supported)',
+                            411, 'length_required')
+    if environ.get('CONTENT_LENGTH') == '':  # absent is fine, empty is not
+        raise ProtocolError('malformed Content-Length')
+    length = content_length(environ.get('CONTENT_LENGTH')) or 0
+    if version == 'HTTP/1.1' and 'HTTP_HOST' not in environ:
+        raise ProtocolError('an HTTP/1.1 request needs a Host header')
+    connection = environ.get('HTTP_CONNECTION', '').lower()
+    if version == 'HTTP/1.1':
+        keep_alive = 'close' not in connection
+    else:
+        keep_alive = 'keep-alive' in connection
+    expect_continue = (version == 'HTTP/1.1'
+                       and environ.get('HTTP_EXPECT', '').lower() == '100-continue')
+    return Request(environ, keep_alive, length, body_start, expect_continue)
+
+
+def request_line_of(buf):
+    """(method, target) of a request line, for the access log of a request that failed to parse."""
+    line = buf[:buf.find(b'\n')].decode('latin-1').strip('\r\n')
+    parts = line.split(' ')
+    return (parts[0], parts[1]) if len(parts) == 3 else ('-', '-')
+
+
+def _request_line(line):
+    parts = line.split(' ')
+    if len(parts) != 3:
+        raise ProtocolError('malformed request line')
+    method, target, version = parts
+    if version not in ('HTTP/1.1', 'HTTP/1.0'):
+        if not version.startswith('HTTP/'):
+            raise ProtocolError('malformed request line')
+        raise ProtocolError('HTTP version not supported', 505, 'version_not_supported')
+    if not method.isalpha() or not method.isupper():
+        raise ProtocolError('malformed request method')
+    if target.startswith(('http://', 'https://')):  # absolute form: keep only the path
+        target = '/' + target.split('/', 3)[3] if target.count('/') >= 3 else '/'
+    elif not target.startswith('/') and target != '*':
+        raise ProtocolError('malformed request target')
+    return method, target, version
+
+
+def _header_fields(lines, environ):
+    """Header fields into HTTP_* keys, several of one name joined with ', '.
+
+    Parsed by hand rather than with http.client.parse_headers: the email parser costs more than
+    the rest of the request, and accepts obsolete line folding we refuse."""
+    for line in lines[1:]:
+        name, sep, value = line.partition(':')
+        if not sep or not name or name != name.strip() or line[0] in ' \t':
+            raise ProtocolError('malformed header line')
+        if '_' in name:
+            continue  # X_Foo and X-Foo would both be HTTP_X_FOO: drop the ambiguous one
+        key = name.upper().replace('-', '_')
+        if key not in ('CONTENT_TYPE', 'CONTENT_LENGTH'):
+            key = 'HTTP_' + key
+        value = value.strip(' \t')
+        if key in environ:
+            if key in ('CONTENT_LENGTH', 'HTTP_HOST'):
+                raise ProtocolError(f'several {name} headers')
+            value = environ[key] + ', ' + value
+        environ[key] = value
+
+
+class Input:
+    """wsgi.input: at most Content-Length bytes, first from what the selector buffered."""
+
+    def __init__(self, sock, buf, length, expect_continue, timeout=defaults.TIMEOUT,
+                 deadline=float('inf')):
+        self._sock = sock
+        self._buf = buf[:length]
+        self.extra = buf[length:]  # pipelined bytes that belong to the next request
+        self.remaining = length - len(self._buf)  # still on the socket
+        self.expect_continue = expect_continue and self.remaining > 0
+        self._timeout, self._deadline = timeout, deadline
+
+    def _fill(self, size):
+        if self.expect_continue:  # the client waits for this before sending the body
+            self._sock.sendall(CONTINUE)
+            self.expect_continue = False
+        # Each read may wait `timeout`, and all of them together only until the deadline (if
+        # any): a small body trickled a byte at a time cannot hold a worker for long.
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError('the request body did not arrive within the request timeout')
+        self._sock.settimeout(min(self._timeout, left))
+        try:
+            data = self._sock.recv(min(max(size, 1), self.remaining, RECV_SIZE))
+        finally:
+            self._sock.settimeout(self._timeout)
+        if not data:
+            raise ConnectionError('client closed the connection before the end of the body')
+        self.remaining -= len(data)
+        self._buf += data
+
+    def read(self, size=-1):
+        if size is None or size < 0:
+            size = len(self._buf) + self.remaining
+        while len(self._buf) < size and self.remaining:
+            self._fill(size - len(self._buf))
+        data = bytes(self._buf[:size])
+        del self._buf[:size]
+        return data
+
+    def readline(self, size=-1):
+        while True:
+            end = self._buf.find(b'\n')
+            if end >= 0 or not self.remaining or 0 <= size <= len(self._buf):
+                break
+            self._fill(RECV_SIZE)
+        size_to_line = end + 1 if end >= 0 else len(self._buf)
+        return self.read(size_to_line if size is None or size < 0 else min(size, size_to_line))
+
+    def readlines(self, hint=-1):
+        return list(self)
+
+    def __iter__(self):
+        return iter(self.readline, b'')
+
+
+class Response:
+    """start_response() and the writing of status, headers and body to the socket."""
+
+    def __init__(self, sock, head_only, keep_alive, http10):
+        self.sock, self.head_only, self.keep_alive, self.http10 = sock, head_only, keep_alive, http10
+        self.status = self.headers = None
+        self.sent = False
+        self.nbytes = 0
+
+    def start_response(self, status, headers, exc_info=None):
+        if exc_info:
+            try:
+                if self.sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.status is not None:
+            raise AssertionError('start_response() called twice')
+        self.status, self.headers = status, headers
+        return self.write
+
+    def write(self, data, total=None):
+        """Send data, preceded by the head on the first call; total is the whole body's length if known."""
+        if self.sent:
+            if not self.head_only:
+                self.sock.sendall(data)
+                self.nbytes += len(data)
+            return
+        if self.status is None:
+            raise AssertionError('write() before start_response()')
+        no_body = self.status[:3] in STATUSES_WITHOUT_BODY or self.status[0] == '1'
+        head = self._head(no_body, total)
+        if self.head_only or no_body:
+            data = b''
+        self.sent = True
+        self.sock.sendall(head + data)  # one send: no Nagle stall
+        self.nbytes += len(data)
+
+    def _head(self, no_body, total):
+        """The status line and header block; UnicodeEncodeError (nothing sent: a 500 still can be)."""
+        head = [f'HTTP/1.1 {self.status}\r\n']
+        upgrade = self.status[:3] == '101'  # its Connection: Upgrade is the app's to send
+        has_length = False
+        for name, value in self.headers:
+            lower = name.lower()
+            if lower == 'connection' and not upgrade:
+                continue  # ours to decide
+            has_length = has_length or lower == 'content-length'
+            head.append(f'{name}: {value}\r\n')
+        if has_length or no_body:
+            pass
+        elif total is not None:
+            head.append(f'Content-Length: {total}\r\n')
+        else:
+            self.keep_alive = False  # the body ends when the connection does
+        if upgrade:
+            pass
+        elif not self.keep_alive:
+            head.append('Connection: close\r\n')
+        elif self.http10:
+            head.append('Connection: keep-alive\r\n')
+        head.append(f'Date: {http_date()}\r\n\r\n')
+        return ''.join(head).encode('latin-1')
+
+
+def respond(app, sock, buf, request, timeout, deadline, keep_alive=True):
+    """Serve one parsed request whose body starts at request.body_start in buf: (the Response,
+    the bytes past its body, whether the connection may serve another request)."""
+    environ = request.environ
+    body = Input(sock, buf[request.body_start:], request.length, request.expect_continue,
+                 timeout, deadline)
+    environ['wsgi.input'] = body
+    response = Response(sock, environ['REQUEST_METHOD'] == 'HEAD', request.keep_alive and keep_alive,
+                        environ['SERVER_PROTOCOL'] == 'HTTP/1.0')
+    run_app(app, environ, response)
+    keep = response.keep_alive
+    if keep and body.remaining:  # unread body: drain a little of it, else give up
+        if body.expect_continue or body.remaining > MAX_DRAIN:
+            keep = False
+        else:
+            body.read()
+    return response, body.extra, keep
+
+
+def run_app(app, environ, response):
+    """Call the WSGI app and write what it answers; an application error becomes a JSON 500."""
+    try:
+        result = app(environ, response.start_response)
+        try:
+            if type(result) in (list, tuple):  # the usual case: one send with a Content-Length
+                data = b''.join(result)
+                response.write(data, len(data) if not response.sent else None)
+            else:
+                for data in result:
+                    if data:
+                        response.write(data)
+                if not response.sent:
+                    response.write(b'', 0)
+        finally:
+            if hasattr(result, 'close'):
+                result.close()
+    except OSError:
+        raise  # the client's socket, not the application
+    except Exception:
+        log.exception('unhandled exception in the application for %s %s',
+                      environ['REQUEST_METHOD'], environ['RAW_URI'])
+        response.keep_alive = False
+        if response.sent:
+            raise ConnectionAbortedError('response cut short by an application error')
+        err = HTTPError(500, 'internal server error', 'internal_error')
+        body = err.payload()
+        response.status = status_line(err.status)
+        response.headers = [('Content-Type', defaults.JSON)]
+        response.write(body, len(body))
