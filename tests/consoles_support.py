@@ -1,7 +1,5 @@
-"""What the console tests share: a fake console stream and domain, and a small server honouring
-the upgrade contract of issue 11 (environ['xend_rest.upgrade'](session, on_shutdown), then
-session(sock, buffered) on a thread of its own)."""
-import socket
+"""What the console tests share: a fake console stream and domain, the daemon's server on a free
+port, and a WebSocket client of our own for what client libraries will not send."""
 import struct
 import threading
 import time
@@ -9,6 +7,7 @@ import time
 import libvirt
 
 from xend_rest import websocket
+from xend_rest.server import Server
 
 MASK = b'\x11\x22\x33\x44'
 CONSOLE_XML = """<domain><name>%s</name><devices>
@@ -172,6 +171,7 @@ class FixedConnection:
     """A SharedConnection that hands out one given connection (a fake)."""
 
     connects = 1
+    connected = True
 
     def __init__(self, conn):
         self.conn = conn
@@ -189,70 +189,19 @@ class FixedConnection:
         pass
 
 
-class UpgradeServer:
-    """One thread per connection, one request per connection: enough for the contract."""
+class Daemon:
+    """The daemon's own server (which carries upgrades out) in front of an app, on a free port."""
 
-    def __init__(self, app):
-        self.app = app
-        self.listener = socket.create_server(('127.0.0.1', 0))
-        self.port = self.listener.getsockname()[1]
-        self.sessions = []
-        self._threads = []
-        threading.Thread(target=self._accept, daemon=True).start()
+    def __init__(self, app, **options):
+        self.server = Server(app, ['127.0.0.1:0'], **options)
+        self.server.start()
+        self.port = self.server.addresses[0][1]
 
     def url(self, path):
         return 'ws://127.0.0.1:%d%s' % (self.port, path)
 
-    def _accept(self):
-        while True:
-            try:
-                sock, _ = self.listener.accept()
-            except OSError:
-                return
-            thread = threading.Thread(target=self._serve, args=(sock,), daemon=True)
-            self._threads.append(thread)
-            thread.start()
-
-    def _serve(self, sock):
-        with sock:
-            data = b''
-            while b'\r\n\r\n' not in data:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    return
-                data += chunk
-            head, _, buffered = data.partition(b'\r\n\r\n')
-            lines = head.decode('latin-1').split('\r\n')
-            method, target, _ = lines[0].split(' ')
-            path, _, query = target.partition('?')
-            environ = {'REQUEST_METHOD': method, 'PATH_INFO': path, 'QUERY_STRING': query,
-                       'RAW_URI': target, 'REMOTE_ADDR': '127.0.0.1', 'SERVER_NAME': '127.0.0.1',
-                       'xend_rest.transport': 'tcp', 'wsgi.input': None}
-            for line in lines[1:]:
-                name, _, value = line.partition(':')
-                key = 'HTTP_' + name.strip().upper().replace('-', '_')
-                environ[key] = environ[key] + ', ' + value.strip() if key in environ else value.strip()
-            upgraded = []
-            environ['xend_rest.upgrade'] = lambda session, on_shutdown=None: upgraded.append(
-                (session, on_shutdown))
-            answer = {}
-            body = b''.join(self.app(environ, lambda status, headers: answer.update(
-                status=status, headers=headers)))
-            out = 'HTTP/1.1 %s\r\n' % answer['status']
-            out += ''.join('%s: %s\r\n' % pair for pair in answer['headers'])
-            if not answer['status'].startswith('101'):
-                out += 'Connection: close\r\n'
-                if 'content-length' not in {name.lower() for name, _ in answer['headers']}:
-                    out += 'Content-Length: %d\r\n' % len(body)
-            sock.sendall(out.encode('latin-1') + b'\r\n' + body)
-            if answer['status'].startswith('101') and upgraded:
-                self.sessions.append(upgraded[0])
-                upgraded[0][0](sock, buffered)
-
-    def close(self):
-        self.listener.close()
-        for thread in self._threads:
-            thread.join(10)
+    def close(self, grace=2):
+        self.server.shutdown(grace=grace)
 
 
 class FrameClient:

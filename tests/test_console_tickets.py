@@ -9,7 +9,7 @@ from websockets.sync.client import connect
 
 from conftest import Client, until
 from test_consoles import upgrade_headers
-from consoles_support import FakeConnection, FixedConnection, UpgradeServer
+from consoles_support import FakeConnection, FixedConnection, Daemon
 from xend_rest.app import make_app
 from xend_rest.bridge import Bridges
 from xend_rest.connection import start_event_loop
@@ -36,7 +36,7 @@ def daemon(conn):
     sessions = Bridges()
     guard = Guard(tokens=TOKENS, allowed_origins=[PAGE + ':443/'])
     app = make_app(connection=FixedConnection(conn), guard=guard, consoles=sessions)
-    server = UpgradeServer(app)
+    server = Daemon(app)
     yield server, Client(app), sessions
     assert sessions.close_all(timeout=10)
     server.close()
@@ -118,7 +118,7 @@ def test_a_reader_gets_no_ticket(daemon):
 def test_an_expired_ticket_is_401(conn):
     guard = Guard(allowed_origins=[PAGE], tickets=Tickets(lifetime=0.05))
     app = make_app(connection=FixedConnection(conn), guard=guard)
-    server = UpgradeServer(app)
+    server = Daemon(app)
     issued = ticket(Client(app))
     time.sleep(0.1)
     status, body = refused(server.url(issued['Path']), origin=PAGE)

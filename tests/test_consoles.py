@@ -15,7 +15,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from conftest import Client, until
-from consoles_support import FakeConnection, FixedConnection, FrameClient, UpgradeServer
+from consoles_support import FakeConnection, FixedConnection, FrameClient, Daemon
 from xend_rest import websocket
 from xend_rest.app import make_app
 from xend_rest.consoles import ConsoleStream, open_console
@@ -44,7 +44,7 @@ def consoles():
 
 @pytest.fixture
 def server(conn, consoles):
-    running = UpgradeServer(make_app(connection=FixedConnection(conn), consoles=consoles))
+    running = Daemon(make_app(connection=FixedConnection(conn), consoles=consoles))
     yield running
     consoles.close_all(timeout=10)
     running.close()
@@ -438,3 +438,46 @@ def test_session_counts_reach_the_registry_totals(client, consoles):
     assert typed == len(b'echo 12345\n')
     assert shown >= len(b'echo 12345\n12345\r\n')
     assert isinstance(session, Bridge)
+
+
+# -- through the daemon's own server ------------------------------------------------------------
+
+def test_the_most_consoles_open_do_not_starve_the_api(conn):
+    """Sessions run on threads of their own, not request workers: with every console place
+    taken and two workers, API requests are still answered at once."""
+    sessions = Bridges(max_sessions=4)
+    daemon = Daemon(make_app(connection=FixedConnection(conn), consoles=sessions), workers=2)
+    try:
+        with contextlib.ExitStack() as opened:
+            for i in range(4):
+                opened.enter_context(connect(daemon.url(CONSOLE) + '?dev=serial%d' % i))
+            until(lambda: daemon.server.open_sessions == 4)
+            for _ in range(10):
+                started = time.monotonic()
+                sock = socket.create_connection(('127.0.0.1', daemon.port), timeout=5)
+                with sock:
+                    sock.sendall(b'GET /_ping HTTP/1.1\r\nHost: localhost\r\n\r\n')
+                    assert sock.recv(4096).startswith(b'HTTP/1.1 200 ')
+                assert time.monotonic() - started < 1.0
+            with pytest.raises(InvalidStatus) as refused:
+                connect(daemon.url(CONSOLE) + '?dev=serial0&safe=1')
+            assert refused.value.response.status_code == 429
+    finally:
+        daemon.close()
+    assert sessions.close_all(timeout=10)
+
+
+def test_daemon_shutdown_tells_each_client_1001(conn):
+    sessions = Bridges()
+    daemon = Daemon(make_app(connection=FixedConnection(conn), consoles=sessions))
+    with connect(daemon.url(CONSOLE)) as ws:
+        until(lambda: daemon.server.open_sessions == 1)
+        closer = threading.Thread(target=daemon.close, kwargs={'grace': 10})
+        closer.start()
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                ws.recv(timeout=10)
+        closer.join(15)
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1001, 'the daemon is shutting down')
+    assert len(sessions) == 0
+    assert conn.streams[0].state == 'aborted'

@@ -11,7 +11,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from conftest import DOMAINS, node_xml, until
-from consoles_support import UpgradeServer
+from consoles_support import Daemon
 from xend_rest.app import make_app
 from xend_rest.bridge import Bridges
 from xend_rest import vnc
@@ -70,7 +70,7 @@ def screens(tmp_path, rfb):
     path.write_text(node_xml(DOMAINS + extra))
     sessions = Bridges()
     app = make_app(uri='test://%s' % path, consoles=sessions)
-    server = UpgradeServer(app)
+    server = Daemon(app)
     yield server, sessions
     assert sessions.close_all(timeout=10)
     server.close()

@@ -12,6 +12,7 @@ import os
 import socket
 import ssl
 import stat
+from urllib.parse import parse_qs
 
 from . import defaults
 from .errors import HTTPError
@@ -85,7 +86,7 @@ class Guard:
         ticket is its only credential, used up here, and a page of an allowed origin may send it.
         """
         environ = request.environ
-        token = request.arg('ticket')
+        token = ticket_token(environ)
         if token is None and ('HTTP_ORIGIN' in environ
                               or environ.get('HTTP_SEC_FETCH_SITE') in PAGE_FETCHES):
             raise HTTPError(403, 'requests from web pages (with an Origin header) are refused',
@@ -228,6 +229,14 @@ def hypervisor_elements(doc):
         for child in value if isinstance(value, list) else [value]:
             if isinstance(child, dict) and '@xmlns' in child:
                 yield 'domain.%s.@xmlns' % key
+
+
+def ticket_token(environ):
+    """The ?ticket= of a request, read before the rest of its query is; given twice is a 400."""
+    tokens = parse_qs(environ.get('QUERY_STRING', ''), keep_blank_values=True).get('ticket')
+    if tokens and len(tokens) > 1:
+        raise HTTPError(400, 'query parameter "ticket" is given more than once', 'bad_parameter')
+    return tokens[0] if tokens else None
 
 
 def origin_name(origin):

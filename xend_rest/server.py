@@ -19,6 +19,7 @@ import time
 from . import defaults, http11, listeners, sessions
 from .errors import RETRY_AFTER, HTTPError
 from .listeners import format_address, parse_listen, sd_notify
+from .tickets import redact_ticket
 
 log = logging.getLogger('xend_rest.server')
 access_log = logging.getLogger('xend_rest.access')
@@ -454,5 +455,6 @@ class Server:
 
     def _log(self, method, target, status, nbytes, start, conn):
         if access_log.isEnabledFor(logging.INFO):  # skip the formatting when nobody listens
-            access_log.info('%s %s %s %d %.2fms %s', method, target, status, nbytes,
-                            (time.perf_counter() - start) * 1000, conn.client)
+            # A console ticket is a credential: never written down (the rest of the target is).
+            access_log.info('%s %s %s %d %.2fms %s', method, redact_ticket(target), status,
+                            nbytes, (time.perf_counter() - start) * 1000, conn.client)

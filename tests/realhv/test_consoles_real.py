@@ -1,8 +1,7 @@
 """Consoles against real QEMU guests: a shell on the guest's serial console, reached through the
 WebSocket route and the raw attach, taken over with force=1, and ended by the guest's power-off.
 
-The console routes run behind tests/consoles_support.UpgradeServer (the upgrade contract of
-issue 11) until the daemon's own server carries them.
+The console routes run on the daemon's own server (which carries the upgrades out).
 """
 import os
 import secrets
@@ -15,7 +14,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from consoles_support import FakeError, UpgradeServer
+from consoles_support import FakeError, Daemon
 from xend_rest import vnc
 from xend_rest.app import make_app
 from xend_rest.bridge import Bridges
@@ -37,7 +36,7 @@ def consoles():
 @pytest.fixture(scope='module')
 def server(libvirtd, consoles):
     app = make_app(uri=libvirtd.uri, consoles=consoles)
-    running = UpgradeServer(app)
+    running = Daemon(app)
     yield running
     consoles.close_all(timeout=10)
     running.close()
