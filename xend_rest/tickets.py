@@ -14,7 +14,7 @@ from collections import namedtuple
 
 from .errors import HTTPError
 
-LIFETIME = 30.0  # seconds a ticket is good for: enough to hand it to a page and open the socket
+LIFETIME = 30  # seconds a ticket is good for: enough to hand it to a page and open the socket
 MAX_TICKETS = 1024  # outstanding at once; each is a few hundred bytes
 
 TICKET_QUERY = re.compile(r'([?&]ticket=)[^&]*')
