@@ -19,7 +19,8 @@ from consoles_support import FakeConnection, FixedConnection, FrameClient, Daemo
 from xend_rest import websocket
 from xend_rest.app import make_app
 from xend_rest.consoles import ConsoleStream, open_console
-from xend_rest.bridge import Bridge, Bridges, WebSocketFraming
+from xend_rest.bridge import Bridge, Bridges
+from xend_rest.framing import WebSocketFraming
 from xend_rest.connection import start_event_loop
 from xend_rest.websocket import BINARY, CLOSE, PING, PONG, TEXT
 

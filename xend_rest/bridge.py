@@ -18,6 +18,7 @@ import time
 
 from . import defaults, websocket
 from .errors import HTTPError
+from .framing import RawFraming, WebSocketFraming
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger('xend_rest.access')
@@ -40,7 +41,8 @@ ENDINGS = {
     'screen_lost': (websocket.INTERNAL_ERROR, 'the connection to the VNC server failed'),
     'taken_over': (4409, 'another session took the console over (force=1)'),
     'idle': (4408, 'no input or output within the idle timeout'),
-    'client_too_slow': (websocket.POLICY_VIOLATION, 'the client stopped reading: its buffer is full'),
+    'client_too_slow': (websocket.POLICY_VIOLATION,
+                        'the client stopped reading: its buffer is full'),
     'libvirt_lost': (websocket.BAD_GATEWAY, 'the connection to libvirt was lost'),
     'shutdown': (websocket.GOING_AWAY, 'the daemon is shutting down'),
     'protocol_error': (websocket.PROTOCOL_ERROR, 'protocol error'),
@@ -64,62 +66,6 @@ def upgrade_hook(environ):
         raise HTTPError(501, "consoles need xend-rest's own server: this WSGI server cannot hand "
                         'the connection over to the application', 'upgrade_unsupported')
     return hook
-
-
-class WebSocketFraming:
-    """Console bytes in binary frames both ways; text frames accepted as UTF-8 input."""
-
-    def __init__(self, max_message=websocket.MAX_MESSAGE):
-        self._decoder = websocket.Decoder(max_message)
-        self.close_answered = False  # the client's close frame was answered
-
-    def decode(self, data):
-        """(input bytes, control frames to send, whether the client closed); ProtocolError."""
-        inputs, replies = [], []
-        for frame in self._decoder.feed(data):
-            if frame.opcode in websocket.DATA_OPCODES:
-                inputs.append(frame.data)
-            elif frame.opcode == websocket.PING:
-                replies.append(websocket.encode(websocket.PONG, frame.data))
-            elif frame.opcode == websocket.CLOSE:
-                code, _reason = websocket.parse_close(frame.data)
-                self.close_answered = True
-                replies.append(websocket.close_frame(code) if code else
-                               websocket.encode(websocket.CLOSE))
-                return b''.join(inputs), b''.join(replies), True
-        return b''.join(inputs), b''.join(replies), False
-
-    @staticmethod
-    def encode(data):
-        return websocket.encode(websocket.BINARY, data)
-
-    def goodbye(self, code, reason):
-        if self.close_answered or code is None:
-            return b''
-        return websocket.close_frame(code, reason)
-
-    def awaits_close(self):
-        return not self.close_answered
-
-
-class RawFraming:
-    """Raw bytes both ways (POST .../attach with Upgrade: tcp); the client's EOF ends it."""
-
-    @staticmethod
-    def decode(data):
-        return data, b'', False
-
-    @staticmethod
-    def encode(data):
-        return data
-
-    @staticmethod
-    def goodbye(_code, _reason):
-        return b''
-
-    @staticmethod
-    def awaits_close():
-        return False
 
 
 class Bridge:
