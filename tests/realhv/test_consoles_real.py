@@ -22,6 +22,7 @@ from xend_rest.bridge import Bridges
 from . import guest
 from .conftest import SESSION_PREFIX, _remove_domain
 from .guest import PROMPT, READY_MARKER, wait_until
+from .test_faults import app, guest_on_private, private_libvirtd  # noqa: F401 (fixtures)
 
 NODES = '/libvirt/xen/nodes'
 
@@ -220,3 +221,28 @@ def test_the_screen_through_vnc_gives_a_real_rfb_handshake_and_pixels(server, li
         pixels = rfb.full_update(width, height, bpp)
     assert pixels and len(pixels) % (bpp // 8) == 0  # the mode may have changed since ServerInit
     assert pixels.count(0) < len(pixels)  # something is drawn: the firmware's text at least
+
+
+def test_libvirtd_going_away_ends_the_session_with_1014(private_libvirtd, app, guest_on_private):
+    """On a private libvirtd (see test_faults.py), killed while a console is open."""
+    name, console = guest_on_private('console')
+    libvirt.open(private_libvirtd.uri).lookupByName(name).create()
+    console.wait_for(READY_MARKER, timeout=60)
+    daemon = Daemon(app)
+    try:
+        with connect(daemon.url(f'{NODES}/{name}/console')) as ws:
+            typed(ws.send, lambda: ws.recv(timeout=30))
+            private_libvirtd.kill()
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    ws.recv(timeout=30)
+        assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (
+            1014, 'the connection to libvirt was lost')
+        wait_until(lambda: len(app.consoles) == 0, 10, 'the session count to go back')
+    finally:
+        daemon.close()
+        private_libvirtd.start()
+        try:  # the restarted libvirtd may still be taking the guest back: stop it here
+            libvirt.open(private_libvirtd.uri).lookupByName(name).destroy()
+        except libvirt.libvirtError:
+            pass  # not running (any more)
