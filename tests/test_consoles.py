@@ -7,6 +7,7 @@ import base64
 import contextlib
 import os
 import socket
+import ssl
 import threading
 import time
 
@@ -16,7 +17,8 @@ from websockets.sync.client import connect
 
 from conftest import Client, until
 from consoles_support import FakeConnection, FixedConnection, FrameClient, Daemon
-from xend_rest import websocket
+from test_server_security import pki  # noqa: F401 (a fixture)
+from xend_rest import security, websocket
 from xend_rest.app import make_app
 from xend_rest.consoles import ConsoleStream, open_console
 from xend_rest.bridge import Bridge, Bridges
@@ -482,3 +484,28 @@ def test_daemon_shutdown_tells_each_client_1001(conn):
     assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1001, 'the daemon is shutting down')
     assert len(sessions) == 0
     assert conn.streams[0].state == 'aborted'
+
+
+def test_a_console_over_tls_carries_bulk_output_intact(conn, pki):
+    """On a TLS listener the session gets the TLS socket: non-blocking reads and writes of it."""
+    context = security.tls_context(str(pki / 'server.pem'), str(pki / 'server.key'),
+                                   str(pki / 'ca.pem'))
+    sessions = Bridges()
+    daemon = Daemon(make_app(connection=FixedConnection(conn), consoles=sessions), tls=context)
+    client = ssl.create_default_context(cafile=str(pki / 'ca.pem'))
+    client.load_cert_chain(str(pki / 'alice.pem'), str(pki / 'alice.key'))
+    try:
+        with connect('wss://127.0.0.1:%d%s' % (daemon.port, CONSOLE), ssl=client) as ws:
+            ws.send(b'echo over tls\n')
+            seen = b''
+            while b'over tls\r\n' not in seen:
+                seen += ws.recv(timeout=10)
+            bulk = os.urandom(600000)
+            conn.streams[0].emit(bulk)
+            received = b''
+            while len(received) < len(bulk):
+                received += ws.recv(timeout=10)
+            assert received == bulk
+    finally:
+        daemon.close()
+    assert sessions.close_all(timeout=10)
