@@ -1,6 +1,7 @@
 """Browsers and consoles: the Origin check on upgrades, allowed-origins, and console tickets
 (single-use, short-lived, bound to the connection, the domain, the route and the role)."""
 import logging
+import socket
 import time
 
 import pytest
@@ -194,3 +195,18 @@ def test_tickets_are_redacted_from_targets():
     assert redact_ticket('/x/console?dev=serial0&ticket=abc&force=1') == \
         '/x/console?dev=serial0&ticket=-&force=1'
     assert redact_ticket('/x/vnc?ticket=abc') == '/x/vnc?ticket=-'
+
+
+def test_an_upgrade_to_a_foreign_host_is_refused(daemon, conn):
+    """A DNS-rebinding page names its own host: the Host check applies to upgrades too."""
+    server, client, _ = daemon
+    issued = ticket(client)
+    with socket.create_connection(('127.0.0.1', server.port), timeout=10) as sock:
+        sock.sendall(('GET %s HTTP/1.1\r\nHost: rebound.example\r\nOrigin: %s\r\n'
+                      'Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n'
+                      'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n'
+                      % (issued['Path'], PAGE)).encode())
+        answer = sock.recv(65536).decode()
+    assert answer.startswith('HTTP/1.1 403 ')
+    assert '"foreign_host"' in answer
+    assert conn.streams == []

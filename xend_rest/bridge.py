@@ -2,8 +2,9 @@
 
 A session (a Bridge) runs as session(sock, buffered) on a thread the server gives it (not a
 request worker), after the 101 answer; that thread alone touches the client's socket. What
-is on the guest's side (a libvirt console stream, a VNC socket) is an object with fileno(),
-receive(), send(), room(), alive(), explain() and close(): xend_rest.consoles and xend_rest.vnc.
+is on the guest's side (a libvirt console stream, a VNC socket) is an object with start(),
+fileno(), receive(), send(), alive(), explain(), close() and watch_always: see
+xend_rest.consoles and xend_rest.vnc.
 
 Memory is bounded each way: the guest's output is taken only while the frame under way to the
 client is sent (a console's stream buffers at most its limit, then cuts a client that stopped
@@ -57,7 +58,6 @@ class Ended(Exception):
         self.kind, self.detail = kind, detail
 
 
-
 def upgrade_hook(environ):
     """The server's upgrade(session) callable; 501 under a server that cannot hand the app its
     connection (gunicorn, uwsgi, mod_wsgi: PEP 3333 has no way to)."""
@@ -90,6 +90,7 @@ class Bridge:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._released = False
+        self._release_lock = threading.Lock()
 
     def end(self, key):
         """Ask the session to end with an ENDINGS key (any thread: shutdown, takeover)."""
@@ -101,6 +102,8 @@ class Bridge:
             pass
 
     def __call__(self, sock, buffered=b''):
+        if self._released:
+            return  # given up before the server ran it (see Bridges.close_all)
         self.started = self._last_traffic = self._last_tick = time.monotonic()
         try:
             self._sock = sock
@@ -115,9 +118,10 @@ class Bridge:
     def discard(self):
         """Close the guest side and give the session's place back (once; also for a session the
         server could not run)."""
-        if self._released:
-            return
-        self._released = True
+        with self._release_lock:
+            if self._released:
+                return
+            self._released = True
         try:
             self.guest.close()
         finally:
