@@ -1,16 +1,98 @@
 """A hypervisor the daemon serves: its shared libvirt connection and what hangs off it."""
+import logging
+import re
+import threading
+import time
+from urllib.parse import urlsplit, urlunsplit
+
+import libvirt
+
 from .connection import PerConnection
+from .errors import HTTPError, is_connection_error
 from .events import EventHub
 from .handlers.images import Uploads
+
+log = logging.getLogger(__name__)
+
+# A connection's name is a path segment, a metric label and a word in the tokens file: keep it
+# plain. docs/connections.md quotes this pattern.
+NAME_PATTERN = re.compile(r'[a-z0-9][a-z0-9._-]{0,62}')
+NAME_RULE = ('1 to 63 lowercase letters, digits, ".", "_" or "-", starting with a letter or a '
+             'digit')
+
+
+def check_name(name):
+    """The name, if it is a valid connection name; else ValueError saying the rule."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise ValueError('connection name %r: expected %s' % (name, NAME_RULE))
+    return name
+
+
+def public_uri(uri):
+    """The URI without a password in it: what may be shown to any reader."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.netloc.rpartition('@')[2]
+    return urlunsplit(parts._replace(netloc='%s@%s' % (parts.username, host)))
+
+
+def dotted(number):
+    """libvirt's version number (major * 1,000,000 + minor * 1,000 + release) as text."""
+    return '%d.%d.%d' % (number // 1000000, number // 1000 % 1000, number % 1000)
 
 
 class Hypervisor:
     """One named libvirt connection, with its own event hub, uploads and driver features."""
 
     def __init__(self, name, connection, events=None):
-        self.name = name
+        self.name = check_name(name)
         self.connection = connection  # a SharedConnection
         self.events = events or EventHub()
         self.uploads = Uploads()  # images being uploaded through this connection
         self.features = PerConnection()  # what the driver can do, probed once per connection
+        # What the last connection said of its host, kept while it is down: listings read this
+        # instead of asking a libvirtd that may not answer.
+        self.facts = None
         connection.on_connect(self.events.attach)
+        connection.on_connect(self._learn_facts)
+
+    def _learn_facts(self, conn):
+        self.facts = {'Driver': conn.getType(), 'Hostname': conn.getHostname(),
+                      'LibvirtVersion': dotted(conn.getLibVersion()),
+                      'HypervisorVersion': dotted(conn.getVersion())}
+
+    def describe(self):
+        """The connection as GET /libvirt/json lists it (asks libvirt nothing)."""
+        facts = self.facts or dict.fromkeys(('Driver', 'Hostname', 'LibvirtVersion',
+                                             'HypervisorVersion'))
+        return {'Name': self.name, 'Uri': public_uri(self.connection.uri),
+                'Connected': self.connection.connected, **facts,
+                'Error': None if self.connection.connected else self.connection.last_error}
+
+
+def gather(hypervisors, work, wait):
+    """{name: work(hypervisor)} for each hypervisor, each in a thread of its own, waiting at most
+    `wait` seconds in all: a dead or frozen libvirtd costs the caller no more than that. A
+    hypervisor whose work failed or is still going is missing from the answer."""
+    results = {}
+
+    def run(hypervisor):
+        try:
+            results[hypervisor.name] = work(hypervisor)
+        except HTTPError:
+            pass  # unreachable (503, 504): the caller reports it as not answering
+        except libvirt.libvirtError as err:
+            if not is_connection_error(err):
+                log.warning('connection %s: %s', hypervisor.name, err.get_error_message())
+        except Exception:
+            log.exception('asking connection %s failed', hypervisor.name)
+
+    threads = [threading.Thread(target=run, args=(hypervisor,), daemon=True,
+                                name='ask-%s' % hypervisor.name) for hypervisor in hypervisors]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + wait
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return dict(results)

@@ -67,6 +67,7 @@ STANDARD_ERRORS = {500: ERROR, 503: ERROR}  # every route may meet a bug or an a
 
 INT = {'type': 'integer'}
 MAYBE_INT = {'type': 'integer', 'nullable': True}
+MAYBE_STRING = {'type': 'string', 'nullable': True}
 
 
 def _object(properties, required=None):
@@ -117,9 +118,19 @@ SCHEMAS = {
     'Event': _object({
         'Id': INT, 'Time': STRING, 'Event': STRING, 'Detail': {'type': 'string', 'nullable': True},
         'Domain': _object({'Name': STRING, 'Uuid': STRING})}),
+    # The top-level libvirtd and hypervisor fields are the default connection's: null while down.
     'Version': _object({'Version': STRING, 'ApiVersion': STRING, 'LibvirtVersion': STRING,
-                        'DaemonLibvirtVersion': STRING, 'Hypervisor': STRING,
-                        'HypervisorVersion': STRING}),
+                        'DaemonLibvirtVersion': MAYBE_STRING, 'Hypervisor': MAYBE_STRING,
+                        'HypervisorVersion': MAYBE_STRING,
+                        'Connections': {'type': 'object', 'additionalProperties': _object({
+                            'Connected': {'type': 'boolean'}, 'DaemonLibvirtVersion': MAYBE_STRING,
+                            'Hypervisor': MAYBE_STRING, 'HypervisorVersion': MAYBE_STRING})}}),
+    # What the connection's last open learnt (null before the first): it may be down now.
+    'Connection': _object({'Name': STRING, 'Uri': STRING, 'Connected': {'type': 'boolean'},
+                           'Driver': MAYBE_STRING, 'Hostname': MAYBE_STRING,
+                           'LibvirtVersion': MAYBE_STRING, 'HypervisorVersion': MAYBE_STRING,
+                           'Error': MAYBE_STRING}),
+    'ConnectionList': {'type': 'array', 'items': _ref('Connection')},
     'Info': _object({
         'Hostname': STRING, 'Driver': STRING, 'Uri': STRING, 'Cpus': INT, 'CpuModel': STRING,
         'CpuMhz': INT, 'NumaNodes': INT, 'Sockets': INT, 'Cores': INT, 'Threads': INT,
