@@ -8,7 +8,8 @@ from conftest import DOM0_UUID, Client, node_xml
 from test_host import _samples
 from xend_rest import openapi, security
 from xend_rest.app import make_app
-from xend_rest.hypervisor import check_name, public_uri
+from xend_rest.hypervisor import public_uri
+from xend_rest.names import check as check_name
 from xend_rest.security import ConfigError, Guard
 
 # Node a is the suite's usual host (web, db, idle, frozen, scratch); node b has other guests.

@@ -7,7 +7,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import libvirt
 
-from . import defaults, errors, jsonbody
+from . import defaults, errors, jsonbody, names
 from .bodies import Raw
 from .connection import SharedConnection
 from .convert import JSONText
@@ -21,7 +21,6 @@ from .security import Guard
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HYPERVISOR = 'xen'  # the contract's paths: /libvirt/xen/...
 NO_BODY_STATUSES = (204, 304)
 SAFE_METHODS = ('GET', 'HEAD')  # the rest may change the hypervisor's state
 REASONS = {
@@ -226,11 +225,11 @@ def make_app(uri=None, connection=None, routes=ROUTES, events=None, guard=None,
     """
     connections = dict(connections or {})
     if uri is not None or connection is not None or not connections:
-        if DEFAULT_HYPERVISOR in connections:
-            raise ValueError('the connection %r is given twice' % DEFAULT_HYPERVISOR)
-        connections = {DEFAULT_HYPERVISOR: connection or uri or os.environ.get(
+        if names.DEFAULT in connections:
+            raise ValueError('the connection %r is given twice' % names.DEFAULT)
+        connections = {names.DEFAULT: connection or uri or os.environ.get(
             defaults.URI_VARIABLE) or defaults.DEFAULT_URI, **connections}
-    default = DEFAULT_HYPERVISOR if DEFAULT_HYPERVISOR in connections else next(iter(connections))
+    default = names.DEFAULT if names.DEFAULT in connections else next(iter(connections))
     hypervisors = [Hypervisor(name, shared if isinstance(shared, SharedConnection)
                               else SharedConnection(shared), events if name == default else None)
                    for name, shared in connections.items()]

@@ -1,6 +1,5 @@
 """A hypervisor the daemon serves: its shared libvirt connection and what hangs off it."""
 import logging
-import re
 import threading
 import time
 from urllib.parse import urlsplit, urlunsplit
@@ -11,21 +10,9 @@ from .connection import PerConnection
 from .errors import HTTPError, is_connection_error
 from .events import EventHub
 from .handlers.images import Uploads
+from .names import check as check_name
 
 log = logging.getLogger(__name__)
-
-# A connection's name is a path segment, a metric label and a word in the tokens file: keep it
-# plain. docs/connections.md quotes this pattern.
-NAME_PATTERN = re.compile(r'[a-z0-9][a-z0-9._-]{0,62}')
-NAME_RULE = ('1 to 63 lowercase letters, digits, ".", "_" or "-", starting with a letter or a '
-             'digit')
-
-
-def check_name(name):
-    """The name, if it is a valid connection name; else ValueError saying the rule."""
-    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
-        raise ValueError('connection name %r: expected %s' % (name, NAME_RULE))
-    return name
 
 
 def public_uri(uri):

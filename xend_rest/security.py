@@ -17,7 +17,7 @@ from collections import namedtuple
 from . import defaults
 from .errors import HTTPError
 from .headers import content_length, media_type
-from .hypervisor import check_name
+from .names import check as check_name
 from .params import is_whole
 from .routes import ADMIN, ROLES
 
