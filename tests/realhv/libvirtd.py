@@ -170,12 +170,17 @@ class PrivateLibvirtd:
 
     A holder process keeps the namespace (and so the state and the QEMU processes) alive while
     libvirtd itself is killed and started again, as systemd would restart it.
+
+    With `tcp_port`, it also listens on 127.0.0.1 for `tcp_uri` (qemu+tcp://): unencrypted and
+    without authentication, which only a test on loopback may do.
     """
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, tcp_port=None):
         self.workdir = Path(workdir)
         self.socket = self.workdir / "sock" / "libvirt-sock"
         self.uri = f"qemu+unix:///system?socket={self.socket}"
+        self.tcp_port = tcp_port
+        self.tcp_uri = f"qemu+tcp://127.0.0.1:{tcp_port}/system" if tcp_port else None
         self.log = self.workdir / "libvirtd.log"
         self.holder = None
         self.process = None
@@ -184,16 +189,21 @@ class PrivateLibvirtd:
         if self.holder is None:
             self._start_holder()
         conf = self.workdir / "libvirtd.conf"
-        conf.write_text(f'unix_sock_dir = "{self.socket.parent}"\n'
-                        f'log_outputs = "3:file:{self.log}"\n')
+        settings = f'unix_sock_dir = "{self.socket.parent}"\nlog_outputs = "3:file:{self.log}"\n'
+        listen = []
+        if self.tcp_port:
+            settings += (f'listen_tcp = 1\nlisten_tls = 0\nlisten_addr = "127.0.0.1"\n'
+                         f'tcp_port = "{self.tcp_port}"\nauth_tcp = "none"\n')
+            listen = ["--listen"]
+        conf.write_text(settings)
         with open(self.workdir / "libvirtd.stderr", "ab") as stderr:
             self.process = subprocess.Popen(
                 ["nsenter", "-t", str(self.holder.pid), "-m",
                  shutil.which("libvirtd", path=_sbin_path()), "-f", str(conf),
-                 "-p", str(self.workdir / "libvirtd.pid")],
+                 "-p", str(self.workdir / "libvirtd.pid"), *listen],
                 stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr, start_new_session=True)
         deadline = time.monotonic() + timeout
-        while not answers(self.uri):
+        while not all(answers(uri) for uri in (self.uri, self.tcp_uri) if uri):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"private libvirtd did not answer {self.uri}\n"
                                    f"{tail(self.workdir / 'libvirtd.stderr')}\n{tail(self.log)}")
