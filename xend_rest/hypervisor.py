@@ -38,16 +38,18 @@ class Hypervisor:
         self.events = events or EventHub()
         self.uploads = Uploads()  # images being uploaded through this connection
         self.features = PerConnection()  # what the driver can do, probed once per connection
-        # What the last connection said of its host, kept while it is down: listings read this
-        # instead of asking a libvirtd that may not answer.
+        # What libvirtd last said of its host, kept while the connection is down: a listing
+        # shows it rather than wait for a libvirtd that may not answer.
         self.facts = None
         connection.on_connect(self.events.attach)
-        connection.on_connect(self._learn_facts)
 
-    def _learn_facts(self, conn):
-        self.facts = {'Driver': conn.getType(), 'Hostname': conn.getHostname(),
-                      'LibvirtVersion': dotted(conn.getLibVersion()),
-                      'HypervisorVersion': dotted(conn.getVersion())}
+    def learn_facts(self):
+        """Ask libvirtd about its host, once per libvirt connection (opening one if need be).
+
+        Not while opening: the QEMU driver's first getVersion() probes its binaries, for
+        seconds, and an open must stay quick."""
+        self.facts = self.features.get(self.connection.get(), 'facts', _ask_facts)
+        return self.facts
 
     def describe(self):
         """The connection as GET /libvirt/json lists it (asks libvirt nothing)."""
@@ -56,6 +58,12 @@ class Hypervisor:
         return {'Name': self.name, 'Uri': public_uri(self.connection.uri),
                 'Connected': self.connection.connected, **facts,
                 'Error': None if self.connection.connected else self.connection.last_error}
+
+
+def _ask_facts(conn):
+    return {'Driver': conn.getType(), 'Hostname': conn.getHostname(),
+            'LibvirtVersion': dotted(conn.getLibVersion()),
+            'HypervisorVersion': dotted(conn.getVersion())}
 
 
 def gather(hypervisors, work, wait):

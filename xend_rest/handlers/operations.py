@@ -64,10 +64,10 @@ def list_connections(request):
 
 
 def _connections(request):
-    """The usable connections described; those not open are tried, for LISTING_WAIT at most."""
+    """The usable connections described: each asked (and opened) in parallel, for
+    LISTING_WAIT at most; one that does not answer by then is described as last known."""
     hypervisors = request.usable_hypervisors()
-    closed = [hypervisor for hypervisor in hypervisors if not hypervisor.connection.connected]
-    gather(closed, lambda hypervisor: hypervisor.connection.get(), defaults.LISTING_WAIT)
+    gather(hypervisors, lambda hypervisor: hypervisor.learn_facts(), defaults.LISTING_WAIT)
     return [hypervisor.describe() for hypervisor in hypervisors]
 
 
