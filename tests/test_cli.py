@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from xend_rest.cli import parse_args
+from xend_rest.cli import main, parse_args
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -283,3 +283,12 @@ def test_a_daemon_serves_each_connection_under_its_name(tmp_path):
         daemon.wait(10)
     log = daemon.stderr.read()
     assert "connection demo: libvirt URI test:///default" in log
+
+
+def test_a_token_limited_to_an_unknown_connection_stops_the_daemon(tmp_path, caplog):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("%s read@dom0-c\n" % ("t" * 32))
+    tokens.chmod(0o600)
+    assert main(["--connect", "dom0-a=test:///default", "--tokens-file", str(tokens),
+                 "--listen", "127.0.0.1:0"]) == 2
+    assert "limited to dom0-c, which is not a configured connection" in caplog.text

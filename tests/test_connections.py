@@ -1,13 +1,16 @@
 """Several hypervisors, one daemon: /libvirt/{connection}/... per configured connection, each with
 its own libvirt connection, events, metrics and outage; credentials limited to some of them."""
 import json
+import threading
+import time
 
 import pytest
 
 from conftest import DOM0_UUID, Client, node_xml
 from test_host import _samples
-from xend_rest import openapi, security
+from xend_rest import defaults, openapi, security
 from xend_rest.app import make_app
+from xend_rest.errors import unavailable
 from xend_rest.hypervisor import public_uri
 from xend_rest.names import check as check_name
 from xend_rest.security import ConfigError, Guard
@@ -169,6 +172,27 @@ def test_metrics_of_two_nodes_keep_their_domains_apart(two):
     states = {labels for name, labels in samples if name == 'xend_domain_state'}
     assert any(label.startswith('{connection="b",domain="mail"') for label in states)
     assert not any('connection="a",domain="mail"' in label for label in states)
+
+
+def test_a_connection_that_hangs_is_asked_once_however_often_it_is_listed(two, monkeypatch):
+    release, calls = threading.Event(), []
+
+    def hanging_open():
+        calls.append(1)
+        release.wait(10)
+        raise unavailable('gone')
+
+    monkeypatch.setattr(two.app.hypervisors['b'].connection, 'get', hanging_open)
+    monkeypatch.setattr(defaults, 'LISTING_WAIT', 0.2)
+    try:
+        for _ in range(3):
+            started = time.monotonic()
+            listed = {item['Name']: item['Connected'] for item in two.get('/libvirt/json').json}
+            assert time.monotonic() - started < 1
+            assert listed == {'a': True, 'b': False}
+        assert calls == [1]
+    finally:
+        release.set()
 
 
 def test_the_uri_shown_has_no_password():

@@ -41,14 +41,21 @@ class Hypervisor:
         # What libvirtd last said of its host, kept while the connection is down: a listing
         # shows it rather than wait for a libvirtd that may not answer.
         self.facts = None
+        self._learning = threading.Lock()  # one question at a time, however often listed
         connection.on_connect(self.events.attach)
 
     def learn_facts(self):
         """Ask libvirtd about its host, once per libvirt connection (opening one if need be).
 
         Not while opening: the QEMU driver's first getVersion() probes its binaries, for
-        seconds, and an open must stay quick."""
-        self.facts = self.features.get(self.connection.get(), 'facts', _ask_facts)
+        seconds, and an open must stay quick. While a question is out (to a dead host, it may
+        wait for the whole open timeout), other callers get the last known facts at once."""
+        if not self._learning.acquire(blocking=False):
+            return self.facts
+        try:
+            self.facts = self.features.get(self.connection.get(), 'facts', _ask_facts)
+        finally:
+            self._learning.release()
         return self.facts
 
     def describe(self):

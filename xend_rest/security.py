@@ -55,9 +55,6 @@ class ConfigError(ValueError):
 class Grant(namedtuple('Grant', 'role connections')):
     """What a credential allows: a role, on some hypervisor connections (None: all of them)."""
 
-    def covers(self, connection):
-        return self.connections is None or connection in self.connections
-
 
 EVERYTHING = Grant(ADMIN, None)
 
