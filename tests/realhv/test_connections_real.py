@@ -1,11 +1,12 @@
 """One daemon, several real connections: a libvirtd's QEMU driver through its unix socket
 (/libvirt/qemu/), the same libvirtd through libvirt's remote protocol over TCP
-(/libvirt/remote/, qemu+tcp://, as a management host reaches a dom0), and a test-driver node
-beside them (/libvirt/test/). Both real connections see the same guest; killing libvirtd costs
-the two of them a 503 until it is back, and the test node never notices.
+(/libvirt/remote/, qemu+tcp://) and over TLS with certificates made at test time (/libvirt/tls/,
+qemu+tls://, as a management host reaches a dom0), and a test-driver node beside them
+(/libvirt/test/). The real connections see the same guest; killing libvirtd costs each of them
+a 503 until it is back, and the test node never notices.
 
 libvirtd is killed here, so it is a PRIVATE one (`libvirtd.PrivateLibvirtd`), listening on
-127.0.0.1 without authentication for this test only.
+127.0.0.1 (TCP without authentication: for this test only).
 """
 
 import http.client
@@ -29,7 +30,7 @@ from .guest import wait_until
 from .libvirtd import PrivateLibvirtd
 
 FAST_POOL = {'keepalive_interval': 1, 'keepalive_count': 2, 'open_timeout': 3}
-REAL = ('qemu', 'remote')
+REAL = ('qemu', 'remote', 'tls')
 
 
 @pytest.fixture(scope='module')
@@ -37,13 +38,17 @@ def listening_libvirtd(libvirtd, tmp_path_factory):
     """A private libvirtd that also listens on TCP (needs what `libvirtd` needs, and root)."""
     if os.geteuid() != 0:
         pytest.skip('only root can run a private libvirtd')
-    with socket.socket() as probe:
-        probe.bind(('127.0.0.1', 0))
-        port = probe.getsockname()[1]
-    daemon = PrivateLibvirtd(tmp_path_factory.mktemp('listening-libvirtd'), tcp_port=port)
+    daemon = PrivateLibvirtd(tmp_path_factory.mktemp('listening-libvirtd'),
+                             tcp_port=free_port(), tls_port=free_port())
     daemon.start()
     yield daemon
     daemon.close()
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        return probe.getsockname()[1]
 
 
 @pytest.fixture
@@ -55,6 +60,7 @@ def app(listening_libvirtd, tmp_path):
     app = make_app(connections={
         'qemu': SharedConnection(listening_libvirtd.uri, **FAST_POOL),
         'remote': SharedConnection(listening_libvirtd.tcp_uri, **FAST_POOL),
+        'tls': SharedConnection(listening_libvirtd.tls_uri, **FAST_POOL),
         'test': 'test://%s' % node})
     yield app
     app.close()
@@ -97,7 +103,7 @@ def events(api, connection, name):
     return [json.loads(line)['Event'] for line in response.body.splitlines() if line.strip()]
 
 
-def test_the_unix_and_the_remote_connection_see_the_same_guest(app, defined_guest):
+def test_the_unix_and_the_remote_connections_see_the_same_guest(app, defined_guest):
     api = Client(app)
     name = defined_guest('same')
     for connection in REAL:
@@ -109,20 +115,23 @@ def test_the_unix_and_the_remote_connection_see_the_same_guest(app, defined_gues
     # What one connection does, the other sees: state, and the event.
     assert api.post(f'/libvirt/remote/nodes/{name}/start').status == 204
     assert api.get(f'/libvirt/qemu/nodes/{name}/stats').json['State'] == 'running'
-    assert api.post(f'/libvirt/qemu/nodes/{name}/destroy').status == 204
+    assert api.get(f'/libvirt/tls/nodes/{name}/stats').json['State'] == 'running'
+    assert api.post(f'/libvirt/tls/nodes/{name}/destroy').status == 204
     assert api.get(f'/libvirt/remote/nodes/{name}/stats').json['State'] == 'shutoff'
     # Each connection gets libvirtd's events itself (QEMU's: resumed and started, then
     # shutdown and stopped), both the same ones.
     wait_until(lambda: all(events(api, c, name)[-1:] == ['stopped'] for c in REAL), 10,
                'the stopped event on both connections')
     seen = [events(api, connection, name) for connection in REAL]
-    assert seen[0] == seen[1] and 'started' in seen[0], seen
+    assert seen[0] == seen[1] == seen[2] and 'started' in seen[0], seen
 
     connections = {item['Name']: item for item in api.get('/libvirt/json').json}
     assert connections['remote']['Uri'].startswith('qemu+tcp://127.0.0.1:')
+    assert connections['tls']['Uri'].startswith('qemu+tls://127.0.0.1:')
     for connection in REAL:
         assert connections[connection]['Connected'] and connections[connection]['Driver'] == 'QEMU'
-    assert connections['qemu']['Hostname'] == connections['remote']['Hostname']
+    assert connections['qemu']['Hostname'] == connections['remote']['Hostname'] == \
+        connections['tls']['Hostname']
     assert connections['test']['Driver'] == 'TEST'
 
 
@@ -163,12 +172,12 @@ class Watcher:
             thread.join(60)
 
 
-def test_killing_libvirtd_costs_both_real_connections_a_503_and_the_test_node_nothing(
+def test_killing_libvirtd_costs_each_real_connection_a_503_and_the_test_node_nothing(
         app, listening_libvirtd, defined_guest, capfd):
     name = defined_guest('kill')
     server = Server(app, ['127.0.0.1:0'], workers=6, on_shutdown=app.end_streams)
     server.start()
-    watcher = Watcher(server, ('qemu', 'remote', 'test'))
+    watcher = Watcher(server, REAL + ('test',))
     try:
         start = time.monotonic()
         wait_until(lambda: all(watcher.saw(c, {200}, start) for c in watcher.answers), 30,
@@ -179,12 +188,12 @@ def test_killing_libvirtd_costs_both_real_connections_a_503_and_the_test_node_no
         listening_libvirtd.kill()
         killed = time.monotonic()
         wait_until(lambda: all(watcher.saw(c, {503, 504}, killed) for c in REAL), 30,
-                   '503s from both real connections while libvirtd is dead')
+                   '503s from every real connection while libvirtd is dead')
         began = time.monotonic()
         during = {item['Name']: item for item in api.get('/libvirt/json').json}
         assert time.monotonic() - began < 3  # one second per dead connection at most, in parallel
         assert {c: during[c]['Connected'] for c in during} == {
-            'qemu': False, 'remote': False, 'test': True}
+            'qemu': False, 'remote': False, 'tls': False, 'test': True}
         assert 'Connection refused' in during['remote']['Error']
         assert during['remote']['Hostname'] == before['remote']['Hostname']  # the last known
         metrics = api.get('/metrics').body.decode()
@@ -194,7 +203,7 @@ def test_killing_libvirtd_costs_both_real_connections_a_503_and_the_test_node_no
         listening_libvirtd.start()
         back = time.monotonic()
         wait_until(lambda: all(watcher.saw(c, {200}, back) for c in REAL), 30,
-                   'answers from both real connections after libvirtd is back')
+                   'answers from every real connection after libvirtd is back')
     finally:
         watcher.finish()
         server.shutdown(grace=2)
