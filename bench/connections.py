@@ -9,7 +9,8 @@ opened by one request, the daemon is left idle for a moment, and its RSS is read
 one more connection is the difference divided by MANY - 1. URIs measured: test:///default (the
 daemon's own cost: libvirt's test driver keeps one shared host in the process), qemu:///system
 when a libvirtd answers it, and $XEND_BENCH_REMOTE_URI (a remote libvirtd: what each managed
-dom0 costs). The issue's bound: 1 MiB per idle connection.
+dom0 costs; tests/realhv/libvirtd.py's PrivateLibvirtd(tcp_port=, tls_port=) makes one that
+listens on loopback). The issue's bound: 1 MiB per idle connection.
 """
 import json
 import os
