@@ -1,4 +1,5 @@
 """A hypervisor the daemon serves: its shared libvirt connection and what hangs off it."""
+import contextlib
 import logging
 import threading
 import time
@@ -53,10 +54,23 @@ class Hypervisor:
         if not self._learning.acquire(blocking=False):
             return self.facts
         try:
-            self.facts = self.features.get(self.connection.get(), 'facts', _ask_facts)
+            with self.using_connection() as conn:
+                self.facts = self.features.get(conn, 'facts', _ask_facts)
         finally:
             self._learning.release()
         return self.facts
+
+    @contextlib.contextmanager
+    def using_connection(self):
+        """The shared libvirt connection (opened if need be), let go of if it breaks under the
+        caller, so that the next user reopens it: for work done outside a request."""
+        conn = self.connection.get()
+        try:
+            yield conn
+        except libvirt.libvirtError as err:
+            if is_connection_error(err):
+                self.connection.discard(conn)
+            raise
 
     def describe(self):
         """The connection as GET /libvirt/json lists it (asks libvirt nothing)."""

@@ -3,7 +3,7 @@ import libvirt
 
 from .. import __version__
 from ..bodies import Raw
-from ..errors import HTTPError, is_connection_error, still_there
+from ..errors import HTTPError, still_there
 from .. import defaults
 from ..hypervisor import dotted, gather, public_uri
 from ..metrics import Exposition, add_requests, labels
@@ -209,14 +209,8 @@ def metrics(request):
 
 
 def _scrape(hypervisor):
-    """A connection's domains, described; a connection that broke is let go (and raised)."""
-    conn = hypervisor.connection.get()
-    try:
+    with hypervisor.using_connection() as conn:
         return _described(conn)
-    except libvirt.libvirtError as err:
-        if is_connection_error(err):
-            hypervisor.connection.discard(conn)
-        raise
 
 
 def _add_domains(exposition, connection, described):
