@@ -2,7 +2,7 @@
 import importlib
 import sys
 
-BENCHMARKS = ['api', 'images']
+BENCHMARKS = ['api', 'images', 'connections']
 
 
 def main(names):

@@ -7,6 +7,7 @@ import time
 import libvirt
 
 from xend_rest import websocket
+from xend_rest.connection import SharedConnection
 from xend_rest.server import Server
 
 MASK = b'\x11\x22\x33\x44'
@@ -163,30 +164,23 @@ class FakeConnection:
     def listAllDomains(self, _flags=0):
         return [self.dom]
 
+    def unregisterCloseCallback(self):
+        pass
+
+    def close(self):
+        return 0
+
     def getAllDomainStats(self, _stats=0, _flags=0):
         return []  # a scrape of the fake host: no domain counters, only the daemon's own
 
 
-class FixedConnection:
-    """A SharedConnection that hands out one given connection (a fake)."""
-
-    connects = 1
-    connected = True
+class FixedConnection(SharedConnection):
+    """A SharedConnection already holding a given connection (a fake), which it never reopens."""
 
     def __init__(self, conn):
-        self.conn = conn
-
-    def get(self):
-        return self.conn
-
-    def on_connect(self, _callback):
-        pass
-
-    def discard(self, _conn):
-        pass
-
-    def close(self):
-        pass
+        super().__init__(conn.getURI())
+        self._conn = conn
+        self.connects = 1
 
 
 class Daemon:

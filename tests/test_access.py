@@ -91,6 +91,8 @@ ROUTE_ROLES = [
     ('GET', '/_ping', None, 'read'),
     ('GET', '/version', None, 'read'),
     ('GET', '/info', None, 'read'),
+    ('GET', '/libvirt/json', None, 'read'),
+    ('GET', '/libvirt/xen/info', None, 'read'),
     ('GET', '/metrics', None, 'read'),
     ('GET', '/openapi.json', None, 'read'),
     ('POST', N + '/idle/start', None, 'operator'),

@@ -7,10 +7,11 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
-from xend_rest.cli import parse_args
+from xend_rest.cli import main, parse_args
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -155,3 +156,139 @@ def test_max_head_from_flag_file_and_default(tmp_path):
     path = tmp_path / 'xend-rest.conf'
     path.write_text('[xend-rest]\nmax-head = 4096\n')
     assert parse_args(['--config', str(path)]).max_head == 4096
+
+
+# -- several connections ------------------------------------------------------------------------
+
+def connections(args):
+    return {c["name"]: (c["uri"], c["keepalive_interval"], c["keepalive_count"], c["open_timeout"])
+            for c in args.connections}
+
+
+def test_without_connections_there_is_the_default_one():
+    assert connections(parse_args([])) == {"xen": ("xen:///system", 5, 3, 30.0)}
+
+
+def test_connect_adds_named_connections_and_uri_stays_xen():
+    args = parse_args(["--uri", "xen:///", "--connect", "dom0-b=xen+tls://b.example/system",
+                       "--keepalive-interval", "2"])
+    assert connections(args) == {"xen": ("xen:///", 2, 3, 30.0),
+                                 "dom0-b": ("xen+tls://b.example/system", 2, 3, 30.0)}
+    assert args.uri == "xen:///"
+
+
+def test_only_connect_means_no_local_xen():
+    args = parse_args(["--connect", "a=xen+tls://a.example/system",
+                       "--connect", "b=xen+tls://b.example/system"])
+    assert list(connections(args)) == ["a", "b"]
+    assert args.uri is None
+
+
+def test_the_environment_still_names_xen(monkeypatch):
+    monkeypatch.setenv("XEND_REST_URI", "xen+ssh://root@dom0.example/system")
+    args = parse_args(["--connect", "kvm=qemu:///system"])
+    assert list(connections(args)) == ["xen", "kvm"]
+    assert args.connections[0]["uri"] == "xen+ssh://root@dom0.example/system"
+
+
+@pytest.fixture
+def connections_config(tmp_path):
+    path = tmp_path / "xend-rest.conf"
+    path.write_text("[xend-rest]\n"
+                    "keepalive-interval = 4\n"
+                    "open-timeout = 10\n"
+                    "[connection dom0-a]\n"
+                    "uri = xen+tls://a.example/system\n"
+                    "[connection dom0-b]\n"
+                    "uri = xen+tls://b.example/system\n"
+                    "keepalive-interval = 10\n"
+                    "keepalive-count = 6\n")
+    return str(path)
+
+
+def test_a_section_per_connection_with_its_own_libvirt_settings(connections_config):
+    assert connections(parse_args(["--config", connections_config])) == {
+        "dom0-a": ("xen+tls://a.example/system", 4, 3, 10.0),
+        "dom0-b": ("xen+tls://b.example/system", 10, 6, 10.0)}
+
+
+def test_the_command_line_overrides_a_sections_uri_and_global_settings(connections_config):
+    args = parse_args(["--config", connections_config, "--connect", "dom0-b=xen+tls://b2/system",
+                       "--open-timeout", "3", "--keepalive-interval", "1"])
+    assert connections(args) == {"dom0-a": ("xen+tls://a.example/system", 1, 3, 3.0),
+                                 "dom0-b": ("xen+tls://b2/system", 10, 6, 3.0)}
+
+
+def test_a_section_may_tune_the_default_connection(tmp_path):
+    path = tmp_path / "xend-rest.conf"
+    path.write_text("[xend-rest]\nuri = xen:///\n[connection xen]\nopen-timeout = 5\n")
+    assert connections(parse_args(["--config", str(path)])) == {"xen": ("xen:///", 5, 3, 5.0)}
+
+
+@pytest.mark.parametrize("flags, error", [
+    (["--connect", "a"], "expected NAME=URI"),
+    (["--connect", "Dom0=xen:///"], "lowercase letters"),
+    (["--connect", "a/b=xen:///"], "lowercase letters"),
+    (["--connect", "a=xen:///", "--connect", "a=qemu:///system"], "the connection a is given twice"),
+    (["--uri", "xen:///", "--connect", "xen=qemu:///system"], "the connection xen is given twice"),
+])
+def test_bad_connections_refused(flags, error, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(flags)
+    assert error in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, error", [
+    ("[connection Dom0]\nuri = xen:///\n", "lowercase letters"),
+    ("[connection a]\nuri = xen:///\ncolour = blue\n", "unknown key(s) in [connection a]: colour"),
+    ("[connection a]\nkeepalive-count = 2\n", "[connection a] has no uri"),
+    ("[connection a]\nuri = xen:///\nopen-timeout = soon\n", "[connection a] open-timeout"),
+    ("[xend-rest]\nuri = xen:///\n[connection xen]\nuri = xen:///system\n", "both set"),
+])
+def test_bad_connection_sections_refused(tmp_path, capsys, text, error):
+    path = tmp_path / "bad.conf"
+    path.write_text(text)
+    with pytest.raises(SystemExit):
+        parse_args(["--config", str(path)])
+    assert error in capsys.readouterr().err
+
+
+def test_a_daemon_serves_each_connection_under_its_name(tmp_path):
+    port = free_port()
+    env = dict(os.environ)
+    env.pop("XEND_REST_URI", None)
+    daemon = subprocess.Popen(
+        [sys.executable, "xend_rest.py", "--listen", f"127.0.0.1:{port}", "--open-timeout", "5",
+         "--connect", "demo=test:///default", "--connect", f"gone=test://{tmp_path}/absent.xml"],
+        cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        def get(path):
+            for _ in range(100):
+                try:
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                    conn.request("GET", path)
+                    response = conn.getresponse()
+                    return response.status, json.loads(response.read())
+                except ConnectionRefusedError:
+                    time.sleep(0.1)
+            raise AssertionError("the daemon did not listen")
+
+        assert get("/libvirt/demo/nodes/json")[0] == 200
+        assert get("/libvirt/gone/nodes/json")[0] == 503
+        assert get("/libvirt/xen/nodes/json")[0] == 404
+        status, listed = get("/libvirt/json")
+        assert [(c["Name"], c["Connected"]) for c in listed] == [("demo", True), ("gone", False)]
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(10)
+    log = daemon.stderr.read()
+    assert "connection demo: libvirt URI test:///default" in log
+
+
+def test_a_token_limited_to_an_unknown_connection_stops_the_daemon(tmp_path, caplog):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("%s read@dom0-c\n" % ("t" * 32))
+    tokens.chmod(0o600)
+    assert main(["--connect", "dom0-a=test:///default", "--tokens-file", str(tokens),
+                 "--listen", "127.0.0.1:0"]) == 2
+    assert "limited to dom0-c, which is not a configured connection" in caplog.text

@@ -10,6 +10,7 @@ from xend_rest.stats import describe
 from conftest import Client, DOM0_UUID, WEB_UUID
 
 NODES = '/libvirt/xen/nodes'
+XEN = '{connection="xen"}'  # the label of every per-connection series of the default one
 STATS_KEYS = {'Name', 'Uuid', 'Id', 'State', 'CpuTimeNs', 'Vcpus', 'Memory', 'Block', 'Network'}
 
 
@@ -142,14 +143,14 @@ def test_metrics_cover_domains_with_labels(api):
     response = api.get('/metrics')
     assert response.headers['Content-Type'] == 'text/plain; version=0.0.4; charset=utf-8'
     samples = _samples(response.body.decode())
-    web = '{domain="web",uuid="%s"}' % WEB_UUID
+    web = '{connection="xen",domain="web",uuid="%s"}' % WEB_UUID
     assert samples['xend_domain_state', web] == libvirt.VIR_DOMAIN_RUNNING
     assert samples['xend_domain_memory_current_bytes', web] == 1048576 * 1024
     assert samples['xend_domain_block_read_bytes_total',
-                   '{domain="web",uuid="%s",device="xvda"}' % WEB_UUID] > 0
+                   '{connection="xen",domain="web",uuid="%s",device="xvda"}' % WEB_UUID] > 0
     assert not [key for key in samples if DOM0_UUID in key[1]]
-    assert samples['xend_libvirt_up', ''] == 1
-    assert samples['xend_libvirt_connects_total', ''] == 1
+    assert samples['xend_libvirt_up', XEN] == 1
+    assert samples['xend_libvirt_connects_total', XEN] == 1
 
 
 def test_metrics_count_requests_by_route_pattern_not_path(api):
@@ -182,7 +183,7 @@ def test_metrics_still_answer_when_libvirt_is_away(tmp_path):
     response = client.get('/metrics')
     assert response.status == 200
     samples = _samples(response.body.decode())
-    assert samples['xend_libvirt_up', ''] == 0
+    assert samples['xend_libvirt_up', XEN] == 0
     assert not [key for key in samples if key[0].startswith('xend_domain_')]
 
 
@@ -190,7 +191,7 @@ def test_metrics_say_libvirt_is_down_when_its_connection_broke(api):
     api.conn.close()  # behind the pool's back: every call on it now fails as on a broken link
     response = api.get('/metrics')
     assert response.status == 200
-    assert _samples(response.body.decode())['xend_libvirt_up', ''] == 0
+    assert _samples(response.body.decode())['xend_libvirt_up', XEN] == 0
     samples = _samples(api.get('/metrics').body.decode())  # the broken one was let go
-    assert samples['xend_libvirt_up', ''] == 1
-    assert samples['xend_libvirt_connects_total', ''] == 2
+    assert samples['xend_libvirt_up', XEN] == 1
+    assert samples['xend_libvirt_connects_total', XEN] == 2

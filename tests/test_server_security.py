@@ -354,13 +354,14 @@ def test_exposed_with_tokens_or_client_certificates_is_allowed(pki, tmp_path):
     path.chmod(0o600)
     guard, tls, _ = cli.build_security(cli.parse_args(['--listen', '0.0.0.0:0',
                                                        '--tokens-file', str(path)]))
-    assert guard.tokens == {'t' * 40: ('admin', 'line 1')} and tls is None
+    assert guard.tokens == {'t' * 40: (security.Grant('admin', None), 'line 1')} and tls is None
     assert '0.0.0.0' in guard.allowed_hosts  # the listen address is one of its names
     guard, tls, _ = cli.build_security(cli.parse_args([
         '--listen', '0.0.0.0:0', '--tls-cert', str(pki / 'server.pem'),
         '--tls-key', str(pki / 'server.key'), '--tls-ca', str(pki / 'ca.pem'),
         '--tls-allowed-clients', 'alice monitor:read']))
-    assert guard.tokens == {} and guard.tls_clients == {'alice': 'admin', 'monitor': 'read'}
+    assert guard.tokens == {} and guard.tls_clients == {'alice': security.Grant('admin', None),
+                                                        'monitor': security.Grant('read', None)}
     assert tls.verify_mode == ssl.CERT_REQUIRED
     assert tls.minimum_version == ssl.TLSVersion.TLSv1_2
     assert tls.cert_store_stats()['x509_ca'] == 1  # our CA, and only it, signs clients

@@ -7,7 +7,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import libvirt
 
-from . import defaults, errors, jsonbody
+from . import defaults, errors, jsonbody, names
 from .bodies import Raw
 from .bridge import Bridges
 from .connection import SharedConnection
@@ -22,7 +22,6 @@ from .security import Guard
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HYPERVISOR = 'xen'  # the contract's paths: /libvirt/xen/...
 NO_BODY_STATUSES = (101, 204, 304)
 SAFE_METHODS = ('GET', 'HEAD')  # the rest may change the hypervisor's state
 REASONS = {
@@ -45,6 +44,7 @@ class Request:
         self.hypervisor = app.hypervisor  # the route's, once routed
         self.role = None  # set by the Guard
         self.ticket = None  # the console ticket the Guard took the role from, if any
+        self.connections = None  # the connections the caller may use (None: all); by the Guard
         self.route = None  # set once routed
         self.method = environ['REQUEST_METHOD']
         self.query = {}  # read once admitted (see read_query)
@@ -70,6 +70,14 @@ class Request:
                                   errors='strict')
         except UnicodeDecodeError:
             raise bad_request('the query string is not valid UTF-8') from None
+
+    def may_use(self, hypervisor):
+        """Whether the caller's credentials cover this hypervisor connection."""
+        return self.connections is None or hypervisor.name in self.connections
+
+    def usable_hypervisors(self):
+        """The connections the caller may use, in their configured order."""
+        return [hv for hv in self.app.hypervisors.values() if self.may_use(hv)]
 
     def route_name(self):
         """The route as metrics label it: 'GET /libvirt/xen/nodes/{ident}/json', or 'unmatched'."""
@@ -134,11 +142,14 @@ class App:
     def __init__(self, hypervisors, routes=ROUTES, guard=None, max_body=defaults.MAX_BODY,
                  consoles=None):
         self.hypervisors = {hypervisor.name: hypervisor for hypervisor in hypervisors}
+        if len(self.hypervisors) != len(hypervisors):
+            raise ValueError('two hypervisor connections have the same name')
         self.hypervisor = hypervisors[0]  # the default: daemon-wide routes (/info) answer for it
         self.router = Router(routes)
         # guard: who may call what; the default checks Host, Origin and body types and
         # authenticates nobody, for a loopback or unix socket listener.
         self.guard = guard or Guard()
+        self.guard.check_connections(self.hypervisors)  # a credential limited to a typo: refused
         self.metrics = RequestMetrics()
         self.max_body = max_body
         self.consoles = Bridges() if consoles is None else consoles  # daemon-wide sessions
@@ -209,16 +220,26 @@ def _segments(environ):
 
 
 def make_app(uri=None, connection=None, routes=ROUTES, events=None, guard=None,
-             max_body=defaults.MAX_BODY, consoles=None):
-    """A WSGI application serving the API on one shared libvirt connection, named 'xen'.
+             max_body=defaults.MAX_BODY, connections=None, consoles=None):
+    """A WSGI application serving the API on named shared libvirt connections.
 
-    The URI defaults to $XEND_REST_URI, else xen:///system; or pass a SharedConnection.
+    connections: {name: URI or SharedConnection}, in the order they are listed. uri (or a
+    SharedConnection) is the one named 'xen'; without connections it defaults to $XEND_REST_URI,
+    else xen:///system. The default connection (the one /info answers for, and `events` goes
+    to) is 'xen' if there is one, else the first.
     """
-    if connection is None:
-        connection = SharedConnection(uri or os.environ.get(defaults.URI_VARIABLE)
-                                      or defaults.DEFAULT_URI)
-    return App([Hypervisor(DEFAULT_HYPERVISOR, connection, events)], routes, guard, max_body,
-               consoles)
+    connections = dict(connections or {})
+    if uri is not None or connection is not None or not connections:
+        if names.DEFAULT in connections:
+            raise ValueError('the connection %r is given twice' % names.DEFAULT)
+        connections = {names.DEFAULT: connection or uri or os.environ.get(
+            defaults.URI_VARIABLE) or defaults.DEFAULT_URI, **connections}
+    default = names.DEFAULT if names.DEFAULT in connections else next(iter(connections))
+    hypervisors = [Hypervisor(name, shared if isinstance(shared, SharedConnection)
+                              else SharedConnection(shared), events if name == default else None)
+                   for name, shared in connections.items()]
+    hypervisors.sort(key=lambda hypervisor: hypervisor.name != default)  # the default first
+    return App(hypervisors, routes, guard, max_body, consoles)
 
 
 def _internal_error():

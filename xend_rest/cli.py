@@ -8,13 +8,14 @@ import os
 import socket
 import sys
 
-from xend_rest import defaults, security
+from xend_rest import defaults, names, security
 from xend_rest.listeners import parse_listen
 from xend_rest.server import Server
 
 log = logging.getLogger("xend_rest")
 
 CONFIG_SECTION = "xend-rest"
+CONNECTION_SECTION = "connection"  # [connection NAME]: a hypervisor served under /libvirt/NAME/
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -47,6 +48,17 @@ def octal_mode(text):
     if not 0 <= mode <= 0o777:
         raise argparse.ArgumentTypeError(f"expected an octal file mode such as 660, not {text!r}")
     return mode
+
+
+def connect_spec(text):
+    """argparse type for --connect: (name, URI) from NAME=URI."""
+    name, equals, uri = text.partition("=")
+    if not equals or not uri:
+        raise argparse.ArgumentTypeError(f"expected NAME=URI, not {text!r}")
+    try:
+        return names.check(name), uri
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def words(text):
@@ -95,6 +107,8 @@ CONSOLE_KEYS = [
     ("console-idle-timeout", "console_idle_timeout", positive(float)),
 ]
 CONFIG_KEYS += SECURITY_KEYS + LIBVIRT_KEYS + CONSOLE_KEYS
+# A [connection NAME] section: its URI, and the libvirt settings it does not take from above.
+CONNECTION_KEYS = [("uri", "uri", str)] + LIBVIRT_KEYS
 # Defaults of the settings above that have one (the others default to None: off).
 SECURITY_DEFAULTS = {"socket_mode": defaults.SOCKET_MODE, "allowed_hosts": [], "allowed_paths": [],
                      "allowed_origins": [],
@@ -111,10 +125,16 @@ def build_parser():
         prog="xend-rest", description="Manage the virtual machines of a Xen host over HTTP, through libvirt.",
         epilog="Each setting comes from the command line, else $XEND_REST_URI (the URI only), "
                "else the configuration file, else the default.")
-    parser.add_argument("--uri", help=f"libvirt connection URI (default: $XEND_REST_URI, else {defaults.DEFAULT_URI})")
+    parser.add_argument("--uri", help=f"libvirt URI of the connection named {names.DEFAULT} "
+                                      f"(default: $XEND_REST_URI, else {defaults.DEFAULT_URI}, "
+                                      "unless --connect or the configuration file names others)")
+    parser.add_argument("--connect", action="append", type=connect_spec, metavar="NAME=URI",
+                        help="one more hypervisor, served under /libvirt/NAME/; repeatable "
+                             f"(NAME: {names.RULE}; see docs/connections.md)")
     parser.add_argument("--listen", action="append", type=listen_address, metavar="ADDRESS",
                         help=f"HOST:PORT, [IPV6]:PORT or unix:/path; repeatable (default: {defaults.DEFAULT_LISTEN[0]})")
-    parser.add_argument("--config", metavar="FILE", help=f"INI file with a [{CONFIG_SECTION}] section")
+    parser.add_argument("--config", metavar="FILE", help=f"INI file with a [{CONFIG_SECTION}] section "
+                                                         f"and a [{CONNECTION_SECTION} NAME] one per connection")
     parser.add_argument("--log-level", type=log_level, help="DEBUG, INFO, WARNING, ERROR (default: INFO)")
     parser.add_argument("--workers", type=positive(int), help=f"worker threads (default: {defaults.WORKERS})")
     parser.add_argument("--timeout", type=positive(float), help=f"socket timeout in seconds (default: {defaults.TIMEOUT:g})")
@@ -161,22 +181,36 @@ def build_parser():
 
 
 def read_config(path, parser):
-    """The settings of the [xend-rest] section of an INI file, as argparse dests."""
+    """The settings of the [xend-rest] section of an INI file, as argparse dests, and under
+    "connections" those of each [connection NAME] section: {name: {dest: value}}."""
     config = configparser.ConfigParser()
     try:
         with open(path) as f:
             config.read_file(f)
     except (OSError, configparser.Error) as err:
         parser.error(f"cannot read configuration file {path}: {err}")
-    if not config.has_section(CONFIG_SECTION):
-        return {}
-    section = config[CONFIG_SECTION]
-    known = {key for key, _, _ in CONFIG_KEYS}
-    unknown = set(section) - known
-    if unknown:
-        parser.error(f"{path}: unknown key(s) in [{CONFIG_SECTION}]: {', '.join(sorted(unknown))}")
     settings = {}
-    for key, dest, kind in CONFIG_KEYS:
+    if config.has_section(CONFIG_SECTION):
+        settings = _section_settings(config[CONFIG_SECTION], CONFIG_KEYS, path, parser)
+    connections = settings["connections"] = {}
+    for title in config.sections():
+        kind, _, name = title.partition(" ")
+        if kind != CONNECTION_SECTION:
+            continue
+        try:
+            names.check(name.strip())
+        except ValueError as err:
+            parser.error(f"{path}: [{title}]: {err}")
+        connections[name.strip()] = _section_settings(config[title], CONNECTION_KEYS, path, parser)
+    return settings
+
+
+def _section_settings(section, keys, path, parser):
+    unknown = set(section) - {key for key, _, _ in keys}
+    if unknown:
+        parser.error(f"{path}: unknown key(s) in [{section.name}]: {', '.join(sorted(unknown))}")
+    settings = {}
+    for key, dest, kind in keys:
         if key not in section:
             continue
         try:
@@ -185,7 +219,7 @@ def read_config(path, parser):
             else:
                 settings[dest] = kind(section[key])
         except argparse.ArgumentTypeError as err:
-            parser.error(f"{path}: {key}: {err}")
+            parser.error(f"{path}: [{section.name}] {key}: {err}")
     return settings
 
 
@@ -193,9 +227,9 @@ def parse_args(argv=None):
     """Parsed arguments, with the configuration file and defaults filled in."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from_file = read_config(args.config, parser) if args.config else {}
-    settled = {"uri": os.environ.get(defaults.URI_VARIABLE) or from_file.get("uri") or defaults.DEFAULT_URI,
-               "listen": from_file.get("listen") or list(defaults.DEFAULT_LISTEN),
+    from_file = read_config(args.config, parser) if args.config else {"connections": {}}
+    args.connections = settle_connections(args, from_file, parser)
+    settled = {"listen": from_file.get("listen") or list(defaults.DEFAULT_LISTEN),
                "log_level": from_file.get("log_level", "INFO"),
                "workers": from_file.get("workers", defaults.WORKERS),
                "timeout": from_file.get("timeout", defaults.TIMEOUT)}
@@ -208,7 +242,43 @@ def parse_args(argv=None):
     for dest, value in settled.items():
         if getattr(args, dest) is None:
             setattr(args, dest, value)
+    # A [connection NAME] section's own libvirt settings beat the global ones, wherever from.
+    sections = from_file["connections"]
+    for connection in args.connections:
+        for _, dest, _ in LIBVIRT_KEYS:
+            connection[dest] = sections.get(connection["name"], {}).get(dest, getattr(args, dest))
     return args
+
+
+def settle_connections(args, from_file, parser):
+    """[{"name": ..., "uri": ...}], each URI from the command line, else $XEND_REST_URI (the
+    default connection's only), else the configuration file. The default connection is there
+    when something names it, or when nothing names any connection: as before there were several."""
+    sections = from_file["connections"]
+    default_section = sections.get(names.DEFAULT, {})
+    if "uri" in from_file and "uri" in default_section:
+        parser.error(f"{args.config}: uri and [{CONNECTION_SECTION} {names.DEFAULT}] uri both "
+                     f"set the connection {names.DEFAULT}")
+    uris = {name: section["uri"] for name, section in sections.items() if "uri" in section}
+    if "uri" in from_file:
+        uris[names.DEFAULT] = from_file["uri"]
+    if os.environ.get(defaults.URI_VARIABLE):
+        uris[names.DEFAULT] = os.environ[defaults.URI_VARIABLE]
+    given = [name for name, _ in args.connect or []] + [names.DEFAULT] * bool(args.uri)
+    repeated = sorted({name for name in given if given.count(name) > 1})
+    if repeated:
+        parser.error(f"the connection {', '.join(repeated)} is given twice "
+                     f"(--uri is --connect {names.DEFAULT}=URI)")
+    uris.update(args.connect or [])
+    if args.uri:
+        uris[names.DEFAULT] = args.uri
+    if names.DEFAULT not in uris and (not uris or names.DEFAULT in sections):
+        uris[names.DEFAULT] = defaults.DEFAULT_URI
+    missing = sorted(set(sections) - set(uris))
+    if missing:
+        parser.error(f"{args.config}: [{CONNECTION_SECTION} {missing[0]}] has no uri")
+    args.uri = uris.get(names.DEFAULT)  # the default connection's, as before there were several
+    return [{"name": name, "uri": uri} for name, uri in uris.items()]
 
 
 def setup_logging(level):
@@ -228,19 +298,25 @@ def main(argv=None):
     if args.demo:
         from xend_rest.demo import demo_uri
         args.uri = demo_uri()
+        args.connections = [c for c in args.connections if c["name"] != names.DEFAULT]
+        args.connections.insert(0, {"name": names.DEFAULT, "uri": args.uri, **{
+            dest: getattr(args, dest) for _, dest, _ in LIBVIRT_KEYS}})
         log.warning("*** DEMO MODE: serving an in-memory libvirt TEST hypervisor (%s), NOT Xen; "
                     "nothing here touches real virtual machines ***", args.uri)
-    log.info("libvirt URI %s", args.uri)
+    connections = {}
+    for c in args.connections:
+        log.info("connection %s: libvirt URI %s", c["name"], c["uri"])
+        connections[c["name"]] = SharedConnection(
+            c["uri"], keepalive_interval=c["keepalive_interval"],
+            keepalive_count=c["keepalive_count"], open_timeout=c["open_timeout"])
     try:
         guard, tls, gid = build_security(args)
+        consoles = Bridges(args.console_sessions, args.console_idle_timeout)
+        app = make_app(connections=connections, guard=guard, max_body=args.max_body,
+                       consoles=consoles)
     except security.ConfigError as err:
         log.error("refusing to start: %s", err)
         return 2
-    connection = SharedConnection(args.uri, keepalive_interval=args.keepalive_interval,
-                                  keepalive_count=args.keepalive_count,
-                                  open_timeout=args.open_timeout)
-    consoles = Bridges(args.console_sessions, args.console_idle_timeout)
-    app = make_app(connection=connection, guard=guard, max_body=args.max_body, consoles=consoles)
     server = Server(app, args.listen, workers=args.workers, timeout=args.timeout, tls=tls,
                     request_timeout=args.request_timeout, max_body=args.max_body,
                     max_head=args.max_head, socket_mode=args.socket_mode, socket_gid=gid,

@@ -54,6 +54,7 @@ class SharedConnection:
         self.keepalive = (keepalive_interval, keepalive_count)
         self.open_timeout = open_timeout
         self.connects = 0  # successful opens; every one after the first is a reconnect
+        self.last_error = None  # why the last open failed, until one succeeds
         self._conn = None
         self._opener = None  # the _Opener in flight: one at a time, however many requests wait
         self._lock = threading.Lock()
@@ -87,6 +88,7 @@ class SharedConnection:
         # Wait no longer than the opener's own deadline: once one open has hung past it, every
         # request answers at once instead of holding a worker for another open_timeout.
         if not opener.done.wait(max(0.0, opener.deadline - time.monotonic())):
+            self.last_error = 'connecting has taken longer than %g s' % opener.timeout
             raise hypervisor_timeout('connecting to %s has taken longer than %g s'
                                      % (self.uri, opener.timeout))
         with self._lock:
@@ -102,12 +104,14 @@ class SharedConnection:
         node = self.uri[len('test://'):] if self.uri.startswith('test:///') else None
         if node and node != '/default' and not os.path.exists(node):
             # libxml2 would print an "I/O warning" to stderr before libvirt fails; say it ourselves
-            raise unavailable('test node file %s does not exist' % node)
+            self.last_error = 'test node file %s does not exist' % node
+            raise unavailable(self.last_error)
         try:
             conn = libvirt.open(self.uri)
         except libvirt.libvirtError as err:
             log.warning('cannot connect to %s: %s', self.uri, err.get_error_message())
-            raise unavailable(err.get_error_message() or str(err)) from None
+            self.last_error = err.get_error_message() or str(err)
+            raise unavailable(self.last_error) from None
         try:
             conn.setKeepAlive(*self.keepalive)
         except libvirt.libvirtError:
@@ -128,6 +132,7 @@ class SharedConnection:
         with self._lock:
             self._detachers[conn] = detachers
         self.connects += 1
+        self.last_error = None
         log.info('connected to %s%s', self.uri, ' (reconnect)' if self.connects > 1 else '')
         return conn
 
@@ -137,6 +142,7 @@ class SharedConnection:
         # thread, so the connection is only set aside; the next open releases it.
         log.warning('libvirt closed the connection to %s (reason %d)', self.uri, reason)
         if self._forget(conn):
+            self.last_error = 'libvirt closed the connection (reason %d)' % reason
             with self._lock:
                 self._dropped.append(conn)
 
@@ -144,6 +150,7 @@ class SharedConnection:
         """Forget a connection that broke, so that the next request opens a new one; libvirt-python
         closes it once no request holds it (see _release)."""
         if self._forget(conn):
+            self.last_error = 'the connection broke'
             self._release(conn, close=False)
 
     def _forget(self, conn):

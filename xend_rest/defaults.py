@@ -6,6 +6,10 @@ URI_VARIABLE = 'XEND_REST_URI'
 KEEPALIVE_INTERVAL = 5  # seconds of silence before libvirt pings libvirtd
 KEEPALIVE_COUNT = 3  # unanswered pings before the connection counts as broken
 OPEN_TIMEOUT = 30.0  # seconds an opening connection may take before requests get 504
+# Seconds a listing of every connection (GET /libvirt/json, /version) waits for those being
+# opened, and a scrape (/metrics) for each connection's counters: a dead one costs no more.
+LISTING_WAIT = 1.0
+SCRAPE_WAIT = 8.0  # below Prometheus' default scrape timeout (10 s)
 
 # The server
 DEFAULT_LISTEN = ('127.0.0.1:8000',)

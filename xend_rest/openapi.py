@@ -83,6 +83,7 @@ STANDARD_ERRORS = {500: ERROR, 503: ERROR}  # every route may meet a bug or an a
 
 INT = {'type': 'integer'}
 MAYBE_INT = {'type': 'integer', 'nullable': True}
+MAYBE_STRING = {'type': 'string', 'nullable': True}
 
 
 def _object(properties, required=None):
@@ -134,9 +135,19 @@ SCHEMAS = {
         'Id': INT, 'Time': STRING, 'Event': STRING, 'Detail': {'type': 'string', 'nullable': True},
         'Domain': _object({'Name': STRING, 'Uuid': STRING})}),
     'Ticket': _object({'Ticket': STRING, 'Expires': {'type': 'number'}, 'Path': STRING}),
+    # The top-level libvirtd and hypervisor fields are the default connection's: null while down.
     'Version': _object({'Version': STRING, 'ApiVersion': STRING, 'LibvirtVersion': STRING,
-                        'DaemonLibvirtVersion': STRING, 'Hypervisor': STRING,
-                        'HypervisorVersion': STRING}),
+                        'DaemonLibvirtVersion': MAYBE_STRING, 'Hypervisor': MAYBE_STRING,
+                        'HypervisorVersion': MAYBE_STRING,
+                        'Connections': {'type': 'object', 'additionalProperties': _object({
+                            'Connected': {'type': 'boolean'}, 'DaemonLibvirtVersion': MAYBE_STRING,
+                            'Hypervisor': MAYBE_STRING, 'HypervisorVersion': MAYBE_STRING})}}),
+    # What the connection's last open learnt (null before the first): it may be down now.
+    'Connection': _object({'Name': STRING, 'Uri': STRING, 'Connected': {'type': 'boolean'},
+                           'Driver': MAYBE_STRING, 'Hostname': MAYBE_STRING,
+                           'LibvirtVersion': MAYBE_STRING, 'HypervisorVersion': MAYBE_STRING,
+                           'Error': MAYBE_STRING}),
+    'ConnectionList': {'type': 'array', 'items': _ref('Connection')},
     'Info': _object({
         'Hostname': STRING, 'Driver': STRING, 'Uri': STRING, 'Cpus': INT, 'CpuModel': STRING,
         'CpuMhz': INT, 'NumaNodes': INT, 'Sockets': INT, 'Cores': INT, 'Threads': INT,

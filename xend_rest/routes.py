@@ -23,10 +23,11 @@ SECURE_XML = ('VIR_DOMAIN_XML_SECURE', libvirt.VIR_DOMAIN_XML_SECURE, ADMIN)
 class Route:
     """One route: how it is reached, who may call it, what it takes, and its documentation."""
 
-    __slots__ = ('method', 'path', 'handler', 'role', 'body', 'secret_flag', 'host_paths', 'doc')
+    __slots__ = ('method', 'path', 'handler', 'role', 'body', 'secret_flag', 'host_paths', 'doc',
+                 'default_connection')
 
     def __init__(self, method, path, handler, role=None, doc=None, body=None, secret_flag=None,
-                 host_paths=False):
+                 host_paths=False, default_connection=False):
         self.method = method
         self.path = path  # '/libvirt/{connection}/nodes/{ident}/json': OpenAPI's template
         self.handler = handler
@@ -35,6 +36,13 @@ class Route:
         self.body = body  # the media type of its body; None: a body is ignored
         self.secret_flag = secret_flag  # (name, bit, role): a flag bit only that role may set
         self.host_paths = host_paths  # its JSON body may name host files: check allowed-paths
+        # its path names no connection, yet it acts on the default one (/info)
+        self.default_connection = default_connection
+
+    @property
+    def on_connection(self):
+        """Whether it acts on one hypervisor connection (else it is daemon-wide)."""
+        return self.default_connection or '{connection}' in self.path
 
     @property
     def name(self):
@@ -144,9 +152,17 @@ ROUTES = [
     Route('GET', '/_ping', operations.ping, READ, doc=Doc(
         'Is the daemon alive? (touches no hypervisor)', {200: TEXT})),
     Route('GET', '/version', operations.version, READ, doc=Doc(
-        'Versions of the daemon, libvirt and the hypervisor', {200: 'Version'})),
-    Route('GET', '/info', operations.info, READ, doc=Doc(
-        'The host, its domains, and what its driver supports', {200: 'Info'})),
+        'Versions of the daemon, and of libvirt and the hypervisor behind each connection',
+        {200: 'Version'})),
+    Route('GET', '/info', operations.info, READ, default_connection=True, doc=Doc(
+        'The default connection\'s host, its domains, and what its driver supports',
+        {200: 'Info', 403: ERROR})),
+    Route('GET', '/libvirt/json', operations.list_connections, READ, doc=Doc(
+        'The hypervisor connections (those your credentials cover), without waiting on a dead '
+        'one', {200: 'ConnectionList'})),
+    Route('GET', HV + '/info', operations.connection_info, READ, doc=Doc(
+        'The host, its domains, and what its driver supports', {200: 'Info', 403: ERROR,
+                                                                 404: ERROR})),
     Route('GET', '/metrics', operations.metrics, READ, doc=Doc(
         "Metrics in Prometheus' text format", {200: (defaults.METRICS, STRING)})),
     Route('GET', '/openapi.json', operations.openapi_document, READ, doc=Doc(

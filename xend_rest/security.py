@@ -12,11 +12,13 @@ import os
 import socket
 import ssl
 import stat
+from collections import namedtuple
 from urllib.parse import parse_qs
 
 from . import defaults
 from .errors import HTTPError
 from .headers import content_length, media_type
+from .names import check as check_name
 from .params import is_whole
 from .tickets import Tickets
 from .routes import ADMIN, ROLES
@@ -52,6 +54,13 @@ class ConfigError(ValueError):
     """A security setting the daemon must not start with."""
 
 
+class Grant(namedtuple('Grant', 'role connections')):
+    """What a credential allows: a role, on some hypervisor connections (None: all of them)."""
+
+
+EVERYTHING = Grant(ADMIN, None)
+
+
 def own_names():
     """This machine's loopback names and host name."""
     return {*LOOPBACK_HOSTS, socket.gethostname().lower()}
@@ -68,8 +77,12 @@ class Guard:
 
     def __init__(self, tokens=None, tls_clients=None, allowed_hosts=(), allowed_paths=(),
                  allowed_origins=(), tickets=None):
-        self.tokens = tokens or {}  # token -> (role, name)
-        self.tls_clients = tls_clients  # None (any verified client is admin) or {CN: role}
+        # A plain role where a Grant goes covers every connection (as before there were several).
+        self.tokens = {token: (_as_grant(grant), name)  # token -> (Grant, name)
+                       for token, (grant, name) in (tokens or {}).items()}
+        # None (any verified client is admin) or {CN: Grant}
+        self.tls_clients = None if tls_clients is None else {
+            name: _as_grant(grant) for name, grant in tls_clients.items()}
         self.allowed_hosts = own_names() | {_host_name(host) for host in allowed_hosts}
         self.allowed_paths = [os.path.realpath(path) for path in allowed_paths]
         # Pages that may open a console or a screen, with a ticket and nothing else.
@@ -105,10 +118,21 @@ class Guard:
             if request.ticket is None:
                 raise HTTPError(401, 'the console ticket is unknown, used already or expired',
                                 'bad_ticket')
-            request.role = request.ticket.role
+            # Its role, on the one connection it was issued for.
+            request.role, request.connections = request.ticket.role, {request.ticket.hypervisor}
         else:
-            request.role = self._role(environ, transport)
+            request.role, request.connections = self._grant(environ, transport)
         return request.role
+
+    def check_connections(self, names):
+        """ConfigError if a token or client is limited to a connection not among `names`."""
+        grants = [(repr(name), grant) for grant, name in self.tokens.values()]
+        grants += [('CN=%s' % cn, grant) for cn, grant in (self.tls_clients or {}).items()]
+        for who, grant in grants:
+            unknown = sorted(set(grant.connections or ()) - set(names))
+            if unknown:
+                raise ConfigError('%s is limited to %s, which is not a configured connection '
+                                  '(configured: %s)' % (who, ', '.join(unknown), ', '.join(names)))
 
     def authorize(self, request, route):
         """403 unless the role may call the route; 415 for a body of the wrong type; 403 for paths.
@@ -123,6 +147,10 @@ class Guard:
         if ROLES.index(request.role) < ROLES.index(needed):
             raise HTTPError(403, 'this needs the %s role; your credentials have %s'
                             % (needed, request.role), 'forbidden')
+        if route.on_connection and not request.may_use(request.hypervisor):
+            raise HTTPError(403, 'your credentials do not cover the connection %s (only %s)'
+                            % (request.hypervisor.name, ', '.join(sorted(request.connections))),
+                            'forbidden')
         self.check_secret_flag(request, route)
         if content_length(request.environ.get('CONTENT_LENGTH')):
             expected = route.body or defaults.JSON
@@ -163,21 +191,21 @@ class Guard:
             raise HTTPError(403, '%s: %r is outside the allowed paths (%s)'
                             % (where, path, ' '.join(self.allowed_paths)), 'path_not_allowed')
 
-    def _role(self, environ, transport):
+    def _grant(self, environ, transport):
         authorization = environ.get('HTTP_AUTHORIZATION')
         if authorization is not None and self.tokens:
-            return self._token_role(authorization)
+            return self._token_grant(authorization)
         if transport == 'unix':
-            return ADMIN  # the socket's owner, group and mode decided who got this far
+            return EVERYTHING  # the socket's owner, group and mode decided who got this far
         # With an allow-list, a certificate must name an allowed CN: one without a CN gets nothing.
         if transport == 'tls' and (self.tls_clients is not None or 'xend_rest.client_cn' in environ):
-            return self._client_role(environ.get('xend_rest.client_cn'))
+            return self._client_grant(environ.get('xend_rest.client_cn'))
         if self.tokens:
             raise HTTPError(401, 'authentication required: send Authorization: Bearer <token>',
                             'unauthorized', UNAUTHENTICATED)
-        return ADMIN  # no authentication configured: start-up allowed this only on loopback
+        return EVERYTHING  # no authentication configured: start-up allowed this only on loopback
 
-    def _token_role(self, authorization):
+    def _token_grant(self, authorization):
         scheme, _, token = authorization.partition(' ')
         found = None
         # Compare with every token, in constant time each: timing reveals nothing.
@@ -189,15 +217,19 @@ class Guard:
                             [('WWW-Authenticate', 'Bearer realm="xend-rest", error="invalid_token"')])
         return found[0]
 
-    def _client_role(self, common_name):
+    def _client_grant(self, common_name):
         if self.tls_clients is None:
-            return ADMIN  # like docker --tlsverify: a certificate from our CA is enough
+            return EVERYTHING  # like docker --tlsverify: a certificate from our CA is enough
         if common_name is None:
             raise HTTPError(403, 'a client certificate without a CN is not allowed', 'forbidden')
         if common_name not in self.tls_clients:
             raise HTTPError(403, 'client certificate CN=%s is not allowed' % common_name,
                             'forbidden')
         return self.tls_clients[common_name]
+
+
+def _as_grant(grant):
+    return grant if isinstance(grant, Grant) else Grant(parse_role(grant), None)
 
 
 def host_paths(doc, trail=()):
@@ -266,8 +298,23 @@ def parse_role(text):
     return text
 
 
+def parse_grant(text):
+    """A Grant from 'ROLE' (every connection) or 'ROLE@NAME,NAME...' (only those)."""
+    role, at, names = text.partition('@')
+    if not at:
+        return Grant(parse_role(role), None)
+    connections = names.split(',')
+    for name in connections:
+        try:
+            check_name(name)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    return Grant(parse_role(role), frozenset(connections))
+
+
 def load_tokens(path):
-    """{token: (role, name)} from a file of 'TOKEN ROLE [NAME]' lines that only its owner may read."""
+    """{token: (Grant, name)} from a file of 'TOKEN ROLE[@CONNECTION,...] [NAME]' lines that
+    only its owner may read."""
     try:
         with open(path) as f:
             info = os.fstat(f.fileno())
@@ -285,23 +332,28 @@ def load_tokens(path):
         if not fields:
             continue
         if len(fields) not in (2, 3):
-            raise ConfigError('%s:%d: expected TOKEN ROLE [NAME]' % (path, number))
-        token, role = fields[0], parse_role(fields[1])
+            raise ConfigError('%s:%d: expected TOKEN ROLE[@CONNECTION,...] [NAME]'
+                              % (path, number))
+        try:
+            token, grant = fields[0], parse_grant(fields[1])
+        except ConfigError as err:
+            raise ConfigError('%s:%d: %s' % (path, number, err)) from None
         if len(token) < MIN_TOKEN_LENGTH or token in tokens:
             raise ConfigError('%s:%d: a token must be unique and at least %d characters'
                               % (path, number, MIN_TOKEN_LENGTH))
-        tokens[token] = (role, fields[2] if len(fields) == 3 else 'line %d' % number)
+        tokens[token] = (grant, fields[2] if len(fields) == 3 else 'line %d' % number)
     if not tokens:
         raise ConfigError('tokens file %s holds no token' % path)
     return tokens
 
 
 def parse_tls_clients(text):
-    """{CN: role} from 'alice bob:operator monitor:read' (a CN without a role is admin)."""
+    """{CN: Grant} from 'alice bob:operator monitor:read@dom0-a,dom0-b' (a CN without a role
+    is admin; a role without '@' covers every connection)."""
     clients = {}
     for item in text.split():
-        name, _, role = item.partition(':')
-        clients[name] = parse_role(role or ADMIN)
+        name, _, grant = item.partition(':')
+        clients[name] = parse_grant(grant or ADMIN)
     return clients
 
 

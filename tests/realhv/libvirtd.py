@@ -170,12 +170,22 @@ class PrivateLibvirtd:
 
     A holder process keeps the namespace (and so the state and the QEMU processes) alive while
     libvirtd itself is killed and started again, as systemd would restart it.
+
+    With `tcp_port`, it also listens on 127.0.0.1 for `tcp_uri` (qemu+tcp://): unencrypted and
+    without authentication, which only a test on loopback may do. With `tls_port`, for
+    `tls_uri` (qemu+tls://), with certificates made for the occasion (`make_pki`): both sides
+    verify the other's.
     """
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, tcp_port=None, tls_port=None):
         self.workdir = Path(workdir)
         self.socket = self.workdir / "sock" / "libvirt-sock"
         self.uri = f"qemu+unix:///system?socket={self.socket}"
+        self.tcp_port, self.tls_port = tcp_port, tls_port
+        self.tcp_uri = f"qemu+tcp://127.0.0.1:{tcp_port}/system" if tcp_port else None
+        self.pki = self.workdir / "pki"
+        self.tls_uri = (f"qemu+tls://127.0.0.1:{tls_port}/system?pkipath={self.pki}"
+                        if tls_port else None)
         self.log = self.workdir / "libvirtd.log"
         self.holder = None
         self.process = None
@@ -184,16 +194,30 @@ class PrivateLibvirtd:
         if self.holder is None:
             self._start_holder()
         conf = self.workdir / "libvirtd.conf"
-        conf.write_text(f'unix_sock_dir = "{self.socket.parent}"\n'
-                        f'log_outputs = "3:file:{self.log}"\n')
+        settings = f'unix_sock_dir = "{self.socket.parent}"\nlog_outputs = "3:file:{self.log}"\n'
+        listen = []
+        if self.tcp_port or self.tls_port:
+            settings += (f'listen_addr = "127.0.0.1"\nlisten_tcp = {int(bool(self.tcp_port))}\n'
+                         f'listen_tls = {int(bool(self.tls_port))}\n')
+            listen = ["--listen"]
+        if self.tcp_port:
+            settings += f'tcp_port = "{self.tcp_port}"\nauth_tcp = "none"\n'
+        if self.tls_port:
+            if not (self.pki / "cacert.pem").exists():
+                make_pki(self.pki)
+            settings += (f'tls_port = "{self.tls_port}"\nauth_tls = "none"\n'
+                         f'ca_file = "{self.pki}/cacert.pem"\n'
+                         f'cert_file = "{self.pki}/servercert.pem"\n'
+                         f'key_file = "{self.pki}/serverkey.pem"\n')
+        conf.write_text(settings)
         with open(self.workdir / "libvirtd.stderr", "ab") as stderr:
             self.process = subprocess.Popen(
                 ["nsenter", "-t", str(self.holder.pid), "-m",
                  shutil.which("libvirtd", path=_sbin_path()), "-f", str(conf),
-                 "-p", str(self.workdir / "libvirtd.pid")],
+                 "-p", str(self.workdir / "libvirtd.pid"), *listen],
                 stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr, start_new_session=True)
         deadline = time.monotonic() + timeout
-        while not answers(self.uri):
+        while not all(answers(uri) for uri in (self.uri, self.tcp_uri, self.tls_uri) if uri):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"private libvirtd did not answer {self.uri}\n"
                                    f"{tail(self.workdir / 'libvirtd.stderr')}\n{tail(self.log)}")
@@ -251,6 +275,29 @@ class PrivateLibvirtd:
             self.holder.wait()
             self.holder = None
             raise RuntimeError(f"cannot set up a private mount namespace: {error}")
+
+
+def make_pki(directory):
+    """A throwaway CA, a server certificate for 127.0.0.1 and a client one, named as libvirt
+    looks for them in a `pkipath` directory. Made at test time: no key is ever committed."""
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def openssl(*args):
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-subj", "/O=xend-rest tests/CN=libvirt test CA", "-keyout", "ca.key",
+            "-out", "cacert.pem")
+    (directory / "server.ext").write_text(
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
+    (directory / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
+    for name, common_name in (("server", "localhost"), ("client", "xend-rest")):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj",
+                f"/O=xend-rest tests/CN={common_name}", "-keyout", f"{name}key.pem",
+                "-out", f"{name}.csr")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "cacert.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-days", "1", "-extfile", f"{name}.ext",
+                "-out", f"{name}cert.pem")
 
 
 def _pids_in_namespace(namespace):

@@ -21,7 +21,7 @@ from . import guest
 from .conftest import SESSION_PREFIX, _remove_domain
 from .guest import BOOT_MARKER, POWEROFF_MARKER, READY_MARKER, UEVENT_MARKER, wait_until
 
-NODES = '/libvirt/xen/nodes'
+NODES = '/libvirt/qemu/nodes'
 LIVE = 1
 CONFIG = 2
 INACTIVE_XML = libvirt.VIR_DOMAIN_XML_INACTIVE
@@ -29,7 +29,7 @@ INACTIVE_XML = libvirt.VIR_DOMAIN_XML_INACTIVE
 
 @pytest.fixture(scope='module')
 def api(libvirtd):
-    app = make_app(uri=libvirtd.uri)
+    app = make_app(connections={'qemu': libvirtd.uri})
     yield Client(app)
     app.close()
 
@@ -113,7 +113,7 @@ def test_start_stop_gracefully_and_the_events_seen(api, server, libvirt_conn, gu
     assert over_tcp(server, 'POST', f'{NODES}/{name}/stop', 'wait=30') == (204, None)
     assert state(libvirt_conn, name) == libvirt.VIR_DOMAIN_SHUTOFF
     assert console.count(POWEROFF_MARKER) == 2
-    events = api.get('/libvirt/xen/events',
+    events = api.get('/libvirt/qemu/events',
                      query=f'domain={name}&event=started,stopped&since=0&limit=4')
     assert events.status == 200
     records = [json.loads(line) for line in events.body.splitlines() if line.strip()]
@@ -135,7 +135,7 @@ def test_restart_suspend_resume_then_delete_a_running_domain(api, server, libvir
     console.wait_for(BOOT_MARKER, count=3)
     console.wait_for(READY_MARKER, count=3)
     assert state(libvirt_conn, name) == libvirt.VIR_DOMAIN_RUNNING
-    events = api.get('/libvirt/xen/events', query=f'domain={name}&event=reboot&since=0&limit=2')
+    events = api.get('/libvirt/qemu/events', query=f'domain={name}&event=reboot&since=0&limit=2')
     assert [json.loads(line)['Event'] for line in events.body.splitlines() if line.strip()] \
         == ['reboot', 'reboot']
 

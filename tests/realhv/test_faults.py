@@ -26,7 +26,7 @@ from .conftest import SESSION_PREFIX
 from .guest import READY_MARKER, wait_until
 from .libvirtd import PrivateLibvirtd
 
-NODES = '/libvirt/xen/nodes'
+NODES = '/libvirt/qemu/nodes'
 # A frozen libvirtd is noticed after about 1 s x (2 + 1) of silence, an opening one after 3 s.
 FAST_POOL = {'keepalive_interval': 1, 'keepalive_count': 2, 'open_timeout': 3}
 
@@ -47,7 +47,7 @@ def app(private_libvirtd):
     if private_libvirtd.process.poll() is not None:
         private_libvirtd.start()  # a failed test left it dead
     private_libvirtd.signal(signal.SIGCONT)
-    app = make_app(connection=SharedConnection(private_libvirtd.uri, **FAST_POOL))
+    app = make_app(connections={'qemu': SharedConnection(private_libvirtd.uri, **FAST_POOL)})
     yield app
     app.close()
 

@@ -20,7 +20,7 @@ from xend_rest.server import Server
 from .conftest import SESSION_PREFIX
 from .guest import wait_until
 
-IMAGES = '/libvirt/xen/images'
+IMAGES = '/libvirt/qemu/images'
 MiB = 1 << 20
 BIG = 300 * MiB + 12345  # several hundred MiB, and not a whole number of chunks
 
@@ -65,7 +65,7 @@ def pool(pools, libvirt_conn):
 @pytest.fixture(scope='module')
 def server(libvirtd):
     """The app on the real threaded server, on 127.0.0.1 and a free port: (host, port)."""
-    app = make_app(uri=libvirtd.uri)
+    app = make_app(connections={'qemu': libvirtd.uri})
     running = Server(app, ['127.0.0.1:0'], workers=4, timeout=10)
     running.start()
     yield running.addresses[0]

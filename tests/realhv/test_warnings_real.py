@@ -8,16 +8,16 @@ from conftest import Client
 from xend_rest import convert
 from xend_rest.app import make_app
 
-NODES = '/libvirt/xen/nodes'
+NODES = '/libvirt/qemu/nodes'
 DEFINITIONS = pathlib.Path(__file__).parent.parent / 'definitions'
 STORED = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
 
 
 @pytest.fixture(scope='module')
 def api(libvirtd):
-    app = make_app(uri=libvirtd.uri)
+    app = make_app(connections={'qemu': libvirtd.uri})
     yield Client(app)
-    app.pool.close()
+    app.close()
 
 
 @pytest.mark.parametrize('second_has_source', [True, False])

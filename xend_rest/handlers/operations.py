@@ -3,8 +3,9 @@ import libvirt
 
 from .. import __version__
 from ..bodies import Raw
-from ..errors import HTTPError, is_connection_error, still_there
+from ..errors import HTTPError, still_there
 from .. import defaults
+from ..hypervisor import dotted, gather, public_uri
 from ..metrics import Exposition, add_requests, labels
 from ..params import parse_bool
 from ..stats import STATE_NAMES, bulk_stats, describe
@@ -37,35 +38,58 @@ def ping(request):
 
 
 def version(request):
-    conn = request.conn
+    """GET /version: the daemon's versions, and each connection's (null while unreachable);
+    the top-level libvirtd and hypervisor fields are the default connection's."""
+    described = _connections(request)
+    versions = {item['Name']: {'Connected': item['Connected'], 'Hypervisor': item['Driver'],
+                               'DaemonLibvirtVersion': item['LibvirtVersion'],
+                               'HypervisorVersion': item['HypervisorVersion']}
+                for item in described}
+    default = versions.get(request.app.hypervisor.name) or dict.fromkeys(
+        ('Hypervisor', 'DaemonLibvirtVersion', 'HypervisorVersion'))
     return 200, {
         'Version': __version__,
         'ApiVersion': API_VERSION,
-        'LibvirtVersion': _dotted(libvirt.getVersion()),  # the library this daemon runs on
-        'DaemonLibvirtVersion': _dotted(conn.getLibVersion()),  # libvirtd's, when remote
-        'Hypervisor': conn.getType(),
-        'HypervisorVersion': _dotted(conn.getVersion()),
+        'LibvirtVersion': dotted(libvirt.getVersion()),  # the library this daemon runs on
+        'DaemonLibvirtVersion': default['DaemonLibvirtVersion'],  # libvirtd's, when remote
+        'Hypervisor': default['Hypervisor'],
+        'HypervisorVersion': default['HypervisorVersion'],
+        'Connections': versions,
     }
 
 
-def _dotted(number):
-    """libvirt's version number (major * 1,000,000 + minor * 1,000 + release) as text."""
-    return '%d.%d.%d' % (number // 1000000, number // 1000 % 1000, number % 1000)
+def list_connections(request):
+    """GET /libvirt/json: the connections the caller may use, as far as they answer now."""
+    return 200, _connections(request)
+
+
+def _connections(request):
+    """The usable connections described: each asked (and opened) in parallel, for
+    LISTING_WAIT at most; one that does not answer by then is described as last known."""
+    hypervisors = request.usable_hypervisors()
+    gather(hypervisors, lambda hypervisor: hypervisor.learn_facts(), defaults.LISTING_WAIT)
+    return [hypervisor.describe() for hypervisor in hypervisors]
 
 
 def info(request):
+    """GET /info: the default connection's host (GET /libvirt/{connection}/info: any one's)."""
     conn = request.conn
     model, memory_mib, cpus, mhz, numa_nodes, sockets, cores, threads = conn.getInfo()
     return 200, {
         'Hostname': conn.getHostname(),
         'Driver': conn.getType(),
-        'Uri': conn.getURI(),
+        'Uri': public_uri(conn.getURI()),
         'Cpus': cpus, 'CpuModel': model, 'CpuMhz': mhz,
         'NumaNodes': numa_nodes, 'Sockets': sockets, 'Cores': cores, 'Threads': threads,
         'MemoryKiB': memory_mib * 1024,
         'Domains': _domain_counts(conn),
         'Supports': request.hypervisor.features.get(conn, 'operations', _probe_operations),
     }
+
+
+def connection_info(request):
+    """GET /libvirt/{connection}/info: as /info, for the connection the path names."""
+    return info(request)
 
 
 def _domain_counts(conn):
@@ -149,58 +173,71 @@ def _bytes(kib):
     return None if kib is None else kib * 1024
 
 
+# (metric, type, help, value of a hypervisor), one series per connection
+CONNECTION_METRICS = (
+    ('xend_libvirt_connects_total', 'counter',
+     'Connections opened to libvirt; each after the first is a reconnect.',
+     lambda hypervisor: hypervisor.connection.connects),
+    ('xend_events_total', 'counter', 'Domain events received from libvirt.',
+     lambda hypervisor: hypervisor.events.events),
+    ('xend_event_subscribers', 'gauge', 'Open event streams and waits.',
+     lambda hypervisor: hypervisor.events.subscribers),
+    ('xend_event_overflows_total', 'counter',
+     'Event streams dropped because their client fell behind.',
+     lambda hypervisor: hypervisor.events.overflows),
+)
+
+
 def metrics(request):
-    """GET /metrics: domains and the daemon itself, in Prometheus' text format."""
+    """GET /metrics: each connection's domains, and the daemon itself, in Prometheus' text
+    format; every per-connection series is labelled with its connection's name."""
     exposition = Exposition()
-    try:
-        described, up = _described(request.conn), 1
-    except HTTPError:  # libvirt is unreachable: still answer, with what the daemon knows
-        described, up = [], 0
-    except libvirt.libvirtError as err:
-        if not is_connection_error(err):
-            raise
-        request.connection_broke()
-        described, up = [], 0
-    exposition.add('xend_libvirt_up', 'gauge', 'Whether libvirt answered this scrape.', up)
-    _add_domains(exposition, described)
-    hypervisor = request.hypervisor
-    exposition.add('xend_libvirt_connects_total', 'counter',
-                   'Connections opened to libvirt; each after the first is a reconnect.',
-                   hypervisor.connection.connects)
-    exposition.add('xend_events_total', 'counter', 'Domain events received from libvirt.',
-                   hypervisor.events.events)
-    exposition.add('xend_event_subscribers', 'gauge', 'Open event streams and waits.',
-                   hypervisor.events.subscribers)
-    exposition.add('xend_event_overflows_total', 'counter',
-                   'Event streams dropped because their client fell behind.',
-                   hypervisor.events.overflows)
+    hypervisors = request.usable_hypervisors()
+    # Each connection is asked in a thread of its own: a frozen libvirtd delays no other.
+    scraped = gather(hypervisors, _scrape, defaults.SCRAPE_WAIT)
+    for hypervisor in hypervisors:
+        exposition.add('xend_libvirt_up', 'gauge', 'Whether libvirt answered this scrape.',
+                       int(hypervisor.name in scraped), labels(connection=hypervisor.name))
+    for hypervisor in hypervisors:
+        _add_domains(exposition, hypervisor.name, scraped.get(hypervisor.name, ()))
+    for name, kind, help_text, value_of in CONNECTION_METRICS:
+        for hypervisor in hypervisors:
+            exposition.add(name, kind, help_text, value_of(hypervisor),
+                           labels(connection=hypervisor.name))
     _add_consoles(exposition, request.app.consoles)
     add_requests(exposition, request.app.metrics)
     return 200, Raw(exposition.text().encode(), defaults.METRICS)
 
 
 def _add_consoles(exposition, consoles):
+    """Daemon-wide: one limit counts the sessions of every connection."""
     sessions, typed, shown = consoles.totals()
     exposition.add('xend_console_sessions', 'gauge', 'Open console and screen sessions.', sessions)
     help_text = 'Bytes through console and screen sessions: in, typed by clients; out, shown to them.'
-    exposition.add('xend_console_bytes_total', 'counter', help_text, typed, '{direction="in"}')
-    exposition.add('xend_console_bytes_total', 'counter', help_text, shown, '{direction="out"}')
+    exposition.add('xend_console_bytes_total', 'counter', help_text, typed, labels(direction='in'))
+    exposition.add('xend_console_bytes_total', 'counter', help_text, shown, labels(direction='out'))
 
 
-def _add_domains(exposition, described):
+def _scrape(hypervisor):
+    with hypervisor.using_connection() as conn:
+        return _described(conn)
+
+
+def _add_domains(exposition, connection, described):
     for name, kind, help_text, value_of in DOMAIN_METRICS:
         for dom in described:
             value = value_of(dom)
             if value is not None:
-                exposition.add(name, kind, help_text, value,
-                               labels(domain=dom['Name'], uuid=dom['Uuid']))
+                exposition.add(name, kind, help_text, value, labels(
+                    connection=connection, domain=dom['Name'], uuid=dom['Uuid']))
     for group, table in (('Block', BLOCK_METRICS), ('Network', NET_METRICS)):
         for name, key, help_text in table:
             for dom in described:
                 for device in dom[group]:
                     if device[key] is not None:
                         exposition.add(name, 'counter', help_text, device[key], labels(
-                            domain=dom['Name'], uuid=dom['Uuid'], device=device['Device']))
+                            connection=connection, domain=dom['Name'], uuid=dom['Uuid'],
+                            device=device['Device']))
 
 
 def openapi_document(request):
