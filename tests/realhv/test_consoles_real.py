@@ -24,7 +24,7 @@ from .conftest import SESSION_PREFIX, _remove_domain
 from .guest import PROMPT, READY_MARKER, wait_until
 from .test_faults import app, guest_on_private, private_libvirtd  # noqa: F401 (fixtures)
 
-NODES = '/libvirt/xen/nodes'
+NODES = '/libvirt/qemu/nodes'
 
 
 @pytest.fixture(scope='module')
@@ -36,7 +36,7 @@ def consoles():
 
 @pytest.fixture(scope='module')
 def server(libvirtd, consoles):
-    app = make_app(uri=libvirtd.uri, consoles=consoles)
+    app = make_app(connections={'qemu': libvirtd.uri}, consoles=consoles)
     running = Daemon(app)
     yield running
     consoles.close_all(timeout=10)
