@@ -234,11 +234,6 @@ class ConsoleStream:
             raise ended
         return data
 
-    def room(self):
-        """Bytes of input the guest side takes now."""
-        with self._lock:
-            return self.limit - len(self._input)
-
     def send(self, data):
         """Queue input for the guest; the number of bytes taken."""
         with self._lock:
