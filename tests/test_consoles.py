@@ -222,6 +222,33 @@ def test_a_ping_gets_a_pong_with_its_payload(client):
     assert ws.frame() == (PONG, b'hello')
 
 
+def test_a_client_that_pings_without_reading_is_owed_one_pong_at_most(conn):
+    registry = Bridges()
+    session = open_console(registry, conn, conn.dom, None, 0, WebSocketFraming())
+    ours, theirs = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    thread = threading.Thread(target=session, args=(theirs, b''), daemon=True)
+    thread.start()
+    with ours:
+        pings = websocket.encode(PING, b'p' * 125, mask=b'abcd') * 200
+        for _ in range(50):  # 10,000 pings of 125 bytes, none of the pongs read
+            ours.sendall(pings)
+        until(lambda: not session._input and len(session._wire) + len(session._pong) < 1000)
+        ws = FrameClient(ours)
+        ws.send(BINARY, b'echo still answering\n')
+        seen, pongs = b'', 0
+        while b'still answering\r\n' not in seen:
+            opcode, payload = ws.frame()
+            if opcode == PONG:
+                pongs += 1
+            else:
+                seen += payload
+        assert pongs < 1000  # of 10,000 pings: the rest were answered by a later pong
+    thread.join(10)
+    assert registry.close_all(timeout=10)
+
+
 def test_a_client_close_is_answered_with_its_code_and_the_stream_aborted(client, conn, consoles):
     ws, session = client
     ws.send(CLOSE, b'\x03\xe8bye')

@@ -83,7 +83,8 @@ class Bridge:
         self._requested = None  # an ending asked for by another thread
         self._sock = None
         self._wire = b''  # encoded bytes under way to the client
-        self._replies = b''  # control frames waiting for the end of the frame under way
+        self._pong = b''  # the latest pong owed, sent between frames (one, however many pings)
+        self._closing = b''  # our close frame, sent after everything else
         self._input = b''  # client input the guest side has not taken yet
         self._last_traffic = self._last_tick = 0.0
         self._wake_r, self._wake_w = socket.socketpair()
@@ -161,7 +162,7 @@ class Bridge:
 
     def _watch(self, selector):
         client = selectors.EVENT_READ if not self._input and self.ending is None else 0
-        if self._wire or self._replies:
+        if self._unsent():
             client |= selectors.EVENT_WRITE
         _modify(selector, self._sock, client)
         if self.guest.watch_always:  # a wake-up that says anything changed
@@ -213,13 +214,14 @@ class Bridge:
 
     def _take_from_client(self, data):
         try:
-            inputs, replies, closed = self.framing.decode(data)
+            inputs, pong, close_reply = self.framing.decode(data)
         except websocket.ProtocolError as err:
             self._finish('protocol_error', err.reason, err.code)
             return
         self._input += inputs
-        self._replies += replies
-        if closed:
+        self._pong = pong or self._pong
+        if close_reply:
+            self._closing = close_reply
             self._finish('client_closed')
         self._feed_guest()
 
@@ -241,19 +243,25 @@ class Bridge:
             self.bytes_out += len(data)
             self._last_traffic = time.monotonic()
 
+    def _unsent(self):
+        return self._wire or self._pong or self._closing
+
     def _write_client(self):
-        """Send what is under way; control frames go between whole frames, never inside one."""
+        """Send what is under way; control frames go between whole frames, never inside one,
+        and a close frame goes last."""
         while True:
             if not self._wire:
-                self._wire, self._replies = self._replies, b''
-                if not self._wire:
-                    return
+                self._wire, self._pong = self._pong, b''
+            if not self._wire and self.ending is not None:
+                self._wire, self._closing = self._closing, b''
+            if not self._wire:
+                return
             try:
                 sent = self._sock.send(self._wire)
             except CLIENT_ERRORS:
                 return
             except OSError:
-                self._wire = self._replies = b''
+                self._wire = self._pong = self._closing = b''
                 self._finish('client_gone')
                 return
             self._wire = self._wire[sent:]
@@ -267,7 +275,8 @@ class Bridge:
             self._input = b''
         if key in ('guest_stopped', 'console_closed'):
             self._drain_guest()
-        self._replies += self.framing.goodbye(code, reason) if key != 'client_gone' else b''
+        if key != 'client_gone':
+            self._closing = self._closing or self.framing.goodbye(code, reason)
         deadline = time.monotonic() + (CLOSE_WAIT if key != 'client_gone' else 0)
         self._flush_client(deadline)
         if key not in ('client_gone', 'protocol_error') and self.framing.awaits_close():
@@ -285,9 +294,9 @@ class Bridge:
             self.bytes_out += len(data)
 
     def _flush_client(self, deadline):
-        while (self._wire or self._replies) and time.monotonic() < deadline:
+        while self._unsent() and time.monotonic() < deadline:
             self._write_client()
-            if self._wire or self._replies:
+            if self._unsent():
                 _wait(self._sock, selectors.EVENT_WRITE, deadline)
 
     def _await_close(self, deadline):

@@ -14,20 +14,22 @@ class WebSocketFraming:
         self.close_answered = False  # the client's close frame was answered
 
     def decode(self, data):
-        """(input bytes, control frames to send, whether the client closed); ProtocolError."""
-        inputs, replies = [], []
+        """(input bytes, a pong to send or b'', a close frame to send or b''); ProtocolError.
+
+        Only the last ping of a batch is answered (RFC 6455 5.5.3 allows it): a client that
+        pings without reading costs one pong, not a queue of them."""
+        inputs, pong = [], b''
         for frame in self._decoder.feed(data):
             if frame.opcode in websocket.DATA_OPCODES:
                 inputs.append(frame.data)
             elif frame.opcode == websocket.PING:
-                replies.append(websocket.encode(websocket.PONG, frame.data))
+                pong = websocket.encode(websocket.PONG, frame.data)
             elif frame.opcode == websocket.CLOSE:
                 code, _reason = websocket.parse_close(frame.data)
                 self.close_answered = True
-                replies.append(websocket.close_frame(code) if code else
-                               websocket.encode(websocket.CLOSE))
-                return b''.join(inputs), b''.join(replies), True
-        return b''.join(inputs), b''.join(replies), False
+                return b''.join(inputs), pong, (websocket.close_frame(code) if code else
+                                                websocket.encode(websocket.CLOSE))
+        return b''.join(inputs), pong, b''
 
     @staticmethod
     def encode(data):
@@ -47,7 +49,7 @@ class RawFraming:
 
     @staticmethod
     def decode(data):
-        return data, b'', False
+        return data, b'', b''
 
     @staticmethod
     def encode(data):
