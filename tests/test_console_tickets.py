@@ -12,7 +12,7 @@ from conftest import Client, until
 from test_consoles import upgrade_headers
 from consoles_support import FakeConnection, FixedConnection, Daemon
 from xend_rest.app import make_app
-from xend_rest.bridge import Bridges
+from xend_rest.bridges import Bridges
 from xend_rest.connection import start_event_loop
 from xend_rest.security import Guard, origin_name
 from xend_rest.tickets import Tickets, redact_ticket

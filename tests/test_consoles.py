@@ -21,7 +21,8 @@ from test_server_security import pki  # noqa: F401 (a fixture)
 from xend_rest import security, websocket
 from xend_rest.app import make_app
 from xend_rest.consoles import ConsoleStream, open_console
-from xend_rest.bridge import Bridge, Bridges
+from xend_rest.bridge import Bridge
+from xend_rest.bridges import Bridges
 from xend_rest.framing import WebSocketFraming
 from xend_rest.connection import start_event_loop
 from xend_rest.websocket import BINARY, CLOSE, PING, PONG, TEXT

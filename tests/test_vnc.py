@@ -13,7 +13,7 @@ from websockets.sync.client import connect
 from conftest import DOMAINS, node_xml, until
 from consoles_support import Daemon
 from xend_rest.app import make_app
-from xend_rest.bridge import Bridges
+from xend_rest.bridges import Bridges
 from xend_rest import vnc
 
 

@@ -9,7 +9,7 @@ import libvirt
 
 from . import defaults, errors, jsonbody, names
 from .bodies import Raw
-from .bridge import Bridges
+from .bridges import Bridges
 from .connection import SharedConnection
 from .convert import JSONText
 from .errors import HTTPError, bad_request, json_payload

@@ -4,7 +4,7 @@ A session (a Bridge) runs as session(sock, buffered) on a thread the server give
 request worker), after the 101 answer; that thread alone touches the client's socket. What
 is on the guest's side (a libvirt console stream, a VNC socket) is an object with start(),
 fileno(), receive(), send(), alive(), explain(), close() and watch_always: see
-xend_rest.consoles and xend_rest.vnc.
+xend_rest.consoles and xend_rest.vnc. The sessions of an app, together: xend_rest.bridges.
 
 Memory is bounded each way: the guest's output is taken only while the frame under way to the
 client is sent (a console's stream buffers at most its limit, then cuts a client that stopped
@@ -17,9 +17,8 @@ import ssl
 import threading
 import time
 
-from . import defaults, websocket
+from . import websocket
 from .errors import HTTPError
-from .framing import RawFraming, WebSocketFraming
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger('xend_rest.access')
@@ -27,7 +26,6 @@ access_log = logging.getLogger('xend_rest.access')
 CHUNK = 65536  # bytes per read, per send, per frame
 TICK = 1.0  # seconds between checks that the guest side is still reachable
 CLOSE_WAIT = 5.0  # seconds a client gets to take the last bytes and answer our close frame
-UNSTARTED = 60.0  # seconds after which a session the server never ran is given up
 CLIENT_ERRORS = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 # Why a session ended -> (WebSocket close code, reason). Codes 4xxx are ours: 4000 plus the HTTP
@@ -104,7 +102,7 @@ class Bridge:
 
     def __call__(self, sock, buffered=b''):
         if self._released:
-            return  # given up before the server ran it (see Bridges.close_all)
+            return  # given up before the server ran it (see bridges.Bridges)
         self.started = self._last_traffic = self._last_tick = time.monotonic()
         try:
             self._sock = sock
@@ -350,109 +348,3 @@ def _wait(sock, events, deadline):
     with selectors.DefaultSelector() as selector:
         selector.register(sock, events)
         return bool(selector.select(max(0.0, deadline - time.monotonic())))
-
-
-
-# -- the sessions of an app ----------------------------------------------------------------------
-
-class Bridges:
-    """The sessions of one app: how many may be open, which holds which console, and the bytes
-    they moved (for /metrics)."""
-
-    def __init__(self, max_sessions=defaults.CONSOLE_SESSIONS, idle_timeout=defaults.CONSOLE_IDLE,
-                 buffer_size=defaults.CONSOLE_BUFFER, max_message=websocket.MAX_MESSAGE):
-        self.max_sessions, self.idle_timeout = max_sessions, idle_timeout
-        self.buffer_size, self.max_message = buffer_size, max_message
-        self.bytes_in = self.bytes_out = 0  # of the sessions that ended
-        self._sessions = set()  # Bridge, and Place while a guest side is being opened
-        self._holders = {}  # console key -> the session holding it
-        self._lock = threading.Condition()
-
-    def __len__(self):
-        with self._lock:
-            return len(self._sessions)
-
-    def framing(self, over_websocket):
-        return WebSocketFraming(self.max_message) if over_websocket else RawFraming()
-
-    def admit(self, key=None, take_over=False):
-        """A Place under the session limit (429 past it) while a guest side is opened; with
-        take_over, the session holding `key` is told it is being taken over."""
-        self._give_up_unstarted()
-        with self._lock:
-            if len(self._sessions) >= self.max_sessions:
-                raise HTTPError(429, '%d console sessions are open, the most this daemon allows'
-                                % self.max_sessions, 'too_many_sessions', [('Retry-After', '5')])
-            place = Place(key, self._holders.get(key) if take_over and key else None)
-            self._sessions.add(place)
-        if place.holder is not None:
-            place.holder.guest.taken_over = True
-        return place
-
-    def cancel(self, place):
-        """The guest side could not be opened: the place is free again."""
-        if place.holder is not None:
-            place.holder.guest.taken_over = False
-        with self._lock:
-            self._sessions.discard(place)
-            self._lock.notify_all()
-
-    def start(self, place, guest, framing, label):
-        """The Bridge for an opened guest side, in the place admit() gave."""
-        session = Bridge(self, guest, framing, place.key, label)
-        with self._lock:
-            self._sessions.discard(place)
-            self._sessions.add(session)
-            if place.key:
-                self._holders[place.key] = session
-        if place.holder is not None:
-            place.holder.end('taken_over')
-        return session
-
-    def release(self, session):
-        """A session ended: its place and its console are free, its bytes counted."""
-        with self._lock:
-            self._sessions.discard(session)
-            if session.key and self._holders.get(session.key) is session:
-                del self._holders[session.key]
-            self.bytes_in += session.bytes_in
-            self.bytes_out += session.bytes_out
-            self._lock.notify_all()
-
-    def _give_up_unstarted(self):
-        """Sessions the server never ran (the 101 could not be sent) hold a stream: free them."""
-        now = time.monotonic()
-        with self._lock:
-            stale = [s for s in self._sessions
-                     if isinstance(s, Bridge) and s.started is None and now - s.created > UNSTARTED]
-        for session in stale:
-            session.discard()
-
-    def totals(self):
-        """(open sessions, bytes in, bytes out), the open sessions' bytes included."""
-        with self._lock:
-            sessions = [s for s in self._sessions if isinstance(s, Bridge)]
-            return (len(self._sessions), self.bytes_in + sum(s.bytes_in for s in sessions),
-                    self.bytes_out + sum(s.bytes_out for s in sessions))
-
-    def close_all(self, timeout=CLOSE_WAIT + 1):
-        """At shutdown: every session says 1001 and ends; wait up to timeout for them."""
-        with self._lock:
-            sessions = [s for s in self._sessions if isinstance(s, Bridge)]
-        for session in sessions:
-            if session.started is None:
-                session.discard()
-            else:
-                session.end('shutdown')
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            while self._sessions and time.monotonic() < deadline:
-                self._lock.wait(max(0.0, deadline - time.monotonic()))
-            return not self._sessions
-
-
-class Place:
-    """A place under the limit, taken while a guest side is being opened."""
-
-    def __init__(self, key, holder):
-        self.key, self.holder = key, holder

@@ -294,7 +294,7 @@ def main(argv=None):
     setup_logging(args.log_level)
     from xend_rest.app import make_app  # after logging: importing libvirt may log
     from xend_rest.connection import SharedConnection
-    from xend_rest.bridge import Bridges
+    from xend_rest.bridges import Bridges
     if args.demo:
         from xend_rest.demo import demo_uri
         args.uri = demo_uri()

@@ -17,7 +17,7 @@ from websockets.sync.client import connect
 from consoles_support import FakeError, Daemon
 from xend_rest import vnc
 from xend_rest.app import make_app
-from xend_rest.bridge import Bridges
+from xend_rest.bridges import Bridges
 
 from . import guest
 from .conftest import SESSION_PREFIX, _remove_domain
