@@ -48,6 +48,7 @@ def test_the_binary_subprotocol_is_chosen_when_offered():
 
 
 @pytest.mark.parametrize('headers', [
+    {'REQUEST_METHOD': 'HEAD'},
     {'HTTP_UPGRADE': None},
     {'HTTP_CONNECTION': None},
     {'HTTP_CONNECTION': 'keep-alive'},

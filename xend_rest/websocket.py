@@ -72,7 +72,8 @@ def handshake(environ, subprotocols=('binary',)):
     """The headers of the 101 answer to a WebSocket opening handshake; 426 or 400 for a request
     that is not one. The first of `subprotocols` the client offers is chosen (noVNC offers
     'binary'; a browser fails a connection whose offer gets no answer)."""
-    if not asks_upgrade(environ, 'websocket'):
+    # RFC 6455 4.1: the opening handshake is a GET (a HEAD learns what a plain GET would).
+    if environ.get('REQUEST_METHOD') != 'GET' or not asks_upgrade(environ, 'websocket'):
         raise upgrade_required('websocket')
     if environ.get('HTTP_SEC_WEBSOCKET_VERSION') != VERSION:
         raise upgrade_required('websocket', 'WebSocket version %s is required' % VERSION,
