@@ -537,3 +537,12 @@ def test_a_console_over_tls_carries_bulk_output_intact(conn, pki):
     finally:
         daemon.close()
     assert sessions.close_all(timeout=10)
+
+
+def test_shutdown_frees_a_session_the_server_never_ran(conn):
+    sessions = Bridges()
+    app = make_app(connection=FixedConnection(conn), consoles=sessions)
+    open_console(sessions, conn, conn.dom, None, 0, WebSocketFraming())
+    app.end_streams()  # what the daemon's shutdown calls
+    assert len(sessions) == 0
+    assert conn.streams[0].state == 'aborted'

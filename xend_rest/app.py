@@ -199,9 +199,11 @@ class App:
                             % (name, ', '.join(self.hypervisors)), 'no_such_connection') from None
 
     def end_streams(self):
-        """End every open event stream (at shutdown: they would otherwise never finish)."""
+        """End every open event stream (at shutdown: they would otherwise never finish), and
+        tell console sessions to end (the server does too; this also frees any it never ran)."""
         for hypervisor in self.hypervisors.values():
             hypervisor.events.close()
+        self.consoles.close_all(timeout=0)
 
     def close(self):
         """Close every libvirt connection."""
