@@ -2,7 +2,7 @@
 import importlib
 import sys
 
-BENCHMARKS = ['api', 'images', 'connections']
+BENCHMARKS = ['api', 'server', 'images', 'connections']
 
 
 def main(names):

@@ -47,12 +47,13 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def start_daemon(uri, *args, log_path=os.devnull):
-    """xend-rest in a subprocess on a free loopback port; returns (process, base URL)."""
+def start_daemon(uri, *args, log_path=os.devnull, root=ROOT):
+    """xend-rest (of the checkout at root) in a subprocess on a free loopback port; returns
+    (process, base URL)."""
     port = free_port()
     log = open(log_path, 'w')
     process = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, 'xend_rest.py'), '--uri', uri,
+        [sys.executable, os.path.join(root, 'xend_rest.py'), '--uri', uri,
          '--listen', '127.0.0.1:%d' % port, *args], stdout=log, stderr=log)
     base = 'http://127.0.0.1:%d' % port
     wait_until_up(base + '/libvirt/xen/nodes/json', process)

@@ -20,7 +20,6 @@ REQUEST_TIMEOUT = 60.0  # seconds a whole request body of up to MAX_BODY may tak
 GRACE = 10.0  # seconds requests in flight get at shutdown
 MAX_HEAD = 65536  # bytes of request line and header fields
 BACKLOG = 1024
-QUEUE_SIZE = 1024
 SOCKET_MODE = 0o660
 
 # Requests

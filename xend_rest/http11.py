@@ -6,6 +6,7 @@ Required (our API only takes small JSON bodies and image uploads of a known size
 """
 import logging
 import re
+import ssl
 import time
 from email.utils import formatdate
 from http import HTTPStatus
@@ -223,8 +224,25 @@ def _header_fields(lines, environ):
         environ[key] = value
 
 
+def send(sock, data, timeout):
+    """sendall() on a non-blocking socket, waiting up to `timeout` for each part that does not
+    fit at once. A socket with a timeout polls before every send and recv: one system call
+    more, and one more hand-over of the GIL, for the usual small answer that fits at once."""
+    try:
+        sent = sock.send(data)
+    except (BlockingIOError, ssl.SSLWantWriteError):
+        sent = 0
+    if sent < len(data):
+        sock.settimeout(timeout)
+        try:
+            sock.sendall(memoryview(data)[sent:])
+        finally:
+            sock.settimeout(0)
+
+
 class Input:
-    """wsgi.input: at most Content-Length bytes, first from what the selector buffered."""
+    """wsgi.input: at most Content-Length bytes, first from what the server buffered; the
+    socket is non-blocking, each read waits up to `timeout`."""
 
     def __init__(self, sock, buf, length, expect_continue, timeout=defaults.TIMEOUT,
                  deadline=float('inf')):
@@ -237,7 +255,7 @@ class Input:
 
     def _fill(self, size):
         if self.expect_continue:  # the client waits for this before sending the body
-            self._sock.sendall(CONTINUE)
+            send(self._sock, CONTINUE, self._timeout)
             self.expect_continue = False
         # Each read may wait `timeout`, and all of them together only until the deadline (if
         # any): a small body trickled a byte at a time cannot hold a worker for long.
@@ -248,7 +266,7 @@ class Input:
         try:
             data = self._sock.recv(min(max(size, 1), self.remaining, RECV_SIZE))
         finally:
-            self._sock.settimeout(self._timeout)
+            self._sock.settimeout(0)
         if not data:
             raise ConnectionError('client closed the connection before the end of the body')
         self.remaining -= len(data)
@@ -280,10 +298,12 @@ class Input:
 
 
 class Response:
-    """start_response() and the writing of status, headers and body to the socket."""
+    """start_response() and the writing of status, headers and body to a non-blocking socket,
+    each part within `timeout`."""
 
-    def __init__(self, sock, head_only, keep_alive, http10):
+    def __init__(self, sock, head_only, keep_alive, http10, timeout=defaults.TIMEOUT):
         self.sock, self.head_only, self.keep_alive, self.http10 = sock, head_only, keep_alive, http10
+        self.timeout = timeout
         self.status = self.headers = None
         self.sent = False
         self.nbytes = 0
@@ -304,7 +324,7 @@ class Response:
         """Send data, preceded by the head on the first call; total is the whole body's length if known."""
         if self.sent:
             if not self.head_only:
-                self.sock.sendall(data)
+                send(self.sock, data, self.timeout)
                 self.nbytes += len(data)
             return
         if self.status is None:
@@ -314,7 +334,7 @@ class Response:
         if self.head_only or no_body:
             data = b''
         self.sent = True
-        self.sock.sendall(head + data)  # one send: no Nagle stall
+        send(self.sock, head + data, self.timeout)  # one send: no Nagle stall
         self.nbytes += len(data)
 
     def _head(self, no_body, total):
@@ -352,7 +372,7 @@ def respond(app, sock, buf, request, timeout, deadline, keep_alive=True):
                  timeout, deadline)
     environ['wsgi.input'] = body
     response = Response(sock, environ['REQUEST_METHOD'] == 'HEAD', request.keep_alive and keep_alive,
-                        environ['SERVER_PROTOCOL'] == 'HTTP/1.0')
+                        environ['SERVER_PROTOCOL'] == 'HTTP/1.0', timeout)
     run_app(app, environ, response)
     keep = response.keep_alive
     if keep and body.remaining:  # unread body: drain a little of it, else give up

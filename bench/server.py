@@ -1,0 +1,140 @@
+"""The server's speed side by side in one run (issue 13): against gunicorn on the same app, and
+against the stdlib's ceiling.
+
+    ./dev bench server
+    BENCH_SECONDS=8 BENCH_BASELINE=/tmp/old-checkout ./dev bench server   # and an older server
+
+1. xend-rest, Inspect of one domain (test driver, a node of 16 domains) at c=1, 16, 64 and 256,
+   wrk -t2 over keep-alive connections: req/s, mean and p99 latency, errors (socket errors and
+   non-2xx answers); and `/_ping` at c=16;
+2. gunicorn gthread, 2 workers x 8 threads, serving the same make_app(): Inspect at c=16;
+3. the stdlib's ceiling: ThreadingHTTPServer (request_queue_size 1,024), HTTP/1.1 keep-alive,
+   TCP_NODELAY, a constant body, at c=16;
+4. with BENCH_BASELINE, the daemon of that checkout too (Inspect at c=1 and 16, /_ping at c=16).
+
+Every server is up for the whole run and the runs interleave, BENCH_ROUNDS times (default 3):
+each figure is the median run.
+
+Goals: Inspect at c=16 at least 1.3x gunicorn; /_ping at c=16 at least 0.8x the ceiling; c=64 and
+c=256 at least 0.9x c=16, with no errors. Ratios within one run: the machine is shared and noisy.
+"""
+import os
+import subprocess
+import sys
+import tempfile
+
+from bench.api import INSPECT, wrk
+from bench.common import ROOT, free_port, start_daemon, stop, wait_until_up, write_node
+
+PING = '/_ping'
+CEILING = """
+import socket
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = 'HTTP/1.1'
+
+    def setup(self):
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header('Content-Type', 'text/plain')
+        self.send_header('Content-Length', '2')
+        self.end_headers()
+        self.wfile.write(b'OK')
+
+    def log_message(self, *args):
+        pass
+
+class Server(ThreadingHTTPServer):
+    request_queue_size = 1024
+
+Server(('127.0.0.1', %(port)d), Handler).serve_forever()
+"""
+
+
+def serve(args, url_path, cwd=ROOT):
+    """A server in a subprocess on a free port: (process, base URL) once it answers url_path."""
+    port = free_port()
+    process = subprocess.Popen([arg % {'port': port} for arg in args], cwd=cwd,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = 'http://127.0.0.1:%d' % port
+    wait_until_up(base + url_path, process)
+    return process, base
+
+
+def gunicorn(uri):
+    app = 'xend_rest:make_app(uri=%r)' % uri
+    return serve([sys.executable, '-m', 'gunicorn', '-k', 'gthread', '-w', '2', '--threads', '8',
+                  '-b', '127.0.0.1:%(port)d', '--backlog', '1024', app], INSPECT)
+
+
+def ceiling():
+    return serve([sys.executable, '-c', CEILING], PING)
+
+
+OURS = [('inspect c=1', INSPECT, 1), ('inspect c=16', INSPECT, 16), ('inspect c=64', INSPECT, 64),
+        ('inspect c=256', INSPECT, 256), ('ping c=16', PING, 16)]
+BASELINE = [('inspect c=1', INSPECT, 1), ('inspect c=16', INSPECT, 16), ('ping c=16', PING, 16)]
+
+
+def run(seconds, rounds, uri, baseline):
+    """{server: {run: wrk result}}, each the median (by rate) of `rounds` runs: every server is
+    up at once and the rounds interleave them, so a noisy moment hits them all alike."""
+    servers = [('xend-rest', start_daemon(uri), OURS),
+               ('gunicorn gthread 2x8', gunicorn(uri), [('inspect c=16', INSPECT, 16)]),
+               ('stdlib ceiling', ceiling(), [('ping c=16', PING, 16)])]
+    if baseline:
+        servers.append(('baseline', start_daemon(uri, root=baseline), BASELINE))
+    samples = {}
+    try:
+        for _, (_, base), runs in servers:
+            wrk(base + runs[0][1], 16, 1)  # warm up
+        for _ in range(rounds):
+            for server, (_, base), runs in servers:
+                for name, path, connections in runs:
+                    result = wrk(base + path, connections, seconds)
+                    samples.setdefault(server, {}).setdefault(name, []).append(result)
+    finally:
+        for _, (process, _), _ in servers:
+            stop(process)
+    return {server: {name: sorted(results, key=lambda r: r['rps'])[len(results) // 2]
+                     for name, results in runs.items()} for server, runs in samples.items()}
+
+
+def report(results, seconds, rounds):
+    print('Server benchmark (test driver, keep-alive, wrk -t2 -d%ds per run, median of %d rounds)'
+          % (seconds, rounds))
+    for server, runs in results.items():
+        for name, r in runs.items():
+            print('  %-28s %-14s %7.0f req/s  mean %7.2f ms  p99 %7.2f ms  errors %d'
+                  % (server, name, r['rps'], r['mean_ms'], r['p99_ms'], r['errors']))
+    ours = results['xend-rest']
+    rate = {name: r['rps'] for name, r in ours.items()}
+    print('  Inspect c=16, xend-rest / gunicorn:        %.2fx (goal >= 1.3)'
+          % (rate['inspect c=16'] / results['gunicorn gthread 2x8']['inspect c=16']['rps']))
+    print('  /_ping c=16, xend-rest / stdlib ceiling:   %.2fx (goal >= 0.8)'
+          % (rate['ping c=16'] / results['stdlib ceiling']['ping c=16']['rps']))
+    for many in ('inspect c=64', 'inspect c=256'):
+        print('  %-13s / c=16:                     %.2fx (goal >= 0.9), errors %d'
+              % (many, rate[many] / rate['inspect c=16'], ours[many]['errors']))
+    for server, runs in results.items():
+        if server == 'baseline':
+            for name, r in runs.items():
+                print('  %-13s xend-rest / baseline:       %.2fx' % (name, rate[name] / r['rps']))
+
+
+def main():
+    seconds = int(os.environ.get('BENCH_SECONDS', '5'))
+    rounds = int(os.environ.get('BENCH_ROUNDS', '3'))
+    baseline = os.environ.get('BENCH_BASELINE')
+    with tempfile.TemporaryDirectory() as tmp:
+        uri = write_node(os.path.join(tmp, 'node16.xml'), 16)
+        results = run(seconds, rounds, uri, baseline)
+    report(results, seconds, rounds)
+
+
+if __name__ == '__main__':
+    main()
