@@ -19,13 +19,11 @@ import ssl
 import threading
 import time
 
-from . import defaults, http11, listeners, sessions
+from . import accesslog, defaults, http11, listeners, sessions
 from .errors import HTTPError
 from .listeners import format_address, parse_listen, sd_notify
-from .tickets import redact_ticket
 
 log = logging.getLogger('xend_rest.server')
-access_log = logging.getLogger('xend_rest.access')
 
 # What becomes of a connection after a request: closed, kept, upgraded, or closing (see _refuse).
 CLOSE, KEEP, UPGRADED, LINGER = 'close', 'keep', 'upgraded', 'linger'
@@ -90,6 +88,7 @@ class Server:
         self._selector = self._epoll = None
         self._wake_r = self._wake_w = None
         self._sessions = sessions.Sessions()
+        self._access = accesslog.AccessLog()
 
     @property
     def open_sessions(self):
@@ -173,6 +172,7 @@ class Server:
         for conn in self._release(lambda conn: True):  # lingering, or handed back as we stopped
             self._forget(conn)
         self._sessions.join(deadline)
+        self._access.close()
         self._epoll.close()
         self._wake_r.close()
         self._wake_w.close()
@@ -453,7 +453,4 @@ class Server:
         return KEEP if keep else CLOSE
 
     def _log(self, method, target, status, nbytes, start, conn):
-        if access_log.isEnabledFor(logging.INFO):  # skip the formatting when nobody listens
-            # A console ticket is a credential: never written down (the rest of the target is).
-            access_log.info('%s %s %s %d %.2fms %s', method, redact_ticket(target), status,
-                            nbytes, (time.perf_counter() - start) * 1000, conn.client)
+        self._access.request(method, target, status, nbytes, start, conn.client)
