@@ -79,24 +79,6 @@ class _ErrorStream:
 ERROR_STREAM = _ErrorStream()
 
 
-def connection_environ(transport, client, client_port, server_name, server_port):
-    """The environ keys that are the same for every request on one connection."""
-    return {
-        'SCRIPT_NAME': '',
-        'SERVER_NAME': server_name,
-        'SERVER_PORT': server_port,
-        'REMOTE_ADDR': client,
-        'REMOTE_PORT': client_port,
-        'wsgi.version': (1, 0),
-        'wsgi.url_scheme': 'https' if transport == 'tls' else 'http',
-        'wsgi.errors': ERROR_STREAM,
-        'wsgi.multithread': True,
-        'wsgi.multiprocess': False,
-        'wsgi.run_once': False,
-        'xend_rest.transport': transport,  # what security.Guard authenticates by
-    }
-
-
 class Request:
     """A parsed request head: its environ (without wsgi.input), where its body starts, its length."""
     __slots__ = ('environ', 'keep_alive', 'length', 'body_start', 'expect_continue')

@@ -7,19 +7,20 @@ re-arms the connection and waits again, so slow, idle or half-open clients cost 
 descriptor, never a worker; once the request is complete (its head, and its body up to max_body)
 the same worker serves it at once. No connection changes hands between threads per request, so
 a keep-alive request costs about what it costs a thread-per-connection server. One more thread
-accepts connections and closes those that miss their deadlines. HTTP is http11.py's; binding
-listeners is listeners.py's; upgraded connections are sessions.py's.
+accepts connections and closes those that miss their deadlines. Elsewhere: HTTP framing
+(http11.py), a connection's non-blocking steps (client_connection.py), listeners (listeners.py),
+upgraded connections (sessions.py), the access log (accesslog.py).
 """
 import logging
 import select
 import selectors
 import signal
 import socket
-import ssl
 import threading
 import time
 
 from . import accesslog, defaults, http11, listeners, sessions
+from .client_connection import WAIT_WRITE, ClientConnection
 from .errors import HTTPError
 from .listeners import format_address, parse_listen, sd_notify
 
@@ -29,29 +30,6 @@ log = logging.getLogger('xend_rest.server')
 CLOSE, KEEP, UPGRADED, LINGER = 'close', 'keep', 'upgraded', 'linger'
 LINGER_TIME = 2.0  # seconds a refused client's remaining bytes are read and dropped
 READ, WRITE = select.EPOLLIN | select.EPOLLONESHOT, select.EPOLLOUT | select.EPOLLONESHOT
-
-
-class Connection:
-    """A client connection: its socket, what has been read of it, and its per-connection environ."""
-    __slots__ = ('sock', 'fd', 'buf', 'deadline', 'client', 'environ', 'transport', 'handshaking',
-                 'request', 'closing', 'held')
-
-    def __init__(self, sock, transport, *addresses):
-        self.sock, self.fd, self.transport = sock, sock.fileno(), transport  # unix, tcp or tls
-        self.environ = http11.connection_environ(transport, *addresses)
-        self.client = addresses[0]
-        self.buf = bytearray()
-        self.deadline = 0.0
-        self.handshaking = transport == 'tls'
-        self.request = None  # a complete head whose body is still arriving
-        self.closing = False  # answered and half-closed: what the client still sends is dropped
-        self.held = False  # a thread is working on it (not armed in the epoll set)
-
-    def close(self):
-        try:
-            self.sock.close()
-        except OSError:
-            pass
 
 
 class Server:
@@ -206,7 +184,7 @@ class Server:
             except OSError as err:  # e.g. EMFILE: keep serving the connections we have
                 log.error('accept failed: %s', err)
                 return
-            conn = Connection(*listeners.accepted(sock, peer, listener, self.tls))
+            conn = ClientConnection(*listeners.accepted(sock, peer, listener, self.tls))
             conn.deadline = time.monotonic() + self.timeout  # for the handshake and the head
             with self._lock:
                 self._conns[conn.fd] = conn
@@ -300,36 +278,18 @@ class Server:
     def _handshake(self, conn):
         """One non-blocking step of a TLS handshake; the sweep drops it if it takes too long."""
         try:
-            conn.sock.do_handshake()
-        except ssl.SSLWantReadError:
-            return self._rearm(conn, READ)
-        except ssl.SSLWantWriteError:
-            return self._rearm(conn, WRITE)
+            wait = conn.handshake()
         except OSError as err:  # SSLError included: bad or missing client certificate
             log.info('TLS handshake with %s failed: %s', conn.client, err)
             return self._forget(conn)
-        conn.handshaking = False
-        subject = dict(field[0] for field in (conn.sock.getpeercert() or {}).get('subject', ()))
-        if subject.get('commonName') is not None:  # the verified client certificate's CN
-            conn.environ['xend_rest.client_cn'] = subject['commonName']
+        if wait is not None:
+            return self._rearm(conn, WRITE if wait == WAIT_WRITE else READ)
         self._read(conn)  # the request may have come with the handshake's last bytes
-
-    def _recv(self, conn):
-        """What has arrived on conn, b'' at its end, None if nothing yet."""
-        try:
-            data = conn.sock.recv(http11.RECV_SIZE)
-            while conn.transport == 'tls' and conn.sock.pending():  # decrypted, not on the fd
-                data += conn.sock.recv(http11.RECV_SIZE)
-            return data
-        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            return None
-        except OSError:
-            return b''
 
     def _read(self, conn):
         """Read what has arrived; serve the request once it is complete, as often as there is one."""
         while True:
-            data = self._recv(conn)
+            data = conn.recv()
             if data is None:
                 return self._rearm(conn)
             if not data:
@@ -338,7 +298,7 @@ class Server:
                 conn.deadline = time.monotonic() + self.timeout
             conn.buf += data
             try:
-                complete = self._complete(conn)
+                complete = conn.complete(self.max_head, self.max_body, self.request_timeout)
             except HTTPError as err:
                 return self._refuse(conn, err, time.perf_counter())
             if not complete:
@@ -346,29 +306,8 @@ class Server:
             outcome = self._serve_held(conn)
             if outcome != KEEP:
                 return
-            if conn.transport != 'tls' or not conn.sock.pending():
+            if not conn.pending():
                 return self._rearm(conn)
-
-    def _complete(self, conn):
-        """Whether the request may be served: its head, and its body unless that is larger than
-        max_body (streamed while served), are here. So a client that sends a head and then
-        stalls its body costs a descriptor, not a worker. HTTPError if the head is malformed."""
-        if conn.request is None:
-            found = http11.find_head(conn.buf)
-            if found is None:
-                http11.check_partial_head(conn.buf, self.max_head)
-                return False
-            conn.request = http11.parse_request(conn.buf, found, conn.environ, self.max_head)
-            request = conn.request
-            if request.length <= self.max_body and len(conn.buf) < request.body_start + request.length:
-                conn.deadline = time.monotonic() + self.request_timeout  # the body's own deadline
-                if request.expect_continue:
-                    try:
-                        conn.sock.send(http11.CONTINUE)  # small: fits the buffer
-                    except OSError:
-                        pass
-        request = conn.request
-        return request.length > self.max_body or len(conn.buf) >= request.body_start + request.length
 
     def _refuse(self, conn, err, start=None):
         """Answer err and half-close; start: log the request too (its head was read). Closing a
@@ -386,7 +325,7 @@ class Server:
         self._rearm(conn)
 
     def _discard_input(self, conn):
-        if self._recv(conn) == b'':
+        if conn.recv() == b'':
             return self._forget(conn)
         self._rearm(conn)
 

@@ -1,0 +1,104 @@
+"""One client connection as the server sees it between requests: its socket, the bytes read so
+far, its deadline, and the non-blocking steps that read a request off it (TLS handshake, recv,
+"is the request complete?"). No threads here: server.py decides who runs them and when."""
+import ssl
+import time
+
+from . import http11
+
+WAIT_READ, WAIT_WRITE = 'read', 'write'
+
+
+def connection_environ(transport, client, client_port, server_name, server_port):
+    """The environ keys that are the same for every request on one connection."""
+    return {
+        'SCRIPT_NAME': '',
+        'SERVER_NAME': server_name,
+        'SERVER_PORT': server_port,
+        'REMOTE_ADDR': client,
+        'REMOTE_PORT': client_port,
+        'wsgi.version': (1, 0),
+        'wsgi.url_scheme': 'https' if transport == 'tls' else 'http',
+        'wsgi.errors': http11.ERROR_STREAM,
+        'wsgi.multithread': True,
+        'wsgi.multiprocess': False,
+        'wsgi.run_once': False,
+        'xend_rest.transport': transport,  # what security.Guard authenticates by
+    }
+
+
+class ClientConnection:
+    """A client connection: its socket, what has been read of it, and its per-connection environ."""
+    __slots__ = ('sock', 'fd', 'buf', 'deadline', 'client', 'environ', 'transport', 'handshaking',
+                 'request', 'closing', 'held')
+
+    def __init__(self, sock, transport, *addresses):
+        """transport: unix, tcp or tls; addresses: the client's address and port, the server's
+        name and port (listeners.accepted())."""
+        self.sock, self.fd, self.transport = sock, sock.fileno(), transport
+        self.environ = connection_environ(transport, *addresses)
+        self.client = addresses[0]
+        self.buf = bytearray()
+        self.deadline = 0.0
+        self.handshaking = transport == 'tls'
+        self.request = None  # a complete head whose body is still arriving
+        self.closing = False  # answered and half-closed: what the client still sends is dropped
+        self.held = False  # a thread is working on it (it waits for no event)
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def handshake(self):
+        """One non-blocking step of the TLS handshake: WAIT_READ or WAIT_WRITE, or None once
+        done (a client certificate's CN is then in the environ); OSError if it failed."""
+        try:
+            self.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            return WAIT_READ
+        except ssl.SSLWantWriteError:
+            return WAIT_WRITE
+        self.handshaking = False
+        subject = dict(field[0] for field in (self.sock.getpeercert() or {}).get('subject', ()))
+        if subject.get('commonName') is not None:  # the verified client certificate's CN
+            self.environ['xend_rest.client_cn'] = subject['commonName']
+        return None
+
+    def recv(self):
+        """What has arrived, b'' at the connection's end, None if nothing yet."""
+        try:
+            data = self.sock.recv(http11.RECV_SIZE)
+            while self.transport == 'tls' and self.sock.pending():  # decrypted, not on the fd
+                data += self.sock.recv(http11.RECV_SIZE)
+            return data
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return None
+        except OSError:
+            return b''
+
+    def pending(self):
+        """Whether TLS has decrypted bytes that no epoll event will announce."""
+        return self.transport == 'tls' and self.sock.pending()
+
+    def complete(self, max_head, max_body, request_timeout):
+        """Whether the request may be served: its head, and its body unless that is larger than
+        max_body (streamed while served), are here. So a client that sends a head and then
+        stalls its body costs a descriptor, not a worker. HTTPError if the head is malformed,
+        or if what has come of it can no longer become a request we serve."""
+        if self.request is None:
+            found = http11.find_head(self.buf)
+            if found is None:
+                http11.check_partial_head(self.buf, max_head)
+                return False
+            self.request = request = http11.parse_request(self.buf, found, self.environ, max_head)
+            if request.length <= max_body and len(self.buf) < request.body_start + request.length:
+                self.deadline = time.monotonic() + request_timeout  # the body's own deadline
+                if request.expect_continue:
+                    try:
+                        self.sock.send(http11.CONTINUE)  # small: fits the buffer
+                    except OSError:
+                        pass
+        request = self.request
+        return request.length > max_body or len(self.buf) >= request.body_start + request.length
