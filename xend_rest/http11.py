@@ -121,8 +121,8 @@ def parse_request(buf, found, base, max_head=defaults.MAX_HEAD):
         raise ProtocolError('request head too large', 431, 'head_too_large')
     if CONTROL.search(buf, 0, end):
         raise ProtocolError('a control character in the request head')
-    lines = buf[:end].decode('latin-1').lstrip('\r\n').split('\n')
-    lines = [line[:-1] if line[-1:] == '\r' else line for line in lines[:-1]]
+    # Every CR is followed by LF (CONTROL said so): each line ends with LF or CRLF.
+    lines = buf[:end].decode('latin-1').lstrip('\r\n').replace('\r\n', '\n').split('\n')[:-1]
     environ = base.copy()
     method, target, version = _request_line(lines[0] if lines else '')
     path, _, query = target.partition('?')

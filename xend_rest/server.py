@@ -55,12 +55,11 @@ class Server:
         self.grace, self.max_head, self.backlog = grace, max_head, backlog
         self.addresses = []  # bound addresses, from getsockname(): tuples or unix paths
         self._conns = {}  # fd -> Connection: every open HTTP connection
-        self._lock = threading.Lock()  # guards _conns and each Connection.held
+        self._lock = threading.Lock()  # guards _conns, each Connection.held, _idle and _threads
         self._active = set()  # connections whose request is being served, cut after the grace period
         self._sockets = []
         self._threads = []  # the acceptor, then the workers started so far
         self._idle = 0  # workers waiting for a connection (or about to)
-        self._idle_lock = threading.Lock()
         self._stopping = False
         self._stop_requested = False
         self._selector = self._epoll = None
@@ -211,14 +210,34 @@ class Server:
 
     def _add_worker_if_all_busy(self):
         """Workers start on demand, up to `workers`: an idle daemon keeps a small footprint."""
-        with self._idle_lock:
-            if self._idle or len(self._threads) > self.workers or self._stopping:
-                return
-            self._idle += 1  # counted now, so the next connection does not start another one
-            thread = threading.Thread(target=self._worker, daemon=True,
-                                      name=f'xend-rest-worker-{len(self._threads)}')
-            self._threads.append(thread)
-        thread.start()
+        with self._lock:
+            thread = self._new_worker()
+        if thread is not None:
+            thread.start()
+
+    def _new_worker(self):
+        """A worker to start (under _lock) if none is waiting for a connection, else None."""
+        if self._idle or len(self._threads) > self.workers or self._stopping:
+            return None
+        self._idle += 1  # counted now, so the next connection does not start another one
+        thread = threading.Thread(target=self._worker, daemon=True,
+                                  name=f'xend-rest-worker-{len(self._threads)}')
+        self._threads.append(thread)
+        return thread
+
+    def _take(self, fd):
+        """The connection an event is for, now held by this worker; None for a stale event
+        (another thread has it, and will re-arm it). Starts a worker if this was the last idle one."""
+        with self._lock:
+            conn = self._conns.get(fd)
+            if conn is None or conn.held:
+                return None
+            conn.held = True
+            self._idle -= 1
+            thread = self._new_worker()
+        if thread is not None:
+            thread.start()
+        return conn
 
     def _worker(self):
         wake = self._wake_r.fileno()
@@ -229,23 +248,15 @@ class Server:
                 return
             if not events or events[0][0] == wake:
                 continue
-            fd = events[0][0]
-            with self._idle_lock:
-                self._idle -= 1
-            self._add_worker_if_all_busy()
+            conn = self._take(events[0][0])
+            if conn is None:
+                continue
+            try:
+                self._ready(conn)
+            except Exception:
+                log.exception('unexpected error serving %s', conn.client)
+                self._forget(conn)
             with self._lock:
-                conn = self._conns.get(fd)
-                if conn is not None and conn.held:
-                    conn = None  # a stale event: someone else has it (and will re-arm it)
-                elif conn is not None:
-                    conn.held = True
-            if conn is not None:
-                try:
-                    self._ready(conn)
-                except Exception:
-                    log.exception('unexpected error serving %s', conn.client)
-                    self._forget(conn)
-            with self._idle_lock:
                 self._idle += 1
 
     def _ready(self, conn):
@@ -360,7 +371,7 @@ class Server:
             outcome = self._serve_one(conn)
             if outcome != KEEP or self._stopping:
                 return outcome
-            if http11.find_head(conn.buf) is None:  # no pipelined request: wait for the next
+            if not conn.buf or http11.find_head(conn.buf) is None:  # none pipelined: wait
                 return KEEP
 
     def _serve_one(self, conn):
