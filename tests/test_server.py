@@ -708,3 +708,21 @@ def test_an_encoded_slash_stays_in_its_name(demo_app, method, path):
         status, body = get_json(client(server), method, path)
     assert status == 404 and body['code'] == 'no_such_endpoint'
     assert {dom.name(): dom.state()[0] for dom in conn.listAllDomains()} == before
+
+
+def test_many_keep_alive_clients_share_few_workers():
+    """Connections outnumber the workers: each request is served by whichever worker is free,
+    on the connection it came on, in order."""
+    results = {}
+
+    def one(i):
+        conn = client(server)
+        results[i] = [get_json(conn, path=f'/{i}/{n}')[1]['path'] for n in range(30)]
+
+    with serving(echo_app, workers=3) as server:
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(20)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert results == {i: [f'/{i}/{n}' for n in range(30)] for i in range(20)}

@@ -272,7 +272,7 @@ class Server:
         conn.held = False  # first: the event may come at once, to another worker
         try:
             self._epoll.modify(conn.fd, events)
-        except OSError:  # closed at shutdown
+        except (OSError, ValueError):  # closed at shutdown
             pass
 
     def _forget(self, conn, close=True):
@@ -359,9 +359,7 @@ class Server:
         if outcome == KEEP and not self._stopping:
             conn.deadline = time.monotonic() + (self.timeout if conn.buf else self.keepalive_timeout)
             return KEEP
-        if outcome == UPGRADED:
-            self._forget(conn, close=False)
-        elif outcome != LINGER:  # a lingering connection is already re-armed
+        if outcome not in (UPGRADED, LINGER):  # those are a session's, or re-armed already
             self._forget(conn)
         return CLOSE
 
@@ -397,6 +395,7 @@ class Server:
                   response.nbytes, start, conn)
         if response.status[:3] == '101':  # no longer HTTP: a session's, or nobody's
             if keep and upgrade.session is not None:
+                self._forget(conn, close=False)  # first: once the session closes it, its fd is reused
                 self._sessions.start(conn.sock, bytes(conn.buf), upgrade, conn.client)
                 return UPGRADED
             return CLOSE
