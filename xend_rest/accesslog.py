@@ -12,7 +12,7 @@ import time
 from .tickets import redact_ticket
 
 log = logging.getLogger('xend_rest.access')
-BACKLOG = 10000  # lines waiting past which a worker writes its own: the log never grows unbounded
+BACKLOG = 1000  # lines waiting past which a worker writes its own: bounded memory
 
 
 class AccessLog:

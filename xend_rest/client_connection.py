@@ -7,6 +7,9 @@ import time
 from . import http11
 
 WAIT_READ, WAIT_WRITE = 'read', 'write'
+# A head is rarely more than a few hundred bytes; what is larger comes in more reads. Reading up
+# to 64 KiB at a time from every worker thread left about 1.5 MiB more resident after load.
+HEAD_RECV_SIZE = 8192
 
 
 def connection_environ(transport, client, client_port, server_name, server_port):
@@ -69,7 +72,7 @@ class ClientConnection:
     def recv(self):
         """What has arrived, b'' at the connection's end, None if nothing yet."""
         try:
-            data = self.sock.recv(http11.RECV_SIZE)
+            data = self.sock.recv(HEAD_RECV_SIZE)
             while self.transport == 'tls' and self.sock.pending():  # decrypted, not on the fd
                 data += self.sock.recv(http11.RECV_SIZE)
             return data
