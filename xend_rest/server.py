@@ -217,7 +217,9 @@ class Server:
 
     def _new_worker(self):
         """A worker to start (under _lock) if none is waiting for a connection, else None."""
-        if self._idle or len(self._threads) > self.workers or self._stopping:
+        workers = len(self._threads) - 1
+        # Never more workers than connections: each thread left resident about 200 KiB after load.
+        if self._idle or workers >= min(self.workers, len(self._conns)) or self._stopping:
             return None
         self._idle += 1  # counted now, so the next connection does not start another one
         thread = threading.Thread(target=self._worker, daemon=True,
