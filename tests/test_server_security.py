@@ -376,3 +376,19 @@ def test_security_keys_in_the_configuration_file(tmp_path):
     assert (args.socket_mode, args.allowed_hosts, args.allowed_paths, args.max_body,
             args.request_timeout) == (0o640, ['xen1', 'xen1.example.org'],
                                       ['/var/lib/xen/images', '/var/lib/xen/boot'], 4096, 5.0)
+
+
+def test_an_upgraded_connection_stays_tls(pki):
+    """A session gets the TLS-wrapped socket: what it reads and writes is encrypted."""
+    from test_server import upgrade, upgrading_app
+    context = security.tls_context(str(pki / 'server.pem'), str(pki / 'server.key'), str(pki / 'ca.pem'))
+    client = ssl.create_default_context(cafile=str(pki / 'ca.pem'))
+    client.load_cert_chain(str(pki / 'alice.pem'), str(pki / 'alice.key'))
+    with serving(upgrading_app(), tls=context, workers=2) as server, \
+            socket.create_connection(server.addresses[0], timeout=5) as raw, \
+            client.wrap_socket(raw, server_hostname='127.0.0.1') as sock:
+        assert upgrade(sock, b'early;')[0] == 'HTTP/1.1 101 Switching Protocols'
+        assert sock.recv(100) == b'early;'
+        sock.sendall(b'over tls')
+        assert sock.recv(100) == b'over tls'
+        assert server.open_sessions == 1
