@@ -726,3 +726,26 @@ def test_many_keep_alive_clients_share_few_workers():
         for thread in threads:
             thread.join()
     assert results == {i: [f'/{i}/{n}' for n in range(30)] for i in range(20)}
+
+
+def test_a_request_that_waits_for_a_busy_worker_is_answered_late_not_dropped():
+    """Its bytes arrived in time: that no worker was free to read them is the server's doing."""
+    release = threading.Event()
+
+    def app(environ, start_response):
+        if environ['PATH_INFO'] == '/slow':
+            release.wait(5)
+        return echo_app(environ, start_response)
+
+    with serving(app, workers=1, timeout=0.5) as server:
+        slow = threading.Thread(target=lambda: get_json(client(server), path='/slow'))
+        slow.start()
+        time.sleep(0.2)  # the only worker is busy
+        with raw_connect(server) as sock:
+            sock.sendall(b'GET /late HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')
+            time.sleep(1.5)  # three times `timeout`
+            release.set()
+            lines, body = split_response(read_until_closed(sock))
+        slow.join()
+    assert lines[0] == 'HTTP/1.1 200 OK'
+    assert json.loads(body)['path'] == '/late'

@@ -1,6 +1,7 @@
 """One client connection as the server sees it between requests: its socket, the bytes read so
 far, its deadline, and the non-blocking steps that read a request off it (TLS handshake, recv,
 "is the request complete?"). No threads here: server.py decides who runs them and when."""
+import socket
 import ssl
 import time
 
@@ -80,6 +81,13 @@ class ClientConnection:
             return None
         except OSError:
             return b''
+
+    def waiting(self):
+        """Whether bytes have arrived that nobody has read yet (TLS records included)."""
+        try:
+            return bool(socket.socket.recv(self.sock, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except OSError:
+            return False
 
     def pending(self):
         """Whether TLS has decrypted bytes that no epoll event will announce."""

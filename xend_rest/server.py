@@ -1,6 +1,6 @@
 """A small threaded HTTP/1.1 WSGI server (stdlib only): the workers, the acceptor, the life cycle.
 
-Every connection is registered, one-shot, in one shared epoll set that the workers wait on
+Every connection is registered, one-shot, in one shared epoll set (Linux) that the workers wait on
 (started on demand, up to `workers`, so an idle daemon stays small). The worker the kernel wakes
 for a connection reads what has arrived without blocking: while the request is incomplete it
 re-arms the connection and waits again, so slow, idle or half-open clients cost a file
@@ -54,8 +54,8 @@ class Server:
         self.workers, self.timeout, self.keepalive_timeout = workers, timeout, keepalive_timeout
         self.grace, self.max_head, self.backlog = grace, max_head, backlog
         self.addresses = []  # bound addresses, from getsockname(): tuples or unix paths
-        self._conns = {}  # fd -> Connection: every open HTTP connection
-        self._lock = threading.Lock()  # guards _conns, each Connection.held, _idle and _threads
+        self._conns = {}  # fd -> ClientConnection: every open HTTP connection
+        self._lock = threading.Lock()  # guards _conns, each ClientConnection.held, _idle, _threads
         self._active = set()  # connections whose request is being served, cut after the grace period
         self._sockets = []
         self._threads = []  # the acceptor, then the workers started so far
@@ -201,7 +201,12 @@ class Server:
     def _sweep(self, now):
         """Close idle and too-slow connections."""
         for conn in self._release(lambda conn: conn.deadline < now):
-            if conn.request is not None and not conn.closing:  # the head was fine: say why
+            if conn.closing:
+                self._forget(conn)
+            elif conn.waiting():  # its bytes came in time, but every worker was busy: not its fault
+                conn.deadline = now + self.timeout
+                self._rearm(conn)
+            elif conn.request is not None:  # the head was fine: say why we hang up
                 self._refuse(conn, HTTPError(408, 'the request body did not arrive in time', 'timeout'))
             else:
                 self._forget(conn)
