@@ -749,3 +749,32 @@ def test_a_request_that_waits_for_a_busy_worker_is_answered_late_not_dropped():
         slow.join()
     assert lines[0] == 'HTTP/1.1 200 OK'
     assert json.loads(body)['path'] == '/late'
+
+
+def test_a_request_waiting_for_a_worker_at_shutdown_is_served_within_the_grace():
+    entered, release = threading.Event(), threading.Event()
+
+    def app(environ, start_response):
+        if environ['PATH_INFO'] == '/slow':
+            entered.set()
+            release.wait(5)
+        return echo_app(environ, start_response)
+
+    server = Server(app, ['127.0.0.1:0'], workers=1)
+    server.start()
+    slow = threading.Thread(target=lambda: get_json(client(server), path='/slow'))
+    slow.start()
+    assert entered.wait(2)  # the only worker is busy
+    with raw_connect(server) as sock:
+        sock.sendall(b'GET /waiting HTTP/1.1\r\nHost: x\r\n\r\n')
+        time.sleep(0.2)
+        stopping = threading.Thread(target=server.shutdown, kwargs={'grace': 5})
+        stopping.start()
+        time.sleep(0.2)
+        release.set()
+        lines, body = split_response(read_until_closed(sock))
+    stopping.join()
+    slow.join()
+    assert lines[0] == 'HTTP/1.1 200 OK'
+    assert 'Connection: close' in lines
+    assert json.loads(body)['path'] == '/waiting'

@@ -171,7 +171,8 @@ class Server:
         for sock in self._sockets:
             listeners.close(sock)
         self._selector.close()
-        for conn in self._release(lambda conn: True):
+        # A request that has arrived is served within the grace period; the rest are closed.
+        for conn in self._release(lambda conn: conn.closing or conn.handshaking or not conn.waiting()):
             self._forget(conn)
 
     def _accept(self, listener):
@@ -197,6 +198,11 @@ class Server:
             for conn in taken:
                 conn.held = True
         return taken
+
+    def _any_waiting(self):
+        """Whether a connection waits for a worker (no thread holds it)."""
+        with self._lock:
+            return any(not conn.held for conn in self._conns.values())
 
     def _sweep(self, now):
         """Close idle and too-slow connections."""
@@ -248,12 +254,16 @@ class Server:
 
     def _worker(self):
         wake = self._wake_r.fileno()
-        while not self._stopping:
+        while True:
             try:
                 events = self._epoll.poll(-1, 1)
             except (OSError, ValueError):  # closed: a worker still busy past the grace period
                 return
-            if not events or events[0][0] == wake:
+            if not events:
+                continue
+            if events[0][0] == wake:  # shutting down: once no request waits for a worker
+                if self._stopping and not self._any_waiting():
+                    return
                 continue
             conn = self._take(events[0][0])
             if conn is None:
@@ -319,8 +329,8 @@ class Server:
                 complete = conn.complete(self.max_head, self.max_body, self.request_timeout)
             except HTTPError as err:
                 return self._refuse(conn, err, time.perf_counter())
-            if not complete:
-                return self._rearm(conn)
+            if not complete:  # wait for the rest; but not once shutting down
+                return self._forget(conn) if self._stopping else self._rearm(conn)
             outcome = self._serve_held(conn)
             if outcome != KEEP:
                 return
