@@ -349,6 +349,8 @@ class Server:
             conn.sock.shutdown(socket.SHUT_WR)
         except OSError:
             return self._forget(conn)
+        if self._stopping:  # nobody is left to linger with it
+            return self._forget(conn)
         conn.closing, conn.deadline = True, time.monotonic() + LINGER_TIME
         self._rearm(conn)
 
