@@ -1,15 +1,10 @@
 """A small threaded HTTP/1.1 WSGI server (stdlib only): the workers, the acceptor, the life cycle.
 
-Every connection is registered, one-shot, in one shared epoll set (Linux) that the workers wait on
-(started on demand, up to `workers`, so an idle daemon stays small). The worker the kernel wakes
-for a connection reads what has arrived without blocking: while the request is incomplete it
-re-arms the connection and waits again, so slow, idle or half-open clients cost a file
-descriptor, never a worker; once the request is complete (its head, and its body up to max_body)
-the same worker serves it at once. No connection changes hands between threads per request, so
-a keep-alive request costs about what it costs a thread-per-connection server. One more thread
-accepts connections and closes those that miss their deadlines. Elsewhere: HTTP framing
-(http11.py), a connection's non-blocking steps (client_connection.py), listeners (listeners.py),
-upgraded connections (sessions.py), the access log (accesslog.py).
+Every connection is registered, one-shot, in one epoll set (Linux) that the workers (started on
+demand, up to `workers`) wait on. The worker woken for a connection reads it without blocking:
+an incomplete request is re-armed (a slow or idle client costs a descriptor, never a worker), a
+complete one is served at once by that worker, with no hand-off between threads. One more thread
+accepts and enforces deadlines. See docs/operations-server.md; HTTP framing is http11.py's.
 """
 import logging
 import select
@@ -280,8 +275,10 @@ class Server:
         """Work on a connection the epoll set says is ready; re-arm it, or let it go."""
         if conn.handshaking:
             self._handshake(conn)
-        elif conn.closing:
-            self._discard_input(conn)
+        elif conn.closing:  # drop what the client still sends, until it closes
+            if conn.recv() == b'':
+                return self._forget(conn)
+            self._rearm(conn)
         else:
             self._read(conn)
 
@@ -343,7 +340,8 @@ class Server:
         so for a while what the client still sends is read and dropped."""
         response, nbytes = http11.error_response(err)
         if start is not None:
-            self._log(*http11.request_line_of(conn.buf), err.status, nbytes, start, conn)
+            self._access.request(*http11.request_line_of(conn.buf), err.status, nbytes, start,
+                                 conn.client)
         try:
             conn.sock.send(response)  # small: fits the socket buffer
             conn.sock.shutdown(socket.SHUT_WR)
@@ -352,11 +350,6 @@ class Server:
         if self._stopping:  # nobody is left to linger with it
             return self._forget(conn)
         conn.closing, conn.deadline = True, time.monotonic() + LINGER_TIME
-        self._rearm(conn)
-
-    def _discard_input(self, conn):
-        if conn.recv() == b'':
-            return self._forget(conn)
         self._rearm(conn)
 
     # -- serving a request -------------------------------------------------------
@@ -410,8 +403,8 @@ class Server:
         response, conn.buf, keep = http11.respond(self.app, conn.sock, conn.buf, request,
                                                   self.timeout, deadline, not self._stopping)
         environ = request.environ
-        self._log(environ['REQUEST_METHOD'], environ['RAW_URI'], response.status[:3],
-                  response.nbytes, start, conn)
+        self._access.request(environ['REQUEST_METHOD'], environ['RAW_URI'], response.status[:3],
+                             response.nbytes, start, conn.client)
         if response.status[:3] == '101':  # no longer HTTP: a session's, or nobody's
             if keep and upgrade.session is not None:
                 self._forget(conn, close=False)  # first: once the session closes it, its fd is reused
@@ -419,6 +412,3 @@ class Server:
                 return UPGRADED
             return CLOSE
         return KEEP if keep else CLOSE
-
-    def _log(self, method, target, status, nbytes, start, conn):
-        self._access.request(method, target, status, nbytes, start, conn.client)
