@@ -4,7 +4,7 @@ Every connection is registered, one-shot, in one epoll set (Linux) that the work
 demand, up to `workers`) wait on. The worker woken for a connection reads it without blocking:
 an incomplete request is re-armed (a slow or idle client costs a descriptor, never a worker), a
 complete one is served at once by that worker, with no hand-off between threads. One more thread
-accepts and enforces deadlines. See docs/operations-server.md; HTTP framing is http11.py's.
+accepts and enforces deadlines. See docs/server.md; HTTP framing is http11.py's.
 """
 import logging
 import select
