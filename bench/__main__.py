@@ -2,7 +2,7 @@
 import importlib
 import sys
 
-BENCHMARKS = ['api', 'server', 'images', 'connections']
+BENCHMARKS = ['api', 'server', 'scale', 'images', 'connections']
 
 
 def main(names):

@@ -1,0 +1,163 @@
+"""Costs as the domains grow, side by side with libvirt's own costs at the same sizes, in one run.
+
+    ./dev bench scale                 (1,000, 5,000 and 10,000 domains)
+    SCALE_SIZES=1000,2000 ./dev bench scale
+
+For each size, a test node of that many domains (every third shut off) is written, and:
+1. libvirt's own costs, in-process: the XMLDesc of every domain (listAllDomains + XMLDesc), and
+   getAllDomainStats with the groups the daemon asks for; and, since the test driver's bulk call
+   has only the state group, the per-domain calls the statistics then need from any client (info,
+   memoryStats, XMLDesc for the device names, blockStats and interfaceStats): "bulk + fallback";
+2. the daemon over HTTP, warm (after one call of each): List (all=1), /metrics and /nodes/stats
+   (all=1).
+Each figure is the best of SCALE_REPEAT (5) calls, the measures taken in turn, round by round, so
+that a neighbour's load on a shared machine hits them alike.
+Then, in-process, the memory the List's memo holds at the largest size (tracemalloc).
+Ratios: List against linear in the smallest size's figure, and against libvirt's XMLDesc growth;
+the statistics against getAllDomainStats (and against bulk + fallback).
+"""
+import gc
+import os
+import tempfile
+import time
+import tracemalloc
+import urllib.request
+
+import libvirt
+
+from bench.common import rss_kib, start_daemon, stop, write_node
+from xend_rest.stats import STATS_GROUPS
+
+NODES = '/libvirt/xen/nodes'
+CALLS = (('List', NODES + '/json?all=1'), ('/metrics', '/metrics'),
+         ('/nodes/stats', NODES + '/stats?all=1'))
+
+
+def timed_ms(function):
+    start = time.perf_counter()
+    function()
+    return (time.perf_counter() - start) * 1e3
+
+
+def costs_at(uri, repeat):
+    """{measure: best ms of `repeat` warm calls}, the measures interleaved round by round so that
+    a neighbour's burst of load hits them alike; and the daemon's RSS after them (KiB)."""
+    conn = libvirt.open(uri)
+    daemon, base = start_daemon(uri)
+    try:
+        measures = dict(_libvirt_measures(conn))
+        for name, path in CALLS:
+            measures[name] = lambda url=base + path: urllib.request.urlopen(url).read()
+        for measure in measures.values():
+            measure()  # warm
+        best = {}
+        for _ in range(repeat):
+            for name, measure in measures.items():
+                best[name] = min(best.get(name, float('inf')), timed_ms(measure))
+        best['rss'] = rss_kib(daemon.pid)
+    finally:
+        stop(daemon)
+        conn.close()
+    return best
+
+
+def _libvirt_measures(conn):
+    def describe_all():
+        for dom in conn.listAllDomains(0):
+            dom.XMLDesc(0)
+
+    def fallback():
+        for dom, raw in conn.getAllDomainStats(STATS_GROUPS, 0):
+            dom.name(), dom.UUIDString(), dom.ID(), dom.info()
+            _skipped(dom.memoryStats)
+            if raw.get('state.state') != libvirt.VIR_DOMAIN_SHUTOFF:
+                dom.XMLDesc(0)  # for the device names; parsing it is our cost, not libvirt's
+                for disk in ('hda', 'hdc'):
+                    _skipped(lambda: dom.blockStats(disk))
+                _skipped(lambda: dom.interfaceStats('testnet0'))
+    yield 'XMLDesc', describe_all
+    yield 'bulk', lambda: conn.getAllDomainStats(STATS_GROUPS, 0)
+    yield 'fallback', fallback
+
+
+def _skipped(call):
+    try:
+        call()
+    except libvirt.libvirtError:
+        pass
+
+
+def memo_bytes(uri):
+    """Bytes the app keeps after a List of every domain, less what it keeps once its memo is
+    emptied: the memo's own footprint."""
+    from wsgiref.util import setup_testing_defaults
+    from xend_rest.app import make_app
+    app = make_app(uri=uri)
+    environ = {}
+    setup_testing_defaults(environ)
+    environ.update(REQUEST_METHOD='GET', PATH_INFO=NODES + '/json', QUERY_STRING='all=1')
+    b''.join(app(dict(environ), lambda status, headers: None))  # the connection, imports
+    forget = _forget(app)
+    forget()
+    gc.collect()
+    tracemalloc.start()
+    b''.join(app(dict(environ), lambda status, headers: None))
+    gc.collect()
+    filled = tracemalloc.get_traced_memory()[0]
+    forget()
+    gc.collect()
+    emptied = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    app.close()
+    return filled - emptied
+
+
+def _forget(app):
+    """Empties the XML->JSON memo, wherever this version keeps it."""
+    memo = getattr(app.hypervisor, 'memo', None)
+    if memo is not None:
+        return memo.clear
+    from xend_rest.convert import xml_to_json
+    return xml_to_json.cache_clear
+
+
+def main():
+    sizes = [int(size) for size in os.environ.get('SCALE_SIZES', '1000,5000,10000').split(',')]
+    repeat = int(os.environ.get('SCALE_REPEAT', '5'))
+    libvirt.registerErrorHandler(lambda *args: None, None)
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in sizes:
+            uri = write_node(os.path.join(tmp, 'node%d.xml' % size), size, shutoff_every=3)
+            rows[size] = costs_at(uri, repeat)
+        memo = memo_bytes(uri)
+
+    first = sizes[0]
+    base = rows[first]
+    print('Scale benchmark (test driver, every third domain shut off; warm; best of %d calls;'
+          ' ms)' % repeat)
+    print('  %7s %9s %9s %9s %9s %9s %9s %9s %9s' % (
+        'domains', 'XMLDesc', 'List', 'bulk', 'bulk+fb', '/metrics', 'stats', 'RSS MiB', ''))
+    for size in sizes:
+        row = rows[size]
+        print('  %7d %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f' % (
+            size, row['XMLDesc'], row['List'], row['bulk'], row['fallback'], row['/metrics'],
+            row['/nodes/stats'], row['rss'] / 1024))
+    print('  growth against linear in the %d figure (1.00 = linear):' % first)
+    for size in sizes[1:]:
+        row, scale = rows[size], size / first
+        print('  %7d  List %.2fx, libvirt XMLDesc %.2fx: List/XMLDesc growth %.2f'
+              % (size, row['List'] / base['List'] / scale, row['XMLDesc'] / base['XMLDesc'] / scale,
+                 (row['List'] / base['List']) / (row['XMLDesc'] / base['XMLDesc'])))
+    print('  statistics against libvirt (x getAllDomainStats; x bulk + fallback):')
+    for size in sizes:
+        row = rows[size]
+        print('  %7d  /metrics %5.1fx, %4.1fx; /nodes/stats %5.1fx, %4.1fx' % (
+            size, row['/metrics'] / row['bulk'], row['/metrics'] / row['fallback'],
+            row['/nodes/stats'] / row['bulk'], row['/nodes/stats'] / row['fallback']))
+    print('  List memo at %d domains: %.1f MiB, %.0f bytes per domain'
+          % (sizes[-1], memo / 2**20, memo / sizes[-1]))
+
+
+if __name__ == '__main__':
+    main()
