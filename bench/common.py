@@ -47,7 +47,7 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def start_daemon(uri, *args, log_path=os.devnull, root=ROOT):
+def start_daemon(uri, *args, log_path=os.devnull, root=ROOT, timeout=30):
     """xend-rest (of the checkout at root) in a subprocess on a free loopback port; returns
     (process, base URL)."""
     port = free_port()
@@ -56,7 +56,11 @@ def start_daemon(uri, *args, log_path=os.devnull, root=ROOT):
         [sys.executable, os.path.join(root, 'xend_rest.py'), '--uri', uri,
          '--listen', '127.0.0.1:%d' % port, *args], stdout=log, stderr=log)
     base = 'http://127.0.0.1:%d' % port
-    wait_until_up(base + '/libvirt/xen/nodes/json', process)
+    try:
+        wait_until_up(base + '/libvirt/xen/nodes/json', process, timeout)
+    except BaseException:
+        stop(process)  # not left running behind the benchmark
+        raise
     return process, base
 
 

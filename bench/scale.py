@@ -16,6 +16,7 @@ Then, in-process, the memory the List's memo holds at the largest size (tracemal
 Ratios: List against linear in the smallest size's figure, and against libvirt's XMLDesc growth;
 the statistics against getAllDomainStats (and against bulk + fallback).
 """
+import concurrent.futures
 import gc
 import os
 import tempfile
@@ -42,8 +43,12 @@ def timed_ms(function):
 def costs_at(uri, repeat):
     """{measure: best ms of `repeat` warm calls}, the measures interleaved round by round so that
     a neighbour's burst of load hits them alike; and the daemon's RSS after them (KiB)."""
-    conn = libvirt.open(uri)
-    daemon, base = start_daemon(uri)
+    # The test driver takes a while to load a large node (about 30 s for 10,000 domains here):
+    # the daemon and this process load theirs at the same time.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        opening = pool.submit(libvirt.open, uri)
+        daemon, base = start_daemon(uri, timeout=600)
+        conn = opening.result()
     try:
         measures = dict(_libvirt_measures(conn))
         for name, path in CALLS:
