@@ -72,7 +72,6 @@ def in_process_us(uri, count=5000, cold=False):
     """One Inspect through the WSGI app; cold: with the XML->JSON memo emptied every time."""
     from wsgiref.util import setup_testing_defaults
     from xend_rest.app import make_app
-    from xend_rest.convert import xml_to_json
     app = make_app(uri=uri)
     environ = {}
     setup_testing_defaults(environ)
@@ -80,7 +79,7 @@ def in_process_us(uri, count=5000, cold=False):
 
     def call():
         if cold:
-            xml_to_json.cache_clear()
+            app.hypervisor.memo.clear()
         b''.join(app(dict(environ), lambda status, headers: None))
     result = per_call_us(call, count)
     app.close()

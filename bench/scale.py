@@ -102,28 +102,18 @@ def memo_bytes(uri):
     setup_testing_defaults(environ)
     environ.update(REQUEST_METHOD='GET', PATH_INFO=NODES + '/json', QUERY_STRING='all=1')
     b''.join(app(dict(environ), lambda status, headers: None))  # the connection, imports
-    forget = _forget(app)
-    forget()
+    app.hypervisor.memo.clear()
     gc.collect()
     tracemalloc.start()
     b''.join(app(dict(environ), lambda status, headers: None))
     gc.collect()
     filled = tracemalloc.get_traced_memory()[0]
-    forget()
+    app.hypervisor.memo.clear()
     gc.collect()
     emptied = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
     app.close()
     return filled - emptied
-
-
-def _forget(app):
-    """Empties the XML->JSON memo, wherever this version keeps it."""
-    memo = getattr(app.hypervisor, 'memo', None)
-    if memo is not None:
-        return memo.clear
-    from xend_rest.convert import xml_to_json
-    return xml_to_json.cache_clear
 
 
 def main():

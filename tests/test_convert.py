@@ -64,7 +64,7 @@ def test_json_text_is_the_sorted_json_of_the_dict():
     text = convert.xml_to_json(xml)
     assert json.loads(text) == xmltodict.parse(xml)
     assert text == json.dumps(xmltodict.parse(xml), sort_keys=True)
-    assert convert.xml_to_json(xml.replace("'1'", "'2'")) != text  # keyed on the text: never stale
+    assert convert.xml_to_json(xml.replace("'1'", "'2'")) != text
 
 
 def test_inspect_follows_a_change_made_behind_our_back(api):

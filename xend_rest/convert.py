@@ -3,7 +3,6 @@
 An element becomes a dict: attributes as "@name", text as "#text", children by tag; an element
 with only text becomes that string, an empty one None; a repeated child becomes a list.
 """
-import functools
 import json
 import re
 import xml.etree.ElementTree as ElementTree
@@ -28,12 +27,11 @@ class JSONText(str):
     """JSON already serialised, which the app sends as it is."""
 
 
-@functools.lru_cache(maxsize=1024)
 def xml_to_json(xml):
     """The JSON text of xml_to_dict(xml), keys sorted.
 
-    Memoised on the XML text itself, so it is never stale: a domain's XML rarely changes between
-    two polls, and parsing plus serialising is most of what an Inspect or a List costs.
+    Parsing plus serialising is most of what an Inspect or a List costs, and a domain's XML rarely
+    changes between two polls: the handlers keep the result per domain (memo.DomainMemo).
     """
     return JSONText(json.dumps(xml_to_dict(xml), sort_keys=True))
 

@@ -11,6 +11,7 @@ from .connection import PerConnection
 from .errors import HTTPError, is_connection_error
 from .events import EventHub
 from .handlers.images import Uploads
+from .memo import DomainMemo
 from .names import check as check_name
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ def dotted(number):
 
 
 class Hypervisor:
-    """One named libvirt connection, with its own event hub, uploads and driver features."""
+    """One named libvirt connection, with its own event hub, uploads, driver features and memo."""
 
     def __init__(self, name, connection, events=None):
         self.name = check_name(name)
@@ -43,6 +44,7 @@ class Hypervisor:
         # shows it rather than wait for a libvirtd that may not answer.
         self.facts = None
         self._learning = threading.Lock()  # one question at a time, however often listed
+        self.memo = DomainMemo()  # what was derived from each domain's XML (its JSON, devices)
         connection.on_connect(self.events.attach)
 
     def learn_facts(self):
