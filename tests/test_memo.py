@@ -1,4 +1,6 @@
 """The per-domain memo of what is derived from a domain's XML: never stale, one entry per domain."""
+import pytest
+
 from conftest import NODE_XML, WEB_UUID
 from xend_rest import convert
 from xend_rest.app import make_app
@@ -116,3 +118,29 @@ def test_a_list_of_more_domains_than_the_old_memo_held_derives_each_once(tmp_pat
         app.close()
     assert len(first) == count
     assert counted.calls == count
+
+
+def test_stats_follow_a_domain_whose_devices_changed(api):
+    assert [disk['Device'] for disk in api.get(NODES + '/db/stats').json['Block']] == ['xvda']
+    conn = api.conn
+    db = conn.lookupByName('db')
+    xml = db.XMLDesc(0)
+    db.destroy()
+    conn.defineXML(xml.replace('</devices>', "<disk type='file' device='disk'>"
+                               "<source file='/var/lib/xen/images/db2.raw'/>"
+                               "<target dev='xvdb' bus='xen'/></disk></devices>"))
+    conn.lookupByName('db').create()
+    assert [disk['Device'] for disk in api.get(NODES + '/db/stats').json['Block']] == \
+        ['xvda', 'xvdb']
+
+
+@pytest.mark.parametrize('path', [NODES + '/stats', '/metrics'])
+def test_stats_and_metrics_read_each_running_domains_devices_once(api, path, monkeypatch):
+    from xend_rest import stats
+    counted = Counted(stats.device_names)
+    monkeypatch.setattr(stats, 'device_names', counted)
+    first = api.get(path).body
+    calls = counted.calls
+    assert calls > 0
+    api.get(path)
+    assert first and counted.calls == calls

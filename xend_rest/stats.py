@@ -53,17 +53,19 @@ def bulk_stats(conn, domains=None, active_only=False):
     return [(dom, {}) for dom in domains]
 
 
-def describe(dom, raw):
-    """One domain's statistics, from its bulk record and per-statistic calls for what it lacks."""
+def describe(dom, raw, memo=None, uuid=None):
+    """One domain's statistics, from its bulk record and per-statistic calls for what it lacks;
+    memo (a DomainMemo) keeps the device names read from its XML, uuid saves a lookup."""
+    uuid = uuid or dom.UUIDString()
     info = _Lazy(dom.info)
     state = raw.get('state.state')
     if state is None:
         state = dom.state()[0]
     active = state != libvirt.VIR_DOMAIN_SHUTOFF
-    devices = _Lazy(lambda: _device_names(dom))
+    devices = _Lazy(lambda: _device_names(dom, uuid, memo))
     return {
         'Name': dom.name(),
-        'Uuid': dom.UUIDString(),
+        'Uuid': uuid,
         'Id': dom.ID() if active else None,
         'State': state_name(state),
         'CpuTimeNs': _first(raw.get('cpu.time'), lambda: _item(info(), 4)),
@@ -142,12 +144,18 @@ def _device(name, value_of, counters):
     return device
 
 
-def _device_names(dom):
-    """(disk targets, interface targets) of the running domain."""
-    devices = ElementTree.fromstring(dom.XMLDesc(0)).find('devices')
+def _device_names(dom, uuid, memo):
+    xml = dom.XMLDesc(0)
+    return device_names(xml) if memo is None else memo.get(uuid, xml, device_names)
+
+
+def device_names(xml):
+    """(disk targets, interface targets) in a running domain's XML, as tuples: memoised, shared."""
+    devices = ElementTree.fromstring(xml).find('devices')
     if devices is None:
-        return [], []
-    disks = [target.get('dev') for target in devices.findall('disk/target') if target.get('dev')]
-    nics = [target.get('dev') for target in devices.findall('interface/target')
-            if target.get('dev')]
+        return (), ()
+    disks = tuple(target.get('dev') for target in devices.findall('disk/target')
+                  if target.get('dev'))
+    nics = tuple(target.get('dev') for target in devices.findall('interface/target')
+                 if target.get('dev'))
     return disks, nics

@@ -119,7 +119,7 @@ def _has(call):
 def domain_stats(request, ident):
     """GET /nodes/(id)/stats: one domain's CPU, memory, block and network counters."""
     dom = lookup_domain(request.conn, ident)
-    found = _described(request.conn, [dom])
+    found = _described(request.conn, request.hypervisor.memo, [dom])
     if not found:
         raise HTTPError(404, 'no such domain: %s' % ident, 'no_such_domain')
     return 200, found[0]
@@ -128,12 +128,22 @@ def domain_stats(request, ident):
 def all_stats(request):
     """GET /nodes/stats: the counters of every running domain (all=1: every defined one)."""
     every = parse_bool(request, 'all')
-    return 200, _described(request.conn, active_only=not every)
+    return 200, _described(request.conn, request.hypervisor.memo, active_only=not every)
 
 
-def _described(conn, domains=None, active_only=False):
-    return list(still_there(bulk_stats(conn, domains, active_only),
-                            lambda pair: None if is_dom0(pair[0]) else describe(*pair)))
+def _described(conn, memo, domains=None, active_only=False):
+    """The statistics of the domains (else of every one; active_only: the running ones);
+    memo: the hypervisor's DomainMemo."""
+    def described(pair):
+        dom, raw = pair
+        uuid = dom.UUIDString()
+        return None if is_dom0(dom, uuid) else describe(dom, raw, memo, uuid)
+    records = bulk_stats(conn, domains, active_only)
+    memo.expect(len(records))
+    found = list(still_there(records, described))
+    if domains is None and not active_only:  # every domain: the memo drops those that are gone
+        memo.listed({stats['Uuid'] for stats in found}, complete=True)
+    return found
 
 
 # (metric, type, help, value of a described domain); None values are left out.
@@ -220,7 +230,7 @@ def _add_consoles(exposition, consoles):
 
 def _scrape(hypervisor):
     with hypervisor.using_connection() as conn:
-        return _described(conn)
+        return _described(conn, hypervisor.memo)
 
 
 def _add_domains(exposition, connection, described):
