@@ -54,6 +54,13 @@ class Exposition:
         family = self._families.setdefault(name, (help_text, kind, []))
         family[2].append('%s%s%s %s' % (name, suffix, label_text, _number(value)))
 
+    def add_many(self, name, kind, help_text, samples):
+        """Samples of one family at once: (value, label text) pairs; None values are left out
+        (a scrape of thousands of domains is mostly this loop)."""
+        lines = self._families.setdefault(name, (help_text, kind, []))[2]
+        lines.extend('%s%s %s' % (name, label_text, _number(value))
+                     for value, label_text in samples if value is not None)
+
     def text(self):
         out = []
         for name, (help_text, kind, lines) in self._families.items():

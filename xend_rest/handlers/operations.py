@@ -234,20 +234,19 @@ def _scrape(hypervisor):
 
 
 def _add_domains(exposition, connection, described):
+    # Each domain's and each device's label text is built (and escaped) once, not per metric.
+    domains = [(dom, labels(connection=connection, domain=dom['Name'], uuid=dom['Uuid']))
+               for dom in described]
     for name, kind, help_text, value_of in DOMAIN_METRICS:
-        for dom in described:
-            value = value_of(dom)
-            if value is not None:
-                exposition.add(name, kind, help_text, value, labels(
-                    connection=connection, domain=dom['Name'], uuid=dom['Uuid']))
+        exposition.add_many(name, kind, help_text,
+                            ((value_of(dom), label_text) for dom, label_text in domains))
     for group, table in (('Block', BLOCK_METRICS), ('Network', NET_METRICS)):
+        devices = [(device, labels(connection=connection, domain=dom['Name'], uuid=dom['Uuid'],
+                                   device=device['Device']))
+                   for dom in described for device in dom[group]]
         for name, key, help_text in table:
-            for dom in described:
-                for device in dom[group]:
-                    if device[key] is not None:
-                        exposition.add(name, 'counter', help_text, device[key], labels(
-                            connection=connection, domain=dom['Name'], uuid=dom['Uuid'],
-                            device=device['Device']))
+            exposition.add_many(name, 'counter', help_text,
+                                ((device[key], label_text) for device, label_text in devices))
 
 
 def openapi_document(request):
