@@ -121,26 +121,28 @@ def _balloon(dom, info):
 def _devices(raw, group, counters, per_device_call, names):
     count = raw.get(group + '.count')
     if count is not None:  # the bulk record has this group
-        return [_device(raw.get('%s.%d.name' % (group, index)),
-                        lambda key, _position: raw.get('%s.%d.%s' % (group, index, key)), counters)
-                for index in range(count)]
+        return [_bulk_device(raw, '%s.%d.' % (group, index), counters) for index in range(count)]
     found = []
     for name in names() or ():
         values = _optional(lambda: per_device_call(name))
         if values is not None:
-            found.append(_device(name, lambda _key, position: _known(values[position]), counters))
+            found.append(_called_device(name, values, counters))
     return found
 
 
-def _known(value):
-    return value if value >= 0 else None  # libvirt's -1: not known
+def _bulk_device(raw, prefix, counters):
+    """One device from its keys in the bulk record ('block.0.name', 'block.0.rd.reqs'...)."""
+    device = {'Device': raw.get(prefix + 'name')}
+    for ours, bulk_key, _position in counters:
+        device[ours] = raw.get(prefix + bulk_key)
+    return device
 
 
-def _device(name, value_of, counters):
-    """{'Device': name, our key: value_of(bulk stats key, index in the per-device tuple)...}"""
+def _called_device(name, values, counters):
+    """One device from the tuple its per-device call answered; libvirt's -1 means not known."""
     device = {'Device': name}
-    for ours, bulk_key, position in counters:
-        device[ours] = value_of(bulk_key, position)
+    for ours, _bulk_key, position in counters:
+        device[ours] = values[position] if values[position] >= 0 else None
     return device
 
 
