@@ -5,7 +5,7 @@ import libvirt
 import pytest
 
 from xend_rest.app import make_app
-from xend_rest.stats import describe
+from xend_rest.stats import STATE_NAMES, describe
 
 from conftest import Client, DOM0_UUID, WEB_UUID
 
@@ -151,6 +151,32 @@ def test_metrics_cover_domains_with_labels(api):
     assert not [key for key in samples if DOM0_UUID in key[1]]
     assert samples['xend_libvirt_up', XEN] == 1
     assert samples['xend_libvirt_connects_total', XEN] == 1
+
+
+def test_metrics_have_one_series_per_statistic_of_every_domain_and_device(api):
+    """/metrics says what /nodes/stats?all=1 says: a series per known number, no other."""
+    from xend_rest.handlers.operations import BLOCK_METRICS, NET_METRICS
+    stats = api.get(NODES + '/stats', 'all=1').json
+    samples = _samples(api.get('/metrics').body.decode())
+    expected = {}
+    for dom in stats:
+        label = 'connection="xen",domain="%s",uuid="%s"' % (dom['Name'], dom['Uuid'])
+        expected.update({
+            ('xend_domain_state', '{%s}' % label): STATE_NAMES.index(dom['State']),
+            ('xend_domain_cpu_seconds_total', '{%s}' % label): None,  # it runs on
+            ('xend_domain_vcpus', '{%s}' % label): dom['Vcpus'],
+            ('xend_domain_memory_current_bytes', '{%s}' % label):
+                dom['Memory']['CurrentKiB'] * 1024,
+            ('xend_domain_memory_maximum_bytes', '{%s}' % label):
+                dom['Memory']['MaximumKiB'] * 1024})
+        for group, table in (('Block', BLOCK_METRICS), ('Network', NET_METRICS)):
+            for device in dom[group]:
+                for name, key, _help in table:
+                    if device[key] is not None:
+                        expected[name, '{%s,device="%s"}' % (label, device['Device'])] = None
+    domains = {key: value for key, value in samples.items() if key[0].startswith('xend_domain_')}
+    assert set(domains) == set(expected)
+    assert all(domains[key] == value for key, value in expected.items() if value is not None)
 
 
 def test_metrics_count_requests_by_route_pattern_not_path(api):
