@@ -167,8 +167,8 @@ def main():
     base = rows[first]
     print('Scale benchmark (test driver, every third domain shut off; warm; best of %d calls;'
           ' ms)' % repeat)
-    print('  %7s %9s %9s %9s %9s %9s %9s %9s %9s' % (
-        'domains', 'XMLDesc', 'List', 'bulk', 'bulk+fb', '/metrics', 'stats', 'RSS MiB', ''))
+    print('  %7s %9s %9s %9s %9s %9s %9s %9s' % (
+        'domains', 'XMLDesc', 'List', 'bulk', 'bulk+fb', '/metrics', 'stats', 'RSS MiB'))
     for size in sizes:
         row = rows[size]
         print('  %7d %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f' % (
