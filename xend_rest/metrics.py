@@ -44,6 +44,11 @@ def labels(**pairs):
     return '{%s}' % ','.join('%s="%s"' % (name, escape(value)) for name, value in pairs.items())
 
 
+def more_labels(label_text, **pairs):
+    """A label text of labels() with more pairs after its own (theirs are not escaped again)."""
+    return label_text[:-1] + ',' + labels(**pairs)[1:]
+
+
 class Exposition:
     """Builds the text of a scrape: each metric family once, with its HELP and TYPE lines."""
 

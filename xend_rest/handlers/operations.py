@@ -6,7 +6,7 @@ from ..bodies import Raw
 from ..errors import HTTPError, still_there
 from .. import defaults
 from ..hypervisor import dotted, gather, public_uri
-from ..metrics import Exposition, add_requests, labels
+from ..metrics import Exposition, add_requests, labels, more_labels
 from ..params import parse_bool
 from ..stats import STATE_NAMES, bulk_stats, describe
 from .domains import is_dom0, lookup_domain
@@ -241,9 +241,8 @@ def _add_domains(exposition, connection, described):
         exposition.add_many(name, kind, help_text,
                             ((value_of(dom), label_text) for dom, label_text in domains))
     for group, table in (('Block', BLOCK_METRICS), ('Network', NET_METRICS)):
-        devices = [(device, labels(connection=connection, domain=dom['Name'], uuid=dom['Uuid'],
-                                   device=device['Device']))
-                   for dom in described for device in dom[group]]
+        devices = [(device, more_labels(label_text, device=device['Device']))
+                   for dom, label_text in domains for device in dom[group]]
         for name, key, help_text in table:
             exposition.add_many(name, 'counter', help_text,
                                 ((device[key], label_text) for device, label_text in devices))
