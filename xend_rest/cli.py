@@ -12,11 +12,11 @@ from xend_rest import defaults, names, security
 from xend_rest.listeners import parse_listen
 from xend_rest.server import Server
 
-log = logging.getLogger("xend_rest")
+log = logging.getLogger('xend_rest')
 
-CONFIG_SECTION = "xend-rest"
-CONNECTION_SECTION = "connection"  # [connection NAME]: a hypervisor served under /libvirt/NAME/
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+CONFIG_SECTION = 'xend-rest'
+CONNECTION_SECTION = 'connection'  # [connection NAME]: a hypervisor served under /libvirt/NAME/
+LOG_LEVELS = ('DEBUG', 'INFO', 'WARNING', 'ERROR', 'CRITICAL')
 
 
 def listen_address(spec):
@@ -35,7 +35,7 @@ def positive(kind):
         except ValueError:
             value = 0
         if value <= 0:
-            raise argparse.ArgumentTypeError(f"expected a positive number, not {text!r}")
+            raise argparse.ArgumentTypeError(f'expected a positive number, not {text!r}')
         return value
     return convert
 
@@ -46,15 +46,15 @@ def octal_mode(text):
     except ValueError:
         mode = -1
     if not 0 <= mode <= 0o777:
-        raise argparse.ArgumentTypeError(f"expected an octal file mode such as 660, not {text!r}")
+        raise argparse.ArgumentTypeError(f'expected an octal file mode such as 660, not {text!r}')
     return mode
 
 
 def connect_spec(text):
     """argparse type for --connect: (name, URI) from NAME=URI."""
-    name, equals, uri = text.partition("=")
+    name, equals, uri = text.partition('=')
     if not equals or not uri:
-        raise argparse.ArgumentTypeError(f"expected NAME=URI, not {text!r}")
+        raise argparse.ArgumentTypeError(f'expected NAME=URI, not {text!r}')
     try:
         return names.check(name), uri
     except ValueError as err:
@@ -73,110 +73,110 @@ def log_level(text):
 
 # Configuration file keys: (key, argparse dest, type). `listen` is whitespace-separated.
 CONFIG_KEYS = [
-    ("uri", "uri", str),
-    ("listen", "listen", None),
-    ("log-level", "log_level", log_level),
-    ("workers", "workers", positive(int)),
-    ("timeout", "timeout", positive(float)),
+    ('uri', 'uri', str),
+    ('listen', 'listen', None),
+    ('log-level', 'log_level', log_level),
+    ('workers', 'workers', positive(int)),
+    ('timeout', 'timeout', positive(float)),
 ]
 # Who may call, and how much they may send: see the README, "Security".
 SECURITY_KEYS = [
-    ("socket-mode", "socket_mode", octal_mode),
-    ("socket-group", "socket_group", str),
-    ("tls-cert", "tls_cert", str),
-    ("tls-key", "tls_key", str),
-    ("tls-ca", "tls_ca", str),
-    ("tls-allowed-clients", "tls_allowed_clients", str),
-    ("tokens-file", "tokens_file", str),
-    ("allowed-hosts", "allowed_hosts", words),
-    ("allowed-paths", "allowed_paths", words),
-    ("allowed-origins", "allowed_origins", words),
-    ("max-body", "max_body", positive(int)),
+    ('socket-mode', 'socket_mode', octal_mode),
+    ('socket-group', 'socket_group', str),
+    ('tls-cert', 'tls_cert', str),
+    ('tls-key', 'tls_key', str),
+    ('tls-ca', 'tls_ca', str),
+    ('tls-allowed-clients', 'tls_allowed_clients', str),
+    ('tokens-file', 'tokens_file', str),
+    ('allowed-hosts', 'allowed_hosts', words),
+    ('allowed-paths', 'allowed_paths', words),
+    ('allowed-origins', 'allowed_origins', words),
+    ('max-body', 'max_body', positive(int)),
     ('max-head', 'max_head', positive(int)),
-    ("request-timeout", "request_timeout", positive(float)),
+    ('request-timeout', 'request_timeout', positive(float)),
 ]
 # How soon a libvirtd that stopped answering is given up (503/504 instead of a hang).
 LIBVIRT_KEYS = [
-    ("keepalive-interval", "keepalive_interval", positive(int)),
-    ("keepalive-count", "keepalive_count", positive(int)),
-    ("open-timeout", "open_timeout", positive(float)),
+    ('keepalive-interval', 'keepalive_interval', positive(int)),
+    ('keepalive-count', 'keepalive_count', positive(int)),
+    ('open-timeout', 'open_timeout', positive(float)),
 ]
 # Console and screen sessions (docs/consoles.md).
 CONSOLE_KEYS = [
-    ("console-sessions", "console_sessions", positive(int)),
-    ("console-idle-timeout", "console_idle_timeout", positive(float)),
+    ('console-sessions', 'console_sessions', positive(int)),
+    ('console-idle-timeout', 'console_idle_timeout', positive(float)),
 ]
 CONFIG_KEYS += SECURITY_KEYS + LIBVIRT_KEYS + CONSOLE_KEYS
 # A [connection NAME] section: its URI, and the libvirt settings it does not take from above.
-CONNECTION_KEYS = [("uri", "uri", str)] + LIBVIRT_KEYS
+CONNECTION_KEYS = [('uri', 'uri', str)] + LIBVIRT_KEYS
 # Defaults of the settings above that have one (the others default to None: off).
-SECURITY_DEFAULTS = {"socket_mode": defaults.SOCKET_MODE, "allowed_hosts": [], "allowed_paths": [],
-                     "allowed_origins": [],
-                     "max_body": defaults.MAX_BODY, "request_timeout": defaults.REQUEST_TIMEOUT,
+SECURITY_DEFAULTS = {'socket_mode': defaults.SOCKET_MODE, 'allowed_hosts': [], 'allowed_paths': [],
+                     'allowed_origins': [],
+                     'max_body': defaults.MAX_BODY, 'request_timeout': defaults.REQUEST_TIMEOUT,
                      'max_head': defaults.MAX_HEAD}
-LIBVIRT_DEFAULTS = {"keepalive_interval": defaults.KEEPALIVE_INTERVAL,
-                    "keepalive_count": defaults.KEEPALIVE_COUNT, "open_timeout": defaults.OPEN_TIMEOUT}
-CONSOLE_DEFAULTS = {"console_sessions": defaults.CONSOLE_SESSIONS,
-                    "console_idle_timeout": defaults.CONSOLE_IDLE}
+LIBVIRT_DEFAULTS = {'keepalive_interval': defaults.KEEPALIVE_INTERVAL,
+                    'keepalive_count': defaults.KEEPALIVE_COUNT, 'open_timeout': defaults.OPEN_TIMEOUT}
+CONSOLE_DEFAULTS = {'console_sessions': defaults.CONSOLE_SESSIONS,
+                    'console_idle_timeout': defaults.CONSOLE_IDLE}
 
 
 def build_parser():
     parser = argparse.ArgumentParser(
-        prog="xend-rest", description="Manage the virtual machines of a Xen host over HTTP, through libvirt.",
-        epilog="Each setting comes from the command line, else $XEND_REST_URI (the URI only), "
-               "else the configuration file, else the default.")
-    parser.add_argument("--uri", help=f"libvirt URI of the connection named {names.DEFAULT} "
-                                      f"(default: $XEND_REST_URI, else {defaults.DEFAULT_URI}, "
-                                      "unless --connect or the configuration file names others)")
-    parser.add_argument("--connect", action="append", type=connect_spec, metavar="NAME=URI",
-                        help="one more hypervisor, served under /libvirt/NAME/; repeatable "
-                             f"(NAME: {names.RULE}; see docs/connections.md)")
-    parser.add_argument("--listen", action="append", type=listen_address, metavar="ADDRESS",
-                        help=f"HOST:PORT, [IPV6]:PORT or unix:/path; repeatable (default: {defaults.DEFAULT_LISTEN[0]})")
-    parser.add_argument("--config", metavar="FILE", help=f"INI file with a [{CONFIG_SECTION}] section "
-                                                         f"and a [{CONNECTION_SECTION} NAME] one per connection")
-    parser.add_argument("--log-level", type=log_level, help="DEBUG, INFO, WARNING, ERROR (default: INFO)")
-    parser.add_argument("--workers", type=positive(int), help=f"worker threads (default: {defaults.WORKERS})")
-    parser.add_argument("--timeout", type=positive(float), help=f"socket timeout in seconds (default: {defaults.TIMEOUT:g})")
-    group = parser.add_argument_group("security (see the README, section Security)")
-    group.add_argument("--socket-mode", type=octal_mode, help="mode of unix sockets (default: 660)")
-    group.add_argument("--socket-group", metavar="GROUP", help="group of unix sockets (default: ours)")
-    group.add_argument("--tls-cert", metavar="FILE", help="TLS server certificate: TCP listeners speak HTTPS")
-    group.add_argument("--tls-key", metavar="FILE", help="its private key (default: in --tls-cert)")
-    group.add_argument("--tls-ca", metavar="FILE", help="CA that client certificates must be signed by")
-    group.add_argument("--tls-allowed-clients", metavar="'CN[:ROLE] ...'",
-                       help="client certificate CNs allowed in, with their roles (default: any, admin)")
-    group.add_argument("--tokens-file", metavar="FILE", help="bearer tokens: 'TOKEN ROLE [NAME]' lines, mode 600")
-    group.add_argument("--allowed-hosts", type=words, metavar="'NAME ...'",
+        prog='xend-rest', description='Manage the virtual machines of a Xen host over HTTP, through libvirt.',
+        epilog='Each setting comes from the command line, else $XEND_REST_URI (the URI only), '
+               'else the configuration file, else the default.')
+    parser.add_argument('--uri', help=f'libvirt URI of the connection named {names.DEFAULT} '
+                                      f'(default: $XEND_REST_URI, else {defaults.DEFAULT_URI}, '
+                                      'unless --connect or the configuration file names others)')
+    parser.add_argument('--connect', action='append', type=connect_spec, metavar='NAME=URI',
+                        help='one more hypervisor, served under /libvirt/NAME/; repeatable '
+                             f'(NAME: {names.RULE}; see docs/connections.md)')
+    parser.add_argument('--listen', action='append', type=listen_address, metavar='ADDRESS',
+                        help=f'HOST:PORT, [IPV6]:PORT or unix:/path; repeatable (default: {defaults.DEFAULT_LISTEN[0]})')
+    parser.add_argument('--config', metavar='FILE', help=f'INI file with a [{CONFIG_SECTION}] section '
+                                                         f'and a [{CONNECTION_SECTION} NAME] one per connection')
+    parser.add_argument('--log-level', type=log_level, help='DEBUG, INFO, WARNING, ERROR (default: INFO)')
+    parser.add_argument('--workers', type=positive(int), help=f'worker threads (default: {defaults.WORKERS})')
+    parser.add_argument('--timeout', type=positive(float), help=f'socket timeout in seconds (default: {defaults.TIMEOUT:g})')
+    group = parser.add_argument_group('security (see the README, section Security)')
+    group.add_argument('--socket-mode', type=octal_mode, help='mode of unix sockets (default: 660)')
+    group.add_argument('--socket-group', metavar='GROUP', help='group of unix sockets (default: ours)')
+    group.add_argument('--tls-cert', metavar='FILE', help='TLS server certificate: TCP listeners speak HTTPS')
+    group.add_argument('--tls-key', metavar='FILE', help='its private key (default: in --tls-cert)')
+    group.add_argument('--tls-ca', metavar='FILE', help='CA that client certificates must be signed by')
+    group.add_argument('--tls-allowed-clients', metavar="'CN[:ROLE] ...'",
+                       help='client certificate CNs allowed in, with their roles (default: any, admin)')
+    group.add_argument('--tokens-file', metavar='FILE', help="bearer tokens: 'TOKEN ROLE [NAME]' lines, mode 600")
+    group.add_argument('--allowed-hosts', type=words, metavar="'NAME ...'",
                        help="Host names accepted besides loopback, the host's names and the listen addresses")
-    group.add_argument("--allowed-paths", type=words, metavar="'DIR ...'",
-                       help="directories that every host path of a definition (disks, kernels, bootloaders, "
-                            "devices) may point into; also refuses xen:/qemu:commandline (default: anywhere)")
-    group.add_argument("--allowed-origins", type=words, metavar="'ORIGIN ...'",
-                       help="web pages (https://host[:port]) that may open a console or screen with a "
-                            "ticket (default: none)")
-    group.add_argument("--max-body", type=positive(int), metavar="BYTES", help="largest JSON body (default: 1 MiB)")
+    group.add_argument('--allowed-paths', type=words, metavar="'DIR ...'",
+                       help='directories that every host path of a definition (disks, kernels, bootloaders, '
+                            'devices) may point into; also refuses xen:/qemu:commandline (default: anywhere)')
+    group.add_argument('--allowed-origins', type=words, metavar="'ORIGIN ...'",
+                       help='web pages (https://host[:port]) that may open a console or screen with a '
+                            'ticket (default: none)')
+    group.add_argument('--max-body', type=positive(int), metavar='BYTES', help='largest JSON body (default: 1 MiB)')
     group.add_argument('--max-head', type=positive(int), metavar='BYTES',
                        help='largest request line, and request head: 414 and 431 past it (default: 65536)')
-    group.add_argument("--request-timeout", type=positive(float), metavar="SECONDS",
-                       help="deadline for a request body of up to --max-body; larger ones (uploads) "
-                            "may take longer while they keep coming (default: 60)")
-    group.add_argument("--insecure", action="store_true",
-                       help="allow TCP beyond loopback without TLS client certificates or tokens")
-    group = parser.add_argument_group("libvirt connection")
-    group.add_argument("--keepalive-interval", type=positive(int), metavar="SECONDS",
-                       help=f"libvirt keepalive probe interval (default: {defaults.KEEPALIVE_INTERVAL})")
-    group.add_argument("--keepalive-count", type=positive(int), metavar="N",
-                       help=f"unanswered probes before the connection is given up: 504 (default: {defaults.KEEPALIVE_COUNT})")
-    group.add_argument("--open-timeout", type=positive(float), metavar="SECONDS",
-                       help=f"longest wait for a new libvirt connection (default: {defaults.OPEN_TIMEOUT:g})")
-    group = parser.add_argument_group("consoles and screens")
-    group.add_argument("--console-sessions", type=positive(int), metavar="N",
-                       help=f"sessions open at once; past it 429 (default: {defaults.CONSOLE_SESSIONS})")
-    group.add_argument("--console-idle-timeout", type=positive(float), metavar="SECONDS",
-                       help=f"a session without input or output is closed after (default: {defaults.CONSOLE_IDLE:g})")
-    parser.add_argument("--demo", action="store_true",
-                        help="serve an in-memory libvirt test hypervisor instead of Xen")
+    group.add_argument('--request-timeout', type=positive(float), metavar='SECONDS',
+                       help='deadline for a request body of up to --max-body; larger ones (uploads) '
+                            'may take longer while they keep coming (default: 60)')
+    group.add_argument('--insecure', action='store_true',
+                       help='allow TCP beyond loopback without TLS client certificates or tokens')
+    group = parser.add_argument_group('libvirt connection')
+    group.add_argument('--keepalive-interval', type=positive(int), metavar='SECONDS',
+                       help=f'libvirt keepalive probe interval (default: {defaults.KEEPALIVE_INTERVAL})')
+    group.add_argument('--keepalive-count', type=positive(int), metavar='N',
+                       help=f'unanswered probes before the connection is given up: 504 (default: {defaults.KEEPALIVE_COUNT})')
+    group.add_argument('--open-timeout', type=positive(float), metavar='SECONDS',
+                       help=f'longest wait for a new libvirt connection (default: {defaults.OPEN_TIMEOUT:g})')
+    group = parser.add_argument_group('consoles and screens')
+    group.add_argument('--console-sessions', type=positive(int), metavar='N',
+                       help=f'sessions open at once; past it 429 (default: {defaults.CONSOLE_SESSIONS})')
+    group.add_argument('--console-idle-timeout', type=positive(float), metavar='SECONDS',
+                       help=f'a session without input or output is closed after (default: {defaults.CONSOLE_IDLE:g})')
+    parser.add_argument('--demo', action='store_true',
+                        help='serve an in-memory libvirt test hypervisor instead of Xen')
     return parser
 
 
@@ -188,19 +188,19 @@ def read_config(path, parser):
         with open(path) as f:
             config.read_file(f)
     except (OSError, configparser.Error) as err:
-        parser.error(f"cannot read configuration file {path}: {err}")
+        parser.error(f'cannot read configuration file {path}: {err}')
     settings = {}
     if config.has_section(CONFIG_SECTION):
         settings = _section_settings(config[CONFIG_SECTION], CONFIG_KEYS, path, parser)
-    connections = settings["connections"] = {}
+    connections = settings['connections'] = {}
     for title in config.sections():
-        kind, _, name = title.partition(" ")
+        kind, _, name = title.partition(' ')
         if kind != CONNECTION_SECTION:
             continue
         try:
             names.check(name.strip())
         except ValueError as err:
-            parser.error(f"{path}: [{title}]: {err}")
+            parser.error(f'{path}: [{title}]: {err}')
         connections[name.strip()] = _section_settings(config[title], CONNECTION_KEYS, path, parser)
     return settings
 
@@ -214,12 +214,12 @@ def _section_settings(section, keys, path, parser):
         if key not in section:
             continue
         try:
-            if key == "listen":
+            if key == 'listen':
                 settings[dest] = [listen_address(spec) for spec in section[key].split()]
             else:
                 settings[dest] = kind(section[key])
         except argparse.ArgumentTypeError as err:
-            parser.error(f"{path}: [{section.name}] {key}: {err}")
+            parser.error(f'{path}: [{section.name}] {key}: {err}')
     return settings
 
 
@@ -227,12 +227,12 @@ def parse_args(argv=None):
     """Parsed arguments, with the configuration file and defaults filled in."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from_file = read_config(args.config, parser) if args.config else {"connections": {}}
+    from_file = read_config(args.config, parser) if args.config else {'connections': {}}
     args.connections = settle_connections(args, from_file, parser)
-    settled = {"listen": from_file.get("listen") or list(defaults.DEFAULT_LISTEN),
-               "log_level": from_file.get("log_level", "INFO"),
-               "workers": from_file.get("workers", defaults.WORKERS),
-               "timeout": from_file.get("timeout", defaults.TIMEOUT)}
+    settled = {'listen': from_file.get('listen') or list(defaults.DEFAULT_LISTEN),
+               'log_level': from_file.get('log_level', 'INFO'),
+               'workers': from_file.get('workers', defaults.WORKERS),
+               'timeout': from_file.get('timeout', defaults.TIMEOUT)}
     settled.update({dest: from_file.get(dest, SECURITY_DEFAULTS.get(dest))
                     for _, dest, _ in SECURITY_KEYS})
     settled.update({dest: from_file.get(dest, LIBVIRT_DEFAULTS[dest])
@@ -243,10 +243,10 @@ def parse_args(argv=None):
         if getattr(args, dest) is None:
             setattr(args, dest, value)
     # A [connection NAME] section's own libvirt settings beat the global ones, wherever from.
-    sections = from_file["connections"]
+    sections = from_file['connections']
     for connection in args.connections:
         for _, dest, _ in LIBVIRT_KEYS:
-            connection[dest] = sections.get(connection["name"], {}).get(dest, getattr(args, dest))
+            connection[dest] = sections.get(connection['name'], {}).get(dest, getattr(args, dest))
     return args
 
 
@@ -254,14 +254,14 @@ def settle_connections(args, from_file, parser):
     """[{"name": ..., "uri": ...}], each URI from the command line, else $XEND_REST_URI (the
     default connection's only), else the configuration file. The default connection is there
     when something names it, or when nothing names any connection: as before there were several."""
-    sections = from_file["connections"]
+    sections = from_file['connections']
     default_section = sections.get(names.DEFAULT, {})
-    if "uri" in from_file and "uri" in default_section:
-        parser.error(f"{args.config}: uri and [{CONNECTION_SECTION} {names.DEFAULT}] uri both "
-                     f"set the connection {names.DEFAULT}")
-    uris = {name: section["uri"] for name, section in sections.items() if "uri" in section}
-    if "uri" in from_file:
-        uris[names.DEFAULT] = from_file["uri"]
+    if 'uri' in from_file and 'uri' in default_section:
+        parser.error(f'{args.config}: uri and [{CONNECTION_SECTION} {names.DEFAULT}] uri both '
+                     f'set the connection {names.DEFAULT}')
+    uris = {name: section['uri'] for name, section in sections.items() if 'uri' in section}
+    if 'uri' in from_file:
+        uris[names.DEFAULT] = from_file['uri']
     if os.environ.get(defaults.URI_VARIABLE):
         uris[names.DEFAULT] = os.environ[defaults.URI_VARIABLE]
     given = [name for name, _ in args.connect or []] + [names.DEFAULT] * bool(args.uri)
@@ -276,16 +276,16 @@ def settle_connections(args, from_file, parser):
         uris[names.DEFAULT] = defaults.DEFAULT_URI
     missing = sorted(set(sections) - set(uris))
     if missing:
-        parser.error(f"{args.config}: [{CONNECTION_SECTION} {missing[0]}] has no uri")
+        parser.error(f'{args.config}: [{CONNECTION_SECTION} {missing[0]}] has no uri')
     args.uri = uris.get(names.DEFAULT)  # the default connection's, as before there were several
-    return [{"name": name, "uri": uri} for name, uri in uris.items()]
+    return [{'name': name, 'uri': uri} for name, uri in uris.items()]
 
 
 def setup_logging(level):
     # journald stamps each line itself; elsewhere a timestamp helps.
-    fmt = "%(levelname)s %(name)s: %(message)s"
-    if not os.environ.get("JOURNAL_STREAM"):
-        fmt = "%(asctime)s " + fmt
+    fmt = '%(levelname)s %(name)s: %(message)s'
+    if not os.environ.get('JOURNAL_STREAM'):
+        fmt = '%(asctime)s ' + fmt
     logging.basicConfig(level=level, format=fmt, stream=sys.stderr)
     # The format shows no caller, thread or process: do not gather them for every record (the
     # logging HOWTO's "Optimization"). At INFO that is one access-log line per request.
@@ -302,24 +302,24 @@ def main(argv=None):
     if args.demo:
         from xend_rest.demo import demo_uri
         args.uri = demo_uri()
-        args.connections = [c for c in args.connections if c["name"] != names.DEFAULT]
-        args.connections.insert(0, {"name": names.DEFAULT, "uri": args.uri, **{
+        args.connections = [c for c in args.connections if c['name'] != names.DEFAULT]
+        args.connections.insert(0, {'name': names.DEFAULT, 'uri': args.uri, **{
             dest: getattr(args, dest) for _, dest, _ in LIBVIRT_KEYS}})
-        log.warning("*** DEMO MODE: serving an in-memory libvirt TEST hypervisor (%s), NOT Xen; "
-                    "nothing here touches real virtual machines ***", args.uri)
+        log.warning('*** DEMO MODE: serving an in-memory libvirt TEST hypervisor (%s), NOT Xen; '
+                    'nothing here touches real virtual machines ***', args.uri)
     connections = {}
     for c in args.connections:
-        log.info("connection %s: libvirt URI %s", c["name"], c["uri"])
-        connections[c["name"]] = SharedConnection(
-            c["uri"], keepalive_interval=c["keepalive_interval"],
-            keepalive_count=c["keepalive_count"], open_timeout=c["open_timeout"])
+        log.info('connection %s: libvirt URI %s', c['name'], c['uri'])
+        connections[c['name']] = SharedConnection(
+            c['uri'], keepalive_interval=c['keepalive_interval'],
+            keepalive_count=c['keepalive_count'], open_timeout=c['open_timeout'])
     try:
         guard, tls, gid = build_security(args)
         consoles = Bridges(args.console_sessions, args.console_idle_timeout)
         app = make_app(connections=connections, guard=guard, max_body=args.max_body,
                        consoles=consoles)
     except security.ConfigError as err:
-        log.error("refusing to start: %s", err)
+        log.error('refusing to start: %s', err)
         return 2
     server = Server(app, args.listen, workers=args.workers, timeout=args.timeout, tls=tls,
                     request_timeout=args.request_timeout, max_body=args.max_body,
@@ -329,7 +329,7 @@ def main(argv=None):
     try:
         server.serve_forever()
     except OSError as err:
-        log.error("cannot listen: %s", err)
+        log.error('cannot listen: %s', err)
         return 1
     finally:
         app.close()
@@ -349,9 +349,9 @@ def release_freed_memory():
 def build_security(args):
     """The Guard, the TLS context and the unix sockets' group; ConfigError if unsafe or unreadable."""
     if (args.tls_key or args.tls_ca) and not args.tls_cert:
-        raise security.ConfigError("tls-key and tls-ca need tls-cert")
+        raise security.ConfigError('tls-key and tls-ca need tls-cert')
     if args.tls_allowed_clients and not args.tls_ca:
-        raise security.ConfigError("tls-allowed-clients needs tls-ca (client certificates)")
+        raise security.ConfigError('tls-allowed-clients needs tls-ca (client certificates)')
     tokens = security.load_tokens(args.tokens_file) if args.tokens_file else None
     tls = security.tls_context(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
     clients = security.parse_tls_clients(args.tls_allowed_clients) if args.tls_allowed_clients else None
@@ -364,10 +364,10 @@ def build_security(args):
             "callers: set tls-cert, tls-key and tls-ca (client certificates) or tokens-file, "
             "or pass --insecure")
     if exposed:
-        log.warning("*** INSECURE: anyone who can reach %s can control every VM of this host ***",
-                    ", ".join(exposed))
+        log.warning('*** INSECURE: anyone who can reach %s can control every VM of this host ***',
+                    ', '.join(exposed))
     elif tcp_hosts and not (args.tls_ca or tokens):
-        log.warning("TCP listener without authentication: every local user can control every VM")
+        log.warning('TCP listener without authentication: every local user can control every VM')
     guard = security.Guard(tokens, clients, args.allowed_hosts + tcp_hosts, args.allowed_paths,
                            args.allowed_origins)
     return guard, tls, _group_id(args.socket_group)
@@ -379,4 +379,4 @@ def _group_id(group):
     try:
         return int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
     except KeyError:
-        raise security.ConfigError(f"socket-group: no such group {group!r}") from None
+        raise security.ConfigError(f'socket-group: no such group {group!r}') from None

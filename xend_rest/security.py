@@ -162,7 +162,7 @@ class Guard:
             doc = request.json()
             where = next(hypervisor_elements(doc), None)
             if where is not None:
-                raise HTTPError(403, '%s: elements in a hypervisor\'s namespace (xen:commandline, '
+                raise HTTPError(403, "%s: elements in a hypervisor's namespace (xen:commandline, "
                                 'qemu:commandline, ...) pass anything to the device model, so '
                                 'they are refused while allowed-paths is set' % where,
                                 'path_not_allowed')
