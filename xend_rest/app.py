@@ -91,7 +91,7 @@ class Request:
         if values is None:
             return default
         if len(values) > 1:
-            raise bad_request('query parameter "%s" is given more than once' % name)
+            raise bad_request(f'query parameter "{name}" is given more than once')
         return values[0]
 
     def json(self):
@@ -103,8 +103,7 @@ class Request:
     def _read_body(self):
         length = self.content_length()
         if length > self.app.max_body:
-            raise HTTPError(413, 'the body is larger than %d bytes' % self.app.max_body,
-                            'too_large')
+            raise HTTPError(413, f'the body is larger than {self.app.max_body} bytes', 'too_large')
         body = b''.join(self.body_chunks(length or 1))
         if not body:
             raise bad_request('a JSON body is required')
@@ -124,10 +123,10 @@ class Request:
             except TimeoutError:
                 raise HTTPError(408, 'the client stopped sending the body', 'timeout') from None
             except OSError as err:  # the client went away
-                raise HTTPError(400, 'the body was cut off: %s' % err, 'incomplete_body') from None
+                raise HTTPError(400, f'the body was cut off: {err}', 'incomplete_body') from None
             if not chunk:
-                raise HTTPError(400, 'the body ended after %d of its %d bytes'
-                                % (total - remaining, total), 'incomplete_body')
+                raise HTTPError(400, f'the body ended after {total - remaining} of its {total} '
+                                'bytes', 'incomplete_body')
             remaining -= len(chunk)
             yield chunk
 
@@ -195,8 +194,9 @@ class App:
         try:
             return self.hypervisors[name]
         except KeyError:
-            raise HTTPError(404, 'no such hypervisor connection: %s (configured: %s)'
-                            % (name, ', '.join(self.hypervisors)), 'no_such_connection') from None
+            raise HTTPError(404, f"no such hypervisor connection: {name} "
+                            f"(configured: {', '.join(self.hypervisors)})",
+                            'no_such_connection') from None
 
     def end_streams(self):
         """End every open event stream (at shutdown: they would otherwise never finish), and
@@ -233,7 +233,7 @@ def make_app(uri=None, connection=None, routes=ROUTES, events=None, guard=None,
     connections = dict(connections or {})
     if uri is not None or connection is not None or not connections:
         if names.DEFAULT in connections:
-            raise ValueError('the connection %r is given twice' % names.DEFAULT)
+            raise ValueError(f'the connection {names.DEFAULT!r} is given twice')
         connections = {names.DEFAULT: connection or uri or os.environ.get(
             defaults.URI_VARIABLE) or defaults.DEFAULT_URI, **connections}
     default = names.DEFAULT if names.DEFAULT in connections else next(iter(connections))
@@ -262,7 +262,7 @@ def _respond(start_response, method, status, body, headers):
     else:
         payload = (body.encode() + b'\n') if isinstance(body, JSONText) else json_payload(body)
         headers = [('Content-Type', defaults.JSON), ('Content-Length', str(len(payload)))] + headers
-    start_response('%d %s' % (status, REASONS.get(status, 'Unknown')), headers)
+    start_response(f"{status} {REASONS.get(status, 'Unknown')}", headers)
     return [b''] if method == 'HEAD' else [payload]
 
 
@@ -270,7 +270,7 @@ def _respond_raw(start_response, method, status, body, headers):
     headers = [('Content-Type', body.content_type)] + headers
     if body.length is not None:
         headers.append(('Content-Length', str(body.length)))
-    start_response('%d %s' % (status, REASONS.get(status, 'Unknown')), headers)
+    start_response(f"{status} {REASONS.get(status, 'Unknown')}", headers)
     if method != 'HEAD':
         return body.content if body.streamed else [body.content]
     if hasattr(body.content, 'close'):

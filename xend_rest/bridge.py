@@ -187,7 +187,7 @@ class Bridge:
         if self._requested is not None:
             self._finish(self._requested)
         elif now - self._last_traffic >= self.registry.idle_timeout:
-            self._finish('idle', 'no input or output for %g s' % self.registry.idle_timeout)
+            self._finish('idle', f'no input or output for {self.registry.idle_timeout:g} s')
         elif now - self._last_tick >= TICK:
             self._last_tick = now
             if not self.guest.alive():

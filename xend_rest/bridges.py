@@ -37,8 +37,8 @@ class Bridges:
         self._give_up_unstarted()
         with self._lock:
             if len(self._sessions) >= self.max_sessions:
-                raise HTTPError(429, '%d console sessions are open, the most this daemon allows'
-                                % self.max_sessions, 'too_many_sessions', [('Retry-After', '5')])
+                raise HTTPError(429, f'{self.max_sessions} console sessions are open, the most '
+                                'this daemon allows', 'too_many_sessions', [('Retry-After', '5')])
             place = Place(key, self._holders.get(key) if take_over and key else None)
             self._sessions.add(place)
         if place.holder is not None:

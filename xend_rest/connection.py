@@ -88,9 +88,9 @@ class SharedConnection:
         # Wait no longer than the opener's own deadline: once one open has hung past it, every
         # request answers at once instead of holding a worker for another open_timeout.
         if not opener.done.wait(max(0.0, opener.deadline - time.monotonic())):
-            self.last_error = 'connecting has taken longer than %g s' % opener.timeout
-            raise hypervisor_timeout('connecting to %s has taken longer than %g s'
-                                     % (self.uri, opener.timeout))
+            self.last_error = f'connecting has taken longer than {opener.timeout:g} s'
+            raise hypervisor_timeout(f'connecting to {self.uri} has taken longer than '
+                                     f'{opener.timeout:g} s')
         with self._lock:
             if self._opener is opener:  # the first to see it finished adopts its connection
                 self._opener, self._conn = None, opener.conn
@@ -104,7 +104,7 @@ class SharedConnection:
         node = self.uri[len('test://'):] if self.uri.startswith('test:///') else None
         if node and node != '/default' and not os.path.exists(node):
             # libxml2 would print an "I/O warning" to stderr before libvirt fails; say it ourselves
-            self.last_error = 'test node file %s does not exist' % node
+            self.last_error = f'test node file {node} does not exist'
             raise unavailable(self.last_error)
         try:
             conn = libvirt.open(self.uri)
@@ -142,7 +142,7 @@ class SharedConnection:
         # thread, so the connection is only set aside; the next open releases it.
         log.warning('libvirt closed the connection to %s (reason %d)', self.uri, reason)
         if self._forget(conn):
-            self.last_error = 'libvirt closed the connection (reason %d)' % reason
+            self.last_error = f'libvirt closed the connection (reason {reason})'
             with self._lock:
                 self._dropped.append(conn)
 

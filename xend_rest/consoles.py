@@ -39,7 +39,7 @@ def open_console(sessions, conn, dom, dev, flags, framing):
         sessions.cancel(place)
         raise
     guest = ConsoleStream(conn, dom, stream, sessions.buffer_size)
-    return sessions.start(place, guest, framing, '%s %s' % (dom.name(), alias or 'console'))
+    return sessions.start(place, guest, framing, f"{dom.name()} {alias or 'console'}")
 
 
 def console_aliases(dom):
@@ -61,8 +61,8 @@ def pick_console(dom, dev):
     if dev is None:
         return aliases[0] if aliases else None
     if aliases and dev not in aliases:
-        raise HTTPError(404, 'domain %s has no console or serial device "%s"; it has: %s'
-                        % (dom.name(), dev, ', '.join(aliases)), 'no_such_device')
+        raise HTTPError(404, f'domain {dom.name()} has no console or serial device "{dev}"; '
+                        f"it has: {', '.join(aliases)}", 'no_such_device')
     return dev
 
 
@@ -76,10 +76,10 @@ def open_console_stream(conn, dom, dev, flags):
         code = err.get_error_code()
         if code == libvirt.VIR_ERR_NO_SUPPORT:
             raise HTTPError(501, 'this hypervisor driver offers no consoles (the test driver has '
-                            'none): %s' % err.get_error_message(), 'console_unsupported') from None
+                            f'none): {err.get_error_message()}', 'console_unsupported') from None
         if code == libvirt.VIR_ERR_OPERATION_FAILED and not flags & libvirt.VIR_DOMAIN_CONSOLE_FORCE:
-            raise HTTPError(409, 'the console of %s is held by another session; force=1 takes it '
-                            'over: %s' % (dom.name(), err.get_error_message()), 'console_busy') from None
+            raise HTTPError(409, f'the console of {dom.name()} is held by another session; force=1 '
+                            f'takes it over: {err.get_error_message()}', 'console_busy') from None
         if code == libvirt.VIR_ERR_OPERATION_INVALID:
             raise HTTPError(409, err.get_error_message(), 'invalid_state') from None
         raise
@@ -164,8 +164,8 @@ class ConsoleStream:
                     overflow = False
                     self._output += data
             if overflow:
-                return self._end(Ended('overflow', 'more than %d bytes waited for the client'
-                                       % self.limit))
+                return self._end(Ended('overflow',
+                                       f'more than {self.limit} bytes waited for the client'))
             self._wake()
         return None
 

@@ -53,13 +53,13 @@ def lifecycle_names(event, detail):
     if 0 <= event < len(LIFECYCLE_EVENTS):
         name, details = LIFECYCLE_EVENTS[event]
     else:
-        name, details = 'unknown_%d' % event, ()
-    return name, details[detail] if 0 <= detail < len(details) else 'unknown_%d' % detail
+        name, details = f'unknown_{event}', ()
+    return name, details[detail] if 0 <= detail < len(details) else f'unknown_{detail}'
 
 
 def too_many_watchers(limit):
     """503 for one stream or wait more than the daemon serves at once: libvirt itself is fine."""
-    return HTTPError(503, 'too many event streams and waits are open (%d); try again later' % limit,
+    return HTTPError(503, f'too many event streams and waits are open ({limit}); try again later',
                      'too_many_watchers', [('Retry-After', RETRY_AFTER)])
 
 

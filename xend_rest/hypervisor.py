@@ -23,12 +23,12 @@ def public_uri(uri):
     if parts.password is None:
         return uri
     host = parts.netloc.rpartition('@')[2]
-    return urlunsplit(parts._replace(netloc='%s@%s' % (parts.username, host)))
+    return urlunsplit(parts._replace(netloc=f'{parts.username}@{host}'))
 
 
 def dotted(number):
     """libvirt's version number (major * 1,000,000 + minor * 1,000 + release) as text."""
-    return '%d.%d.%d' % (number // 1000000, number // 1000 % 1000, number % 1000)
+    return f'{number // 1000000}.{number // 1000 % 1000}.{number % 1000}'
 
 
 class Hypervisor:
@@ -107,7 +107,7 @@ def gather(hypervisors, work, wait):
             log.exception('asking connection %s failed', hypervisor.name)
 
     threads = [threading.Thread(target=run, args=(hypervisor,), daemon=True,
-                                name='ask-%s' % hypervisor.name) for hypervisor in hypervisors]
+                                name=f'ask-{hypervisor.name}') for hypervisor in hypervisors]
     for thread in threads:
         thread.start()
     deadline = time.monotonic() + wait

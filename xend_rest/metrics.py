@@ -41,7 +41,8 @@ def escape(value):
 
 
 def labels(**pairs):
-    return '{%s}' % ','.join('%s="%s"' % (name, escape(value)) for name, value in pairs.items())
+    text = ','.join(f'{name}="{escape(value)}"' for name, value in pairs.items())
+    return f'{{{text}}}'
 
 
 def more_labels(label_text, **pairs):
@@ -57,20 +58,21 @@ class Exposition:
 
     def add(self, name, kind, help_text, value, label_text='', suffix=''):
         family = self._families.setdefault(name, (help_text, kind, []))
-        family[2].append('%s%s%s %s' % (name, suffix, label_text, _number(value)))
+        family[2].append(f'{name}{suffix}{label_text} {_number(value)}')
 
     def add_many(self, name, kind, help_text, samples):
         """Samples of one family at once: (value, label text) pairs; None values are left out
         (a scrape of thousands of domains is mostly this loop)."""
         lines = self._families.setdefault(name, (help_text, kind, []))[2]
-        lines.extend('%s%s %s' % (name, label_text, _number(value))
+        lines.extend(f'{name}{label_text} {_number(value)}'
                      for value, label_text in samples if value is not None)
 
     def text(self):
         out = []
         for name, (help_text, kind, lines) in self._families.items():
-            out.append('# HELP %s %s' % (name, help_text.replace('\\', '\\\\').replace('\n', '\\n')))
-            out.append('# TYPE %s %s' % (name, kind))
+            escaped = help_text.replace('\\', '\\\\').replace('\n', '\\n')
+            out.append(f'# HELP {name} {escaped}')
+            out.append(f'# TYPE {name} {kind}')
             out.extend(lines)
         return '\n'.join(out) + '\n'
 

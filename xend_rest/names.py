@@ -10,5 +10,5 @@ RULE = '1 to 63 lowercase letters, digits, ".", "_" or "-", starting with a lett
 def check(name):
     """The name, if it is a valid connection name; else ValueError saying the rule."""
     if not isinstance(name, str) or not PATTERN.fullmatch(name):
-        raise ValueError('connection name %r: expected %s' % (name, RULE))
+        raise ValueError(f'connection name {name!r}: expected {RULE}')
     return name

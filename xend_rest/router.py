@@ -73,6 +73,6 @@ class Router:
         if allowed:
             if 'GET' in allowed:
                 allowed.add('HEAD')
-            raise HTTPError(405, 'method %s is not allowed on %s' % (method, path),
+            raise HTTPError(405, f'method {method} is not allowed on {path}',
                             'method_not_allowed', [('Allow', ', '.join(sorted(allowed)))])
-        raise HTTPError(404, 'no such endpoint: %s' % path, 'no_such_endpoint')
+        raise HTTPError(404, f'no such endpoint: {path}', 'no_such_endpoint')

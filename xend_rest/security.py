@@ -106,13 +106,13 @@ class Guard:
                             'cross_origin')
         origin = environ.get('HTTP_ORIGIN')
         if token is not None and origin is not None and origin_name(origin) not in self.allowed_origins:
-            raise HTTPError(403, 'Origin %s may not open consoles; add it to allowed-origins'
-                            % origin, 'cross_origin')
+            raise HTTPError(403, f'Origin {origin} may not open consoles; add it to '
+                            'allowed-origins', 'cross_origin')
         transport = environ.get('xend_rest.transport', 'tcp')
         host = _host_name(environ.get('HTTP_HOST') or environ.get('SERVER_NAME', ''))
         if transport != 'unix' and not self.is_own_host(host):
-            raise HTTPError(403, 'Host %r is not a name of this daemon; add it to allowed-hosts'
-                            % host, 'foreign_host')
+            raise HTTPError(403, f'Host {host!r} is not a name of this daemon; add it to '
+                            'allowed-hosts', 'foreign_host')
         if token is not None:
             request.ticket = self.tickets.redeem(token)
             if request.ticket is None:
@@ -127,12 +127,12 @@ class Guard:
     def check_connections(self, names):
         """ConfigError if a token or client is limited to a connection not among `names`."""
         grants = [(repr(name), grant) for grant, name in self.tokens.values()]
-        grants += [('CN=%s' % cn, grant) for cn, grant in (self.tls_clients or {}).items()]
+        grants += [(f'CN={cn}', grant) for cn, grant in (self.tls_clients or {}).items()]
         for who, grant in grants:
             unknown = sorted(set(grant.connections or ()) - set(names))
             if unknown:
-                raise ConfigError('%s is limited to %s, which is not a configured connection '
-                                  '(configured: %s)' % (who, ', '.join(unknown), ', '.join(names)))
+                raise ConfigError(f"{who} is limited to {', '.join(unknown)}, which is not a "
+                                  f"configured connection (configured: {', '.join(names)})")
 
     def authorize(self, request, route):
         """403 unless the role may call the route; 415 for a body of the wrong type; 403 for paths.
@@ -145,26 +145,26 @@ class Guard:
             raise HTTPError(403, 'this console ticket is for another route', 'ticket_mismatch')
         needed = route.role or ADMIN  # a route nobody classified is for admins only
         if ROLES.index(request.role) < ROLES.index(needed):
-            raise HTTPError(403, 'this needs the %s role; your credentials have %s'
-                            % (needed, request.role), 'forbidden')
+            raise HTTPError(403, f'this needs the {needed} role; your credentials have '
+                            f'{request.role}', 'forbidden')
         if route.on_connection and not request.may_use(request.hypervisor):
-            raise HTTPError(403, 'your credentials do not cover the connection %s (only %s)'
-                            % (request.hypervisor.name, ', '.join(sorted(request.connections))),
-                            'forbidden')
+            only = ', '.join(sorted(request.connections))
+            raise HTTPError(403, 'your credentials do not cover the connection '
+                            f'{request.hypervisor.name} (only {only})', 'forbidden')
         self.check_secret_flag(request, route)
         if content_length(request.environ.get('CONTENT_LENGTH')):
             expected = route.body or defaults.JSON
             given = media_type(request.environ.get('CONTENT_TYPE'))
             if given != expected:
-                raise HTTPError(415, 'the body must be %s, not %s' % (expected, given or 'untyped'),
+                raise HTTPError(415, f"the body must be {expected}, not {given or 'untyped'}",
                                 'unsupported_media_type')
         if self.allowed_paths and route.host_paths:
             doc = request.json()
             where = next(hypervisor_elements(doc), None)
             if where is not None:
-                raise HTTPError(403, "%s: elements in a hypervisor's namespace (xen:commandline, "
-                                'qemu:commandline, ...) pass anything to the device model, so '
-                                'they are refused while allowed-paths is set' % where,
+                raise HTTPError(403, f"{where}: elements in a hypervisor's namespace "
+                                '(xen:commandline, qemu:commandline, ...) pass anything to the '
+                                'device model, so they are refused while allowed-paths is set',
                                 'path_not_allowed')
             for where, path in host_paths(doc):
                 self.check_path(where, path)
@@ -180,16 +180,16 @@ class Guard:
         if not int(flag) & bit:
             return
         if ROLES.index(request.role) < ROLES.index(needed):
-            raise HTTPError(403, 'flag=%s asks for secrets (%s): this needs the %s role; your '
-                            'credentials have %s' % (flag, name, needed, request.role), 'forbidden')
+            raise HTTPError(403, f'flag={flag} asks for secrets ({name}): this needs the {needed} '
+                            f'role; your credentials have {request.role}', 'forbidden')
 
     def check_path(self, where, path):
         """403 unless path resolves (links followed) into one of allowed-paths."""
         real = os.path.realpath(path) if isinstance(path, str) and path.startswith('/') else None
         if real is None or not any(real == top or real.startswith(top.rstrip('/') + '/')
                                    for top in self.allowed_paths):
-            raise HTTPError(403, '%s: %r is outside the allowed paths (%s)'
-                            % (where, path, ' '.join(self.allowed_paths)), 'path_not_allowed')
+            raise HTTPError(403, f"{where}: {path!r} is outside the allowed paths "
+                            f"({' '.join(self.allowed_paths)})", 'path_not_allowed')
 
     def _grant(self, environ, transport):
         authorization = environ.get('HTTP_AUTHORIZATION')
@@ -223,7 +223,7 @@ class Guard:
         if common_name is None:
             raise HTTPError(403, 'a client certificate without a CN is not allowed', 'forbidden')
         if common_name not in self.tls_clients:
-            raise HTTPError(403, 'client certificate CN=%s is not allowed' % common_name,
+            raise HTTPError(403, f'client certificate CN={common_name} is not allowed',
                             'forbidden')
         return self.tls_clients[common_name]
 
@@ -260,7 +260,7 @@ def hypervisor_elements(doc):
             yield 'domain.' + key
         for child in value if isinstance(value, list) else [value]:
             if isinstance(child, dict) and '@xmlns' in child:
-                yield 'domain.%s.@xmlns' % key
+                yield f'domain.{key}.@xmlns'
 
 
 def ticket_token(environ):
@@ -278,7 +278,7 @@ def origin_name(origin):
     default = {'http': ':80', 'https': ':443'}.get(scheme)
     if default and rest.endswith(default):
         rest = rest[:-len(default)]
-    return '%s://%s' % (scheme, rest)
+    return f'{scheme}://{rest}'
 
 
 def _host_name(host):
@@ -294,7 +294,7 @@ def _host_name(host):
 
 def parse_role(text):
     if text not in ROLES:
-        raise ConfigError('unknown role %r (expected one of %s)' % (text, ', '.join(ROLES)))
+        raise ConfigError(f"unknown role {text!r} (expected one of {', '.join(ROLES)})")
     return text
 
 
@@ -320,30 +320,29 @@ def load_tokens(path):
             info = os.fstat(f.fileno())
             lines = f.read().splitlines()
     except OSError as err:
-        raise ConfigError('cannot read tokens file: %s' % err) from None
+        raise ConfigError(f'cannot read tokens file: {err}') from None
     if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError('tokens file %s is accessible to group or others (mode %o): '
-                          'chmod 600 it' % (path, stat.S_IMODE(info.st_mode)))
+        raise ConfigError(f'tokens file {path} is accessible to group or others '
+                          f'(mode {stat.S_IMODE(info.st_mode):o}): chmod 600 it')
     if info.st_uid != os.geteuid():
-        raise ConfigError('tokens file %s must belong to the user running xend-rest' % path)
+        raise ConfigError(f'tokens file {path} must belong to the user running xend-rest')
     tokens = {}
     for number, line in enumerate(lines, 1):
         fields = line.split('#', 1)[0].split()
         if not fields:
             continue
         if len(fields) not in (2, 3):
-            raise ConfigError('%s:%d: expected TOKEN ROLE[@CONNECTION,...] [NAME]'
-                              % (path, number))
+            raise ConfigError(f'{path}:{number}: expected TOKEN ROLE[@CONNECTION,...] [NAME]')
         try:
             token, grant = fields[0], parse_grant(fields[1])
         except ConfigError as err:
-            raise ConfigError('%s:%d: %s' % (path, number, err)) from None
+            raise ConfigError(f'{path}:{number}: {err}') from None
         if len(token) < MIN_TOKEN_LENGTH or token in tokens:
-            raise ConfigError('%s:%d: a token must be unique and at least %d characters'
-                              % (path, number, MIN_TOKEN_LENGTH))
-        tokens[token] = (grant, fields[2] if len(fields) == 3 else 'line %d' % number)
+            raise ConfigError(f'{path}:{number}: a token must be unique and at least '
+                              f'{MIN_TOKEN_LENGTH} characters')
+        tokens[token] = (grant, fields[2] if len(fields) == 3 else f'line {number}')
     if not tokens:
-        raise ConfigError('tokens file %s holds no token' % path)
+        raise ConfigError(f'tokens file {path} holds no token')
     return tokens
 
 
@@ -367,7 +366,7 @@ def tls_context(cert, key=None, ca=None):
             context.load_verify_locations(ca)
             context.verify_mode = ssl.CERT_REQUIRED
     except (OSError, ssl.SSLError) as err:
-        raise ConfigError('cannot load TLS certificate, key or CA: %s' % err) from None
+        raise ConfigError(f'cannot load TLS certificate, key or CA: {err}') from None
     return context
 
 

@@ -31,7 +31,7 @@ NET_COUNTERS = (
 
 
 def state_name(state):
-    return STATE_NAMES[state] if 0 <= state < len(STATE_NAMES) else 'unknown_%d' % state
+    return STATE_NAMES[state] if 0 <= state < len(STATE_NAMES) else f'unknown_{state}'
 
 
 def is_skipped(err):
@@ -121,7 +121,7 @@ def _balloon(dom, info):
 def _devices(raw, group, counters, per_device_call, names):
     count = raw.get(group + '.count')
     if count is not None:  # the bulk record has this group
-        return [_bulk_device(raw, '%s.%d.' % (group, index), counters) for index in range(count)]
+        return [_bulk_device(raw, f'{group}.{index}.', counters) for index in range(count)]
     found = []
     for name in names() or ():
         values = _optional(lambda: per_device_call(name))

@@ -48,8 +48,8 @@ class Download:
             if self._offset < self._end:
                 self._stream = self._open_window()
         if sent < self.length:  # the image shrank under us: the client must not take it as whole
-            raise EOFError('the image ended %d bytes before its announced length'
-                           % (self.length - sent))
+            raise EOFError(f'the image ended {self.length - sent} bytes before its announced '
+                           'length')
 
     def close(self):
         # Not finished: the client went away (or HEAD); libvirtd must stop reading.
@@ -75,7 +75,7 @@ def _send_all(stream, data):
     while data:
         sent = stream.send(data)  # may take less than offered; takes bytes, not memoryviews
         if sent <= 0:
-            raise libvirt.libvirtError('libvirt stream refused data (send returned %d)' % sent)
+            raise libvirt.libvirtError(f'libvirt stream refused data (send returned {sent})')
         data = data[sent:]
 
 

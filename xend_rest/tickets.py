@@ -42,8 +42,8 @@ class Tickets:
         with self._lock:
             self._sweep(now)
             if len(self._tickets) >= self.max_tickets:
-                raise HTTPError(429, '%d console tickets are outstanding; they expire within %g s'
-                                % (len(self._tickets), self.lifetime), 'too_many_tickets',
+                raise HTTPError(429, f'{len(self._tickets)} console tickets are outstanding; they '
+                                f'expire within {self.lifetime:g} s', 'too_many_tickets',
                                 [('Retry-After', str(int(self.lifetime)))])
             self._tickets[token] = Ticket(hypervisor, uuid, handler, role, now + self.lifetime)
         return token

@@ -28,7 +28,7 @@ def open_screen(sessions, conn, dom, framing):
     uri = conn.getURI()
     if urlsplit(uri).hostname:
         raise HTTPError(501, 'the screen is only reachable when libvirt runs on this host, not '
-                        'through the remote URI %s' % uri, 'remote_hypervisor')
+                        f'through the remote URI {uri}', 'remote_hypervisor')
     index, graphics = vnc_graphics(dom)
     place = sessions.admit()
     try:
@@ -36,7 +36,7 @@ def open_screen(sessions, conn, dom, framing):
     except BaseException:
         sessions.cancel(place)
         raise
-    return sessions.start(place, VncSocket(sock, dom), framing, '%s vnc' % dom.name())
+    return sessions.start(place, VncSocket(sock, dom), framing, f'{dom.name()} vnc')
 
 
 def vnc_graphics(dom):
@@ -47,9 +47,9 @@ def vnc_graphics(dom):
             return index, graphics
     kinds = sorted({graphics.get('type') for graphics in devices})
     if kinds:
-        raise HTTPError(501, 'domain %s has no VNC screen, only %s graphics, which this daemon '
-                        'does not carry' % (dom.name(), ', '.join(kinds)), 'graphics_unsupported')
-    raise HTTPError(404, 'domain %s has no VNC graphics' % dom.name(), 'no_vnc')
+        raise HTTPError(501, f"domain {dom.name()} has no VNC screen, only {', '.join(kinds)} "
+                        "graphics, which this daemon does not carry", 'graphics_unsupported')
+    raise HTTPError(404, f'domain {dom.name()} has no VNC graphics', 'no_vnc')
 
 
 def connect_vnc(dom, index, graphics):
@@ -74,15 +74,15 @@ def _connect_listen(dom, graphics):
         return sock
     port = int(graphics.get('port') or -1)
     if port <= 0:
-        raise HTTPError(409, 'the VNC server of %s is not listening on a port' % dom.name(),
+        raise HTTPError(409, f'the VNC server of {dom.name()} is not listening on a port',
                         'vnc_not_listening')
     address = graphics.get('listen')
     if listen is not None and listen.get('address'):
         address = listen.get('address')
     address = ANY_ADDRESS.get(address or '', address)
     if not is_local_address(address):
-        raise HTTPError(501, 'the VNC server of %s listens on %s, not on this host; the daemon '
-                        'connects to local addresses only' % (dom.name(), address), 'vnc_not_local')
+        raise HTTPError(501, f'the VNC server of {dom.name()} listens on {address}, not on this '
+                        'host; the daemon connects to local addresses only', 'vnc_not_local')
     return socket.create_connection((address, port), timeout=CONNECT_TIMEOUT)
 
 

@@ -64,8 +64,9 @@ def asks_upgrade(environ, protocol):
 
 def upgrade_required(protocol, message=None, headers=()):
     """426: the route speaks only `protocol`, which the request did not ask for."""
-    return HTTPError(426, message or 'this endpoint needs "Connection: Upgrade" and "Upgrade: %s"'
-                     % protocol, 'upgrade_required', [('Upgrade', protocol), *headers])
+    return HTTPError(426, message or 'this endpoint needs "Connection: Upgrade" '
+                     f'and "Upgrade: {protocol}"', 'upgrade_required',
+                     [('Upgrade', protocol), *headers])
 
 
 def handshake(environ, subprotocols=('binary',)):
@@ -76,7 +77,7 @@ def handshake(environ, subprotocols=('binary',)):
     if environ.get('REQUEST_METHOD') != 'GET' or not asks_upgrade(environ, 'websocket'):
         raise upgrade_required('websocket')
     if environ.get('HTTP_SEC_WEBSOCKET_VERSION') != VERSION:
-        raise upgrade_required('websocket', 'WebSocket version %s is required' % VERSION,
+        raise upgrade_required('websocket', f'WebSocket version {VERSION} is required',
                                [('Sec-WebSocket-Version', VERSION)])
     key = environ.get('HTTP_SEC_WEBSOCKET_KEY', '')
     try:
@@ -125,7 +126,7 @@ def parse_close(payload):
         raise ProtocolError(PROTOCOL_ERROR, 'a close frame cannot be 1 byte long')
     code = struct.unpack('!H', payload[:2])[0]
     if code not in VALID_CLOSE_CODES:
-        raise ProtocolError(PROTOCOL_ERROR, 'close code %d is not one a peer may send' % code)
+        raise ProtocolError(PROTOCOL_ERROR, f'close code {code} is not one a peer may send')
     try:
         return code, payload[2:].decode('utf-8')
     except UnicodeDecodeError:
@@ -184,7 +185,7 @@ class Decoder:
         if first & 0x70:
             raise ProtocolError(PROTOCOL_ERROR, 'reserved bits set without an extension')
         if opcode not in DATA_OPCODES + CONTROL_OPCODES + (CONTINUATION,):
-            raise ProtocolError(PROTOCOL_ERROR, 'unknown opcode %d' % opcode)
+            raise ProtocolError(PROTOCOL_ERROR, f'unknown opcode {opcode}')
         if not second & 0x80:
             raise ProtocolError(PROTOCOL_ERROR, 'client frames must be masked')
         if opcode in CONTROL_OPCODES and (not fin or length > MAX_CONTROL):
@@ -199,7 +200,7 @@ class Decoder:
             if length >> 63:
                 raise ProtocolError(PROTOCOL_ERROR, 'the frame length has its top bit set')
         if opcode not in CONTROL_OPCODES and len(self._fragments) + length > self.max_message:
-            raise ProtocolError(TOO_BIG, 'a message is limited to %d bytes' % self.max_message)
+            raise ProtocolError(TOO_BIG, f'a message is limited to {self.max_message} bytes')
         if len(buf) < offset + 4 + length:
             return None
         mask = bytes(buf[offset:offset + 4])

@@ -58,8 +58,7 @@ def issue_ticket(request, ident):
     tickets = request.app.guard.tickets
     token = tickets.issue(request.hypervisor.name, uuid, handler, request.role)
     return 201, {'Ticket': token, 'Expires': tickets.lifetime,
-                 'Path': '/libvirt/%s/nodes/%s/%s?ticket=%s'
-                         % (request.hypervisor.name, uuid, target, token)}
+                 'Path': f'/libvirt/{request.hypervisor.name}/nodes/{uuid}/{target}?ticket={token}'}
 
 
 def _open_console(request, ident, over_websocket):
@@ -78,14 +77,14 @@ def _running_domain(request, ident):
     if request.ticket is not None and request.ticket.uuid != dom.UUIDString():
         raise HTTPError(403, 'this console ticket is for another domain', 'ticket_mismatch')
     if not dom.isActive():
-        raise HTTPError(409, 'domain %s is not running' % dom.name(), 'invalid_state')
+        raise HTTPError(409, f'domain {dom.name()} is not running', 'invalid_state')
     return dom
 
 
 def _upgrade(request, upgrade, session, headers):
     environ = request.environ
-    session.request_line = '%s %s' % (request.method, redact_ticket(
-        environ.get('RAW_URI') or environ.get('PATH_INFO', '')))
+    target = redact_ticket(environ.get('RAW_URI') or environ.get('PATH_INFO', ''))
+    session.request_line = f'{request.method} {target}'
     session.client = environ.get('REMOTE_ADDR', '-')
     try:
         upgrade(session, lambda: session.end('shutdown'))
