@@ -137,14 +137,23 @@ def parse_size(request, name, default=None):
     return int(found.group(1)) * unit
 
 
+def parse_image_format(request, default):
+    """An image's `format` (create and clone alike): raw or qcow2; `default` when absent."""
+    return parse_choice(request, 'format', IMAGE_FORMATS, default)
+
+
 def is_whole(value):
     """A decimal whole number of at most 20 digits (no sign, no spaces)."""
     return value.isascii() and value.isdigit() and len(value) <= 20
 
 
 def parse_choice(request, name, choices, default):
-    """A query parameter that names one key of `choices`; answers that key's value."""
-    value = request.arg(name, default)
+    """A query parameter that names one key of `choices`; answers that key's value. When absent:
+    the value of the key `default`, or None for None. Present but empty is no key: 400."""
+    value = request.arg(name)
+    if value is None and default is None:
+        return None
+    value = default if value is None else value
     if value not in choices:
         raise bad_request('%s=%s: expected one of %s' % (name, value, ', '.join(choices)))
     return choices[value]
