@@ -454,6 +454,25 @@ def test_resize_that_passes_our_checks_reaches_libvirt(api, query):
     assert (response.status, response.json['code']) == (501, 'not_supported')
 
 
+@pytest.mark.parametrize('flag, grow', [(1, 'to'), (3, 'by')])
+def test_resize_allocating_more_than_the_free_space_is_507(api, flag, grow):
+    # spare.qcow2 (20 GiB) allocates 1 GiB: allocated up to its new size, it needs that less 1 GiB.
+    free = pool_info(api)[3]
+    wanted = GiB + free + 1
+    capacity = wanted if grow == 'to' else wanted - 20 * GiB
+    response = api.post(IMAGES + '/default/spare.qcow2/resize',
+                        query='capacity=%d&flag=%d' % (capacity, flag))
+    assert (response.status, response.json['code']) == (507, 'insufficient_space')
+    response = api.post(IMAGES + '/default/spare.qcow2/resize',
+                        query='capacity=%d&flag=%d' % (capacity - 1, flag))
+    assert (response.status, response.json['code']) == (501, 'not_supported')  # it fits
+
+
+def test_growing_a_sparse_image_past_the_free_space_reaches_libvirt(api):
+    response = api.post(IMAGES + '/default/spare.qcow2/resize', query='capacity=1T')
+    assert (response.status, response.json['code']) == (501, 'not_supported')
+
+
 @pytest.mark.parametrize('query', ['', 'capacity=big', 'capacity=1G&flag=8', 'capacity=1G&force=2'])
 def test_resize_bad_parameters(api, query):
     response = api.post(IMAGES + '/default/spare.qcow2/resize', query=query)

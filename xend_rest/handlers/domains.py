@@ -248,12 +248,25 @@ def _change_device(request, ident, method, status):
     kind = next(iter(posted))
     dom = lookup_domain(request.conn, ident)
     before = _devices(dom, flag, kind)
+    if method == 'attachDeviceFlags' and kind == 'disk':
+        _refuse_taken_target(posted[kind], before)
     getattr(dom, method)(xml, flag)
     after = _devices(dom, flag, kind)
     changed = [dev for dev in after if dev not in before]
     matching = [dev for dev in after if _same_device(posted[kind], dev)]
     device = (changed or matching or [posted[kind]])[0]
     return status, {kind: device}
+
+
+def _refuse_taken_target(disk, disks):
+    """409 for a disk whose target (xvdb, vda) another disk has: the QEMU and Xen drivers refuse
+    a live attach of it as VIR_ERR_OPERATION_FAILED, which would be a 500."""
+    target = disk.get('target') if isinstance(disk, dict) else None
+    dev = target.get('@dev') if isinstance(target, dict) else None
+    if dev is not None and any(isinstance(other, dict) and isinstance(other.get('target'), dict)
+                               and other['target'].get('@dev') == dev for other in disks):
+        raise HTTPError(409, 'the domain has a disk with target %s already' % dev,
+                        'already_exists')
 
 
 def _devices(dom, flag, kind):

@@ -191,6 +191,7 @@ def clone_image(request, pool, name):
     _refuse_uploading(request, source_pool, name)
     _refuse_existing(target, new_name)
     _type, capacity, allocation = source.info()
+    allocation = min(allocation, capacity)  # a file system may hold blocks past a file's end
     _refuse_no_space(target, allocation, 'a clone of %s allocates' % name)
     if form is None:
         found = ElementTree.fromstring(source.XMLDesc(0)).find('target/format')
@@ -253,7 +254,7 @@ def resize_image(request, pool, name):
     parse_bool(request, 'force')
     source_pool, vol = lookup_image(request.conn, pool, name)
     _refuse_uploading(request, source_pool, name)
-    current = vol.info()[1]
+    _type, current, allocation = vol.info()
     shrink = flag & libvirt.VIR_STORAGE_VOL_RESIZE_SHRINK
     if flag & libvirt.VIR_STORAGE_VOL_RESIZE_DELTA:
         wanted = current - capacity if shrink else current + capacity
@@ -265,6 +266,9 @@ def resize_image(request, pool, name):
                               'ask for it with flag=4 (VIR_STORAGE_VOL_RESIZE_SHRINK)'
                               % (wanted, current))
         _refuse_in_use(request, source_pool, vol, 'shrink')
+    if flag & libvirt.VIR_STORAGE_VOL_RESIZE_ALLOCATE:  # libvirt allocates up to the new size
+        _refuse_no_space(source_pool, wanted - allocation, 'growing %s to %d bytes allocates'
+                         % (name, wanted))
     vol.resize(capacity, flag)
     return NO_CONTENT
 
