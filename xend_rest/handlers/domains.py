@@ -16,6 +16,7 @@ UUID = re.compile(r'[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}\Z')
 DOM0_UUID = '00000000-0000-0000-0000-000000000000'
 MEMORY_TYPES = {'target': 0, 'max': libvirt.VIR_DOMAIN_MEM_MAXIMUM}
 VCPU_TYPES = {'current': 0, 'max': libvirt.VIR_DOMAIN_VCPU_MAXIMUM}
+MAX_VCPUS = 2**31 - 1  # libvirt counts vCPUs in an unsigned int
 NOT_MODIFIED = (304, None)
 NO_CONTENT = (204, None)
 
@@ -211,7 +212,7 @@ def resize_memory(request, ident):
 
 
 def resize_vcpu(request, ident):
-    size = parse_int(request, 'size', minimum=1, maximum=2**31 - 1)
+    size = parse_int(request, 'size', minimum=1, maximum=MAX_VCPUS)
     kind = parse_choice(request, 'type', VCPU_TYPES, 'current')
     flag = parse_flag(request, AFFECT_FLAGS)
     lookup_domain(request.conn, ident).setVcpusFlags(size, kind | flag)

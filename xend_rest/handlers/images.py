@@ -12,13 +12,12 @@ import libvirt
 from .. import convert, defaults, streams
 from ..bodies import Raw
 from ..errors import HTTPError, bad_request, is_no_image, still_there
-from ..params import (NO_FLAGS, VOL_CREATE_FLAGS, VOL_DELETE_FLAGS, VOL_RESIZE_FLAGS,
+from ..params import (NAME_MAX, NO_FLAGS, VOL_CREATE_FLAGS, VOL_DELETE_FLAGS, VOL_RESIZE_FLAGS,
                       WIPE_ALGORITHMS, parse_bool, parse_choice, parse_flag, parse_image_format,
                       parse_size)
 
 log = logging.getLogger(__name__)
 
-NAME_MAX = 255  # bytes: what a file name may hold on the file systems dir pools live on
 # Whatever could make a name leave its pool's directory, or hide in it.
 UNSAFE_NAME = re.compile(r'[/\\\x00-\x1f\x7f]|\A\.')
 POOL_STATES = {
