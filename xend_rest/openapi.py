@@ -182,6 +182,9 @@ SCHEMAS = {
     'Event': _object({
         'Id': INT, 'Time': STRING, 'Event': STRING, 'Detail': MAYBE_STRING,
         'Domain': _object({'Name': STRING, 'Uuid': STRING})}),
+    # A line of the stream: an event, or a notice (gap, reconnected, overflow, closed).
+    'Notice': _object({'Notice': STRING, 'Message': STRING, 'LastId': MAYBE_INT}),
+    'StreamLine': {'anyOf': [_ref('Event'), _ref('Notice')]},
     'Ticket': _object({'Ticket': STRING, 'Expires': {'type': 'number'}, 'Path': STRING}),
     # The top-level libvirtd and hypervisor fields are the default connection's: null while down.
     'Version': _object({'Version': STRING, 'ApiVersion': STRING, 'LibvirtVersion': STRING,

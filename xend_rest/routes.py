@@ -173,7 +173,7 @@ ROUTES = [
         "Every domain's counters", {200: 'StatsList'}, [ALL])),
     Route('GET', HV + '/events', events.stream_events, READ, doc=Doc(
         'Domain events as they happen (Server-Sent Events for Accept: text/event-stream)',
-        {200: {defaults.NDJSON: {'$ref': '#/components/schemas/Event'},
+        {200: {defaults.NDJSON: {'$ref': '#/components/schemas/StreamLine'},
                defaults.SSE: STRING}},
         [query('since', 'Replay the kept events after this id first.', WHOLE),
          query('domain', 'Only events of these domains (names or UUIDs; repeat the parameter, '

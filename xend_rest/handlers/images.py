@@ -296,6 +296,7 @@ def wipe_image(request, pool, name):
 def upload_image(request, pool, name):
     """PUT .../upload[?capacity=]: a new image holding the body; gone again if the upload fails."""
     check_name(name)
+    check_name(pool, 'pool')  # before the body's checks: a bad name is a bad name, whatever else
     length = request.content_length()
     if not length:
         raise bad_request('the body is empty: use create for an empty image')
