@@ -15,12 +15,13 @@ class Doc:
     its body, and its links: {name: (handler, {parameter: runtime expression})} from its first
     2xx answer to the routes that answer takes the client to."""
 
-    __slots__ = ('summary', 'responses', 'parameters', 'body', 'links')
+    __slots__ = ('summary', 'responses', 'parameters', 'body', 'links', 'tickets')
 
-    def __init__(self, summary, responses, parameters=(), body=None, links=None):
+    def __init__(self, summary, responses, parameters=(), body=None, links=None, tickets=False):
         self.summary, self.responses = summary, responses
         self.parameters, self.body = list(parameters), body
         self.links = links or {}
+        self.tickets = tickets  # a console ticket (?ticket=) is a credential here
 
 
 def query(name, description, schema, required=False):
@@ -48,8 +49,7 @@ def lifecycle(summary, flag_parameter, extra=(), not_modified=True, timeout=Fals
 
 def upgrade(summary, console=False):
     """A console or screen route's words: 101 and a session, or a refusal decided before it."""
-    parameters = [query('ticket', 'A console ticket (for browsers, which cannot send '
-                        'Authorization); single-use.', STRING)]
+    parameters = []  # the ticket is a credential: see SECURITY_SCHEMES
     if console:
         parameters = [
             query('dev', 'The console or serial device, by alias (default: the first console).',
@@ -59,7 +59,7 @@ def upgrade(summary, console=False):
             query('safe', '1/True/true: only a console libvirt can open safely.', BOOLEAN),
         ] + parameters
     return Doc(summary, {101: NO_BODY, 400: ERROR, 403: ERROR, 404: ERROR, 409: ERROR,
-                         426: ERROR, 429: ERROR, 501: ERROR}, parameters)
+                         426: ERROR, 429: ERROR, 501: ERROR}, parameters, tickets=True)
 
 
 PATH_PARAMETERS = {
@@ -178,7 +178,7 @@ SCHEMAS = {
         'Persistent': {'type': 'boolean'}, 'Autostart': {'type': 'boolean'}}),
     'PoolList': {'type': 'array', 'items': _ref('Pool')},
     'StoragePool': _object({'pool': {'type': 'object'}}),
-    'Octets': {'type': 'string', 'format': 'binary'},
+    'Octets': {'type': 'string', 'format': 'binary', 'minLength': 1},  # empty: use create
     'Event': _object({
         'Id': INT, 'Time': STRING, 'Event': STRING, 'Detail': MAYBE_STRING,
         'Domain': _object({'Name': STRING, 'Uuid': STRING})}),
@@ -226,6 +226,16 @@ REASONS = {
     503: 'libvirt is unreachable, the server is busy, or too many event streams are open',
     504: 'libvirt did not answer in time', 507: 'Not enough free space in the pool',
 }
+# Credentials, where the daemon asks for them (tokens-file; on a loopback or unix listener without
+# one, none are needed: hence the empty requirement). A TLS client certificate works as well.
+SECURITY_SCHEMES = {
+    'bearer': {'type': 'http', 'scheme': 'bearer',
+               'description': 'A token of the tokens file (Authorization: Bearer TOKEN).'},
+    'ticket': {'type': 'apiKey', 'in': 'query', 'name': 'ticket',
+               'description': 'A single-use console ticket (POST .../console/ticket), for '
+                              'browsers, which cannot send Authorization on a WebSocket.'},
+}
+SECURITY = [{}, {'bearer': []}]
 DESCRIPTION = (
     'Manage the virtual machines of a Xen host over HTTP, through libvirt.\n\n'
     'A method a path does not have is answered 405 with an Allow header naming those it has '
@@ -245,7 +255,9 @@ def document(routes, connections=('xen',)):
         'openapi': '3.1.0',
         'info': {'title': 'xend-rest', 'version': __version__, 'description': DESCRIPTION},
         'paths': paths,
+        'security': SECURITY,
         'components': {
+            'securitySchemes': SECURITY_SCHEMES,
             'schemas': SCHEMAS,
             'responses': {'MethodNotAllowed': {
                 'description': 'Method not allowed: the Allow header names the methods the path '
@@ -269,6 +281,8 @@ def _operation(route, connections):
             for name, (handler, values) in doc.links.items()}
     operation = {'operationId': route.handler.__name__, 'summary': doc.summary,
                  'parameters': parameters + doc.parameters, 'responses': responses}
+    if doc.tickets:
+        operation['security'] = SECURITY + [{'ticket': []}]
     if doc.body:
         media = OCTETS[0] if doc.body == 'Octets' else JSON
         operation['requestBody'] = {'required': True,
