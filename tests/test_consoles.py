@@ -546,3 +546,13 @@ def test_shutdown_frees_a_session_the_server_never_ran(conn):
     app.end_streams()  # what the daemon's shutdown calls
     assert len(sessions) == 0
     assert conn.streams[0].state == 'aborted'
+
+
+@pytest.mark.parametrize('method, path, query', [
+    ('GET', 'console', 'safe=maybe'), ('GET', 'console', 'force=1&force=1'),
+    ('POST', 'attach', 'safe=2'),
+])
+def test_a_bad_console_parameter_is_400_before_the_handshake_is_looked_at(api, method, path,
+                                                                           query):
+    response = api.request(method, '/libvirt/xen/nodes/web/' + path, query=query)
+    assert (response.status, response.json['code']) == (400, 'bad_parameter')

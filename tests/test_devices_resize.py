@@ -42,6 +42,17 @@ def test_device_flags_are_checked_first(api, query):
     assert api.post(NODES + '/web/devices/attach', DISK, query).status == 400
 
 
+@pytest.mark.parametrize('flag', ['0', '1', '2', '3'])
+def test_attaching_a_disk_on_a_taken_target_is_409(api, flag):
+    # web's disk is xvda. (QEMU and Xen refuse a live one as VIR_ERR_OPERATION_FAILED: a 500.)
+    taken = {'disk': dict(DISK['disk'], target={'@dev': 'xvda', '@bus': 'xen'})}
+    before = api.conn.lookupByName('web').XMLDesc(0)
+    response = api.post(NODES + '/web/devices/attach', taken, 'flag=' + flag)
+    assert (response.status, response.json['code']) == (409, 'already_exists')
+    assert 'xvda' in response.json['message']
+    assert api.conn.lookupByName('web').XMLDesc(0) == before
+
+
 def test_attach_to_unknown_domain_is_404(api):
     assert api.post(NODES + '/nosuch/devices/attach', DISK).status == 404
 

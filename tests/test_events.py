@@ -236,14 +236,20 @@ def test_event_names_follow_libvirts_numbering(event):
 
 
 @pytest.mark.parametrize('query', [
-    'since=-1', 'since=abc', 'event=exploded', 'limit=0', 'limit=x', 'timeout=-1', 'timeout=1e3',
-    'since=1&since=2',
+    'since=-1', 'since=abc', 'since=9223372036854775808', 'event=exploded', 'limit=0', 'limit=x',
+    'timeout=-1', 'timeout=1e9', 'timeout=604800.5', 'timeout=x', 'timeout=0x1', 'timeout=nan',
+    'timeout=inf', 'since=1&since=2',
 ])
 def test_bad_stream_parameters_are_400(api, query):
     response = api.get(EVENTS, query)
     assert response.status == 400
     assert response.json['code'] == 'bad_parameter'
     assert api.app.hypervisor.events.subscribers == 0
+
+
+@pytest.mark.parametrize('timeout', ['0', '0.0', '.0', '0.', '0e0', '0E-5', '-0', '1e-300'])
+def test_a_timeout_is_taken_in_every_form_a_number_is_written(api, timeout):
+    assert Stream(api, 'timeout=' + timeout).finish() == b'\n'
 
 
 def test_streams_beyond_the_cap_are_503(node_uri):
@@ -348,7 +354,8 @@ def test_wait_times_out_with_408(api):
 
 @pytest.mark.parametrize('query', [
     '', 'condition=asleep', 'condition=running&timeout=601', 'condition=running&timeout=-1',
-    'condition=running&timeout=soon', 'condition=running&timeout=1.',
+    'condition=running&timeout=soon', 'condition=running&timeout=1e3',
+    'condition=running&timeout=0x1', 'condition=running&timeout=nan',
 ])
 def test_wait_rejects_bad_parameters(api, query):
     response = api.post(NODES + '/web/wait', query=query)

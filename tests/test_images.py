@@ -235,6 +235,8 @@ def test_create_reports_domains_already_pointing_at_the_name(api):
     'name=new.raw&capacity=16E',                     # beyond 2**63 - 1
     'name=new.raw&capacity=1G&format=vmdk',
     'name=new.raw&capacity=1G&allocation=lots',
+    'name=new.raw&capacity=1G&allocation=2G',        # more than the image holds
+    'name=new.raw&capacity=1G&format=',              # empty is no format (clone alike)
     'name=new.raw&capacity=1G&flag=4',
     'name=new.raw&capacity=1G&capacity=2G',
     'name=../new.raw&capacity=1G',
@@ -298,6 +300,7 @@ def test_clone_to_another_format(api):
     ('/default/spare.qcow2/clone', 'name=x&pool=..', 400, 'bad_parameter'),
     ('/default/spare.qcow2/clone', 'name=x&pool=nope', 404, 'no_such_pool'),
     ('/default/spare.qcow2/clone', 'name=x&format=vmdk', 400, 'bad_parameter'),
+    ('/default/spare.qcow2/clone', 'name=x&format=', 400, 'bad_parameter'),
     ('/default/spare.qcow2/clone', 'name=x&flag=8', 400, 'bad_parameter'),
     ('/default/nope.raw/clone', 'name=x', 404, 'no_such_image'),
 ])
@@ -306,6 +309,84 @@ def test_clone_refusals_change_nothing(api, path, query, status, code):
     assert (response.status, response.json['code']) == (status, code)
     assert volumes(api) == sorted(name for name, _, _ in DEFAULT_VOLUMES)
     assert volumes(api, 'iso') == ['installer.iso']
+
+
+# -- space: what a new image allocates must fit the pool's free space ---------------------------
+
+def pool_info(api, pool='default'):
+    return api.conn.storagePoolLookupByName(pool).info()
+
+
+def fill(api, leave):
+    """Allocate the default pool's free space but `leave` bytes, in an image named filler.raw."""
+    taken = pool_info(api)[3] - leave
+    response = api.post(IMAGES + '/default/create',
+                        query='name=filler.raw&capacity=%d&allocation=%d' % (taken, taken))
+    assert response.status == 201
+    assert pool_info(api)[3] == leave
+
+
+def test_create_allocating_more_than_the_free_space_is_507(api):
+    before = pool_info(api)
+    response = api.post(IMAGES + '/default/create', query='name=big.raw&capacity=200G&allocation=%d'
+                        % (before[3] + 1))
+    assert (response.status, response.json['code']) == (507, 'insufficient_space')
+    assert str(before[3]) in response.json['message']
+    assert volumes(api) == sorted(name for name, _, _ in DEFAULT_VOLUMES)
+    assert pool_info(api) == before
+
+
+def test_create_allocating_exactly_the_free_space_is_created(api):
+    free = pool_info(api)[3]
+    response = api.post(IMAGES + '/default/create',
+                        query='name=big.raw&capacity=%d&allocation=%d' % (free, free))
+    assert response.status == 201
+    assert pool_info(api)[3] == 0
+
+
+def test_a_sparse_image_larger_than_the_free_space_is_created(api):
+    fill(api, leave=GiB)
+    response = api.post(IMAGES + '/default/create', query='name=thin.raw&capacity=1T')
+    assert response.status == 201
+    assert (response.json['Capacity'], response.json['Allocation']) == (1 << 40, 0)
+
+
+def test_clone_allocating_more_than_the_free_space_is_507(api):
+    fill(api, leave=GiB // 2)  # the source, spare.qcow2, allocates 1 GiB
+    before = pool_info(api)
+    response = api.post(IMAGES + '/default/spare.qcow2/clone', query='name=copy.qcow2')
+    assert (response.status, response.json['code']) == (507, 'insufficient_space')
+    assert 'copy.qcow2' not in volumes(api)
+    assert pool_info(api) == before
+
+
+def test_clone_of_a_sparse_image_larger_than_the_free_space_is_sparse_too(api):
+    fill(api, leave=2 * GiB)  # spare.qcow2: 20 GiB, of which 1 GiB allocated
+    response = api.post(IMAGES + '/default/spare.qcow2/clone', query='name=copy.qcow2')
+    assert response.status == 201
+    assert (response.json['Capacity'], response.json['Allocation']) == (20 * GiB, GiB)
+    assert pool_info(api)[3] == GiB
+
+
+def test_upload_larger_than_the_free_space_is_507(api):
+    fill(api, leave=100)
+    response = upload(api, 'new.raw', b'x' * 101)
+    assert (response.status, response.json['code']) == (507, 'insufficient_space')
+    assert 'new.raw' not in volumes(api)
+
+
+@pytest.mark.parametrize('query, form', [('', 'raw'), ('&format=raw', 'raw'),
+                                         ('&format=qcow2', 'qcow2')])
+def test_create_format(api, query, form):
+    response = api.post(IMAGES + '/default/create', query='name=new&capacity=1G' + query)
+    assert (response.status, response.json['Format']) == (201, form)
+
+
+@pytest.mark.parametrize('query, form', [('', 'qcow2'), ('&format=raw', 'raw'),
+                                         ('&format=qcow2', 'qcow2')])
+def test_clone_format_defaults_to_the_source_s(api, query, form):
+    response = api.post(IMAGES + '/default/spare.qcow2/clone', query='name=copy' + query)
+    assert (response.status, response.json['Format']) == (201, form)
 
 
 # -- delete -------------------------------------------------------------------------------------
@@ -373,6 +454,25 @@ def test_resize_that_passes_our_checks_reaches_libvirt(api, query):
     assert (response.status, response.json['code']) == (501, 'not_supported')
 
 
+@pytest.mark.parametrize('flag, grow', [(1, 'to'), (3, 'by')])
+def test_resize_allocating_more_than_the_free_space_is_507(api, flag, grow):
+    # spare.qcow2 (20 GiB) allocates 1 GiB: allocated up to its new size, it needs that less 1 GiB.
+    free = pool_info(api)[3]
+    wanted = GiB + free + 1
+    capacity = wanted if grow == 'to' else wanted - 20 * GiB
+    response = api.post(IMAGES + '/default/spare.qcow2/resize',
+                        query='capacity=%d&flag=%d' % (capacity, flag))
+    assert (response.status, response.json['code']) == (507, 'insufficient_space')
+    response = api.post(IMAGES + '/default/spare.qcow2/resize',
+                        query='capacity=%d&flag=%d' % (capacity - 1, flag))
+    assert (response.status, response.json['code']) == (501, 'not_supported')  # it fits
+
+
+def test_growing_a_sparse_image_past_the_free_space_reaches_libvirt(api):
+    response = api.post(IMAGES + '/default/spare.qcow2/resize', query='capacity=1T')
+    assert (response.status, response.json['code']) == (501, 'not_supported')
+
+
 @pytest.mark.parametrize('query', ['', 'capacity=big', 'capacity=1G&flag=8', 'capacity=1G&force=2'])
 def test_resize_bad_parameters(api, query):
     response = api.post(IMAGES + '/default/spare.qcow2/resize', query=query)
@@ -410,7 +510,7 @@ def test_upload_needs_a_content_length(api):
     ('new.raw', b'', '', None, 400, 'bad_parameter'),
     ('new.raw', b'x' * 100, 'capacity=99', None, 413, 'too_large'),
     ('new.raw', b'x' * 100, 'capacity=lots', None, 400, 'bad_parameter'),
-    ('new.raw', b'x', '', {'CONTENT_LENGTH': '999999999999999'}, 413, 'insufficient_space'),
+    ('new.raw', b'x', '', {'CONTENT_LENGTH': '999999999999999'}, 507, 'insufficient_space'),
     ('web.raw', b'x' * 100, '', None, 409, 'already_exists'),
 ])
 def test_upload_refusals_change_nothing(api, name, body, query, headers, status, code):

@@ -1,6 +1,7 @@
 """/openapi.json: a valid OpenAPI 3 document that covers every route and tells the truth."""
 import json
 
+import jsonschema
 import pytest
 from openapi_spec_validator import validate as validate_openapi
 from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
@@ -23,7 +24,7 @@ def spec(api):
 def test_the_document_validates_as_openapi_3(spec):
     validate_openapi(spec)  # against the OpenAPI 3.0 schema: raises at the first violation
     broken = json.loads(json.dumps(spec))
-    del broken['paths']['/_ping']['get']['responses']
+    del broken['info']
     with pytest.raises(OpenAPIValidationError):
         validate_openapi(broken)
 
@@ -59,6 +60,7 @@ def _check_refs(schema, spec):
 
 def test_every_route_is_documented_and_states_its_role(spec):
     routes = {(route.method, route.path) for route in ROUTES}
+    routes |= {('HEAD', path) for method, path in routes if method == 'GET'}  # HEAD is GET's
     documented = {(method.upper(), path) for path, operations in spec['paths'].items()
                   for method in operations}
     assert documented == routes
@@ -102,8 +104,8 @@ def test_answers_match_their_documented_schema(api, spec, method, path, query, s
     if 'content' not in documented:
         assert response.body == b''
         return
-    [(media, content)] = documented['content'].items()
-    assert response.headers['Content-Type'].startswith(media)
+    media = response.headers['Content-Type'].split(';')[0]
+    content = documented['content'][media]
     if media == 'application/json':
         validate(response.json, content['schema'], spec)
     elif media == 'application/x-ndjson':
@@ -123,40 +125,11 @@ def _template(spec, path):
     raise AssertionError('no documented path for %s' % path)
 
 
-TYPES = {'object': dict, 'array': list, 'string': str, 'integer': int, 'number': (int, float),
-         'boolean': bool}
-
-
 def validate(value, schema, spec, where='body'):
-    """The subset of OpenAPI schemas this API uses: $ref, type, nullable, enum, properties,
-    required, items, additionalProperties, minimum, min/maxProperties."""
-    if '$ref' in schema:
-        schema = spec['components']['schemas'][schema['$ref'].rsplit('/', 1)[1]]
-    if value is None:
-        assert schema.get('nullable'), '%s is null' % where
-        return
-    kind = schema.get('type')
-    if kind:
-        assert isinstance(value, TYPES[kind]) and not (
-            kind in ('integer', 'number') and isinstance(value, bool)), \
-            '%s: %r is not %s' % (where, value, kind)
-    if 'enum' in schema:
-        assert value in schema['enum'], '%s: %r not in %s' % (where, value, schema['enum'])
-    if 'minimum' in schema:
-        assert value >= schema['minimum']
-    if kind == 'object':
-        for name in schema.get('required', ()):
-            assert name in value, '%s lacks %s' % (where, name)
-        assert len(value) >= schema.get('minProperties', 0)
-        assert len(value) <= schema.get('maxProperties', len(value))
-        for name, item in value.items():
-            if name in schema.get('properties', {}):
-                validate(item, schema['properties'][name], spec, '%s.%s' % (where, name))
-            elif isinstance(schema.get('additionalProperties'), dict):
-                validate(item, schema['additionalProperties'], spec, '%s.%s' % (where, name))
-    if kind == 'array':
-        for index, item in enumerate(value):
-            validate(item, schema.get('items', {}), spec, '%s[%d]' % (where, index))
+    """JSON Schema 2020-12, as OpenAPI 3.1 uses it; $refs resolve into the document."""
+    checker = jsonschema.Draft202012Validator({**schema, 'components': spec['components']})
+    errors = sorted(checker.iter_errors(value), key=str)
+    assert not errors, '%s: %s' % (where, errors[0].message)
 
 
 def test_the_checker_catches_a_wrong_answer(spec):

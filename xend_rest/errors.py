@@ -37,6 +37,22 @@ def _code(name):
 
 
 # libvirt error code -> (HTTP status, our stable code).  Anything absent is a 500.
+#
+# VIR_ERR_INTERNAL_ERROR, VIR_ERR_OPERATION_FAILED and VIR_ERR_SYSTEM_ERROR stay 500 on purpose:
+# drivers use them for their own failures too, and only the message (never matched) would tell
+# a refusal apart. The refusals that reach them on the drivers the tests run are prevented by a
+# state check before the call instead:
+#   test driver, INTERNAL_ERROR: start of a running domain (304), shutdown of one shut off (304),
+#     suspend of one not running (409) or paused (304), resume of one not paused (304): checked in
+#     handlers/domains.py; "Not enough free space in pool" on image create and clone: 507
+#     (handlers/images.py, _refuse_no_space).
+#   QEMU (and Xen's libxl), OPERATION_FAILED: a live attach of a disk on a taken target (409,
+#     _refuse_taken_target); "Not enough space left in storage pool" on a resize that allocates
+#     (507); SYSTEM_ERROR ENOSPC on create, clone or upload (507, the same free-space check).
+# What stays a 500: a race that changes the state between our check and the call (a domain shut
+# down meanwhile; a pool filled by another writer), a host failure (QEMU dying at start, a missing
+# binary such as scrub for a wipe pattern, a file system without reflink) and a file libvirt's
+# pool does not know of yet blocking a new image's name (refresh the pool).
 LIBVIRT_ERRORS = {
     _code('VIR_ERR_NO_DOMAIN'): (404, 'no_such_domain'),
     _code('VIR_ERR_NO_DOMAIN_SNAPSHOT'): (404, 'no_such_snapshot'),

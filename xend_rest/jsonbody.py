@@ -7,6 +7,7 @@ from .errors import bad_request
 MAX_DEPTH = 64  # libvirt's deepest domain XML is about a dozen levels
 MAX_INT_DIGITS = 20
 MAX_INT = 2 ** 63
+MAX_NUMBER = MAX_INT  # no definition needs a number beyond: refused however it is written
 
 
 def loads(body):
@@ -33,14 +34,14 @@ def _refuse_constant(name):
 
 def _bounded_int(text):
     # Count digits before converting: int() of a huge literal is itself slow.
-    if len(text.lstrip('-')) > MAX_INT_DIGITS or abs(int(text)) > MAX_INT:
+    if len(text.lstrip('-')) > MAX_INT_DIGITS or abs(int(text)) > MAX_NUMBER:
         raise _Refused('integer %s... is too large' % text[:MAX_INT_DIGITS])
     return int(text)
 
 
 def _finite_float(text):
     value = float(text)
-    if not math.isfinite(value):
+    if not math.isfinite(value) or abs(value) > MAX_NUMBER:
         raise _Refused('number %s... is too large' % text[:MAX_INT_DIGITS])
     return value
 

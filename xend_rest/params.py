@@ -81,10 +81,48 @@ SIZE_UNITS = {'': 1, 'B': 1, 'BYTES': 1}
 for _power, _prefix in enumerate('KMGTPE', start=1):
     SIZE_UNITS.update({_prefix: 1024 ** _power, _prefix + 'IB': 1024 ** _power,
                        _prefix + 'B': 1000 ** _power})
-SIZE = re.compile(r'([0-9]{1,20})([A-Za-z]{0,5})\Z')
 MAX_SIZE = 2**63 - 1  # libvirt's sizes are unsigned long long; Python's int would not stop us
+MAX_WHOLE = 2**63 - 1  # the largest whole number a count or id may be
+NAME_MAX = 255  # bytes: what a file name may hold on the file systems dir pools live on
+
+
+def _at_most(limit):
+    """A regex for the decimal numbers from 0 to `limit` (leading zeros allowed)."""
+    digits = str(limit)
+    options = ['[0-9]{1,%d}' % (len(digits) - 1)] if len(digits) > 1 else []
+    for i, digit in enumerate(digits):
+        if digit != '0':
+            options.append(digits[:i] + '[0-%d]' % (int(digit) - 1)
+                           + ('[0-9]{%d}' % (len(digits) - i - 1) if i < len(digits) - 1 else ''))
+    return '0*(?:%s)' % '|'.join(options + [digits])
+
+
+def _size_pattern():
+    """Every size parse_size accepts, as one regex (OpenAPI's pattern is this very text): per
+    unit, the numbers whose bytes do not pass MAX_SIZE; units in either case."""
+    by_factor = {}
+    for unit, factor in SIZE_UNITS.items():
+        by_factor.setdefault(factor, []).append(''.join('[%s%s]' % (c, c.lower()) for c in unit))
+    return '^(?:%s)$' % '|'.join('%s(?:%s)' % (_at_most(MAX_SIZE // factor), '|'.join(units))
+                                 for factor, units in sorted(by_factor.items()))
+
+
+SIZE_PATTERN = _size_pattern()
+SIZE = re.compile(SIZE_PATTERN)
+SIZE_PARTS = re.compile(r'([0-9]+)([A-Za-z]*)\Z')
+
+# A number as JSON writes it, and as Python and C print one: 5, 0.5, .5, 5., 1e1, 1E-05, -0.
+NUMBER = re.compile(r'-?([0-9]{1,20}\.?[0-9]{0,20}|\.[0-9]{1,20})([eE][-+]?[0-9]{1,3})?\Z')
 
 BOOLEANS = {'1': True, 'True': True, 'true': True, '0': False, 'False': False, 'false': False}
+
+
+def flag_values(table):
+    """Every valid `flag` of a table: each OR of its bits (the tables are small)."""
+    values = {0}
+    for _name, bit in table:
+        values |= {value | bit for value in values}
+    return sorted(values)
 
 
 def parse_flag(request, table):
@@ -128,13 +166,17 @@ def parse_size(request, name, default=None):
         if default is None:
             raise bad_request('query parameter "%s" is required' % name)
         return default
-    found = SIZE.match(value)
-    unit = SIZE_UNITS.get(found.group(2).upper()) if found else None
-    if unit is None or int(found.group(1)) * unit > MAX_SIZE:
+    if not SIZE.match(value):
         raise bad_request('%s=%s: expected a size such as 1073741824, 512M, 10G or 10GiB '
                           '(K, M, G, T, P, E, KiB... are powers of 1024; KB, MB, GB... of 1000)'
                           % (name, value))
-    return int(found.group(1)) * unit
+    number, unit = SIZE_PARTS.match(value).groups()
+    return int(number) * SIZE_UNITS[unit.upper()]
+
+
+def parse_image_format(request, default):
+    """An image's `format` (create and clone alike): raw or qcow2; `default` when absent."""
+    return parse_choice(request, 'format', IMAGE_FORMATS, default)
 
 
 def is_whole(value):
@@ -143,19 +185,23 @@ def is_whole(value):
 
 
 def parse_choice(request, name, choices, default):
-    """A query parameter that names one key of `choices`; answers that key's value."""
-    value = request.arg(name, default)
+    """A query parameter that names one key of `choices`; answers that key's value. When absent:
+    the value of the key `default`, or None for None. Present but empty is no key: 400."""
+    value = request.arg(name)
+    if value is None and default is None:
+        return None
+    value = default if value is None else value
     if value not in choices:
         raise bad_request('%s=%s: expected one of %s' % (name, value, ', '.join(choices)))
     return choices[value]
 
 
 def parse_seconds(request, name, default=None, maximum=MAX_WAIT_SECONDS):
-    """A duration in seconds (decimals allowed) from 0 to `maximum`; `default` when absent."""
+    """A duration in seconds from 0 to `maximum`, written as any JSON or decimal number (5, 0.5,
+    .5, 5., 1e1, -0); `default` when absent."""
     value = request.arg(name)
     if value is None:
         return default
-    whole, dot, fraction = value.partition('.')
-    if not (is_whole(whole) and (not dot or is_whole(fraction))) or float(value) > maximum:
+    if not NUMBER.match(value) or not 0 <= float(value) <= maximum:
         raise bad_request('%s=%s: expected a number of seconds from 0 to %d' % (name, value, maximum))
-    return float(value)
+    return float(value) + 0.0  # -0 is 0

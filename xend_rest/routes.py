@@ -9,10 +9,13 @@ import libvirt
 
 from . import defaults
 from .handlers import consoles, domains, events, images, operations
-from .openapi import (AFFECT_FLAG, ALL, CAPACITY, ERROR, FORCE, NO_BODY, NO_FLAG, OCTETS, SIZE,
-                      STRING, TEXT, WAIT, XML_FLAG, Doc, flag, lifecycle, query, upgrade)
-from .params import (DESTROY_FLAGS, REBOOT_FLAGS, SHUTDOWN_FLAGS, START_FLAGS, UNDEFINE_FLAGS,
-                     VOL_CREATE_FLAGS, VOL_DELETE_FLAGS, VOL_RESIZE_FLAGS)
+from .events import CONDITION_STATES, EVENT_NAMES
+from .openapi import (AFFECT_FLAG, ALL, CAPACITY, ERROR, FORCE, NAME, NO_BODY, NO_FLAG, OCTETS,
+                      SIZE_SCHEMA, SIZE_TEXT, STRING, TEXT, WAIT, WHOLE, XML_FLAG, Doc, flag,
+                      lifecycle, query, upgrade)
+from .params import (DESTROY_FLAGS, IMAGE_FORMATS, MAX_WHOLE, REBOOT_FLAGS, SHUTDOWN_FLAGS,
+                     START_FLAGS, UNDEFINE_FLAGS, VOL_CREATE_FLAGS, VOL_DELETE_FLAGS,
+                     VOL_RESIZE_FLAGS, WIPE_ALGORITHMS)
 
 READ, OPERATOR, ADMIN = 'read', 'operator', 'admin'
 ROLES = (READ, OPERATOR, ADMIN)  # each role may do everything the ones before it may
@@ -65,16 +68,43 @@ IMAGES = HV + '/images'
 IMAGE = IMAGES + '/{pool}/{name}'
 POOLS = HV + '/pools'
 JSON = defaults.JSON
-DOMAIN_ERRORS = {400: ERROR, 403: ERROR, 404: ERROR}
+SECONDS = {'type': 'number', 'minimum': 0}
+CONNECTION = '$request.path.connection'
+
+
+def to_domain(*handlers):
+    """Links from an answer carrying a domain's Uuid to the routes that act on that domain."""
+    return {handler.__name__: (handler, {'connection': CONNECTION, 'ident': '$response.body#/Uuid'})
+            for handler in handlers}
+
+
+def to_image(*handlers):
+    """Links from an answer describing an image (Pool, Name) to the routes on that image."""
+    return {handler.__name__: (handler, {'connection': CONNECTION, 'pool': '$response.body#/Pool',
+                                         'name': '$response.body#/Name'})
+            for handler in handlers}
+
+IMAGE_LINKS = to_image(images.inspect_image, images.clone_image, images.resize_image,
+                       images.wipe_image, images.delete_image, images.download_image)
+FORMAT = query('format', 'raw (default) or qcow2.', {'type': 'string',
+                                                    'enum': list(IMAGE_FORMATS)})
+# Event names as `event` takes them: comma-separated, empty items skipped.
+EVENT_LIST = '^(?:%s)?(?:,(?:%s)?)*$' % (('|'.join(EVENT_NAMES),) * 2)
 
 ROUTES = [
     Route('GET', NODES + '/json', domains.list_domains, READ, secret_flag=SECURE_XML, doc=Doc(
-        'List domains (dom0 excepted)', {200: 'DomainList', 400: ERROR}, [ALL, XML_FLAG])),
+        'List domains (dom0 excepted)', {200: 'DomainList', 501: ERROR}, [ALL, XML_FLAG])),
+    # A name another domain has (with another UUID) is libvirt's refusal like any other: 406.
     Route('POST', NODES + '/create', domains.create_domain, ADMIN, body=JSON, host_paths=True,
-          doc=Doc('Define (or redefine) a domain', {201: 'Created', 400: ERROR, 406: ERROR,
-                                                    409: ERROR, 413: ERROR}, body='Domain')),
+          doc=Doc('Define (or redefine) a domain', {201: 'Created', 406: ERROR, 409: ERROR},
+                  body='DomainDefinition', links=to_domain(
+                      domains.inspect_domain, domains.start_domain, domains.stop_domain,
+                      domains.destroy_domain, domains.restart_domain, domains.delete_domain,
+                      domains.suspend_domain, domains.resume_domain, domains.attach_device,
+                      domains.detach_device, domains.update_device, domains.resize_memory,
+                      domains.resize_vcpu, events.wait_domain, operations.domain_stats))),
     Route('GET', DOMAIN + '/json', domains.inspect_domain, READ, secret_flag=SECURE_XML, doc=Doc(
-        'Inspect a domain', {200: 'Domain', 403: ERROR, 404: ERROR}, [XML_FLAG])),
+        'Inspect a domain', {200: 'Domain', 501: ERROR}, [XML_FLAG])),
     Route('POST', DOMAIN + '/start', domains.start_domain, OPERATOR,
           doc=lifecycle('Start a domain', flag(START_FLAGS))),
     Route('POST', DOMAIN + '/stop', domains.stop_domain, OPERATOR,
@@ -92,25 +122,28 @@ ROUTES = [
     Route('POST', DOMAIN + '/resume', domains.resume_domain, OPERATOR,
           doc=lifecycle('Resume a paused domain', NO_FLAG)),
     Route('POST', DOMAIN + '/devices/attach', domains.attach_device, ADMIN, body=JSON,
-          host_paths=True, doc=Doc('Attach a device', {201: 'Device', 409: ERROR, 501: ERROR,
-                                                       **DOMAIN_ERRORS},
-                                   [AFFECT_FLAG], body='Device')),
+          host_paths=True, doc=Doc('Attach a device', {201: 'Device', 409: ERROR, 501: ERROR},
+                                   [AFFECT_FLAG], body='DeviceDefinition')),
     Route('POST', DOMAIN + '/devices/detach', domains.detach_device, ADMIN, body=JSON, doc=Doc(
-        'Detach a device', {202: 'Message', 204: NO_BODY, 501: ERROR, **DOMAIN_ERRORS},
-        [AFFECT_FLAG], body='Device')),
+        'Detach a device', {202: 'Message', 204: NO_BODY, 409: ERROR, 501: ERROR},
+        [AFFECT_FLAG], body='DeviceDefinition')),
     Route('POST', DOMAIN + '/devices/update', domains.update_device, ADMIN, body=JSON,
-          host_paths=True, doc=Doc('Change a device in place', {200: 'Device', 501: ERROR,
-                                                                 **DOMAIN_ERRORS},
-                                   [AFFECT_FLAG], body='Device')),
+          host_paths=True, doc=Doc('Change a device in place', {200: 'Device', 409: ERROR,
+                                                                 501: ERROR},
+                                   [AFFECT_FLAG], body='DeviceDefinition')),
     Route('POST', DOMAIN + '/memory/resize', domains.resize_memory, ADMIN, doc=Doc(
-        "Resize a domain's memory", {204: NO_BODY, 501: ERROR, **DOMAIN_ERRORS},
-        [SIZE, query('type', 'target (default) or max.', {'type': 'string',
-                                                          'enum': ['target', 'max']}),
+        "Resize a domain's memory", {204: NO_BODY, 409: ERROR, 501: ERROR},
+        [query('size', 'The new size in KiB (400 above what the domain may have).',
+               {'type': 'integer', 'minimum': 1, 'maximum': MAX_WHOLE}, True),
+         query('type', 'target (default) or max.', {'type': 'string',
+                                                    'enum': sorted(domains.MEMORY_TYPES)}),
          AFFECT_FLAG])),
     Route('POST', DOMAIN + '/vcpu/resize', domains.resize_vcpu, ADMIN, doc=Doc(
-        "Change a domain's virtual CPUs", {204: NO_BODY, 501: ERROR, **DOMAIN_ERRORS},
-        [SIZE, query('type', 'current (default) or max.', {'type': 'string',
-                                                           'enum': ['current', 'max']}),
+        "Change a domain's virtual CPUs", {204: NO_BODY, 409: ERROR, 501: ERROR},
+        [query('size', 'The new number (400 above what the domain may have).',
+               {'type': 'integer', 'minimum': 1, 'maximum': domains.MAX_VCPUS}, True),
+         query('type', 'current (default) or max.', {'type': 'string',
+                                                     'enum': sorted(domains.VCPU_TYPES)}),
          AFFECT_FLAG])),
     # Consoles and screens upgrade the connection (see docs/consoles.md). Typing into a guest's
     # console or screen acts on it: operators.
@@ -123,32 +156,35 @@ ROUTES = [
         "A domain's VNC screen (RFB) over a WebSocket, for noVNC")),
     Route('POST', DOMAIN + '/console/ticket', consoles.issue_ticket, OPERATOR, doc=Doc(
         'A single-use ticket that opens the console or screen from a browser',
-        {201: 'Ticket', 400: ERROR, 429: ERROR, **DOMAIN_ERRORS},
+        {201: 'Ticket', 429: ERROR},
         [query('for', 'console (default) or vnc.', {'type': 'string',
                                                     'enum': ['console', 'vnc']})])),
     # Watching changes nothing: events, waits, counters and descriptions are for readers.
     Route('POST', DOMAIN + '/wait', events.wait_domain, READ, doc=Doc(
-        'Wait until a domain reaches a state', {200: 'WaitResult', 408: ERROR, **DOMAIN_ERRORS},
+        'Wait until a domain reaches a state', {200: 'WaitResult', 408: ERROR},
         [query('condition', 'The state to wait for.', {
-            'type': 'string', 'enum': ['running', 'shutoff', 'paused', 'undefined']}, True),
-         query('timeout', 'Seconds to wait at most (0-%d, default 60).'
-               % defaults.MAX_WAIT_SECONDS,
-               {'type': 'number', 'minimum': 0, 'maximum': defaults.MAX_WAIT_SECONDS})])),
+            'type': 'string', 'enum': list(CONDITION_STATES)}, True),
+         query('timeout', 'Seconds to wait at most (0-%d, default %d).'
+               % (defaults.MAX_WAIT_SECONDS, events.DEFAULT_WAIT_SECONDS),
+               dict(SECONDS, maximum=defaults.MAX_WAIT_SECONDS))])),
     Route('GET', DOMAIN + '/stats', operations.domain_stats, READ, doc=Doc(
-        "A domain's counters", {200: 'Stats', 403: ERROR, 404: ERROR})),
+        "A domain's counters", {200: 'Stats'})),
     Route('GET', NODES + '/stats', operations.all_stats, READ, doc=Doc(
-        "Every domain's counters", {200: 'StatsList', 400: ERROR}, [ALL])),
+        "Every domain's counters", {200: 'StatsList'}, [ALL])),
     Route('GET', HV + '/events', events.stream_events, READ, doc=Doc(
-        'Domain events as they happen',
-        {200: (defaults.NDJSON, {'$ref': '#/components/schemas/Event'}), 400: ERROR},
-        [query('since', 'Replay the kept events after this id first.', {'type': 'integer'}),
-         query('domain', 'Only events of these domains (names or UUIDs, comma-separated).',
-               STRING),
-         query('event', 'Only these events (comma-separated names).', STRING),
-         query('limit', 'End the stream after this many events.', {'type': 'integer',
-                                                                    'minimum': 1}),
-         query('timeout', 'End the stream after this many seconds.', {'type': 'number',
-                                                                       'minimum': 0})])),
+        'Domain events as they happen (Server-Sent Events for Accept: text/event-stream)',
+        {200: {defaults.NDJSON: {'$ref': '#/components/schemas/StreamLine'},
+               defaults.SSE: STRING}},
+        [query('since', 'Replay the kept events after this id first.', WHOLE),
+         query('domain', 'Only events of these domains (names or UUIDs; repeat the parameter, '
+               'or separate them with commas).', {'type': 'array', 'items': STRING}),
+         query('event', 'Only these events (repeat the parameter, or separate them with '
+               'commas).', {'type': 'array', 'items': {'type': 'string',
+                                                       'pattern': EVENT_LIST}}),
+         query('limit', 'End the stream after this many events.', dict(WHOLE, minimum=1)),
+         query('timeout', 'End the stream after this many seconds (at most %d: a week; '
+               'without it the stream runs until the client or the daemon ends it).'
+               % events.MAX_STREAM_SECONDS, dict(SECONDS, maximum=events.MAX_STREAM_SECONDS))])),
     Route('GET', '/_ping', operations.ping, READ, doc=Doc(
         'Is the daemon alive? (touches no hypervisor)', {200: TEXT})),
     Route('GET', '/version', operations.version, READ, doc=Doc(
@@ -156,57 +192,57 @@ ROUTES = [
         {200: 'Version'})),
     Route('GET', '/info', operations.info, READ, default_connection=True, doc=Doc(
         'The default connection\'s host, its domains, and what its driver supports',
-        {200: 'Info', 403: ERROR})),
+        {200: 'Info'})),
     Route('GET', '/libvirt/json', operations.list_connections, READ, doc=Doc(
         'The hypervisor connections (those your credentials cover), without waiting on a dead '
         'one', {200: 'ConnectionList'})),
     Route('GET', HV + '/info', operations.connection_info, READ, doc=Doc(
-        'The host, its domains, and what its driver supports', {200: 'Info', 403: ERROR,
-                                                                 404: ERROR})),
+        'The host, its domains, and what its driver supports', {200: 'Info'})),
     Route('GET', '/metrics', operations.metrics, READ, doc=Doc(
         "Metrics in Prometheus' text format", {200: (defaults.METRICS, STRING)})),
     Route('GET', '/openapi.json', operations.openapi_document, READ, doc=Doc(
         'This document', {200: (JSON, {'type': 'object'})})),
     Route('GET', IMAGES + '/json', images.list_images, READ, doc=Doc(
-        'List images (every pool, or one)', {200: 'ImageList', 404: ERROR},
-        [query('pool', 'Only this pool.', STRING)])),
+        'List images (every active pool, or one)', {200: 'ImageList', 409: ERROR},
+        [query('pool', 'Only this pool.', NAME)])),
     Route('POST', IMAGES + '/{pool}/create', images.create_image, ADMIN, doc=Doc(
-        'Create an empty image', {201: 'Image', 400: ERROR, 404: ERROR, 409: ERROR},
-        [query('name', "The new image's name.", STRING, True), CAPACITY,
-         query('format', 'raw (default) or qcow2.', {'type': 'string', 'enum': ['raw', 'qcow2']}),
-         query('allocation', 'Space to allocate now (default 0: sparse).', STRING),
-         flag(VOL_CREATE_FLAGS)])),
+        'Create an empty image', {201: 'Image', 409: ERROR, 501: ERROR, 507: ERROR},
+        [query('name', "The new image's name.", NAME, True), CAPACITY, FORMAT,
+         query('allocation', 'Space to allocate now, at most the capacity and the pool\'s free '
+               'space (default 0: sparse). ' + SIZE_TEXT, SIZE_SCHEMA),
+         flag(VOL_CREATE_FLAGS)], links=IMAGE_LINKS)),
     Route('GET', IMAGE + '/json', images.inspect_image, READ, doc=Doc(
-        'Inspect an image', {200: 'Volume', 400: ERROR, 404: ERROR})),
+        'Inspect an image', {200: 'Volume', 409: ERROR})),
     Route('POST', IMAGE + '/clone', images.clone_image, ADMIN, doc=Doc(
-        'Clone an image', {201: 'Image', 400: ERROR, 404: ERROR, 409: ERROR},
-        [query('name', "The clone's name.", STRING, True),
-         query('pool', "The clone's pool (default: the same).", STRING),
-         query('format', "raw or qcow2 (default: the source's).",
-               {'type': 'string', 'enum': ['raw', 'qcow2']})])),
+        'Clone an image (allocating what the source does)', {201: 'Image', 409: ERROR,
+                                                             501: ERROR, 507: ERROR},
+        [query('name', "The clone's name.", NAME, True),
+         query('pool', "The clone's pool (default: the same).", NAME),
+         dict(FORMAT, description="raw or qcow2 (default: the source's)."),
+         flag(VOL_CREATE_FLAGS)], links=IMAGE_LINKS)),
     Route('POST', IMAGE + '/resize', images.resize_image, ADMIN, doc=Doc(
-        'Resize an image (shrinking needs flag=4)', {204: NO_BODY, 400: ERROR, 404: ERROR,
-                                                     409: ERROR, 501: ERROR},
+        'Resize an image (shrinking needs flag=4)', {204: NO_BODY, 409: ERROR, 501: ERROR,
+                                                     507: ERROR},
         [CAPACITY, FORCE, flag(VOL_RESIZE_FLAGS)])),
     Route('POST', IMAGE + '/wipe', images.wipe_image, ADMIN, doc=Doc(
-        "Wipe an image's content", {204: NO_BODY, 400: ERROR, 404: ERROR, 409: ERROR, 501: ERROR},
-        [query('algorithm', "zero (default), or one of libvirt's wipe patterns.", STRING),
-         FORCE])),
+        "Wipe an image's content", {204: NO_BODY, 409: ERROR, 501: ERROR},
+        [query('algorithm', "zero (default), or one of libvirt's wipe patterns.",
+               {'type': 'string', 'enum': list(WIPE_ALGORITHMS)}), FORCE, NO_FLAG])),
     Route('POST', IMAGE + '/delete', images.delete_image, ADMIN, doc=Doc(
-        'Delete an image', {204: NO_BODY, 400: ERROR, 404: ERROR, 409: ERROR},
+        'Delete an image', {204: NO_BODY, 409: ERROR, 501: ERROR},
         [FORCE, flag(VOL_DELETE_FLAGS)])),
     Route('PUT', IMAGE + '/upload', images.upload_image, ADMIN, body=defaults.OCTETS, doc=Doc(
-        "Upload a new image's content", {201: 'Image', 400: ERROR, 404: ERROR, 408: ERROR,
-                                          409: ERROR, 411: ERROR, 413: ERROR, 501: ERROR},
-        [query('capacity', "The image's size (default: the body's length).", STRING)],
-        body='Octets')),
+        "Upload a new image's content", {201: 'Image', 409: ERROR, 413: ERROR, 501: ERROR,
+                                          507: ERROR},
+        [query('capacity', "The image's size (default: the body's length). " + SIZE_TEXT,
+               SIZE_SCHEMA)], body='Octets', links=IMAGE_LINKS)),
     # A guest's disk holds its secrets, keys and data.
     Route('GET', IMAGE + '/download', images.download_image, ADMIN, doc=Doc(
-        'Download an image (a single Range is honoured)', {200: OCTETS, 206: OCTETS, 400: ERROR,
-                                                           404: ERROR, 409: ERROR, 416: ERROR,
-                                                           501: ERROR})),
+        'Download an image (a single Range is honoured)', {200: OCTETS, 206: OCTETS, 409: ERROR,
+                                                           416: ERROR, 501: ERROR})),
     Route('GET', POOLS + '/json', images.list_pools, READ, doc=Doc(
-        'List storage pools', {200: 'PoolList'})),
+        'List storage pools', {200: 'PoolList'}, links={'inspect_pool': (images.inspect_pool, {
+            'connection': CONNECTION, 'pool': '$response.body#/0/Name'})})),
     Route('GET', POOLS + '/{pool}/json', images.inspect_pool, READ, doc=Doc(
-        'Inspect a storage pool', {200: 'StoragePool', 400: ERROR, 404: ERROR})),
+        'Inspect a storage pool', {200: 'StoragePool'})),
 ]

@@ -224,6 +224,24 @@ def test_disk_hot_plug_and_detach_pending_then_done(api, running, libvirt_conn, 
     console.wait_for(f'{UEVENT_MARKER} remove block vd', count=2)
 
 
+def test_a_live_disk_attach_on_a_taken_target_is_409(api, running, libvirt_conn, image):
+    # QEMU refuses it as VIR_ERR_OPERATION_FAILED, which would be a 500: the daemon checks first.
+    name, console = running
+    assert api.post(f'{NODES}/{name}/devices/attach', disk_json(image, 'vdd'),
+                    query='flag=1').status == 201
+    try:
+        again = api.post(f'{NODES}/{name}/devices/attach', disk_json(image, 'vdd'), query='flag=1')
+        assert (again.status, again.json['code']) == (409, 'already_exists'), again.json
+        assert [d['target']['@dev'] for d in live_devices(libvirt_conn, name, 'disk')
+                ].count('vdd') == 1
+    finally:
+        assert api.post(f'{NODES}/{name}/devices/detach', disk_json(image, 'vdd'),
+                        query='flag=1').status in (202, 204)
+        wait_until(lambda: not any(d['target']['@dev'] == 'vdd'
+                                   for d in live_devices(libvirt_conn, name, 'disk')),
+                   20, 'vdd gone from the live XML', console.diagnostics)
+
+
 def test_disk_and_nic_in_the_config_only(api, running, libvirt_conn, image):
     name, console = running
     nic = {'interface': {'@type': 'user', 'mac': {'@address': '52:54:00:0e:4d:02'},

@@ -22,6 +22,7 @@ from .guest import wait_until
 
 IMAGES = '/libvirt/qemu/images'
 MiB = 1 << 20
+GiB = 1 << 30
 BIG = 300 * MiB + 12345  # several hundred MiB, and not a whole number of chunks
 
 
@@ -364,3 +365,33 @@ def test_clone_into_another_pool(server, pools, pool, libvirt_conn):
                               '&format=raw' % (IMAGES, pools[1], pool))
     assert status == 201, body
     assert download(server, pool, 'back.raw')[2] == digest(chunks(9, 6 * MiB))
+
+
+# -- the pool's free space (507, never libvirt's 500) ------------------------------------------
+
+def test_what_does_not_fit_the_pool_is_507_and_a_sparse_image_is_not_held_to_it(
+        server, pool, libvirt_conn):
+    free = libvirt_conn.storagePoolLookupByName(pool).info()[3]
+    base = '%s/%s' % (IMAGES, pool)
+    status, _, body = request(server, 'POST', '%s/create?name=big.raw&capacity=%d&allocation=%d'
+                              % (base, free + GiB, free + GiB))
+    assert (status, json.loads(body)['code']) == (507, 'insufficient_space')
+    assert volume(libvirt_conn, pool, 'big.raw') is None
+    # sparse: a capacity beyond the free space takes no space until written
+    status, _, body = request(server, 'POST', '%s/create?name=thin.raw&capacity=%d'
+                              % (base, free + GiB))
+    assert status == 201, body
+    thin = volume(libvirt_conn, pool, 'thin.raw')
+    assert thin.info()[1] == free + GiB and thin.info()[2] < MiB
+    # growing it with flag=1 (allocate) past the free space: 507 (libvirt: OPERATION_FAILED)
+    status, _, body = request(server, 'POST', '%s/thin.raw/resize?capacity=%d&flag=1'
+                              % (base, free + 2 * GiB))
+    assert (status, json.loads(body)['code']) == (507, 'insufficient_space')
+    assert thin.info()[1] == free + GiB
+    # a clone allocates what its source does (here nothing), not its capacity (libvirt's
+    # default); a small source, as libvirt reads every byte of it
+    assert request(server, 'POST', '%s/create?name=small.raw&capacity=1G' % base)[0] == 201
+    status, _, body = request(server, 'POST', '%s/small.raw/clone?name=copy.raw' % base)
+    assert status == 201, body
+    copy = volume(libvirt_conn, pool, 'copy.raw')
+    assert copy.info()[1] == GiB and copy.info()[2] < MiB

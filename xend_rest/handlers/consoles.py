@@ -21,18 +21,21 @@ RAW_UPGRADE = [('Upgrade', 'tcp'), ('Connection', 'Upgrade')]
 
 def console(request, ident):
     """GET /nodes/{ident}/console: the console over a WebSocket, in binary frames both ways."""
+    options = _console_options(request)  # a bad parameter is 400, with or without the handshake
     upgrade = upgrade_hook(request.environ)
     headers = websocket.handshake(request.environ)
-    return _upgrade(request, upgrade, _open_console(request, ident, True), headers)
+    return _upgrade(request, upgrade, _open_console(request, ident, True, *options), headers)
 
 
 def attach(request, ident):
     """POST /nodes/{ident}/attach with Upgrade: tcp: the console's raw bytes both ways, as
     Docker's attach does, for clients that speak no WebSocket."""
+    options = _console_options(request)
     upgrade = upgrade_hook(request.environ)
     if not websocket.asks_upgrade(request.environ, 'tcp'):
         raise websocket.upgrade_required('tcp')
-    return _upgrade(request, upgrade, _open_console(request, ident, False), RAW_UPGRADE)
+    return _upgrade(request, upgrade, _open_console(request, ident, False, *options),
+                    RAW_UPGRADE)
 
 
 def screen(request, ident):
@@ -61,12 +64,16 @@ def issue_ticket(request, ident):
                  'Path': f'/libvirt/{request.hypervisor.name}/nodes/{uuid}/{target}?ticket={token}'}
 
 
-def _open_console(request, ident, over_websocket):
+def _console_options(request):
+    """(flags, dev) from the query: force=, safe= and dev=."""
     flags = 0
     for name, bit in CONSOLE_FLAGS:
         if parse_bool(request, name):
             flags |= bit
-    dev = request.arg('dev')
+    return flags, request.arg('dev')
+
+
+def _open_console(request, ident, over_websocket, flags, dev):
     dom = _running_domain(request, ident)
     sessions = request.app.consoles
     return open_console(sessions, request.conn, dom, dev, flags, sessions.framing(over_websocket))

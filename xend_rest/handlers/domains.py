@@ -16,6 +16,7 @@ UUID = re.compile(r'[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}\Z')
 DOM0_UUID = '00000000-0000-0000-0000-000000000000'
 MEMORY_TYPES = {'target': 0, 'max': libvirt.VIR_DOMAIN_MEM_MAXIMUM}
 VCPU_TYPES = {'current': 0, 'max': libvirt.VIR_DOMAIN_VCPU_MAXIMUM}
+MAX_VCPUS = 2**31 - 1  # libvirt counts vCPUs in an unsigned int
 NOT_MODIFIED = (304, None)
 NO_CONTENT = (204, None)
 
@@ -211,7 +212,7 @@ def resize_memory(request, ident):
 
 
 def resize_vcpu(request, ident):
-    size = parse_int(request, 'size', minimum=1, maximum=2**31 - 1)
+    size = parse_int(request, 'size', minimum=1, maximum=MAX_VCPUS)
     kind = parse_choice(request, 'type', VCPU_TYPES, 'current')
     flag = parse_flag(request, AFFECT_FLAGS)
     lookup_domain(request.conn, ident).setVcpusFlags(size, kind | flag)
@@ -248,12 +249,25 @@ def _change_device(request, ident, method, status):
     kind = next(iter(posted))
     dom = lookup_domain(request.conn, ident)
     before = _devices(dom, flag, kind)
+    if method == 'attachDeviceFlags' and kind == 'disk':
+        _refuse_taken_target(posted[kind], before)
     getattr(dom, method)(xml, flag)
     after = _devices(dom, flag, kind)
     changed = [dev for dev in after if dev not in before]
     matching = [dev for dev in after if _same_device(posted[kind], dev)]
     device = (changed or matching or [posted[kind]])[0]
     return status, {kind: device}
+
+
+def _refuse_taken_target(disk, disks):
+    """409 for a disk whose target (xvdb, vda) another disk has: the QEMU and Xen drivers refuse
+    a live attach of it as VIR_ERR_OPERATION_FAILED, which would be a 500."""
+    target = disk.get('target') if isinstance(disk, dict) else None
+    dev = target.get('@dev') if isinstance(target, dict) else None
+    if dev is not None and any(isinstance(other, dict) and isinstance(other.get('target'), dict)
+                               and other['target'].get('@dev') == dev for other in disks):
+        raise HTTPError(409, 'the domain has a disk with target %s already' % dev,
+                        'already_exists')
 
 
 def _devices(dom, flag, kind):

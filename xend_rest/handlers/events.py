@@ -7,7 +7,7 @@ from ..errors import HTTPError, bad_request, wait_timeout
 from .. import defaults
 from ..defaults import MAX_WAIT_SECONDS
 from ..events import CONDITION_STATES, EVENT_NAMES, is_notice, wait_for_state
-from ..params import is_whole, parse_choice, parse_int, parse_seconds
+from ..params import MAX_WHOLE, is_whole, parse_choice, parse_int, parse_seconds
 from .domains import lookup_domain
 
 MAX_STREAM_SECONDS = 7 * 24 * 3600
@@ -35,7 +35,7 @@ def _since(request):
         value = request.environ.get('HTTP_LAST_EVENT_ID') or None
     if value is None:
         return None
-    if not is_whole(value):
+    if not is_whole(value) or int(value) > MAX_WHOLE:
         raise bad_request('since=%s: expected the id of an event, a whole number' % value)
     return int(value)
 

@@ -12,13 +12,12 @@ import libvirt
 from .. import convert, defaults, streams
 from ..bodies import Raw
 from ..errors import HTTPError, bad_request, is_no_image, still_there
-from ..params import (IMAGE_FORMATS, NO_FLAGS, VOL_CREATE_FLAGS, VOL_DELETE_FLAGS,
-                      VOL_RESIZE_FLAGS, WIPE_ALGORITHMS, parse_bool, parse_choice, parse_flag,
+from ..params import (NAME_MAX, NO_FLAGS, VOL_CREATE_FLAGS, VOL_DELETE_FLAGS, VOL_RESIZE_FLAGS,
+                      WIPE_ALGORITHMS, parse_bool, parse_choice, parse_flag, parse_image_format,
                       parse_size)
 
 log = logging.getLogger(__name__)
 
-NAME_MAX = 255  # bytes: what a file name may hold on the file systems dir pools live on
 # Whatever could make a name leave its pool's directory, or hide in it.
 UNSAFE_NAME = re.compile(r'[/\\\x00-\x1f\x7f]|\A\.')
 POOL_STATES = {
@@ -167,28 +166,37 @@ def create_image(request, pool):
     name = check_name(request.arg('name'))
     capacity = parse_size(request, 'capacity')
     allocation = parse_size(request, 'allocation', default=0)
-    form = parse_choice(request, 'format', IMAGE_FORMATS, 'raw')
+    if allocation > capacity:
+        raise bad_request('allocation=%d is larger than capacity=%d: an image cannot hold more '
+                          'than its size' % (allocation, capacity))
+    form = parse_image_format(request, 'raw')
     flag = parse_flag(request, VOL_CREATE_FLAGS)
     target = lookup_pool(request.conn, pool)
     _refuse_existing(target, name)
+    _refuse_no_space(target, allocation, 'image %s allocates' % name)
     vol = target.createXML(_volume_xml(name, capacity, form, allocation), flag)
     return 201, _describe(request, target, vol)
 
 
 def clone_image(request, pool, name):
-    """POST .../clone?name=[&pool=][&format=]: a full copy, in the same pool unless ?pool= says."""
+    """POST .../clone?name=[&pool=][&format=]: a full copy, in the same pool unless ?pool= says.
+
+    The clone allocates what its source does: a sparse source gives a sparse clone."""
     new_name = check_name(request.arg('name'))
-    form = parse_choice(request, 'format', IMAGE_FORMATS, 'raw') if request.arg('format') else None
+    form = parse_image_format(request, None)
     flag = parse_flag(request, VOL_CREATE_FLAGS)
     source_pool, source = lookup_image(request.conn, pool, name)
     target = lookup_pool(request.conn, request.arg('pool', pool))
     _refuse_uploading(request, source_pool, name)
     _refuse_existing(target, new_name)
-    capacity = source.info()[1]
+    _type, capacity, allocation = source.info()
+    allocation = min(allocation, capacity)  # a file system may hold blocks past a file's end
+    _refuse_no_space(target, allocation, 'a clone of %s allocates' % name)
     if form is None:
         found = ElementTree.fromstring(source.XMLDesc(0)).find('target/format')
         form = found.get('type') if found is not None else 'raw'
-    vol = target.createXMLFrom(_volume_xml(new_name, capacity, form), source, flag)
+    # Without <allocation> libvirt allocates the whole capacity: say what the source holds.
+    vol = target.createXMLFrom(_volume_xml(new_name, capacity, form, allocation), source, flag)
     return 201, _describe(request, target, vol)
 
 
@@ -210,6 +218,17 @@ def _refuse_existing(pool, name):
         raise
     raise HTTPError(409, 'image %s already exists in pool %s' % (name, pool.name()),
                     'already_exists')
+
+
+def _refuse_no_space(pool, allocating, what):
+    """507 when a new image would allocate more than the pool has free (as the pool last counted
+    it: read before the call, so libvirt never gets to refuse). Capacity is not checked: a sparse
+    image larger than the free space is legal where the pool allows it. An inactive pool is left
+    to libvirt, which answers 409 for it."""
+    state, _capacity, _allocation, available = pool.info()
+    if state == libvirt.VIR_STORAGE_POOL_RUNNING and allocating > available:
+        raise HTTPError(507, '%s %d bytes; pool %s has %d bytes free'
+                        % (what, allocating, pool.name(), available), 'insufficient_space')
 
 
 def _refuse_uploading(request, pool, name):
@@ -234,7 +253,7 @@ def resize_image(request, pool, name):
     parse_bool(request, 'force')
     source_pool, vol = lookup_image(request.conn, pool, name)
     _refuse_uploading(request, source_pool, name)
-    current = vol.info()[1]
+    _type, current, allocation = vol.info()
     shrink = flag & libvirt.VIR_STORAGE_VOL_RESIZE_SHRINK
     if flag & libvirt.VIR_STORAGE_VOL_RESIZE_DELTA:
         wanted = current - capacity if shrink else current + capacity
@@ -246,6 +265,9 @@ def resize_image(request, pool, name):
                               'ask for it with flag=4 (VIR_STORAGE_VOL_RESIZE_SHRINK)'
                               % (wanted, current))
         _refuse_in_use(request, source_pool, vol, 'shrink')
+    if flag & libvirt.VIR_STORAGE_VOL_RESIZE_ALLOCATE:  # libvirt allocates up to the new size
+        _refuse_no_space(source_pool, wanted - allocation, 'growing %s to %d bytes allocates'
+                         % (name, wanted))
     vol.resize(capacity, flag)
     return NO_CONTENT
 
@@ -274,6 +296,7 @@ def wipe_image(request, pool, name):
 def upload_image(request, pool, name):
     """PUT .../upload[?capacity=]: a new image holding the body; gone again if the upload fails."""
     check_name(name)
+    check_name(pool, 'pool')  # before the body's checks: a bad name is a bad name, whatever else
     length = request.content_length()
     if not length:
         raise bad_request('the body is empty: use create for an empty image')
@@ -283,10 +306,7 @@ def upload_image(request, pool, name):
                         % (length, capacity), 'too_large')
     target = lookup_pool(request.conn, pool)
     _refuse_existing(target, name)
-    available = target.info()[3]
-    if length > available:
-        raise HTTPError(413, 'pool %s has %d bytes free, the body is %d'
-                        % (target.name(), available, length), 'insufficient_space')
+    _refuse_no_space(target, length, 'the body is')
     with request.hypervisor.uploads.holding((target.UUIDString(), name)):
         vol = target.createXML(_volume_xml(name, capacity, 'raw', 0), 0)
         try:
