@@ -218,7 +218,7 @@ REASONS = {
     406: 'Definition rejected by libvirt (a name another domain has, among others)',
     408: 'A wait ran out, or the client stopped sending the body',
     409: 'Not in a state that allows it, or it exists already',
-    411: 'Content-Length required', 413: 'Body too large (or larger than the image\'s capacity)',
+    411: 'Content-Length required', 413: "Body too large (or larger than the image's capacity)",
     415: 'A body of another media type than the route takes (JSON where it takes none)',
     416: 'Range not satisfiable', 426: 'Upgrade required (WebSocket, or tcp for attach)',
     429: 'Too many console sessions (or tickets) at once', 500: 'Server error: a bug, or a failure of the host',

@@ -191,7 +191,7 @@ ROUTES = [
         'Versions of the daemon, and of libvirt and the hypervisor behind each connection',
         {200: 'Version'})),
     Route('GET', '/info', operations.info, READ, default_connection=True, doc=Doc(
-        'The default connection\'s host, its domains, and what its driver supports',
+        "The default connection's host, its domains, and what its driver supports",
         {200: 'Info'})),
     Route('GET', '/libvirt/json', operations.list_connections, READ, doc=Doc(
         'The hypervisor connections (those your credentials cover), without waiting on a dead '
@@ -208,7 +208,7 @@ ROUTES = [
     Route('POST', IMAGES + '/{pool}/create', images.create_image, ADMIN, doc=Doc(
         'Create an empty image', {201: 'Image', 409: ERROR, 501: ERROR, 507: ERROR},
         [query('name', "The new image's name.", NAME, True), CAPACITY, FORMAT,
-         query('allocation', 'Space to allocate now, at most the capacity and the pool\'s free '
+         query('allocation', "Space to allocate now, at most the capacity and the pool's free "
                'space (default 0: sparse). ' + SIZE_TEXT, SIZE_SCHEMA),
          flag(VOL_CREATE_FLAGS)], links=IMAGE_LINKS)),
     Route('GET', IMAGE + '/json', images.inspect_image, READ, doc=Doc(
