@@ -7,13 +7,11 @@ xend_rest.vnc on the guest's side). Refusals are decided before the 101, from st
 without the upgrade, 501 under a foreign WSGI server or a driver without consoles, 409 for a
 domain that is not running or a console another session holds, 429 past the session limit.
 """
-from .. import websocket
-from ..bridge import upgrade_hook
-from ..consoles import CONSOLE_FLAGS, open_console
+# The session machinery (bridge, consoles, vnc, websocket: about 1 MiB resident) is imported by
+# the first console request, not at start: most daemons never open one.
 from ..errors import HTTPError
 from ..params import parse_bool, parse_choice
 from ..tickets import redact_ticket
-from ..vnc import open_screen
 from .domains import lookup_domain
 
 RAW_UPGRADE = [('Upgrade', 'tcp'), ('Connection', 'Upgrade')]
@@ -21,6 +19,8 @@ RAW_UPGRADE = [('Upgrade', 'tcp'), ('Connection', 'Upgrade')]
 
 def console(request, ident):
     """GET /nodes/{ident}/console: the console over a WebSocket, in binary frames both ways."""
+    from .. import websocket
+    from ..bridge import upgrade_hook
     options = _console_options(request)  # a bad parameter is 400, with or without the handshake
     upgrade = upgrade_hook(request.environ)
     headers = websocket.handshake(request.environ)
@@ -30,6 +30,8 @@ def console(request, ident):
 def attach(request, ident):
     """POST /nodes/{ident}/attach with Upgrade: tcp: the console's raw bytes both ways, as
     Docker's attach does, for clients that speak no WebSocket."""
+    from .. import websocket
+    from ..bridge import upgrade_hook
     options = _console_options(request)
     upgrade = upgrade_hook(request.environ)
     if not websocket.asks_upgrade(request.environ, 'tcp'):
@@ -40,6 +42,9 @@ def attach(request, ident):
 
 def screen(request, ident):
     """GET /nodes/{ident}/vnc: the VNC screen's RFB bytes over a WebSocket, for noVNC."""
+    from .. import websocket
+    from ..bridge import upgrade_hook
+    from ..vnc import open_screen
     upgrade = upgrade_hook(request.environ)
     headers = websocket.handshake(request.environ)
     sessions = request.app.consoles
@@ -66,6 +71,7 @@ def issue_ticket(request, ident):
 
 def _console_options(request):
     """(flags, dev) from the query: force=, safe= and dev=."""
+    from ..consoles import CONSOLE_FLAGS
     flags = 0
     for name, bit in CONSOLE_FLAGS:
         if parse_bool(request, name):
@@ -74,6 +80,7 @@ def _console_options(request):
 
 
 def _open_console(request, ident, over_websocket, flags, dev):
+    from ..consoles import open_console
     dom = _running_domain(request, ident)
     sessions = request.app.consoles
     return open_console(sessions, request.conn, dom, dev, flags, sessions.framing(over_websocket))
