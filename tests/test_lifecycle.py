@@ -18,6 +18,7 @@ def state(api, name):
     ('start', 'frozen', PAUSED, 304, PAUSED),
     ('stop', 'web', RUNNING, 204, SHUTOFF),
     ('stop', 'idle', SHUTOFF, 304, SHUTOFF),
+    ('stop', 'frozen', PAUSED, 409, PAUSED),
     ('destroy', 'web', RUNNING, 204, SHUTOFF),
     ('destroy', 'frozen', PAUSED, 204, SHUTOFF),
     ('destroy', 'idle', SHUTOFF, 304, SHUTOFF),

@@ -110,6 +110,9 @@ def stop_domain(request, ident):
     dom = lookup_domain(request.conn, ident)
     if not dom.isActive():
         return NOT_MODIFIED
+    if _paused(dom):
+        # A paused guest cannot act on the request; libxl's shutdown() would block 60 s and fail.
+        raise HTTPError(409, 'domain %s is paused: resume or destroy it' % dom.name(), 'invalid_state')
     if wait is None:
         return _change_state(lambda: dom.shutdownFlags(flag), lambda: not dom.isActive())
     if not wait_for_state(request.app.hub, request.conn, dom.UUIDString(), 'shutoff', wait,
