@@ -205,8 +205,14 @@ def resize_vcpu(request, ident):
     size = parse_int(request, 'size', minimum=1, maximum=2**31 - 1)
     kind = parse_choice(request, 'type', VCPU_TYPES, 'current')
     flag = parse_flag(request, AFFECT_FLAGS)
-    lookup_domain(request.conn, ident).setVcpusFlags(size, kind | flag)
+    dom = lookup_domain(request.conn, ident)
+    dom.setVcpusFlags(size, kind | (flag or _current(dom)))
     return NO_CONTENT
+
+
+def _current(dom):
+    """libvirt's AFFECT_CURRENT spelled out from state: libxl refuses a flag of 0 for vCPUs."""
+    return libvirt.VIR_DOMAIN_AFFECT_LIVE if dom.isActive() else libvirt.VIR_DOMAIN_AFFECT_CONFIG
 
 
 def attach_device(request, ident):
