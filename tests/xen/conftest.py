@@ -19,6 +19,7 @@ import pytest
 from realhv.conftest import _unavailable
 
 from . import artefacts as built
+from .artefacts import READY_MARKER
 from .rig import Rig
 
 NODES = "/libvirt/xen/nodes"
@@ -88,6 +89,13 @@ class Guests:
         assert response.status == 201, response
         return name
 
+    def boot(self, name, query=""):
+        """Start the guest through the API and wait for its init's next READY line."""
+        ready = self.count(name, READY_MARKER)
+        response = self.rig.api.post(f"{NODES}/{name}/start", query=query)
+        assert response.status == 204, response
+        self.wait_for(name, READY_MARKER, count=ready + 1)
+
     def console(self, name):
         return self.rig.guest_console(name)
 
@@ -125,8 +133,9 @@ class Guests:
         self.rig.dom0(f"virsh -c xen:///system destroy {name}; virsh -c xen:///system undefine {name}")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def guests(rig):
+    """Guests of one test module, removed at its end (a boot costs 20-60 s: share them)."""
     made = Guests(rig)
     yield made
     for name in made.names:

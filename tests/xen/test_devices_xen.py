@@ -7,8 +7,7 @@ import pytest
 
 from xend_rest import convert
 
-from .artefacts import READY_MARKER
-from .conftest import NODES, Guests
+from .conftest import NODES
 
 LIVE, CONFIG = 1, 2
 DISK_IMAGE = "/var/lib/xend-rest-pool/hotplug.img"
@@ -19,18 +18,9 @@ NIC = convert.xml_to_dict("""<interface type='bridge'><source bridge='xenbr0'/>
 
 
 @pytest.fixture(scope="module")
-def guests(rig):
-    made = Guests(rig)
-    yield made
-    for name in made.names:
-        made.remove(name)
-
-
-@pytest.fixture(scope="module")
 def guest(rig, guests):
     name = guests.define("dev", memory_mib=256, vcpus=2, current_vcpus=1)
-    assert rig.api.post(f"{NODES}/{name}/start").status == 204
-    guests.wait_for(name, READY_MARKER)
+    guests.boot(name)
     return name
 
 

@@ -3,7 +3,6 @@
 import json
 import time
 
-import pytest
 
 from .artefacts import READY_MARKER
 from .conftest import NODES
