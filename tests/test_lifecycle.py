@@ -24,6 +24,7 @@ def state(api, name):
     ('destroy', 'idle', SHUTOFF, 304, SHUTOFF),
     ('restart', 'web', RUNNING, 204, RUNNING),
     ('restart', 'idle', SHUTOFF, 409, SHUTOFF),
+    ('restart', 'frozen', PAUSED, 409, PAUSED),
     ('suspend', 'web', RUNNING, 204, PAUSED),
     ('suspend', 'frozen', PAUSED, 304, PAUSED),
     ('suspend', 'idle', SHUTOFF, 409, SHUTOFF),

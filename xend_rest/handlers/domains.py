@@ -110,9 +110,7 @@ def stop_domain(request, ident):
     dom = lookup_domain(request.conn, ident)
     if not dom.isActive():
         return NOT_MODIFIED
-    if _paused(dom):
-        # A paused guest cannot act on the request; libxl's shutdown() would block 60 s and fail.
-        raise HTTPError(409, 'domain %s is paused: resume or destroy it' % dom.name(), 'invalid_state')
+    _refuse_paused(dom)
     if wait is None:
         return _change_state(lambda: dom.shutdownFlags(flag), lambda: not dom.isActive())
     if not wait_for_state(request.app.hub, request.conn, dom.UUIDString(), 'shutoff', wait,
@@ -135,6 +133,7 @@ def restart_domain(request, ident):
     flag = parse_flag(request, REBOOT_FLAGS)
     wait = parse_seconds(request, 'wait', maximum=MAX_WAIT_SECONDS)
     dom = _active_domain(request, ident)
+    _refuse_paused(dom)
     if wait is None:
         dom.reboot(flag)
     elif not wait_for_restart(request.app.hub, dom.UUIDString(), wait, lambda: dom.reboot(flag)):
@@ -171,6 +170,13 @@ def resume_domain(request, ident):
 
 def _paused(dom):
     return dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED
+
+
+def _refuse_paused(dom):
+    """Stop and Restart ask the guest, which cannot act while paused: 409 on every driver.
+    libxl's shutdown() and reboot() of a paused domain block 60 s, fail, and stay pending."""
+    if _paused(dom):
+        raise HTTPError(409, 'domain %s is paused: resume or destroy it' % dom.name(), 'invalid_state')
 
 
 def _change_state(action, reached):
