@@ -1,4 +1,7 @@
-"""Create on Xen: PV and HVM-style definitions, their Warnings, and what libxl refuses."""
+"""Create on Xen: PV and HVM-style definitions, their Warnings, and what libxl refuses.
+
+Nothing here is started: Debian's qemu-system-xen (an HVM guest's device model) is not in dom0.
+"""
 
 from xend_rest import convert
 
@@ -16,6 +19,7 @@ HVM = """<domain type='xen'>
   <features><acpi/><apic/><pae/><hap state='on'/></features>
   <clock offset='utc'/>
   <devices>
+    <emulator type='qemu'>/usr/bin/qemu-system-i386</emulator>
     <graphics type='vnc' port='-1'/>
     <video><model type='cirrus'/></video>
     <memballoon model='xen'/>
@@ -37,11 +41,12 @@ def test_pv_definition_is_kept_whole(rig, guests):
     assert domain["os"]["type"]["@machine"] == "xenpv"
 
 
-def test_hvm_style_definition_is_kept_whole(rig, guests):
+def test_hvm_style_definition_warns_of_what_libvirt_dropped(rig, guests):
     name = guests.name("hvm")
     response = create(rig, HVM.format(name=name))
     assert response.status == 201, response
-    assert response.json["Warnings"] == []
+    # libvirt 9.0 does not know <emulator type=...> (a later libvirt's attribute)
+    assert response.json["Warnings"] == ["domain.devices.emulator.@type was dropped by libvirt"]
     domain = rig.api.get(f"{NODES}/{name}/json").json["domain"]
     assert domain["devices"]["graphics"]["@type"] == "vnc"
 
