@@ -168,48 +168,70 @@ def build(root=None, log=print):
 
 
 def _build(kernel, target, log):
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as tmp:
-        tmp = Path(tmp)
-        out = tmp / "out"
-        out.mkdir()
-        log(f"xen tier: downloading {XEN_PACKAGE} and {kernel}")
-        subprocess.run(["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", XEN_PACKAGE, kernel],
-                       cwd=tmp, check=True, capture_output=True)
-        for deb in tmp.glob("*.deb"):
-            subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp / "debs")], check=True)
-        boot = tmp / "debs" / "boot"
-        xen_gz = next(boot.glob("xen-*-amd64.gz"))
-        subprocess.run(f"gunzip -c {xen_gz} > {out / 'xen.elf'}", shell=True, check=True)
-        version = kernel[len("linux-image-"):]
-        shutil.copy(boot / f"vmlinuz-{version}", out / "vmlinuz")
-        moddir = tmp / "debs" / "lib" / "modules" / version
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".build-"))
+    try:
+        _build_in(kernel, tmp, target, log)
+    finally:
+        # An interrupted mmdebstrap may leave /proc and /sys mounted in the root: never
+        # delete through them.
+        _unmount_under(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
 
-        log("xen tier: building dom0's root with mmdebstrap (about a minute)")
-        rootfs = tmp / "root"
-        subprocess.run(["mmdebstrap", "--quiet", "--variant=essential", "--mode=root",
-                        "--include=" + ",".join(DOM0_PACKAGES), SUITE, str(rootfs), *MIRRORS],
-                       check=True, capture_output=True)
-        for path in map(rootfs.joinpath, SHRINK):
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
-        _drop_vme(rootfs)
-        modules = rootfs / "lib" / "modules" / "xen-rig"
-        modules.mkdir(parents=True)
-        ordered = realhv_guest._modules_in_load_order(moddir, DOM0_MODULES)
-        for name, data in ordered:
-            (modules / f"{name}.ko").write_bytes(data)
-        (rootfs / "etc" / "xen-rig-modules").write_text("".join(f"{n}\n" for n, _ in ordered))
-        guest_boot = rootfs / GUEST_KERNEL.lstrip("/")
-        guest_boot.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(out / "vmlinuz", guest_boot)
-        (rootfs / GUEST_INITRD.lstrip("/")).write_bytes(_guest_initramfs(moddir))
 
-        log("xen tier: packing dom0's root")
-        subprocess.run(f"cd {rootfs} && find . | cpio --quiet -o -H newc | zstd -q -T0 -9 > {out / 'dom0.cpio.zst'}",
-                       shell=True, check=True)
-        out.rename(target)
+def _unmount_under(path):
+    with open("/proc/mounts") as mounts:
+        points = [line.split()[1] for line in mounts if line.split()[1].startswith(f"{path}/")]
+    for point in sorted(points, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True)
+
+
+def _build_in(kernel, tmp, target, log):
+    out = tmp / "out"
+    out.mkdir()
+    log(f"xen tier: downloading {XEN_PACKAGE} and {kernel}")
+    _run(["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", XEN_PACKAGE, kernel], cwd=tmp)
+    for deb in tmp.glob("*.deb"):
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp / "debs")], check=True)
+    boot = tmp / "debs" / "boot"
+    xen_gz = next(boot.glob("xen-*-amd64.gz"))
+    subprocess.run(f"gunzip -c {xen_gz} > {out / 'xen.elf'}", shell=True, check=True)
+    version = kernel[len("linux-image-"):]
+    shutil.copy(boot / f"vmlinuz-{version}", out / "vmlinuz")
+    moddir = tmp / "debs" / "lib" / "modules" / version
+
+    log("xen tier: building dom0's root with mmdebstrap (about a minute)")
+    rootfs = tmp / "root"
+    _run(["mmdebstrap", "--quiet", "--variant=essential", "--mode=root",
+          "--include=" + ",".join(DOM0_PACKAGES), SUITE, str(rootfs), *MIRRORS])
+    for path in map(rootfs.joinpath, SHRINK):
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    _drop_vme(rootfs)
+    modules = rootfs / "lib" / "modules" / "xen-rig"
+    modules.mkdir(parents=True)
+    ordered = realhv_guest._modules_in_load_order(moddir, DOM0_MODULES)
+    for name, data in ordered:
+        (modules / f"{name}.ko").write_bytes(data)
+    (rootfs / "etc" / "xen-rig-modules").write_text("".join(f"{n}\n" for n, _ in ordered))
+    guest_boot = rootfs / GUEST_KERNEL.lstrip("/")
+    guest_boot.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(out / "vmlinuz", guest_boot)
+    (rootfs / GUEST_INITRD.lstrip("/")).write_bytes(_guest_initramfs(moddir))
+
+    log("xen tier: packing dom0's root")
+    subprocess.run(f"cd {rootfs} && find . | cpio --quiet -o -H newc | zstd -q -T0 -9 > {out / 'dom0.cpio.zst'}",
+                   shell=True, check=True)
+    out.rename(target)
+
+
+def _run(command, **options):
+    """Run a build step; on failure, say which and why (its stderr), not just its exit code."""
+    done = subprocess.run(command, capture_output=True, text=True, **options)
+    if done.returncode != 0:
+        raise RuntimeError(f"xen tier: {' '.join(command[:3])}... failed ({done.returncode}):\n"
+                           f"{done.stderr[-3000:]}")
 
 
 def _drop_vme(rootfs):
