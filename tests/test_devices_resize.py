@@ -103,6 +103,18 @@ def test_resize_vcpus_live(api):
     assert api.conn.lookupByName('web').vcpusFlags(CONFIG) == 1
 
 
+def test_resize_vcpus_current_is_live_on_a_running_domain(api):
+    """flag 0 is decided from state (libxl refuses it as a flag): live here, config untouched."""
+    assert api.post(NODES + '/web/vcpu/resize', query='size=3').status == 204
+    assert api.conn.lookupByName('web').vcpusFlags(LIVE) == 3
+    assert api.conn.lookupByName('web').vcpusFlags(CONFIG) == 1
+
+
+def test_resize_vcpus_current_is_config_on_a_shut_off_domain(api):
+    assert api.post(NODES + '/idle/vcpu/resize', query='size=2').status == 204
+    assert api.conn.lookupByName('idle').vcpusFlags(CONFIG) == 2
+
+
 def test_resize_vcpus_in_config(api):
     assert api.post(NODES + '/idle/vcpu/resize', query='size=2&flag=2').status == 204
     assert api.conn.lookupByName('idle').vcpusFlags(CONFIG) == 2

@@ -123,6 +123,7 @@ def stop_domain(request, ident):
     dom = lookup_domain(request.conn, ident)
     if not dom.isActive():
         return NOT_MODIFIED
+    _refuse_paused(dom)
     if wait is None:
         return _change_state(lambda: dom.shutdownFlags(flag), lambda: not dom.isActive())
     if not wait_for_state(request.hypervisor.events, request.conn, dom.UUIDString(), 'shutoff', wait,
@@ -145,6 +146,7 @@ def restart_domain(request, ident):
     flag = parse_flag(request, REBOOT_FLAGS)
     wait = parse_seconds(request, 'wait', maximum=MAX_WAIT_SECONDS)
     dom = _active_domain(request, ident)
+    _refuse_paused(dom)
     if wait is None:
         dom.reboot(flag)
     elif not wait_for_restart(request.hypervisor.events, dom.UUIDString(), wait, lambda: dom.reboot(flag)):
@@ -183,6 +185,13 @@ def _paused(dom):
     return dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED
 
 
+def _refuse_paused(dom):
+    """Stop and Restart ask the guest, which cannot act while paused: 409 on every driver.
+    libxl's shutdown() and reboot() of a paused domain block 60 s, fail, and stay pending."""
+    if _paused(dom):
+        raise HTTPError(409, 'domain %s is paused: resume or destroy it' % dom.name(), 'invalid_state')
+
+
 def _change_state(action, reached):
     """Do a state change read as needed; if libvirt refuses it and the domain is now where it was
     asked to go (a concurrent request got it there first), that is 304 like any repeat."""
@@ -215,8 +224,14 @@ def resize_vcpu(request, ident):
     size = parse_int(request, 'size', minimum=1, maximum=MAX_VCPUS)
     kind = parse_choice(request, 'type', VCPU_TYPES, 'current')
     flag = parse_flag(request, AFFECT_FLAGS)
-    lookup_domain(request.conn, ident).setVcpusFlags(size, kind | flag)
+    dom = lookup_domain(request.conn, ident)
+    dom.setVcpusFlags(size, kind | (flag or _current(dom)))
     return NO_CONTENT
+
+
+def _current(dom):
+    """libvirt's AFFECT_CURRENT spelled out from state: libxl refuses a flag of 0 for vCPUs."""
+    return libvirt.VIR_DOMAIN_AFFECT_LIVE if dom.isActive() else libvirt.VIR_DOMAIN_AFFECT_CONFIG
 
 
 def attach_device(request, ident):

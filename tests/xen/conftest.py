@@ -1,0 +1,142 @@
+"""Fixtures of the Xen tier: one Xen + dom0 booted in QEMU for the whole session.
+
+    def test_boots(rig, guest):
+        name = guest.define("boot")          # a PV guest defined through POST /nodes/create
+        assert rig.api.post(f"{NODES}/{name}/start").status == 204
+        guest.wait_for(name, READY_MARKER)   # the guest's own console, via xenconsoled's log
+"""
+
+import itertools
+import os
+import re
+import secrets
+import shlex
+import shutil
+import time
+
+import pytest
+
+from realhv.conftest import _unavailable
+
+from . import artefacts as built
+from .artefacts import READY_MARKER
+from .rig import Rig
+
+NODES = "/libvirt/xen/nodes"
+REQUIRED = ("qemu-system-x86_64", "mmdebstrap", "zstd", "cpio", "openssl", "dpkg-deb", "apt-get")
+
+
+@pytest.fixture(scope="session")
+def rig(tmp_path_factory):
+    """Xen 4.17 + a Debian dom0 running libvirtd and xend-rest (from its .deb), booted once."""
+    missing = [b for b in REQUIRED if not shutil.which(b, path=os.environ["PATH"] + ":/usr/sbin:/sbin")]
+    if missing:
+        _unavailable(f"XEN TIER: {', '.join(missing)} not installed (./dev test installs the TEST_PKGS)")
+    if os.geteuid() != 0:
+        _unavailable("XEN TIER: building dom0's root (mmdebstrap --mode=root) needs root")
+    started = time.monotonic()
+    files = built.build(log=lambda message: print(message, flush=True))
+    running = Rig(files, tmp_path_factory.mktemp("xen"))
+    print(f"xen tier: artefacts ready in {time.monotonic() - started:.0f} s ({files.directory})")
+    try:
+        running.start()
+    except BaseException:
+        running.stop()
+        raise
+    print(f"xen tier: dom0 answers after {running.boot_seconds:.0f} s")
+    yield running
+    running.stop()
+
+
+class Guests:
+    """PV guests of this session: defined through the API, their consoles read in dom0."""
+
+    def __init__(self, rig):
+        self.rig = rig
+        self.prefix = f"xt-{secrets.token_hex(2)}-"
+        self.counter = itertools.count(1)
+        self.names = []
+
+    def name(self, stem="vm"):
+        self.names.append(f"{self.prefix}{stem}-{next(self.counter)}")
+        return self.names[-1]
+
+    def xml(self, name, memory_mib=256, current_memory_mib=None, vcpus=2, current_vcpus=1, extra=""):
+        return f"""<domain type='xen'>
+  <name>{name}</name>
+  <memory unit='MiB'>{memory_mib}</memory>
+  <currentMemory unit='MiB'>{current_memory_mib or memory_mib}</currentMemory>
+  <vcpu current='{current_vcpus}'>{vcpus}</vcpu>
+  <os>
+    <type arch='x86_64' machine='xenpv'>linux</type>
+    <kernel>{built.GUEST_KERNEL}</kernel>
+    <initrd>{built.GUEST_INITRD}</initrd>
+    <cmdline>console=hvc0 quiet</cmdline>
+  </os>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <console type='pty'><target type='xen' port='0'/></console>{extra}
+  </devices>
+</domain>"""
+
+    def define(self, stem="vm", **options):
+        """Define a guest through POST /nodes/create; its name."""
+        from xend_rest import convert
+        name = self.name(stem)
+        response = self.rig.api.post(f"{NODES}/create", convert.xml_to_dict(self.xml(name, **options)))
+        assert response.status == 201, response
+        return name
+
+    def boot(self, name, query=""):
+        """Start the guest through the API and wait for its init's next READY line."""
+        ready = self.count(name, READY_MARKER)
+        response = self.rig.api.post(f"{NODES}/{name}/start", query=query)
+        assert response.status == 204, response
+        self.wait_for(name, READY_MARKER, count=ready + 1)
+
+    def console(self, name):
+        return self.rig.guest_console(name)
+
+    def count(self, name, marker):
+        return sum(line.startswith(marker) for line in self.console(name).splitlines())
+
+    def wait_for(self, name, marker, count=1, timeout=120):
+        """Wait until `marker` starts `count` lines of the guest's console (polled inside dom0:
+        one request, not one per poll, since dom0 is slow under emulation)."""
+        log = shlex.quote(f"/var/log/xen/console/guest-{name}.log")
+        result = self.rig.dom0(f"timeout {timeout} sh -c 'until [ $(grep -c ^{marker} {log} 2>/dev/null) -ge {count} ]; "
+                               f"do sleep 0.5; done'", timeout=timeout + 5)
+        assert result.rc == 0, (f"{count} x {marker!r} not on {name}'s console within {timeout} s\n"
+                                f"--- guest console ---\n{self.console(name)[-3000:]}\n{self.rig.diagnostics()}")
+
+    def last_state(self, name):
+        """The guest's last STATE line as a dict: cpus, mem_kib, disks, nics."""
+        lines = [line for line in self.console(name).splitlines() if line.startswith(built.STATE_MARKER)]
+        return dict(re.findall(r"(\w+)=(\S*)", lines[-1])) if lines else {}
+
+    def wait_state(self, name, timeout=60, **wanted):
+        """Wait until the guest reports each `key=value` of `wanted` (values compared as text
+        or through a predicate)."""
+        def reached():
+            state = self.last_state(name)
+            return all(key in state and (want(state[key]) if callable(want) else state[key] == str(want))
+                       for key, want in wanted.items())
+        deadline = time.monotonic() + timeout
+        while not reached():
+            assert time.monotonic() < deadline, (f"{name} did not report {wanted} within {timeout} s\n"
+                                                 f"--- guest console ---\n{self.console(name)[-3000:]}")
+            time.sleep(1)
+
+    def remove(self, name):
+        self.rig.dom0(f"virsh -c xen:///system destroy {name}; virsh -c xen:///system undefine {name}")
+
+
+@pytest.fixture(scope="module")
+def guests(rig):
+    """Guests of one test module, removed at its end (a boot costs 20-60 s: share them)."""
+    made = Guests(rig)
+    yield made
+    for name in made.names:
+        made.remove(name)

@@ -1,0 +1,61 @@
+"""Host endpoints, events, wait and a libvirtd outage on Xen."""
+
+import json
+import time
+
+
+from .artefacts import READY_MARKER
+from .conftest import NODES
+
+
+def test_info_reports_libxl_as_it_is(rig):
+    info = rig.api.get("/info").json
+    assert info["Driver"] == "Xen" and info["Uri"] == "xen:///system"
+    # libxl has no getAllDomainStats: statistics come from the per-call fallback
+    assert info["Supports"]["BulkStats"] is False
+    assert info["Supports"]["DeviceAttach"] is True and info["Supports"]["DeviceDetach"] is True
+
+
+def test_events_wait_stats_and_metrics(rig, guests):
+    name = guests.define("ev")
+    assert rig.api.post(f"{NODES}/{name}/start").status == 204
+    response = rig.api.post(f"{NODES}/{name}/wait", query="condition=running&timeout=60")
+    assert response.status == 200, response
+    guests.wait_for(name, READY_MARKER)
+
+    stats = rig.api.get(f"{NODES}/{name}/stats").json
+    assert stats["State"] == "running" and stats["CpuTimeNs"] > 0
+    assert stats["Memory"]["CurrentKiB"] == 256 * 1024 and stats["Vcpus"] == 1
+    assert name in {s["Name"] for s in rig.api.get(f"{NODES}/stats").json}
+    metrics = rig.api.get("/metrics").body.decode()
+    assert f'xend_domain_state{{domain="{name}"' in metrics
+    assert "xend_libvirt_up 1" in metrics
+
+    assert rig.api.post(f"{NODES}/{name}/suspend").status == 204
+    assert rig.api.post(f"{NODES}/{name}/resume").status == 204
+    assert rig.api.post(f"{NODES}/{name}/destroy").status == 204
+    assert rig.api.post(f"{NODES}/{name}/wait", query="condition=shutoff&timeout=30").status == 200
+    response = rig.api.get("/libvirt/xen/events", query=f"since=0&domain={name}&timeout=3")
+    assert response.status == 200
+    events = [json.loads(line) for line in response.body.decode().splitlines() if line.strip()]
+    seen = [(e["Event"], e["Detail"]) for e in events if "Event" in e]
+    assert seen == [("defined", "added"), ("started", "booted"), ("suspended", "paused"),
+                    ("resumed", "unpaused"), ("stopped", "destroyed")], seen
+
+
+def test_libvirtd_killed_is_503_with_retry_after_then_recovers(rig):
+    assert rig.dom0("kill -9 $(cat /run/libvirtd.pid)").rc == 0
+    deadline = time.monotonic() + 60
+    while True:
+        response = rig.api.get(f"{NODES}/json", timeout=60)
+        if response.status == 503 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert response.status == 503, response
+    assert response.json["code"] == "hypervisor_unavailable"
+    assert int(response.headers["Retry-After"]) > 0
+    assert rig.dom0("libvirtd --daemon --pid-file /run/libvirtd.pid").rc == 0
+    deadline = time.monotonic() + 90
+    while rig.api.get(f"{NODES}/json", timeout=60).status != 200:
+        assert time.monotonic() < deadline, rig.diagnostics()
+        time.sleep(1)
