@@ -84,11 +84,11 @@ _MISSING = object()
 def dict_to_xml(doc, root):
     """Turn a JSON document {root: {...}} back into XML, refusing anything XML cannot express."""
     if not isinstance(doc, dict) or list(doc) != [root]:
-        raise bad_request('the body must be a JSON object with the single key "%s"' % root)
+        raise bad_request(f'the body must be a JSON object with the single key "{root}"')
     if not _is_element_name(root):
-        raise bad_request('%s: not a valid XML element name' % root)
+        raise bad_request(f'{root}: not a valid XML element name')
     if isinstance(doc[root], list):
-        raise bad_request('%s: must be one object, not a list' % root)
+        raise bad_request(f'{root}: must be one object, not a list')
     _check_prefix(root, _declared(doc[root], XML_PREFIXES), root)
     _check(doc[root], root, XML_PREFIXES)
     return xmltodict.unparse(doc, full_document=False)
@@ -107,26 +107,26 @@ def _check(value, path, inherited):
     if isinstance(value, list):
         for index, item in enumerate(value):
             if isinstance(item, list):
-                raise bad_request('%s[%d]: a list cannot hold a list' % (path, index))
-            _check(item, '%s[%d]' % (path, index), inherited)
+                raise bad_request(f'{path}[{index}]: a list cannot hold a list')
+            _check(item, f'{path}[{index}]', inherited)
     elif isinstance(value, dict):
         prefixes = _declared(value, inherited)
         for key, child in value.items():
-            where = '%s.%s' % (path, key)
+            where = f'{path}.{key}'
             if key == '#text':
                 _check_scalar(child, where)
             elif key.startswith('@'):
                 name = key[1:]
                 if not XML_NAME.match(name) or (XML_RESERVED.match(name) and
                                                 not XML_ATTRIBUTES.match(name)):
-                    raise bad_request('%s: not a valid XML attribute name' % where)
+                    raise bad_request(f'{where}: not a valid XML attribute name')
                 if name.startswith('xmlns:'):
                     _check_declaration(name, child, where)
                 elif name != 'xmlns':
                     _check_prefix(name, prefixes, where)
                 _check_scalar(child, where)
             elif not _is_element_name(key):
-                raise bad_request('%s: not a valid XML element name' % where)
+                raise bad_request(f'{where}: not a valid XML element name')
             else:
                 for item in child if isinstance(child, list) else [child]:
                     _check_prefix(key, _declared(item, prefixes), where)
@@ -151,20 +151,20 @@ def _check_prefix(name, prefixes, where):
     """A prefixed name (app:foo) needs its xmlns:app in scope, or no XML parser accepts it."""
     prefix, colon, _ = name.partition(':')
     if colon and prefix not in prefixes:
-        raise bad_request('%s: namespace prefix "%s" is not declared (add "@xmlns:%s")'
-                          % (where, prefix, prefix))
+        raise bad_request(f'{where}: namespace prefix "{prefix}" is not declared '
+                          f'(add "@xmlns:{prefix}")')
 
 
 def _check_declaration(name, uri, where):
     if name in ('xmlns:xml', 'xmlns:xmlns') or uri in ('', None):
-        raise bad_request('%s: a namespace declaration needs its own prefix and a URI' % where)
+        raise bad_request(f'{where}: a namespace declaration needs its own prefix and a URI')
 
 
 def _check_scalar(value, path):
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise bad_request('%s: expected a string or a number' % path)
+        raise bad_request(f'{path}: expected a string or a number')
     if isinstance(value, str) and XML_INVALID_CHARS.search(value):
-        raise bad_request('%s: contains a character XML cannot carry' % path)
+        raise bad_request(f'{path}: contains a character XML cannot carry')
 
 
 # What names one item of a repeated element (paths inside the item): a posted item is compared
@@ -238,11 +238,11 @@ def _differences(posted, stored, path, tag):
             return []
         return [(path, 'changed')]
     if not isinstance(stored, dict):
-        return [('%s.%s' % (path, key), 'dropped') for key in posted if key != '#text']
+        return [(f'{path}.{key}', 'dropped') for key in posted if key != '#text']
     found = []
     scale = _scales(posted, stored)
     for key, value in posted.items():
-        where = '%s.%s' % (path, key)
+        where = f'{path}.{key}'
         if key not in stored:
             if not _posts_nothing(key, value) and not _omitted_default(tag, key, value):
                 found.append((where, 'dropped'))
@@ -307,7 +307,7 @@ def _as_parsed(value):
 
 
 def _item_path(path, index, items):
-    return '%s[%d]' % (path, index) if len(items) > 1 else path
+    return f'{path}[{index}]' if len(items) > 1 else path
 
 
 def _identity(posted, stored, tag):

@@ -16,11 +16,11 @@ def loads(body):
         doc = json.loads(body, parse_constant=_refuse_constant, parse_int=_bounded_int,
                          parse_float=_finite_float, object_pairs_hook=_unique_keys)
     except RecursionError:
-        raise bad_request('the body nests deeper than %d levels' % MAX_DEPTH) from None
+        raise bad_request(f'the body nests deeper than {MAX_DEPTH} levels') from None
     except (ValueError, UnicodeDecodeError) as err:
-        raise bad_request('the body is not valid JSON: %s' % err) from None
+        raise bad_request(f'the body is not valid JSON: {err}') from None
     if _depth(doc) > MAX_DEPTH:
-        raise bad_request('the body nests deeper than %d levels' % MAX_DEPTH)
+        raise bad_request(f'the body nests deeper than {MAX_DEPTH} levels')
     return doc
 
 
@@ -29,20 +29,20 @@ class _Refused(ValueError):
 
 
 def _refuse_constant(name):
-    raise _Refused('%s is not a number JSON allows' % name)
+    raise _Refused(f'{name} is not a number JSON allows')
 
 
 def _bounded_int(text):
     # Count digits before converting: int() of a huge literal is itself slow.
     if len(text.lstrip('-')) > MAX_INT_DIGITS or abs(int(text)) > MAX_NUMBER:
-        raise _Refused('integer %s... is too large' % text[:MAX_INT_DIGITS])
+        raise _Refused(f'integer {text[:MAX_INT_DIGITS]}... is too large')
     return int(text)
 
 
 def _finite_float(text):
     value = float(text)
     if not math.isfinite(value) or abs(value) > MAX_NUMBER:
-        raise _Refused('number %s... is too large' % text[:MAX_INT_DIGITS])
+        raise _Refused(f'number {text[:MAX_INT_DIGITS]}... is too large')
     return value
 
 
@@ -50,7 +50,7 @@ def _unique_keys(pairs):
     doc = {}
     for key, value in pairs:
         if key in doc:
-            raise _Refused('key "%s" is given twice' % key)
+            raise _Refused(f'key "{key}" is given twice')
         doc[key] = value
     return doc
 

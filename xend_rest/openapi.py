@@ -31,7 +31,7 @@ def query(name, description, schema, required=False):
 
 def flag(table):
     """The `flag` parameter of a route: each valid OR of the bits of its table in params."""
-    names = ', '.join('%d %s' % (bit, name) for name, bit in table) or 'nothing: only 0'
+    names = ', '.join(f'{bit} {name}' for name, bit in table) or 'nothing: only 0'
     return query('flag', 'An OR of: ' + names + '. Default 0.',
                  {'type': 'integer', 'enum': flag_values(table)})
 
@@ -81,8 +81,8 @@ ALL = query('all', '1/True/true: every defined domain, not only the running ones
 XML_FLAG = flag(DOMAIN_XML_FLAGS)
 AFFECT_FLAG = flag(AFFECT_FLAGS)
 NO_FLAG = flag(NO_FLAGS)
-WAIT = query('wait', 'Answer only once done, waiting at most this many seconds (0-%d); 408 when '
-             'that runs out.' % defaults.MAX_WAIT_SECONDS,
+WAIT = query('wait', 'Answer only once done, waiting at most this many seconds '
+             f'(0-{defaults.MAX_WAIT_SECONDS}); 408 when that runs out.',
              {'type': 'number', 'minimum': 0, 'maximum': defaults.MAX_WAIT_SECONDS})
 FORCE = query('force', '1/True/true: even while a defined domain uses the image.', BOOLEAN)
 SIZE_TEXT = ('A size: bytes, or a number with a unit (K, M, G, T, P, E and KiB... are powers of '

@@ -89,12 +89,14 @@ NAME_MAX = 255  # bytes: what a file name may hold on the file systems dir pools
 def _at_most(limit):
     """A regex for the decimal numbers from 0 to `limit` (leading zeros allowed)."""
     digits = str(limit)
-    options = ['[0-9]{1,%d}' % (len(digits) - 1)] if len(digits) > 1 else []
+    options = [f'[0-9]{{1,{len(digits) - 1}}}'] if len(digits) > 1 else []
     for i, digit in enumerate(digits):
         if digit != '0':
-            options.append(digits[:i] + '[0-%d]' % (int(digit) - 1)
-                           + ('[0-9]{%d}' % (len(digits) - i - 1) if i < len(digits) - 1 else ''))
-    return '0*(?:%s)' % '|'.join(options + [digits])
+            rest = len(digits) - i - 1  # how many digits follow this one
+            options.append(f'{digits[:i]}[0-{int(digit) - 1}]'
+                           + (f'[0-9]{{{rest}}}' if rest else ''))
+    alternatives = '|'.join(options + [digits])
+    return f'0*(?:{alternatives})'
 
 
 def _size_pattern():
@@ -102,9 +104,10 @@ def _size_pattern():
     unit, the numbers whose bytes do not pass MAX_SIZE; units in either case."""
     by_factor = {}
     for unit, factor in SIZE_UNITS.items():
-        by_factor.setdefault(factor, []).append(''.join('[%s%s]' % (c, c.lower()) for c in unit))
-    return '^(?:%s)$' % '|'.join('%s(?:%s)' % (_at_most(MAX_SIZE // factor), '|'.join(units))
-                                 for factor, units in sorted(by_factor.items()))
+        by_factor.setdefault(factor, []).append(''.join(f'[{c}{c.lower()}]' for c in unit))
+    numbers = [f"{_at_most(MAX_SIZE // factor)}(?:{'|'.join(units)})"
+               for factor, units in sorted(by_factor.items())]
+    return f"^(?:{'|'.join(numbers)})$"
 
 
 SIZE_PATTERN = _size_pattern()
@@ -134,8 +137,8 @@ def parse_flag(request, table):
     for _name, bit in table:
         mask |= bit
     if not is_whole(value) or int(value) & ~mask:
-        allowed = ', '.join('%d (%s)' % (bit, name) for name, bit in table) or 'only 0'
-        raise bad_request('flag=%s is not a combination of %s' % (value, allowed))
+        allowed = ', '.join(f'{bit} ({name})' for name, bit in table) or 'only 0'
+        raise bad_request(f'flag={value} is not a combination of {allowed}')
     return int(value)
 
 
@@ -144,7 +147,7 @@ def parse_bool(request, name, default=False):
     if value is None:
         return default
     if value not in BOOLEANS:
-        raise bad_request('%s=%s: expected one of 1, True, true, 0, False, false' % (name, value))
+        raise bad_request(f'{name}={value}: expected one of 1, True, true, 0, False, false')
     return BOOLEANS[value]
 
 
@@ -152,10 +155,9 @@ def parse_int(request, name, minimum=0, maximum=2**63 - 1):
     """A required whole-number query parameter within [minimum, maximum]."""
     value = request.arg(name)
     if value is None:
-        raise bad_request('query parameter "%s" is required' % name)
+        raise bad_request(f'query parameter "{name}" is required')
     if not is_whole(value) or not minimum <= int(value) <= maximum:
-        raise bad_request('%s=%s: expected a whole number from %d to %d'
-                          % (name, value, minimum, maximum))
+        raise bad_request(f'{name}={value}: expected a whole number from {minimum} to {maximum}')
     return int(value)
 
 
@@ -164,12 +166,11 @@ def parse_size(request, name, default=None):
     value = request.arg(name)
     if value is None:
         if default is None:
-            raise bad_request('query parameter "%s" is required' % name)
+            raise bad_request(f'query parameter "{name}" is required')
         return default
     if not SIZE.match(value):
-        raise bad_request('%s=%s: expected a size such as 1073741824, 512M, 10G or 10GiB '
-                          '(K, M, G, T, P, E, KiB... are powers of 1024; KB, MB, GB... of 1000)'
-                          % (name, value))
+        raise bad_request(f'{name}={value}: expected a size such as 1073741824, 512M, 10G or 10GiB '
+                          '(K, M, G, T, P, E, KiB... are powers of 1024; KB, MB, GB... of 1000)')
     number, unit = SIZE_PARTS.match(value).groups()
     return int(number) * SIZE_UNITS[unit.upper()]
 
@@ -192,7 +193,7 @@ def parse_choice(request, name, choices, default):
         return None
     value = default if value is None else value
     if value not in choices:
-        raise bad_request('%s=%s: expected one of %s' % (name, value, ', '.join(choices)))
+        raise bad_request(f"{name}={value}: expected one of {', '.join(choices)}")
     return choices[value]
 
 
@@ -203,5 +204,5 @@ def parse_seconds(request, name, default=None, maximum=MAX_WAIT_SECONDS):
     if value is None:
         return default
     if not NUMBER.match(value) or not 0 <= float(value) <= maximum:
-        raise bad_request('%s=%s: expected a number of seconds from 0 to %d' % (name, value, maximum))
+        raise bad_request(f'{name}={value}: expected a number of seconds from 0 to {maximum}')
     return float(value) + 0.0  # -0 is 0

@@ -50,10 +50,10 @@ class Route:
     @property
     def name(self):
         """'GET /libvirt/{connection}/nodes/{ident}/json': labels metrics and logs."""
-        return '%s %s' % (self.method, self.path)
+        return f'{self.method} {self.path}'
 
     def __repr__(self):
-        return '<Route %s>' % self.name
+        return f'<Route {self.name}>'
 
 
 def unfinished(routes):
@@ -89,7 +89,8 @@ IMAGE_LINKS = to_image(images.inspect_image, images.clone_image, images.resize_i
 FORMAT = query('format', 'raw (default) or qcow2.', {'type': 'string',
                                                     'enum': list(IMAGE_FORMATS)})
 # Event names as `event` takes them: comma-separated, empty items skipped.
-EVENT_LIST = '^(?:%s)?(?:,(?:%s)?)*$' % (('|'.join(EVENT_NAMES),) * 2)
+ANY_EVENT = '|'.join(EVENT_NAMES)
+EVENT_LIST = f'^(?:{ANY_EVENT})?(?:,(?:{ANY_EVENT})?)*$'
 
 ROUTES = [
     Route('GET', NODES + '/json', domains.list_domains, READ, secret_flag=SECURE_XML, doc=Doc(
@@ -164,8 +165,8 @@ ROUTES = [
         'Wait until a domain reaches a state', {200: 'WaitResult', 408: ERROR},
         [query('condition', 'The state to wait for.', {
             'type': 'string', 'enum': list(CONDITION_STATES)}, True),
-         query('timeout', 'Seconds to wait at most (0-%d, default %d).'
-               % (defaults.MAX_WAIT_SECONDS, events.DEFAULT_WAIT_SECONDS),
+         query('timeout', f'Seconds to wait at most (0-{defaults.MAX_WAIT_SECONDS}, '
+               f'default {events.DEFAULT_WAIT_SECONDS}).',
                dict(SECONDS, maximum=defaults.MAX_WAIT_SECONDS))])),
     Route('GET', DOMAIN + '/stats', operations.domain_stats, READ, doc=Doc(
         "A domain's counters", {200: 'Stats'})),
@@ -182,9 +183,10 @@ ROUTES = [
                'commas).', {'type': 'array', 'items': {'type': 'string',
                                                        'pattern': EVENT_LIST}}),
          query('limit', 'End the stream after this many events.', dict(WHOLE, minimum=1)),
-         query('timeout', 'End the stream after this many seconds (at most %d: a week; '
-               'without it the stream runs until the client or the daemon ends it).'
-               % events.MAX_STREAM_SECONDS, dict(SECONDS, maximum=events.MAX_STREAM_SECONDS))])),
+         query('timeout', 'End the stream after this many seconds '
+               f'(at most {events.MAX_STREAM_SECONDS}: a week; without it the stream runs until '
+               'the client or the daemon ends it).',
+               dict(SECONDS, maximum=events.MAX_STREAM_SECONDS))])),
     Route('GET', '/_ping', operations.ping, READ, doc=Doc(
         'Is the daemon alive? (touches no hypervisor)', {200: TEXT})),
     Route('GET', '/version', operations.version, READ, doc=Doc(

@@ -37,7 +37,7 @@ def lookup_domain(conn, ident):
     if dom is None:
         dom = _lookup(conn.lookupByName, ident)
     if dom is None:
-        raise HTTPError(404, 'no such domain: %s' % ident, 'no_such_domain')
+        raise HTTPError(404, f'no such domain: {ident}', 'no_such_domain')
     if is_dom0(dom):
         raise HTTPError(403, 'dom0 cannot be managed through this API', 'dom0_refused')
     return dom
@@ -95,7 +95,7 @@ def create_domain(request):
     # is a path, never a value.
     stored = convert.xml_to_dict(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE |
                                              libvirt.VIR_DOMAIN_XML_SECURE))
-    warnings = ['%s was dropped by libvirt' % path
+    warnings = [f'{path} was dropped by libvirt'
                 for path in convert.dropped(posted['domain'], stored['domain'], 'domain')]
     return 201, {'Uuid': dom.UUIDString(), 'Warnings': warnings}
 
@@ -128,8 +128,8 @@ def stop_domain(request, ident):
         return _change_state(lambda: dom.shutdownFlags(flag), lambda: not dom.isActive())
     if not wait_for_state(request.hypervisor.events, request.conn, dom.UUIDString(), 'shutoff', wait,
                           lambda: dom.shutdownFlags(flag)):
-        raise wait_timeout('the shutdown of %s was asked for, but it was not shut off within '
-                           '%g s' % (dom.name(), wait))
+        raise wait_timeout(f'the shutdown of {dom.name()} was asked for, but it was not shut off '
+                           f'within {wait:g} s')
     return NO_CONTENT
 
 
@@ -150,8 +150,8 @@ def restart_domain(request, ident):
     if wait is None:
         dom.reboot(flag)
     elif not wait_for_restart(request.hypervisor.events, dom.UUIDString(), wait, lambda: dom.reboot(flag)):
-        raise wait_timeout('the reboot of %s was asked for, but no reboot was seen within %g s'
-                           % (dom.name(), wait))
+        raise wait_timeout(f'the reboot of {dom.name()} was asked for, but no reboot was seen '
+                           f'within {wait:g} s')
     return NO_CONTENT
 
 
@@ -159,8 +159,8 @@ def delete_domain(request, ident):
     flag = parse_flag(request, UNDEFINE_FLAGS)
     dom = lookup_domain(request.conn, ident)
     if not dom.isPersistent():
-        raise HTTPError(409, 'domain %s is transient: it has no definition to delete; '
-                        'destroy it instead' % dom.name(), 'invalid_state')
+        raise HTTPError(409, f'domain {dom.name()} is transient: it has no definition to delete; '
+                        'destroy it instead', 'invalid_state')
     dom.undefineFlags(flag)
     return NO_CONTENT
 
@@ -208,7 +208,7 @@ def _active_domain(request, ident):
     """The domain, which must be running (or paused) for the action: 409 otherwise."""
     dom = lookup_domain(request.conn, ident)
     if not dom.isActive():
-        raise HTTPError(409, 'domain %s is not running' % dom.name(), 'invalid_state')
+        raise HTTPError(409, f'domain {dom.name()} is not running', 'invalid_state')
     return dom
 
 
@@ -281,7 +281,7 @@ def _refuse_taken_target(disk, disks):
     dev = target.get('@dev') if isinstance(target, dict) else None
     if dev is not None and any(isinstance(other, dict) and isinstance(other.get('target'), dict)
                                and other['target'].get('@dev') == dev for other in disks):
-        raise HTTPError(409, 'the domain has a disk with target %s already' % dev,
+        raise HTTPError(409, f'the domain has a disk with target {dev} already',
                         'already_exists')
 
 

@@ -36,7 +36,7 @@ def _since(request):
     if value is None:
         return None
     if not is_whole(value) or int(value) > MAX_WHOLE:
-        raise bad_request('since=%s: expected the id of an event, a whole number' % value)
+        raise bad_request(f'since={value}: expected the id of an event, a whole number')
     return int(value)
 
 
@@ -48,8 +48,8 @@ def _listed(request, name):
 def _filter(domains, events):
     unknown = events - set(EVENT_NAMES)
     if unknown:
-        raise bad_request('event=%s: expected some of %s'
-                          % (','.join(sorted(unknown)), ', '.join(EVENT_NAMES)))
+        raise bad_request(f"event={','.join(sorted(unknown))}: "
+                          f"expected some of {', '.join(EVENT_NAMES)}")
     # libvirt's names are case-sensitive and matched exactly; a UUID matches in either case.
     uuids = {name.lower() for name in domains}
 
@@ -113,7 +113,7 @@ class EventStream:
     def _event(self, record):
         data = json.dumps(record, sort_keys=True)
         if self.sse:
-            return ('id: %d\nevent: %s\ndata: %s\n\n' % (record['Id'], record['Event'], data)).encode()
+            return f"id: {record['Id']}\nevent: {record['Event']}\ndata: {data}\n\n".encode()
         return data.encode() + b'\n'
 
     def _notice(self, kind, message, ident=None):
@@ -122,8 +122,8 @@ class EventStream:
         data = json.dumps(notice, sort_keys=True)
         if not self.sse:
             return data.encode() + b'\n'
-        head = '' if ident is None else 'id: %d\n' % ident
-        return ('%sevent: notice\ndata: %s\n\n' % (head, data)).encode()
+        head = '' if ident is None else f'id: {ident}\n'
+        return f'{head}event: notice\ndata: {data}\n\n'.encode()
 
     def _end_notice(self, reason):
         if reason == 'overflow':
@@ -138,11 +138,11 @@ class EventStream:
 def wait_domain(request, ident):
     """POST /nodes/(id)/wait: answers once the domain reaches `condition`; 408 after `timeout`."""
     if request.arg('condition') is None:
-        raise bad_request('query parameter "condition" is required: one of %s'
-                          % ', '.join(CONDITION_STATES))
+        raise bad_request('query parameter "condition" is required: '
+                          f"one of {', '.join(CONDITION_STATES)}")
     condition = parse_choice(request, 'condition', {name: name for name in CONDITION_STATES}, None)
     timeout = parse_seconds(request, 'timeout', DEFAULT_WAIT_SECONDS, MAX_WAIT_SECONDS)
     dom = lookup_domain(request.conn, ident)
     if not wait_for_state(request.hypervisor.events, request.conn, dom.UUIDString(), condition, timeout):
-        raise wait_timeout('domain %s did not become %s within %g s' % (dom.name(), condition, timeout))
+        raise wait_timeout(f'domain {dom.name()} did not become {condition} within {timeout:g} s')
     return 200, {'State': condition}

@@ -46,7 +46,7 @@ class Uploads:
     def holding(self, key):
         with self._lock:
             if key in self._keys:
-                raise HTTPError(409, 'image %s is being uploaded' % key[1], 'upload_in_progress')
+                raise HTTPError(409, f'image {key[1]} is being uploaded', 'upload_in_progress')
             self._keys.add(key)
         try:
             yield
@@ -59,12 +59,11 @@ def check_name(name, what='image'):
     """A pool or image name that stays inside its pool: 400 for separators, control characters,
     a leading dot (., .., hidden files) or more than NAME_MAX bytes."""
     if not name:
-        raise bad_request('the %s name is empty' % what)
+        raise bad_request(f'the {what} name is empty')
     if UNSAFE_NAME.search(name):
-        raise bad_request('%s name %r: no "/", "\\", control characters or leading "."'
-                          % (what, name))
+        raise bad_request(f'{what} name {name!r}: no "/", "\\", control characters or leading "."')
     if len(name.encode('utf-8', 'surrogatepass')) > NAME_MAX:
-        raise bad_request('%s name is longer than %d bytes' % (what, NAME_MAX))
+        raise bad_request(f'{what} name is longer than {NAME_MAX} bytes')
     return name
 
 
@@ -167,13 +166,13 @@ def create_image(request, pool):
     capacity = parse_size(request, 'capacity')
     allocation = parse_size(request, 'allocation', default=0)
     if allocation > capacity:
-        raise bad_request('allocation=%d is larger than capacity=%d: an image cannot hold more '
-                          'than its size' % (allocation, capacity))
+        raise bad_request(f'allocation={allocation} is larger than capacity={capacity}: '
+                          'an image cannot hold more than its size')
     form = parse_image_format(request, 'raw')
     flag = parse_flag(request, VOL_CREATE_FLAGS)
     target = lookup_pool(request.conn, pool)
     _refuse_existing(target, name)
-    _refuse_no_space(target, allocation, 'image %s allocates' % name)
+    _refuse_no_space(target, allocation, f'image {name} allocates')
     vol = target.createXML(_volume_xml(name, capacity, form, allocation), flag)
     return 201, _describe(request, target, vol)
 
@@ -191,7 +190,7 @@ def clone_image(request, pool, name):
     _refuse_existing(target, new_name)
     _type, capacity, allocation = source.info()
     allocation = min(allocation, capacity)  # a file system may hold blocks past a file's end
-    _refuse_no_space(target, allocation, 'a clone of %s allocates' % name)
+    _refuse_no_space(target, allocation, f'a clone of {name} allocates')
     if form is None:
         found = ElementTree.fromstring(source.XMLDesc(0)).find('target/format')
         form = found.get('type') if found is not None else 'raw'
@@ -216,7 +215,7 @@ def _refuse_existing(pool, name):
         if is_no_image(err):
             return
         raise
-    raise HTTPError(409, 'image %s already exists in pool %s' % (name, pool.name()),
+    raise HTTPError(409, f'image {name} already exists in pool {pool.name()}',
                     'already_exists')
 
 
@@ -227,13 +226,13 @@ def _refuse_no_space(pool, allocating, what):
     to libvirt, which answers 409 for it."""
     state, _capacity, _allocation, available = pool.info()
     if state == libvirt.VIR_STORAGE_POOL_RUNNING and allocating > available:
-        raise HTTPError(507, '%s %d bytes; pool %s has %d bytes free'
-                        % (what, allocating, pool.name(), available), 'insufficient_space')
+        raise HTTPError(507, f'{what} {allocating} bytes; pool {pool.name()} has {available} '
+                        'bytes free', 'insufficient_space')
 
 
 def _refuse_uploading(request, pool, name):
     if (pool.UUIDString(), name) in request.hypervisor.uploads:
-        raise HTTPError(409, 'image %s is being uploaded' % name, 'upload_in_progress')
+        raise HTTPError(409, f'image {name} is being uploaded', 'upload_in_progress')
 
 
 def _refuse_in_use(request, pool, vol, action):
@@ -242,8 +241,8 @@ def _refuse_in_use(request, pool, vol, action):
         return
     users = _used_by(pool, vol.name(), vol.path(), image_users(request.conn))
     if users:
-        raise HTTPError(409, 'image %s is used by %s: %s it with force=1 only if you mean it'
-                        % (vol.name(), ', '.join(users), action), 'image_in_use')
+        raise HTTPError(409, f"image {vol.name()} is used by {', '.join(users)}: "
+                        f'{action} it with force=1 only if you mean it', 'image_in_use')
 
 
 def resize_image(request, pool, name):
@@ -261,13 +260,12 @@ def resize_image(request, pool, name):
         wanted = capacity
     if wanted < current:
         if not shrink:
-            raise bad_request('capacity %d is below the current %d: shrinking loses data, '
-                              'ask for it with flag=4 (VIR_STORAGE_VOL_RESIZE_SHRINK)'
-                              % (wanted, current))
+            raise bad_request(f'capacity {wanted} is below the current {current}: shrinking loses '
+                              'data, ask for it with flag=4 (VIR_STORAGE_VOL_RESIZE_SHRINK)')
         _refuse_in_use(request, source_pool, vol, 'shrink')
     if flag & libvirt.VIR_STORAGE_VOL_RESIZE_ALLOCATE:  # libvirt allocates up to the new size
-        _refuse_no_space(source_pool, wanted - allocation, 'growing %s to %d bytes allocates'
-                         % (name, wanted))
+        _refuse_no_space(source_pool, wanted - allocation,
+                         f'growing {name} to {wanted} bytes allocates')
     vol.resize(capacity, flag)
     return NO_CONTENT
 
@@ -302,8 +300,8 @@ def upload_image(request, pool, name):
         raise bad_request('the body is empty: use create for an empty image')
     capacity = parse_size(request, 'capacity', default=length)
     if capacity < length:
-        raise HTTPError(413, 'the body (%d bytes) is larger than capacity=%d'
-                        % (length, capacity), 'too_large')
+        raise HTTPError(413, f'the body ({length} bytes) is larger than capacity={capacity}',
+                        'too_large')
     target = lookup_pool(request.conn, pool)
     _refuse_existing(target, name)
     _refuse_no_space(target, length, 'the body is')
@@ -361,9 +359,9 @@ def _byte_range(header, size):
         if found.group(2) and int(found.group(2)) < first:
             return 200, 0, size, []
     if first >= size or last < first:
-        raise HTTPError(416, 'the image has %d bytes; %s is outside it' % (size, header),
-                        'range_not_satisfiable', [('Content-Range', 'bytes */%d' % size)])
-    return 206, first, last - first + 1, [('Content-Range', 'bytes %d-%d/%d' % (first, last, size))]
+        raise HTTPError(416, f'the image has {size} bytes; {header} is outside it',
+                        'range_not_satisfiable', [('Content-Range', f'bytes */{size}')])
+    return 206, first, last - first + 1, [('Content-Range', f'bytes {first}-{last}/{size}')]
 
 
 def list_pools(request):

@@ -121,7 +121,7 @@ def domain_stats(request, ident):
     dom = lookup_domain(request.conn, ident)
     found = _described(request.conn, request.hypervisor.memo, [dom])
     if not found:
-        raise HTTPError(404, 'no such domain: %s' % ident, 'no_such_domain')
+        raise HTTPError(404, f'no such domain: {ident}', 'no_such_domain')
     return 200, found[0]
 
 
@@ -149,7 +149,7 @@ def _described(conn, memo, domains=None, active_only=False):
 # (metric, type, help, value of a described domain); None values are left out.
 DOMAIN_METRICS = (
     ('xend_domain_state', 'gauge', 'Domain state: ' + ', '.join(
-        '%d %s' % pair for pair in enumerate(STATE_NAMES)) + '.',
+        f'{number} {name}' for number, name in enumerate(STATE_NAMES)) + '.',
      lambda d: STATE_NAMES.index(d['State']) if d['State'] in STATE_NAMES else None),
     ('xend_domain_cpu_seconds_total', 'counter', 'CPU time the domain used, in seconds.',
      lambda d: None if d['CpuTimeNs'] is None else d['CpuTimeNs'] / 1e9),
