@@ -180,8 +180,9 @@ class Bridge:
         try:
             self._take_from_guest()
         except Ended as ended:
-            self._finish('client_too_slow' if ended.kind == 'overflow'
-                         else self.guest.explain(ended), ended.detail)
+            key = 'client_too_slow' if ended.kind == 'overflow' else self.guest.explain(ended)
+            # A takeover says so in our words, whether its stream error or its end() came first.
+            self._finish(key, '' if key == 'taken_over' else ended.detail)
         self._write_client()
         now = time.monotonic()
         if self._requested is not None:
