@@ -28,7 +28,8 @@ def test_events_wait_stats_and_metrics(rig, guests):
     assert stats["Memory"]["CurrentKiB"] == 256 * 1024 and stats["Vcpus"] == 1
     assert name in {s["Name"] for s in rig.api.get(f"{NODES}/stats").json}
     metrics = rig.api.get("/metrics").body.decode()
-    assert f'xend_domain_state{{domain="{name}"' in metrics
+    assert any(line.startswith('xend_domain_state{') and f'domain="{name}"' in line
+               for line in metrics.splitlines())
     assert "xend_libvirt_up 1" in metrics
 
     assert rig.api.post(f"{NODES}/{name}/suspend").status == 204
