@@ -30,7 +30,7 @@ def test_events_wait_stats_and_metrics(rig, guests):
     metrics = rig.api.get("/metrics").body.decode()
     assert any(line.startswith('xend_domain_state{') and f'domain="{name}"' in line
                for line in metrics.splitlines())
-    assert "xend_libvirt_up 1" in metrics
+    assert 'xend_libvirt_up{connection="xen"} 1' in metrics
 
     assert rig.api.post(f"{NODES}/{name}/suspend").status == 204
     assert rig.api.post(f"{NODES}/{name}/resume").status == 204
