@@ -246,6 +246,19 @@ class PrivateLibvirtd:
         self.signal(signal.SIGKILL)
         self.process.wait()
 
+    def remove_domains(self, names):
+        """Destroy and undefine a test's domains, starting libvirtd again if the test left it dead
+        (the daemon may also have been restarted meanwhile: a connection of its own)."""
+        if self.process.poll() is not None:
+            self.start()
+        conn = libvirt.open(self.uri)
+        for name in names:
+            domain = conn.lookupByName(name)
+            if domain.isActive():
+                domain.destroy()
+            domain.undefine()
+        conn.close()
+
     def close(self):
         """Stop libvirtd, then every process left in the namespace (QEMU), then the holder."""
         if self.process is not None and self.process.poll() is None:

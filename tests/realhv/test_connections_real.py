@@ -80,15 +80,7 @@ def defined_guest(listening_libvirtd, guest_files, console_dir):
         return name
 
     yield make
-    if listening_libvirtd.process.poll() is not None:
-        listening_libvirtd.start()
-    conn = libvirt.open(listening_libvirtd.uri)
-    for name in names:
-        domain = conn.lookupByName(name)
-        if domain.isActive():
-            domain.destroy()
-        domain.undefine()
-    conn.close()
+    listening_libvirtd.remove_domains(names)
 
 
 def listed(api, connection):

@@ -67,15 +67,7 @@ def guest_on_private(private_libvirtd, guest_files, console_dir):
 
     yield make
     conn.close()
-    if private_libvirtd.process.poll() is not None:
-        private_libvirtd.start()  # a failed test left it dead
-    conn = libvirt.open(private_libvirtd.uri)  # the daemon may have been restarted meanwhile
-    for name in names:
-        domain = conn.lookupByName(name)
-        if domain.isActive():
-            domain.destroy()
-        domain.undefine()
-    conn.close()
+    private_libvirtd.remove_domains(names)
 
 
 def request(server, method, path):
