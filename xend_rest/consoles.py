@@ -15,6 +15,7 @@ import xml.etree.ElementTree as ElementTree
 import libvirt
 
 from . import defaults
+from .bounded import StillRunning, call_within
 from .errors import HTTPError, is_connection_error, is_no_domain
 from .bridge import CHUNK, Ended
 
@@ -259,15 +260,20 @@ class ConsoleStream:
         while True:  # the console may close a moment before libvirt marks the domain stopped
             if not self.alive():
                 return 'libvirt_lost'
+            unknown = 'console_closed' if ended.kind == 'eof' else 'console_lost'
             try:
-                if not self.dom.isActive():
+                # bounded: libxl holds a domain that is shutting down for up to 60 s
+                if not call_within(self.dom.isActive, max(deadline - time.monotonic(), 0.1),
+                                   f'state of {self.dom.name()}'):
                     return 'guest_stopped'
+            except StillRunning:
+                return unknown
             except libvirt.libvirtError as err:
                 if is_no_domain(err):
                     return 'guest_stopped'  # a transient domain is gone with its run
                 return 'libvirt_lost' if is_connection_error(err) else 'console_lost'
             if time.monotonic() >= deadline:
-                return 'console_closed' if ended.kind == 'eof' else 'console_lost'
+                return unknown
             time.sleep(0.2)
 
     def close(self):

@@ -25,6 +25,9 @@ SOCKET_MODE = 0o660
 # Requests
 MAX_BODY = 1 << 20  # a JSON body: a domain definition is a few KiB; 1 MiB is generous
 MAX_WAIT_SECONDS = 600  # a wait holds a server worker: bounded
+# How long Stop and Restart wait for libvirt to pass the request on to the guest (about 1-2 s
+# on Xen under emulation; libxl can block 60 s in a race with the guest's own power-off).
+GUEST_REQUEST_SECONDS = 10.0
 
 # Media types
 JSON = 'application/json'

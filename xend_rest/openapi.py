@@ -36,14 +36,15 @@ def flag(table):
                  {'type': 'integer', 'enum': flag_values(table)})
 
 
-def lifecycle(summary, flag_parameter, extra=(), not_modified=True, timeout=False):
+def lifecycle(summary, flag_parameter, extra=(), not_modified=True, asks_guest=False):
     """A domain action's words: 204 done (304 already so), 409 not in a state that allows it,
-    501 a flag the driver does not implement."""
+    501 a flag the driver does not implement; an action that asks the guest (shutdown, reboot)
+    can also be 202 (libvirt has yet to return) and, with wait, 408."""
     responses = {204: NO_BODY, 409: ERROR, 501: ERROR}
     if not_modified:
         responses[304] = NO_BODY
-    if timeout:
-        responses[408] = ERROR
+    if asks_guest:
+        responses.update({202: 'Message', 408: ERROR})
     return Doc(summary, responses, [flag_parameter, *extra])
 
 

@@ -4,9 +4,10 @@ import re
 import libvirt
 
 from .. import convert
+from ..bounded import StillRunning, call_within
 from ..errors import (HTTPError, from_libvirt, is_connection_error, is_no_domain, still_there,
                       wait_timeout)
-from ..defaults import MAX_WAIT_SECONDS
+from ..defaults import GUEST_REQUEST_SECONDS, MAX_WAIT_SECONDS
 from ..events import wait_for_restart, wait_for_state
 from ..params import (AFFECT_FLAGS, DESTROY_FLAGS, DOMAIN_XML_FLAGS, NO_FLAGS, REBOOT_FLAGS,
                       SHUTDOWN_FLAGS, START_FLAGS, UNDEFINE_FLAGS, parse_bool, parse_choice,
@@ -124,10 +125,15 @@ def stop_domain(request, ident):
     if not dom.isActive():
         return NOT_MODIFIED
     _refuse_paused(dom)
-    if wait is None:
-        return _change_state(lambda: dom.shutdownFlags(flag), lambda: not dom.isActive())
-    if not wait_for_state(request.hypervisor.events, request.conn, dom.UUIDString(), 'shutoff', wait,
-                          lambda: dom.shutdownFlags(flag)):
+    shutdown = _to_guest(dom, 'shutdown', lambda: dom.shutdownFlags(flag))
+    try:
+        if wait is None:
+            return _change_state(shutdown, lambda: not dom.isActive())
+        reached = wait_for_state(request.hypervisor.events, request.conn, dom.UUIDString(),
+                                 'shutoff', wait, shutdown)
+    except StillRunning:
+        return _still_running(dom, 'shutdown', 'shutoff')
+    if not reached:
         raise wait_timeout(f'the shutdown of {dom.name()} was asked for, but it was not shut off '
                            f'within {wait:g} s')
     return NO_CONTENT
@@ -147,11 +153,15 @@ def restart_domain(request, ident):
     wait = parse_seconds(request, 'wait', maximum=MAX_WAIT_SECONDS)
     dom = _active_domain(request, ident)
     _refuse_paused(dom)
-    if wait is None:
-        dom.reboot(flag)
-    elif not wait_for_restart(request.hypervisor.events, dom.UUIDString(), wait, lambda: dom.reboot(flag)):
-        raise wait_timeout(f'the reboot of {dom.name()} was asked for, but no reboot was seen '
-                           f'within {wait:g} s')
+    reboot = _to_guest(dom, 'reboot', lambda: dom.reboot(flag))
+    try:
+        if wait is None:
+            reboot()
+        elif not wait_for_restart(request.hypervisor.events, dom.UUIDString(), wait, reboot):
+            raise wait_timeout(f'the reboot of {dom.name()} was asked for, but no reboot was seen '
+                               f'within {wait:g} s')
+    except StillRunning:
+        return _still_running(dom, 'reboot', 'running')
     return NO_CONTENT
 
 
@@ -190,6 +200,20 @@ def _refuse_paused(dom):
     libxl's shutdown() and reboot() of a paused domain block 60 s, fail, and stay pending."""
     if _paused(dom):
         raise HTTPError(409, 'domain %s is paused: resume or destroy it' % dom.name(), 'invalid_state')
+
+
+def _to_guest(dom, verb, action):
+    """A request to the guest, bounded: libxl's shutdown() and reboot() wait for the guest's
+    acknowledgement, holding the domain (every call about it waits too), and right after the
+    guest's own power-off they block 60 s. Past the bound the call goes on in the background."""
+    return lambda: call_within(action, GUEST_REQUEST_SECONDS, f'{verb} of {dom.name()}')
+
+
+def _still_running(dom, verb, condition):
+    """202: the guest was asked, and libvirt has yet to say how that went."""
+    return 202, {'message': f'the {verb} of {dom.name()} was asked for; libvirt has not returned '
+                            f'within {GUEST_REQUEST_SECONDS:g} s (the domain may be busy shutting '
+                            f'down): follow it with /wait?condition={condition}'}
 
 
 def _change_state(action, reached):
