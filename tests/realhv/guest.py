@@ -13,6 +13,7 @@ import io
 import lzma
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -327,3 +328,17 @@ def wait_until(predicate, timeout, what, diagnostics=lambda: ""):
         if time.monotonic() - start > timeout:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{diagnostics()}")
         time.sleep(0.1)
+
+
+def typed(send, receive, timeout=30):
+    """Type a command whose output differs from its echo; its output then the next prompt prove
+    the guest's shell ran it."""
+    token = secrets.token_hex(6)
+    send(f'echo XEND-CONSOLE-$((6*7))-{token}\n'.encode())
+    wanted = f'XEND-CONSOLE-42-{token}\r\n'.encode()
+    seen = b''
+    deadline = time.monotonic() + timeout
+    while wanted not in seen or PROMPT.encode() not in seen.split(wanted, 1)[1]:
+        assert time.monotonic() < deadline, f'no {wanted!r} then a prompt in {seen[-500:]!r}'
+        seen += receive()
+    return seen

@@ -4,10 +4,8 @@ WebSocket route and the raw attach, taken over with force=1, and ended by the gu
 The console routes run on the daemon's own server (which carries the upgrades out).
 """
 import os
-import secrets
 import socket
 import struct
-import time
 
 import libvirt
 import pytest
@@ -21,7 +19,7 @@ from xend_rest.bridges import Bridges
 
 from . import guest
 from .conftest import SESSION_PREFIX, _remove_domain
-from .guest import PROMPT, READY_MARKER, wait_until
+from .guest import READY_MARKER, typed, wait_until
 from .test_faults import app, guest_on_private, private_libvirtd  # noqa: F401 (fixtures)
 
 NODES = '/libvirt/qemu/nodes'
@@ -61,20 +59,6 @@ def shared_guest(libvirtd, libvirt_conn, guest_files, console_dir):
     console.wait_for(READY_MARKER, timeout=60)
     yield name
     _remove_domain(libvirt_conn, name)
-
-
-def typed(send, receive, timeout=30):
-    """Type a command whose output differs from its echo; its output then the next prompt prove
-    the guest's shell ran it."""
-    token = secrets.token_hex(6)
-    send(f'echo XEND-CONSOLE-$((6*7))-{token}\n'.encode())
-    wanted = f'XEND-CONSOLE-42-{token}\r\n'.encode()
-    seen = b''
-    deadline = time.monotonic() + timeout
-    while wanted not in seen or PROMPT.encode() not in seen.split(wanted, 1)[1]:
-        assert time.monotonic() < deadline, f'no {wanted!r} then a prompt in {seen[-500:]!r}'
-        seen += receive()
-    return seen
 
 
 def open_fds():

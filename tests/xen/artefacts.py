@@ -58,6 +58,7 @@ READY_MARKER = realhv_guest.READY_MARKER
 POWEROFF_MARKER = realhv_guest.POWEROFF_MARKER
 STATE_MARKER = "XEND-GUEST-STATE"
 REBOOT_MARKER = "XEND-GUEST-REBOOT"
+PROMPT = realhv_guest.PROMPT
 
 # PID 1 of the PV guest. Xen asks a PV guest to power off or reboot through xenstore; its kernel
 # then runs /sbin/poweroff or /sbin/reboot, which busybox turns into USR2 or TERM to PID 1.
@@ -77,6 +78,9 @@ for m in $(cat /etc/modules); do
     insmod /lib/modules/$m.ko || echo "XEND-GUEST-ERROR insmod $m" > /dev/console
 done
 echo "{READY_MARKER} cpus=$(grep -c ^processor /proc/cpuinfo)" > /dev/console
+# A shell on the PV console, for the console tests; respawned when it exits.
+(export PS1='{PROMPT} ' HOME=/ TERM=vt100
+ while true; do setsid sh -c 'exec sh -i <>/dev/hvc0 >&0 2>&1'; done) &
 last=""
 while true; do
     now="cpus=$(grep -c ^processor /proc/cpuinfo) mem_kib=$(sed -n 's/^MemTotal: *\\([0-9]*\\).*/\\1/p' /proc/meminfo) disks=$(ls /sys/block | grep xvd | tr '\\n' ,) nics=$(ls /sys/class/net | grep -v lo | tr '\\n' ,)"

@@ -26,6 +26,9 @@ for m in $(cat /etc/xen-rig-modules); do
     insmod /lib/modules/xen-rig/$m.ko || say "insmod $m failed"
 done
 mount -t xenfs xenfs /proc/xen
+# /var/lock is /run/lock, which systemd-tmpfiles makes on a real host: libvirt locks a console's
+# pty there (LCK.._pts_N) before it opens it.
+mkdir -p /run/lock
 mkdir -p /run/xen /run/xenstored /var/log/xen/console /var/lib/xen /var/log/libvirt /run/libvirt
 /usr/lib/xen-4.17/bin/oxenstored --pid-file /run/xen/xenstored.pid
 /usr/lib/xen-4.17/bin/xen-init-dom0 > /var/log/xen/xen-init-dom0.log 2>&1
@@ -42,7 +45,8 @@ ip link set xenbr0 up
 hostname dom0
 say "xen $(cut -d' ' -f1 /proc/uptime)"
 
-libvirtd --daemon --pid-file /run/libvirtd.pid
+# --listen: libvirtd's TLS listener (port 16514, certificates in /etc/pki) for remote management.
+libvirtd --daemon --listen --pid-file /run/libvirtd.pid
 say "libvirtd $(cut -d' ' -f1 /proc/uptime)"
 
 # The administrator's way: the package, then the unit with its drop-ins.

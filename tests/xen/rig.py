@@ -4,10 +4,12 @@
     rig.dom0("virsh -c xen:///system list")      # a shell command in dom0 -> Result(rc, out, err)
     rig.api.get("/libvirt/xen/nodes/json")       # HTTPS + bearer token through QEMU's port forward
     rig.unix_api.get(...)                        # the same over the unix socket, from inside dom0
+    libvirt.open(rig.libvirt_uri)                # dom0's libvirtd over TLS (xen+tls://), from outside
 
 Per boot, a small cpio rides along after the cached root (the kernel unpacks both, the later one
 winning): dom0's init, the test agent, the .deb from this checkout, a TLS certificate and key made
-with openssl, a tokens file and the administrator's drop-in for xend-rest.service.
+with openssl, a tokens file and the administrator's drop-in for xend-rest.service, and a PKI for
+libvirtd's TLS listener (libvirt's default paths in dom0; the client half stays outside).
 """
 
 import gzip
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from realhv import guest as realhv_guest
+from realhv.libvirtd import make_pki
 
 HERE = Path(__file__).parent
 CHECKOUT = HERE.parent.parent
@@ -39,6 +42,12 @@ ReadWritePaths=/var/lib/xend-rest-pool
 """
 POOL_DIR = "/var/lib/xend-rest-pool"
 UNIX_SOCKET = "/run/xend-rest/api.sock"
+LIBVIRTD_TLS_PORT = 16514
+# How dom0's init starts libvirtd, and how a test starts it again: with its TLS listener.
+LIBVIRTD = "libvirtd --daemon --listen --pid-file /run/libvirtd.pid"
+# libvirtd's default certificate paths (libvirtd.conf's ca_file, cert_file, key_file).
+LIBVIRTD_PKI = {"etc/pki/CA/cacert.pem": "cacert.pem", "etc/pki/libvirt/servercert.pem": "servercert.pem",
+                "etc/pki/libvirt/private/serverkey.pem": "serverkey.pem"}
 
 
 @dataclass
@@ -93,6 +102,13 @@ class HTTPSClient:
     def delete(self, path, query="", **kw):
         return self.request("DELETE", path, query=query, **kw)
 
+    def websocket(self, path, query=""):
+        """A WebSocket (websockets' own client) to `path`, over TLS with the token."""
+        from websockets.sync.client import connect
+        return connect(f"wss://localhost:{self.port}{path}" + ("?" + query if query else ""),
+                       ssl=self.context, additional_headers={"Authorization": f"Bearer {self.token}"},
+                       open_timeout=60, close_timeout=10)
+
 
 class UnixClient:
     """A dom0 administrator: curl on xend-rest's unix socket inside dom0."""
@@ -133,6 +149,10 @@ class Rig:
         self.process = None
         self.tls_port = free_port()
         self.agent_port = free_port()
+        self.libvirt_port = free_port()
+        self.pki = self.workdir / "pki"
+        # A management host's URI for dom0: libvirt's remote protocol over TLS, through the forward.
+        self.libvirt_uri = f"xen+tls://127.0.0.1:{self.libvirt_port}/system?pkipath={self.pki}"
         self.api = None
         self.unix_api = UnixClient(self)
 
@@ -140,6 +160,7 @@ class Rig:
         started = time.monotonic()
         deb = self._build_deb()
         ca = self._make_certificates()
+        make_pki(self.pki)
         overlay = self._overlay(deb)
         initrd = self.workdir / "dom0.img"
         with open(initrd, "wb") as out:
@@ -147,7 +168,8 @@ class Rig:
             out.write(b"\0" * (-out.tell() % 4))
             out.write(overlay)
         forwards = (f"hostfwd=tcp:127.0.0.1:{self.tls_port}-:{TLS_PORT},"
-                    f"hostfwd=tcp:127.0.0.1:{self.agent_port}-:9000")
+                    f"hostfwd=tcp:127.0.0.1:{self.agent_port}-:9000,"
+                    f"hostfwd=tcp:127.0.0.1:{self.libvirt_port}-:{LIBVIRTD_TLS_PORT}")
         command = [
             "qemu-system-x86_64", "-machine", "q35", "-cpu", "qemu64,+svm", "-m", "3072",
             "-smp", "2", "-display", "none", "-no-reboot", "-monitor", "none",
@@ -234,7 +256,8 @@ class Rig:
         cpio = realhv_guest._Cpio()
         for directory in ("rig", "etc", "etc/xend-rest", "etc/xend-rest/tls", "etc/systemd",
                           "etc/systemd/system", "etc/systemd/system/xend-rest.service.d", "var", "var/lib",
-                          POOL_DIR.lstrip("/")):
+                          POOL_DIR.lstrip("/"), "etc/pki", "etc/pki/CA", "etc/pki/libvirt",
+                          "etc/pki/libvirt/private"):
             cpio.add(directory, 0o40755)
         cpio.add("init", 0o100755, (HERE / "dom0-init.sh").read_bytes())
         cpio.add("rig/agent.py", 0o100755, (HERE / "agent.py").read_bytes())
@@ -243,6 +266,8 @@ class Rig:
         cpio.add("etc/xend-rest/tls/server.key", 0o100600, (tls / "server.key").read_bytes())
         cpio.add("etc/xend-rest/tokens", 0o100600, f"{TOKEN} admin xen-tier\n".encode())
         cpio.add("etc/systemd/system/xend-rest.service.d/tls.conf", 0o100644, DROP_IN.encode())
+        for path, name in LIBVIRTD_PKI.items():
+            cpio.add(path, 0o100600 if "private" in path else 0o100644, (self.pki / name).read_bytes())
         return gzip.compress(cpio.finish(), compresslevel=1, mtime=0)
 
 
