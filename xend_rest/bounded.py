@@ -10,6 +10,9 @@ import threading
 log = logging.getLogger(__name__)
 
 
+UNDER_WAY = object()  # what a waiting request's action answers once it outlived its bound
+
+
 class StillRunning(Exception):
     """The call outlived its bound; it goes on in the background."""
 

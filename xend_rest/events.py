@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 
 import libvirt
 
+from .bounded import UNDER_WAY
 from .errors import RETRY_AFTER, HTTPError, is_no_domain
 from .stats import state_name
 
@@ -273,8 +274,8 @@ def wait_for_state(hub, conn, uuid, condition, timeout, action=None):
     states = CONDITION_STATES[condition]
 
     def first():
-        if action is not None:
-            action()
+        if action is not None and action() is UNDER_WAY:
+            return False  # libvirt holds the domain meanwhile: its state would block, wait instead
         return current_state(conn, uuid) in states
 
     def reached(record):
