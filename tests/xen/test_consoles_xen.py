@@ -1,14 +1,17 @@
 """Consoles on Xen: a shell on a PV guest's hvc0 (xenconsoled's pty, opened by libxl), reached
-from the management host over TLS with a token, by a real WebSocket client; taken over with
-force=1; ended by the guest's own power-off, during which a Stop answers from state at once."""
+from the management host over TLS with a token, by a real WebSocket client and by the raw
+attach; taken over with force=1; ended by the guest's own power-off, which a Stop races (libxl
+then holds the domain 60 s: the Stop is bounded)."""
 
+import re
+import socket
 import threading
 import time
 
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from realhv.guest import typed
+from realhv.guest import typed, wait_until
 from xend_rest.defaults import GUEST_REQUEST_SECONDS
 
 from .conftest import NODES
@@ -16,6 +19,17 @@ from .conftest import NODES
 
 def receive(ws):
     return lambda: ws.recv(timeout=60)
+
+
+def open_sessions(rig):
+    metrics = rig.api.get("/metrics").body.decode()
+    return int(float(re.search(r"^xend_console_sessions (\S+)$", metrics, re.M).group(1)))
+
+
+@pytest.fixture(autouse=True)
+def previous_sessions_ended(rig):
+    """A session ends a moment after its client leaves: each test starts with none open."""
+    wait_until(lambda: open_sessions(rig) == 0, 30, "the console sessions of the test before to end")
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +42,19 @@ def guest(guests):
 def test_a_command_typed_through_the_console_runs_in_the_xen_guest(rig, guest):
     with rig.api.websocket(f"{NODES}/{guest}/console") as ws:
         typed(ws.send, receive(ws), timeout=60)
+
+
+def test_the_same_through_the_raw_attach_over_tls(rig, guest):
+    raw = socket.create_connection(("127.0.0.1", rig.api.port), timeout=60)
+    with rig.api.context.wrap_socket(raw, server_hostname="localhost") as sock:
+        sock.sendall(f"POST {NODES}/{guest}/attach HTTP/1.1\r\nHost: localhost\r\n"
+                     f"Authorization: Bearer {rig.api.token}\r\nConnection: Upgrade\r\n"
+                     "Upgrade: tcp\r\nContent-Length: 0\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(1)
+        assert head.startswith(b"HTTP/1.1 101 "), head
+        typed(sock.sendall, lambda: sock.recv(65536), timeout=60)
 
 
 def test_a_second_client_is_409_until_it_forces_the_takeover(rig, guest):
