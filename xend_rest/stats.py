@@ -5,6 +5,7 @@ call or a group of statistics (Xen's libxl driver, the test driver), each missin
 to its per-domain call, and a statistic the driver cannot give at all is null.  Either way the
 answer has the same shape.
 """
+import functools
 import xml.etree.ElementTree as ElementTree
 
 import libvirt
@@ -28,6 +29,9 @@ NET_COUNTERS = (
     ('RxDrops', 'rx.drop', 3), ('TxBytes', 'tx.bytes', 4), ('TxPackets', 'tx.pkts', 5),
     ('TxErrors', 'tx.errs', 6), ('TxDrops', 'tx.drop', 7),
 )
+# The bulk record's keys for CpuTimeNs, Vcpus and the memory's CurrentKiB and MaximumKiB
+DOMAIN_KEYS = ('cpu.time', 'vcpu.current', 'balloon.current', 'balloon.maximum')
+GROUP_COUNTERS = {'block': BLOCK_COUNTERS, 'net': NET_COUNTERS}
 
 
 def state_name(state):
@@ -57,28 +61,38 @@ def describe(dom, raw, memo=None, uuid=None):
     """One domain's statistics, from its bulk record and per-statistic calls for what it lacks;
     memo (a DomainMemo) keeps the device names read from its XML, uuid saves a lookup."""
     uuid = uuid or dom.UUIDString()
-    info = _Lazy(dom.info)
     state = raw.get('state.state')
     if state is None:
         state = dom.state()[0]
     active = state != libvirt.VIR_DOMAIN_SHUTOFF
-    devices = _Lazy(lambda: _device_names(dom, uuid, memo))
+    cpu_time, vcpus, current, maximum = map(raw.get, DOMAIN_KEYS)
+    if None in (cpu_time, vcpus, current, maximum):
+        cpu_time, vcpus, current, maximum = _completed(dom, cpu_time, vcpus, current, maximum)
+    if active:
+        devices = _Lazy(lambda: _device_names(dom, uuid, memo))
+        block = _devices(raw, 'block', BLOCK_COUNTERS, dom.blockStats, lambda: devices()[0])
+        network = _devices(raw, 'net', NET_COUNTERS, dom.interfaceStats, lambda: devices()[1])
+    else:
+        block = network = []
     return {
         'Name': dom.name(),
         'Uuid': uuid,
         'Id': dom.ID() if active else None,
         'State': state_name(state),
-        'CpuTimeNs': _first(raw.get('cpu.time'), lambda: _item(info(), 4)),
-        'Vcpus': _first(raw.get('vcpu.current'), lambda: _item(info(), 3)),
-        'Memory': {
-            'CurrentKiB': _first(raw.get('balloon.current'), lambda: _balloon(dom, info)),
-            'MaximumKiB': _first(raw.get('balloon.maximum'), lambda: _item(info(), 1)),
-        },
-        'Block': _devices(raw, 'block', BLOCK_COUNTERS, dom.blockStats,
-                          lambda: devices()[0]) if active else [],
-        'Network': _devices(raw, 'net', NET_COUNTERS, dom.interfaceStats,
-                            lambda: devices()[1]) if active else [],
+        'CpuTimeNs': cpu_time,
+        'Vcpus': vcpus,
+        'Memory': {'CurrentKiB': current, 'MaximumKiB': maximum},
+        'Block': block,
+        'Network': network,
     }
+
+
+def _completed(dom, cpu_time, vcpus, current, maximum):
+    """The domain's numbers with those its bulk record lacks (None) asked for one by one; the
+    domain's info is asked for at most once."""
+    info = _Lazy(dom.info)
+    return (_first(cpu_time, lambda: _item(info(), 4)), _first(vcpus, lambda: _item(info(), 3)),
+            _first(current, lambda: _balloon(dom, info)), _first(maximum, lambda: _item(info(), 1)))
 
 
 class _Lazy:
@@ -121,7 +135,7 @@ def _balloon(dom, info):
 def _devices(raw, group, counters, per_device_call, names):
     count = raw.get(group + '.count')
     if count is not None:  # the bulk record has this group
-        return [_bulk_device(raw, f'{group}.{index}.', counters) for index in range(count)]
+        return [_bulk_device(raw, group, index) for index in range(count)]
     found = []
     for name in names() or ():
         values = _optional(lambda: per_device_call(name))
@@ -130,12 +144,19 @@ def _devices(raw, group, counters, per_device_call, names):
     return found
 
 
-def _bulk_device(raw, prefix, counters):
+def _bulk_device(raw, group, index):
     """One device from its keys in the bulk record ('block.0.name', 'block.0.rd.reqs'...)."""
-    device = {'Device': raw.get(prefix + 'name')}
-    for ours, bulk_key, _position in counters:
-        device[ours] = raw.get(prefix + bulk_key)
-    return device
+    ours, bulk_keys = _bulk_keys(group, index)
+    return dict(zip(ours, map(raw.get, bulk_keys)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _bulk_keys(group, index):
+    """(our keys, the bulk record's keys) of one device: made once, not for every scrape."""
+    prefix = f'{group}.{index}.'
+    counters = GROUP_COUNTERS[group]
+    return (('Device', *(ours for ours, _key, _position in counters)),
+            (prefix + 'name', *(prefix + key for _ours, key, _position in counters)))
 
 
 def _called_device(name, values, counters):
