@@ -68,12 +68,15 @@ def describe(dom, raw, memo=None, uuid=None):
     cpu_time, vcpus, current, maximum = map(raw.get, DOMAIN_KEYS)
     if None in (cpu_time, vcpus, current, maximum):
         cpu_time, vcpus, current, maximum = _completed(dom, cpu_time, vcpus, current, maximum)
+    block = network = []
     if active:
-        devices = _Lazy(lambda: _device_names(dom, uuid, memo))
-        block = _devices(raw, 'block', BLOCK_COUNTERS, dom.blockStats, lambda: devices()[0])
-        network = _devices(raw, 'net', NET_COUNTERS, dom.interfaceStats, lambda: devices()[1])
-    else:
-        block = network = []
+        block, network = _bulk_devices(raw, 'block'), _bulk_devices(raw, 'net')
+        if block is None or network is None:  # the record lacks a group: ask device by device
+            disks, nics = _optional(lambda: _device_names(dom, uuid, memo)) or ((), ())
+            if block is None:
+                block = _called_devices(disks, dom.blockStats, BLOCK_COUNTERS)
+            if network is None:
+                network = _called_devices(nics, dom.interfaceStats, NET_COUNTERS)
     return {
         'Name': dom.name(),
         'Uuid': uuid,
@@ -132,12 +135,16 @@ def _balloon(dom, info):
     return memory['actual'] if 'actual' in memory else _item(info(), 2)
 
 
-def _devices(raw, group, counters, per_device_call, names):
-    count = raw.get(group + '.count')
-    if count is not None:  # the bulk record has this group
-        return [_bulk_device(raw, group, index) for index in range(count)]
+def _bulk_devices(raw, group):
+    """A group's devices from the bulk record; None if the record lacks the group."""
+    count = raw.get(f'{group}.count')
+    return None if count is None else [_bulk_device(raw, group, index) for index in range(count)]
+
+
+def _called_devices(names, per_device_call, counters):
+    """The devices named, each from its per-device call (left out where the driver cannot)."""
     found = []
-    for name in names() or ():
+    for name in names:
         values = _optional(lambda: per_device_call(name))
         if values is not None:
             found.append(_called_device(name, values, counters))
