@@ -8,7 +8,7 @@ from ..bodies import Raw
 from ..errors import HTTPError, still_there
 from .. import defaults
 from ..hypervisor import dotted, gather, public_uri
-from ..metrics import Exposition, add_requests, labels, more_labels
+from ..metrics import Exposition, add_requests, escape, labels
 from ..params import parse_bool
 from ..stats import STATE_NAMES, bulk_stats, describe
 from .domains import is_dom0, lookup_domain
@@ -236,15 +236,17 @@ def _scrape(hypervisor):
 
 
 def _add_domains(exposition, connection, described):
-    # Each domain's and each device's label text is built (and escaped) once, not per metric;
-    # the values are read with map(), in C, rather than in a Python loop of our own.
-    label_texts = [labels(connection=connection, domain=dom['Name'], uuid=dom['Uuid'])
+    # Each domain's and each device's label text is built (and escaped) once, not per metric,
+    # and by one f-string: through labels(), the label texts were a third of a scrape's time.
+    # The values are read with map(), in C, rather than in a Python loop of our own.
+    head = labels(connection=connection)[:-1]
+    label_texts = [f'{head},domain="{escape(dom["Name"])}",uuid="{escape(dom["Uuid"])}"}}'
                    for dom in described]
     for name, kind, help_text, value_of in DOMAIN_METRICS:
         exposition.add_many(name, kind, help_text, map(value_of, described), label_texts)
     for group, table in (('Block', BLOCK_METRICS), ('Network', NET_METRICS)):
         devices = [device for dom in described for device in dom[group]]
-        device_labels = [more_labels(label_text, device=device['Device'])
+        device_labels = [f'{label_text[:-1]},device="{escape(device["Device"])}"}}'
                          for dom, label_text in zip(described, label_texts)
                          for device in dom[group]]
         for name, key, help_text in table:
