@@ -138,7 +138,24 @@ def _balloon(dom, info):
 def _bulk_devices(raw, group):
     """A group's devices from the bulk record; None if the record lacks the group."""
     count = raw.get(f'{group}.count')
-    return None if count is None else [_bulk_device(raw, group, index) for index in range(count)]
+    if count is None:
+        return None
+    ours, devices = _bulk_keys(group, count)
+    return [dict(zip(ours, map(raw.get, bulk_keys))) for bulk_keys in devices]
+
+
+@functools.lru_cache(maxsize=256)
+def _bulk_keys(group, count):
+    """(our keys of a device, the bulk record's keys of each of `count` devices): made once, not
+    for every scrape."""
+    counters = GROUP_COUNTERS[group]
+    ours = ('Device', *(ours for ours, _key, _position in counters))
+    return ours, tuple(_device_keys(f'{group}.{index}.', counters) for index in range(count))
+
+
+def _device_keys(prefix, counters):
+    """A device's keys in the bulk record: 'block.0.name', 'block.0.rd.reqs'..."""
+    return (prefix + 'name', *(prefix + key for _ours, key, _position in counters))
 
 
 def _called_devices(names, per_device_call, counters):
@@ -149,21 +166,6 @@ def _called_devices(names, per_device_call, counters):
         if values is not None:
             found.append(_called_device(name, values, counters))
     return found
-
-
-def _bulk_device(raw, group, index):
-    """One device from its keys in the bulk record ('block.0.name', 'block.0.rd.reqs'...)."""
-    ours, bulk_keys = _bulk_keys(group, index)
-    return dict(zip(ours, map(raw.get, bulk_keys)))
-
-
-@functools.lru_cache(maxsize=1024)
-def _bulk_keys(group, index):
-    """(our keys, the bulk record's keys) of one device: made once, not for every scrape."""
-    prefix = f'{group}.{index}.'
-    counters = GROUP_COUNTERS[group]
-    return (('Device', *(ours for ours, _key, _position in counters)),
-            (prefix + 'name', *(prefix + key for _ours, key, _position in counters)))
 
 
 def _called_device(name, values, counters):
