@@ -245,12 +245,15 @@ def _add_domains(exposition, connection, described):
     for name, kind, help_text, value_of in DOMAIN_METRICS:
         exposition.add_many(name, kind, help_text, map(value_of, described), label_texts)
     for group, table in (('Block', BLOCK_METRICS), ('Network', NET_METRICS)):
-        devices = [device for dom in described for device in dom[group]]
+        # Each device's counters are read once, into a tuple that every family then reads (not
+        # the device's dict once per family: at 10,000 domains, a seventh of the time).
+        counters = itemgetter(*(key for _name, key, _help in table))
+        rows = [counters(device) for dom in described for device in dom[group]]
         device_labels = [f'{label_text[:-1]},device="{escape(device["Device"])}"}}'
                          for dom, label_text in zip(described, label_texts)
                          for device in dom[group]]
-        for name, key, help_text in table:
-            exposition.add_many(name, 'counter', help_text, map(itemgetter(key), devices),
+        for index, (name, _key, help_text) in enumerate(table):
+            exposition.add_many(name, 'counter', help_text, map(itemgetter(index), rows),
                                 device_labels)
 
 
