@@ -292,3 +292,14 @@ def test_a_token_limited_to_an_unknown_connection_stops_the_daemon(tmp_path, cap
     assert main(["--connect", "dom0-a=test:///default", "--tokens-file", str(tokens),
                  "--listen", "127.0.0.1:0"]) == 2
     assert "limited to dom0-c, which is not a configured connection" in caplog.text
+
+
+def test_the_daemon_starts_without_the_console_machinery():
+    """Most daemons never open a console: the session code is imported by the first one."""
+    code = ('import sys, xend_rest.cli, xend_rest.app; '
+            'print(*sorted(name for name in sys.modules if name in sys.argv[1:]))')
+    lazy = ['xend_rest.bridge', 'xend_rest.consoles', 'xend_rest.framing', 'xend_rest.vnc',
+            'xend_rest.websocket']
+    found = subprocess.run([sys.executable, '-c', code, *lazy], cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout
+    assert found.split() == []

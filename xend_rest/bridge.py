@@ -17,7 +17,7 @@ import ssl
 import threading
 import time
 
-from . import websocket
+from . import defaults, websocket
 from .errors import HTTPError
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ access_log = logging.getLogger('xend_rest.access')
 
 CHUNK = 65536  # bytes per read, per send, per frame
 TICK = 1.0  # seconds between checks that the guest side is still reachable
-CLOSE_WAIT = 5.0  # seconds a client gets to take the last bytes and answer our close frame
+CLOSE_WAIT = defaults.CONSOLE_CLOSE_WAIT  # for the last bytes and the answer to our close frame
 CLIENT_ERRORS = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 # Why a session ended -> (WebSocket close code, reason). Codes 4xxx are ours: 4000 plus the HTTP

@@ -1,12 +1,12 @@
 """The console and screen sessions of an app: how many may be open (429 past it), which session
 holds which console (for force=1 takeovers), and the bytes they moved (for /metrics)."""
+# The session machinery (bridge, framing, websocket) is imported by the first session, not at
+# start: most daemons never open one.
 import threading
 import time
 
-from . import defaults, websocket
-from .bridge import CLOSE_WAIT, Bridge
+from . import defaults
 from .errors import HTTPError
-from .framing import RawFraming, WebSocketFraming
 
 UNSTARTED = 60.0  # seconds after which a session the server never ran is given up
 
@@ -16,7 +16,7 @@ class Bridges:
     they moved (for /metrics)."""
 
     def __init__(self, max_sessions=defaults.CONSOLE_SESSIONS, idle_timeout=defaults.CONSOLE_IDLE,
-                 buffer_size=defaults.CONSOLE_BUFFER, max_message=websocket.MAX_MESSAGE):
+                 buffer_size=defaults.CONSOLE_BUFFER, max_message=defaults.CONSOLE_MESSAGE):
         self.max_sessions, self.idle_timeout = max_sessions, idle_timeout
         self.buffer_size, self.max_message = buffer_size, max_message
         self.bytes_in = self.bytes_out = 0  # of the sessions that ended
@@ -29,6 +29,7 @@ class Bridges:
             return len(self._sessions)
 
     def framing(self, over_websocket):
+        from .framing import RawFraming, WebSocketFraming
         return WebSocketFraming(self.max_message) if over_websocket else RawFraming()
 
     def admit(self, key=None, take_over=False):
@@ -55,6 +56,7 @@ class Bridges:
 
     def start(self, place, guest, framing, label):
         """The Bridge for an opened guest side, in the place admit() gave."""
+        from .bridge import Bridge
         session = Bridge(self, guest, framing, place.key, label)
         with self._lock:
             self._sessions.discard(place)
@@ -79,22 +81,21 @@ class Bridges:
         """Sessions the server never ran (the 101 could not be sent) hold a stream: free them."""
         now = time.monotonic()
         with self._lock:
-            stale = [s for s in self._sessions
-                     if isinstance(s, Bridge) and s.started is None and now - s.created > UNSTARTED]
+            stale = [s for s in self._bridges() if s.started is None and now - s.created > UNSTARTED]
         for session in stale:
             session.discard()
 
     def totals(self):
         """(open sessions, bytes in, bytes out), the open sessions' bytes included."""
         with self._lock:
-            sessions = [s for s in self._sessions if isinstance(s, Bridge)]
+            sessions = self._bridges()
             return (len(self._sessions), self.bytes_in + sum(s.bytes_in for s in sessions),
                     self.bytes_out + sum(s.bytes_out for s in sessions))
 
-    def close_all(self, timeout=CLOSE_WAIT + 1):
+    def close_all(self, timeout=defaults.CONSOLE_CLOSE_WAIT + 1):
         """At shutdown: every session says 1001 and ends; wait up to timeout for them."""
         with self._lock:
-            sessions = [s for s in self._sessions if isinstance(s, Bridge)]
+            sessions = self._bridges()
         for session in sessions:
             if session.started is None:
                 session.discard()
@@ -105,6 +106,11 @@ class Bridges:
             while self._sessions and time.monotonic() < deadline:
                 self._lock.wait(max(0.0, deadline - time.monotonic()))
             return not self._sessions
+
+
+    def _bridges(self):
+        """The sessions that run (under _lock): not the places of guest sides being opened."""
+        return [s for s in self._sessions if not isinstance(s, Place)]
 
 
 class Place:

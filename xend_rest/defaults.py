@@ -41,3 +41,5 @@ METRICS = 'text/plain; version=0.0.4; charset=utf-8'
 CONSOLE_SESSIONS = 16  # console and screen sessions open at once; past it 429
 CONSOLE_IDLE = 3600.0  # seconds without input or output before a session is closed
 CONSOLE_BUFFER = 1 << 20  # bytes waiting each way; a client that lets more pile up is cut off
+CONSOLE_MESSAGE = 1 << 20  # bytes of one WebSocket message, fragments included: larger closes with 1009
+CONSOLE_CLOSE_WAIT = 5.0  # seconds a client gets to take the last bytes and answer our close frame

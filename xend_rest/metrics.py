@@ -37,35 +37,41 @@ class RequestMetrics:
 
 def escape(value):
     """A label value as the exposition format wants it: backslash, quote and newline escaped."""
-    return str(value).replace('\\', '\\\\').replace('"', '\\"').replace('\n', '\\n')
+    text = str(value)
+    if '\\' in text or '"' in text or '\n' in text:  # seldom: testing is cheaper than replacing
+        text = text.replace('\\', '\\\\').replace('"', '\\"').replace('\n', '\\n')
+    return text
 
 
 def labels(**pairs):
-    text = ','.join(f'{name}="{escape(value)}"' for name, value in pairs.items())
-    return f'{{{text}}}'
+    return f'{{{_pairs(pairs)}}}'
 
 
-def more_labels(label_text, **pairs):
-    """A label text of labels() with more pairs after its own (theirs are not escaped again)."""
-    return label_text[:-1] + ',' + labels(**pairs)[1:]
+def _pairs(pairs):
+    return ','.join([f'{name}="{escape(value)}"' for name, value in pairs.items()])
 
 
 class Exposition:
     """Builds the text of a scrape: each metric family once, with its HELP and TYPE lines."""
 
     def __init__(self):
-        self._families = {}  # name -> (help, type, [lines]); dicts keep insertion order
+        self._families = {}  # name -> (help, type, [lines or blocks of them]), in order
 
     def add(self, name, kind, help_text, value, label_text='', suffix=''):
         family = self._families.setdefault(name, (help_text, kind, []))
         family[2].append(f'{name}{suffix}{label_text} {_number(value)}')
 
-    def add_many(self, name, kind, help_text, samples):
-        """Samples of one family at once: (value, label text) pairs; None values are left out
-        (a scrape of thousands of domains is mostly this loop)."""
-        lines = self._families.setdefault(name, (help_text, kind, []))[2]
-        lines.extend(f'{name}{label_text} {_number(value)}'
-                     for value, label_text in samples if value is not None)
+    def add_many(self, name, kind, help_text, values, label_texts):
+        """Samples of one family at once: values and their label texts, in step; None values are
+        left out. A scrape of thousands of domains is mostly this loop: one f-string a line, an
+        int (most samples) written as it is. The lines are joined at once: the memory they took
+        is reused by the next family's (at 10,000 domains, keeping every line until text()
+        took some 7,000 fresh pages, a tenth of the scrape's time)."""
+        blocks = self._families.setdefault(name, (help_text, kind, []))[2]
+        lines = [f'{name}{label_text} {value if type(value) is int else _number(value)}'
+                 for value, label_text in zip(values, label_texts) if value is not None]
+        if lines:  # a family without samples has its HELP and TYPE all the same
+            blocks.append('\n'.join(lines))
 
     def text(self):
         out = []
@@ -74,7 +80,8 @@ class Exposition:
             out.append(f'# HELP {name} {escaped}')
             out.append(f'# TYPE {name} {kind}')
             out.extend(lines)
-        return '\n'.join(out) + '\n'
+        out.append('')  # the last line's end, without copying the whole text once more
+        return '\n'.join(out)
 
 
 def _number(value):

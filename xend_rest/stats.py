@@ -5,6 +5,7 @@ call or a group of statistics (Xen's libxl driver, the test driver), each missin
 to its per-domain call, and a statistic the driver cannot give at all is null.  Either way the
 answer has the same shape.
 """
+import functools
 import xml.etree.ElementTree as ElementTree
 
 import libvirt
@@ -28,6 +29,9 @@ NET_COUNTERS = (
     ('RxDrops', 'rx.drop', 3), ('TxBytes', 'tx.bytes', 4), ('TxPackets', 'tx.pkts', 5),
     ('TxErrors', 'tx.errs', 6), ('TxDrops', 'tx.drop', 7),
 )
+# The bulk record's keys for CpuTimeNs, Vcpus and the memory's CurrentKiB and MaximumKiB
+DOMAIN_KEYS = ('cpu.time', 'vcpu.current', 'balloon.current', 'balloon.maximum')
+GROUP_COUNTERS = {'block': BLOCK_COUNTERS, 'net': NET_COUNTERS}
 
 
 def state_name(state):
@@ -57,28 +61,41 @@ def describe(dom, raw, memo=None, uuid=None):
     """One domain's statistics, from its bulk record and per-statistic calls for what it lacks;
     memo (a DomainMemo) keeps the device names read from its XML, uuid saves a lookup."""
     uuid = uuid or dom.UUIDString()
-    info = _Lazy(dom.info)
     state = raw.get('state.state')
     if state is None:
         state = dom.state()[0]
     active = state != libvirt.VIR_DOMAIN_SHUTOFF
-    devices = _Lazy(lambda: _device_names(dom, uuid, memo))
+    cpu_time, vcpus, current, maximum = map(raw.get, DOMAIN_KEYS)
+    if None in (cpu_time, vcpus, current, maximum):
+        cpu_time, vcpus, current, maximum = _completed(dom, cpu_time, vcpus, current, maximum)
+    block = network = []
+    if active:
+        block, network = _bulk_devices(raw, 'block'), _bulk_devices(raw, 'net')
+        if block is None or network is None:  # the record lacks a group: ask device by device
+            disks, nics = _optional(lambda: _device_names(dom, uuid, memo)) or ((), ())
+            if block is None:
+                block = _called_devices(disks, dom.blockStats, BLOCK_COUNTERS)
+            if network is None:
+                network = _called_devices(nics, dom.interfaceStats, NET_COUNTERS)
     return {
         'Name': dom.name(),
         'Uuid': uuid,
         'Id': dom.ID() if active else None,
         'State': state_name(state),
-        'CpuTimeNs': _first(raw.get('cpu.time'), lambda: _item(info(), 4)),
-        'Vcpus': _first(raw.get('vcpu.current'), lambda: _item(info(), 3)),
-        'Memory': {
-            'CurrentKiB': _first(raw.get('balloon.current'), lambda: _balloon(dom, info)),
-            'MaximumKiB': _first(raw.get('balloon.maximum'), lambda: _item(info(), 1)),
-        },
-        'Block': _devices(raw, 'block', BLOCK_COUNTERS, dom.blockStats,
-                          lambda: devices()[0]) if active else [],
-        'Network': _devices(raw, 'net', NET_COUNTERS, dom.interfaceStats,
-                            lambda: devices()[1]) if active else [],
+        'CpuTimeNs': cpu_time,
+        'Vcpus': vcpus,
+        'Memory': {'CurrentKiB': current, 'MaximumKiB': maximum},
+        'Block': block,
+        'Network': network,
     }
+
+
+def _completed(dom, cpu_time, vcpus, current, maximum):
+    """The domain's numbers with those its bulk record lacks (None) asked for one by one; the
+    domain's info is asked for at most once."""
+    info = _Lazy(dom.info)
+    return (_first(cpu_time, lambda: _item(info(), 4)), _first(vcpus, lambda: _item(info(), 3)),
+            _first(current, lambda: _balloon(dom, info)), _first(maximum, lambda: _item(info(), 1)))
 
 
 class _Lazy:
@@ -118,24 +135,37 @@ def _balloon(dom, info):
     return memory['actual'] if 'actual' in memory else _item(info(), 2)
 
 
-def _devices(raw, group, counters, per_device_call, names):
-    count = raw.get(group + '.count')
-    if count is not None:  # the bulk record has this group
-        return [_bulk_device(raw, f'{group}.{index}.', counters) for index in range(count)]
+def _bulk_devices(raw, group):
+    """A group's devices from the bulk record; None if the record lacks the group."""
+    count = raw.get(f'{group}.count')
+    if count is None:
+        return None
+    ours, devices = _bulk_keys(group, count)
+    return [dict(zip(ours, map(raw.get, bulk_keys))) for bulk_keys in devices]
+
+
+@functools.lru_cache(maxsize=256)
+def _bulk_keys(group, count):
+    """(our keys of a device, the bulk record's keys of each of `count` devices): made once, not
+    for every scrape."""
+    counters = GROUP_COUNTERS[group]
+    ours = ('Device', *(ours for ours, _key, _position in counters))
+    return ours, tuple(_device_keys(f'{group}.{index}.', counters) for index in range(count))
+
+
+def _device_keys(prefix, counters):
+    """A device's keys in the bulk record: 'block.0.name', 'block.0.rd.reqs'..."""
+    return (prefix + 'name', *(prefix + key for _ours, key, _position in counters))
+
+
+def _called_devices(names, per_device_call, counters):
+    """The devices named, each from its per-device call (left out where the driver cannot)."""
     found = []
-    for name in names() or ():
+    for name in names:
         values = _optional(lambda: per_device_call(name))
         if values is not None:
             found.append(_called_device(name, values, counters))
     return found
-
-
-def _bulk_device(raw, prefix, counters):
-    """One device from its keys in the bulk record ('block.0.name', 'block.0.rd.reqs'...)."""
-    device = {'Device': raw.get(prefix + 'name')}
-    for ours, bulk_key, _position in counters:
-        device[ours] = raw.get(prefix + bulk_key)
-    return device
 
 
 def _called_device(name, values, counters):

@@ -9,6 +9,7 @@ import hashlib
 import struct
 from collections import namedtuple
 
+from . import defaults
 from .errors import HTTPError
 
 GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11'  # RFC 6455 section 1.3
@@ -31,7 +32,7 @@ BAD_GATEWAY = 1014
 VALID_CLOSE_CODES = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013,
                                1014)) | frozenset(range(3000, 5000))
 
-MAX_MESSAGE = 1 << 20  # bytes of one message, fragments included: larger closes with 1009
+MAX_MESSAGE = defaults.CONSOLE_MESSAGE  # bytes of one message, fragments included
 MAX_CONTROL = 125  # a control frame's payload, by the RFC
 
 Frame = namedtuple('Frame', 'opcode data')  # a whole message (TEXT, BINARY) or a control frame

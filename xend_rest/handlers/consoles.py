@@ -7,8 +7,8 @@ xend_rest.vnc on the guest's side). Refusals are decided before the 101, from st
 without the upgrade, 501 under a foreign WSGI server or a driver without consoles, 409 for a
 domain that is not running or a console another session holds, 429 past the session limit.
 """
-# The session machinery (bridge, consoles, vnc, websocket: about 1 MiB resident) is imported by
-# the first console request, not at start: most daemons never open one.
+# The session machinery (bridge, consoles, vnc, websocket) is imported by the first console
+# request, not at start (nor by xend_rest.bridges): most daemons never open one.
 from ..errors import HTTPError
 from ..params import parse_bool, parse_choice
 from ..tickets import redact_ticket

