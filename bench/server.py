@@ -7,7 +7,9 @@ against the stdlib's ceiling.
 1. xend-rest, Inspect of one domain (test driver, a node of 16 domains) at c=1, 16, 64 and 256,
    wrk -t2 over keep-alive connections: req/s, mean and p99 latency, errors (socket errors and
    non-2xx answers); and `/_ping` at c=16;
-2. gunicorn gthread, 2 workers x 8 threads, serving the same make_app(): Inspect at c=16;
+2. gunicorn gthread, 2 workers x 8 threads, serving the same make_app(): Inspect at c=16; and
+   gunicorn gthread 1 x 16, one process like the daemon (one GIL, one libvirt connection: the
+   design fixes one process), so the comparison of the servers themselves;
 3. the stdlib's ceiling: ThreadingHTTPServer (request_queue_size 1,024), HTTP/1.1 keep-alive,
    TCP_NODELAY, a constant body, at c=16;
 4. with BENCH_BASELINE, the daemon of that checkout too (Inspect at c=1 and 16, /_ping at c=16).
@@ -65,10 +67,11 @@ def serve(args, url_path, cwd=ROOT):
     return process, base
 
 
-def gunicorn(uri):
+def gunicorn(uri, workers=2, threads=8):
     app = 'xend_rest:make_app(uri=%r)' % uri
-    return serve([sys.executable, '-m', 'gunicorn', '-k', 'gthread', '-w', '2', '--threads', '8',
-                  '-b', '127.0.0.1:%(port)d', '--backlog', '1024', app], INSPECT)
+    return serve([sys.executable, '-m', 'gunicorn', '-k', 'gthread', '-w', str(workers),
+                  '--threads', str(threads), '-b', '127.0.0.1:%(port)d', '--backlog', '1024', app],
+                 INSPECT)
 
 
 def ceiling():
@@ -85,6 +88,7 @@ def run(seconds, rounds, uri, baseline):
     up at once and the rounds interleave them, so a noisy moment hits them all alike."""
     servers = [('xend-rest', start_daemon(uri), OURS),
                ('gunicorn gthread 2x8', gunicorn(uri), [('inspect c=16', INSPECT, 16)]),
+               ('gunicorn gthread 1x16', gunicorn(uri, 1, 16), [('inspect c=16', INSPECT, 16)]),
                ('stdlib ceiling', ceiling(), [('ping c=16', PING, 16)])]
     if baseline:
         servers.append(('baseline', start_daemon(uri, root=baseline), BASELINE))
@@ -115,6 +119,8 @@ def report(results, seconds, rounds):
     rate = {name: r['rps'] for name, r in ours.items()}
     print('  Inspect c=16, xend-rest / gunicorn:        %.2fx (goal >= 1.3)'
           % (rate['inspect c=16'] / results['gunicorn gthread 2x8']['inspect c=16']['rps']))
+    print('  Inspect c=16, xend-rest / gunicorn 1x16:   %.2fx (one process each)'
+          % (rate['inspect c=16'] / results['gunicorn gthread 1x16']['inspect c=16']['rps']))
     print('  /_ping c=16, xend-rest / stdlib ceiling:   %.2fx (goal >= 0.8)'
           % (rate['ping c=16'] / results['stdlib ceiling']['ping c=16']['rps']))
     for many in ('inspect c=64', 'inspect c=256'):
