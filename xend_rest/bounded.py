@@ -10,9 +10,6 @@ import threading
 log = logging.getLogger(__name__)
 
 
-UNDER_WAY = object()  # what a waiting request's action answers once it outlived its bound
-
-
 class StillRunning(Exception):
     """The call outlived its bound; it goes on in the background."""
 
@@ -20,7 +17,7 @@ class StillRunning(Exception):
 def call_within(action, seconds, what):
     """action()'s result (or its exception) if it returns within `seconds`, else StillRunning."""
     outcome = {}
-    done = threading.Event()
+    done, late = threading.Event(), threading.Event()
 
     def run():
         try:
@@ -32,7 +29,6 @@ def call_within(action, seconds, what):
             log.info('%s returned after its %g s bound: %s', what, seconds,
                      outcome.get('error', 'done'))
 
-    late = threading.Event()
     threading.Thread(target=run, daemon=True, name=what).start()
     if not done.wait(seconds):
         late.set()

@@ -107,7 +107,6 @@ class Bridges:
                 self._lock.wait(max(0.0, deadline - time.monotonic()))
             return not self._sessions
 
-
     def _bridges(self):
         """The sessions that run (under _lock): not the places of guest sides being opened."""
         return [s for s in self._sessions if not isinstance(s, Place)]

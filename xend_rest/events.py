@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 
 import libvirt
 
-from .bounded import UNDER_WAY
+from .bounded import StillRunning
 from .errors import RETRY_AFTER, HTTPError, is_no_domain
 from .stats import state_name
 
@@ -274,7 +274,7 @@ def wait_for_state(hub, conn, uuid, condition, timeout, action=None):
     states = CONDITION_STATES[condition]
 
     def first():
-        if action is not None and action() is UNDER_WAY:
+        if action is not None and not _asked(action):
             return False  # libvirt holds the domain meanwhile: its state would block, wait instead
         return current_state(conn, uuid) in states
 
@@ -296,6 +296,16 @@ def wait_for_restart(hub, uuid, timeout, action):
         return True
 
     def first():
-        action()
+        _asked(action)
         return False
     return wait_for(hub, uuid, lambda record: record.get('Event') in RESTART_EVENTS, timeout, first)
+
+
+def _asked(action):
+    """Run action(); False if it outlived its bound (bounded.StillRunning): the request waits on
+    for the event, up to the time the client gave."""
+    try:
+        action()
+    except StillRunning:
+        return False
+    return True

@@ -44,11 +44,8 @@ def escape(value):
 
 
 def labels(**pairs):
-    return f'{{{_pairs(pairs)}}}'
-
-
-def _pairs(pairs):
-    return ','.join([f'{name}="{escape(value)}"' for name, value in pairs.items()])
+    text = ','.join([f'{name}="{escape(value)}"' for name, value in pairs.items()])
+    return f'{{{text}}}'
 
 
 class Exposition:

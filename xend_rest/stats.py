@@ -68,7 +68,7 @@ def describe(dom, raw, memo=None, uuid=None):
     cpu_time, vcpus, current, maximum = map(raw.get, DOMAIN_KEYS)
     if None in (cpu_time, vcpus, current, maximum):
         cpu_time, vcpus, current, maximum = _completed(dom, cpu_time, vcpus, current, maximum)
-    block = network = []
+    block, network = [], []
     if active:
         block, network = _bulk_devices(raw, 'block'), _bulk_devices(raw, 'net')
         if block is None or network is None:  # the record lacks a group: ask device by device

@@ -8,8 +8,9 @@
 
 Per boot, a small cpio rides along after the cached root (the kernel unpacks both, the later one
 winning): dom0's init, the test agent, the .deb from this checkout, a TLS certificate and key made
-with openssl, a tokens file and the administrator's drop-in for xend-rest.service, and a PKI for
-libvirtd's TLS listener (libvirt's default paths in dom0; the client half stays outside).
+with openssl (one test CA, realhv.libvirtd.make_pki), a tokens file and the administrator's
+drop-in for xend-rest.service. The same server certificate serves xend-rest's TLS and libvirtd's
+TLS listener (at libvirt's default paths in dom0); the client half stays outside.
 """
 
 import gzip
@@ -123,16 +124,21 @@ class UnixClient:
         url = shlex.quote(f"http://localhost{path}" + ("?" + query if query else ""))
         result = self.rig.dom0(f"curl -sS -i --unix-socket {UNIX_SOCKET} -X {method} {data} {url}")
         assert result.rc == 0, result
-        head, _, payload = result.out.partition("\r\n\r\n")
-        lines = head.split("\r\n")
-        headers = dict(line.split(": ", 1) for line in lines[1:])
-        return Response(int(lines[0].split()[1]), headers, payload.encode())
+        return from_curl(result.out)
 
     def get(self, path, query=""):
         return self.request("GET", path, query=query)
 
     def post(self, path, body=None, query=""):
         return self.request("POST", path, body=body, query=query)
+
+
+def from_curl(output):
+    """The Response in what `curl -i` printed (its CRLFs kept)."""
+    head, _, payload = output.partition("\r\n\r\n")
+    lines = head.split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return Response(int(lines[0].split()[1]), headers, payload.encode())
 
 
 def free_port():
@@ -159,8 +165,7 @@ class Rig:
     def start(self, timeout=180):
         started = time.monotonic()
         deb = self._build_deb()
-        ca = self._make_certificates()
-        make_pki(self.pki)
+        make_pki(self.pki)  # one CA: xend-rest's TLS and libvirtd's (both for 127.0.0.1/localhost)
         overlay = self._overlay(deb)
         initrd = self.workdir / "dom0.img"
         with open(initrd, "wb") as out:
@@ -183,7 +188,7 @@ class Rig:
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
                                         stdout=open(self.workdir / "qemu.out", "wb"),
                                         stderr=subprocess.STDOUT, start_new_session=True)
-        self.api = HTTPSClient(self.tls_port, ca)
+        self.api = HTTPSClient(self.tls_port, self.pki / "cacert.pem")
         self.wait(self._daemon_answers, timeout, "xend-rest answering over TLS in dom0")
         self.boot_seconds = time.monotonic() - started
 
@@ -234,25 +239,7 @@ class Rig:
                              check=True, capture_output=True, text=True).stdout
         return Path(out.strip().splitlines()[-1])
 
-    def _make_certificates(self):
-        """A CA of the test's own and a server certificate for localhost/127.0.0.1 signed by it."""
-        tls = self.workdir / "tls"
-        tls.mkdir(exist_ok=True)
-
-        def openssl(*args):
-            subprocess.run(["openssl", *args], cwd=tls, check=True, capture_output=True)
-
-        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=xen tier CA",
-                "-keyout", "ca.key", "-out", "ca.pem")
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
-                "-keyout", "server.key", "-out", "server.csr")
-        (tls / "ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-        openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                "-CAcreateserial", "-days", "2", "-extfile", "ext", "-out", "server.pem")
-        return tls / "ca.pem"
-
     def _overlay(self, deb):
-        tls = self.workdir / "tls"
         cpio = realhv_guest._Cpio()
         for directory in ("rig", "etc", "etc/xend-rest", "etc/xend-rest/tls", "etc/systemd",
                           "etc/systemd/system", "etc/systemd/system/xend-rest.service.d", "var", "var/lib",
@@ -262,8 +249,8 @@ class Rig:
         cpio.add("init", 0o100755, (HERE / "dom0-init.sh").read_bytes())
         cpio.add("rig/agent.py", 0o100755, (HERE / "agent.py").read_bytes())
         cpio.add("rig/xend-rest.deb", 0o100644, deb.read_bytes())
-        cpio.add("etc/xend-rest/tls/server.pem", 0o100644, (tls / "server.pem").read_bytes())
-        cpio.add("etc/xend-rest/tls/server.key", 0o100600, (tls / "server.key").read_bytes())
+        cpio.add("etc/xend-rest/tls/server.pem", 0o100644, (self.pki / "servercert.pem").read_bytes())
+        cpio.add("etc/xend-rest/tls/server.key", 0o100600, (self.pki / "serverkey.pem").read_bytes())
         cpio.add("etc/xend-rest/tokens", 0o100600, f"{TOKEN} admin xen-tier\n".encode())
         cpio.add("etc/systemd/system/xend-rest.service.d/tls.conf", 0o100644, DROP_IN.encode())
         for path, name in LIBVIRTD_PKI.items():

@@ -16,7 +16,7 @@ from xend_rest import convert
 
 from .artefacts import READY_MARKER
 from .conftest import NODES
-from .rig import CHECKOUT, LIBVIRTD, free_port
+from .rig import CHECKOUT, LIBVIRTD, free_port, from_curl
 
 REMOTE = "/libvirt/dom0/nodes"
 
@@ -26,15 +26,11 @@ class Curl:
         self.base = base
 
     def __call__(self, method, path, body=None):
-        """(status, headers, JSON or text) of one request made by curl."""
+        """The Response to one request made by curl."""
         data = ["--data-binary", json.dumps(body), "-H", "Content-Type: application/json"] if body else []
         out = subprocess.run(["curl", "-sS", "-i", "--max-time", "90", "-X", method, *data, self.base + path],
                              capture_output=True, check=True).stdout.decode()  # keeps the CRLFs
-        head, _, payload = out.partition("\r\n\r\n")
-        lines = head.split("\r\n")
-        headers = {k.lower(): v for k, v in (line.split(": ", 1) for line in lines[1:])}
-        is_json = headers.get("content-type", "").startswith("application/json")
-        return int(lines[0].split()[1]), headers, json.loads(payload) if is_json and payload else payload
+        return from_curl(out)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +49,7 @@ def outer(rig, tmp_path_factory):
 
     def answers():
         try:
-            return curl("GET", "/_ping")[0] == 200
+            return curl("GET", "/_ping").status == 200
         except subprocess.CalledProcessError:
             return False
     wait_until(answers, 30, "the outer daemon answering")
@@ -69,12 +65,12 @@ def names(listing):
 
 def test_the_remote_connection_sees_what_dom0_s_own_daemon_sees(rig, outer, guests):
     name = guests.define("remote-seen")
-    status, _, remote = outer("GET", f"{REMOTE}/json?all=1")
-    assert status == 200, remote
+    remote = outer("GET", f"{REMOTE}/json?all=1")
+    assert remote.status == 200, remote
     local = rig.api.get(f"{NODES}/json", query="all=1").json
-    assert names(remote) == names(local) and name in names(remote)  # dom0 in neither
+    assert names(remote.json) == names(local) and name in names(remote.json)  # dom0 in neither
 
-    status, _, connections = outer("GET", "/libvirt/json")
+    connections = outer("GET", "/libvirt/json").json
     by_name = {item["Name"]: item for item in connections}
     assert by_name["dom0"]["Connected"] and by_name["dom0"]["Driver"] == "Xen", by_name
     assert by_name["dom0"]["Uri"].startswith("xen+tls://127.0.0.1:")
@@ -84,36 +80,36 @@ def test_the_remote_connection_sees_what_dom0_s_own_daemon_sees(rig, outer, gues
 
 def test_a_guest_defined_started_and_destroyed_from_the_management_host(rig, outer, guests):
     name = guests.name("remote-life")
-    status, _, created = outer("POST", f"{REMOTE}/create", convert.xml_to_dict(guests.xml(name)))
-    assert status == 201, created
+    created = outer("POST", f"{REMOTE}/create", convert.xml_to_dict(guests.xml(name)))
+    assert created.status == 201, created
     ready = guests.count(name, READY_MARKER)
-    assert outer("POST", f"{REMOTE}/{name}/start")[0] == 204
+    assert outer("POST", f"{REMOTE}/{name}/start").status == 204
     guests.wait_for(name, READY_MARKER, count=ready + 1)  # the guest's own word that it runs
     assert rig.api.get(f"{NODES}/{name}/stats").json["State"] == "running"
-    status, _, stats = outer("GET", f"{REMOTE}/{name}/stats")
-    assert status == 200 and stats["State"] == "running" and stats["CpuTimeNs"] > 0
+    stats = outer("GET", f"{REMOTE}/{name}/stats")
+    assert stats.status == 200 and stats.json["State"] == "running" and stats.json["CpuTimeNs"] > 0
 
-    assert outer("POST", f"{REMOTE}/{name}/destroy")[0] == 204
+    assert outer("POST", f"{REMOTE}/{name}/destroy").status == 204
     assert rig.api.get(f"{NODES}/{name}/stats").json["State"] == "shutoff"
     # libxl's lifecycle events, carried by libvirt's remote protocol to the management host
-    status, _, events = outer("GET", f"/libvirt/dom0/events?since=0&domain={name}&timeout=2")
+    events = outer("GET", f"/libvirt/dom0/events?since=0&domain={name}&timeout=2").body.decode()
     seen = [json.loads(line)["Event"] for line in events.splitlines() if line.strip()]
     assert seen == ["defined", "started", "stopped"], seen
-    assert outer("POST", f"{REMOTE}/{name}/delete")[0] == 204
+    assert outer("POST", f"{REMOTE}/{name}/delete").status == 204
     assert rig.api.get(f"{NODES}/{name}/json").status == 404
 
 
 def test_dom0_s_libvirtd_killed_costs_its_connection_a_503_and_the_test_node_nothing(rig, outer):
     assert rig.dom0("kill -9 $(cat /run/libvirtd.pid)").rc == 0
-    wait_until(lambda: outer("GET", f"{REMOTE}/json")[0] == 503, 60, "a 503 from the dead connection")
-    status, headers, error = outer("GET", f"{REMOTE}/json")
-    assert status == 503 and error["code"] == "hypervisor_unavailable", error
-    assert int(headers["retry-after"]) > 0
-    assert outer("GET", "/libvirt/local/nodes/json")[0] == 200
-    metrics = outer("GET", "/metrics")[2]
+    wait_until(lambda: outer("GET", f"{REMOTE}/json").status == 503, 60, "a 503 from the dead connection")
+    error = outer("GET", f"{REMOTE}/json")
+    assert error.status == 503 and error.json["code"] == "hypervisor_unavailable", error
+    assert int(error.headers["Retry-After"]) > 0
+    assert outer("GET", "/libvirt/local/nodes/json").status == 200
+    metrics = outer("GET", "/metrics").body.decode()
     assert 'xend_libvirt_up{connection="dom0"} 0' in metrics
     assert 'xend_libvirt_up{connection="local"} 1' in metrics
 
     assert rig.dom0(LIBVIRTD).rc == 0
     # no restart of the management host's daemon: its connection reopens by itself
-    wait_until(lambda: outer("GET", f"{REMOTE}/json")[0] == 200, 90, "the dom0 connection back")
+    wait_until(lambda: outer("GET", f"{REMOTE}/json").status == 200, 90, "the dom0 connection back")

@@ -4,7 +4,7 @@ import re
 import libvirt
 
 from .. import convert
-from ..bounded import UNDER_WAY, StillRunning, call_within
+from ..bounded import StillRunning, call_within
 from ..errors import (HTTPError, from_libvirt, is_connection_error, is_no_domain, still_there,
                       wait_timeout)
 from ..defaults import GUEST_REQUEST_SECONDS, MAX_WAIT_SECONDS
@@ -132,7 +132,7 @@ def stop_domain(request, ident):
         except StillRunning:
             return _still_running(dom, 'shutdown', 'shutoff')
     if not wait_for_state(request.hypervisor.events, request.conn, dom.UUIDString(), 'shutoff', wait,
-                          _under_way(shutdown)):
+                          shutdown):
         raise wait_timeout(f'the shutdown of {dom.name()} was asked for, but it was not shut off '
                            f'within {wait:g} s')
     return NO_CONTENT
@@ -158,7 +158,7 @@ def restart_domain(request, ident):
             reboot()
         except StillRunning:
             return _still_running(dom, 'reboot', 'running')
-    elif not wait_for_restart(request.hypervisor.events, dom.UUIDString(), wait, _under_way(reboot)):
+    elif not wait_for_restart(request.hypervisor.events, dom.UUIDString(), wait, reboot):
         raise wait_timeout(f'the reboot of {dom.name()} was asked for, but no reboot was seen '
                            f'within {wait:g} s')
     return NO_CONTENT
@@ -206,17 +206,6 @@ def _to_guest(dom, verb, action):
     acknowledgement, holding the domain (every call about it waits too), and right after the
     guest's own power-off they block 60 s. Past the bound the call goes on in the background."""
     return lambda: call_within(action, GUEST_REQUEST_SECONDS, f'{verb} of {dom.name()}')
-
-
-def _under_way(call):
-    """For a request that waits anyway: call(), or UNDER_WAY once it outlives its bound (the
-    wait goes on, for the event, up to the time the client gave)."""
-    def run():
-        try:
-            return call()
-        except StillRunning:
-            return UNDER_WAY
-    return run
 
 
 def _still_running(dom, verb, condition):
