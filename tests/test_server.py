@@ -141,6 +141,67 @@ def test_workers_start_on_demand_and_never_exceed_the_bound():
         assert len(worker_threads()) - before == 4
 
 
+class CountingApp:
+    """echo_app that notes the most requests it ever ran at once; /block waits for `release`."""
+
+    def __init__(self):
+        self.lock, self.running, self.most = threading.Lock(), 0, 0
+        self.release = threading.Event()
+
+    def __call__(self, environ, start_response):
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        if environ['PATH_INFO'] == '/block':
+            self.release.wait(10)
+        time.sleep(0.002)  # the GIL is free meanwhile: another worker could run, if there were one
+        with self.lock:
+            self.running -= 1
+        return echo_app(environ, start_response)
+
+    def burst(self, server, clients=16, each=5):
+        """`clients` keep-alive clients at once, `each` requests each; the most run at once."""
+        self.most = 0
+
+        def requests():
+            conn = client(server)
+            for _ in range(each):
+                assert get_json(conn)[0] == 200
+        threads = [threading.Thread(target=requests) for _ in range(clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return self.most
+
+
+def test_one_worker_serves_at_a_time_while_none_stalls():
+    """Threads taking turns on one GIL cost more than they bring: sixteen clients at once are
+    served one request after another, by one worker, while no request outlasts `stall`."""
+    app = CountingApp()
+    before = len(worker_threads())
+    with serving(app, workers=8, stall=30) as server:
+        assert app.burst(server) == 1
+        assert len(worker_threads()) - before == 1
+
+
+def test_a_stalled_request_hands_the_others_to_another_worker():
+    """A request that blocks (a slow libvirt call, an event stream) holds its worker, not the
+    daemon: once it has run for `stall`, another worker serves the rest; after it, one again."""
+    app = CountingApp()
+    with serving(app, workers=4, stall=0.05) as server:
+        blocked = client(server, timeout=15)
+        blocked.request('GET', '/block')
+        until(lambda: app.running == 1)
+        started = time.monotonic()
+        assert get_json(client(server), path='/other')[0] == 200
+        assert time.monotonic() - started < 2
+        app.release.set()
+        response = blocked.getresponse()
+        assert (response.status, json.loads(response.read())['path']) == (200, '/block')
+        assert app.burst(server) == 1
+
+
 def test_half_sent_head_does_not_block_other_clients():
     with serving(echo_app, workers=1) as server, raw_connect(server) as slow:
         slow.sendall(b'GET / HTTP/1.1\r\nHost: exa')

@@ -13,7 +13,10 @@ SCRAPE_WAIT = 8.0  # below Prometheus' default scrape timeout (10 s)
 
 # The server
 DEFAULT_LISTEN = ('127.0.0.1:8000',)
-WORKERS = 32
+WORKERS = 32  # threads at most; one serves at a time unless it stalls (docs/server.md)
+# Seconds a worker may spend on one request before another worker takes over serving the rest
+# (a slow libvirt call, an event stream, a client that does not read its answer).
+STALL = 0.02
 TIMEOUT = 30.0  # seconds a read or write on a client socket may take
 KEEPALIVE_TIMEOUT = 15.0  # seconds an idle keep-alive connection is kept
 REQUEST_TIMEOUT = 60.0  # seconds a whole request body of up to MAX_BODY may take

@@ -1,10 +1,12 @@
 """A small threaded HTTP/1.1 WSGI server (stdlib only): the workers, the acceptor, the life cycle.
 
-Every connection is registered, one-shot, in one epoll set (Linux) that the workers (started on
-demand, up to `workers`) wait on. The worker woken for a connection reads it without blocking:
-an incomplete request is re-armed (a slow or idle client costs a descriptor, never a worker), a
-complete one is served at once by that worker, with no hand-off between threads. One more thread
-accepts and enforces deadlines. See docs/server.md; HTTP framing is http11.py's.
+Every connection is registered, one-shot, in one epoll set (Linux). One worker at a time waits
+on it and serves what is ready: threads taking turns on one GIL cost more than they bring (see
+docs/server.md). The worker reads without blocking: an incomplete request is re-armed (a slow or
+idle client costs a descriptor, never a worker), a complete one is served at once, with no
+hand-off between threads. One more thread accepts, enforces deadlines, and gives a turn to
+another worker (started on demand, up to `workers`) whenever one stalls on a request for longer
+than `stall`. See docs/server.md; HTTP framing is http11.py's.
 """
 import logging
 import select
@@ -34,7 +36,7 @@ class Server:
                  keepalive_timeout=defaults.KEEPALIVE_TIMEOUT, grace=defaults.GRACE,
                  max_head=defaults.MAX_HEAD, backlog=defaults.BACKLOG,
                  request_timeout=defaults.REQUEST_TIMEOUT, tls=None, socket_mode=defaults.SOCKET_MODE,
-                 socket_gid=-1, max_body=defaults.MAX_BODY, on_shutdown=None):
+                 socket_gid=-1, max_body=defaults.MAX_BODY, on_shutdown=None, stall=defaults.STALL):
         """tls: an ssl.SSLContext for every TCP listener; request_timeout: the deadline of a
         body of up to max_body (larger ones are streamed, `timeout` per read); socket_mode,
         socket_gid: who may connect to unix listeners; on_shutdown: called once shutdown
@@ -47,20 +49,23 @@ class Server:
         for spec in self.listeners:
             parse_listen(spec)  # fail early, before anything is bound
         self.workers, self.timeout, self.keepalive_timeout = workers, timeout, keepalive_timeout
-        self.grace, self.max_head, self.backlog = grace, max_head, backlog
+        self.grace, self.max_head, self.backlog, self.stall = grace, max_head, backlog, stall
         self.addresses = []  # bound addresses, from getsockname(): tuples or unix paths
         self._conns = {}  # fd -> ClientConnection: every open HTTP connection
-        self._lock = threading.Lock()  # guards _conns, each ClientConnection.held, _idle, _threads
+        # guards _conns, each ClientConnection.held, _threads, _busy, _stalled, _standby
+        self._lock = threading.Lock()
         self._active = set()  # connections whose request is being served, cut after the grace period
         self._sockets = []
         self._threads = []  # the acceptor, then the workers started so far
-        self._idle = 0  # workers waiting for a connection (or about to)
+        self._turns = threading.Semaphore(1)  # taken by the worker that serves; more while some stall
+        self._busy = {}  # worker thread -> time.monotonic() when it took the connection it serves
+        self._stalled = set()  # workers whose turn went to another while they served one request
+        self._standby = 0  # workers waiting for a turn (or about to)
         self._stopping = False
         self._stop_requested = False
         self._selector = self._epoll = None
         self._wake_r = self._wake_w = None
         self._sessions = sessions.Sessions()
-        self._access = accesslog.AccessLog()
 
     @property
     def open_sessions(self):
@@ -132,6 +137,7 @@ class Server:
             self.on_shutdown()
         self._sessions.end()
         workers = self._threads[1:]
+        self._turns.release(len(workers) or 1)  # every worker polls, sees the wake-up, and ends
         for thread in workers:
             thread.join(max(0.0, deadline - time.monotonic()))
         for conn in list(self._active):  # past the grace period: cut blocked I/O short
@@ -144,7 +150,6 @@ class Server:
         for conn in self._release(lambda conn: True):  # lingering, or handed back as we stopped
             self._forget(conn)
         self._sessions.join(deadline)
-        self._access.close()
         self._epoll.close()
         self._wake_r.close()
         self._wake_w.close()
@@ -156,10 +161,13 @@ class Server:
         interval = min(1.0, self.timeout, self.keepalive_timeout) / 2  # deadline resolution
         next_sweep = time.monotonic() + interval
         while not self._stopping:
-            for key, _ in self._selector.select(timeout=interval):
+            # While a connection is open, a request may stall the serving worker: look often.
+            for key, _ in self._selector.select(timeout=self.stall if self._conns else interval):
                 if key.data == 'listen':
                     self._accept(key.fileobj)
             now = time.monotonic()
+            if self._busy:
+                self._take_over_stalled(now)
             if now >= next_sweep:
                 next_sweep = now + interval
                 self._sweep(now)
@@ -184,7 +192,8 @@ class Server:
             with self._lock:
                 self._conns[conn.fd] = conn
             self._epoll.register(conn.fd, READ)
-            self._add_worker_if_all_busy()
+            if len(self._threads) == 1:  # the first worker, with the first connection
+                self._start_workers(1)
 
     def _release(self, wanted):
         """Take the connections no thread holds that wanted(conn) selects."""
@@ -214,51 +223,66 @@ class Server:
 
     # -- workers -----------------------------------------------------------------
 
-    def _add_worker_if_all_busy(self):
-        """Workers start on demand, up to `workers`: an idle daemon keeps a small footprint."""
+    def _start_workers(self, count):
+        """Start up to `count` more workers, within `workers`: each waits for a turn."""
         with self._lock:
-            thread = self._new_worker()
-        if thread is not None:
+            count = min(count, self.workers - (len(self._threads) - 1))
+            if self._stopping or count <= 0:
+                return
+            self._standby += count  # counted now, so the next look does not start them again
+            threads = [threading.Thread(target=self._worker, daemon=True,
+                                        name=f'xend-rest-worker-{len(self._threads) + n}')
+                       for n in range(count)]
+            self._threads += threads
+        for thread in threads:
             thread.start()
 
-    def _new_worker(self):
-        """A worker to start (under _lock) if none is waiting for a connection, else None."""
-        workers = len(self._threads) - 1
-        # Never more workers than connections: each thread left resident about 200 KiB after load.
-        if self._idle or workers >= min(self.workers, len(self._conns)) or self._stopping:
-            return None
-        self._idle += 1  # counted now, so the next connection does not start another one
-        thread = threading.Thread(target=self._worker, daemon=True,
-                                  name=f'xend-rest-worker-{len(self._threads)}')
-        self._threads.append(thread)
-        return thread
+    def _take_over_stalled(self, now):
+        """A turn for another worker per worker stalled on one request (a slow libvirt call, an
+        event stream, a client that does not read): the ready connections wait no longer."""
+        with self._lock:
+            stalled = [worker for worker, since in self._busy.items()
+                       if now - since > self.stall and worker not in self._stalled]
+            self._stalled.update(stalled)
+            missing = len(stalled) - self._standby
+        if stalled:
+            self._start_workers(missing)
+            self._turns.release(len(stalled))
 
     def _take(self, fd):
         """The connection an event is for, now held by this worker; None for a stale event
-        (another thread has it, and will re-arm it). Starts a worker if this was the last idle one."""
+        (another thread has it, and will re-arm it)."""
         with self._lock:
             conn = self._conns.get(fd)
             if conn is None or conn.held:
                 return None
             conn.held = True
-            self._idle -= 1
-            thread = self._new_worker()
-        if thread is not None:
-            thread.start()
+            self._busy[threading.current_thread()] = time.monotonic()
         return conn
 
     def _worker(self):
+        """Wait for a turn; serve until shutdown, or until this worker stalled and another took
+        over (then wait for a turn again, so one worker serves at a time)."""
+        while True:
+            self._turns.acquire()
+            with self._lock:
+                self._standby -= 1
+            if not self._serve_turn(threading.current_thread()):
+                return
+
+    def _serve_turn(self, me):
+        """Serve ready connections: True once this worker's turn went to another, False at shutdown."""
         wake = self._wake_r.fileno()
         while True:
             try:
                 events = self._epoll.poll(-1, 1)
             except (OSError, ValueError):  # closed: a worker still busy past the grace period
-                return
+                return False
             if not events:
                 continue
             if events[0][0] == wake:  # shutting down: once no request waits for a worker
                 if self._stopping and not self._any_waiting():
-                    return
+                    return False
                 continue
             conn = self._take(events[0][0])
             if conn is None:
@@ -269,7 +293,11 @@ class Server:
                 log.exception('unexpected error serving %s', conn.client)
                 self._forget(conn)
             with self._lock:
-                self._idle += 1
+                del self._busy[me]
+                if me in self._stalled:
+                    self._stalled.discard(me)
+                    self._standby += 1
+                    return True
 
     def _ready(self, conn):
         """Work on a connection the epoll set says is ready; re-arm it, or let it go."""
@@ -340,7 +368,7 @@ class Server:
         so for a while what the client still sends is read and dropped."""
         response, nbytes = http11.error_response(err)
         if start is not None:
-            self._access.request(*http11.request_line_of(conn.buf), err.status, nbytes, start,
+            accesslog.request(*http11.request_line_of(conn.buf), err.status, nbytes, start,
                                  conn.client)
         try:
             conn.sock.send(response)  # small: fits the socket buffer
@@ -403,7 +431,7 @@ class Server:
         response, conn.buf, keep = http11.respond(self.app, conn.sock, conn.buf, request,
                                                   self.timeout, deadline, not self._stopping)
         environ = request.environ
-        self._access.request(environ['REQUEST_METHOD'], environ['RAW_URI'], response.status[:3],
+        accesslog.request(environ['REQUEST_METHOD'], environ['RAW_URI'], response.status[:3],
                              response.nbytes, start, conn.client)
         if response.status[:3] == '101':  # no longer HTTP: a session's, or nobody's
             if keep and upgrade.session is not None:
