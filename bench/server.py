@@ -12,7 +12,12 @@ against the stdlib's ceiling.
    design fixes one process), so the comparison of the servers themselves;
 3. the stdlib's ceiling: ThreadingHTTPServer (request_queue_size 1,024), HTTP/1.1 keep-alive,
    TCP_NODELAY, a constant body, at c=16;
-4. with BENCH_BASELINE, the daemon of that checkout too (Inspect at c=1 and 16, /_ping at c=16).
+4. with BENCH_BASELINE, the daemon of that checkout too (Inspect at c=1 and 16, /_ping at c=16);
+5. the same node served through a private libvirtd (test+unix://, the remote protocol every
+   production URI such as xen:///system speaks): Inspect at c=1 and c=16 for xend-rest, gunicorn
+   2x8 and the baseline. Each request then waits on libvirtd with the GIL free, where more
+   threads could help: the trade-off of serving with one worker at a time, measured. Skipped
+   without libvirtd or root.
 
 Every server is up for the whole run and the runs interleave, BENCH_ROUNDS times (default 3):
 each figure is the median run.
@@ -83,15 +88,32 @@ OURS = [('inspect c=1', INSPECT, 1), ('inspect c=16', INSPECT, 16), ('inspect c=
 BASELINE = [('inspect c=1', INSPECT, 1), ('inspect c=16', INSPECT, 16), ('ping c=16', PING, 16)]
 
 
-def run(seconds, rounds, uri, baseline):
-    """{server: {run: wrk result}}, each the median (by rate) of `rounds` runs: every server is
-    up at once and the rounds interleave them, so a noisy moment hits them all alike."""
+def in_process(uri, baseline):
+    """The servers and their runs on the test driver, in this process's libvirt."""
     servers = [('xend-rest', start_daemon(uri), OURS),
                ('gunicorn gthread 2x8', gunicorn(uri), [('inspect c=16', INSPECT, 16)]),
                ('gunicorn gthread 1x16', gunicorn(uri, 1, 16), [('inspect c=16', INSPECT, 16)]),
                ('stdlib ceiling', ceiling(), [('ping c=16', PING, 16)])]
     if baseline:
         servers.append(('baseline', start_daemon(uri, root=baseline), BASELINE))
+    return servers
+
+
+OVER_RPC = [('inspect c=1', INSPECT, 1), ('inspect c=16', INSPECT, 16)]
+
+
+def over_libvirtd(uri, baseline):
+    """The same servers' Inspect with every libvirt call a round trip to libvirtd."""
+    servers = [('xend-rest', start_daemon(uri), OVER_RPC),
+               ('gunicorn gthread 2x8', gunicorn(uri), OVER_RPC[1:])]
+    if baseline:
+        servers.append(('baseline', start_daemon(uri, root=baseline), OVER_RPC))
+    return servers
+
+
+def run(seconds, rounds, servers):
+    """{server: {run: wrk result}}, each the median (by rate) of `rounds` runs: every server is
+    up at once and the rounds interleave them, so a noisy moment hits them all alike."""
     samples = {}
     try:
         for _, (_, base), runs in servers:
@@ -108,13 +130,17 @@ def run(seconds, rounds, uri, baseline):
                      for name, results in runs.items()} for server, runs in samples.items()}
 
 
-def report(results, seconds, rounds):
-    print('Server benchmark (test driver, keep-alive, wrk -t2 -d%ds per run, median of %d rounds)'
-          % (seconds, rounds))
+def table(results):
     for server, runs in results.items():
         for name, r in runs.items():
             print('  %-28s %-14s %7.0f req/s  mean %7.2f ms  p99 %7.2f ms  errors %d'
                   % (server, name, r['rps'], r['mean_ms'], r['p99_ms'], r['errors']))
+
+
+def report(results, seconds, rounds):
+    print('Server benchmark (test driver, keep-alive, wrk -t2 -d%ds per run, median of %d rounds)'
+          % (seconds, rounds))
+    table(results)
     ours = results['xend-rest']
     rate = {name: r['rps'] for name, r in ours.items()}
     print('  Inspect c=16, xend-rest / gunicorn:        %.2fx (goal >= 1.3)'
@@ -132,14 +158,44 @@ def report(results, seconds, rounds):
                 print('  %-13s xend-rest / baseline:       %.2fx' % (name, rate[name] / r['rps']))
 
 
+def report_rpc(results):
+    print('Over libvirtd (the same node through test+unix://, the remote protocol)')
+    table(results)
+    rate = {server: {name: r['rps'] for name, r in runs.items()} for server, runs in results.items()}
+    print('  Inspect c=16, xend-rest / gunicorn:        %.2fx'
+          % (rate['xend-rest']['inspect c=16'] / rate['gunicorn gthread 2x8']['inspect c=16']))
+    for name in rate.get('baseline', {}):
+        print('  %-13s xend-rest / baseline:       %.2fx'
+              % (name, rate['xend-rest'][name] / rate['baseline'][name]))
+
+
+def private_libvirtd(workdir):
+    """A libvirtd of our own (the test tier's), or None where none can run."""
+    sys.path.insert(0, os.path.join(ROOT, 'tests'))
+    from realhv.libvirtd import PrivateLibvirtd, missing_binaries
+    if os.geteuid() != 0 or missing_binaries():
+        print('Over libvirtd: skipped (needs root and libvirtd)')
+        return None
+    libvirtd = PrivateLibvirtd(workdir)
+    libvirtd.start()
+    return libvirtd
+
+
 def main():
     seconds = int(os.environ.get('BENCH_SECONDS', '5'))
     rounds = int(os.environ.get('BENCH_ROUNDS', '3'))
     baseline = os.environ.get('BENCH_BASELINE')
     with tempfile.TemporaryDirectory() as tmp:
-        uri = write_node(os.path.join(tmp, 'node16.xml'), 16)
-        results = run(seconds, rounds, uri, baseline)
-    report(results, seconds, rounds)
+        node = os.path.join(tmp, 'node16.xml')
+        uri = write_node(node, 16)
+        report(run(seconds, rounds, in_process(uri, baseline)), seconds, rounds)
+        libvirtd = private_libvirtd(os.path.join(tmp, 'libvirtd'))
+        if libvirtd is not None:
+            try:
+                rpc_uri = 'test+unix://%s?socket=%s' % (node, libvirtd.socket)
+                report_rpc(run(seconds, rounds, over_libvirtd(rpc_uri, baseline)))
+            finally:
+                libvirtd.close()
 
 
 if __name__ == '__main__':

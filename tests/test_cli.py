@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from xend_rest.cli import main, parse_args
+from xend_rest.cli import default_concurrency, main, parse_args
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,6 +29,7 @@ def config(tmp_path):
                     "listen = 0.0.0.0:8080\n    unix:/run/xend-rest/api.sock\n"
                     "log-level = debug\n"
                     "workers = 8\n"
+                    "concurrency = 2\n"
                     "timeout = 5\n"
                     "keepalive-interval = 2\n"
                     "open-timeout = 7.5\n")
@@ -41,6 +42,18 @@ def test_defaults():
     assert args.listen == ["127.0.0.1:8000"]
     assert (args.log_level, args.workers, args.timeout, args.demo) == ("INFO", 32, 30.0, False)
     assert (args.keepalive_interval, args.keepalive_count, args.open_timeout) == (5, 3, 30.0)
+
+
+@pytest.mark.parametrize("uris, concurrency", [
+    (["test:///srv/node.xml"], 1),  # the test driver runs in our process: a request computes
+    (["xen:///system"], 4),  # libvirtd answers: a request mostly waits
+    (["test+unix:///srv/node.xml"], 4),
+    (["test://dom0.example/default"], 4),
+    (["test:///srv/node.xml", "xen+tls://dom0.example/system"], 4),
+])
+def test_concurrency_follows_where_requests_are_answered(uris, concurrency):
+    assert parse_args([]).concurrency is None  # unless given: from the connections' URIs
+    assert default_concurrency(uris) == concurrency
 
 
 def test_uri_from_environment(monkeypatch):
@@ -56,7 +69,8 @@ def test_listen_is_repeatable():
 
 @pytest.mark.parametrize("flags", [["--listen", "8000"], ["--listen", "localhost"], ["--listen", "unix:"],
                                    ["--listen", "::1:80"], ["--workers", "0"], ["--log-level", "loud"],
-                                   ["--keepalive-count", "0"], ["--open-timeout", "soon"]])
+                                   ["--keepalive-count", "0"], ["--open-timeout", "soon"],
+                                   ["--concurrency", "0"]])
 def test_bad_values_refused_with_clear_message(flags, capsys):
     with pytest.raises(SystemExit) as exc:
         parse_args(flags)
@@ -71,16 +85,17 @@ def test_config_file(config):
     args = parse_args(["--config", config])
     assert args.uri == "xen+ssh://root@dom0.example/system"
     assert args.listen == ["0.0.0.0:8080", "unix:/run/xend-rest/api.sock"]
-    assert (args.log_level, args.workers, args.timeout) == ("DEBUG", 8, 5.0)
+    assert (args.log_level, args.workers, args.concurrency, args.timeout) == ("DEBUG", 8, 2, 5.0)
     assert (args.keepalive_interval, args.keepalive_count, args.open_timeout) == (2, 3, 7.5)
 
 
 def test_command_line_overrides_config_file(config):
     args = parse_args(["--config", config, "--uri", "xen:///system", "--listen", "127.0.0.1:9000",
-                       "--workers", "2", "--log-level", "warning", "--keepalive-count", "4"])
+                       "--workers", "2", "--log-level", "warning", "--keepalive-count", "4",
+                       "--concurrency", "1"])
     assert args.uri == "xen:///system"
     assert args.listen == ["127.0.0.1:9000"]
-    assert (args.log_level, args.workers, args.timeout) == ("WARNING", 2, 5.0)
+    assert (args.log_level, args.workers, args.concurrency, args.timeout) == ("WARNING", 2, 1, 5.0)
     assert (args.keepalive_interval, args.keepalive_count) == (2, 4)
 
 

@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import sys
+from urllib.parse import urlsplit
 
 from xend_rest import defaults, names, security
 from xend_rest.listeners import parse_listen
@@ -78,6 +79,7 @@ CONFIG_KEYS = [
     ('listen', 'listen', None),
     ('log-level', 'log_level', log_level),
     ('workers', 'workers', positive(int)),
+    ('concurrency', 'concurrency', positive(int)),
     ('timeout', 'timeout', positive(float)),
 ]
 # Who may call, and how much they may send: see the README, "Security".
@@ -137,7 +139,11 @@ def build_parser():
     parser.add_argument('--config', metavar='FILE', help=f'INI file with a [{CONFIG_SECTION}] section '
                                                          f'and a [{CONNECTION_SECTION} NAME] one per connection')
     parser.add_argument('--log-level', type=log_level, help='DEBUG, INFO, WARNING, ERROR (default: INFO)')
-    parser.add_argument('--workers', type=positive(int), help=f'worker threads (default: {defaults.WORKERS})')
+    parser.add_argument('--workers', type=positive(int), help=f'worker threads at most (default: {defaults.WORKERS})')
+    parser.add_argument('--concurrency', type=positive(int), metavar='N',
+                        help='requests served at once while none stalls (default: '
+                             f'{defaults.CONCURRENCY_IN_PROCESS} on the test driver, '
+                             f'{defaults.CONCURRENCY_THROUGH_LIBVIRTD} through libvirtd)')
     parser.add_argument('--timeout', type=positive(float), help=f'socket timeout in seconds (default: {defaults.TIMEOUT:g})')
     group = parser.add_argument_group('security (see the README, section Security)')
     group.add_argument('--socket-mode', type=octal_mode, help='mode of unix sockets (default: 660)')
@@ -233,6 +239,7 @@ def parse_args(argv=None):
     settled = {'listen': from_file.get('listen') or list(defaults.DEFAULT_LISTEN),
                'log_level': from_file.get('log_level', 'INFO'),
                'workers': from_file.get('workers', defaults.WORKERS),
+               'concurrency': from_file.get('concurrency'),  # None: from the URIs, in main()
                'timeout': from_file.get('timeout', defaults.TIMEOUT)}
     settled.update({dest: from_file.get(dest, SECURITY_DEFAULTS.get(dest))
                     for _, dest, _ in SECURITY_KEYS})
@@ -282,6 +289,14 @@ def settle_connections(args, from_file, parser):
     return [{'name': name, 'uri': uri} for name, uri in uris.items()]
 
 
+def default_concurrency(uris):
+    """Requests served at once: one while every connection is to the test driver (it runs in
+    this process: a request computes, and more workers cost more in GIL hand-offs than they
+    bring); more where libvirtd answers (xen:///system, any remote URI: a request mostly waits)."""
+    in_process = all(urlsplit(uri).scheme == 'test' and not urlsplit(uri).netloc for uri in uris)
+    return defaults.CONCURRENCY_IN_PROCESS if in_process else defaults.CONCURRENCY_THROUGH_LIBVIRTD
+
+
 def setup_logging(level):
     # journald stamps each line itself; elsewhere a timestamp helps.
     fmt = '%(levelname)s %(name)s: %(message)s'
@@ -323,7 +338,9 @@ def main(argv=None):
     except security.ConfigError as err:
         log.error('refusing to start: %s', err)
         return 2
-    server = Server(app, args.listen, workers=args.workers, timeout=args.timeout, tls=tls,
+    concurrency = args.concurrency or default_concurrency(c['uri'] for c in args.connections)
+    server = Server(app, args.listen, workers=args.workers, concurrency=concurrency,
+                    timeout=args.timeout, tls=tls,
                     request_timeout=args.request_timeout, max_body=args.max_body,
                     max_head=args.max_head, socket_mode=args.socket_mode, socket_gid=gid,
                     on_shutdown=app.end_streams)

@@ -13,7 +13,12 @@ SCRAPE_WAIT = 8.0  # below Prometheus' default scrape timeout (10 s)
 
 # The server
 DEFAULT_LISTEN = ('127.0.0.1:8000',)
-WORKERS = 32  # threads at most; one serves at a time unless it stalls (docs/server.md)
+WORKERS = 32  # threads at most: `concurrency` serve at once, the others for stalled requests
+# Workers serving at once while none stalls (--concurrency; docs/server.md has the figures). A
+# request to the test driver, in our process, computes: one worker, as more cost more in GIL
+# hand-offs than they bring. Through libvirtd (xen:///system, any remote URI) it mostly waits.
+CONCURRENCY_IN_PROCESS = 1
+CONCURRENCY_THROUGH_LIBVIRTD = 4
 # Seconds a worker may spend on one request before another worker takes over serving the rest
 # (a slow libvirt call, an event stream, a client that does not read its answer).
 STALL = 0.02

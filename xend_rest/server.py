@@ -36,11 +36,13 @@ class Server:
                  keepalive_timeout=defaults.KEEPALIVE_TIMEOUT, grace=defaults.GRACE,
                  max_head=defaults.MAX_HEAD, backlog=defaults.BACKLOG,
                  request_timeout=defaults.REQUEST_TIMEOUT, tls=None, socket_mode=defaults.SOCKET_MODE,
-                 socket_gid=-1, max_body=defaults.MAX_BODY, on_shutdown=None, stall=defaults.STALL):
+                 socket_gid=-1, max_body=defaults.MAX_BODY, on_shutdown=None, stall=defaults.STALL,
+                 concurrency=1):
         """tls: an ssl.SSLContext for every TCP listener; request_timeout: the deadline of a
         body of up to max_body (larger ones are streamed, `timeout` per read); socket_mode,
         socket_gid: who may connect to unix listeners; on_shutdown: called once shutdown
-        begins, to end long-lived responses (event streams)."""
+        begins, to end long-lived responses (event streams); concurrency: workers that serve at
+        once while none stalls (more are started, up to `workers`, for those that stall)."""
         self.app = app
         self.request_timeout, self.tls, self.max_body = request_timeout, tls, max_body
         self.socket_mode, self.socket_gid = socket_mode, socket_gid
@@ -50,6 +52,7 @@ class Server:
             parse_listen(spec)  # fail early, before anything is bound
         self.workers, self.timeout, self.keepalive_timeout = workers, timeout, keepalive_timeout
         self.grace, self.max_head, self.backlog, self.stall = grace, max_head, backlog, stall
+        self.concurrency = min(concurrency, workers)
         self.addresses = []  # bound addresses, from getsockname(): tuples or unix paths
         self._conns = {}  # fd -> ClientConnection: every open HTTP connection
         # guards _conns, each ClientConnection.held, _threads, _busy, _stalled, _standby
@@ -57,7 +60,8 @@ class Server:
         self._active = set()  # connections whose request is being served, cut after the grace period
         self._sockets = []
         self._threads = []  # the acceptor, then the workers started so far
-        self._turns = threading.Semaphore(1)  # taken by the worker that serves; more while some stall
+        # A turn is taken by each worker that serves: `concurrency`, and one more per stalled one.
+        self._turns = threading.Semaphore(self.concurrency)
         self._busy = {}  # worker thread -> time.monotonic() when it took the connection it serves
         self._stalled = set()  # workers whose turn went to another while they served one request
         self._standby = 0  # workers waiting for a turn (or about to)
@@ -192,8 +196,8 @@ class Server:
             with self._lock:
                 self._conns[conn.fd] = conn
             self._epoll.register(conn.fd, READ)
-            if len(self._threads) == 1:  # the first worker, with the first connection
-                self._start_workers(1)
+            if len(self._threads) - 1 < self.concurrency and not self._standby:
+                self._start_workers(1)  # on demand: never more workers than connections
 
     def _release(self, wanted):
         """Take the connections no thread holds that wanted(conn) selects."""
