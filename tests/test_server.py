@@ -193,6 +193,16 @@ def test_one_worker_serves_at_a_time_while_none_stalls():
         assert len(worker_threads()) - before == 1
 
 
+def test_concurrency_workers_serve_at_once_and_no_more():
+    """Through libvirtd a request mostly waits for answers: `concurrency` workers serve at once,
+    started as the load needs them."""
+    app = CountingApp(waits=True)
+    before = len(worker_threads())
+    with serving(app, workers=8, stall=30, concurrency=4) as server:
+        assert app.burst(server, each=20) == 4
+        assert len(worker_threads()) - before == 4
+
+
 def test_a_stalled_request_hands_the_others_to_another_worker():
     """A request that blocks (a slow libvirt call, an event stream) holds its worker, not the
     daemon: once it has run for `stall`, another worker serves the rest; after it, one again."""

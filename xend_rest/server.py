@@ -1,12 +1,12 @@
 """A small threaded HTTP/1.1 WSGI server (stdlib only): the workers, the acceptor, the life cycle.
 
-Every connection is registered, one-shot, in one epoll set (Linux). One worker at a time waits
-on it and serves what is ready: threads taking turns on one GIL cost more than they bring (see
-docs/server.md). The worker reads without blocking: an incomplete request is re-armed (a slow or
-idle client costs a descriptor, never a worker), a complete one is served at once, with no
-hand-off between threads. One more thread accepts, enforces deadlines, and gives a turn to
-another worker (started on demand, up to `workers`) whenever one stalls on a request for longer
-than `stall`. See docs/server.md; HTTP framing is http11.py's.
+Every connection is registered, one-shot, in one epoll set (Linux). `concurrency` workers at
+a time (started on demand) wait on it and serve what is ready: threads taking turns on one GIL
+can cost more than they bring (see docs/server.md). A worker reads without blocking: an
+incomplete request is re-armed (a slow or idle client costs a descriptor, never a worker), a
+complete one is served at once, with no hand-off between threads. One more thread accepts,
+enforces deadlines, and gives a turn to another worker (up to `workers`) whenever one stalls on
+a request for longer than `stall`. See docs/server.md; HTTP framing is http11.py's.
 """
 import logging
 import select
@@ -195,9 +195,9 @@ class Server:
             conn.deadline = time.monotonic() + self.timeout  # for the handshake and the head
             with self._lock:
                 self._conns[conn.fd] = conn
+                threads = self._worker_if_all_busy()
             self._epoll.register(conn.fd, READ)
-            if len(self._threads) - 1 < self.concurrency and not self._standby:
-                self._start_workers(1)  # on demand: never more workers than connections
+            _start(threads)
 
     def _release(self, wanted):
         """Take the connections no thread holds that wanted(conn) selects."""
@@ -227,19 +227,27 @@ class Server:
 
     # -- workers -----------------------------------------------------------------
 
-    def _start_workers(self, count):
-        """Start up to `count` more workers, within `workers`: each waits for a turn."""
-        with self._lock:
-            count = min(count, self.workers - (len(self._threads) - 1))
-            if self._stopping or count <= 0:
-                return
-            self._standby += count  # counted now, so the next look does not start them again
-            threads = [threading.Thread(target=self._worker, daemon=True,
-                                        name=f'xend-rest-worker-{len(self._threads) + n}')
-                       for n in range(count)]
-            self._threads += threads
-        for thread in threads:
-            thread.start()
+    def _new_workers(self, count):
+        """Up to `count` more workers (under _lock), within `workers`, to _start() once _lock is
+        released: each waits for a turn."""
+        count = min(count, self.workers - (len(self._threads) - 1))
+        if self._stopping or count <= 0:
+            return []
+        self._standby += count  # counted now, so the next look does not start them again
+        threads = [threading.Thread(target=self._worker, daemon=True,
+                                    name=f'xend-rest-worker-{len(self._threads) + n}')
+                   for n in range(count)]
+        self._threads += threads
+        return threads
+
+    def _worker_if_all_busy(self):
+        """A new worker (under _lock) while every one serves a request and fewer than
+        `concurrency` exist: an idle daemon has none, and never more than connections (each
+        thread left resident about 200 KiB after load)."""
+        workers = len(self._threads) - 1
+        if workers > len(self._busy) or workers >= min(self.concurrency, len(self._conns)):
+            return []
+        return self._new_workers(1)
 
     def _take_over_stalled(self, now):
         """A turn for another worker per worker stalled on one request (a slow libvirt call, an
@@ -248,9 +256,9 @@ class Server:
             stalled = [worker for worker, since in self._busy.items()
                        if now - since > self.stall and worker not in self._stalled]
             self._stalled.update(stalled)
-            missing = len(stalled) - self._standby
+            threads = self._new_workers(len(stalled) - self._standby)
+        _start(threads)
         if stalled:
-            self._start_workers(missing)
             self._turns.release(len(stalled))
 
     def _take(self, fd):
@@ -262,11 +270,13 @@ class Server:
                 return None
             conn.held = True
             self._busy[threading.current_thread()] = time.monotonic()
+            threads = self._worker_if_all_busy()
+        _start(threads)
         return conn
 
     def _worker(self):
         """Wait for a turn; serve until shutdown, or until this worker stalled and another took
-        over (then wait for a turn again, so one worker serves at a time)."""
+        over (then wait for a turn again, so that `concurrency` serve)."""
         while True:
             self._turns.acquire()
             with self._lock:
@@ -373,7 +383,7 @@ class Server:
         response, nbytes = http11.error_response(err)
         if start is not None:
             accesslog.request(*http11.request_line_of(conn.buf), err.status, nbytes, start,
-                                 conn.client)
+                              conn.client)
         try:
             conn.sock.send(response)  # small: fits the socket buffer
             conn.sock.shutdown(socket.SHUT_WR)
@@ -436,7 +446,7 @@ class Server:
                                                   self.timeout, deadline, not self._stopping)
         environ = request.environ
         accesslog.request(environ['REQUEST_METHOD'], environ['RAW_URI'], response.status[:3],
-                             response.nbytes, start, conn.client)
+                          response.nbytes, start, conn.client)
         if response.status[:3] == '101':  # no longer HTTP: a session's, or nobody's
             if keep and upgrade.session is not None:
                 self._forget(conn, close=False)  # first: once the session closes it, its fd is reused
@@ -444,3 +454,8 @@ class Server:
                 return UPGRADED
             return CLOSE
         return KEEP if keep else CLOSE
+
+
+def _start(threads):
+    for thread in threads:
+        thread.start()
