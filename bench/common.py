@@ -92,3 +92,16 @@ def rss_kib(pid, field='VmRSS'):
             if line.startswith(field + ':'):
                 return int(line.split()[1])
     raise ValueError(field)
+
+
+def cpu_seconds(pid):
+    """CPU time (user + system) of a process and of its children (gunicorn's workers), so far."""
+    pids = [pid]
+    with open('/proc/%d/task/%d/children' % (pid, pid)) as children:
+        pids += [int(child) for child in children.read().split()]
+    total = 0
+    for each in pids:
+        with open('/proc/%d/stat' % each) as stat:
+            fields = stat.read().rpartition(')')[2].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf('SC_CLK_TCK')

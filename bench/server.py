@@ -22,6 +22,10 @@ against the stdlib's ceiling.
 Every server is up for the whole run and the runs interleave, BENCH_ROUNDS times (default 3):
 each figure is the median run.
 
+Each line also gives the server's CPU time per request (its processes' user + system time over
+the run, divided by the requests answered): steadier than req/s on a noisy machine, and what a
+dom0 with few cores pays.
+
 Goals: Inspect at c=16 at least 1.3x gunicorn; /_ping at c=16 at least 0.8x the ceiling; c=64 and
 c=256 at least 0.9x c=16, with no errors. Ratios within one run: the machine is shared and noisy.
 """
@@ -31,7 +35,7 @@ import sys
 import tempfile
 
 from bench.api import INSPECT, wrk
-from bench.common import ROOT, free_port, start_daemon, stop, wait_until_up, write_node
+from bench.common import ROOT, cpu_seconds, free_port, start_daemon, stop, wait_until_up, write_node
 
 PING = '/_ping'
 CEILING = """
@@ -119,9 +123,12 @@ def run(seconds, rounds, servers):
         for _, (_, base), runs in servers:
             wrk(base + runs[0][1], 16, 1)  # warm up
         for _ in range(rounds):
-            for server, (_, base), runs in servers:
+            for server, (process, base), runs in servers:
                 for name, path, connections in runs:
+                    cpu = cpu_seconds(process.pid)
                     result = wrk(base + path, connections, seconds)
+                    result['cpu_us'] = ((cpu_seconds(process.pid) - cpu) * 1e6
+                                        / (result['rps'] * seconds))
                     samples.setdefault(server, {}).setdefault(name, []).append(result)
     finally:
         for _, (process, _), _ in servers:
@@ -133,8 +140,8 @@ def run(seconds, rounds, servers):
 def table(results):
     for server, runs in results.items():
         for name, r in runs.items():
-            print('  %-28s %-14s %7.0f req/s  mean %7.2f ms  p99 %7.2f ms  errors %d'
-                  % (server, name, r['rps'], r['mean_ms'], r['p99_ms'], r['errors']))
+            print('  %-28s %-14s %7.0f req/s  mean %7.2f ms  p99 %7.2f ms  errors %d  CPU %4.0f us/req'
+                  % (server, name, r['rps'], r['mean_ms'], r['p99_ms'], r['errors'], r['cpu_us']))
 
 
 def report(results, seconds, rounds):
