@@ -14,8 +14,8 @@ against the stdlib's ceiling.
    TCP_NODELAY, a constant body, at c=16;
 4. with BENCH_BASELINE, the daemon of that checkout too (Inspect at c=1 and 16, /_ping at c=16);
 5. the same node served through a private libvirtd (test+unix://, the remote protocol every
-   production URI such as xen:///system speaks): Inspect at c=1 and c=16 for xend-rest, gunicorn
-   2x8 and the baseline. Each request then waits on libvirtd with the GIL free, where more
+   production URI such as xen:///system speaks): Inspect at c=1 and c=16 for xend-rest (its
+   default there, concurrency 4, and concurrency 1), gunicorn 2x8 and the baseline. Each request then waits on libvirtd with the GIL free, where more
    threads could help: the trade-off of serving with one worker at a time, measured. Skipped
    without libvirtd or root.
 
@@ -109,6 +109,7 @@ OVER_RPC = [('inspect c=1', INSPECT, 1), ('inspect c=16', INSPECT, 16)]
 def over_libvirtd(uri, baseline):
     """The same servers' Inspect with every libvirt call a round trip to libvirtd."""
     servers = [('xend-rest', start_daemon(uri), OVER_RPC),
+               ('xend-rest --concurrency 1', start_daemon(uri, '--concurrency', '1'), OVER_RPC),
                ('gunicorn gthread 2x8', gunicorn(uri), OVER_RPC[1:])]
     if baseline:
         servers.append(('baseline', start_daemon(uri, root=baseline), OVER_RPC))
