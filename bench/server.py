@@ -129,7 +129,7 @@ def run(seconds, rounds, servers):
                     cpu = cpu_seconds(process.pid)
                     result = wrk(base + path, connections, seconds)
                     result['cpu_us'] = ((cpu_seconds(process.pid) - cpu) * 1e6
-                                        / (result['rps'] * seconds))
+                                        / max(result['rps'] * seconds, 1))
                     samples.setdefault(server, {}).setdefault(name, []).append(result)
     finally:
         for _, (process, _), _ in servers:

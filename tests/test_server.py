@@ -193,14 +193,33 @@ def test_one_worker_serves_at_a_time_while_none_stalls():
         assert len(worker_threads()) - before == 1
 
 
+def blocked_requests(server, app, count):
+    """`count` requests to /block, each on a connection of its own, sent at once."""
+    conns = [client(server, timeout=15) for _ in range(count)]
+    for conn in conns:
+        conn.request('GET', '/block')
+    return conns
+
+
+def answered(conns):
+    return [(r.status, json.loads(r.read())['path']) for r in (c.getresponse() for c in conns)]
+
+
 def test_concurrency_workers_serve_at_once_and_no_more():
     """Through libvirtd a request mostly waits for answers: `concurrency` workers serve at once,
-    started as the load needs them."""
-    app = CountingApp(waits=True)
+    started as the load needs them; the fifth request waits for one of them."""
+    app = CountingApp()
     before = len(worker_threads())
     with serving(app, workers=8, stall=30, concurrency=4) as server:
-        assert app.burst(server, each=20) == 4
-        assert len(worker_threads()) - before == 4
+        try:
+            conns = blocked_requests(server, app, 5)
+            until(lambda: app.running == 4)
+            time.sleep(0.2)
+            assert app.running == 4
+            assert len(worker_threads()) - before == 4
+        finally:
+            app.release.set()
+        assert answered(conns) == [(200, '/block')] * 5
 
 
 def test_a_stalled_request_hands_the_others_to_another_worker():
@@ -208,16 +227,44 @@ def test_a_stalled_request_hands_the_others_to_another_worker():
     daemon: once it has run for `stall`, another worker serves the rest; after it, one again."""
     app = CountingApp()
     with serving(app, workers=4, stall=0.05) as server:
-        blocked = client(server, timeout=15)
-        blocked.request('GET', '/block')
-        until(lambda: app.running == 1)
-        started = time.monotonic()
-        assert get_json(client(server), path='/other')[0] == 200
-        assert time.monotonic() - started < 2
-        app.release.set()
-        response = blocked.getresponse()
-        assert (response.status, json.loads(response.read())['path']) == (200, '/block')
-        assert app.burst(server) == 1  # computing: one worker again
+        try:
+            blocked = blocked_requests(server, app, 1)
+            until(lambda: app.running == 1)
+            started = time.monotonic()
+            assert get_json(client(server), path='/other')[0] == 200
+            assert time.monotonic() - started < 2
+        finally:
+            app.release.set()
+        assert answered(blocked) == [(200, '/block')]
+        server.stall = 30  # from here on, a request slowed by a loaded machine is no stall
+        app.release.clear()
+        blocked = blocked_requests(server, app, 2)
+        try:
+            until(lambda: app.running == 1)
+            time.sleep(0.2)
+            assert app.running == 1  # one serves again: the other request waits for it
+        finally:
+            app.release.set()
+        assert answered(blocked) == [(200, '/block')] * 2
+
+
+def test_stalled_workers_do_not_count_against_concurrency():
+    """An event stream or a long wait stalls its worker for good: the others still serve
+    `concurrency` requests at once beside it."""
+    app = CountingApp()
+    with serving(app, workers=8, stall=0.05, concurrency=2) as server:
+        try:
+            stream = blocked_requests(server, app, 1)
+            until(lambda: app.running == 1)
+            time.sleep(0.2)  # it has stalled; another worker has its turn
+            server.stall = 30
+            conns = blocked_requests(server, app, 3)
+            until(lambda: app.running == 3)
+            time.sleep(0.2)
+            assert app.running == 3  # the stream, and two more: the third waits
+        finally:
+            app.release.set()
+        assert answered(stream + conns) == [(200, '/block')] * 4
 
 
 def test_half_sent_head_does_not_block_other_clients():

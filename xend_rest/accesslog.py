@@ -1,8 +1,8 @@
 """The access log: one line per answered request, at INFO on `xend_rest.access`.
 
-The serving worker writes its own line: one worker serves at a time (server.py), so there is no
-queue on the handler's lock to avoid, and a thread of its own to write them cost more (the GIL
-changing hands with it) than the writing itself.
+The serving worker writes its own line: few workers serve at once (server.py), so there is
+little queueing on the handler's lock, and a thread of its own to write the lines cost more
+(the GIL changing hands with it) than the writing itself.
 """
 import logging
 import time

@@ -290,10 +290,9 @@ def settle_connections(args, from_file, parser):
 
 
 def default_concurrency(uris):
-    """Requests served at once: one while every connection is to the test driver (it runs in
-    this process: a request computes, and more workers cost more in GIL hand-offs than they
-    bring); more where libvirtd answers (xen:///system, any remote URI: a request mostly waits)."""
-    in_process = all(urlsplit(uri).scheme == 'test' and not urlsplit(uri).netloc for uri in uris)
+    """Requests served at once: one while every connection is to the test driver (a request
+    computes, in this process); more where libvirtd answers (a request mostly waits)."""
+    in_process = all(parts.scheme == 'test' and not parts.netloc for parts in map(urlsplit, uris))
     return defaults.CONCURRENCY_IN_PROCESS if in_process else defaults.CONCURRENCY_THROUGH_LIBVIRTD
 
 

@@ -37,12 +37,12 @@ class Server:
                  max_head=defaults.MAX_HEAD, backlog=defaults.BACKLOG,
                  request_timeout=defaults.REQUEST_TIMEOUT, tls=None, socket_mode=defaults.SOCKET_MODE,
                  socket_gid=-1, max_body=defaults.MAX_BODY, on_shutdown=None, stall=defaults.STALL,
-                 concurrency=1):
+                 concurrency=defaults.CONCURRENCY_IN_PROCESS):
         """tls: an ssl.SSLContext for every TCP listener; request_timeout: the deadline of a
         body of up to max_body (larger ones are streamed, `timeout` per read); socket_mode,
         socket_gid: who may connect to unix listeners; on_shutdown: called once shutdown
         begins, to end long-lived responses (event streams); concurrency: workers that serve at
-        once while none stalls (more are started, up to `workers`, for those that stall)."""
+        once while none stalls (at most `workers`; more start, up to it, for those that stall)."""
         self.app = app
         self.request_timeout, self.tls, self.max_body = request_timeout, tls, max_body
         self.socket_mode, self.socket_gid = socket_mode, socket_gid
@@ -141,7 +141,8 @@ class Server:
             self.on_shutdown()
         self._sessions.end()
         workers = self._threads[1:]
-        self._turns.release(len(workers) or 1)  # every worker polls, sees the wake-up, and ends
+        if workers:  # every worker then polls, sees the wake-up, and ends
+            self._turns.release(len(workers))
         for thread in workers:
             thread.join(max(0.0, deadline - time.monotonic()))
         for conn in list(self._active):  # past the grace period: cut blocked I/O short
@@ -166,7 +167,8 @@ class Server:
         next_sweep = time.monotonic() + interval
         while not self._stopping:
             # While a connection is open, a request may stall the serving worker: look often.
-            for key, _ in self._selector.select(timeout=self.stall if self._conns else interval):
+            for key, _ in self._selector.select(
+                    timeout=min(self.stall, interval) if self._conns else interval):
                 if key.data == 'listen':
                     self._accept(key.fileobj)
             now = time.monotonic()
@@ -241,11 +243,11 @@ class Server:
         return threads
 
     def _worker_if_all_busy(self):
-        """A new worker (under _lock) while every one serves a request and fewer than
-        `concurrency` exist: an idle daemon has none, and never more than connections (each
-        thread left resident about 200 KiB after load)."""
+        """A new worker (under _lock) while every one serves and fewer than `concurrency` have not
+        stalled; never more than connections (each thread stays resident: about 200 KiB)."""
         workers = len(self._threads) - 1
-        if workers > len(self._busy) or workers >= min(self.concurrency, len(self._conns)):
+        if (workers > len(self._busy)
+                or workers - len(self._stalled) >= min(self.concurrency, len(self._conns))):
             return []
         return self._new_workers(1)
 
@@ -261,15 +263,15 @@ class Server:
         if stalled:
             self._turns.release(len(stalled))
 
-    def _take(self, fd):
-        """The connection an event is for, now held by this worker; None for a stale event
+    def _take(self, fd, me):
+        """The connection an event is for, now held by worker `me`; None for a stale event
         (another thread has it, and will re-arm it)."""
         with self._lock:
             conn = self._conns.get(fd)
             if conn is None or conn.held:
                 return None
             conn.held = True
-            self._busy[threading.current_thread()] = time.monotonic()
+            self._busy[me] = time.monotonic()
             threads = self._worker_if_all_busy()
         _start(threads)
         return conn
@@ -298,7 +300,7 @@ class Server:
                 if self._stopping and not self._any_waiting():
                     return False
                 continue
-            conn = self._take(events[0][0])
+            conn = self._take(events[0][0], me)
             if conn is None:
                 continue
             try:
@@ -306,12 +308,15 @@ class Server:
             except Exception:
                 log.exception('unexpected error serving %s', conn.client)
                 self._forget(conn)
-            with self._lock:
-                del self._busy[me]
-                if me in self._stalled:
-                    self._stalled.discard(me)
-                    self._standby += 1
-                    return True
+            finally:
+                with self._lock:
+                    del self._busy[me]
+                    stalled = me in self._stalled
+                    if stalled:
+                        self._stalled.remove(me)
+                        self._standby += 1
+            if stalled:
+                return True
 
     def _ready(self, conn):
         """Work on a connection the epoll set says is ready; re-arm it, or let it go."""
