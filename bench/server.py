@@ -93,13 +93,14 @@ BASELINE = [('inspect c=1', INSPECT, 1), ('inspect c=16', INSPECT, 16), ('ping c
 
 
 def in_process(uri, baseline):
-    """The servers and their runs on the test driver, in this process's libvirt."""
-    servers = [('xend-rest', start_daemon(uri), OURS),
-               ('gunicorn gthread 2x8', gunicorn(uri), [('inspect c=16', INSPECT, 16)]),
-               ('gunicorn gthread 1x16', gunicorn(uri, 1, 16), [('inspect c=16', INSPECT, 16)]),
-               ('stdlib ceiling', ceiling(), [('ping c=16', PING, 16)])]
+    """The servers (name, how to start it, its runs) on the test driver, in-process libvirt."""
+    servers = [('xend-rest', lambda: start_daemon(uri), OURS),
+               ('gunicorn gthread 2x8', lambda: gunicorn(uri), [('inspect c=16', INSPECT, 16)]),
+               ('gunicorn gthread 1x16', lambda: gunicorn(uri, 1, 16),
+                [('inspect c=16', INSPECT, 16)]),
+               ('stdlib ceiling', ceiling, [('ping c=16', PING, 16)])]
     if baseline:
-        servers.append(('baseline', start_daemon(uri, root=baseline), BASELINE))
+        servers.append(('baseline', lambda: start_daemon(uri, root=baseline), BASELINE))
     return servers
 
 
@@ -108,19 +109,23 @@ OVER_RPC = [('inspect c=1', INSPECT, 1), ('inspect c=16', INSPECT, 16)]
 
 def over_libvirtd(uri, baseline):
     """The same servers' Inspect with every libvirt call a round trip to libvirtd."""
-    servers = [('xend-rest', start_daemon(uri), OVER_RPC),
-               ('xend-rest --concurrency 1', start_daemon(uri, '--concurrency', '1'), OVER_RPC),
-               ('gunicorn gthread 2x8', gunicorn(uri), OVER_RPC[1:])]
+    servers = [('xend-rest', lambda: start_daemon(uri), OVER_RPC),
+               ('xend-rest --concurrency 1', lambda: start_daemon(uri, '--concurrency', '1'),
+                OVER_RPC),
+               ('gunicorn gthread 2x8', lambda: gunicorn(uri), OVER_RPC[1:])]
     if baseline:
-        servers.append(('baseline', start_daemon(uri, root=baseline), OVER_RPC))
+        servers.append(('baseline', lambda: start_daemon(uri, root=baseline), OVER_RPC))
     return servers
 
 
 def run(seconds, rounds, servers):
     """{server: {run: wrk result}}, each the median (by rate) of `rounds` runs: every server is
     up at once and the rounds interleave them, so a noisy moment hits them all alike."""
-    samples = {}
+    samples, started = {}, []
     try:
+        for server, start, runs in servers:
+            started.append((server, start(), runs))  # each stopped below, even if one fails
+        servers = started
         for _, (_, base), runs in servers:
             wrk(base + runs[0][1], 16, 1)  # warm up
         for _ in range(rounds):
@@ -132,7 +137,7 @@ def run(seconds, rounds, servers):
                                         / max(result['rps'] * seconds, 1))
                     samples.setdefault(server, {}).setdefault(name, []).append(result)
     finally:
-        for _, (process, _), _ in servers:
+        for _, (process, _), _ in started:
             stop(process)
     return {server: {name: sorted(results, key=lambda r: r['rps'])[len(results) // 2]
                      for name, results in runs.items()} for server, runs in samples.items()}
