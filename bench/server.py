@@ -15,9 +15,9 @@ against the stdlib's ceiling.
 4. with BENCH_BASELINE, the daemon of that checkout too (Inspect at c=1 and 16, /_ping at c=16);
 5. the same node served through a private libvirtd (test+unix://, the remote protocol every
    production URI such as xen:///system speaks): Inspect at c=1 and c=16 for xend-rest (its
-   default there, concurrency 4, and concurrency 1), gunicorn 2x8 and the baseline. Each request then waits on libvirtd with the GIL free, where more
-   threads could help: the trade-off of serving with one worker at a time, measured. Skipped
-   without libvirtd or root.
+   default there, concurrency 4, and concurrency 1), gunicorn 2x8 and the baseline. Each request
+   then waits on libvirtd with the GIL free, where more workers serving at once help: the reason
+   the default differs, measured. Skipped without libvirtd or root.
 
 Every server is up for the whole run and the runs interleave, BENCH_ROUNDS times (default 3):
 each figure is the median run.
@@ -125,11 +125,10 @@ def run(seconds, rounds, servers):
     try:
         for server, start, runs in servers:
             started.append((server, start(), runs))  # each stopped below, even if one fails
-        servers = started
-        for _, (_, base), runs in servers:
+        for _, (_, base), runs in started:
             wrk(base + runs[0][1], 16, 1)  # warm up
         for _ in range(rounds):
-            for server, (process, base), runs in servers:
+            for server, (process, base), runs in started:
                 for name, path, connections in runs:
                     cpu = cpu_seconds(process.pid)
                     result = wrk(base + path, connections, seconds)
