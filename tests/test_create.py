@@ -1,5 +1,5 @@
 """Create: define from the JSON that Inspect gives, warnings for what libvirt dropped, 406 on
-refusal; a definition of dom0 is 403."""
+refusal; a redefinition by name keeps the UUID, another domain's name or UUID is 409, dom0's 403."""
 import copy
 
 import libvirt
@@ -269,3 +269,51 @@ def test_a_domain_libvirt_made_dom0_after_all_is_undone(no_dom0, monkeypatch):
     response = no_dom0.post(NODES + '/create', ghost(sysinfo=SYSINFO_DOM0))
     assert (response.status, response.json['code']) == (403, 'dom0_refused')
     assert host_state(no_dom0.conn) == before
+
+
+# -- redefinition: by name, the UUID kept -----------------------------------------------------
+
+@pytest.mark.parametrize('no_uuid', [{}, {'uuid': None}, {'uuid': ''}],
+                         ids=['absent', 'null', 'empty'])
+def test_redefinition_by_name_alone_keeps_the_uuid(api, no_uuid):
+    """The contract: a previous definition is overridden. libvirt alone would refuse (it makes
+    a new UUID, and the name is taken): the domain's own UUID is given to it."""
+    api.post(NODES + '/create', TEST0)
+    body = copy.deepcopy(TEST0)
+    del body['domain']['uuid']
+    body['domain'].update(no_uuid)
+    body['domain']['vcpu']['#text'] = '3'
+    response = api.post(NODES + '/create', body)
+    assert response.status == 201, response.json
+    assert response.json == {'Uuid': TEST0['domain']['uuid'], 'Warnings': []}
+    dom = api.conn.lookupByName('test0')
+    assert dom.UUIDString() == TEST0['domain']['uuid']
+    assert dom.vcpusFlags(libvirt.VIR_DOMAIN_AFFECT_CONFIG) == 3
+    assert api.conn.listDefinedDomains().count('test0') == 1
+
+
+def test_redefining_a_running_domain_changes_its_next_boot(api):
+    """libvirt keeps the running definition and makes the posted one the next boot's."""
+    domain = api.get(NODES + '/web/json', 'flag=2').json['domain']
+    del domain['uuid']
+    domain['description'] = 'next boot'
+    response = api.post(NODES + '/create', {'domain': domain})
+    assert response.status == 201 and response.json['Uuid'] == WEB_UUID
+    dom = api.conn.lookupByName('web')
+    assert dom.isActive()
+    assert 'next boot' in dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    assert 'next boot' not in dom.XMLDesc(0)
+
+
+@pytest.mark.parametrize('name, uuid, needle', [
+    ('web', '9c575c05-0be9-4672-aed0-b6aee0093cc3',
+     "a domain named 'web' exists with UUID %s: give that UUID (or none)" % WEB_UUID),
+    ('web2', WEB_UUID, "UUID %s is the domain 'web': Create does not rename" % WEB_UUID),
+    ('web2', WEB_UUID.replace('-', '').upper(), "is the domain 'web'"),
+])
+def test_a_name_or_uuid_another_domain_has_is_409(api, name, uuid, needle):
+    before = host_state(api.conn)
+    response = api.post(NODES + '/create', ghost(name, uuid=uuid))
+    assert (response.status, response.json['code']) == (409, 'already_exists')
+    assert needle in response.json['message']
+    assert host_state(api.conn) == before

@@ -96,7 +96,9 @@ def create_domain(request):
     """POST /nodes/create: define (or redefine) a domain; Warnings name what libvirt dropped."""
     posted = request.json()
     xml = convert.dict_to_xml(posted, 'domain')
-    _check_identity(request.conn, xml)
+    kept_uuid = _check_identity(request.conn, xml)
+    if kept_uuid is not None:
+        xml = convert.dict_to_xml({'domain': {**posted['domain'], 'uuid': kept_uuid}}, 'domain')
     try:
         dom = request.conn.defineXML(xml)
     except libvirt.libvirtError as err:
@@ -142,7 +144,8 @@ def parse_uuid(text):
 
 
 def _check_identity(conn, xml):
-    """403 for a definition that is dom0's."""
+    """403 for a definition that is dom0's, 409 for one whose name or UUID is another domain's;
+    the UUID to fill in when it gives none and its name is a domain's (None: leave it)."""
     name, text, system_uuids = _identity(xml)
     uuid = parse_uuid(text)  # None too when libvirt would refuse it
     named = _lookup(conn.lookupByName, name) if name is not None else None
@@ -150,6 +153,14 @@ def _check_identity(conn, xml):
     if name == DOM0_NAME or DOM0_UUID in [uuid, *map(parse_uuid, system_uuids)] or any(
             dom is not None and is_dom0(dom) for dom in (named, owner)):
         raise dom0_refused()
+    if name is not None and owner is not None and owner.name() != name:
+        raise HTTPError(409, f'UUID {uuid} is the domain {owner.name()!r}: Create does not '
+                        'rename a domain', 'already_exists')
+    if named is not None and uuid is not None and named.UUIDString() != uuid:
+        raise HTTPError(409, f'a domain named {name!r} exists with UUID {named.UUIDString()}: '
+                        'give that UUID (or none) to replace its definition', 'already_exists')
+    # Without a UUID libvirt makes a new one, and refuses it for a name that is taken.
+    return named.UUIDString() if named is not None and text is None else None
 
 
 def _rejected(err):
