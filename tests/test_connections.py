@@ -242,8 +242,8 @@ def test_the_tokens_file_says_which_connections_a_token_covers(tokens_file):
 def test_a_connection_a_token_does_not_cover_is_one_that_does_not_exist(scoped):
     """What a credential cannot act on, it cannot see: not even that it is there."""
     assert as_(scoped, 'a-operator', 'POST', '/libvirt/a/nodes/idle/start').status == 204
-    for method, path in (('GET', '/libvirt/{}/nodes/json'), ('POST', '/libvirt/{}/nodes/build/start'),
-                         ('GET', '/libvirt/{}/info'), ('GET', '/libvirt/{}/events'),
+    for method, path in (('GET', '/libvirt/{}/nodes/json'), ('GET', '/libvirt/{}/info'),
+                         ('POST', '/libvirt/{}/nodes/build/start'), ('GET', '/libvirt/{}/events'),
                          ('POST', '/libvirt/{}/nodes/create')):
         for name in ('b', 'c'):  # b is configured, c is not: the answers differ in the name only
             response = as_(scoped, 'a-operator', method, path.format(name))
@@ -289,8 +289,8 @@ def test_metrics_count_the_requests_of_the_covered_connections_only(scoped):
                       ('b-reader', '/libvirt/b/nodes/json'), ('everything', '/libvirt/x/info'),
                       ('everything', '/libvirt/c/nodes/json'), ('b-reader', '/_ping')):
         as_(scoped, who, 'GET', path)
-    requests = {labels for name, labels in _samples(
-        as_(scoped, 'b-reader', 'GET', '/metrics').body.decode()) if name == 'xend_http_requests_total'}
+    text = as_(scoped, 'b-reader', 'GET', '/metrics').body.decode()
+    requests = {labels for name, labels in _samples(text) if name == 'xend_http_requests_total'}
     assert requests == {'{route="GET /libvirt/b/nodes/json",status="200"}',
                         '{route="GET /libvirt/x/info",status="503"}',
                         '{route="unmatched",status="404"}',  # c: no such connection
