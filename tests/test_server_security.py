@@ -348,13 +348,44 @@ def test_insecure_is_allowed_but_warned(monkeypatch, tmp_path):
         cli.build_security(cli.parse_args(['--listen', '0.0.0.0:0']))
 
 
-def test_exposed_with_tokens_or_client_certificates_is_allowed(pki, tmp_path):
+def tokens_file(tmp_path):
     path = tmp_path / 'tokens'
     path.write_text('%s admin\n' % ('t' * 40))
     path.chmod(0o600)
-    guard, tls, _ = cli.build_security(cli.parse_args(['--listen', '0.0.0.0:0',
-                                                       '--tokens-file', str(path)]))
-    assert guard.tokens == {'t' * 40: (security.Grant('admin', None), 'line 1')} and tls is None
+    return str(path)
+
+
+@pytest.mark.parametrize('listen', ['0.0.0.0:0', '[::]:0', '192.0.2.1:0'])
+def test_refuses_to_start_with_tokens_in_cleartext_beyond_loopback(tmp_path, listen):
+    result = run_cli('--listen', listen, '--tokens-file', tokens_file(tmp_path))
+    assert result.returncode == 2
+    assert 'refusing to start' in result.stderr and 'in cleartext' in result.stderr
+    assert 'set tls-cert and tls-key (HTTPS), or pass --insecure' in result.stderr
+
+
+def test_tokens_in_cleartext_start_with_insecure_and_a_warning(tmp_path, caplog):
+    args = cli.parse_args(['--listen', '0.0.0.0:0', '--tokens-file', tokens_file(tmp_path),
+                           '--insecure'])
+    guard, tls, _ = cli.build_security(args)
+    assert tls is None and guard.tokens
+    assert 'INSECURE: 0.0.0.0 is reachable from other machines, and bearer tokens would ' \
+        'cross the network in cleartext' in caplog.text
+
+
+@pytest.mark.parametrize('listen', ['127.0.0.1:0', '[::1]:0', 'localhost:0',
+                                    'unix:/run/nonexistent/api.sock'])
+def test_tokens_without_tls_on_loopback_or_a_unix_socket_are_allowed(tmp_path, listen):
+    guard, tls, _ = cli.build_security(cli.parse_args(['--listen', listen,
+                                                       '--tokens-file', tokens_file(tmp_path)]))
+    assert tls is None and guard.tokens
+
+
+def test_exposed_with_tokens_over_tls_or_client_certificates_is_allowed(pki, tmp_path):
+    guard, tls, _ = cli.build_security(cli.parse_args([
+        '--listen', '0.0.0.0:0', '--tokens-file', tokens_file(tmp_path),
+        '--tls-cert', str(pki / 'server.pem'), '--tls-key', str(pki / 'server.key')]))
+    assert guard.tokens == {'t' * 40: (security.Grant('admin', None), 'line 1')}
+    assert tls.verify_mode == ssl.CERT_NONE  # tokens authenticate; TLS keeps them secret
     assert '0.0.0.0' in guard.allowed_hosts  # the listen address is one of its names
     guard, tls, _ = cli.build_security(cli.parse_args([
         '--listen', '0.0.0.0:0', '--tls-cert', str(pki / 'server.pem'),

@@ -85,6 +85,11 @@ class Request:
             return 'unmatched'
         return self.route.name.replace('{connection}', self.hypervisor.name)
 
+    def acted_on(self):
+        """The name of the connection the request's route acts on; None for a daemon-wide one."""
+        return self.hypervisor.name if self.route is not None and self.route.on_connection \
+            else None
+
     def arg(self, name, default=None):
         """One query parameter; given twice is an error."""
         values = self.query.get(name)
@@ -177,26 +182,29 @@ class App:
             status, body, headers = _internal_error()
             response = _respond(start_response, request.method, status, body, headers)
         # A route's name, never the raw path: metrics stay bounded.
-        self.metrics.observe(request.route_name(), status, perf_counter() - started)
+        self.metrics.observe(request.route_name(), status, perf_counter() - started,
+                             request.acted_on())
         return response
 
     def _dispatch(self, request):
         self.guard.admit(request)
         request.read_query()
         route, params = self.router.find(request.method, _segments(request.environ))
-        request.route = route
         if 'connection' in params:
-            request.hypervisor = self._hypervisor(params.pop('connection'))
+            request.hypervisor = self._hypervisor(request, params.pop('connection'))
+        request.route = route  # once its connection is known: metrics name it
         self.guard.authorize(request, route)
         return route.handler(request, **params)
 
-    def _hypervisor(self, name):
-        try:
-            return self.hypervisors[name]
-        except KeyError:
-            raise HTTPError(404, f"no such hypervisor connection: {name} "
-                            f"(configured: {', '.join(self.hypervisors)})",
-                            'no_such_connection') from None
+    def _hypervisor(self, request, name):
+        """The connection a path names. One the caller's credentials do not cover is answered
+        as one that does not exist: what a credential cannot act on, it cannot see."""
+        hypervisor = self.hypervisors.get(name)
+        if hypervisor is None or not request.may_use(hypervisor):
+            known = ', '.join(usable.name for usable in request.usable_hypervisors())
+            raise HTTPError(404, f'no such hypervisor connection: {name} (configured: {known})',
+                            'no_such_connection')
+        return hypervisor
 
     def end_streams(self):
         """End every open event stream (at shutdown: they would otherwise never finish), and

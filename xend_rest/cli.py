@@ -169,7 +169,8 @@ def build_parser():
                        help='deadline for a request body of up to --max-body; larger ones (uploads) '
                             'may take longer while they keep coming (default: 60)')
     group.add_argument('--insecure', action='store_true',
-                       help='allow TCP beyond loopback without TLS client certificates or tokens')
+                       help='allow TCP beyond loopback without TLS client certificates or tokens, or with '
+                            'tokens but without TLS')
     group = parser.add_argument_group('libvirt connection')
     group.add_argument('--keepalive-interval', type=positive(int), metavar='SECONDS',
                        help=f'libvirt keepalive probe interval (default: {defaults.KEEPALIVE_INTERVAL})')
@@ -388,15 +389,14 @@ def build_security(args):
     clients = security.parse_tls_clients(args.tls_allowed_clients) if args.tls_allowed_clients else None
     tcp_hosts = [address[0] for family, address in map(parse_listen, args.listen)
                  if family != socket.AF_UNIX]
-    exposed = security.exposed_listeners(tcp_hosts, bool(args.tls_ca), tokens)
+    exposed, (why, fix) = security.exposed_listeners(tcp_hosts, tls is not None,
+                                                     bool(args.tls_ca), tokens)
     if exposed and not args.insecure:
-        raise security.ConfigError(
-            f"{', '.join(exposed)} is reachable from other machines, and nothing authenticates "
-            "callers: set tls-cert, tls-key and tls-ca (client certificates) or tokens-file, "
-            "or pass --insecure")
+        raise security.ConfigError(f"{', '.join(exposed)} is reachable from other machines, and "
+                                   f"{why}: {fix}, or pass --insecure")
     if exposed:
-        log.warning('*** INSECURE: anyone who can reach %s can control every VM of this host ***',
-                    ', '.join(exposed))
+        log.warning('*** INSECURE: %s is reachable from other machines, and %s: whoever '
+                    'gets in controls every VM of this host ***', ', '.join(exposed), why)
     elif tcp_hosts and not (args.tls_ca or tokens):
         log.warning('TCP listener without authentication: every local user can control every VM')
     guard = security.Guard(tokens, clients, args.allowed_hosts + tcp_hosts, args.allowed_paths,

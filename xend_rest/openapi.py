@@ -216,7 +216,7 @@ REASONS = {
     401: 'Credentials required (where the daemon has tokens or client certificates)',
     403: 'Refused: dom0, or a role, connection, path, Host or Origin the request may not use',
     404: 'No such connection, domain, image, pool or device',
-    406: 'Definition rejected by libvirt (a name another domain has, among others)',
+    406: 'Definition rejected by libvirt (its message says why)',
     408: 'A wait ran out, or the client stopped sending the body',
     409: 'Not in a state that allows it, or it exists already',
     411: 'Content-Length required', 413: "Body too large (or larger than the image's capacity)",

@@ -95,7 +95,7 @@ EVENT_LIST = f'^(?:{ANY_EVENT})?(?:,(?:{ANY_EVENT})?)*$'
 ROUTES = [
     Route('GET', NODES + '/json', domains.list_domains, READ, secret_flag=SECURE_XML, doc=Doc(
         'List domains (dom0 excepted)', {200: 'DomainList', 501: ERROR}, [ALL, XML_FLAG])),
-    # A name another domain has (with another UUID) is libvirt's refusal like any other: 406.
+    # 409: another domain has the name or the UUID (decided before libvirt is called).
     Route('POST', NODES + '/create', domains.create_domain, ADMIN, body=JSON, host_paths=True,
           doc=Doc('Define (or redefine) a domain', {201: 'Created', 406: ERROR, 409: ERROR},
                   body='DomainDefinition', links=to_domain(

@@ -148,9 +148,11 @@ class Guard:
             raise HTTPError(403, f'this needs the {needed} role; your credentials have '
                             f'{request.role}', 'forbidden')
         if route.on_connection and not request.may_use(request.hypervisor):
+            # /info (a path naming a connection never gets here: the app answers 404). The
+            # connection is not named: a credential does not learn of others.
             only = ', '.join(sorted(request.connections))
-            raise HTTPError(403, 'your credentials do not cover the connection '
-                            f'{request.hypervisor.name} (only {only})', 'forbidden')
+            raise HTTPError(403, 'this route acts on the default connection, which your '
+                            f'credentials do not cover (only {only})', 'forbidden')
         self.check_secret_flag(request, route)
         if content_length(request.environ.get('CONTENT_LENGTH')):
             expected = route.body or defaults.JSON
@@ -377,8 +379,18 @@ def is_loopback(host):
         return host == 'localhost'
 
 
-def exposed_listeners(listen_hosts, tls_verifies_clients, tokens):
-    """The TCP hosts that listen beyond this machine with no way to authenticate a caller."""
-    if tls_verifies_clients or tokens:
-        return []
-    return [host for host in listen_hosts if not is_loopback(host)]
+# Why a listener beyond loopback may not start (without --insecure), and what makes it safe.
+UNAUTHENTICATED_LISTENER = ('nothing authenticates callers',
+                            'set tls-cert and tls-key (HTTPS) with tls-ca (client certificates) '
+                            'or tokens-file')
+CLEARTEXT_TOKENS = ('bearer tokens would cross the network in cleartext, for anyone on the path '
+                    'to read and replay', 'set tls-cert and tls-key (HTTPS)')
+
+
+def exposed_listeners(listen_hosts, tls, tls_verifies_clients, tokens):
+    """(hosts, (why, fix)): the TCP hosts that listen beyond this machine unsafely, and why;
+    ([], (None, None)) if none does. A bearer token is a password: beyond loopback it needs TLS."""
+    remote = [host for host in listen_hosts if not is_loopback(host)]
+    if not remote or tls_verifies_clients or (tokens and tls):
+        return [], (None, None)
+    return remote, CLEARTEXT_TOKENS if tokens else UNAUTHENTICATED_LISTENER
