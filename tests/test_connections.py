@@ -330,8 +330,9 @@ def test_a_tls_client_may_be_limited_to_some_connections(uris):
     client = Client(make_app(connections=uris, guard=Guard(tls_clients=clients)))
 
     def call(cn, method, path):
+        subject = ((('commonName', cn),),)
         return client.request(method, path, headers={'xend_rest.transport': 'tls',
-                                                     'xend_rest.client_cn': cn}).status
+                                                     'xend_rest.client_subject': subject}).status
 
     assert call('monitor', 'GET', '/libvirt/a/nodes/json') == 404
     assert call('monitor', 'GET', '/libvirt/b/nodes/json') == 200

@@ -97,6 +97,7 @@ SECURITY_KEYS = [
     ('max-body', 'max_body', positive(int)),
     ('max-head', 'max_head', positive(int)),
     ('request-timeout', 'request_timeout', positive(float)),
+    ('watchers-per-caller', 'watchers_per_caller', positive(int)),
 ]
 # How soon a libvirtd that stopped answering is given up (503/504 instead of a hang).
 LIBVIRT_KEYS = [
@@ -108,6 +109,7 @@ LIBVIRT_KEYS = [
 CONSOLE_KEYS = [
     ('console-sessions', 'console_sessions', positive(int)),
     ('console-idle-timeout', 'console_idle_timeout', positive(float)),
+    ('console-sessions-per-caller', 'console_sessions_per_caller', positive(int)),
 ]
 CONFIG_KEYS += SECURITY_KEYS + LIBVIRT_KEYS + CONSOLE_KEYS
 # A [connection NAME] section: its URI, and the libvirt settings it does not take from above.
@@ -116,11 +118,13 @@ CONNECTION_KEYS = [('uri', 'uri', str)] + LIBVIRT_KEYS
 SECURITY_DEFAULTS = {'socket_mode': defaults.SOCKET_MODE, 'allowed_hosts': [], 'allowed_paths': [],
                      'allowed_origins': [],
                      'max_body': defaults.MAX_BODY, 'request_timeout': defaults.REQUEST_TIMEOUT,
-                     'max_head': defaults.MAX_HEAD}
+                     'max_head': defaults.MAX_HEAD,
+                     'watchers_per_caller': defaults.WATCHERS_PER_CALLER}
 LIBVIRT_DEFAULTS = {'keepalive_interval': defaults.KEEPALIVE_INTERVAL,
                     'keepalive_count': defaults.KEEPALIVE_COUNT, 'open_timeout': defaults.OPEN_TIMEOUT}
 CONSOLE_DEFAULTS = {'console_sessions': defaults.CONSOLE_SESSIONS,
-                    'console_idle_timeout': defaults.CONSOLE_IDLE}
+                    'console_idle_timeout': defaults.CONSOLE_IDLE,
+                    'console_sessions_per_caller': defaults.CONSOLE_SESSIONS_PER_CALLER}
 
 
 def build_parser():
@@ -168,6 +172,10 @@ def build_parser():
     group.add_argument('--request-timeout', type=positive(float), metavar='SECONDS',
                        help='deadline for a request body of up to --max-body; larger ones (uploads) '
                             'may take longer while they keep coming (default: 60)')
+    group.add_argument('--watchers-per-caller', type=positive(int), metavar='N',
+                       help='event streams and waits one caller (token, certificate, unix user) may '
+                            f'hold at once, of {defaults.WATCHERS} per connection; past it 429 '
+                            f'(default: {defaults.WATCHERS_PER_CALLER})')
     group.add_argument('--insecure', action='store_true',
                        help='allow TCP beyond loopback without TLS client certificates or tokens, or with '
                             'tokens but without TLS')
@@ -183,6 +191,9 @@ def build_parser():
                        help=f'sessions open at once; past it 429 (default: {defaults.CONSOLE_SESSIONS})')
     group.add_argument('--console-idle-timeout', type=positive(float), metavar='SECONDS',
                        help=f'a session without input or output is closed after (default: {defaults.CONSOLE_IDLE:g})')
+    group.add_argument('--console-sessions-per-caller', type=positive(int), metavar='N',
+                       help='sessions one caller (token, certificate, unix user) may hold at '
+                            f'once; past it 429 (default: {defaults.CONSOLE_SESSIONS_PER_CALLER})')
     parser.add_argument('--demo', action='store_true',
                         help='serve an in-memory libvirt test hypervisor instead of Xen')
     return parser
@@ -332,9 +343,10 @@ def main(argv=None):
             keepalive_count=c['keepalive_count'], open_timeout=c['open_timeout'])
     try:
         guard, tls, gid = build_security(args)
-        consoles = Bridges(args.console_sessions, args.console_idle_timeout)
+        consoles = Bridges(args.console_sessions, args.console_idle_timeout,
+                           per_owner=args.console_sessions_per_caller)
         app = make_app(connections=connections, guard=guard, max_body=args.max_body,
-                       consoles=consoles)
+                       consoles=consoles, watchers_per_caller=args.watchers_per_caller)
     except security.ConfigError as err:
         log.error('refusing to start: %s', err)
         return 2

@@ -11,8 +11,8 @@ from . import defaults
 from .handlers import consoles, domains, events, images, operations
 from .events import CONDITION_STATES, EVENT_NAMES
 from .openapi import (AFFECT_FLAG, ALL, CAPACITY, ERROR, FORCE, NAME, NO_BODY, NO_FLAG, OCTETS,
-                      SIZE_SCHEMA, SIZE_TEXT, STRING, TEXT, WAIT, WHOLE, XML_FLAG, Doc, flag,
-                      lifecycle, query, upgrade)
+                      SIZE_SCHEMA, SIZE_TEXT, STRING, TEXT, WAIT, WATCHER_ANSWERS, WHOLE,
+                      XML_FLAG, Doc, flag, lifecycle, query, upgrade)
 from .params import (DESTROY_FLAGS, IMAGE_FORMATS, MAX_WHOLE, REBOOT_FLAGS, SHUTDOWN_FLAGS,
                      START_FLAGS, UNDEFINE_FLAGS, VOL_CREATE_FLAGS, VOL_DELETE_FLAGS,
                      VOL_RESIZE_FLAGS, WIPE_ALGORITHMS)
@@ -162,7 +162,7 @@ ROUTES = [
                                                     'enum': ['console', 'vnc']})])),
     # Watching changes nothing: events, waits, counters and descriptions are for readers.
     Route('POST', DOMAIN + '/wait', events.wait_domain, READ, doc=Doc(
-        'Wait until a domain reaches a state', {200: 'WaitResult', 408: ERROR},
+        'Wait until a domain reaches a state', {200: 'WaitResult', **WATCHER_ANSWERS},
         [query('condition', 'The state to wait for.', {
             'type': 'string', 'enum': list(CONDITION_STATES)}, True),
          query('timeout', f'Seconds to wait at most (0-{defaults.MAX_WAIT_SECONDS}, '
@@ -175,7 +175,7 @@ ROUTES = [
     Route('GET', HV + '/events', events.stream_events, READ, doc=Doc(
         'Domain events as they happen (Server-Sent Events for Accept: text/event-stream)',
         {200: {defaults.NDJSON: {'$ref': '#/components/schemas/StreamLine'},
-               defaults.SSE: STRING}},
+               defaults.SSE: STRING}, 429: ERROR},
         [query('since', 'Replay the kept events after this id first.', WHOLE),
          query('domain', 'Only events of these domains (names or UUIDs; repeat the parameter, '
                'or separate them with commas).', {'type': 'array', 'items': STRING}),

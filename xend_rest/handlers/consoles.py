@@ -49,7 +49,7 @@ def screen(request, ident):
     headers = websocket.handshake(request.environ)
     sessions = request.app.consoles
     dom = _running_domain(request, ident)
-    session = open_screen(sessions, request.conn, dom, sessions.framing(True))
+    session = open_screen(sessions, request.conn, dom, sessions.framing(True), request.caller)
     return _upgrade(request, upgrade, session, headers)
 
 
@@ -59,12 +59,12 @@ TICKET_ROUTES = {'console': console, 'vnc': screen}
 
 def issue_ticket(request, ident):
     """POST /nodes/{ident}/console/ticket?for=console|vnc: a single-use ticket, good for a few
-    seconds, that opens that route on this domain with the caller's role (for browsers)."""
+    seconds, that opens that route on this domain as the caller, with its role (for browsers)."""
     target = request.arg('for', 'console')
     handler = parse_choice(request, 'for', TICKET_ROUTES, 'console')
     uuid = lookup_domain(request.conn, ident).UUIDString()
     tickets = request.app.guard.tickets
-    token = tickets.issue(request.hypervisor.name, uuid, handler, request.role)
+    token = tickets.issue(request.hypervisor.name, uuid, handler, request.role, request.caller)
     return 201, {'Ticket': token, 'Expires': tickets.lifetime,
                  'Path': f'/libvirt/{request.hypervisor.name}/nodes/{uuid}/{target}?ticket={token}'}
 
@@ -83,7 +83,8 @@ def _open_console(request, ident, over_websocket, flags, dev):
     from ..consoles import open_console
     dom = _running_domain(request, ident)
     sessions = request.app.consoles
-    return open_console(sessions, request.conn, dom, dev, flags, sessions.framing(over_websocket))
+    return open_console(sessions, request.conn, dom, dev, flags, sessions.framing(over_websocket),
+                        request.caller)
 
 
 def _running_domain(request, ident):

@@ -194,7 +194,7 @@ def stop_domain(request, ident):
         except StillRunning:
             return _still_running(dom, 'shutdown', 'shutoff')
     if not wait_for_state(request.hypervisor.events, request.conn, dom.UUIDString(), 'shutoff', wait,
-                          shutdown):
+                          shutdown, owner=request.caller, gone=request.client_gone):
         raise wait_timeout(f'the shutdown of {dom.name()} was asked for, but it was not shut off '
                            f'within {wait:g} s')
     return NO_CONTENT
@@ -220,7 +220,8 @@ def restart_domain(request, ident):
             reboot()
         except StillRunning:
             return _still_running(dom, 'reboot', 'running')
-    elif not wait_for_restart(request.hypervisor.events, dom.UUIDString(), wait, reboot):
+    elif not wait_for_restart(request.hypervisor.events, dom.UUIDString(), wait, reboot,
+                              owner=request.caller, gone=request.client_gone):
         raise wait_timeout(f'the reboot of {dom.name()} was asked for, but no reboot was seen '
                            f'within {wait:g} s')
     return NO_CONTENT
