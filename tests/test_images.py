@@ -1,7 +1,10 @@
 """Images and pools on the test driver: listing, inspecting, creating, cloning, deleting, and
 every refusal. (The test driver cannot upload, download, resize or wipe: those answer 501 here
 once our own checks pass; tests/realhv/test_images_real.py moves real bytes.)"""
+import os
 import shutil
+import stat
+import subprocess
 
 import libvirt
 import pytest
@@ -643,3 +646,156 @@ def test_a_name_that_is_not_utf8_is_400_never_another_name(api, method, path, qu
     assert response.status == 400
     assert response.json['code'] == 'bad_parameter' and 'UTF-8' in response.json['message']
     assert volumes(api) == before
+
+
+# -- in use: the same file, however it is named ----------------------------------------------
+
+def define_user(api, name, *disks):
+    """Define a shut-off domain whose disks are these <disk> elements."""
+    api.conn.defineXML("<domain type='xen'><name>%s</name><memory>65536</memory>"
+                       "<os><type>xen</type></os><devices>%s</devices></domain>"
+                       % (name, ''.join(disks)))
+
+
+def file_disk(path, dev='xvdb', form=None, kind='file', attribute='file'):
+    driver = "<driver name='qemu' type='%s'/>" % form if form else ''
+    return ("<disk type='%s' device='disk'>%s<source %s='%s'/><target dev='%s' bus='xen'/></disk>"
+            % (kind, driver, attribute, path, dev))
+
+
+@pytest.mark.parametrize('spelling', [
+    '//var/lib/xen/images/spare.qcow2',
+    '/var/lib/xen/images//spare.qcow2',
+    '/var/lib/xen/./images/spare.qcow2',
+    '/var/lib/xen/iso/../images/spare.qcow2',
+    '/var/lib/../lib/xen/images/spare.qcow2',
+])
+def test_another_spelling_of_the_path_is_in_use(api, spelling):
+    define_user(api, 'other', file_disk(spelling))
+    assert listed(api)['default', 'spare.qcow2']['UsedBy'] == ['other']
+    for action in ('delete', 'wipe'):
+        response = api.post(IMAGES + '/default/spare.qcow2/' + action)
+        assert (response.status, response.json['code']) == (409, 'image_in_use')
+    assert 'spare.qcow2' in volumes(api)
+
+
+@pytest.fixture
+def local_pool(api, tmp_path):
+    """A pool 'local' over a real directory, tmp/images, holding victim.raw (a real file)."""
+    images = tmp_path / 'images'
+    images.mkdir()
+    (images / 'victim.raw').write_bytes(b'\0' * 4096)
+    pool = api.conn.storagePoolCreateXML(
+        "<pool type='dir'><name>local</name><target><path>%s</path></target></pool>" % images, 0)
+    pool.createXML("<volume><name>victim.raw</name><capacity>4096</capacity>"
+                   "<target><format type='raw'/></target></volume>", 0)
+    return images
+
+
+def assert_in_use(api, user, image='victim.raw', pool='local'):
+    assert listed(api)[pool, image]['UsedBy'] == [user]
+    response = api.post('%s/%s/%s/delete' % (IMAGES, pool, image))
+    assert (response.status, response.json['code']) == (409, 'image_in_use'), response.json
+    assert image in volumes(api, pool)
+
+
+def test_a_disk_through_a_symlinked_directory_is_in_use(api, local_pool, tmp_path):
+    (tmp_path / 'link').symlink_to(local_pool)
+    define_user(api, 'other', file_disk(tmp_path / 'link' / 'victim.raw'))
+    assert_in_use(api, 'other')
+
+
+def test_dot_dot_after_a_symlink_is_resolved_as_the_kernel_does(api, local_pool, tmp_path):
+    # tmp/jump -> tmp/images/inner, so tmp/jump/../victim.raw is tmp/images/victim.raw
+    # (and not tmp/victim.raw, as a lexical normalisation would have it)
+    (local_pool / 'inner').mkdir()
+    (tmp_path / 'jump').symlink_to(local_pool / 'inner')
+    define_user(api, 'other', file_disk('%s/jump/../victim.raw' % tmp_path))
+    assert_in_use(api, 'other')
+
+
+def test_a_hard_link_is_the_same_file(api, local_pool, tmp_path):
+    # Wiping or shrinking the image changes what the domain reads through its own name.
+    (tmp_path / 'elsewhere').mkdir()
+    os.link(local_pool / 'victim.raw', tmp_path / 'elsewhere' / 'data.raw')
+    define_user(api, 'other', file_disk(tmp_path / 'elsewhere' / 'data.raw'))
+    assert_in_use(api, 'other')
+
+
+def test_a_block_device_is_the_device_it_opens(api, tmp_path):
+    # Two device nodes for one device: a block volume, and a disk naming the other node.
+    nodes = tmp_path / 'dev'
+    nodes.mkdir()
+    try:
+        for name in ('lv', 'alias'):
+            os.mknod(nodes / name, 0o600 | stat.S_IFBLK, os.makedev(7, 250))
+    except PermissionError:
+        pytest.skip('creating device nodes needs CAP_MKNOD')
+    pool = api.conn.storagePoolCreateXML(  # (the test driver puts a logical pool under /dev)
+        "<pool type='dir'><name>devices</name><target><path>%s</path></target></pool>" % nodes, 0)
+    pool.createXML("<volume><name>lv</name><capacity>4096</capacity></volume>", 0)
+    define_user(api, 'other', file_disk(nodes / 'alias', kind='block', attribute='dev'))
+    assert_in_use(api, 'other', 'lv', 'devices')
+
+
+def test_a_volume_of_another_pool_over_the_same_directory_is_in_use(api, local_pool, tmp_path):
+    (tmp_path / 'link').symlink_to(local_pool)
+    alias = api.conn.storagePoolCreateXML(
+        "<pool type='dir'><name>alias</name><target><path>%s/link</path></target></pool>"
+        % tmp_path, 0)
+    alias.createXML("<volume><name>victim.raw</name><capacity>4096</capacity></volume>", 0)
+    define_user(api, 'other', "<disk type='volume' device='disk'><source pool='alias' "
+                "volume='victim.raw'/><target dev='xvdb' bus='xen'/></disk>")
+    assert_in_use(api, 'other')
+
+
+def test_a_block_disk_naming_a_block_volume_is_in_use(api):
+    pool = api.conn.storagePoolCreateXML(
+        "<pool type='logical'><name>vg</name><target><path>/dev/vg</path></target></pool>", 0)
+    pool.createXML("<volume><name>lv</name><capacity>4096</capacity></volume>", 0)
+    assert pool.storageVolLookupByName('lv').path() == '/dev/vg/lv'
+    define_user(api, 'other', file_disk('//dev/vg/lv', kind='block', attribute='dev'))
+    assert_in_use(api, 'other', 'lv', 'vg')
+
+
+def test_a_backing_chain_libvirt_reports_is_in_use(api):
+    define_user(api, 'other', "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+                "<source file='/var/lib/xen/images/overlay.qcow2'/>"
+                "<backingStore type='file'><format type='qcow2'/>"
+                "<source file='//var/lib/xen/images/spare.qcow2'/><backingStore/></backingStore>"
+                "<target dev='xvdb' bus='xen'/></disk>")
+    assert listed(api)['default', 'spare.qcow2']['UsedBy'] == ['other']
+    response = api.post(IMAGES + '/default/spare.qcow2/delete')
+    assert (response.status, response.json['code']) == (409, 'image_in_use')
+
+
+def qemu_img(*args, cwd=None):
+    subprocess.run(['qemu-img', 'create', '-q'] + [str(arg) for arg in args], check=True, cwd=cwd)
+
+
+@pytest.mark.parametrize('backing', ['victim.raw', '{images}/victim.raw', '../images/victim.raw'])
+def test_a_backing_file_the_image_header_names_is_in_use(api, local_pool, tmp_path, backing):
+    # libvirt reports no chain for a domain that is not running (nor at all on Xen): the
+    # overlay's own header says which file the hypervisor will read under it.
+    qemu_img('-f', 'qcow2', '-F', 'raw', '-b', backing.format(images=local_pool),
+             local_pool / 'overlay.qcow2', cwd=local_pool)
+    define_user(api, 'other', file_disk(local_pool / 'overlay.qcow2', form='qcow2'))
+    assert_in_use(api, 'other')
+
+
+def test_a_raw_disk_s_bytes_name_nothing(api, local_pool):
+    # A raw disk holding qcow2 bytes (a guest may write them) is read as raw: no backing file.
+    qemu_img('-f', 'qcow2', '-F', 'raw', '-b', local_pool / 'victim.raw',
+             local_pool / 'guest-written.raw')
+    define_user(api, 'other', file_disk(local_pool / 'guest-written.raw', form='raw'))
+    assert listed(api)['local', 'victim.raw']['UsedBy'] == []
+
+
+def test_a_volume_disk_of_a_missing_or_inactive_pool_uses_nothing(api):
+    api.conn.storagePoolDefineXML(
+        "<pool type='dir'><name>off</name><target><path>/srv/off</path></target></pool>", 0)
+    define_user(api, 'other', *("<disk type='volume' device='disk'><source pool='%s' volume='x'/>"
+                                "<target dev='xvd%s' bus='xen'/></disk>" % (pool, dev)
+                                for pool, dev in (('off', 'b'), ('gone', 'c'), ('default', 'd'))))
+    images = listed(api)
+    assert all(image['UsedBy'] != ['other'] for image in images.values())

@@ -1,7 +1,6 @@
 """The image endpoints: disk images are libvirt storage volumes, addressed by pool and name."""
 import contextlib
 import logging
-import os
 import re
 import threading
 import xml.etree.ElementTree as ElementTree
@@ -9,7 +8,7 @@ from urllib.parse import quote
 
 import libvirt
 
-from .. import convert, defaults, streams
+from .. import convert, defaults, imagefiles, streams
 from ..bodies import Raw
 from ..errors import HTTPError, bad_request, is_no_image, still_there
 from ..params import (NAME_MAX, NO_FLAGS, VOL_CREATE_FLAGS, VOL_DELETE_FLAGS, VOL_RESIZE_FLAGS,
@@ -29,6 +28,9 @@ POOL_STATES = {
 }
 RANGE = re.compile(r'bytes=([0-9]{0,20})-([0-9]{0,20})\Z')
 NO_CONTENT = (204, None)
+# A volume disk whose pool or volume is gone, or whose pool is not running, reaches no file.
+VOLUME_ABSENT = (libvirt.VIR_ERR_NO_STORAGE_POOL, libvirt.VIR_ERR_NO_STORAGE_VOL,
+                 libvirt.VIR_ERR_OPERATION_INVALID)
 
 
 class Uploads:
@@ -78,17 +80,66 @@ def lookup_image(conn, pool_name, name):
     return pool, pool.storageVolLookupByName(name)
 
 
-def image_users(conn):
-    """{file path or (pool, volume): {domain names}} over every domain's live and persistent disks.
+class DiskUsers:
+    """Which domains' disks reach which files, over every domain's live and persistent
+    definitions: read once per request, whatever the number of images asked about.
 
-    One pass over the domains per request, whatever the number of images asked about.
+    A disk reaches the file its source names, a volume's file, each file of the backing chain
+    libvirt reports, and each file the image's own header names (backing files, data files)
+    where this host can read it. Files are compared as imagefiles.file_keys says: as the kernel
+    resolves names, and by device and inode, on this host; by normalised name for a remote one.
     """
-    users = {}
-    for name, definitions in still_there(conn.listAllDomains(0), _definitions):
-        for xml in definitions:
-            for source in _disk_sources(xml):
-                users.setdefault(source, set()).add(name)
-    return users
+
+    def __init__(self, conn):
+        self.local = imagefiles.is_local(conn.getURI())
+        self._conn = conn
+        self._volume_paths = {}
+        self._users = {}  # file key or (pool, volume) -> {domain names}
+        for name, definitions in still_there(conn.listAllDomains(0), _definitions):
+            for xml in definitions:
+                for key in self._disk_keys(xml):
+                    self._users.setdefault(key, set()).add(name)
+
+    def of(self, pool_name, name, path):
+        """The names of the domains whose disks reach this image."""
+        keys = {(pool_name, name)} | (imagefiles.file_keys(path, self.local) if path else set())
+        return sorted(set().union(*(self._users.get(key, ()) for key in keys)))
+
+    def _disk_keys(self, xml):
+        for disk in ElementTree.fromstring(xml).iterfind('devices/disk'):
+            driver = disk.find('driver')
+            form = driver.get('type') if driver is not None else None
+            for source in disk.iter('source'):  # the disk's, then its backing chain's
+                path = source.get('file') or source.get('dev')
+                if source.get('pool') and source.get('volume'):
+                    yield source.get('pool'), source.get('volume')
+                    path = self._volume_path(source.get('pool'), source.get('volume'))
+                if path:
+                    yield from self._file_keys(path, form if source in disk else 'raw')
+
+    def _file_keys(self, path, form):
+        """The keys of the file and, on this host, of the files its header chains to."""
+        yield from imagefiles.file_keys(path, self.local)
+        if not self.local:
+            return
+        try:
+            for _image, _what, _name, targets in imagefiles.chain(path, form):
+                for target in targets or ():
+                    yield from imagefiles.file_keys(target, self.local)
+        except (imagefiles.Unjudged, OSError):
+            pass  # a header we cannot follow further names no more users
+
+    def _volume_path(self, pool, volume):
+        """The file of a volume, or None while its pool or itself is missing or inactive."""
+        if (pool, volume) not in self._volume_paths:
+            try:
+                path = self._conn.storagePoolLookupByName(pool).storageVolLookupByName(volume).path()
+            except libvirt.libvirtError as err:
+                if err.get_error_code() not in VOLUME_ABSENT:
+                    raise
+                path = None
+            self._volume_paths[pool, volume] = path
+        return self._volume_paths[pool, volume]
 
 
 def _definitions(dom):
@@ -97,17 +148,6 @@ def _definitions(dom):
     if dom.isActive() and dom.isPersistent():
         definitions.append(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
     return dom.name(), definitions
-
-
-def _disk_sources(xml):
-    """Every file, device or pool volume a domain's disks read, backing chains included."""
-    for disk in ElementTree.fromstring(xml).iterfind('devices/disk'):
-        for source in disk.iter('source'):
-            path = source.get('file') or source.get('dev')
-            if path:
-                yield os.path.normpath(path)
-            if source.get('pool') and source.get('volume'):
-                yield source.get('pool'), source.get('volume')
 
 
 def _summary(pool, xml, users, uploads=()):
@@ -123,21 +163,13 @@ def _summary(pool, xml, users, uploads=()):
         'Format': form.get('type') if form is not None else None,
         'Capacity': int(vol.findtext('capacity', '0')),
         'Allocation': int(vol.findtext('allocation', '0')),
-        'UsedBy': _used_by(pool, name, path, users),
+        'UsedBy': users.of(pool.name(), name, path),
         'Uploading': (pool.UUIDString(), name) in uploads,
     }
 
 
-def _used_by(pool, name, path, users):
-    """The names of the domains whose disks are this image: as a pool volume, or by its file."""
-    using = users.get((pool.name(), name), set())
-    if path:
-        using = using | users.get(os.path.normpath(path), set())
-    return sorted(using)
-
-
 def _describe(request, pool, vol):
-    return _summary(pool, vol.XMLDesc(0), image_users(request.conn), request.hypervisor.uploads)
+    return _summary(pool, vol.XMLDesc(0), DiskUsers(request.conn), request.hypervisor.uploads)
 
 
 def list_images(request):
@@ -147,7 +179,7 @@ def list_images(request):
         pools = [lookup_pool(request.conn, wanted)]
     else:
         pools = request.conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE)
-    users = image_users(request.conn)
+    users = DiskUsers(request.conn)
     uploads = request.hypervisor.uploads
     listed = [summary for pool in pools for summary in still_there(
         pool.listAllVolumes(0), lambda vol: _summary(pool, vol.XMLDesc(0), users, uploads),
@@ -239,7 +271,7 @@ def _refuse_in_use(request, pool, vol, action):
     """409 while a defined domain's disk is this image, unless ?force=1."""
     if parse_bool(request, 'force'):
         return
-    users = _used_by(pool, vol.name(), vol.path(), image_users(request.conn))
+    users = DiskUsers(request.conn).of(pool.name(), vol.name(), vol.path())
     if users:
         raise HTTPError(409, f"image {vol.name()} is used by {', '.join(users)}: "
                         f'{action} it with force=1 only if you mean it', 'image_in_use')
