@@ -1,6 +1,7 @@
 """Images and pools on the test driver: listing, inspecting, creating, cloning, deleting, and
 every refusal. (The test driver cannot upload, download, resize or wipe: those answer 501 here
 once our own checks pass; tests/realhv/test_images_real.py moves real bytes.)"""
+import json
 import os
 import shutil
 import stat
@@ -10,12 +11,15 @@ import libvirt
 import pytest
 
 from conftest import Client, node_xml
+from test_create import TEST0
 from xend_rest.app import make_app
 from xend_rest.handlers.images import _byte_range
 from xend_rest.errors import HTTPError
+from xend_rest.security import Guard
 
 IMAGES = '/libvirt/xen/images'
 POOLS = '/libvirt/xen/pools'
+NODES = '/libvirt/xen/nodes'
 GiB = 1 << 30
 
 # Every domain of the conftest node has one disk, /var/lib/xen/images/<domain>.raw.
@@ -679,17 +683,21 @@ def test_another_spelling_of_the_path_is_in_use(api, spelling):
     assert 'spare.qcow2' in volumes(api)
 
 
-@pytest.fixture
-def local_pool(api, tmp_path):
-    """A pool 'local' over a real directory, tmp/images, holding victim.raw (a real file)."""
-    images = tmp_path / 'images'
+def make_local_pool(client, images):
+    """A pool 'local' over a real directory, holding victim.raw (a real file)."""
     images.mkdir()
     (images / 'victim.raw').write_bytes(b'\0' * 4096)
-    pool = api.conn.storagePoolCreateXML(
+    pool = client.conn.storagePoolCreateXML(
         "<pool type='dir'><name>local</name><target><path>%s</path></target></pool>" % images, 0)
     pool.createXML("<volume><name>victim.raw</name><capacity>4096</capacity>"
                    "<target><format type='raw'/></target></volume>", 0)
     return images
+
+
+@pytest.fixture
+def local_pool(api, tmp_path):
+    """The pool 'local' over tmp/images."""
+    return make_local_pool(api, tmp_path / 'images')
 
 
 def assert_in_use(api, user, image='victim.raw', pool='local'):
@@ -799,3 +807,161 @@ def test_a_volume_disk_of_a_missing_or_inactive_pool_uses_nothing(api):
                                 for pool, dev in (('off', 'b'), ('gone', 'c'), ('default', 'd'))))
     images = listed(api)
     assert all(image['UsedBy'] != ['other'] for image in images.values())
+
+
+# -- allowed-paths: the files an image's header names are host paths too ------------------------
+# QEMU opens a qcow2 image's backing file (libvirt reads the header to build the chain and
+# hands the file over; on Xen, QEMU reads it itself): a qcow2 naming /etc/shadow reads it.
+
+@pytest.fixture
+def confined(node_uri, tmp_path):
+    """The app with allowed-paths = tmp/images, which the pool 'local' lies over."""
+    app = make_app(uri=node_uri, guard=Guard(allowed_paths=[str(tmp_path / 'images')]))
+    client = Client(app)
+    make_local_pool(client, tmp_path / 'images')
+    yield client
+    app.close()
+
+
+def refused(response, *words):
+    assert (response.status, response.json['code']) == (403, 'path_not_allowed'), response.json
+    for word in words:
+        assert word in response.json['message']
+
+
+# (qemu-img options, what the image names), made in tmp/images
+OUTSIDE = [
+    (['-f', 'qcow2', '-F', 'raw', '-b', '/etc/passwd'], '/etc/passwd'),
+    (['-f', 'qcow2', '-F', 'raw', '-b', '../passwd', '-u', '1M'], 'passwd'),
+    (['-f', 'qcow2', '-F', 'raw', '-b', 'json:{"driver": "raw", "file": {"driver": "file", '
+      '"filename": "/etc/passwd"}}', '-u', '1M'], 'json:'),
+    (['-f', 'qcow2', '-F', 'raw', '-b', 'file:/etc/passwd', '-u', '1M'], 'file:'),
+    (['-f', 'qcow2', '-o', 'data_file=/tmp/xend-rest-outside.raw', '1M'], 'xend-rest-outside'),
+    (['-f', 'qed', '-F', 'raw', '-b', '/etc/passwd'], '/etc/passwd'),
+    (['-f', 'qcow', '-F', 'raw', '-b', '/etc/passwd'], '/etc/passwd'),
+]
+
+
+def made_image(directory, name, options):
+    size = [options[-1]] if options[-1] == '1M' else []
+    subprocess.run(['qemu-img', 'create', '-q'] + (options[:-1] if size else options)
+                   + [name] + size, check=True, cwd=directory)
+    if any('data_file=' in option for option in options):
+        os.remove('/tmp/xend-rest-outside.raw')  # made alongside; only its name matters
+    return directory / name
+
+
+@pytest.mark.parametrize('options, named', OUTSIDE)
+def test_uploading_an_image_that_names_a_file_outside_is_403(confined, tmp_path, options, named):
+    body = made_image(tmp_path, 'evil.img', options).read_bytes()
+    response = upload(confined, 'evil.qcow2', body, pool='local')
+    refused(response, named)
+    assert volumes(confined, 'local') == ['victim.raw']
+
+
+def test_uploading_a_vmdk_descriptor_naming_a_device_is_403(confined):
+    body = b'# Disk DescriptorFile\nversion=1\ncreateType="monolithicFlat"\nRW 8 FLAT "/dev/sda" 0\n'
+    refused(upload(confined, 'evil.vmdk', body, pool='local'), '/dev/sda')
+    assert volumes(confined, 'local') == ['victim.raw']
+
+
+def test_a_name_beyond_the_first_2_mib_is_403_unread(confined, tmp_path):
+    # qcow (version 1) may put its backing file's name anywhere: here past the head we read.
+    image = bytearray(made_image(tmp_path, 'x.qcow', ['-f', 'qcow', '-F', 'raw', '-b', '/etc/passwd'])
+                      .read_bytes())
+    image[8:16] = (3 << 20).to_bytes(8, 'big')
+    body = bytes(image).ljust((3 << 20) + 64, b'\0')
+    refused(upload(confined, 'far.qcow', body, pool='local'), 'beyond its first')
+
+
+@pytest.mark.parametrize('backing', ['victim.raw', '{images}/victim.raw', '/{images}/../images/victim.raw'])
+def test_uploading_an_image_whose_backing_file_is_inside_reaches_libvirt(confined, tmp_path, backing):
+    images = tmp_path / 'images'
+    body = made_image(tmp_path, 'ok.qcow2', ['-f', 'qcow2', '-F', 'raw', '-b',
+                                               backing.format(images=images), '-u', '1M']).read_bytes()
+    response = upload(confined, 'ok.qcow2', body, pool='local')
+    assert (response.status, response.json['code']) == (501, 'not_supported')  # the test driver
+
+
+def test_without_allowed_paths_any_backing_file_is_uploaded(api, tmp_path):
+    body = made_image(tmp_path, 'any.qcow2', OUTSIDE[0][0]).read_bytes()
+    response = upload(api, 'any.qcow2', body)
+    assert (response.status, response.json['code']) == (501, 'not_supported')
+
+
+def disk_doc(source, form='qcow2', kind='file'):
+    doc = json.loads(json.dumps(TEST0))
+    doc['domain']['devices']['disk'] = {
+        '@type': kind, '@device': 'disk', 'driver': {'@name': 'qemu', '@type': form},
+        'source': source, 'target': {'@dev': 'xvda', '@bus': 'xen'}}
+    return doc
+
+
+def defined(client):
+    return sorted(dom.name() for dom in client.conn.listAllDomains())
+
+
+@pytest.mark.parametrize('options, named', OUTSIDE)
+def test_creating_a_domain_on_an_image_that_names_a_file_outside_is_403(confined, tmp_path,
+                                                                        options, named):
+    image = made_image(tmp_path / 'images', 'evil.img', options)
+    before = defined(confined)
+    response = confined.post(NODES + '/create', disk_doc({'@file': str(image)}, form=None))
+    refused(response, named, 'evil.img')
+    assert defined(confined) == before
+
+
+def test_a_backing_chain_is_followed_to_its_end(confined, tmp_path):
+    images = tmp_path / 'images'
+    made_image(images, 'base.qcow2', ['-f', 'qcow2', '-F', 'raw', '-b', '/etc/passwd'])
+    top = made_image(images, 'top.qcow2', ['-f', 'qcow2', '-F', 'qcow2', '-b', 'base.qcow2'])
+    refused(confined.post(NODES + '/create', disk_doc({'@file': str(top)})), '/etc/passwd',
+            'base.qcow2')
+    assert 'test0' not in defined(confined)
+
+
+def test_a_volume_disk_s_image_is_read_too(confined, tmp_path):
+    made_image(tmp_path / 'images', 'evil.qcow2', OUTSIDE[0][0])
+    confined.conn.storagePoolLookupByName('local').createXML(
+        "<volume><name>evil.qcow2</name><capacity>4096</capacity></volume>", 0)
+    doc = disk_doc({'@pool': 'local', '@volume': 'evil.qcow2'}, form=None, kind='volume')
+    refused(confined.post(NODES + '/create', doc), '/etc/passwd')
+    assert 'test0' not in defined(confined)
+
+
+def test_an_attribute_in_another_namespace_is_read_by_its_local_name(confined, tmp_path):
+    image = made_image(tmp_path / 'images', 'evil.qcow2', OUTSIDE[0][0])
+    doc = disk_doc({'@xmlns:p': 'urn:x', '@p:file': str(image)})
+    refused(confined.post(NODES + '/create', doc), '/etc/passwd')
+
+
+def test_attach_and_update_are_judged_too(confined, tmp_path):
+    image = made_image(tmp_path / 'images', 'evil.qcow2', OUTSIDE[0][0])
+    disk = disk_doc({'@file': str(image)})['domain']['devices']
+    for action in ('attach', 'update'):
+        refused(confined.post(NODES + '/web/devices/' + action, disk), '/etc/passwd')
+
+
+def test_a_disk_declared_raw_is_not_read_as_qcow2(confined, tmp_path):
+    # QEMU reads it as raw: its first bytes are the guest's, whatever they look like.
+    image = made_image(tmp_path / 'images', 'guest.raw', OUTSIDE[0][0])
+    response = confined.post(NODES + '/create', disk_doc({'@file': str(image)}, form='raw'))
+    assert response.status == 201
+
+
+def test_an_image_whose_chain_stays_inside_is_created(confined, tmp_path):
+    images = tmp_path / 'images'
+    made_image(images, 'base.qcow2', ['-f', 'qcow2', '1M'])
+    top = made_image(images, 'top.qcow2', ['-f', 'qcow2', '-F', 'qcow2', '-b', 'base.qcow2'])
+    assert confined.post(NODES + '/create', disk_doc({'@file': str(top)})).status == 201
+
+
+def test_cloning_an_image_that_names_a_file_outside_is_403(confined, tmp_path):
+    # libvirt clones a qcow2 with qemu-img convert, which reads the backing file into the copy.
+    made_image(tmp_path / 'images', 'evil.qcow2', OUTSIDE[0][0])
+    confined.conn.storagePoolLookupByName('local').createXML(
+        "<volume><name>evil.qcow2</name><capacity>4096</capacity>"
+        "<target><format type='qcow2'/></target></volume>", 0)
+    refused(confined.post(IMAGES + '/local/evil.qcow2/clone', query='name=copy.raw&format=raw'),
+            '/etc/passwd')
+    assert volumes(confined, 'local') == ['evil.qcow2', 'victim.raw']

@@ -1,6 +1,8 @@
 """The image endpoints: disk images are libvirt storage volumes, addressed by pool and name."""
 import contextlib
+import itertools
 import logging
+import posixpath
 import re
 import threading
 import xml.etree.ElementTree as ElementTree
@@ -130,15 +132,8 @@ class DiskUsers:
             pass  # a header we cannot follow further names no more users
 
     def _volume_path(self, pool, volume):
-        """The file of a volume, or None while its pool or itself is missing or inactive."""
         if (pool, volume) not in self._volume_paths:
-            try:
-                path = self._conn.storagePoolLookupByName(pool).storageVolLookupByName(volume).path()
-            except libvirt.libvirtError as err:
-                if err.get_error_code() not in VOLUME_ABSENT:
-                    raise
-                path = None
-            self._volume_paths[pool, volume] = path
+            self._volume_paths[pool, volume] = _volume_path(self._conn, pool, volume)
         return self._volume_paths[pool, volume]
 
 
@@ -148,6 +143,72 @@ def _definitions(dom):
     if dom.isActive() and dom.isPersistent():
         definitions.append(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
     return dom.name(), definitions
+
+
+def judge_image(check, path, form=None, read=None, follow=True):
+    """403 unless every file the image at `path` names (backing chain, data file, extents) is
+    one check(where, path) allows: the hypervisor opens them along with the image. `read`
+    gives its bytes (default: the file); `follow`: judge what those files name in turn."""
+    try:
+        for image, what, name, paths in imagefiles.chain(path, form, read, follow):
+            if paths is None:
+                raise HTTPError(403, f'the {what} of {image}, {name!r}, has a protocol or no '
+                                'name, which allowed-paths cannot judge', 'path_not_allowed')
+            for target in paths:
+                check(f'the {what} of {image}', target)
+    except imagefiles.Unjudged as err:
+        raise HTTPError(403, f'{path}: {err}, which allowed-paths cannot judge',
+                        'path_not_allowed') from None
+
+
+def judge_disks(request, doc, check):
+    """403 unless the images the disks of a JSON definition name, name only allowed files.
+
+    Read as libvirt reads a definition: attributes by their local names (p:file is file), and
+    every element named disk, whatever its prefix. Only this host's files can be read."""
+    if not imagefiles.is_local(request.hypervisor.connection.uri):
+        return
+    for disk in _elements(doc, 'disk'):
+        forms = {value for driver in _elements(disk, 'driver') for value in _values(driver, 'type')}
+        form = 'raw' if forms == {'raw'} else next(iter(forms - {'raw'}), None)
+        for source in _elements(disk, 'source'):
+            paths = [*_values(source, 'file'), *_values(source, 'dev')]
+            for pool in _values(source, 'pool'):
+                for volume in _values(source, 'volume'):
+                    paths.append(_volume_path(request.conn, pool, volume))
+            for path in filter(None, paths):
+                judge_image(check, path, form)
+
+
+def _elements(doc, name):
+    """The dicts of the elements of this local name anywhere under doc."""
+    if isinstance(doc, list):
+        for item in doc:
+            yield from _elements(item, name)
+    elif isinstance(doc, dict):
+        for key, value in doc.items():
+            if key.startswith(('@', '#')):
+                continue
+            if key.rpartition(':')[2] == name:
+                yield from (item for item in (value if isinstance(value, list) else [value])
+                            if isinstance(item, dict))
+            yield from _elements(value, name)
+
+
+def _values(element, name):
+    """The values of an element's attributes of this local name, as strings."""
+    return [value for key, value in element.items() if key.startswith('@')
+            and key[1:].rpartition(':')[2] == name and isinstance(value, str)]
+
+
+def _volume_path(conn, pool, volume):
+    """The file of a volume, or None while its pool or itself is missing or inactive."""
+    try:
+        return conn.storagePoolLookupByName(pool).storageVolLookupByName(volume).path()
+    except libvirt.libvirtError as err:
+        if err.get_error_code() not in VOLUME_ABSENT:
+            raise
+    return None
 
 
 def _summary(pool, xml, users, uploads=()):
@@ -219,6 +280,7 @@ def clone_image(request, pool, name):
     source_pool, source = lookup_image(request.conn, pool, name)
     target = lookup_pool(request.conn, request.arg('pool', pool))
     _refuse_uploading(request, source_pool, name)
+    _judge_source(request, source)
     _refuse_existing(target, new_name)
     _type, capacity, allocation = source.info()
     allocation = min(allocation, capacity)  # a file system may hold blocks past a file's end
@@ -229,6 +291,21 @@ def clone_image(request, pool, name):
     # Without <allocation> libvirt allocates the whole capacity: say what the source holds.
     vol = target.createXMLFrom(_volume_xml(new_name, capacity, form, allocation), source, flag)
     return 201, _describe(request, target, vol)
+
+
+def _judge_source(request, vol):
+    """With allowed-paths, 403 unless the files a clone's source names are allowed: libvirt
+    copies a qcow2 with qemu-img convert, which reads its backing file into the copy. What
+    libvirt read of its header (backingStore) is judged on any host, the header on this one."""
+    check = request.app.guard.check_path
+    if not request.app.guard.allowed_paths:
+        return
+    xml = ElementTree.fromstring(vol.XMLDesc(0))
+    for backing in xml.iterfind('backingStore/path'):
+        check(f'the backing file of {vol.path()} (as libvirt reads it)', backing.text or '')
+    found = xml.find('target/format')
+    if imagefiles.is_local(request.hypervisor.connection.uri):
+        judge_image(check, vol.path(), found.get('type') if found is not None else None)
 
 
 def _volume_xml(name, capacity, form, allocation=None):
@@ -337,14 +414,33 @@ def upload_image(request, pool, name):
     target = lookup_pool(request.conn, pool)
     _refuse_existing(target, name)
     _refuse_no_space(target, length, 'the body is')
+    chunks = request.body_chunks(streams.CHUNK)
+    if request.app.guard.allowed_paths:
+        chunks = _judged_body(request, target, name, chunks, length)
     with request.hypervisor.uploads.holding((target.UUIDString(), name)):
         vol = target.createXML(_volume_xml(name, capacity, 'raw', 0), 0)
         try:
-            streams.upload(request.conn, vol, request.body_chunks(streams.CHUNK), length)
+            streams.upload(request.conn, vol, chunks, length)
         except BaseException:
             _delete_quietly(vol)  # half an image must not pass for a whole one
             raise
     return 201, _describe(request, target, vol)
+
+
+def _judged_body(request, pool, name, chunks, length):
+    """The body's chunks, once the files its image header names are judged by allowed-paths,
+    before anything is created: whatever format the image is later declared as, or libvirt
+    detects it as, its names stay inside. The first imagefiles.HEAD bytes are read for it."""
+    head = b''
+    for chunk in chunks:
+        head += chunk
+        if len(head) >= imagefiles.HEAD:
+            break
+    directory = ElementTree.fromstring(pool.XMLDesc(0)).findtext('target/path') or ''
+    judge_image(request.app.guard.check_path, posixpath.join(directory, name), 'vmdk',
+                imagefiles.bytes_reader(head, complete=len(head) == length),
+                follow=imagefiles.is_local(request.hypervisor.connection.uri))
+    return itertools.chain([head], chunks)
 
 
 def _delete_quietly(vol):
