@@ -297,9 +297,9 @@ def _judge_source(request, vol):
     """With allowed-paths, 403 unless the files a clone's source names are allowed: libvirt
     copies a qcow2 with qemu-img convert, which reads its backing file into the copy. What
     libvirt read of its header (backingStore) is judged on any host, the header on this one."""
-    check = request.app.guard.check_path
     if not request.app.guard.allowed_paths:
         return
+    check = request.app.guard.check_path
     xml = ElementTree.fromstring(vol.XMLDesc(0))
     for backing in xml.iterfind('backingStore/path'):
         check(f'the backing file of {vol.path()} (as libvirt reads it)', backing.text or '')
