@@ -6,6 +6,8 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
+from pathlib import Path
 
 import libvirt
 import pytest
@@ -20,6 +22,7 @@ from xend_rest.security import Guard
 IMAGES = '/libvirt/xen/images'
 POOLS = '/libvirt/xen/pools'
 NODES = '/libvirt/xen/nodes'
+ROOT = Path(__file__).resolve().parent.parent
 GiB = 1 << 30
 
 # Every domain of the conftest node has one disk, /var/lib/xen/images/<domain>.raw.
@@ -83,7 +86,7 @@ def test_list_fields_and_users(api):
     assert images['default', 'web.raw'] == {
         'Name': 'web.raw', 'Pool': 'default', 'Path': '/var/lib/xen/images/web.raw',
         'Type': 'file', 'Format': 'raw', 'Capacity': 10 * GiB, 'Allocation': GiB,
-        'UsedBy': ['web'], 'Uploading': False}
+        'UsedBy': ['web'], 'Uploading': False, 'Incomplete': False}
     assert images['default', 'idle.raw']['UsedBy'] == ['idle']        # shut off, still defined
     assert images['default', 'scratch.raw']['UsedBy'] == ['scratch']  # transient: live only
     assert images['default', 'spare.qcow2']['UsedBy'] == []
@@ -153,6 +156,7 @@ def test_inspect(api):
     assert volume['capacity'] == {'@unit': 'bytes', '#text': str(20 * GiB)}
     assert volume['target']['format'] == {'@type': 'qcow2'}
     assert volume['target']['path'] == '/var/lib/xen/images/spare.qcow2'
+    assert (response.json['Uploading'], response.json['Incomplete']) == (False, False)
 
 
 @pytest.mark.parametrize('path, status, code', [
@@ -217,7 +221,7 @@ def test_create_qcow2(api):
     assert response.json == {
         'Name': 'disk.qcow2', 'Pool': 'iso', 'Path': '/var/lib/xen/iso/disk.qcow2',
         'Type': 'file', 'Format': 'qcow2', 'Capacity': 10 * GiB, 'Allocation': 0,
-        'UsedBy': [], 'Uploading': False}
+        'UsedBy': [], 'Uploading': False, 'Incomplete': False}
     vol = api.conn.storagePoolLookupByName('iso').storageVolLookupByName('disk.qcow2')
     assert "<format type='qcow2'/>" in vol.XMLDesc()
     assert ('iso', 'disk.qcow2') in listed(api)
@@ -860,25 +864,28 @@ def test_uploading_an_image_that_names_a_file_outside_is_403(confined, tmp_path,
 
 
 def test_uploading_a_vmdk_descriptor_naming_a_device_is_403(confined):
-    body = b'# Disk DescriptorFile\nversion=1\ncreateType="monolithicFlat"\nRW 8 FLAT "/dev/sda" 0\n'
+    body = (b'# Disk DescriptorFile\nversion=1\ncreateType="monolithicFlat"\n'
+            b'RW 8 FLAT "/dev/sda" 0\n')
     refused(upload(confined, 'evil.vmdk', body, pool='local'), '/dev/sda')
     assert volumes(confined, 'local') == ['victim.raw']
 
 
 def test_a_name_beyond_the_first_2_mib_is_403_unread(confined, tmp_path):
     # qcow (version 1) may put its backing file's name anywhere: here past the head we read.
-    image = bytearray(made_image(tmp_path, 'x.qcow', ['-f', 'qcow', '-F', 'raw', '-b', '/etc/passwd'])
-                      .read_bytes())
+    made = made_image(tmp_path, 'x.qcow', ['-f', 'qcow', '-F', 'raw', '-b', '/etc/passwd'])
+    image = bytearray(made.read_bytes())
     image[8:16] = (3 << 20).to_bytes(8, 'big')
     body = bytes(image).ljust((3 << 20) + 64, b'\0')
     refused(upload(confined, 'far.qcow', body, pool='local'), 'beyond its first')
 
 
-@pytest.mark.parametrize('backing', ['victim.raw', '{images}/victim.raw', '/{images}/../images/victim.raw'])
-def test_uploading_an_image_whose_backing_file_is_inside_reaches_libvirt(confined, tmp_path, backing):
-    images = tmp_path / 'images'
-    body = made_image(tmp_path, 'ok.qcow2', ['-f', 'qcow2', '-F', 'raw', '-b',
-                                               backing.format(images=images), '-u', '1M']).read_bytes()
+@pytest.mark.parametrize('backing', ['victim.raw', '{images}/victim.raw',
+                                     '/{images}/../images/victim.raw'])
+def test_uploading_an_image_whose_backing_file_is_inside_reaches_libvirt(confined, tmp_path,
+                                                                         backing):
+    backing = backing.format(images=tmp_path / 'images')
+    body = made_image(tmp_path, 'ok.qcow2', ['-f', 'qcow2', '-F', 'raw', '-b', backing, '-u',
+                                               '1M']).read_bytes()
     response = upload(confined, 'ok.qcow2', body, pool='local')
     assert (response.status, response.json['code']) == (501, 'not_supported')  # the test driver
 
@@ -965,3 +972,132 @@ def test_cloning_an_image_that_names_a_file_outside_is_403(confined, tmp_path):
     refused(confined.post(IMAGES + '/local/evil.qcow2/clone', query='name=copy.raw&format=raw'),
             '/etc/passwd')
     assert volumes(confined, 'local') == ['evil.qcow2', 'victim.raw']
+
+
+# -- an upload cut off by the daemon's death: incomplete after a restart ------------------------
+
+DIES_MID_UPLOAD = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[1])
+from conftest import Client
+from xend_rest import streams
+from xend_rest.app import make_app
+
+def upload_then_die(conn, vol, chunks, length):
+    next(iter(chunks))  # the first bytes arrived; then the daemon is killed
+    os.kill(os.getpid(), signal.SIGKILL)
+
+streams.upload = upload_then_die
+api = Client(make_app(uri=sys.argv[2], state_dir=sys.argv[3]))
+api.request('PUT', '/libvirt/xen/images/default/db.raw/upload', body=b'x' * 4096,
+            headers={'CONTENT_TYPE': 'application/octet-stream'})
+"""
+
+
+@pytest.fixture
+def restarted(node_uri, tmp_path):
+    """An app on a state directory whose previous daemon was killed while uploading db.raw
+    into the pool default (db's disk names that file): (its client, the marker's path)."""
+    state = tmp_path / 'state'
+    subprocess.run([sys.executable, '-c', DIES_MID_UPLOAD, os.path.dirname(__file__), node_uri,
+                    str(state)], check=False, timeout=60, cwd=ROOT)
+    # The test driver's state died with that process; libvirtd's would not: the image stays.
+    node = node_uri[len('test://'):]
+    after = node.replace('node.xml', 'after.xml')
+    with open(node) as f, open(after, 'w') as out:
+        out.write(f.read().replace('</pool>', VOLUME_XML % ('db.raw', 1, 'raw') + '</pool>', 1))
+    app = make_app(uri='test://' + after, state_dir=str(state))
+    yield Client(app), state
+    app.close()
+
+
+def markers(state):
+    return sorted(str(path.relative_to(state)) for path in state.rglob('*') if path.is_file())
+
+
+def test_an_image_whose_upload_the_daemon_s_death_cut_off_is_incomplete(restarted):
+    api, state = restarted
+    pool_uuid = api.conn.storagePoolLookupByName('default').UUIDString()
+    assert markers(state) == ['uploads/xen/%s/db.raw' % pool_uuid]
+    image = listed(api)['default', 'db.raw']
+    assert (image['Uploading'], image['Incomplete'], image['UsedBy']) == (False, True, ['db'])
+    assert listed(api)['default', 'web.raw']['Incomplete'] is False
+    inspected = api.get(IMAGES + '/default/db.raw/json').json
+    assert (inspected['Uploading'], inspected['Incomplete']) == (False, True)
+    response = api.post(IMAGES + '/default/db.raw/clone', query='name=copy.raw')
+    assert (response.status, response.json['code']) == (409, 'image_incomplete')
+    # no force needed: half an image is of no use to the domain naming it
+    assert api.post(IMAGES + '/default/db.raw/delete').status == 204
+    assert 'db.raw' not in volumes(api)
+    assert markers(state) == []
+
+
+def test_a_marker_whose_image_is_gone_is_dropped(restarted):
+    api, state = restarted
+    api.conn.storagePoolLookupByName('default').storageVolLookupByName('db.raw').delete(0)
+    assert ('default', 'db.raw') not in listed(api)
+    assert markers(state) == []
+    assert api.post(IMAGES + '/default/create', query='name=db.raw&capacity=1M').json[
+        'Incomplete'] is False
+
+
+def test_a_marker_for_another_image_of_the_name_is_dropped(restarted):
+    # deleted and created again outside this API, before anything listed the pool
+    api, state = restarted
+    pool = api.conn.storagePoolLookupByName('default')
+    pool.storageVolLookupByName('db.raw').delete(0)
+    (marker,) = state.rglob('db.raw')
+    marker.write_text(marker.read_text().replace('/var/lib/xen/images/db.raw', '/elsewhere'))
+    pool.createXML("<volume><name>db.raw</name><capacity>4096</capacity></volume>", 0)
+    assert listed(api)['default', 'db.raw']['Incomplete'] is False
+    assert markers(state) == []
+
+
+def test_creating_an_image_of_a_marked_name_drops_the_marker(restarted):
+    api, state = restarted
+    api.conn.storagePoolLookupByName('default').storageVolLookupByName('db.raw').delete(0)
+    assert api.post(IMAGES + '/default/create', query='name=db.raw&capacity=1M').status == 201
+    assert markers(state) == []
+
+
+@pytest.fixture
+def stateful(node_uri, tmp_path):
+    app = make_app(uri=node_uri, state_dir=str(tmp_path / 'state'))
+    yield Client(app), tmp_path / 'state'
+    app.close()
+
+
+def test_a_running_upload_is_marked_for_other_processes_too(stateful, node_uri):
+    api, state = stateful
+    other_path = node_uri[len('test://'):].replace('node.xml', 'other.xml')
+    shutil.copy(node_uri[len('test://'):], other_path)
+    other = Client(make_app(uri='test://' + other_path, state_dir=str(state)))  # same state dir
+    pool = api.conn.storagePoolLookupByName('default')
+    with api.app.hypervisor.uploads.holding((pool.UUIDString(), 'spare.qcow2')) as upload:
+        upload.created(pool.storageVolLookupByName('spare.qcow2'))
+        for client in (api, other):
+            image = listed(client)['default', 'spare.qcow2']
+            assert (image['Uploading'], image['Incomplete']) == (True, True)
+            response = client.post(IMAGES + '/default/spare.qcow2/delete', query='force=1')
+            assert (response.status, response.json['code']) == (409, 'upload_in_progress')
+        upload.ended()
+    assert markers(state) == []
+    assert listed(other)['default', 'spare.qcow2']['Incomplete'] is False
+    other.app.close()
+
+
+def test_a_failed_upload_leaves_no_marker(stateful):
+    api, state = stateful
+    response = upload(api, 'new.raw', b'x' * 4096)
+    assert (response.status, response.json['code']) == (501, 'not_supported')
+    assert 'new.raw' not in volumes(api)
+    assert markers(state) == []
+
+
+def test_an_upload_that_cannot_be_marked_is_refused_before_anything_is_created(node_uri, tmp_path):
+    (tmp_path / 'state').write_text('a file where the state directory should be')
+    app = make_app(uri=node_uri, state_dir=str(tmp_path / 'state'))
+    response = upload(Client(app), 'new.raw', b'x' * 4096)
+    assert (response.status, response.json['code']) == (500, 'state_unwritable')
+    assert 'new.raw' not in volumes(Client(app))
+    app.close()

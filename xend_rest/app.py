@@ -222,13 +222,14 @@ def _segments(environ):
 
 
 def make_app(uri=None, connection=None, routes=ROUTES, events=None, guard=None,
-             max_body=defaults.MAX_BODY, connections=None, consoles=None):
+             max_body=defaults.MAX_BODY, connections=None, consoles=None, state_dir=None):
     """A WSGI application serving the API on named shared libvirt connections.
 
     connections: {name: URI or SharedConnection}, in the order they are listed. uri (or a
     SharedConnection) is the one named 'xen'; without connections it defaults to $XEND_REST_URI,
     else xen:///system. The default connection (the one /info answers for, and `events` goes
-    to) is 'xen' if there is one, else the first.
+    to) is 'xen' if there is one, else the first. state_dir: where what must outlive the
+    process is kept (uploads' markers); None keeps it in memory.
     """
     connections = dict(connections or {})
     if uri is not None or connection is not None or not connections:
@@ -238,7 +239,8 @@ def make_app(uri=None, connection=None, routes=ROUTES, events=None, guard=None,
             defaults.URI_VARIABLE) or defaults.DEFAULT_URI, **connections}
     default = names.DEFAULT if names.DEFAULT in connections else next(iter(connections))
     hypervisors = [Hypervisor(name, shared if isinstance(shared, SharedConnection)
-                              else SharedConnection(shared), events if name == default else None)
+                              else SharedConnection(shared), events if name == default else None,
+                              state_dir)
                    for name, shared in connections.items()]
     hypervisors.sort(key=lambda hypervisor: hypervisor.name != default)  # the default first
     return App(hypervisors, routes, guard, max_body, consoles)

@@ -81,6 +81,7 @@ CONFIG_KEYS = [
     ('workers', 'workers', positive(int)),
     ('concurrency', 'concurrency', positive(int)),
     ('timeout', 'timeout', positive(float)),
+    ('state-dir', 'state_dir', str),
 ]
 # Who may call, and how much they may send: see the README, "Security".
 SECURITY_KEYS = [
@@ -145,6 +146,9 @@ def build_parser():
                              f'{defaults.CONCURRENCY_IN_PROCESS} on the test driver, '
                              f'{defaults.CONCURRENCY_THROUGH_LIBVIRTD} through libvirtd)')
     parser.add_argument('--timeout', type=positive(float), help=f'socket timeout in seconds (default: {defaults.TIMEOUT:g})')
+    parser.add_argument('--state-dir', metavar='DIR',
+                        help='where what must outlive the daemon is kept: the markers of uploads '
+                             f'under way (default: {defaults.STATE_DIR})')
     group = parser.add_argument_group('security (see the README, section Security)')
     group.add_argument('--socket-mode', type=octal_mode, help='mode of unix sockets (default: 660)')
     group.add_argument('--socket-group', metavar='GROUP', help='group of unix sockets (default: ours)')
@@ -240,7 +244,8 @@ def parse_args(argv=None):
                'log_level': from_file.get('log_level', 'INFO'),
                'workers': from_file.get('workers', defaults.WORKERS),
                'concurrency': from_file.get('concurrency'),  # None: from the URIs, in main()
-               'timeout': from_file.get('timeout', defaults.TIMEOUT)}
+               'timeout': from_file.get('timeout', defaults.TIMEOUT),
+               'state_dir': from_file.get('state_dir', defaults.STATE_DIR)}
     settled.update({dest: from_file.get(dest, SECURITY_DEFAULTS.get(dest))
                     for _, dest, _ in SECURITY_KEYS})
     settled.update({dest: from_file.get(dest, LIBVIRT_DEFAULTS[dest])
@@ -332,8 +337,9 @@ def main(argv=None):
     try:
         guard, tls, gid = build_security(args)
         consoles = Bridges(args.console_sessions, args.console_idle_timeout)
+        state_dir = None if args.demo else usable_state_dir(args.state_dir)  # demo: all in memory
         app = make_app(connections=connections, guard=guard, max_body=args.max_body,
-                       consoles=consoles)
+                       consoles=consoles, state_dir=state_dir)
     except security.ConfigError as err:
         log.error('refusing to start: %s', err)
         return 2
@@ -352,6 +358,21 @@ def main(argv=None):
     finally:
         app.close()
     return 0
+
+
+def usable_state_dir(path):
+    """The state directory, created if need be (mode 700); a warning if it cannot be written,
+    since uploads are refused then: their markers could not be kept."""
+    try:
+        os.makedirs(path, 0o700, exist_ok=True)
+        writable = os.access(path, os.W_OK | os.X_OK)
+    except OSError as err:
+        writable = False
+        log.debug('state-dir %s: %s', path, err)
+    if not writable:
+        log.warning('state-dir %s cannot be written: image uploads will be refused (500 '
+                    'state_unwritable) until it can', path)
+    return path
 
 
 def one_malloc_arena():

@@ -66,6 +66,15 @@ def file_keys(path, local=True):
     return keys
 
 
+def identity(path, local=True):
+    """[device, inode] of the file at path on this host, or None where it cannot be seen."""
+    try:
+        info = os.stat(path) if local and path else None
+    except (OSError, ValueError):
+        return None
+    return [info.st_dev, info.st_ino] if info else None
+
+
 @contextlib.contextmanager
 def opened(path):
     """read(offset, length) over a regular file or block device on this host, or None where

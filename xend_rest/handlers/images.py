@@ -1,10 +1,8 @@
 """The image endpoints: disk images are libvirt storage volumes, addressed by pool and name."""
-import contextlib
 import itertools
 import logging
 import posixpath
 import re
-import threading
 import xml.etree.ElementTree as ElementTree
 from urllib.parse import quote
 
@@ -33,30 +31,6 @@ NO_CONTENT = (204, None)
 # A volume disk whose pool or volume is gone, or whose pool is not running, reaches no file.
 VOLUME_ABSENT = (libvirt.VIR_ERR_NO_STORAGE_POOL, libvirt.VIR_ERR_NO_STORAGE_VOL,
                  libvirt.VIR_ERR_OPERATION_INVALID)
-
-
-class Uploads:
-    """The images one app is uploading into, as (pool UUID, name): listed as Uploading, and no
-    other request may read, change or delete them until the upload has finished or been cleaned up."""
-
-    def __init__(self):
-        self._keys = set()
-        self._lock = threading.Lock()
-
-    def __contains__(self, key):
-        return key in self._keys
-
-    @contextlib.contextmanager
-    def holding(self, key):
-        with self._lock:
-            if key in self._keys:
-                raise HTTPError(409, f'image {key[1]} is being uploaded', 'upload_in_progress')
-            self._keys.add(key)
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._keys.discard(key)
 
 
 def check_name(name, what='image'):
@@ -211,8 +185,9 @@ def _volume_path(conn, pool, volume):
     return None
 
 
-def _summary(pool, xml, users, uploads=()):
-    """An image as listed: where it is, what it is, how large, and which domains use it."""
+def _summary(pool, xml, users, uploads):
+    """An image as listed: where it is, what it is, how large, which domains use it, and
+    whether its content is all there."""
     vol = ElementTree.fromstring(xml)
     name, path = vol.findtext('name'), vol.findtext('target/path')
     form = vol.find('target/format')
@@ -225,12 +200,23 @@ def _summary(pool, xml, users, uploads=()):
         'Capacity': int(vol.findtext('capacity', '0')),
         'Allocation': int(vol.findtext('allocation', '0')),
         'UsedBy': users.of(pool.name(), name, path),
-        'Uploading': (pool.UUIDString(), name) in uploads,
+        **_upload_fields(uploads.state((pool.UUIDString(), name), vol.findtext('key'),
+                                       imagefiles.identity(path, users.local))),
     }
+
+
+def _upload_fields(state):
+    return {'Uploading': state.uploading, 'Incomplete': state.incomplete}
 
 
 def _describe(request, pool, vol):
     return _summary(pool, vol.XMLDesc(0), DiskUsers(request.conn), request.hypervisor.uploads)
+
+
+def _upload_state(request, pool, vol):
+    return request.hypervisor.uploads.state(
+        (pool.UUIDString(), vol.name()), vol.key(),
+        imagefiles.identity(vol.path(), imagefiles.is_local(request.hypervisor.connection.uri)))
 
 
 def list_images(request):
@@ -242,15 +228,20 @@ def list_images(request):
         pools = request.conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE)
     users = DiskUsers(request.conn)
     uploads = request.hypervisor.uploads
-    listed = [summary for pool in pools for summary in still_there(
-        pool.listAllVolumes(0), lambda vol: _summary(pool, vol.XMLDesc(0), users, uploads),
-        is_no_image)]
+    listed = []
+    for pool in pools:
+        images = list(still_there(pool.listAllVolumes(0), lambda vol: _summary(
+            pool, vol.XMLDesc(0), users, uploads), is_no_image))
+        uploads.prune(pool.UUIDString(), [image['Name'] for image in images])
+        listed += images
     return 200, sorted(listed, key=lambda image: (image['Pool'], image['Name']))
 
 
 def inspect_image(request, pool, name):
-    _, vol = lookup_image(request.conn, pool, name)
-    return 200, convert.xml_to_dict(vol.XMLDesc(0))
+    """GET .../json: the volume's XML as JSON, and whether its content is all there."""
+    source_pool, vol = lookup_image(request.conn, pool, name)
+    return 200, {**convert.xml_to_dict(vol.XMLDesc(0)),
+                 **_upload_fields(_upload_state(request, source_pool, vol))}
 
 
 def create_image(request, pool):
@@ -266,6 +257,7 @@ def create_image(request, pool):
     target = lookup_pool(request.conn, pool)
     _refuse_existing(target, name)
     _refuse_no_space(target, allocation, f'image {name} allocates')
+    request.hypervisor.uploads.forget((target.UUIDString(), name))
     vol = target.createXML(_volume_xml(name, capacity, form, allocation), flag)
     return 201, _describe(request, target, vol)
 
@@ -279,7 +271,11 @@ def clone_image(request, pool, name):
     flag = parse_flag(request, VOL_CREATE_FLAGS)
     source_pool, source = lookup_image(request.conn, pool, name)
     target = lookup_pool(request.conn, request.arg('pool', pool))
-    _refuse_uploading(request, source_pool, name)
+    state = _upload_state(request, source_pool, source)
+    _refuse_uploading(state, name)
+    if state.incomplete:
+        raise HTTPError(409, f'image {name} is incomplete (its upload did not end): a copy '
+                        'would pass for whole', 'image_incomplete')
     _judge_source(request, source)
     _refuse_existing(target, new_name)
     _type, capacity, allocation = source.info()
@@ -288,6 +284,7 @@ def clone_image(request, pool, name):
     if form is None:
         found = ElementTree.fromstring(source.XMLDesc(0)).find('target/format')
         form = found.get('type') if found is not None else 'raw'
+    request.hypervisor.uploads.forget((target.UUIDString(), new_name))
     # Without <allocation> libvirt allocates the whole capacity: say what the source holds.
     vol = target.createXMLFrom(_volume_xml(new_name, capacity, form, allocation), source, flag)
     return 201, _describe(request, target, vol)
@@ -339,8 +336,8 @@ def _refuse_no_space(pool, allocating, what):
                         'bytes free', 'insufficient_space')
 
 
-def _refuse_uploading(request, pool, name):
-    if (pool.UUIDString(), name) in request.hypervisor.uploads:
+def _refuse_uploading(state, name):
+    if state.uploading:
         raise HTTPError(409, f'image {name} is being uploaded', 'upload_in_progress')
 
 
@@ -360,7 +357,7 @@ def resize_image(request, pool, name):
     flag = parse_flag(request, VOL_RESIZE_FLAGS)
     parse_bool(request, 'force')
     source_pool, vol = lookup_image(request.conn, pool, name)
-    _refuse_uploading(request, source_pool, name)
+    _refuse_uploading(request.hypervisor.uploads.state((source_pool.UUIDString(), name)), name)
     _type, current, allocation = vol.info()
     shrink = flag & libvirt.VIR_STORAGE_VOL_RESIZE_SHRINK
     if flag & libvirt.VIR_STORAGE_VOL_RESIZE_DELTA:
@@ -383,9 +380,12 @@ def delete_image(request, pool, name):
     """POST .../delete[?force=1][&flag=]: 409 while a defined domain uses the image."""
     flag = parse_flag(request, VOL_DELETE_FLAGS)
     source_pool, vol = lookup_image(request.conn, pool, name)
-    _refuse_uploading(request, source_pool, name)
-    _refuse_in_use(request, source_pool, vol, 'delete')
+    state = _upload_state(request, source_pool, vol)
+    _refuse_uploading(state, name)
+    if not state.incomplete:  # half an image is of no use to the domains that name it
+        _refuse_in_use(request, source_pool, vol, 'delete')
     vol.delete(flag)
+    request.hypervisor.uploads.forget((source_pool.UUIDString(), name))
     return NO_CONTENT
 
 
@@ -394,7 +394,7 @@ def wipe_image(request, pool, name):
     algorithm = parse_choice(request, 'algorithm', WIPE_ALGORITHMS, 'zero')
     parse_flag(request, NO_FLAGS)
     source_pool, vol = lookup_image(request.conn, pool, name)
-    _refuse_uploading(request, source_pool, name)
+    _refuse_uploading(request.hypervisor.uploads.state((source_pool.UUIDString(), name)), name)
     _refuse_in_use(request, source_pool, vol, 'wipe')
     vol.wipePattern(algorithm, 0)
     return NO_CONTENT
@@ -417,13 +417,18 @@ def upload_image(request, pool, name):
     chunks = request.body_chunks(streams.CHUNK)
     if request.app.guard.allowed_paths:
         chunks = _judged_body(request, target, name, chunks, length)
-    with request.hypervisor.uploads.holding((target.UUIDString(), name)):
+    local = imagefiles.is_local(request.hypervisor.connection.uri)
+    with request.hypervisor.uploads.holding((target.UUIDString(), name), Pool=target.name(),
+                                            Name=name, Length=length) as upload:
         vol = target.createXML(_volume_xml(name, capacity, 'raw', 0), 0)
+        upload.created(vol, imagefiles.identity(vol.path(), local))
         try:
             streams.upload(request.conn, vol, chunks, length)
         except BaseException:
-            _delete_quietly(vol)  # half an image must not pass for a whole one
+            if _delete_quietly(vol):  # half an image must not pass for a whole one
+                upload.ended()
             raise
+        upload.ended()
     return 201, _describe(request, target, vol)
 
 
@@ -444,19 +449,22 @@ def _judged_body(request, pool, name, chunks, length):
 
 
 def _delete_quietly(vol):
-    """Delete a half-written image; a failure here is logged, the error that led here is the answer."""
+    """Delete a half-written image: whether it is gone. A failure here is logged (the image
+    stays marked incomplete); the error that led here is the answer."""
     try:
         vol.delete(0)
     except libvirt.libvirtError as err:
         if not is_no_image(err):
             log.error('could not delete the incomplete image %s: %s', vol.path(),
                       err.get_error_message())
+            return False
+    return True
 
 
 def download_image(request, pool, name):
     """GET .../download: the image's bytes as stored (the whole file, or one Range)."""
     source_pool, vol = lookup_image(request.conn, pool, name)
-    _refuse_uploading(request, source_pool, name)
+    _refuse_uploading(request.hypervisor.uploads.state((source_pool.UUIDString(), name)), name)
     size = _stored_size(vol.XMLDesc(0))
     status, offset, length, headers = _byte_range(request.environ.get('HTTP_RANGE'), size)
     headers += [('Accept-Ranges', 'bytes'),
