@@ -107,7 +107,8 @@ class DiskUsers:
 
     def _volume_path(self, pool, volume):
         if (pool, volume) not in self._volume_paths:
-            self._volume_paths[pool, volume] = _volume_path(self._conn, pool, volume)
+            vol = _lookup_volume(self._conn, pool, volume)
+            self._volume_paths[pool, volume] = vol.path() if vol is not None else None
         return self._volume_paths[pool, volume]
 
 
@@ -139,19 +140,31 @@ def judge_disks(request, doc, check):
     """403 unless the images the disks of a JSON definition name, name only allowed files.
 
     Read as libvirt reads a definition: attributes by their local names (p:file is file), and
-    every element named disk, whatever its prefix. Only this host's files can be read."""
-    if not imagefiles.is_local(request.hypervisor.connection.uri):
-        return
+    every element named disk, whatever its prefix. Files are read on this host only; of a
+    volume, what libvirt itself read of its header is judged on any host."""
+    local = imagefiles.is_local(request.hypervisor.connection.uri)
     for disk in _elements(doc, 'disk'):
         forms = {value for driver in _elements(disk, 'driver') for value in _values(driver, 'type')}
         form = 'raw' if forms == {'raw'} else next(iter(forms - {'raw'}), None)
         for source in _elements(disk, 'source'):
-            paths = [*_values(source, 'file'), *_values(source, 'dev')]
+            for path in [*_values(source, 'file'), *_values(source, 'dev')] if local else ():
+                judge_image(check, path, form)
             for pool in _values(source, 'pool'):
                 for volume in _values(source, 'volume'):
-                    paths.append(_volume_path(request.conn, pool, volume))
-            for path in filter(None, paths):
-                judge_image(check, path, form)
+                    vol = _lookup_volume(request.conn, pool, volume)
+                    if vol is not None:
+                        judge_volume(check, vol, form, local)
+
+
+def judge_volume(check, vol, form, local):
+    """judge_image for a volume: the backing file libvirt reports for it (libvirt reads the
+    header of a volume it detects as qcow2, wherever it runs), and its header on this host."""
+    if form == 'raw':
+        return
+    for backing in ElementTree.fromstring(vol.XMLDesc(0)).iterfind('backingStore/path'):
+        check(f'the backing file of {vol.path()} (as libvirt reads it)', backing.text or '')
+    if local:
+        judge_image(check, vol.path(), form)
 
 
 def _elements(doc, name):
@@ -175,10 +188,10 @@ def _values(element, name):
             and key[1:].rpartition(':')[2] == name and isinstance(value, str)]
 
 
-def _volume_path(conn, pool, volume):
-    """The file of a volume, or None while its pool or itself is missing or inactive."""
+def _lookup_volume(conn, pool, volume):
+    """A volume, or None while its pool or itself is missing or inactive."""
     try:
-        return conn.storagePoolLookupByName(pool).storageVolLookupByName(volume).path()
+        return conn.storagePoolLookupByName(pool).storageVolLookupByName(volume)
     except libvirt.libvirtError as err:
         if err.get_error_code() not in VOLUME_ABSENT:
             raise
@@ -292,17 +305,12 @@ def clone_image(request, pool, name):
 
 def _judge_source(request, vol):
     """With allowed-paths, 403 unless the files a clone's source names are allowed: libvirt
-    copies a qcow2 with qemu-img convert, which reads its backing file into the copy. What
-    libvirt read of its header (backingStore) is judged on any host, the header on this one."""
-    if not request.app.guard.allowed_paths:
-        return
-    check = request.app.guard.check_path
-    xml = ElementTree.fromstring(vol.XMLDesc(0))
-    for backing in xml.iterfind('backingStore/path'):
-        check(f'the backing file of {vol.path()} (as libvirt reads it)', backing.text or '')
-    found = xml.find('target/format')
-    if imagefiles.is_local(request.hypervisor.connection.uri):
-        judge_image(check, vol.path(), found.get('type') if found is not None else None)
+    copies a qcow2 with qemu-img convert, which reads its backing file into the copy."""
+    if request.app.guard.allowed_paths:
+        found = ElementTree.fromstring(vol.XMLDesc(0)).find('target/format')
+        judge_volume(request.app.guard.check_path, vol,
+                     found.get('type') if found is not None else None,
+                     imagefiles.is_local(request.hypervisor.connection.uri))
 
 
 def _volume_xml(name, capacity, form, allocation=None):
