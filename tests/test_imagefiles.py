@@ -158,3 +158,12 @@ def test_a_fifo_is_not_read(tmp_path):
     with imagefiles.opened(str(tmp_path / 'fifo')) as read:
         assert read is None
     assert list(chain(str(tmp_path / 'fifo'))) == []
+
+
+def test_offsets_past_any_file_are_read_as_nothing(made):
+    # a header's offsets are any 64-bit numbers; the name there is empty: no backing file
+    path = made('x.qcow2', '-f', 'qcow2', '-F', 'raw', '-b', '/etc/passwd')
+    data = bytearray(path.read_bytes())
+    data[8:16] = (1 << 63).to_bytes(8, 'big')
+    path.write_bytes(bytes(data))
+    assert refs(path) == []

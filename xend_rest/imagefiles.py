@@ -15,6 +15,7 @@ LOOPBACK_HOSTS = ('localhost', '127.0.0.1', '::1')
 # How far into an image its header's names may lie: the largest qcow2 cluster (names lie within
 # the first one). An image whose names lie further is not judged, it is refused.
 HEAD = 2 << 20
+FAR = 1 << 62  # an offset no file reaches
 MAX_CHAIN = 16  # backing files followed from one image; QEMU gives up well before loops matter
 QCOW_MAGIC = b'QFI\xfb'  # qcow (version 1) and qcow2 (2, 3)
 QED_MAGIC = b'QED\x00'
@@ -86,7 +87,8 @@ def opened(path):
         return
     try:
         mode = os.fstat(fd).st_mode
-        yield (lambda offset, length: os.pread(fd, length, offset)) if (
+        # (an offset from a header may be any 64-bit number: past any file's end)
+        yield (lambda offset, length: os.pread(fd, length, offset) if offset < FAR else b'') if (
             stat.S_ISREG(mode) or stat.S_ISBLK(mode)) else None
     finally:
         os.close(fd)
@@ -107,6 +109,10 @@ def references(read, form=None):
     file, a VMDK parent and extents. `form` is the format the image is declared as: 'raw' has
     none; None is told by magic, as QEMU and libvirt probe; 'vmdk' reads any other file as a
     VMDK descriptor, as QEMU does. Raises Unjudged where a name lies out of reach."""
+    return [found for found in _references(read, form) if found[1]]  # '': none, as for QEMU
+
+
+def _references(read, form):
     if form == 'raw':
         return []
     head = read(0, 512)
