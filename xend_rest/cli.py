@@ -361,15 +361,12 @@ def main(argv=None):
 
 
 def usable_state_dir(path):
-    """The state directory, created if need be (mode 700); a warning if it cannot be written,
-    since uploads are refused then: their markers could not be kept."""
-    try:
-        os.makedirs(path, 0o700, exist_ok=True)
-        writable = os.access(path, os.W_OK | os.X_OK)
-    except OSError as err:
-        writable = False
-        log.debug('state-dir %s: %s', path, err)
-    if not writable:
+    """The state directory, which the first upload creates (mode 700) if need be; a warning if
+    it cannot be written, since uploads are refused then: their markers could not be kept."""
+    existing = os.path.abspath(path)
+    while not os.path.isdir(existing):
+        existing = os.path.dirname(existing)
+    if not os.access(existing, os.W_OK | os.X_OK):
         log.warning('state-dir %s cannot be written: image uploads will be refused (500 '
                     'state_unwritable) until it can', path)
     return path
