@@ -143,7 +143,8 @@ def _run(size_mib):
     pool.build(0)
     pool.create(0)
     port = free_port()
-    daemon = start_daemon(port, os.path.join(workdir, 'state'))
+    state = tempfile.mkdtemp(prefix='xrt-bench-state-')  # not in the pool: it would be listed
+    daemon = start_daemon(port, state)
     try:
         path = '/libvirt/xen/images/%s/bench.raw' % name
         idle = memory(daemon.pid)[0]
@@ -167,6 +168,7 @@ def _run(size_mib):
         pool.destroy()
         pool.undefine()
         shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(state, ignore_errors=True)
         conn.close()
 
 
