@@ -47,24 +47,22 @@ def is_local(uri):
 
 def file_keys(path, local=True):
     """What identifies the file a name reaches, as a set: two names are one file when their
-    sets meet. On this host: the name resolved as the kernel resolves it (links, '..', '//'),
-    and, where the file can be seen, its device and inode, or for a device node the device it
-    opens. For a remote host only the spelling can be normalised ('//', '.', and '..' taken
-    lexically): what the remote host's links make of a name cannot be known from here."""
+    sets meet. On this host: where the file can be seen, its device and inode (for a device
+    node, the device it opens), which hard links and bind mounts share; else the name resolved
+    as the kernel resolves it (links, '..', '//'). For a remote host only the spelling can be
+    normalised ('//', '.', and '..' taken lexically): what the remote host's links make of a
+    name cannot be known from here."""
     if not path.startswith('/'):
         return {path}
     if not local:
         return {'/' + posixpath.normpath(path).lstrip('/')}
-    keys = {os.path.realpath(path)}
     try:
         info = os.stat(path)
     except (OSError, ValueError):  # not there, or hidden from the daemon (its sandbox)
-        return keys
+        return {os.path.realpath(path)}
     if stat.S_ISBLK(info.st_mode) or stat.S_ISCHR(info.st_mode):
-        keys.add(('device', stat.S_IFMT(info.st_mode), info.st_rdev))
-    else:
-        keys.add(('inode', info.st_dev, info.st_ino))
-    return keys
+        return {('device', stat.S_IFMT(info.st_mode), info.st_rdev)}
+    return {('inode', info.st_dev, info.st_ino)}
 
 
 def identity(path, local=True):

@@ -70,6 +70,7 @@ class DiskUsers:
         self.local = imagefiles.is_local(conn.getURI())
         self._conn = conn
         self._volume_paths = {}
+        self._keys = {}  # (path, format) -> its file keys
         self._users = {}  # file key or (pool, volume) -> {domain names}
         for name, definitions in still_there(conn.listAllDomains(0), _definitions):
             for xml in definitions:
@@ -94,16 +95,18 @@ class DiskUsers:
                     yield from self._file_keys(path, form if source in disk else 'raw')
 
     def _file_keys(self, path, form):
-        """The keys of the file and, on this host, of the files its header chains to."""
-        yield from imagefiles.file_keys(path, self.local)
-        if not self.local:
-            return
-        try:
-            for _image, _what, _name, targets in imagefiles.chain(path, form):
-                for target in targets or ():
-                    yield from imagefiles.file_keys(target, self.local)
-        except (imagefiles.Unjudged, OSError):
-            pass  # a header we cannot follow further names no more users
+        """The keys of the file and, on this host, of the files its header chains to (once per
+        file and format: a running domain's two definitions mostly name the same)."""
+        if (path, form) not in self._keys:
+            keys = set(imagefiles.file_keys(path, self.local))
+            try:
+                for *_, targets in imagefiles.chain(path, form) if self.local else ():
+                    for target in targets or ():
+                        keys |= imagefiles.file_keys(target, self.local)
+            except (imagefiles.Unjudged, OSError):
+                pass  # a header we cannot follow further names no more users
+            self._keys[path, form] = keys
+        return self._keys[path, form]
 
     def _volume_path(self, pool, volume):
         if (pool, volume) not in self._volume_paths:
