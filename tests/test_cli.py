@@ -329,3 +329,11 @@ def test_the_daemon_starts_without_the_console_machinery():
     found = subprocess.run([sys.executable, '-c', code, *lazy], cwd=REPO, capture_output=True,
                            text=True, check=True).stdout
     assert found.split() == []
+
+
+def test_state_dir(tmp_path):
+    assert parse_args([]).state_dir == "/var/lib/xend-rest"
+    config = tmp_path / "xend-rest.conf"
+    config.write_text("[xend-rest]\nstate-dir = /srv/xend-rest\n")
+    assert parse_args(["--config", str(config)]).state_dir == "/srv/xend-rest"
+    assert parse_args(["--config", str(config), "--state-dir", str(tmp_path)]).state_dir == str(tmp_path)

@@ -240,14 +240,15 @@ def _segments(environ):
 
 def make_app(uri=None, connection=None, routes=ROUTES, events=None, guard=None,
              max_body=defaults.MAX_BODY, connections=None, consoles=None,
-             watchers_per_caller=defaults.WATCHERS_PER_CALLER):
+             watchers_per_caller=defaults.WATCHERS_PER_CALLER, state_dir=None):
     """A WSGI application serving the API on named shared libvirt connections.
 
     connections: {name: URI or SharedConnection}, in the order they are listed. uri (or a
     SharedConnection) is the one named 'xen'; without connections it defaults to $XEND_REST_URI,
     else xen:///system. The default connection (the one /info answers for, and `events` goes
     to) is 'xen' if there is one, else the first; every other gets an EventHub that lets one
-    caller hold `watchers_per_caller` streams and waits.
+    caller hold `watchers_per_caller` streams and waits. state_dir: where what must outlive the
+    process is kept (uploads' markers); None keeps it in memory.
     """
     connections = dict(connections or {})
     if uri is not None or connection is not None or not connections:
@@ -259,7 +260,7 @@ def make_app(uri=None, connection=None, routes=ROUTES, events=None, guard=None,
     hypervisors = [Hypervisor(name, shared if isinstance(shared, SharedConnection)
                               else SharedConnection(shared),
                               events if name == default and events is not None
-                              else EventHub(per_owner=watchers_per_caller))
+                              else EventHub(per_owner=watchers_per_caller), state_dir)
                    for name, shared in connections.items()]
     hypervisors.sort(key=lambda hypervisor: hypervisor.name != default)  # the default first
     return App(hypervisors, routes, guard, max_body, consoles)

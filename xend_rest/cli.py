@@ -81,6 +81,7 @@ CONFIG_KEYS = [
     ('workers', 'workers', positive(int)),
     ('concurrency', 'concurrency', positive(int)),
     ('timeout', 'timeout', positive(float)),
+    ('state-dir', 'state_dir', str),
 ]
 # Who may call, and how much they may send: see the README, "Security".
 SECURITY_KEYS = [
@@ -149,6 +150,9 @@ def build_parser():
                              f'{defaults.CONCURRENCY_IN_PROCESS} on the test driver, '
                              f'{defaults.CONCURRENCY_THROUGH_LIBVIRTD} through libvirtd)')
     parser.add_argument('--timeout', type=positive(float), help=f'socket timeout in seconds (default: {defaults.TIMEOUT:g})')
+    parser.add_argument('--state-dir', metavar='DIR',
+                        help='where what must outlive the daemon is kept: the markers of uploads '
+                             f'under way (default: {defaults.STATE_DIR})')
     group = parser.add_argument_group('security (see the README, section Security)')
     group.add_argument('--socket-mode', type=octal_mode, help='mode of unix sockets (default: 660)')
     group.add_argument('--socket-group', metavar='GROUP', help='group of unix sockets (default: ours)')
@@ -252,7 +256,8 @@ def parse_args(argv=None):
                'log_level': from_file.get('log_level', 'INFO'),
                'workers': from_file.get('workers', defaults.WORKERS),
                'concurrency': from_file.get('concurrency'),  # None: from the URIs, in main()
-               'timeout': from_file.get('timeout', defaults.TIMEOUT)}
+               'timeout': from_file.get('timeout', defaults.TIMEOUT),
+               'state_dir': from_file.get('state_dir', defaults.STATE_DIR)}
     settled.update({dest: from_file.get(dest, SECURITY_DEFAULTS.get(dest))
                     for _, dest, _ in SECURITY_KEYS})
     settled.update({dest: from_file.get(dest, LIBVIRT_DEFAULTS[dest])
@@ -345,8 +350,10 @@ def main(argv=None):
         guard, tls, gid = build_security(args)
         consoles = Bridges(args.console_sessions, args.console_idle_timeout,
                            per_owner=args.console_sessions_per_caller)
+        state_dir = None if args.demo else usable_state_dir(args.state_dir)  # demo: all in memory
         app = make_app(connections=connections, guard=guard, max_body=args.max_body,
-                       consoles=consoles, watchers_per_caller=args.watchers_per_caller)
+                       consoles=consoles, watchers_per_caller=args.watchers_per_caller,
+                       state_dir=state_dir)
     except security.ConfigError as err:
         log.error('refusing to start: %s', err)
         return 2
@@ -365,6 +372,18 @@ def main(argv=None):
     finally:
         app.close()
     return 0
+
+
+def usable_state_dir(path):
+    """The state directory, which the first upload creates (mode 700) if need be; a warning if
+    it cannot be written, since uploads are refused then: their markers could not be kept."""
+    existing = os.path.abspath(path)
+    while not os.path.isdir(existing):
+        existing = os.path.dirname(existing)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        log.warning('state-dir %s cannot be written: image uploads will be refused (500 '
+                    'state_unwritable) until it can', path)
+    return path
 
 
 def one_malloc_arena():

@@ -11,6 +11,10 @@ OPEN_TIMEOUT = 30.0  # seconds an opening connection may take before requests ge
 LISTING_WAIT = 1.0
 SCRAPE_WAIT = 8.0  # below Prometheus' default scrape timeout (10 s)
 
+# Where what must outlive the process is kept: an upload's marker (uploads.py), so that an image
+# the daemon's death cut off is known as incomplete after a restart. The unit's StateDirectory=.
+STATE_DIR = '/var/lib/xend-rest'
+
 # The server
 DEFAULT_LISTEN = ('127.0.0.1:8000',)
 WORKERS = 32  # threads at most: `concurrency` serve at once, the others for stalled requests

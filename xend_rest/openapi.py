@@ -123,6 +123,10 @@ MAX_NUMBER = jsonbody.MAX_NUMBER
 XML_TEXT = {'type': 'string', 'pattern': '^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\ufffe\\uffff]*$'}
 
 
+# Whether an image's content is all there (docs/api.md, Upload).
+UPLOAD_STATE = {'Uploading': {'type': 'boolean'}, 'Incomplete': {'type': 'boolean'}}
+
+
 def _object(properties, required=None):
     return {'type': 'object', 'properties': properties,
             'required': sorted(properties) if required is None else required}
@@ -173,9 +177,9 @@ SCHEMAS = {
     'Image': _object({
         'Name': STRING, 'Pool': STRING, 'Path': MAYBE_STRING, 'Type': MAYBE_STRING,
         'Format': MAYBE_STRING, 'Capacity': INT, 'Allocation': INT,
-        'UsedBy': {'type': 'array', 'items': STRING}, 'Uploading': {'type': 'boolean'}}),
+        'UsedBy': {'type': 'array', 'items': STRING}, **UPLOAD_STATE}),
     'ImageList': {'type': 'array', 'items': _ref('Image')},
-    'Volume': _object({'volume': {'type': 'object'}}),
+    'Volume': _object({'volume': {'type': 'object'}, **UPLOAD_STATE}),
     'Pool': _object({
         'Name': STRING, 'Uuid': STRING, 'Type': STRING, 'Path': MAYBE_STRING,
         'State': STRING, 'Capacity': INT, 'Allocation': INT, 'Available': INT,

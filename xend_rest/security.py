@@ -22,6 +22,7 @@ from .names import check as check_name
 from .params import is_whole
 from .tickets import PARAMETER as TICKET, Tickets
 from .routes import ADMIN, ROLES
+from .handlers import images
 
 # Where a definition names a host file: the trailing element names and the attribute (or #text)
 # of a value, matched at any depth. Each is a file or program the hypervisor opens or runs.
@@ -193,6 +194,7 @@ class Guard:
                                 'path_not_allowed')
             for where, path in host_paths(doc):
                 self.check_path(where, path)
+            images.judge_disks(request, doc, self.check_path)  # and the files their images name
 
     def check_secret_flag(self, request, route):
         """403 unless the role may set the route's flag bit that asks for secrets."""
