@@ -179,6 +179,7 @@ DEVICES_OUTSIDE = {
                                                                      '@slave': '/dev/sdb'}}},
     'lease file': {'lease': {'lockspace': 's', 'key': 'k', 'target': {'@path': '/etc/shadow'}}},
     'vdpa device': {'interface': {'@type': 'vdpa', 'source': {'@dev': '/dev/sda'}}},
+    'vdpa device, spaced': {'interface': {'@type': 'vdpa', 'source': {'@dev': ' /dev/sda'}}},
     'sdl xauth': {'graphics': {'@type': 'sdl', '@display': ':0', '@xauth': '/root/.Xauthority'}},
 }
 
@@ -342,11 +343,17 @@ HOST_DEVICES = {
         '@type': 'pci', '@managed': 'yes', '@namespace': '1', 'address': {
             '@domain': '0', '@bus': '1', '@slot': '0', '@function': '0'}}, 'target': {'@dev': 'xvdb'}}},
     'host smartcard': {'smartcard': {'@mode': 'host'}},
+    'nvme backing store': {'disk': {
+        '@type': 'file', 'source': {'@file': '{images}/a.qcow2'}, 'target': {'@dev': 'xvdb'},
+        'backingStore': {'@type': 'nvme', 'format': {'@type': 'raw'}, 'source': {
+            '@type': 'pci', '@namespace': '1', 'address': {
+                '@domain': '0', '@bus': '1', '@slot': '0', '@function': '0'}}}}},
 }
 
 
 @pytest.mark.parametrize('device', HOST_DEVICES.values(), ids=list(HOST_DEVICES))
 def test_host_devices_are_403_while_paths_are_confined(confined, images, device):
+    device = in_images(device, images)
     doc = definition(images)
     doc['domain']['devices'] = device
     response = confined.post(NODES + '/create', doc)
@@ -370,7 +377,7 @@ def with_host_devices(node_uri, images):
 @pytest.mark.parametrize('device', HOST_DEVICES.values(), ids=list(HOST_DEVICES))
 def test_allow_host_devices_lets_them_through(with_host_devices, images, device):
     doc = definition(images)
-    doc['domain']['devices'] = device
+    doc['domain']['devices'] = in_images(device, images)
     assert with_host_devices.post(NODES + '/create', doc).status == 201
     assert 'test0' in defined_names(with_host_devices)
 

@@ -167,8 +167,8 @@ def build_parser():
                        help="Host names accepted besides loopback, the host's names and the listen addresses")
     group.add_argument('--allowed-paths', type=words, metavar="'DIR ...'",
                        help='directories that every host path of a definition (disks, kernels, bootloaders, '
-                            'devices) may point into; also refuses xen:/qemu:commandline and host devices '
-                            '(default: anywhere)')
+                            'devices) may point into; also refuses xen:/qemu:commandline, bootloader_args '
+                            'and host devices (default: anywhere)')
     group.add_argument('--allow-host-devices', action='store_true', default=None,
                        help='with --allowed-paths, still let definitions hand host PCI, USB, SCSI, NVMe '
                             'and smartcard devices to guests (default: refused)')

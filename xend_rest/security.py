@@ -52,8 +52,9 @@ NOT_HOST_PATHS = {
 OPTIONS = {('domain', 'bootloader_args', '#text')}
 # Elements that hand a host device to the guest (when their attribute says so), with no path:
 # refused while allowed-paths is set, unless allow-host-devices.
-HOST_DEVICES = {'hostdev': None, 'interface': ('@type', 'hostdev'), 'disk': ('@type', 'nvme'),
-                'smartcard': ('@mode', 'host')}
+HOST_DEVICES = {'hostdev': None, 'interface': ('@type', 'hostdev'), 'smartcard': ('@mode', 'host'),
+                'disk': ('@type', 'nvme'), 'backingStore': ('@type', 'nvme'),
+                'mirror': ('@type', 'nvme')}
 
 # Names a client on this machine may use in Host: besides these, the listen addresses and the
 # host's own names. Anything else is a DNS-rebinding page or a misdirected request.
@@ -306,7 +307,7 @@ def _access(value, chain, where):
             key = _at(place, PATH_PLACES)
             if key is not None:
                 yield where, PATH_PLACES[key], value
-            elif isinstance(value, str) and value.startswith('/'):
+            elif isinstance(value, str) and value.strip().startswith('/'):
                 yield where, 'absolute', value
     device = HOST_DEVICES.get(chain[-1], False)  # after its paths, the more telling refusal
     if device is None or device and attributes.get(device[0]) == device[1]:
