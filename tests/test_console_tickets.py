@@ -1,5 +1,7 @@
 """Browsers and consoles: the Origin check on upgrades, allowed-origins, and console tickets
 (single-use, short-lived, bound to the connection, the domain, the route and the role)."""
+import http.client
+import json
 import logging
 import socket
 import time
@@ -139,10 +141,10 @@ def test_a_ticket_for_another_domain_is_403(node_uri):
 
 def test_tickets_are_bounded():
     tickets = Tickets(max_tickets=2)
-    tickets.issue('xen', 'u', None, 'operator')
-    tickets.issue('xen', 'u', None, 'operator')
+    tickets.issue('xen', 'u', None, 'operator', 'token:ops')
+    tickets.issue('xen', 'u', None, 'operator', 'token:ops')
     with pytest.raises(Exception) as raised:
-        tickets.issue('xen', 'u', None, 'operator')
+        tickets.issue('xen', 'u', None, 'operator', 'token:ops')
     assert (raised.value.status, raised.value.code) == (429, 'too_many_tickets')
 
 
@@ -160,6 +162,79 @@ def test_a_session_is_one_access_log_line_without_its_ticket(daemon, caplog):
     assert lines[0].startswith('GET /libvirt/xen/nodes/11111111-2222-3333-4444-555555555555'
                                '/console?ticket=- session client_closed ')
     assert ' in=7 ' in lines[0]
+    # Whoever opens a ticket is whoever asked for it: the page acted for the 'ops' token.
+    opened = [r.getMessage() for r in caplog.records if ' 101 ' in r.getMessage()]
+    assert [line.split(' ')[-1] for line in opened + lines] == ['token:ops', 'token:ops']
+
+
+def access_lines(caplog, count=1):
+    """The access-log lines, once there are `count`: a line is written after its answer."""
+    until(lambda: len([r for r in caplog.records if r.name == 'xend_rest.access']) >= count)
+    return [r.getMessage() for r in caplog.records if r.name == 'xend_rest.access']
+
+
+SPELLINGS = ['ticket', '%74icket', 'ti%63ket', '%74%69%63%6B%65%74']  # one name, as the app reads it
+REFUSALS = [  # (path, headers, code): refused before any session opens
+    (NODE + '/console', {'Origin': 'https://evil.example'}, 'cross_origin'),
+    (NODE + '/console', {'Origin': PAGE, 'Host': 'evil.example'}, 'foreign_host'),
+    ('/libvirt/xen/nodes/json', {'Origin': PAGE}, 'ticket_mismatch'),
+]
+
+
+@pytest.mark.parametrize('spelling', SPELLINGS)
+@pytest.mark.parametrize('path, headers, code', REFUSALS)
+def test_a_ticket_on_a_refused_request_is_spent_and_never_logged(daemon, caplog, spelling, path,
+                                                                  headers, code):
+    server, client, _ = daemon
+    issued = ticket(client)
+    caplog.set_level(logging.INFO, logger='xend_rest.access')
+    conn = http.client.HTTPConnection('127.0.0.1', server.port, timeout=10)
+    conn.request('GET', f"{path}?{spelling}={issued['Ticket']}", headers=headers)
+    answer = conn.getresponse()
+    assert (answer.status, json.loads(answer.read())['code']) == (403, code)
+    [line] = access_lines(caplog)
+    assert issued['Ticket'] not in line
+    assert f'?{spelling}=- 403 ' in line
+    status, body = refused(server.url(issued['Path']), origin=PAGE)  # spent: it was seen
+    assert (status, b'"bad_ticket"' in body) == (401, True)
+
+
+def test_a_ticket_given_twice_spends_both(daemon):
+    server, client, _ = daemon
+    first, second = ticket(client)['Ticket'], ticket(client)['Ticket']
+    answer = client.request('GET', NODE + '/console', query=f'ticket={first}&%74icket={second}',
+                            headers={**upgrade_headers(), 'HTTP_ORIGIN': PAGE})
+    assert (answer.status, answer.json['code']) == (400, 'bad_parameter')
+    for token in (first, second):
+        status, _ = refused(server.url(f'{NODE}/console?ticket={token}'), origin=PAGE)
+        assert status == 401
+
+
+@pytest.mark.parametrize('target, logged', [
+    ('/a?ticket=T', '/a?ticket=-'),
+    ('/a?x=1&%74icket=T&y=2', '/a?x=1&%74icket=-&y=2'),
+    ('/a?%74%69%63%6b%65%74=T', '/a?%74%69%63%6b%65%74=-'),
+    ('/a?ticket=T&ticket=U', '/a?ticket=-&ticket=-'),
+    ('/a?ticket', '/a?ticket'),  # no value: nothing to hide
+    ('/a?tickets=T&xticket=T', '/a?tickets=T&xticket=T'),  # other names: the app reads no ticket
+    ('/a/ticket=T', '/a/ticket=T'),  # a path, not a query
+])
+def test_the_log_hides_every_value_the_app_reads_as_a_ticket(target, logged):
+    assert redact_ticket(target) == logged
+
+
+def test_the_servers_own_refusals_hide_tickets_too(daemon, caplog):
+    """A request the server refuses before the app runs (here: a malformed header line) is
+    logged from its raw request line: a ticket there is hidden as well."""
+    server, client, _ = daemon
+    token = ticket(client)['Ticket']
+    caplog.set_level(logging.INFO, logger='xend_rest.access')
+    with socket.create_connection(('127.0.0.1', server.port), timeout=10) as sock:
+        sock.sendall(f'GET {NODE}/console?%74icket={token} HTTP/1.1\r\nHost: x\r\n'
+                     'bad header\r\n\r\n'.encode())
+        assert sock.recv(100).startswith(b'HTTP/1.1 400 ')
+    [line] = access_lines(caplog)
+    assert token not in line and '?%74icket=- 400 ' in line
 
 
 def test_metrics_count_sessions_and_their_bytes(daemon):

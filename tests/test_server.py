@@ -392,10 +392,50 @@ def test_access_log_line(caplog):
     with serving(echo_app) as server:
         get_json(client(server), path='/a/b?c=d')
     [line] = [r.getMessage() for r in caplog.records if r.name == 'xend_rest.access']
-    method, path, status, nbytes, duration, remote = line.split(' ')
+    method, path, status, nbytes, duration, remote, caller = line.split(' ')
     assert (method, path, status, remote) == ('GET', '/a/b?c=d', '200', '127.0.0.1')
     assert int(nbytes) > 0
     assert duration.endswith('ms')
+    assert caller == '-'  # an app that does not say who called
+
+
+def naming_app(environ, start_response):
+    """Names its caller as xend-rest's app does: here, whoever X-Caller (UTF-8) says."""
+    environ['xend_rest.caller'] = environ['HTTP_X_CALLER'].encode('latin-1').decode()
+    start_response('204 No Content', [])
+    return [b'']
+
+
+def access_lines(caplog):
+    return [r.getMessage() for r in caplog.records if r.name == 'xend_rest.access']
+
+
+def test_the_access_log_names_the_caller_the_app_gives(caplog):
+    caplog.set_level('INFO', logger='xend_rest.access')
+    with serving(naming_app) as server:
+        conn = client(server)
+        for caller in ('token:ops', 'cert:CN=Jürgen Smith'):
+            conn.request('GET', '/', headers={'X-Caller': caller.encode()})
+            conn.getresponse().read()
+    assert [line.split(' ')[-1] for line in access_lines(caplog)] == [
+        'token:ops', 'cert:CN=J%C3%BCrgen%20Smith']  # one field, whatever the name holds
+
+
+@pytest.mark.parametrize('request_line', [
+    b'GET /a\rINFO:forged HTTP/1.1',  # a CR: a terminal starts the line again
+    b'GET /\x1b[2J\x1b[H HTTP/1.1',  # an escape sequence that clears a terminal
+    b'G\x85T / HTTP/1.1',  # NEL: a line break to some readers
+])
+def test_a_refused_request_cannot_forge_or_hide_log_lines(caplog, request_line):
+    """The server's own refusals log the request line as it came: every byte outside printable
+    ASCII is percent-encoded, so a line holds one request and no terminal control."""
+    caplog.set_level('INFO', logger='xend_rest.access')
+    with serving(echo_app) as server:
+        answer = raw_exchange(server, request_line + b'\r\nHost: x\r\n\r\n')
+    assert answer.startswith(b'HTTP/1.1 400 ')
+    [line] = access_lines(caplog)
+    assert re.fullmatch(r'[\x21-\x7e ]+', line), line
+    assert ' 400 ' in line
 
 
 def test_environ_is_valid_pep3333_and_path_is_latin1():

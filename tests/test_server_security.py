@@ -22,6 +22,7 @@ from xend_rest.server import Server
 
 NODES = '/libvirt/xen/nodes'
 OPENSSL_SUBJECT = '/CN=%s'
+FORGER_SUBJECT = '/O=xend-rest tests/CN=Jürgen Smith\nINFO xend_rest.access: GET forged 200'
 
 
 def openssl(*args, cwd):
@@ -31,8 +32,11 @@ def openssl(*args, cwd):
 @pytest.fixture(scope='module')
 def pki(tmp_path_factory):
     """A throwaway CA, a server certificate for 127.0.0.1, clients 'alice' and 'monitor', an
-    'eve' signed by another CA, and a 'nocn' of our CA whose subject has no CN (its name is only
-    in subjectAltName). Made at test time: no key is ever committed."""
+    'eve' signed by another CA, a 'nocn' of our CA whose subject has no CN (its name is only
+    in subjectAltName), two of our CA that name two CNs ('twocns': two RDNs; 'multicn': one
+    multi-valued RDN, which DER sorts: admin first), and a 'forger' whose CN holds a non-ASCII
+    letter, spaces and a newline followed by a fake log line. Made at test time: no key is
+    ever committed."""
     d = tmp_path_factory.mktemp('pki')
     for ca in ('ca', 'otherca'):
         openssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj',
@@ -44,9 +48,12 @@ def pki(tmp_path_factory):
             ('alice', OPENSSL_SUBJECT % 'alice', 'ca', []),
             ('monitor', OPENSSL_SUBJECT % 'monitor', 'ca', []),
             ('eve', OPENSSL_SUBJECT % 'eve', 'otherca', []),
-            ('nocn', '/O=xend-rest tests', 'ca', ['-extfile', 'alice-san.ext'])):
-        openssl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', subject,
-                '-keyout', name + '.key', '-out', name + '.csr', cwd=d)
+            ('nocn', '/O=xend-rest tests', 'ca', ['-extfile', 'alice-san.ext']),
+            ('twocns', '/CN=alice/CN=admin', 'ca', []),
+            ('multicn', '/CN=alice+CN=admin', 'ca', []),
+            ('forger', FORGER_SUBJECT, 'ca', [])):
+        openssl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', subject, '-utf8',
+                '-multivalue-rdn', '-keyout', name + '.key', '-out', name + '.csr', cwd=d)
         openssl('x509', '-req', '-in', name + '.csr', '-CA', ca + '.pem', '-CAkey', ca + '.key',
                 '-CAcreateserial', '-days', '1', '-out', name + '.pem', *extra, cwd=d)
     return d
@@ -149,6 +156,36 @@ def test_a_certificate_without_a_cn_is_not_an_allowed_client(app, pki):
             assert body == {'code': 'forbidden',
                             'message': 'a client certificate without a CN is not allowed'}
         assert server.app.hypervisor.connection.get().lookupByName('web').isActive()
+
+
+@pytest.mark.parametrize('allowed', [None, 'alice:read admin'])
+@pytest.mark.parametrize('who', ['twocns', 'multicn'])
+def test_a_certificate_that_names_two_cns_is_refused(app, pki, who, allowed):
+    """Which CN would name the client is anybody's guess (a dict of the subject took the last
+    one: here admin, for a certificate that also says alice): 403, whatever the CNs' roles."""
+    clients = security.parse_tls_clients(allowed) if allowed else None
+    with mtls_server(app, pki, tls_clients=clients) as server:
+        conn = tls_client(server, pki, who)
+        for method, path in (('POST', NODES + '/web/destroy'), ('GET', NODES + '/json')):
+            status, body = call(conn, method, path)
+            assert (status, body['code']) == (403, 'ambiguous_certificate')
+        assert 'names 2 CNs' in body['message']
+        assert server.app.hypervisor.connection.get().lookupByName('web').isActive()
+
+
+def test_the_access_log_names_a_certificate_by_its_subject(app, pki, caplog):
+    """RFC 4514's form, most specific first, each character outside printable ASCII
+    percent-encoded: a subject cannot forge a line, nor shift the fields."""
+    caplog.set_level('INFO', logger='xend_rest.access')
+    with mtls_server(app, pki) as server:
+        for who in ('alice', 'forger'):
+            assert call(tls_client(server, pki, who), 'GET', NODES + '/json')[0] == 200
+    lines = [r.getMessage() for r in caplog.records if r.name == 'xend_rest.access']
+    assert [line.split(' ')[-1] for line in lines] == [
+        'cert:CN=alice',
+        'cert:CN=J%C3%BCrgen%20Smith%0AINFO%20xend_rest.access:%20GET%20forged%20200,'
+        'O=xend-rest%20tests']
+    assert all(line.count(' ') == 6 for line in lines)
 
 
 def test_silent_clients_do_not_stall_handshakes(app, pki):
@@ -348,13 +385,44 @@ def test_insecure_is_allowed_but_warned(monkeypatch, tmp_path):
         cli.build_security(cli.parse_args(['--listen', '0.0.0.0:0']))
 
 
-def test_exposed_with_tokens_or_client_certificates_is_allowed(pki, tmp_path):
+def tokens_file(tmp_path):
     path = tmp_path / 'tokens'
     path.write_text('%s admin\n' % ('t' * 40))
     path.chmod(0o600)
-    guard, tls, _ = cli.build_security(cli.parse_args(['--listen', '0.0.0.0:0',
-                                                       '--tokens-file', str(path)]))
-    assert guard.tokens == {'t' * 40: (security.Grant('admin', None), 'line 1')} and tls is None
+    return str(path)
+
+
+@pytest.mark.parametrize('listen', ['0.0.0.0:0', '[::]:0', '192.0.2.1:0'])
+def test_refuses_to_start_with_tokens_in_cleartext_beyond_loopback(tmp_path, listen):
+    result = run_cli('--listen', listen, '--tokens-file', tokens_file(tmp_path))
+    assert result.returncode == 2
+    assert 'refusing to start' in result.stderr and 'in cleartext' in result.stderr
+    assert 'set tls-cert and tls-key (HTTPS), or pass --insecure' in result.stderr
+
+
+def test_tokens_in_cleartext_start_with_insecure_and_a_warning(tmp_path, caplog):
+    args = cli.parse_args(['--listen', '0.0.0.0:0', '--tokens-file', tokens_file(tmp_path),
+                           '--insecure'])
+    guard, tls, _ = cli.build_security(args)
+    assert tls is None and guard.tokens
+    assert 'INSECURE: 0.0.0.0 is reachable from other machines, and bearer tokens would ' \
+        'cross the network in cleartext' in caplog.text
+
+
+@pytest.mark.parametrize('listen', ['127.0.0.1:0', '[::1]:0', 'localhost:0',
+                                    'unix:/run/nonexistent/api.sock'])
+def test_tokens_without_tls_on_loopback_or_a_unix_socket_are_allowed(tmp_path, listen):
+    guard, tls, _ = cli.build_security(cli.parse_args(['--listen', listen,
+                                                       '--tokens-file', tokens_file(tmp_path)]))
+    assert tls is None and guard.tokens
+
+
+def test_exposed_with_tokens_over_tls_or_client_certificates_is_allowed(pki, tmp_path):
+    guard, tls, _ = cli.build_security(cli.parse_args([
+        '--listen', '0.0.0.0:0', '--tokens-file', tokens_file(tmp_path),
+        '--tls-cert', str(pki / 'server.pem'), '--tls-key', str(pki / 'server.key')]))
+    assert guard.tokens == {'t' * 40: (security.Grant('admin', None), 'line 1')}
+    assert tls.verify_mode == ssl.CERT_NONE  # tokens authenticate; TLS keeps them secret
     assert '0.0.0.0' in guard.allowed_hosts  # the listen address is one of its names
     guard, tls, _ = cli.build_security(cli.parse_args([
         '--listen', '0.0.0.0:0', '--tls-cert', str(pki / 'server.pem'),

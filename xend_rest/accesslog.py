@@ -5,16 +5,38 @@ little queueing on the handler's lock, and a thread of its own to write the line
 (the GIL changing hands with it) than the writing itself.
 """
 import logging
+import re
 import time
 
 from .tickets import redact_ticket
 
 log = logging.getLogger('xend_rest.access')
 
+# A field is printable ASCII without spaces: anything else a client or a credential brings (a
+# CR, a newline, an escape sequence, a space that would shift the fields) is percent-encoded.
+UNPRINTABLE = re.compile(r'[^\x21-\x7e]')
+REQUEST_LINE = 'latin-1'  # a request line's bytes, one character each (PEP 3333)
 
-def request(method, target, status, nbytes, start, client):
-    """Log one answered request; start: its time.perf_counter() when it began."""
+
+def request(method, target, status, nbytes, start, client, caller='-'):
+    """Log one answered request; start: its time.perf_counter() when it began; caller: who the
+    app says made it ('-': nobody it knows of)."""
     if log.isEnabledFor(logging.INFO):
         # A console ticket is a credential: never written down (the rest of the target is).
-        log.info('%s %s %s %d %.2fms %s', method, redact_ticket(target), status, nbytes,
-                 (time.perf_counter() - start) * 1000, client)
+        log.info('%s %s %s %d %.2fms %s %s', printable(method, REQUEST_LINE),
+                 printable(redact_ticket(target), REQUEST_LINE), status, nbytes,
+                 (time.perf_counter() - start) * 1000, client, printable(caller))
+
+
+def printable(text, encoding='utf-8'):
+    """text as one log field: each character outside printable ASCII is percent-encoded, as
+    its bytes in `encoding` (REQUEST_LINE for what came in a request line)."""
+    return UNPRINTABLE.sub(lambda match: _percent(match.group(), encoding), text)
+
+
+def _percent(char, encoding):
+    try:
+        data = char.encode(encoding)
+    except UnicodeEncodeError:
+        data = char.encode('utf-8', 'surrogatepass')
+    return ''.join(f'%{byte:02X}' for byte in data)

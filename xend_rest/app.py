@@ -13,6 +13,7 @@ from .bridges import Bridges
 from .connection import SharedConnection
 from .convert import JSONText
 from .errors import HTTPError, bad_request, json_payload
+from .events import EventHub
 from .headers import required_length
 from .hypervisor import Hypervisor
 from .metrics import RequestMetrics
@@ -30,8 +31,9 @@ REASONS = {
     403: 'Forbidden', 404: 'Not Found', 405: 'Method Not Allowed', 406: 'Not Acceptable',
     408: 'Request Timeout', 409: 'Conflict', 411: 'Length Required', 413: 'Payload Too Large',
     415: 'Unsupported Media Type', 416: 'Range Not Satisfiable', 426: 'Upgrade Required',
-    429: 'Too Many Requests', 500: 'Internal Server Error', 501: 'Not Implemented',
-    503: 'Service Unavailable', 504: 'Gateway Timeout', 507: 'Insufficient Storage',
+    429: 'Too Many Requests', 499: 'Client Closed Request', 500: 'Internal Server Error',
+    501: 'Not Implemented', 503: 'Service Unavailable', 504: 'Gateway Timeout',
+    507: 'Insufficient Storage',
 }
 
 
@@ -43,6 +45,7 @@ class Request:
         self.app = app  # for what is the daemon's own: its router, metrics, hypervisors
         self.hypervisor = app.hypervisor  # the route's, once routed
         self.role = None  # set by the Guard
+        self.caller = None  # who made it, as the access log names it: set by the Guard
         self.ticket = None  # the console ticket the Guard took the role from, if any
         self.connections = None  # the connections the caller may use (None: all); by the Guard
         self.route = None  # set once routed
@@ -71,6 +74,12 @@ class Request:
         except UnicodeDecodeError:
             raise bad_request('the query string is not valid UTF-8') from None
 
+    def client_gone(self):
+        """Whether the client hung up meanwhile: our server says (xend_rest.client_gone);
+        under another WSGI server nobody does, and a client is never taken to be gone."""
+        gone = self.environ.get('xend_rest.client_gone')
+        return gone is not None and gone()
+
     def may_use(self, hypervisor):
         """Whether the caller's credentials cover this hypervisor connection."""
         return self.connections is None or hypervisor.name in self.connections
@@ -84,6 +93,11 @@ class Request:
         if self.route is None:
             return 'unmatched'
         return self.route.name.replace('{connection}', self.hypervisor.name)
+
+    def acted_on(self):
+        """The name of the connection the request's route acts on; None for a daemon-wide one."""
+        return self.hypervisor.name if self.route is not None and self.route.on_connection \
+            else None
 
     def arg(self, name, default=None):
         """One query parameter; given twice is an error."""
@@ -177,26 +191,29 @@ class App:
             status, body, headers = _internal_error()
             response = _respond(start_response, request.method, status, body, headers)
         # A route's name, never the raw path: metrics stay bounded.
-        self.metrics.observe(request.route_name(), status, perf_counter() - started)
+        self.metrics.observe(request.route_name(), status, perf_counter() - started,
+                             request.acted_on())
         return response
 
     def _dispatch(self, request):
         self.guard.admit(request)
         request.read_query()
         route, params = self.router.find(request.method, _segments(request.environ))
-        request.route = route
         if 'connection' in params:
-            request.hypervisor = self._hypervisor(params.pop('connection'))
+            request.hypervisor = self._hypervisor(request, params.pop('connection'))
+        request.route = route  # once its connection is known: metrics name it
         self.guard.authorize(request, route)
         return route.handler(request, **params)
 
-    def _hypervisor(self, name):
-        try:
-            return self.hypervisors[name]
-        except KeyError:
-            raise HTTPError(404, f"no such hypervisor connection: {name} "
-                            f"(configured: {', '.join(self.hypervisors)})",
-                            'no_such_connection') from None
+    def _hypervisor(self, request, name):
+        """The connection a path names. One the caller's credentials do not cover is answered
+        as one that does not exist: what a credential cannot act on, it cannot see."""
+        hypervisor = self.hypervisors.get(name)
+        if hypervisor is None or not request.may_use(hypervisor):
+            known = ', '.join(usable.name for usable in request.usable_hypervisors())
+            raise HTTPError(404, f'no such hypervisor connection: {name} (configured: {known})',
+                            'no_such_connection')
+        return hypervisor
 
     def end_streams(self):
         """End every open event stream (at shutdown: they would otherwise never finish), and
@@ -222,13 +239,15 @@ def _segments(environ):
 
 
 def make_app(uri=None, connection=None, routes=ROUTES, events=None, guard=None,
-             max_body=defaults.MAX_BODY, connections=None, consoles=None):
+             max_body=defaults.MAX_BODY, connections=None, consoles=None,
+             watchers_per_caller=defaults.WATCHERS_PER_CALLER):
     """A WSGI application serving the API on named shared libvirt connections.
 
     connections: {name: URI or SharedConnection}, in the order they are listed. uri (or a
     SharedConnection) is the one named 'xen'; without connections it defaults to $XEND_REST_URI,
     else xen:///system. The default connection (the one /info answers for, and `events` goes
-    to) is 'xen' if there is one, else the first.
+    to) is 'xen' if there is one, else the first; every other gets an EventHub that lets one
+    caller hold `watchers_per_caller` streams and waits.
     """
     connections = dict(connections or {})
     if uri is not None or connection is not None or not connections:
@@ -238,7 +257,9 @@ def make_app(uri=None, connection=None, routes=ROUTES, events=None, guard=None,
             defaults.URI_VARIABLE) or defaults.DEFAULT_URI, **connections}
     default = names.DEFAULT if names.DEFAULT in connections else next(iter(connections))
     hypervisors = [Hypervisor(name, shared if isinstance(shared, SharedConnection)
-                              else SharedConnection(shared), events if name == default else None)
+                              else SharedConnection(shared),
+                              events if name == default and events is not None
+                              else EventHub(per_owner=watchers_per_caller))
                    for name, shared in connections.items()]
     hypervisors.sort(key=lambda hypervisor: hypervisor.name != default)  # the default first
     return App(hypervisors, routes, guard, max_body, consoles)

@@ -18,6 +18,7 @@ import threading
 import time
 
 from . import defaults, websocket
+from .accesslog import REQUEST_LINE, printable
 from .errors import HTTPError
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class Bridge:
         self.key = key  # the console it holds, for force=1 takeovers
         self.label = label
         self.request_line, self.client = '-', '-'  # for its access-log line
+        self.owner = None  # the caller it counts against, and is logged for
         self.created = time.monotonic()
         self.started = None
         self.bytes_in = self.bytes_out = 0  # guest bytes: typed by the client, shown to it
@@ -134,8 +136,13 @@ class Bridge:
         if access_log.isEnabledFor(logging.INFO):
             took = time.monotonic() - self.started if self.started is not None else 0.0
             ending = self.ending[0] if self.ending else 'never_started'
-            access_log.info('%s session %s %.1fs in=%d out=%d %s %s', self.request_line, ending,
-                            took, self.bytes_in, self.bytes_out, self.label, self.client)
+            # Each field printable, as in the server's lines (accesslog.printable).
+            request = ' '.join(printable(part, REQUEST_LINE)
+                               for part in self.request_line.split(' '))
+            label = ' '.join(printable(part) for part in self.label.split(' '))
+            access_log.info('%s session %s %.1fs in=%d out=%d %s %s %s', request, ending, took,
+                            self.bytes_in, self.bytes_out, label, self.client,
+                            printable(self.owner or '-'))
 
     def _run(self, buffered):
         selector = selectors.DefaultSelector()

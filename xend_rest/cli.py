@@ -106,6 +106,7 @@ SECURITY_KEYS = [
     ('max-body', 'max_body', positive(int)),
     ('max-head', 'max_head', positive(int)),
     ('request-timeout', 'request_timeout', positive(float)),
+    ('watchers-per-caller', 'watchers_per_caller', positive(int)),
 ]
 # How soon a libvirtd that stopped answering is given up (503/504 instead of a hang).
 LIBVIRT_KEYS = [
@@ -117,6 +118,7 @@ LIBVIRT_KEYS = [
 CONSOLE_KEYS = [
     ('console-sessions', 'console_sessions', positive(int)),
     ('console-idle-timeout', 'console_idle_timeout', positive(float)),
+    ('console-sessions-per-caller', 'console_sessions_per_caller', positive(int)),
 ]
 CONFIG_KEYS += SECURITY_KEYS + LIBVIRT_KEYS + CONSOLE_KEYS
 # A [connection NAME] section: its URI, and the libvirt settings it does not take from above.
@@ -125,11 +127,13 @@ CONNECTION_KEYS = [('uri', 'uri', str)] + LIBVIRT_KEYS
 SECURITY_DEFAULTS = {'socket_mode': defaults.SOCKET_MODE, 'allowed_hosts': [], 'allowed_paths': [],
                      'allow_host_devices': False, 'allowed_origins': [],
                      'max_body': defaults.MAX_BODY, 'request_timeout': defaults.REQUEST_TIMEOUT,
-                     'max_head': defaults.MAX_HEAD}
+                     'max_head': defaults.MAX_HEAD,
+                     'watchers_per_caller': defaults.WATCHERS_PER_CALLER}
 LIBVIRT_DEFAULTS = {'keepalive_interval': defaults.KEEPALIVE_INTERVAL,
                     'keepalive_count': defaults.KEEPALIVE_COUNT, 'open_timeout': defaults.OPEN_TIMEOUT}
 CONSOLE_DEFAULTS = {'console_sessions': defaults.CONSOLE_SESSIONS,
-                    'console_idle_timeout': defaults.CONSOLE_IDLE}
+                    'console_idle_timeout': defaults.CONSOLE_IDLE,
+                    'console_sessions_per_caller': defaults.CONSOLE_SESSIONS_PER_CALLER}
 
 
 def build_parser():
@@ -181,8 +185,13 @@ def build_parser():
     group.add_argument('--request-timeout', type=positive(float), metavar='SECONDS',
                        help='deadline for a request body of up to --max-body; larger ones (uploads) '
                             'may take longer while they keep coming (default: 60)')
+    group.add_argument('--watchers-per-caller', type=positive(int), metavar='N',
+                       help='event streams and waits one caller (token, certificate, unix user) may '
+                            f'hold at once, of {defaults.WATCHERS} per connection; past it 429 '
+                            f'(default: {defaults.WATCHERS_PER_CALLER})')
     group.add_argument('--insecure', action='store_true',
-                       help='allow TCP beyond loopback without TLS client certificates or tokens')
+                       help='allow TCP beyond loopback without TLS client certificates or tokens, or with '
+                            'tokens but without TLS')
     group = parser.add_argument_group('libvirt connection')
     group.add_argument('--keepalive-interval', type=positive(int), metavar='SECONDS',
                        help=f'libvirt keepalive probe interval (default: {defaults.KEEPALIVE_INTERVAL})')
@@ -195,6 +204,9 @@ def build_parser():
                        help=f'sessions open at once; past it 429 (default: {defaults.CONSOLE_SESSIONS})')
     group.add_argument('--console-idle-timeout', type=positive(float), metavar='SECONDS',
                        help=f'a session without input or output is closed after (default: {defaults.CONSOLE_IDLE:g})')
+    group.add_argument('--console-sessions-per-caller', type=positive(int), metavar='N',
+                       help='sessions one caller (token, certificate, unix user) may hold at '
+                            f'once; past it 429 (default: {defaults.CONSOLE_SESSIONS_PER_CALLER})')
     parser.add_argument('--demo', action='store_true',
                         help='serve an in-memory libvirt test hypervisor instead of Xen')
     return parser
@@ -344,9 +356,10 @@ def main(argv=None):
             keepalive_count=c['keepalive_count'], open_timeout=c['open_timeout'])
     try:
         guard, tls, gid = build_security(args)
-        consoles = Bridges(args.console_sessions, args.console_idle_timeout)
+        consoles = Bridges(args.console_sessions, args.console_idle_timeout,
+                           per_owner=args.console_sessions_per_caller)
         app = make_app(connections=connections, guard=guard, max_body=args.max_body,
-                       consoles=consoles)
+                       consoles=consoles, watchers_per_caller=args.watchers_per_caller)
     except security.ConfigError as err:
         log.error('refusing to start: %s', err)
         return 2
@@ -401,15 +414,14 @@ def build_security(args):
     clients = security.parse_tls_clients(args.tls_allowed_clients) if args.tls_allowed_clients else None
     tcp_hosts = [address[0] for family, address in map(parse_listen, args.listen)
                  if family != socket.AF_UNIX]
-    exposed = security.exposed_listeners(tcp_hosts, bool(args.tls_ca), tokens)
+    exposed, (why, fix) = security.exposed_listeners(tcp_hosts, tls is not None,
+                                                     bool(args.tls_ca), tokens)
     if exposed and not args.insecure:
-        raise security.ConfigError(
-            f"{', '.join(exposed)} is reachable from other machines, and nothing authenticates "
-            "callers: set tls-cert, tls-key and tls-ca (client certificates) or tokens-file, "
-            "or pass --insecure")
+        raise security.ConfigError(f"{', '.join(exposed)} is reachable from other machines, and "
+                                   f"{why}: {fix}, or pass --insecure")
     if exposed:
-        log.warning('*** INSECURE: anyone who can reach %s can control every VM of this host ***',
-                    ', '.join(exposed))
+        log.warning('*** INSECURE: %s is reachable from other machines, and %s: whoever '
+                    'gets in controls every VM of this host ***', ', '.join(exposed), why)
     elif tcp_hosts and not (args.tls_ca or tokens):
         log.warning('TCP listener without authentication: every local user can control every VM')
     guard = security.Guard(tokens, clients, args.allowed_hosts + tcp_hosts, args.allowed_paths,

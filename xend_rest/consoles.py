@@ -28,12 +28,12 @@ STREAM_EVENTS = libvirt.VIR_STREAM_EVENT_READABLE | libvirt.VIR_STREAM_EVENT_ERR
     libvirt.VIR_STREAM_EVENT_HANGUP
 
 
-def open_console(sessions, conn, dom, dev, flags, framing):
-    """A Bridge on the domain's console (dev: an alias, None for the first console); 429 past
-    the limit, 409 when another session holds the console, unless flags has FORCE."""
+def open_console(sessions, conn, dom, dev, flags, framing, owner=None):
+    """A Bridge on the domain's console (dev: an alias, None for the first console) for `owner`;
+    429 past the limits, 409 when another session holds the console, unless flags has FORCE."""
     alias = pick_console(dom, dev)
     place = sessions.admit((conn.getURI(), dom.UUIDString(), alias or ''),
-                           take_over=bool(flags & libvirt.VIR_DOMAIN_CONSOLE_FORCE))
+                           take_over=bool(flags & libvirt.VIR_DOMAIN_CONSOLE_FORCE), owner=owner)
     try:
         stream = open_console_stream(conn, dom, alias, flags)
     except BaseException:

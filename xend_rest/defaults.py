@@ -33,6 +33,10 @@ SOCKET_MODE = 0o660
 # Requests
 MAX_BODY = 1 << 20  # a JSON body: a domain definition is a few KiB; 1 MiB is generous
 MAX_WAIT_SECONDS = 600  # a wait holds a server worker: bounded
+# Event streams and waits open at once on one connection (past it 503), and those one caller may
+# hold (past it 429): a reader cannot take every place and lock an operator out.
+WATCHERS = 16
+WATCHERS_PER_CALLER = 8
 # How long Stop and Restart wait for libvirt to pass the request on to the guest (about 1-2 s
 # on Xen under emulation; libxl can block 60 s in a race with the guest's own power-off).
 GUEST_REQUEST_SECONDS = 10.0
@@ -47,6 +51,7 @@ METRICS = 'text/plain; version=0.0.4; charset=utf-8'
 
 # Consoles
 CONSOLE_SESSIONS = 16  # console and screen sessions open at once; past it 429
+CONSOLE_SESSIONS_PER_CALLER = 8  # of them, those one caller may hold; past it 429 too
 CONSOLE_IDLE = 3600.0  # seconds without input or output before a session is closed
 CONSOLE_BUFFER = 1 << 20  # bytes waiting each way; a client that lets more pile up is cut off
 CONSOLE_MESSAGE = 1 << 20  # bytes of one WebSocket message, fragments included: larger closes with 1009

@@ -12,8 +12,9 @@ from datetime import datetime, timezone
 
 import libvirt
 
+from . import defaults
 from .bounded import StillRunning
-from .errors import RETRY_AFTER, HTTPError, is_no_domain
+from .errors import RETRY_AFTER, HTTPError, client_gone, is_no_domain
 from .stats import state_name
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ CONDITION_STATES = {
 }
 RESTART_EVENTS = ('reboot', 'started')  # Xen restarts a guest as a new domain: stopped, started
 RECONNECT_MESSAGE = 'libvirt reconnected: events may have been missed; read the current state again'
+CLIENT_CHECK = 1.0  # seconds between looks at whether the client of a wait or stream hung up
 
 
 def lifecycle_names(event, detail):
@@ -64,6 +66,13 @@ def too_many_watchers(limit):
                      'too_many_watchers', [('Retry-After', RETRY_AFTER)])
 
 
+def too_many_watchers_for_caller(owner, limit):
+    """429 for one stream or wait more than one caller's share: the others keep theirs."""
+    return HTTPError(429, f'{owner} has {limit} event streams and waits open, the most one caller '
+                     'may (watchers-per-caller); end one, or try again later',
+                     'too_many_watchers_for_caller', [('Retry-After', RETRY_AFTER)])
+
+
 def is_notice(record):
     """A ring entry that is a notice to every reader (no domain, no event), not an event."""
     return 'Notice' in record
@@ -76,8 +85,9 @@ def _now():
 class Subscription:
     """One reader's view of the hub: a replay of the ring, then live records, up to `limit` queued."""
 
-    def __init__(self, wanted, limit, replay, last_id, gap):
+    def __init__(self, wanted, limit, replay, last_id, gap, owner=None):
         self.wanted = wanted
+        self.owner = owner  # the caller it counts against (None: nobody's)
         self.end = None  # why no more records will come: 'overflow' or 'closed'
         self.last_id = last_id  # of the last record read (or the `since` it started from)
         self.gap = gap  # True when the ring no longer holds every record after `since`
@@ -119,10 +129,12 @@ class Subscription:
 class EventHub:
     """The last `ring_size` domain events of one app, and the subscribers that read them."""
 
-    def __init__(self, ring_size=1000, queue_size=1000, max_subscribers=16, heartbeat=15.0):
+    def __init__(self, ring_size=1000, queue_size=1000, max_subscribers=defaults.WATCHERS,
+                 heartbeat=15.0, per_owner=defaults.WATCHERS_PER_CALLER):
         self.queue_size = queue_size
         self.heartbeat = heartbeat  # seconds between keep-alives on an idle stream
         self.max_subscribers = max_subscribers
+        self.per_owner = per_owner  # subscribers one owner (a caller) may have at once
         self.last_id = 0  # of the newest ring entry: events and reconnect notices
         self.events = 0  # received from libvirt
         self.overflows = 0
@@ -192,13 +204,17 @@ class EventHub:
                 self.overflows += 1
         return record
 
-    def subscribe(self, wanted=None, since=None):
-        """A new Subscription (503 when `max_subscribers` are open): replays the ring after `since`.
+    def subscribe(self, wanted=None, since=None, owner=None):
+        """A new Subscription (429 when `owner` has `per_owner` open, 503 when `max_subscribers`
+        are): replays the ring after `since`.
 
         Notices reach every subscriber; `wanted` chooses among the events.
         """
         wanted = wanted or (lambda _record: True)
         with self._lock:
+            if owner is not None and sum(sub.owner == owner
+                                         for sub in self._subscribers) >= self.per_owner:
+                raise too_many_watchers_for_caller(owner, self.per_owner)
             if len(self._subscribers) >= self.max_subscribers:
                 raise too_many_watchers(self.max_subscribers)
             replay = []
@@ -210,7 +226,7 @@ class EventHub:
             if since is None:
                 since = self.last_id
             gap = bool(self._ring) and self._ring[0]['Id'] > since + 1
-            sub = Subscription(wanted, self.queue_size, replay, since, gap)
+            sub = Subscription(wanted, self.queue_size, replay, since, gap, owner)
             self._subscribers.add(sub)
         return sub
 
@@ -231,13 +247,14 @@ def _wants(wanted, record):
     return is_notice(record) or wanted(record)
 
 
-def wait_for(hub, uuid, reached, timeout, first):
-    """Wait up to `timeout` s until reached(record) for an event of domain `uuid`.
+def wait_for(hub, uuid, reached, timeout, first, owner=None, gone=None):
+    """Wait up to `timeout` s until reached(record) for an event of domain `uuid`, as `owner`;
+    499 client_gone once gone() says the client hung up (asked every CLIENT_CHECK s).
 
     Subscribes before calling first() (which acts and/or checks the current state, True when
     already there), so an event that happens in between cannot be missed.
     """
-    sub = hub.subscribe(lambda record: record['Domain']['Uuid'] == uuid)
+    sub = hub.subscribe(lambda record: record['Domain']['Uuid'] == uuid, owner=owner)
     try:
         if first():
             return True
@@ -246,7 +263,10 @@ def wait_for(hub, uuid, reached, timeout, first):
             remaining = deadline - time.monotonic()
             if remaining <= 0 or sub.end:
                 return False
-            record = sub.get(remaining)
+            if gone is not None and gone():
+                raise client_gone(f'the client hung up after {timeout - remaining:.1f} s of a '
+                                  'wait: it was given up')
+            record = sub.get(remaining if gone is None else min(remaining, CLIENT_CHECK))
             if record is not None and reached(record):
                 return True
     finally:
@@ -263,8 +283,9 @@ def current_state(conn, uuid):
         raise
 
 
-def wait_for_state(hub, conn, uuid, condition, timeout, action=None):
-    """Run action() (if any), then wait until the domain is in `condition`; False on timeout.
+def wait_for_state(hub, conn, uuid, condition, timeout, action=None, owner=None, gone=None):
+    """Run action() (if any), then wait until the domain is in `condition`; False on timeout
+    (owner, gone: see wait_for).
 
     A timeout of 0 with an action does not wait (True once acted); without one, checks now.
     """
@@ -283,11 +304,12 @@ def wait_for_state(hub, conn, uuid, condition, timeout, action=None):
         # may already have passed: ask too.
         return STATE_AFTER.get(record.get('Event')) in states or current_state(conn, uuid) in states
 
-    return wait_for(hub, uuid, reached, timeout, first)
+    return wait_for(hub, uuid, reached, timeout, first, owner, gone)
 
 
-def wait_for_restart(hub, uuid, timeout, action):
-    """Run action() (a reboot), then wait for the reboot event or the domain starting again.
+def wait_for_restart(hub, uuid, timeout, action, owner=None, gone=None):
+    """Run action() (a reboot), then wait for the reboot event or the domain starting again
+    (owner, gone: see wait_for).
 
     A timeout of 0 does not wait: True once the reboot was asked for.
     """
@@ -298,7 +320,8 @@ def wait_for_restart(hub, uuid, timeout, action):
     def first():
         _asked(action)
         return False
-    return wait_for(hub, uuid, lambda record: record.get('Event') in RESTART_EVENTS, timeout, first)
+    return wait_for(hub, uuid, lambda record: record.get('Event') in RESTART_EVENTS, timeout,
+                    first, owner, gone)
 
 
 def _asked(action):

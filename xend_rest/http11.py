@@ -287,6 +287,7 @@ class Response:
         self.sock, self.head_only, self.keep_alive, self.http10 = sock, head_only, keep_alive, http10
         self.timeout = timeout
         self.status = self.headers = None
+        self.failed = None  # the OSError that cut the answer short, if one did
         self.sent = False
         self.nbytes = 0
 
@@ -348,14 +349,19 @@ class Response:
 
 def respond(app, sock, buf, request, timeout, deadline, keep_alive=True):
     """Serve one parsed request whose body starts at request.body_start in buf: (the Response,
-    the bytes past its body, whether the connection may serve another request)."""
+    the bytes past its body, whether the connection may serve another request). An answer the
+    client's socket would not take is given up: the Response says so (failed)."""
     environ = request.environ
     body = Input(sock, buf[request.body_start:], request.length, request.expect_continue,
                  timeout, deadline)
     environ['wsgi.input'] = body
     response = Response(sock, environ['REQUEST_METHOD'] == 'HEAD', request.keep_alive and keep_alive,
                         environ['SERVER_PROTOCOL'] == 'HTTP/1.0', timeout)
-    run_app(app, environ, response)
+    try:
+        run_app(app, environ, response)
+    except OSError as err:  # the client went away, or stopped reading for `timeout`
+        response.failed = err  # the request was served all the same: it is logged
+        return response, b'', False
     keep = response.keep_alive
     if keep and body.remaining:  # unread body: drain a little of it, else give up
         if body.expect_continue or body.remaining > MAX_DRAIN:

@@ -43,8 +43,8 @@ def lifecycle(summary, flag_parameter, extra=(), not_modified=True, asks_guest=F
     responses = {204: NO_BODY, 409: ERROR, 501: ERROR}
     if not_modified:
         responses[304] = NO_BODY
-    if asks_guest:
-        responses.update({202: 'Message', 408: ERROR})
+    if asks_guest:  # and takes `wait`: a watcher, like /wait
+        responses.update({202: 'Message', **WATCHER_ANSWERS})
     return Doc(summary, responses, [flag_parameter, *extra])
 
 
@@ -94,6 +94,9 @@ OCTETS = (defaults.OCTETS, {'type': 'string', 'format': 'binary'})
 TEXT = ('text/plain', STRING)
 ERROR = 'Error'
 NO_BODY = None
+# What a request that waits for an event may answer besides: the wait ran out (408), its
+# caller holds its share of waits and streams (429), the client hung up meanwhile (499).
+WATCHER_ANSWERS = {408: ERROR, 429: ERROR, 499: ERROR}
 # What every route may answer: a query string or path that is not UTF-8 (400), credentials that
 # are missing (401, where the daemon wants them) or may not do it, a Host or Origin it refuses
 # (403), a body of another type than the route takes (415), a bug or a host failure (500), a
@@ -217,13 +220,16 @@ REASONS = {
     401: 'Credentials required (where the daemon has tokens or client certificates)',
     403: 'Refused: dom0, or a role, connection, path, Host or Origin the request may not use',
     404: 'No such connection, domain, image, pool or device',
-    406: 'Definition rejected by libvirt (a name another domain has, among others)',
+    406: 'Definition rejected by libvirt (its message says why)',
     408: 'A wait ran out, or the client stopped sending the body',
     409: 'Not in a state that allows it, or it exists already',
     411: 'Content-Length required', 413: "Body too large (or larger than the image's capacity)",
     415: 'A body of another media type than the route takes (JSON where it takes none)',
     416: 'Range not satisfiable', 426: 'Upgrade required (WebSocket, or tcp for attach)',
-    429: 'Too many console sessions (or tickets) at once', 500: 'Server error: a bug, or a failure of the host',
+    429: 'Too many console sessions (or tickets) at once, or the caller holds its share of '
+         'sessions, or of event streams and waits',
+    499: 'The client hung up while it waited: for the access log (a client that shut only its '
+         'sending side reads it)', 500: 'Server error: a bug, or a failure of the host',
     501: 'Not supported by this hypervisor driver (the function, or a flag)',
     503: 'libvirt is unreachable, the server is busy, or too many event streams are open',
     504: 'libvirt did not answer in time', 507: 'Not enough free space in the pool',

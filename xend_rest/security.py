@@ -13,7 +13,7 @@ import socket
 import ssl
 import stat
 from collections import namedtuple
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import libvirt
 
@@ -22,7 +22,7 @@ from .errors import HTTPError, is_connection_error
 from .headers import content_length, media_type
 from .names import check as check_name
 from .params import is_whole
-from .tickets import Tickets
+from .tickets import PARAMETER as TICKET, Tickets
 from .routes import ADMIN, ROLES
 from .schema_paths import SCHEMA_PATHS
 
@@ -63,6 +63,18 @@ UNAUTHENTICATED = [('WWW-Authenticate', 'Bearer realm="xend-rest"')]
 # Sec-Fetch-Site values a browser sends for requests a web page made (a typed URL sends "none").
 PAGE_FETCHES = ('cross-site', 'same-site', 'same-origin')
 MIN_TOKEN_LENGTH = 16
+# Who made a request, as the access log names it and the per-caller limits count it: a token's
+# name, a client certificate's subject, or a unix socket's peer user (see caller_name). Without
+# any of them the caller is anonymous (TCP on loopback without credentials: all one caller);
+# NOBODY is a request refused before its caller was known.
+ANONYMOUS, NOBODY = 'anonymous', '-'
+# A caller is printable ASCII without spaces; anything else in a name is percent-encoded.
+CALLER_SAFE = ''.join(chr(code) for code in range(0x21, 0x7f) if chr(code) != '%')
+RFC4514_ESCAPES = {'\0': '\\00', **{char: '\\' + char for char in '"+,;<>\\'}}
+# Certificate attribute names as RFC 4514 writes them; the others keep Python's (long) names.
+SHORT_NAMES = {'commonName': 'CN', 'organizationName': 'O', 'organizationalUnitName': 'OU',
+               'countryName': 'C', 'stateOrProvinceName': 'ST', 'localityName': 'L',
+               'streetAddress': 'STREET', 'domainComponent': 'DC', 'userId': 'UID'}
 
 
 class ConfigError(ValueError):
@@ -114,10 +126,20 @@ class Guard:
         """The caller's role; 403 for a foreign Host or a web page's request, 401 without credentials.
 
         A request with ?ticket= is a console or screen upgrade (a browser's WebSocket): the
-        ticket is its only credential, used up here, and a page of an allowed origin may send it.
+        ticket is its only credential, and a page of an allowed origin may send it. Every ticket
+        a request carries is used up first, whatever is answered: once sent, it was seen.
+        Who the caller is goes to request.caller and environ['xend_rest.caller'] (the access log).
         """
         environ = request.environ
-        token = ticket_token(environ)
+        transport = environ.get('xend_rest.transport', 'tcp')
+        # Until its credentials are read, the caller is what the connection proves, if anything.
+        known = request.caller = environ['xend_rest.caller'] = connection_caller(environ, transport)
+        tokens = ticket_tokens(environ)
+        tickets = [self.tickets.redeem(token) for token in tokens]
+        if len(tokens) > 1:
+            raise HTTPError(400, f'query parameter "{TICKET}" is given more than once',
+                            'bad_parameter')
+        token = tokens[0] if tokens else None
         if token is None and ('HTTP_ORIGIN' in environ
                               or environ.get('HTTP_SEC_FETCH_SITE') in PAGE_FETCHES):
             raise HTTPError(403, 'requests from web pages (with an Origin header) are refused',
@@ -126,20 +148,21 @@ class Guard:
         if token is not None and origin is not None and origin_name(origin) not in self.allowed_origins:
             raise HTTPError(403, f'Origin {origin} may not open consoles; add it to '
                             'allowed-origins', 'cross_origin')
-        transport = environ.get('xend_rest.transport', 'tcp')
         host = _host_name(environ.get('HTTP_HOST') or environ.get('SERVER_NAME', ''))
         if transport != 'unix' and not self.is_own_host(host):
             raise HTTPError(403, f'Host {host!r} is not a name of this daemon; add it to '
                             'allowed-hosts', 'foreign_host')
         if token is not None:
-            request.ticket = self.tickets.redeem(token)
+            request.ticket = tickets[0]
             if request.ticket is None:
                 raise HTTPError(401, 'the console ticket is unknown, used already or expired',
                                 'bad_ticket')
-            # Its role, on the one connection it was issued for.
+            # Its role, on the one connection it was issued for, for whoever asked for it.
             request.role, request.connections = request.ticket.role, {request.ticket.hypervisor}
+            caller = request.ticket.caller
         else:
-            request.role, request.connections = self._grant(environ, transport)
+            (request.role, request.connections), caller = self._grant(environ, transport, known)
+        request.caller = environ['xend_rest.caller'] = caller
         return request.role
 
     def check_connections(self, names):
@@ -166,9 +189,11 @@ class Guard:
             raise HTTPError(403, f'this needs the {needed} role; your credentials have '
                             f'{request.role}', 'forbidden')
         if route.on_connection and not request.may_use(request.hypervisor):
+            # /info (a path naming a connection never gets here: the app answers 404). The
+            # connection is not named: a credential does not learn of others.
             only = ', '.join(sorted(request.connections))
-            raise HTTPError(403, 'your credentials do not cover the connection '
-                            f'{request.hypervisor.name} (only {only})', 'forbidden')
+            raise HTTPError(403, 'this route acts on the default connection, which your '
+                            f'credentials do not cover (only {only})', 'forbidden')
         self.check_secret_flag(request, route)
         if content_length(request.environ.get('CONTENT_LENGTH')):
             expected = route.body or defaults.JSON
@@ -233,19 +258,26 @@ class Guard:
             raise HTTPError(403, f"{where}: {what or repr(path)} is outside the allowed paths "
                             f"({' '.join(tops)})", 'path_not_allowed')
 
-    def _grant(self, environ, transport):
+    def _grant(self, environ, transport, known):
+        """(the Grant, the caller) of the credentials that decide: a bearer token, else the
+        unix peer or the client certificate (`known`: the connection's caller); 401 or 403
+        without acceptable ones."""
         authorization = environ.get('HTTP_AUTHORIZATION')
         if authorization is not None and self.tokens:
-            return self._token_grant(authorization)
+            grant, name = self._token_grant(authorization)
+            return grant, caller_name('token', name)
         if transport == 'unix':
-            return EVERYTHING  # the socket's owner, group and mode decided who got this far
+            # the socket's owner, group and mode decided who got this far
+            return EVERYTHING, ANONYMOUS if known == NOBODY else known
         # With an allow-list, a certificate must name an allowed CN: one without a CN gets nothing.
-        if transport == 'tls' and (self.tls_clients is not None or 'xend_rest.client_cn' in environ):
-            return self._client_grant(environ.get('xend_rest.client_cn'))
+        subject = environ.get('xend_rest.client_subject')
+        if transport == 'tls' and (self.tls_clients is not None or subject):
+            return self._client_grant(subject), known
         if self.tokens:
             raise HTTPError(401, 'authentication required: send Authorization: Bearer <token>',
                             'unauthorized', UNAUTHENTICATED)
-        return EVERYTHING  # no authentication configured: start-up allowed this only on loopback
+        # no authentication configured: start-up allowed this only on loopback
+        return EVERYTHING, ANONYMOUS
 
     def _token_grant(self, authorization):
         scheme, _, token = authorization.partition(' ')
@@ -257,9 +289,10 @@ class Guard:
         if scheme.lower() != 'bearer' or found is None:
             raise HTTPError(401, 'the bearer token is not valid', 'unauthorized',
                             [('WWW-Authenticate', 'Bearer realm="xend-rest", error="invalid_token"')])
-        return found[0]
+        return found
 
-    def _client_grant(self, common_name):
+    def _client_grant(self, subject):
+        common_name = client_cn(subject or ())
         if self.tls_clients is None:
             return EVERYTHING  # like docker --tlsverify: a certificate from our CA is enough
         if common_name is None:
@@ -379,12 +412,55 @@ def hypervisor_elements(doc):
                 yield f'domain.{key}.@xmlns'
 
 
-def ticket_token(environ):
-    """The ?ticket= of a request, read before the rest of its query is; given twice is a 400."""
-    tokens = parse_qs(environ.get('QUERY_STRING', ''), keep_blank_values=True).get('ticket')
-    if tokens and len(tokens) > 1:
-        raise HTTPError(400, 'query parameter "ticket" is given more than once', 'bad_parameter')
-    return tokens[0] if tokens else None
+def ticket_tokens(environ):
+    """Every ?ticket= of a request, read before the rest of its query is."""
+    return parse_qs(environ.get('QUERY_STRING', ''), keep_blank_values=True).get(TICKET, [])
+
+
+def caller_name(kind, name):
+    """'token:alice', 'cert:CN=alice,O=Example', 'uid:1000': a caller as the access log names it
+    and the per-caller limits count it. Printable ASCII without spaces: anything else in the
+    name (a space, a newline, a NUL, a non-ASCII letter) is percent-encoded, so that a name
+    cannot forge a log line, and two names never read the same."""
+    return f"{kind}:{quote(name, safe=CALLER_SAFE, errors='surrogatepass')}"
+
+
+def connection_caller(environ, transport):
+    """The caller the connection itself proves (the kernel's word for a unix socket's peer, the
+    CA's for a client certificate), or NOBODY."""
+    if transport == 'unix' and 'xend_rest.peer_uid' in environ:
+        return caller_name('uid', str(environ['xend_rest.peer_uid']))
+    subject = environ.get('xend_rest.client_subject')
+    if transport == 'tls' and subject:
+        return caller_name('cert', subject_text(subject))
+    return NOBODY
+
+
+def client_cn(subject):
+    """The CN of a certificate subject (getpeercert()'s RDNs), None without one; 403 for a
+    subject with several (in one RDN or in several): which one names the client is anybody's
+    guess (Python's dict of the subject took the last, OpenSSL's look-up the first)."""
+    names = [value for rdn in subject for kind, value in rdn if kind == 'commonName']
+    if len(names) > 1:
+        raise HTTPError(403, f'the client certificate names {len(names)} CNs '
+                        f'({subject_text(subject)}): it must name one', 'ambiguous_certificate')
+    return names[0] if names else None
+
+
+def subject_text(subject):
+    """A certificate subject as RFC 4514 writes it, most specific first: 'CN=alice,O=Example'."""
+    return ','.join('+'.join(f'{SHORT_NAMES.get(kind, kind)}={_rfc4514_value(value)}'
+                             for kind, value in rdn) for rdn in reversed(subject))
+
+
+def _rfc4514_value(value):
+    """An attribute value escaped as RFC 4514 says (section 2.4)."""
+    escaped = [RFC4514_ESCAPES.get(char, char) for char in value]
+    if value[:1] in ('#', ' '):
+        escaped[0] = '\\' + value[0]
+    if len(value) > 1 and value[-1] == ' ':
+        escaped[-1] = '\\ '
+    return ''.join(escaped)
 
 
 def origin_name(origin):
@@ -493,8 +569,18 @@ def is_loopback(host):
         return host == 'localhost'
 
 
-def exposed_listeners(listen_hosts, tls_verifies_clients, tokens):
-    """The TCP hosts that listen beyond this machine with no way to authenticate a caller."""
-    if tls_verifies_clients or tokens:
-        return []
-    return [host for host in listen_hosts if not is_loopback(host)]
+# Why a listener beyond loopback may not start (without --insecure), and what makes it safe.
+UNAUTHENTICATED_LISTENER = ('nothing authenticates callers',
+                            'set tls-cert and tls-key (HTTPS) with tls-ca (client certificates) '
+                            'or tokens-file')
+CLEARTEXT_TOKENS = ('bearer tokens would cross the network in cleartext, for anyone on the path '
+                    'to read and replay', 'set tls-cert and tls-key (HTTPS)')
+
+
+def exposed_listeners(listen_hosts, tls, tls_verifies_clients, tokens):
+    """(hosts, (why, fix)): the TCP hosts that listen beyond this machine unsafely, and why;
+    ([], (None, None)) if none does. A bearer token is a password: beyond loopback it needs TLS."""
+    remote = [host for host in listen_hosts if not is_loopback(host)]
+    if not remote or tls_verifies_clients or (tokens and tls):
+        return [], (None, None)
+    return remote, CLEARTEXT_TOKENS if tokens else UNAUTHENTICATED_LISTENER

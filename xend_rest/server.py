@@ -450,8 +450,13 @@ class Server:
         response, conn.buf, keep = http11.respond(self.app, conn.sock, conn.buf, request,
                                                   self.timeout, deadline, not self._stopping)
         environ = request.environ
-        accesslog.request(environ['REQUEST_METHOD'], environ['RAW_URI'], response.status[:3],
-                          response.nbytes, start, conn.client)
+        # The app names its caller in the environ (the server knows no credentials).
+        accesslog.request(environ['REQUEST_METHOD'], environ['RAW_URI'],
+                          (response.status or '-')[:3], response.nbytes, start, conn.client,
+                          environ.get('xend_rest.caller', '-'))
+        if response.failed is not None:  # client gone, timed out, or cut at shutdown
+            log.debug('connection from %s: %s', conn.client, response.failed)
+            return CLOSE
         if response.status[:3] == '101':  # no longer HTTP: a session's, or nobody's
             if keep and upgrade.session is not None:
                 self._forget(conn, close=False)  # first: once the session closes it, its fd is reused

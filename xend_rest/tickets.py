@@ -4,27 +4,37 @@ A browser's WebSocket always sends Origin and cannot send Authorization. So a ca
 role asks for a ticket (POST .../console/ticket) and hands it to the page, which passes it as
 ?ticket=; the ticket is bound to the hypervisor connection, the domain, the route and the role
 of the caller who asked for it, and works once, within `lifetime` seconds (as Proxmox's
-vncticket does). Tickets live in memory: a restart forgets them, which costs a page a retry.
+vncticket does). Whoever opens it is that caller, for the access log and the limits. Tickets
+live in memory: a restart forgets them, which costs a page a retry.
 """
-import re
 import secrets
 import threading
 import time
 from collections import namedtuple
+from urllib.parse import unquote_plus
 
 from .errors import HTTPError
 
 LIFETIME = 30  # seconds a ticket is good for: enough to hand it to a page and open the socket
 MAX_TICKETS = 1024  # outstanding at once; each is a few hundred bytes
+PARAMETER = 'ticket'
 
-TICKET_QUERY = re.compile(r'([?&]ticket=)[^&]*')
-
-Ticket = namedtuple('Ticket', 'hypervisor uuid handler role expires')
+Ticket = namedtuple('Ticket', 'hypervisor uuid handler role caller expires')
 
 
 def redact_ticket(target):
-    """A request target fit for a log: a ticket is a credential, never written down."""
-    return TICKET_QUERY.sub(r'\1-', target)
+    """A request target fit for a log: a ticket is a credential, never written down. The query
+    is read as the app reads it (urllib.parse.parse_qs: fields split at '&', names decoded), so
+    '?%74icket=T' is a ticket here too; its value becomes '-', its name stays as sent."""
+    path, question, query = target.partition('?')
+    if not question:
+        return target
+    fields = query.split('&')
+    for index, field in enumerate(fields):
+        name, equals, _value = field.partition('=')
+        if equals and unquote_plus(name, errors='replace') == PARAMETER:
+            fields[index] = name + '=-'
+    return f"{path}?{'&'.join(fields)}"
 
 
 class Tickets:
@@ -35,8 +45,9 @@ class Tickets:
         self._tickets = {}  # token -> Ticket
         self._lock = threading.Lock()
 
-    def issue(self, hypervisor, uuid, handler, role):
-        """A new ticket's token for the route served by `handler`, on one domain, with `role`."""
+    def issue(self, hypervisor, uuid, handler, role, caller):
+        """A new ticket's token for the route served by `handler`, on one domain, with `role`,
+        asked for by `caller`."""
         token = secrets.token_urlsafe(24)
         now = time.monotonic()
         with self._lock:
@@ -45,7 +56,8 @@ class Tickets:
                 raise HTTPError(429, f'{len(self._tickets)} console tickets are outstanding; they '
                                 f'expire within {self.lifetime:g} s', 'too_many_tickets',
                                 [('Retry-After', str(int(self.lifetime)))])
-            self._tickets[token] = Ticket(hypervisor, uuid, handler, role, now + self.lifetime)
+            self._tickets[token] = Ticket(hypervisor, uuid, handler, role, caller,
+                                         now + self.lifetime)
         return token
 
     def redeem(self, token):

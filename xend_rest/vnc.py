@@ -23,16 +23,16 @@ NOT_OFFERED = (libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_OPERATION_UNSUPPORTED
 ANY_ADDRESS = {'0.0.0.0': '127.0.0.1', '::': '::1', '': '127.0.0.1'}
 
 
-def open_screen(sessions, conn, dom, framing, check_path=None):
-    """A Bridge on the domain's VNC screen: 404 without VNC graphics, 501 for SPICE only or a
-    hypervisor reached through a remote URI, 429 past the session limit; check_path(where,
-    path) refuses a socket outside allowed-paths (None: no policy)."""
+def open_screen(sessions, conn, dom, framing, owner=None, check_path=None):
+    """A Bridge on the domain's VNC screen for `owner`: 404 without VNC graphics, 501 for SPICE
+    only or a hypervisor reached through a remote URI, 429 past the session limits;
+    check_path(where, path) refuses a socket outside allowed-paths (None: no policy)."""
     uri = conn.getURI()
     if urlsplit(uri).hostname:
         raise HTTPError(501, 'the screen is only reachable when libvirt runs on this host, not '
                         f'through the remote URI {uri}', 'remote_hypervisor')
     index, graphics = vnc_graphics(dom)
-    place = sessions.admit()
+    place = sessions.admit(owner=owner)
     try:
         sock = connect_vnc(dom, index, graphics, check_path)
     except BaseException:

@@ -50,7 +50,7 @@ def screen(request, ident):
     sessions = request.app.consoles
     dom = _running_domain(request, ident)
     guard = request.app.guard  # a socket the definition names is judged like its other paths
-    session = open_screen(sessions, request.conn, dom, sessions.framing(True),
+    session = open_screen(sessions, request.conn, dom, sessions.framing(True), request.caller,
                           guard.check_path if guard.allowed_paths else None)
     return _upgrade(request, upgrade, session, headers)
 
@@ -61,12 +61,12 @@ TICKET_ROUTES = {'console': console, 'vnc': screen}
 
 def issue_ticket(request, ident):
     """POST /nodes/{ident}/console/ticket?for=console|vnc: a single-use ticket, good for a few
-    seconds, that opens that route on this domain with the caller's role (for browsers)."""
+    seconds, that opens that route on this domain as the caller, with its role (for browsers)."""
     target = request.arg('for', 'console')
     handler = parse_choice(request, 'for', TICKET_ROUTES, 'console')
     uuid = lookup_domain(request.conn, ident).UUIDString()
     tickets = request.app.guard.tickets
-    token = tickets.issue(request.hypervisor.name, uuid, handler, request.role)
+    token = tickets.issue(request.hypervisor.name, uuid, handler, request.role, request.caller)
     return 201, {'Ticket': token, 'Expires': tickets.lifetime,
                  'Path': f'/libvirt/{request.hypervisor.name}/nodes/{uuid}/{target}?ticket={token}'}
 
@@ -85,7 +85,8 @@ def _open_console(request, ident, over_websocket, flags, dev):
     from ..consoles import open_console
     dom = _running_domain(request, ident)
     sessions = request.app.consoles
-    return open_console(sessions, request.conn, dom, dev, flags, sessions.framing(over_websocket))
+    return open_console(sessions, request.conn, dom, dev, flags, sessions.framing(over_websocket),
+                        request.caller)
 
 
 def _running_domain(request, ident):
