@@ -52,6 +52,14 @@ def octal_mode(text):
     return mode
 
 
+def yes_no(text):
+    """A boolean setting, as configparser spells one (yes/no, true/false, on/off, 1/0)."""
+    value = configparser.ConfigParser.BOOLEAN_STATES.get(text.strip().lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f'expected yes or no, not {text!r}')
+    return value
+
+
 def connect_spec(text):
     """argparse type for --connect: (name, URI) from NAME=URI."""
     name, equals, uri = text.partition('=')
@@ -94,6 +102,7 @@ SECURITY_KEYS = [
     ('tokens-file', 'tokens_file', str),
     ('allowed-hosts', 'allowed_hosts', words),
     ('allowed-paths', 'allowed_paths', words),
+    ('allow-host-devices', 'allow_host_devices', yes_no),
     ('allowed-origins', 'allowed_origins', words),
     ('max-body', 'max_body', positive(int)),
     ('max-head', 'max_head', positive(int)),
@@ -117,7 +126,7 @@ CONFIG_KEYS += SECURITY_KEYS + LIBVIRT_KEYS + CONSOLE_KEYS
 CONNECTION_KEYS = [('uri', 'uri', str)] + LIBVIRT_KEYS
 # Defaults of the settings above that have one (the others default to None: off).
 SECURITY_DEFAULTS = {'socket_mode': defaults.SOCKET_MODE, 'allowed_hosts': [], 'allowed_paths': [],
-                     'allowed_origins': [],
+                     'allow_host_devices': False, 'allowed_origins': [],
                      'max_body': defaults.MAX_BODY, 'request_timeout': defaults.REQUEST_TIMEOUT,
                      'max_head': defaults.MAX_HEAD,
                      'watchers_per_caller': defaults.WATCHERS_PER_CALLER}
@@ -166,7 +175,11 @@ def build_parser():
                        help="Host names accepted besides loopback, the host's names and the listen addresses")
     group.add_argument('--allowed-paths', type=words, metavar="'DIR ...'",
                        help='directories that every host path of a definition (disks, kernels, bootloaders, '
-                            'devices) may point into; also refuses xen:/qemu:commandline (default: anywhere)')
+                            'devices) may point into; also refuses xen:/qemu:commandline, bootloader_args '
+                            'and host devices (default: anywhere)')
+    group.add_argument('--allow-host-devices', action='store_true', default=None,
+                       help='with --allowed-paths, still let definitions hand host PCI, USB, SCSI, NVMe '
+                            'and smartcard devices to guests (default: refused)')
     group.add_argument('--allowed-origins', type=words, metavar="'ORIGIN ...'",
                        help='web pages (https://host[:port]) that may open a console or screen with a '
                             'ticket (default: none)')
@@ -431,7 +444,12 @@ def build_security(args):
     elif tcp_hosts and not (args.tls_ca or tokens):
         log.warning('TCP listener without authentication: every local user can control every VM')
     guard = security.Guard(tokens, clients, args.allowed_hosts + tcp_hosts, args.allowed_paths,
-                           args.allowed_origins)
+                           args.allowed_origins, allow_host_devices=args.allow_host_devices)
+    for connection in args.connections if args.allowed_paths else ():
+        if security.is_remote(connection['uri']):
+            log.warning("allowed-paths: connection %s is on another host, whose symlinks this "
+                        "daemon cannot see: its paths are judged as spelt ('..' and '//' "
+                        "resolved), see docs/security.md", connection['name'])
     return guard, tls, _group_id(args.socket_group)
 
 

@@ -115,10 +115,11 @@ MAYBE_STRING = {'type': ['string', 'null']}
 
 # A JSON document as convert.dict_to_xml takes it: element names are XML names (not starting
 # with "xml"; a prefixed one needs its xmlns declared, which a schema cannot say, so none is
-# described), "@attribute" and "#text" hold a string XML can carry or a number, an element holds
-# null, such a value, an object or a list of them (not of lists).
+# described; of XML's own attributes, only those libvirt reads under no local name of its own),
+# "@attribute" and "#text" hold a string XML can carry or a number, an element holds null, such
+# a value, an object or a list of them (not of lists).
 ELEMENT_NAME = r'^(?![Xx][Mm][Ll])[A-Za-z_][A-Za-z0-9_.-]*$'
-ATTRIBUTE_NAME = r'^@(?:(?![Xx][Mm][Ll])[A-Za-z_][A-Za-z0-9_.-]*|xml:(?:lang|space|base|id))$'
+ATTRIBUTE_NAME = r'^@(?:(?![Xx][Mm][Ll])[A-Za-z_][A-Za-z0-9_.-]*|xml:(?:lang|space))$'
 MAX_NUMBER = jsonbody.MAX_NUMBER
 XML_TEXT = {'type': 'string', 'pattern': '^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\ufffe\\uffff]*$'}
 

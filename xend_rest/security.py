@@ -13,34 +13,49 @@ import socket
 import ssl
 import stat
 from collections import namedtuple
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+import libvirt
 
 from . import defaults
-from .errors import HTTPError
+from .errors import HTTPError, is_connection_error
 from .headers import content_length, media_type
 from .names import check as check_name
 from .params import is_whole
 from .tickets import PARAMETER as TICKET, Tickets
 from .routes import ADMIN, ROLES
 from .handlers import images
+from .schema_paths import SCHEMA_PATHS
 
-# Where a definition names a host file: the trailing element names and the attribute (or #text)
-# of a value, matched at any depth. Each is a file or program the hypervisor opens or runs.
-PATH_FIELDS = (
-    # disks, filesystems, serial/console/parallel/channel/redirdev/vhost-user/TPM sources
-    ('source', '@file'), ('source', '@dir'), ('source', '@path'), ('source', '@socket'),
-    ('disk', 'source', '@dev'), ('mirror', '@file'), ('host', '@socket'),
-    ('os', 'kernel'), ('os', 'initrd'), ('os', 'loader'), ('os', 'nvram'), ('os', 'dtb'),
-    ('nvram', '@template'), ('acpi', 'table'), ('domain', 'bootloader'), ('devices', 'emulator'),
-    ('script', '@path'), ('downscript', '@path'), ('binary', '@path'),  # programs run
-    ('interface', 'backend', '@tap'), ('interface', 'backend', '@vhost'),
-    ('backend', 'device', '@path'), ('rng', 'backend'), ('log', '@file'), ('audio', '@path'),
-    ('input', 'source', '@evdev'), ('input', 'source', '@dev'),
-    ('hostdev', 'source', 'block'), ('hostdev', 'source', 'char'),
-    ('memory', 'source', 'path'),  # nvdimm, virtio-pmem
-    ('shmem', 'server', '@path'), ('graphics', '@socket'), ('listen', '@socket'),
-    ('gl', '@rendernode'), ('smartcard', 'database'),
-)
+# Places whose values are host paths although libvirt's schema types them as plain text: found by
+# defining libvirt's own test definitions and reading back what it stored (tests/
+# test_schema_paths.py). Judged like the schema's own (schema_paths.SCHEMA_PATHS).
+TEXT_TYPED_PATHS = {
+    ('source', '@path'): 'path',  # a character device's file, device or socket (serial, channel...)
+    ('source', '@master'): 'path', ('source', '@slave'): 'path',  # nmdm character devices
+    ('bootloader', '#text'): 'path',  # the program Xen runs to boot a PV guest
+    ('entry', '@file'): 'path',  # <sysinfo type='fwcfg'>: a file QEMU hands the guest
+    ('lease', 'target', '@path'): 'path',  # a lock manager's lease file
+    ('graphics', '@xauth'): 'path',  # SDL's X authority file
+}
+PATH_PLACES = {**SCHEMA_PATHS, **TEXT_TYPED_PATHS}
+# Places whose values name no host file, though they may start with '/': every other value that
+# does is judged as a path too, wherever it stands (a place libvirt may add after this table).
+NOT_HOST_PATHS = {
+    ('resource', 'partition', '#text'),  # a cgroup partition (/machine)
+    ('filesystem', 'target', '@dir'),  # where the guest mounts it
+    ('source', '@name'),  # network disks: a name on the storage server
+    ('description', '#text'), ('title', '#text'),  # free text
+}
+# Places that pass a program options, which may name any host file: refused while allowed-paths
+# is set. libxl puts a bootloader's after its own --output and --output-directory, so pygrub
+# would write what it reads from the guest's disk wherever they say.
+OPTIONS = {('domain', 'bootloader_args', '#text')}
+# Elements that hand a host device to the guest (when their attribute says so), with no path:
+# refused while allowed-paths is set, unless allow-host-devices.
+HOST_DEVICES = {'hostdev': None, 'interface': ('@type', 'hostdev'), 'smartcard': ('@mode', 'host'),
+                'disk': ('@type', 'nvme'), 'backingStore': ('@type', 'nvme'),
+                'mirror': ('@type', 'nvme')}
 
 # Names a client on this machine may use in Host: besides these, the listen addresses and the
 # host's own names. Anything else is a DNS-rebinding page or a misdirected request.
@@ -89,7 +104,7 @@ class Guard:
     """Admits a request (Host, Origin, credentials), then authorizes it for its route."""
 
     def __init__(self, tokens=None, tls_clients=None, allowed_hosts=(), allowed_paths=(),
-                 allowed_origins=(), tickets=None):
+                 allowed_origins=(), tickets=None, allow_host_devices=False):
         # A plain role where a Grant goes covers every connection (as before there were several).
         self.tokens = {token: (_as_grant(grant), name)  # token -> (Grant, name)
                        for token, (grant, name) in (tokens or {}).items()}
@@ -98,6 +113,9 @@ class Guard:
             name: _as_grant(grant) for name, grant in tls_clients.items()}
         self.allowed_hosts = own_names() | {_host_name(host) for host in allowed_hosts}
         self.allowed_paths = [os.path.realpath(path) for path in allowed_paths]
+        # As a hypervisor on another host reads them: the daemon cannot see its links.
+        self.remote_allowed_paths = [_lexical(path) for path in allowed_paths]
+        self.allow_host_devices = allow_host_devices
         # Pages that may open a console or a screen, with a ticket and nothing else.
         self.allowed_origins = {origin_name(origin) for origin in allowed_origins}
         self.tickets = Tickets() if tickets is None else tickets
@@ -192,8 +210,7 @@ class Guard:
                                 '(xen:commandline, qemu:commandline, ...) pass anything to the '
                                 'device model, so they are refused while allowed-paths is set',
                                 'path_not_allowed')
-            for where, path in host_paths(doc):
-                self.check_path(where, path)
+            self.check_host_access(request, doc)
             images.judge_disks(request, doc, self.check_path)  # and the files their images name
 
     def check_secret_flag(self, request, route):
@@ -210,13 +227,38 @@ class Guard:
             raise HTTPError(403, f'flag={flag} asks for secrets ({name}): this needs the {needed} '
                             f'role; your credentials have {request.role}', 'forbidden')
 
-    def check_path(self, where, path):
-        """403 unless path resolves (links followed) into one of allowed-paths."""
-        real = os.path.realpath(path) if isinstance(path, str) and path.startswith('/') else None
+    def check_host_access(self, request, doc):
+        """403 for a path, volume or host device of a definition (host_access) that the policy
+        does not allow; paths are judged on the hypervisor's host as well as the daemon can."""
+        remote = is_remote(request.hypervisor.connection.uri)
+        for where, kind, value in host_access(doc):
+            if kind == 'device':
+                if not self.allow_host_devices:
+                    raise HTTPError(403, f'{where}: a <{value}> hands a host device to the guest; '
+                                    'while allowed-paths is set, that needs allow-host-devices',
+                                    'host_device_not_allowed')
+            elif kind == 'options':
+                raise HTTPError(403, f"{where}: a program's options may name any host file, so "
+                                'they are refused while allowed-paths is set', 'path_not_allowed')
+            elif kind == 'volume':
+                self.check_path(where, volume_path(request.conn, *value), remote,
+                                f'volume {value[1]!r} of pool {value[0]!r}')
+            elif kind == 'dbus':
+                self.check_path(where, dbus_socket(value), remote, f'D-Bus address {value!r}')
+            else:
+                self.check_path(where, value, remote)
+
+    def check_path(self, where, path, remote=False, what=None):
+        """403 unless path resolves into one of allowed-paths: links followed on this host, and
+        only '..' and '//' resolved for a hypervisor on another (remote: its links are unseen)."""
+        tops = self.remote_allowed_paths if remote else self.allowed_paths
+        real = None
+        if isinstance(path, str) and path.startswith('/'):
+            real = _lexical(path) if remote else os.path.realpath(path)
         if real is None or not any(real == top or real.startswith(top.rstrip('/') + '/')
-                                   for top in self.allowed_paths):
-            raise HTTPError(403, f"{where}: {path!r} is outside the allowed paths "
-                            f"({' '.join(self.allowed_paths)})", 'path_not_allowed')
+                                   for top in tops):
+            raise HTTPError(403, f"{where}: {what or repr(path)} is outside the allowed paths "
+                            f"({' '.join(tops)})", 'path_not_allowed')
 
     def _grant(self, environ, transport, known):
         """(the Grant, the caller) of the credentials that decide: a bearer token, else the
@@ -267,18 +309,92 @@ def _as_grant(grant):
     return grant if isinstance(grant, Grant) else Grant(parse_role(grant), None)
 
 
-def host_paths(doc, trail=()):
-    """(where, value) of every host path a JSON definition names (see PATH_FIELDS)."""
-    if isinstance(doc, list):
-        for item in doc:
-            yield from host_paths(item, trail)
-    elif isinstance(doc, dict):
-        for key, value in doc.items():
-            yield from host_paths(value, trail + (key,))
-    elif trail:
-        named = trail[:-1] if trail[-1] == '#text' else trail  # <kernel>/x</kernel>, or with attributes
-        if any(named[-len(field):] == field for field in PATH_FIELDS):
-            yield '.'.join(trail), doc
+def host_access(doc):
+    """(where, kind, value) for what a JSON definition (or one device) reaches on the host, read
+    as libvirt reads it, by local names ('@p:file' is file): a value at a place PATH_PLACES
+    names (kind 'path' or 'dbus'), any other value starting with '/' ('absolute'), the (pool,
+    volume) of a volume disk ('volume'), a host device ('device'), a program's options
+    ('options'). <metadata> is never read."""
+    within = () if isinstance(doc, dict) and 'domain' in doc else ('domain', 'devices')
+    for key, value in doc.items() if isinstance(doc, dict) else ():
+        yield from _access(value, within + (_local(key),), key)
+
+
+def _access(value, chain, where):
+    if isinstance(value, list):
+        for item in value:
+            yield from _access(item, chain, where)
+        return
+    attributes = {}
+    if isinstance(value, dict):
+        attributes = {_local(key): item for key, item in value.items() if key.startswith('@')}
+        if chain[-1] == 'source' and '@pool' in attributes and '@volume' in attributes:
+            yield where, 'volume', (attributes['@pool'], attributes['@volume'])
+        for key, item in value.items():
+            name = _local(key)
+            if name != '@xmlns' and key[:7] != '@xmlns:' and chain + (name,) != ('domain', 'metadata'):
+                yield from _access(item, chain + (name,), f'{where}.{key}')
+    else:
+        place = chain if chain[-1][0] in '@#' else chain + ('#text',)
+        if _at(place, OPTIONS) is not None:
+            yield where, 'options', value
+        elif _at(place, NOT_HOST_PATHS) is None:
+            key = _at(place, PATH_PLACES)
+            if key is not None:
+                yield where, PATH_PLACES[key], value
+            elif isinstance(value, str) and value.strip().startswith('/'):
+                yield where, 'absolute', value
+    device = HOST_DEVICES.get(chain[-1], False)  # after its paths, the more telling refusal
+    if device is None or device and attributes.get(device[0]) == device[1]:
+        yield where, 'device', chain[-1]
+
+
+def _local(key):
+    """A JSON key's local name, as libvirt reads it: '@p:file' -> '@file', 'p:source' -> 'source'."""
+    at = '@' if key.startswith('@') else ''
+    return at + key[len(at):].rpartition(':')[2]
+
+
+def _at(place, table):
+    """The key of `table` that the place ends with (two names at least), or None."""
+    for length in range(2, len(place) + 1):
+        if place[-length:] in table:
+            return place[-length:]
+    return None
+
+
+def volume_path(conn, pool, volume):
+    """The file a volume disk reaches, asked of the hypervisor's connection; None when libvirt
+    cannot say (no such pool or volume yet, an inactive pool): nothing to judge it by."""
+    try:
+        return conn.storagePoolLookupByName(pool).storageVolLookupByName(volume).path()
+    except libvirt.libvirtError as err:
+        if is_connection_error(err):
+            raise
+        return None
+    except TypeError:  # a pool or volume name that is not a string
+        return None
+
+
+def dbus_socket(address):
+    """The socket of a D-Bus address of the form unix:path=... (unescaped), else None: another
+    transport, or several addresses, reach nothing the guard can judge."""
+    transport, _, options = str(address).partition(':')
+    if transport != 'unix' or ';' in options:
+        return None
+    fields = dict(option.partition('=')[::2] for option in options.split(','))
+    return unquote(fields['path']) if 'path' in fields else None
+
+
+def is_remote(uri):
+    """Whether a libvirt URI reaches a hypervisor on another host (xen+tls://dom0.example/)."""
+    host = urlsplit(uri).hostname
+    return bool(host) and not is_loopback(host)
+
+
+def _lexical(path):
+    """An absolute path with '..', '.' and '//' resolved, links not followed."""
+    return os.path.normpath('/' + path.lstrip('/'))
 
 
 def hypervisor_elements(doc):

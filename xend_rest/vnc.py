@@ -4,7 +4,8 @@ RFB passes through as it is, as websockify does, so noVNC works against the daem
 RFB password stays the guest's business (never read, never skipped). The socket comes from
 libvirt (virDomainOpenGraphicsFD, where the driver offers it: local connections) or else from
 the live definition's <graphics type='vnc'> address and port, and only when that address is
-one of this host's: the daemon never connects where a definition points elsewhere.
+one of this host's: the daemon never connects where a definition points elsewhere. A unix
+socket the definition names is judged as any host path of a definition is (allowed-paths).
 """
 import ipaddress
 import socket
@@ -22,9 +23,10 @@ NOT_OFFERED = (libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_OPERATION_UNSUPPORTED
 ANY_ADDRESS = {'0.0.0.0': '127.0.0.1', '::': '::1', '': '127.0.0.1'}
 
 
-def open_screen(sessions, conn, dom, framing, owner=None):
+def open_screen(sessions, conn, dom, framing, owner=None, check_path=None):
     """A Bridge on the domain's VNC screen for `owner`: 404 without VNC graphics, 501 for SPICE
-    only or a hypervisor reached through a remote URI, 429 past the session limits."""
+    only or a hypervisor reached through a remote URI, 429 past the session limits;
+    check_path(where, path) refuses a socket outside allowed-paths (None: no policy)."""
     uri = conn.getURI()
     if urlsplit(uri).hostname:
         raise HTTPError(501, 'the screen is only reachable when libvirt runs on this host, not '
@@ -32,7 +34,7 @@ def open_screen(sessions, conn, dom, framing, owner=None):
     index, graphics = vnc_graphics(dom)
     place = sessions.admit(owner=owner)
     try:
-        sock = connect_vnc(dom, index, graphics)
+        sock = connect_vnc(dom, index, graphics, check_path)
     except BaseException:
         sessions.cancel(place)
         raise
@@ -52,8 +54,9 @@ def vnc_graphics(dom):
     raise HTTPError(404, f'domain {dom.name()} has no VNC graphics', 'no_vnc')
 
 
-def connect_vnc(dom, index, graphics):
-    """A connected socket to the VNC server: through libvirt if it can, else to a local address."""
+def connect_vnc(dom, index, graphics, check_path=None):
+    """A connected socket to the VNC server: through libvirt if it can, else to a local address
+    or a unix socket that check_path allows."""
     try:
         fd = dom.openGraphicsFD(index, 0)  # no SKIPAUTH: the password stays in force
     except libvirt.libvirtError as err:
@@ -61,13 +64,15 @@ def connect_vnc(dom, index, graphics):
             raise
     else:
         return socket.socket(fileno=fd)
-    return _connect_listen(dom, graphics)
+    return _connect_listen(dom, graphics, check_path)
 
 
-def _connect_listen(dom, graphics):
+def _connect_listen(dom, graphics, check_path):
     listen = graphics.find('listen')
     path = graphics.get('socket') or (listen.get('socket') if listen is not None else None)
     if path:
+        if check_path is not None:
+            check_path(f'the VNC socket of {dom.name()}', path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(CONNECT_TIMEOUT)
         sock.connect(path)

@@ -49,7 +49,9 @@ def screen(request, ident):
     headers = websocket.handshake(request.environ)
     sessions = request.app.consoles
     dom = _running_domain(request, ident)
-    session = open_screen(sessions, request.conn, dom, sessions.framing(True), request.caller)
+    guard = request.app.guard  # a socket the definition names is judged like its other paths
+    session = open_screen(sessions, request.conn, dom, sessions.framing(True), request.caller,
+                          guard.check_path if guard.allowed_paths else None)
     return _upgrade(request, upgrade, session, headers)
 
 
