@@ -700,11 +700,13 @@ def test_security_keys_in_the_configuration_file(tmp_path):
     config = tmp_path / 'xend-rest.conf'
     config.write_text('[xend-rest]\nsocket-mode = 640\nallowed-hosts = xen1 xen1.example.org\n'
                       'allowed-paths = /var/lib/xen/images /var/lib/xen/boot\nmax-body = 4096\n'
-                      'request-timeout = 5\n')
+                      'request-timeout = 5\nmax-uploads = 2\n')
     args = cli.parse_args(['--config', str(config)])
     assert (args.socket_mode, args.allowed_hosts, args.allowed_paths, args.max_body,
-            args.request_timeout) == (0o640, ['xen1', 'xen1.example.org'],
-                                      ['/var/lib/xen/images', '/var/lib/xen/boot'], 4096, 5.0)
+            args.request_timeout, args.max_uploads) == (
+        0o640, ['xen1', 'xen1.example.org'], ['/var/lib/xen/images', '/var/lib/xen/boot'], 4096,
+        5.0, 2)
+    assert cli.parse_args([]).max_uploads == 4
 
 
 def test_an_upgraded_connection_stays_tls(pki):
