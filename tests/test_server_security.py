@@ -304,7 +304,8 @@ def body_head(length, method=b'POST'):
             b'Content-Length: %d\r\n\r\n' % (method, length))
 
 
-# How a request body can stall: the bytes sent at once (after a /_ping, in the same write).
+# How a request body can stall: what each stalled client sends at once (behind a /_ping in the
+# same write, or alone), then nothing more.
 STALLED_BODIES = {
     'pipelined, none of it': PING + body_head(100),
     'pipelined, part of it': PING + body_head(100) + b'{"a": ',
@@ -358,11 +359,12 @@ def ping(server, headers=None):
 
 
 def peek(sock):
-    """The next byte the server sent (left to read), b'' once it closed, None while nothing came."""
+    """The next byte the server sent (left to read), b'' once it closed, None while nothing came
+    (on a TLS socket, of the records under it)."""
     timeout = sock.gettimeout()
     sock.settimeout(0)
     try:
-        return sock.recv(1, socket.MSG_PEEK)
+        return socket.socket.recv(sock, 1, socket.MSG_PEEK)
     except BlockingIOError:
         return None
     except ConnectionError:
@@ -585,6 +587,28 @@ def test_slow_readers_of_the_apps_large_answers_hold_no_worker(tmp_path, monkeyp
                     sock.close()
     finally:
         app.close()
+
+
+@pytest.mark.parametrize('chunk', [None, 1 << 20], ids=['at once', 'streamed'])
+def test_a_large_answer_over_tls_to_a_slow_reader_arrives_whole(pki, chunk):
+    """TLS writes that the socket does not take wait in the epoll set too: a /_ping is answered
+    meanwhile, and the answer, once read, is whole."""
+    context = security.tls_context(str(pki / 'server.pem'), str(pki / 'server.key'),
+                                   str(pki / 'ca.pem'))
+    client = ssl.create_default_context(cafile=str(pki / 'ca.pem'))
+    client.load_cert_chain(str(pki / 'alice.pem'), str(pki / 'alice.key'))
+    with stalled_server(large_answer_app(SIZE, chunk), tls=context) as server:
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.connect(server.addresses[0])
+        with client.wrap_socket(raw, server_hostname='127.0.0.1') as sock:
+            sock.settimeout(10)
+            sock.sendall(b'GET /large HTTP/1.1\r\nHost: localhost\r\n\r\n')
+            until(lambda: answer_begun(sock))
+            other = tls_client(server, pki, 'alice')
+            other.request('GET', '/_ping')
+            assert other.getresponse().read() == b'OK'
+            assert body_size(sock) == SIZE
 
 
 def test_an_answer_nobody_reads_is_cut_off_after_timeout_and_its_iterable_closed():

@@ -171,9 +171,13 @@ class Server:
                 conn.sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+        # Lingering, answers still waiting for their clients, or handed back as we stopped:
+        # closed now, so that the workers find nothing left to wait for.
+        for conn in self._release(lambda conn: True):
+            self._forget(conn)
         for thread in workers:
             thread.join(1.0)
-        for conn in self._release(lambda conn: True):  # lingering, or handed back as we stopped
+        for conn in self._release(lambda conn: True):  # handed back by a worker meanwhile
             self._forget(conn)
         self._sessions.join(deadline)
         self._epoll.close()
