@@ -15,8 +15,8 @@ import time
 import libvirt
 import pytest
 
-from conftest import UnixHTTPConnection, node_xml, serving
-from xend_rest import cli, security
+from conftest import UnixHTTPConnection, node_xml, serving, until
+from xend_rest import cli, listeners, security
 from xend_rest.app import make_app
 from xend_rest.server import Server
 
@@ -330,6 +330,359 @@ def test_a_streamed_body_that_keeps_arriving_outlasts_the_request_timeout():
                                                'sha256': hashlib.sha256(data).hexdigest()}
 
 
+# -- clients that stall cost a descriptor, never a worker (issue 19, sections 2 and 9) ------
+
+PING = b'GET /_ping HTTP/1.1\r\nHost: localhost\r\n\r\n'
+SMALL_BODY = 1024  # max_body of these servers: larger bodies are streamed
+
+
+def body_head(length, method=b'POST'):
+    return (b'%s /upload HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n'
+            b'Content-Length: %d\r\n\r\n' % (method, length))
+
+
+# How a request body can stall: what each stalled client sends at once (behind a /_ping in the
+# same write, or alone), then nothing more.
+STALLED_BODIES = {
+    'pipelined, none of it': PING + body_head(100),
+    'pipelined, part of it': PING + body_head(100) + b'{"a": ',
+    'alone, part of it': body_head(100) + b'{"a": ',
+    'pipelined, chunked': PING + b'POST /upload HTTP/1.1\r\nHost: localhost\r\n'
+                                 b'Transfer-Encoding: chunked\r\n\r\n10\r\n{"a"',
+    'pipelined, streamed (larger than max-body)': PING + body_head(100 * SMALL_BODY) + b'x' * 100,
+    'alone, streamed (larger than max-body)': body_head(100 * SMALL_BODY) + b'x' * 100,
+}
+
+
+def read_response(sock):
+    """One response with a Content-Length off a raw socket, read no further than its end (the
+    next one may be behind it): (status, body). ConnectionError if it is cut short."""
+    head = b''
+    while b'\r\n\r\n' not in head:
+        byte = sock.recv(1)
+        if not byte:
+            raise ConnectionError('closed before the end of the head')
+        head += byte
+    lines = head.decode('latin-1').split('\r\n')
+    length = next(int(line.partition(':')[2]) for line in lines
+                  if line.lower().startswith('content-length:'))
+    body = bytearray()
+    while len(body) < length:
+        data = sock.recv(min(length - len(body), 1 << 20))
+        if not data:
+            raise ConnectionError(f'closed after {len(body)} of {length} body bytes')
+        body += data
+    return int(lines[0].split(' ')[1]), bytes(body)
+
+
+def stalled_server(app, workers=2, **options):
+    """Two workers, one serving at a time, and deadlines far beyond any wait of these tests: a
+    request answered while the stalled ones wait was not served after a stalled one timed out."""
+    options = {'timeout': 60, 'request_timeout': 60, 'max_body': SMALL_BODY, **options}
+    return serving(app, workers=workers, concurrency=1, **options)
+
+
+def ping(server, headers=None):
+    """GET /_ping on a new connection: the status, or an error once 10 s have gone by (the
+    stalled clients' deadlines are 60 s away)."""
+    conn = http.client.HTTPConnection(*server.addresses[0], timeout=10)
+    try:
+        conn.request('GET', '/_ping', headers=headers or {})
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+def peek(sock):
+    """The next byte the server sent (left to read), b'' once it closed, None while nothing came
+    (on a TLS socket, of the records under it)."""
+    timeout = sock.gettimeout()
+    sock.settimeout(0)
+    try:
+        return socket.socket.recv(sock, 1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return None
+    except ConnectionError:
+        return b''
+    finally:
+        sock.settimeout(timeout)
+
+
+def still_waiting(sock):
+    """Whether the server has neither answered nor closed this connection (yet)."""
+    return peek(sock) is None
+
+
+@pytest.mark.parametrize('way', STALLED_BODIES)
+def test_as_many_stalled_bodies_as_workers_leave_ping_answered(way):
+    """Each of `workers` clients stalls a body (after a /_ping of its own that it gets answered,
+    in the same write, for the pipelined ways): a /_ping of another client is still answered
+    while every stalled body still waits, a long way from its deadline."""
+    data = STALLED_BODIES[way]
+    with stalled_server(counting_app) as server:
+        stalled = [socket.create_connection(server.addresses[0], timeout=10)
+                   for _ in range(server.workers)]
+        try:
+            for sock in stalled:
+                sock.sendall(data)
+                if data.startswith(PING):  # it reached a worker, which answered the first
+                    assert read_response(sock)[0] == 200
+            for _ in range(3):
+                assert ping(server) == 200
+            if 'chunked' in way:  # refused at once, not held: 411
+                assert [read_response(sock)[0] for sock in stalled] == [411] * len(stalled)
+            elif 'streamed' in way:  # one streams (holding a worker), the rest are turned away
+                assert sum(still_waiting(sock) for sock in stalled) == 1
+            else:
+                assert all(still_waiting(sock) for sock in stalled)
+        finally:
+            for sock in stalled:
+                sock.close()
+
+
+def test_a_body_trickled_a_byte_at_a_time_behind_a_ping_holds_no_worker():
+    """`workers` clients trickle a body of at most max-body a byte at a time, each behind a
+    pipelined /_ping, and hold back its last byte until other clients have been served: they
+    are, and the bodies then arrive whole."""
+    body = b'{"trickled": "' + b'x' * 40 + b'"}'
+    with stalled_server(counting_app) as server:
+        stalled = [socket.create_connection(server.addresses[0], timeout=10)
+                   for _ in range(server.workers)]
+        served = threading.Event()
+
+        def trickle():
+            for byte in body[:-1]:
+                for sock in stalled:
+                    sock.sendall(bytes([byte]))
+                time.sleep(0.02)
+            served.wait(30)
+            for sock in stalled:
+                sock.sendall(body[-1:])
+        feeder = threading.Thread(target=trickle)
+        try:
+            for sock in stalled:
+                sock.sendall(PING + body_head(len(body)))
+                assert read_response(sock)[0] == 200
+            feeder.start()
+            for _ in range(3):
+                assert ping(server) == 200
+            served.set()
+            for sock in stalled:
+                status, answer = read_response(sock)
+                assert status == 200 and json.loads(answer)['size'] == len(body)
+        finally:
+            served.set()
+            if feeder.ident:
+                feeder.join()
+            for sock in stalled:
+                sock.close()
+
+
+def test_unauthenticated_streamed_bodies_hold_no_worker(app):
+    """Without a token a streamed upload is answered 401 before its body is read: `workers`
+    such clients, each stalling the last bytes of its body, leave /_ping answered."""
+    token = 't' * 40
+    with stalled_server(app(tokens={token: ('read', 'reader')})) as server:
+        stalled = [socket.create_connection(server.addresses[0], timeout=10)
+                   for _ in range(server.workers)]
+        try:
+            for sock in stalled:
+                head = body_head(2 * SMALL_BODY, b'PUT').replace(
+                    b'/upload', b'/libvirt/xen/images/default/new.raw/upload').replace(
+                    b'application/json', b'application/octet-stream')
+                sock.sendall(head + b'x' * (SMALL_BODY + 100))  # all but the last bytes
+                assert read_response(sock)[0] == 401
+            assert ping(server, {'Authorization': 'Bearer ' + token}) == 200
+        finally:
+            for sock in stalled:
+                sock.close()
+
+
+def test_streamed_bodies_past_max_uploads_are_503_before_they_are_read():
+    entered = []
+
+    def app(environ, start_response):
+        entered.append(environ['PATH_INFO'])
+        return counting_app(environ, start_response)
+    with stalled_server(app, workers=4, max_uploads=2) as server:
+        data = os.urandom(10 * SMALL_BODY)
+        streaming = [socket.create_connection(server.addresses[0], timeout=10) for _ in range(2)]
+        for sock in streaming:
+            sock.sendall(body_head(len(data)) + data[:100])
+        until(lambda: len(entered) == 2)
+        with socket.create_connection(server.addresses[0], timeout=10) as sock:
+            sock.sendall(body_head(len(data)) + data[:100])
+            response = http.client.HTTPResponse(sock)
+            response.begin()
+            assert response.status == 503
+            assert response.getheader('Retry-After') == '5'
+            assert json.loads(response.read())['code'] == 'too_many_uploads'
+        assert ping(server) == 200
+        for sock in streaming:  # the uploads under way are not disturbed
+            sock.sendall(data[100:])
+            status, answer = read_response(sock)
+            assert status == 200 and json.loads(answer)['size'] == len(data)
+            sock.close()
+        with socket.create_connection(server.addresses[0], timeout=10) as sock:
+            sock.sendall(body_head(len(data)) + data)  # a place is free again
+            assert read_response(sock)[0] == 200
+
+
+def large_answer_app(size, chunk=None):
+    """Answers any path but /_ping with `size` bytes: at once (a JSON list's way), or in chunks of
+    `chunk` bytes from an iterable (an image download's way) whose close() is noted."""
+    closed = []
+
+    class Chunks:
+        def __iter__(self):
+            for offset in range(0, size, chunk):
+                yield b'x' * min(chunk, size - offset)
+
+        def close(self):
+            closed.append(True)
+
+    def app(environ, start_response):
+        if environ['PATH_INFO'] == '/_ping':
+            start_response('200 OK', [('Content-Length', '2')])
+            return [b'OK']
+        start_response('200 OK', [('Content-Type', 'application/octet-stream'),
+                                  ('Content-Length', str(size))])
+        return Chunks() if chunk else [b'x' * size]
+    app.closed = closed
+    return app
+
+
+def slow_reader(server, path='/large', headers=b''):
+    """A client that asks for an answer and reads none of it (a small receive window)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    sock.connect(server.addresses[0])
+    sock.sendall(b'GET %s HTTP/1.1\r\nHost: localhost\r\n%s\r\n' % (path.encode(), headers))
+    return sock
+
+
+def answer_begun(sock):
+    return bool(peek(sock))
+
+
+def body_size(sock):
+    """The size of the body of a 200 answer, read whole."""
+    status, body = read_response(sock)
+    assert status == 200
+    return len(body)
+
+
+SIZE = 16 << 20  # more than the kernel's buffers on both sides take
+
+
+@pytest.mark.parametrize('chunk', [None, 1 << 20], ids=['at once', 'streamed'])
+def test_as_many_slow_readers_as_workers_leave_ping_answered(chunk):
+    """`workers` clients ask for 16 MiB each and read none of it: /_ping is answered meanwhile,
+    and each slow reader still gets its whole answer once it reads."""
+    app = large_answer_app(SIZE, chunk)
+    with stalled_server(app) as server:
+        readers = [slow_reader(server) for _ in range(server.workers)]
+        try:
+            until(lambda: all(answer_begun(sock) for sock in readers))
+            for _ in range(3):
+                assert ping(server) == 200
+            for sock in readers:
+                assert body_size(sock) == SIZE
+        finally:
+            for sock in readers:
+                sock.close()
+
+
+def test_slow_readers_of_the_apps_large_answers_hold_no_worker(tmp_path, monkeypatch):
+    """The real app's List and /metrics on 200 domains, to clients that read nothing (the
+    server's send buffer made small, so that these answers do not fit in the kernel's buffers):
+    /_ping is still answered, and the answers arrive whole once read."""
+    accepted = listeners.accepted
+
+    def small_send_buffer(sock, *args):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        return accepted(sock, *args)
+    monkeypatch.setattr(listeners, 'accepted', small_send_buffer)
+    (tmp_path / 'node.xml').write_text(
+        node_xml([('vm%03d' % i, None, 'xen', '') for i in range(200)]))
+    app = make_app(uri='test://%s' % (tmp_path / 'node.xml'))
+    try:
+        with stalled_server(app) as server:
+            readers = [slow_reader(server, path) for path in (NODES + '/json?all=1', '/metrics')]
+            try:
+                until(lambda: all(answer_begun(sock) for sock in readers))
+                for _ in range(3):
+                    assert ping(server) == 200
+                listed = json.loads(read_response(readers[0])[1])
+                assert len(listed) == 200
+                assert read_response(readers[1])[1].count(b'\nxend_domain_state{') == 200
+            finally:
+                for sock in readers:
+                    sock.close()
+    finally:
+        app.close()
+
+
+@pytest.mark.parametrize('chunk', [None, 1 << 20], ids=['at once', 'streamed'])
+def test_a_large_answer_over_tls_to_a_slow_reader_arrives_whole(pki, chunk):
+    """TLS writes that the socket does not take wait in the epoll set too: a /_ping is answered
+    meanwhile, and the answer, once read, is whole."""
+    context = security.tls_context(str(pki / 'server.pem'), str(pki / 'server.key'),
+                                   str(pki / 'ca.pem'))
+    client = ssl.create_default_context(cafile=str(pki / 'ca.pem'))
+    client.load_cert_chain(str(pki / 'alice.pem'), str(pki / 'alice.key'))
+    with stalled_server(large_answer_app(SIZE, chunk), tls=context) as server:
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.connect(server.addresses[0])
+        with client.wrap_socket(raw, server_hostname='127.0.0.1') as sock:
+            sock.settimeout(10)
+            sock.sendall(b'GET /large HTTP/1.1\r\nHost: localhost\r\n\r\n')
+            until(lambda: answer_begun(sock))
+            other = tls_client(server, pki, 'alice')
+            other.request('GET', '/_ping')
+            assert other.getresponse().read() == b'OK'
+            assert body_size(sock) == SIZE
+
+
+def test_an_answer_nobody_reads_is_cut_off_after_timeout_and_its_iterable_closed():
+    app = large_answer_app(SIZE, 1 << 20)
+    with stalled_server(app, timeout=0.5) as server:
+        with slow_reader(server) as sock:
+            until(lambda: app.closed)
+            assert ping(server) == 200
+            sock.settimeout(10)
+            with pytest.raises(ConnectionError):
+                read_response(sock)
+
+
+def test_answers_waiting_for_slow_clients_are_bounded_in_memory():
+    """Past max_parked bytes of answers waiting for their clients, the next client that does not
+    read is cut off; the one already waiting still gets its whole answer."""
+    app = large_answer_app(SIZE)
+    with stalled_server(app, max_parked=SIZE // 2) as server:
+        with slow_reader(server) as first:
+            until(lambda: server.unsent_bytes)
+            with slow_reader(server) as second:
+                with pytest.raises(ConnectionError):
+                    read_response(second)
+            assert body_size(first) == SIZE
+
+
+def test_pipelined_requests_behind_a_slowly_read_answer_are_answered_in_order():
+    app = large_answer_app(SIZE)
+    with stalled_server(app) as server:
+        with slow_reader(server) as sock:
+            sock.sendall(PING * 3)
+            until(lambda: answer_begun(sock))
+            assert ping(server) == 200
+            assert body_size(sock) == SIZE
+            assert [read_response(sock) for _ in range(3)] == [(200, b'OK')] * 3
+
+
 @pytest.mark.parametrize('length, status', [('-1', b'400'), ('x', b'400'), ('', b'411')])
 def test_bad_lengths_over_tcp(app, length, status):
     with serving(app()) as server:
@@ -439,11 +792,13 @@ def test_security_keys_in_the_configuration_file(tmp_path):
     config = tmp_path / 'xend-rest.conf'
     config.write_text('[xend-rest]\nsocket-mode = 640\nallowed-hosts = xen1 xen1.example.org\n'
                       'allowed-paths = /var/lib/xen/images /var/lib/xen/boot\nmax-body = 4096\n'
-                      'request-timeout = 5\n')
+                      'request-timeout = 5\nmax-uploads = 2\n')
     args = cli.parse_args(['--config', str(config)])
     assert (args.socket_mode, args.allowed_hosts, args.allowed_paths, args.max_body,
-            args.request_timeout) == (0o640, ['xen1', 'xen1.example.org'],
-                                      ['/var/lib/xen/images', '/var/lib/xen/boot'], 4096, 5.0)
+            args.request_timeout, args.max_uploads) == (
+        0o640, ['xen1', 'xen1.example.org'], ['/var/lib/xen/images', '/var/lib/xen/boot'], 4096,
+        5.0, 2)
+    assert cli.parse_args([]).max_uploads == 4
 
 
 def test_an_upgraded_connection_stays_tls(pki):

@@ -59,11 +59,13 @@ class Ended(Exception):
 
 def upgrade_hook(environ):
     """The server's upgrade(session) callable; 501 under a server that cannot hand the app its
-    connection (gunicorn, uwsgi, mod_wsgi: PEP 3333 has no way to)."""
+    connection (gunicorn, uwsgi, mod_wsgi: PEP 3333 has no way to), and the server's refusal
+    (400, 503) when it could not hand this one over: before anything is opened."""
     hook = environ.get('xend_rest.upgrade')
     if hook is None:
         raise HTTPError(501, "consoles need xend-rest's own server: this WSGI server cannot hand "
                         'the connection over to the application', 'upgrade_unsupported')
+    hook.check()
     return hook
 
 
@@ -103,6 +105,8 @@ class Bridge:
             pass
 
     def __call__(self, sock, buffered=b''):
+        if sock is None:  # the server will not run it: its place and console are free again
+            return self.discard()
         if self._released:
             return  # given up before the server ran it (see bridges.Bridges)
         self.started = self._last_traffic = self._last_tick = time.monotonic()

@@ -63,9 +63,17 @@ class Bridges:
             self._lock.notify_all()
 
     def start(self, place, guest, framing, label):
-        """The Bridge for an opened guest side, in the place admit() gave."""
+        """The Bridge for an opened guest side, in the place admit() gave (given back, and the
+        guest side closed, if the Bridge cannot be made)."""
         from .bridge import Bridge
-        session = Bridge(self, guest, framing, place.key, label)
+        try:
+            session = Bridge(self, guest, framing, place.key, label)
+        except BaseException:
+            try:
+                guest.close()
+            finally:
+                self.cancel(place)
+            raise
         session.owner = place.owner
         with self._lock:
             self._sessions.discard(place)

@@ -108,6 +108,7 @@ SECURITY_KEYS = [
     ('max-head', 'max_head', positive(int)),
     ('request-timeout', 'request_timeout', positive(float)),
     ('watchers-per-caller', 'watchers_per_caller', positive(int)),
+    ('max-uploads', 'max_uploads', positive(int)),
 ]
 # How soon a libvirtd that stopped answering is given up (503/504 instead of a hang).
 LIBVIRT_KEYS = [
@@ -128,7 +129,7 @@ CONNECTION_KEYS = [('uri', 'uri', str)] + LIBVIRT_KEYS
 SECURITY_DEFAULTS = {'socket_mode': defaults.SOCKET_MODE, 'allowed_hosts': [], 'allowed_paths': [],
                      'allow_host_devices': False, 'allowed_origins': [],
                      'max_body': defaults.MAX_BODY, 'request_timeout': defaults.REQUEST_TIMEOUT,
-                     'max_head': defaults.MAX_HEAD,
+                     'max_head': defaults.MAX_HEAD, 'max_uploads': defaults.MAX_UPLOADS,
                      'watchers_per_caller': defaults.WATCHERS_PER_CALLER}
 LIBVIRT_DEFAULTS = {'keepalive_interval': defaults.KEEPALIVE_INTERVAL,
                     'keepalive_count': defaults.KEEPALIVE_COUNT, 'open_timeout': defaults.OPEN_TIMEOUT}
@@ -193,6 +194,10 @@ def build_parser():
                        help='event streams and waits one caller (token, certificate, unix user) may '
                             f'hold at once, of {defaults.WATCHERS} per connection; past it 429 '
                             f'(default: {defaults.WATCHERS_PER_CALLER})')
+    group.add_argument('--max-uploads', type=positive(int), metavar='N',
+                       help='request bodies larger than --max-body (image uploads) received at once, '
+                            'each holding a worker: 503 past it; at most --workers minus one '
+                            f'(default: {defaults.MAX_UPLOADS})')
     group.add_argument('--insecure', action='store_true',
                        help='allow TCP beyond loopback without TLS client certificates or tokens, or with '
                             'tokens but without TLS')
@@ -374,8 +379,8 @@ def main(argv=None):
     server = Server(app, args.listen, workers=args.workers, concurrency=concurrency,
                     timeout=args.timeout, tls=tls,
                     request_timeout=args.request_timeout, max_body=args.max_body,
-                    max_head=args.max_head, socket_mode=args.socket_mode, socket_gid=gid,
-                    on_shutdown=app.end_streams)
+                    max_head=args.max_head, max_uploads=args.max_uploads,
+                    socket_mode=args.socket_mode, socket_gid=gid, on_shutdown=app.end_streams)
     release_freed_memory()
     try:
         server.serve_forever()

@@ -1,6 +1,7 @@
 """One client connection as the server sees it between requests: its socket, the bytes read so
-far, its deadline, and the non-blocking steps that read a request off it (TLS handshake, recv,
-"is the request complete?"). No threads here: server.py decides who runs them and when."""
+far, an answer still on its way, its deadline, and the non-blocking steps that read a request off
+it (TLS handshake, recv, "is the request complete?"). No threads here: server.py decides who runs
+them and when."""
 import functools
 import select
 import socket
@@ -54,7 +55,7 @@ def peer_uid(sock):
 class ClientConnection:
     """A client connection: its socket, what has been read of it, and its per-connection environ."""
     __slots__ = ('sock', 'fd', 'buf', 'deadline', 'client', 'environ', 'transport', 'handshaking',
-                 'request', 'closing', 'held')
+                 'request', 'exchange', 'closing', 'held')
 
     def __init__(self, sock, transport, *addresses):
         """transport: unix, tcp or tls; addresses: the client's address and port, the server's
@@ -70,6 +71,7 @@ class ClientConnection:
         self.deadline = 0.0
         self.handshaking = transport == 'tls'
         self.request = None  # a complete head whose body is still arriving
+        self.exchange = None  # an answer waiting for the socket to take more (server.Exchange)
         self.closing = False  # answered and half-closed: what the client still sends is dropped
         self.held = False  # a thread is working on it (it waits for no event)
 

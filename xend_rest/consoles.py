@@ -36,10 +36,14 @@ def open_console(sessions, conn, dom, dev, flags, framing, owner=None):
                            take_over=bool(flags & libvirt.VIR_DOMAIN_CONSOLE_FORCE), owner=owner)
     try:
         stream = open_console_stream(conn, dom, alias, flags)
+        try:
+            guest = ConsoleStream(conn, dom, stream, sessions.buffer_size)
+        except BaseException:
+            _abort(stream)
+            raise
     except BaseException:
         sessions.cancel(place)
         raise
-    guest = ConsoleStream(conn, dom, stream, sessions.buffer_size)
     return sessions.start(place, guest, framing, f"{dom.name()} {alias or 'console'}")
 
 

@@ -29,6 +29,12 @@ STALL = 0.02
 TIMEOUT = 30.0  # seconds a read or write on a client socket may take
 KEEPALIVE_TIMEOUT = 15.0  # seconds an idle keep-alive connection is kept
 REQUEST_TIMEOUT = 60.0  # seconds a whole request body of up to MAX_BODY may take
+# Request bodies larger than MAX_BODY (image uploads) read at once: the app reads them while it
+# runs, so each holds a worker for as long as its client sends it; past it, 503.
+MAX_UPLOADS = 4
+# Bytes of answers that may wait, together, for clients that take them slowly (a worker never
+# waits for them); past it, one more such client is cut off. Memory, not threads.
+MAX_PARKED = 64 << 20
 GRACE = 10.0  # seconds requests in flight get at shutdown
 MAX_HEAD = 65536  # bytes of request line and header fields
 BACKLOG = 1024

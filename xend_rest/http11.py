@@ -19,7 +19,6 @@ from .headers import content_length
 log = logging.getLogger('xend_rest.server')
 
 RECV_SIZE = 65536
-MAX_DRAIN = 64 * 1024  # unread request body we still read to keep a connection alive
 STATUSES_WITHOUT_BODY = ('204', '304')
 CONTINUE = b'HTTP/1.1 100 Continue\r\n\r\n'
 # A line ends with LF, a CR before it ignored (RFC 9112 2.2): the head ends at an empty line.
@@ -280,16 +279,19 @@ class Input:
 
 
 class Response:
-    """start_response() and the writing of status, headers and body to a non-blocking socket,
-    each part within `timeout`."""
+    """start_response(), and the answer's bytes: queued by write(), sent by send_more() as the
+    socket takes them, never waiting for it. An app's iterable is taken a part at a time, as the
+    previous part is sent: a client that reads slowly costs the part that waits, not a thread."""
 
-    def __init__(self, sock, head_only, keep_alive, http10, timeout=defaults.TIMEOUT):
-        self.sock, self.head_only, self.keep_alive, self.http10 = sock, head_only, keep_alive, http10
-        self.timeout = timeout
+    def __init__(self, sock, environ, keep_alive):
+        self.sock, self.environ, self.keep_alive = sock, environ, keep_alive
+        self.head_only = environ['REQUEST_METHOD'] == 'HEAD'
+        self.http10 = environ['SERVER_PROTOCOL'] == 'HTTP/1.0'
         self.status = self.headers = None
-        self.failed = None  # the OSError that cut the answer short, if one did
-        self.sent = False
+        self.sent = False  # the head is queued: the status can no longer change
         self.nbytes = 0
+        self._out = []  # memoryviews of what is queued, in order
+        self._result = self._parts = None  # the app's iterable and its iterator, until exhausted
 
     def start_response(self, status, headers, exc_info=None):
         if exc_info:
@@ -304,10 +306,10 @@ class Response:
         return self.write
 
     def write(self, data, total=None):
-        """Send data, preceded by the head on the first call; total is the whole body's length if known."""
+        """Queue data, preceded by the head on the first call; total is the whole body's length if known."""
         if self.sent:
-            if not self.head_only:
-                send(self.sock, data, self.timeout)
+            if not self.head_only and data:
+                self._out.append(memoryview(data))
                 self.nbytes += len(data)
             return
         if self.status is None:
@@ -317,8 +319,76 @@ class Response:
         if self.head_only or no_body:
             data = b''
         self.sent = True
-        send(self.sock, head + data, self.timeout)  # one send: no Nagle stall
+        self._out.append(memoryview(head + data))  # one send: no Nagle stall
         self.nbytes += len(data)
+
+    def unsent(self):
+        """Bytes queued and not yet sent."""
+        return sum(len(part) for part in self._out)
+
+    def send_more(self):
+        """Send what the socket takes now, taking the app's next parts as it goes: True once
+        the whole answer is sent, False when the socket is full (OSError: the client is gone)."""
+        while True:
+            while self._out:
+                try:
+                    sent = self.sock.send(self._out[0])
+                except (BlockingIOError, ssl.SSLWantWriteError):
+                    return False
+                if sent < len(self._out[0]):
+                    self._out[0] = self._out[0][sent:]
+                else:
+                    del self._out[0]
+            if self._parts is None:
+                return True
+            self._next_part()
+
+    def take(self, result):
+        """The app's answer: a list is queued at once (with its Content-Length), another
+        iterable a part at a time by send_more()."""
+        if type(result) in (list, tuple):  # the usual case: one send with a Content-Length
+            try:
+                data = b''.join(result)
+                self.write(data, len(data) if not self.sent else None)
+            finally:
+                _close(result)
+        else:
+            self._result, self._parts = result, iter(result)
+
+    def _next_part(self):
+        try:
+            data = next(self._parts, None)
+            if data is None:
+                self._parts = None
+                if not self.sent:
+                    self.write(b'', 0)
+                self.close()
+            elif data:
+                self.write(data)
+        except OSError:
+            raise  # the client's socket, not the application
+        except Exception:
+            self.fail()
+
+    def fail(self):
+        """The app raised: a JSON 500 if nothing is queued yet, else the answer is cut short."""
+        log.exception('unhandled exception in the application for %s %s',
+                      self.environ['REQUEST_METHOD'], self.environ['RAW_URI'])
+        self.keep_alive = False
+        self.close()
+        if self.sent:
+            raise ConnectionAbortedError('response cut short by an application error')
+        err = HTTPError(500, 'internal server error', 'internal_error')
+        body = err.payload()
+        self.status = status_line(err.status)
+        self.headers = [('Content-Type', defaults.JSON)]
+        self.write(body, len(body))
+
+    def close(self):
+        """Close the app's iterable (once), sent in full or not."""
+        result, self._result, self._parts = self._result, None, None
+        if result is not None:
+            _close(result)
 
     def _head(self, no_body, total):
         """The status line and header block; UnicodeEncodeError (nothing sent: a 500 still can be)."""
@@ -347,57 +417,29 @@ class Response:
         return ''.join(head).encode('latin-1')
 
 
+def _close(result):
+    if hasattr(result, 'close'):
+        result.close()
+
+
 def respond(app, sock, buf, request, timeout, deadline, keep_alive=True):
-    """Serve one parsed request whose body starts at request.body_start in buf: (the Response,
-    the bytes past its body, whether the connection may serve another request). An answer the
-    client's socket would not take is given up: the Response says so (failed)."""
+    """Call the app for one parsed request whose body starts at request.body_start in buf:
+    (the Response, whose send_more() sends the answer; the body, whose `extra` holds the bytes
+    past it and `remaining` what the app left unread on the socket)."""
     environ = request.environ
     body = Input(sock, buf[request.body_start:], request.length, request.expect_continue,
                  timeout, deadline)
     environ['wsgi.input'] = body
-    response = Response(sock, environ['REQUEST_METHOD'] == 'HEAD', request.keep_alive and keep_alive,
-                        environ['SERVER_PROTOCOL'] == 'HTTP/1.0', timeout)
-    try:
-        run_app(app, environ, response)
-    except OSError as err:  # the client went away, or stopped reading for `timeout`
-        response.failed = err  # the request was served all the same: it is logged
-        return response, b'', False
-    keep = response.keep_alive
-    if keep and body.remaining:  # unread body: drain a little of it, else give up
-        if body.expect_continue or body.remaining > MAX_DRAIN:
-            keep = False
-        else:
-            body.read()
-    return response, body.extra, keep
+    response = Response(sock, environ, request.keep_alive and keep_alive)
+    run_app(app, environ, response)
+    return response, body
 
 
 def run_app(app, environ, response):
-    """Call the WSGI app and write what it answers; an application error becomes a JSON 500."""
+    """Call the WSGI app and queue what it answers; an application error becomes a JSON 500."""
     try:
-        result = app(environ, response.start_response)
-        try:
-            if type(result) in (list, tuple):  # the usual case: one send with a Content-Length
-                data = b''.join(result)
-                response.write(data, len(data) if not response.sent else None)
-            else:
-                for data in result:
-                    if data:
-                        response.write(data)
-                if not response.sent:
-                    response.write(b'', 0)
-        finally:
-            if hasattr(result, 'close'):
-                result.close()
+        response.take(app(environ, response.start_response))
     except OSError:
         raise  # the client's socket, not the application
     except Exception:
-        log.exception('unhandled exception in the application for %s %s',
-                      environ['REQUEST_METHOD'], environ['RAW_URI'])
-        response.keep_alive = False
-        if response.sent:
-            raise ConnectionAbortedError('response cut short by an application error')
-        err = HTTPError(500, 'internal server error', 'internal_error')
-        body = err.payload()
-        response.status = status_line(err.status)
-        response.headers = [('Content-Type', defaults.JSON)]
-        response.write(body, len(body))
+        response.fail()

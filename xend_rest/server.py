@@ -4,9 +4,10 @@ Every connection is registered, one-shot, in one epoll set (Linux). `concurrency
 a time (started on demand) wait on it and serve what is ready: threads taking turns on one GIL
 can cost more than they bring (see docs/server.md). A worker reads without blocking: an
 incomplete request is re-armed (a slow or idle client costs a descriptor, never a worker), a
-complete one is served at once, with no hand-off between threads. One more thread accepts,
-enforces deadlines, and gives a turn to another worker (up to `workers`) whenever one stalls on
-a request for longer than `stall`. See docs/server.md; HTTP framing is http11.py's.
+complete one is served at once, with no hand-off between threads; an answer the client does
+not take at once waits for the socket the same way. One more thread accepts, enforces
+deadlines, and gives a turn to another worker (up to `workers`) whenever one stalls on a request
+for longer than `stall`. See docs/server.md; HTTP framing is http11.py's.
 """
 import logging
 import select
@@ -23,10 +24,17 @@ from .listeners import format_address, parse_listen, sd_notify
 
 log = logging.getLogger('xend_rest.server')
 
-# What becomes of a connection after a request: closed, kept, upgraded, or closing (see _refuse).
-CLOSE, KEEP, UPGRADED, LINGER = 'close', 'keep', 'upgraded', 'linger'
 LINGER_TIME = 2.0  # seconds a refused client's remaining bytes are read and dropped
 READ, WRITE = select.EPOLLIN | select.EPOLLONESHOT, select.EPOLLOUT | select.EPOLLONESHOT
+
+
+class Exchange:
+    """A request served, whose answer is on its way to the client (see Server._send)."""
+    __slots__ = ('response', 'body', 'upgrade', 'start', 'parked')
+
+    def __init__(self, response, body, upgrade, start):
+        self.response, self.body, self.upgrade, self.start = response, body, upgrade, start
+        self.parked = 0  # bytes of it counted in Server.unsent_bytes while it waits for the socket
 
 
 class Server:
@@ -37,14 +45,19 @@ class Server:
                  max_head=defaults.MAX_HEAD, backlog=defaults.BACKLOG,
                  request_timeout=defaults.REQUEST_TIMEOUT, tls=None, socket_mode=defaults.SOCKET_MODE,
                  socket_gid=-1, max_body=defaults.MAX_BODY, on_shutdown=None, stall=defaults.STALL,
-                 concurrency=defaults.CONCURRENCY_IN_PROCESS):
+                 concurrency=defaults.CONCURRENCY_IN_PROCESS, max_uploads=defaults.MAX_UPLOADS,
+                 max_parked=defaults.MAX_PARKED):
         """tls: an ssl.SSLContext for every TCP listener; request_timeout: the deadline of a
         body of up to max_body (larger ones are streamed, `timeout` per read); socket_mode,
         socket_gid: who may connect to unix listeners; on_shutdown: called once shutdown
         begins, to end long-lived responses (event streams); concurrency: workers that serve at
-        once while none stalls (at most `workers`; more start, up to it, for those that stall)."""
+        once while none stalls (at most `workers`; more start, up to it, for those that stall);
+        max_uploads: streamed bodies read at once (each holds a worker: at most workers - 1,
+        so that one is left for other requests, but at least one); max_parked: bytes of
+        answers that may wait for slow clients, together, before one more is cut off."""
         self.app = app
         self.request_timeout, self.tls, self.max_body = request_timeout, tls, max_body
+        self.max_uploads, self.max_parked = max(1, min(max_uploads, workers - 1)), max_parked
         self.socket_mode, self.socket_gid = socket_mode, socket_gid
         self.on_shutdown = on_shutdown
         self.listeners = list(listeners)
@@ -65,6 +78,8 @@ class Server:
         self._busy = {}  # worker thread -> time.monotonic() when it took the connection it serves
         self._stalled = set()  # workers whose turn went to another while they served one request
         self._standby = 0  # workers waiting for a turn (or about to)
+        self._uploads = 0  # streamed bodies being read
+        self._parked = 0  # bytes of answers waiting for the socket
         self._stopping = False
         self._stop_requested = False
         self._selector = self._epoll = None
@@ -75,6 +90,12 @@ class Server:
     def open_sessions(self):
         """How many upgraded connections (consoles) are open."""
         return len(self._sessions)
+
+    @property
+    def unsent_bytes(self):
+        """Bytes of answers waiting for slow clients to take them (at most max_parked, unless
+        one answer alone is larger)."""
+        return self._parked
 
     # -- life cycle --------------------------------------------------------------
 
@@ -150,9 +171,13 @@ class Server:
                 conn.sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+        # Lingering, answers still waiting for their clients, or handed back as we stopped:
+        # closed now, so that the workers find nothing left to wait for.
+        for conn in self._release(lambda conn: True):
+            self._forget(conn)
         for thread in workers:
             thread.join(1.0)
-        for conn in self._release(lambda conn: True):  # lingering, or handed back as we stopped
+        for conn in self._release(lambda conn: True):  # handed back by a worker meanwhile
             self._forget(conn)
         self._sessions.join(deadline)
         self._epoll.close()
@@ -180,8 +205,10 @@ class Server:
         for sock in self._sockets:
             listeners.close(sock)
         self._selector.close()
-        # A request that has arrived is served within the grace period; the rest are closed.
-        for conn in self._release(lambda conn: conn.closing or conn.handshaking or not conn.waiting()):
+        # A request that has arrived is served, and an answer under way sent, within the grace
+        # period; the rest are closed.
+        for conn in self._release(lambda conn: conn.exchange is None and (
+                conn.closing or conn.handshaking or not conn.waiting())):
             self._forget(conn)
 
     def _accept(self, listener):
@@ -217,7 +244,14 @@ class Server:
     def _sweep(self, now):
         """Close idle and too-slow connections."""
         for conn in self._release(lambda conn: conn.deadline < now):
-            if conn.closing:
+            if conn.exchange is not None:  # nothing of its answer taken for `timeout`: a worker
+                try:                       # finds the socket shut, and ends the answer
+                    conn.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                conn.deadline = now + self.timeout
+                self._rearm(conn, WRITE)
+            elif conn.closing:
                 self._forget(conn)
             elif conn.waiting():  # its bytes came in time, but every worker was busy: not its fault
                 conn.deadline = now + self.timeout
@@ -299,6 +333,7 @@ class Server:
             if events[0][0] == wake:  # shutting down: once no request waits for a worker
                 if self._stopping and not self._any_waiting():
                     return False
+                time.sleep(0.01)  # the wake-up stays ready: do not spin while answers wait
                 continue
             conn = self._take(events[0][0], me)
             if conn is None:
@@ -326,6 +361,9 @@ class Server:
             if conn.recv() == b'':
                 return self._forget(conn)
             self._rearm(conn)
+        elif conn.exchange is not None:  # the socket takes more of an answer
+            if self._send(conn) and self._serve_buffered(conn):
+                self._read(conn)
         else:
             self._read(conn)
 
@@ -337,13 +375,16 @@ class Server:
             pass
 
     def _forget(self, conn, close=True):
-        """Remove a held connection from the server (before its fd can be reused), and close it."""
+        """Remove a held connection from the server (before its fd can be reused), and close it;
+        an answer still under way ends with it."""
         with self._lock:
             self._conns.pop(conn.fd, None)
         try:
             self._epoll.unregister(conn.fd)
         except (OSError, ValueError):
             pass
+        if conn.exchange is not None:
+            self._end_exchange(conn).upgrade.abandon()
         if close:
             conn.close()
 
@@ -359,7 +400,7 @@ class Server:
         self._read(conn)  # the request may have come with the handshake's last bytes
 
     def _read(self, conn):
-        """Read what has arrived; serve the request once it is complete, as often as there is one."""
+        """Read what has arrived, and serve the requests it completes."""
         while True:
             data = conn.recv()
             if data is None:
@@ -369,28 +410,47 @@ class Server:
             if not conn.buf:  # a new head has begun: the client gets `timeout` to finish it
                 conn.deadline = time.monotonic() + self.timeout
             conn.buf += data
-            try:
-                complete = conn.complete(self.max_head, self.max_body, self.request_timeout)
-            except HTTPError as err:
-                return self._refuse(conn, err, time.perf_counter())
-            if not complete:  # wait for the rest; but not once shutting down
-                return self._forget(conn) if self._stopping else self._rearm(conn)
-            outcome = self._serve_held(conn)
-            if outcome != KEEP:
+            if not self._serve_buffered(conn):
                 return
             if not conn.pending():
                 return self._rearm(conn)
 
+    def _serve_buffered(self, conn):
+        """Serve the requests buffered on conn, in order, each once it is complete, pipelined or
+        not (a body that stalls costs a descriptor, never a worker). True while conn is ours and
+        waits for more bytes; False once it is not (an answer waits for the socket, or conn was
+        closed or upgraded)."""
+        while conn.buf:
+            try:
+                complete = conn.complete(self.max_head, self.max_body, self.request_timeout)
+            except HTTPError as err:
+                self._refuse(conn, err, time.perf_counter())
+                return False
+            if not complete:
+                break
+            if not self._serve(conn):
+                return False
+        if self._stopping:  # no new request once shutting down
+            self._forget(conn)
+            return False
+        return True
+
     def _refuse(self, conn, err, start=None):
-        """Answer err and half-close; start: log the request too (its head was read). Closing a
-        socket with unread bytes resets the connection, which can destroy the answer in flight:
-        so for a while what the client still sends is read and dropped."""
+        """Answer err and half-close; start: log the request too (its head was read)."""
         response, nbytes = http11.error_response(err)
         if start is not None:
             accesslog.request(*http11.request_line_of(conn.buf), err.status, nbytes, start,
                               conn.client)
         try:
             conn.sock.send(response)  # small: fits the socket buffer
+        except OSError:
+            return self._forget(conn)
+        self._linger(conn)
+
+    def _linger(self, conn):
+        """Half-close, then for a while read and drop what the client still sends: closing a
+        socket with unread bytes resets the connection, which can destroy the answer in flight."""
+        try:
             conn.sock.shutdown(socket.SHUT_WR)
         except OSError:
             return self._forget(conn)
@@ -401,69 +461,150 @@ class Server:
 
     # -- serving a request -------------------------------------------------------
 
-    def _serve_held(self, conn):
-        """Serve the complete request(s) on conn; KEEP means conn is ours to re-arm."""
-        self._active.add(conn)
-        outcome = CLOSE
-        try:
-            # The socket stays non-blocking: each read or write that must wait waits up to
-            # `timeout` (http11.send, Input), so a client that stalls holds this worker that long.
-            outcome = self._serve(conn)
-        except OSError as err:  # client gone, timed out, or connection cut at shutdown
-            log.debug('connection from %s: %s', conn.client, err)
-        except Exception:
-            log.exception('unexpected error serving %s', conn.client)
-        finally:
-            self._active.discard(conn)
-        if outcome == KEEP and not self._stopping:
-            conn.deadline = time.monotonic() + (self.timeout if conn.buf else self.keepalive_timeout)
-            return KEEP
-        if outcome not in (UPGRADED, LINGER):  # those are a session's, or re-armed already
-            self._forget(conn)
-        return CLOSE
-
     def _serve(self, conn):
-        """Serve every complete request buffered on conn: CLOSE, KEEP, UPGRADED or LINGER."""
-        while True:
-            outcome = self._serve_one(conn)
-            if outcome != KEEP or self._stopping:
-                return outcome
-            if not conn.buf or http11.find_head(conn.buf) is None:  # none pipelined: wait
-                return KEEP
-
-    def _serve_one(self, conn):
+        """Call the app for conn's complete request, and send its answer. True if conn may serve
+        another request; False once it is not ours (see _serve_buffered)."""
         start = time.perf_counter()
         request, conn.request = conn.request, None
-        if request is None:  # a pipelined request, already here
-            try:
-                request = http11.parse_request(conn.buf, http11.find_head(conn.buf), conn.environ,
-                                               self.max_head)
-            except HTTPError as err:
-                self._refuse(conn, err, start)
-                return LINGER
-        upgrade = request.environ['xend_rest.upgrade'] = sessions.Upgrade()
-        # A body of up to max_body gets the request's deadline (it is usually here already). A
-        # larger one is streamed (an image upload) for as long as it keeps coming: each read
-        # still waits at most `timeout`, so a client that stalls is cut off all the same.
-        deadline = (time.monotonic() + self.request_timeout if request.length <= self.max_body
-                    else float('inf'))
-        response, conn.buf, keep = http11.respond(self.app, conn.sock, conn.buf, request,
-                                                  self.timeout, deadline, not self._stopping)
+        streamed = request.length > self.max_body  # an upload: read while the app runs
+        if streamed and not self._begin_upload():
+            self._refuse(conn, HTTPError(
+                503, f'{self.max_uploads} request bodies larger than {self.max_body} bytes are '
+                'being received, the most this daemon takes at once', 'too_many_uploads',
+                [('Retry-After', '5')]), start)
+            return False
+        upgrade = request.environ['xend_rest.upgrade'] = sessions.Upgrade(
+            self._cannot_upgrade(request))
+        # A body of up to max_body gets the request's deadline (it is here already). A larger
+        # one is streamed (an image upload) for as long as it keeps coming: each read still
+        # waits at most `timeout`, so a client that stalls is cut off all the same.
+        deadline = float('inf') if streamed else time.monotonic() + self.request_timeout
+        self._active.add(conn)
+        try:
+            response, body = http11.respond(self.app, conn.sock, conn.buf, request, self.timeout,
+                                            deadline, not self._stopping)
+        except OSError as err:  # the client went away while the app read its body
+            log.debug('connection from %s: %s', conn.client, err)
+            upgrade.abandon()
+            self._forget(conn)
+            return False
+        except Exception:
+            upgrade.abandon()
+            raise
+        finally:
+            self._active.discard(conn)
+            if streamed:
+                self._end_upload()
+        conn.buf = body.extra
+        conn.exchange = Exchange(response, body, upgrade, start)
+        return self._send(conn)
+
+    def _cannot_upgrade(self, request):
+        """Why this request's connection could not be handed over to a session (an HTTPError
+        the app gets from the Upgrade before it commits to anything), or None."""
         environ = request.environ
-        # The app names its caller in the environ (the server knows no credentials).
+        if 'HTTP_UPGRADE' not in environ:
+            return None
+        if self._stopping:
+            return HTTPError(503, 'the daemon is shutting down: no upgraded session starts',
+                             'shutting_down', [('Retry-After', '5')])
+        if environ['SERVER_PROTOCOL'] != 'HTTP/1.1':
+            return HTTPError(400, 'an upgrade needs HTTP/1.1', 'bad_request')
+        if not request.keep_alive:
+            return HTTPError(400, 'Connection: close asks to close the connection after the '
+                             'answer: it cannot be upgraded', 'bad_request')
+        if request.length > self.max_body:
+            return HTTPError(400, f'a request with a body larger than {self.max_body} bytes '
+                             'cannot be upgraded', 'bad_request')
+        return None
+
+    def _begin_upload(self):
+        with self._lock:
+            if self._uploads >= self.max_uploads:
+                return False
+            self._uploads += 1
+            return True
+
+    def _end_upload(self):
+        with self._lock:
+            self._uploads -= 1
+
+    def _send(self, conn):
+        """Send as much of conn's answer as the socket takes now. The rest waits for the socket
+        in the epoll set (a client that reads slowly costs its bytes, never a worker), within
+        max_parked bytes for all such clients. True once all is sent and conn may serve another
+        request; False if it waits, or conn was closed or upgraded."""
+        exchange = conn.exchange
+        self._unpark(exchange)
+        self._active.add(conn)
+        try:
+            done = exchange.response.send_more()
+        except OSError as err:  # client gone, or cut off for not reading (see _sweep)
+            log.debug('connection from %s: %s', conn.client, err)
+            self._forget(conn)
+            return False
+        finally:
+            self._active.discard(conn)
+        if done:
+            return self._answered(conn)
+        size = exchange.response.unsent()
+        with self._lock:
+            cut = self._parked and self._parked + size > self.max_parked
+            if not cut:
+                self._parked += size
+                exchange.parked = size
+        if cut:
+            log.warning('%s takes its answer slowly while answers of %d bytes wait for slow '
+                        'clients already: cut off', conn.client, self._parked)
+            self._forget(conn)
+            return False
+        conn.deadline = time.monotonic() + self.timeout  # for the socket to take more
+        self._rearm(conn, WRITE)
+        return False
+
+    def _unpark(self, exchange):
+        if exchange.parked:
+            with self._lock:
+                self._parked -= exchange.parked
+                exchange.parked = 0
+
+    def _end_exchange(self, conn):
+        """The answer on conn is over, sent or not: close it, log it; the Exchange."""
+        exchange, conn.exchange = conn.exchange, None
+        self._unpark(exchange)
+        response, environ = exchange.response, exchange.response.environ
+        try:
+            response.close()
+        except Exception:
+            log.exception('closing the answer to %s %s failed', environ['REQUEST_METHOD'],
+                          environ['RAW_URI'])
         accesslog.request(environ['REQUEST_METHOD'], environ['RAW_URI'],
-                          (response.status or '-')[:3], response.nbytes, start, conn.client,
-                          environ.get('xend_rest.caller', '-'))
-        if response.failed is not None:  # client gone, timed out, or cut at shutdown
-            log.debug('connection from %s: %s', conn.client, response.failed)
-            return CLOSE
+                          response.status[:3] if response.status else '-', response.nbytes,
+                          exchange.start, conn.client,
+                          environ.get('xend_rest.caller', '-'))  # the app names its caller
+        return exchange
+
+    def _answered(self, conn):
+        """The answer is sent: hand an upgraded connection over to its session, or go on with the
+        next request. True if conn may serve another request."""
+        exchange = self._end_exchange(conn)
+        response, upgrade = exchange.response, exchange.upgrade
+        keep = response.keep_alive and not exchange.body.remaining
         if response.status[:3] == '101':  # no longer HTTP: a session's, or nobody's
             if keep and upgrade.session is not None:
                 self._forget(conn, close=False)  # first: once the session closes it, its fd is reused
                 self._sessions.start(conn.sock, bytes(conn.buf), upgrade, conn.client)
-                return UPGRADED
-            return CLOSE
-        return KEEP if keep else CLOSE
+                return False
+            keep = False
+        upgrade.abandon()  # a session the app took, then answered otherwise: released
+        if not keep or self._stopping:
+            if exchange.body.remaining or conn.buf:  # unread bytes: do not reset the answer
+                self._linger(conn)
+            else:
+                self._forget(conn)
+            return False
+        conn.deadline = time.monotonic() + (self.timeout if conn.buf else self.keepalive_timeout)
+        return True
 
 
 def _start(threads):
