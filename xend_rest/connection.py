@@ -13,6 +13,15 @@ log = logging.getLogger(__name__)
 
 _event_loop_lock = threading.Lock()
 _event_loop_started = False
+_event_loop_thread = None  # its ident: its calls never wait at a gate (see Gated)
+
+# What libvirt answers from the object itself, without asking libvirtd: never gated.
+LOCAL_CALLS = frozenset({'name', 'UUID', 'UUIDString', 'isAlive'})
+# Objects whose calls go to their connection: what a gated call returns is gated too.
+LIBVIRT_OBJECTS = tuple(getattr(libvirt, name) for name in (
+    'virConnect', 'virDomain', 'virDomainSnapshot', 'virDomainCheckpoint', 'virNetwork',
+    'virNetworkPort', 'virInterface', 'virStoragePool', 'virStorageVol', 'virNodeDevice',
+    'virSecret', 'virNWFilter', 'virNWFilterBinding', 'virStream') if hasattr(libvirt, name))
 
 
 def _ignore_libvirt_error(_context, _error):
@@ -36,6 +45,8 @@ def start_event_loop():
 
 
 def _run_event_loop():
+    global _event_loop_thread
+    _event_loop_thread = threading.get_ident()
     while True:
         try:
             libvirt.virEventRunDefaultImpl()
@@ -44,7 +55,8 @@ def _run_event_loop():
 
 
 class SharedConnection:
-    """One libvirt connection, opened lazily, shared by every thread, reopened once it breaks."""
+    """One libvirt connection, opened lazily, shared by every thread, reopened once it breaks;
+    its calls are made one at a time (Gated)."""
 
     def __init__(self, uri, keepalive_interval=defaults.KEEPALIVE_INTERVAL,
                  keepalive_count=defaults.KEEPALIVE_COUNT, open_timeout=defaults.OPEN_TIMEOUT):
@@ -134,7 +146,7 @@ class SharedConnection:
         self.connects += 1
         self.last_error = None
         log.info('connected to %s%s', self.uri, ' (reconnect)' if self.connects > 1 else '')
-        return conn
+        return Gated(conn, threading.RLock())
 
     def _on_close(self, conn, reason, _opaque):
         # libvirt calls this holding its close-callback lock, on whichever thread saw the link
@@ -156,7 +168,7 @@ class SharedConnection:
     def _forget(self, conn):
         """Stop handing out conn; True if it was the current connection."""
         with self._lock:
-            if conn is None or self._conn is not conn:
+            if conn is None or self._conn is None or unwrap(self._conn) is not unwrap(conn):
                 return False
             self._conn = None
             return True
@@ -182,6 +194,7 @@ class SharedConnection:
         closing would free it under them. libvirt-python closes it when the last request lets go
         of the object (its __del__), now that no callback keeps a reference.
         """
+        conn = unwrap(conn)
         with self._lock:
             detachers = self._detachers.pop(conn, ())
         for detach in detachers:
@@ -201,6 +214,64 @@ class SharedConnection:
             return
         if left > 0:
             log.debug('libvirt still holds %d references to the connection it closed', left)
+
+
+class Gated:
+    """A libvirt object whose calls pass its connection's gate, one thread at a time.
+
+    libvirt's remote client (9.0) kills the process (SIGSEGV) when it closes a connection
+    (keepalive timeout, close()) while two threads wait for answers on it: the thread polling the
+    socket leaves, its GLib watch left behind with a pointer into its own stack, and the next
+    waiter, handed the socket, runs that watch on a dead frame once the socket stirs. One caller
+    at a time per connection leaves no next waiter. Calls on libvirt's event-loop thread (console
+    streams) pass at once: they never wait for an answer, and that thread, which runs the
+    keepalive, must never wait behind a request.
+    """
+
+    __slots__ = ('_target', '_gate')
+
+    def __init__(self, target, gate):
+        self._target = target
+        self._gate = gate
+
+    def __getattr__(self, name):
+        value = getattr(self._target, name)
+        if name in LOCAL_CALLS or not callable(value):
+            return value  # e.g. _o, which libvirt-python reads off objects passed as arguments
+        gate = self._gate
+
+        def call(*args, **kwargs):
+            # libvirt-python checks some arguments' types (domainListGetStats): pass its own
+            args = [_ungated(arg) for arg in args]
+            if threading.get_ident() == _event_loop_thread:
+                return _gated(value(*args, **kwargs), gate)
+            with gate:
+                return _gated(value(*args, **kwargs), gate)
+        return call
+
+    def __repr__(self):
+        return f'<gated {self._target!r}>'
+
+
+def _gated(result, gate):
+    """What a call returned, its libvirt objects gated like the object called."""
+    if isinstance(result, LIBVIRT_OBJECTS):
+        return Gated(result, gate)
+    if isinstance(result, list) and result and isinstance(result[0], LIBVIRT_OBJECTS):
+        return [Gated(item, gate) for item in result]
+    return result
+
+
+def unwrap(obj):
+    """The libvirt object behind a gated one."""
+    return obj._target if isinstance(obj, Gated) else obj
+
+
+def _ungated(arg):
+    """An argument as libvirt-python takes it: libvirt objects, alone or in a list, ungated."""
+    if isinstance(arg, list):
+        return [unwrap(item) for item in arg]
+    return unwrap(arg)
 
 
 class _Opener(threading.Thread):
