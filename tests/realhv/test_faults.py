@@ -75,10 +75,10 @@ def guest_on_private(private_libvirtd, guest_files, console_dir):
     private_libvirtd.remove_domains(names)
 
 
-def request(server, method, path):
-    """(status, headers, JSON body) through the server's TCP socket; never waits over 60 s."""
+def request(server, method, path, timeout=60):
+    """(status, headers, JSON body) through the server's TCP socket; never waits over `timeout` s."""
     host, port = server.addresses[0][:2]
-    conn = http.client.HTTPConnection(host, port, timeout=60)
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         conn.request(method, path, body=b'', headers={'Content-Length': '0'})
         response = conn.getresponse()
@@ -271,6 +271,57 @@ def test_a_frozen_libvirtd_is_504_in_bounded_time_then_recovers(private_libvirtd
     wait_until(lambda: api.get(f'{NODES}/json').status == 200, 30, 'an answer after SIGCONT')
     assert not [t for t in threading.enumerate() if t.name == 'libvirt-open']
     assert capfd.readouterr().err == ''
+
+
+def _qemu_of(name):
+    """The pid of the QEMU process running domain `name`."""
+    for pid in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            with open(f'/proc/{pid}/cmdline', 'rb') as f:
+                if f'guest={name},'.encode() in f.read():
+                    return int(pid)
+        except OSError:
+            pass  # gone meanwhile
+    raise AssertionError(f'no QEMU process runs {name}')
+
+
+def _inside(function):
+    """Whether some thread is inside libvirt-python's `function` now."""
+    for frame in sys._current_frames().values():
+        while frame is not None:
+            if (frame.f_code.co_name == function
+                    and os.path.basename(frame.f_code.co_filename) == 'libvirt.py'):
+                return True
+            frame = frame.f_back
+    return False
+
+
+def test_a_call_hung_on_one_guest_holds_up_no_other_request(
+        private_libvirtd, app, server, guest_on_private):
+    """Calls on one libvirt connection are made one at a time (connection.Gated): one that libvirt
+    cannot answer (statistics of a guest whose QEMU is stopped, as a hung device model or libxl
+    call would be) holds its connection, and the other requests get another one."""
+    hung, _console = guest_on_private('hung')
+    other, _console = guest_on_private('other')
+    assert request(server, 'POST', f'{NODES}/{hung}/start')[0] == 204
+    # the other connections to libvirtd, opened one after another once the first is
+    pool = app.hypervisor.connection
+    wait_until(lambda: len(pool._more) == pool.lanes - 1, 10, 'every lane open')
+    qemu = _qemu_of(hung)
+    os.kill(qemu, signal.SIGSTOP)
+    stats = []
+    stuck = threading.Thread(
+        target=lambda: stats.append(request(server, 'GET', f'{NODES}/{hung}/stats')))
+    try:
+        stuck.start()
+        wait_until(lambda: _inside('domainListGetStats'), 10, 'statistics waiting on QEMU')
+        status, _headers, body = request(server, 'GET', f'{NODES}/{other}/json', timeout=10)
+        assert status == 200, body
+        assert stuck.is_alive()  # still waiting on QEMU: the answer did not wait for it
+    finally:
+        os.kill(qemu, signal.SIGCONT)
+        stuck.join(60)
+    assert stats[0][0] == 200  # and the hung one is answered once QEMU runs again
 
 
 # A storm: libvirtd killed and restarted, then frozen past the keepalive, round after round,
