@@ -96,8 +96,11 @@ def test_calls_on_one_connection_are_made_one_at_a_time(node_uri, monkeypatch):
     app = make_app(uri=node_uri)
     client = Client(app)
     answers = []
-    requests = [threading.Thread(target=lambda: answers.append(client.get(NODES + '/json', 'all=1')))
-                for _ in range(4)]
+
+    def list_all():
+        answers.append(client.get(NODES + '/json', 'all=1'))
+
+    requests = [threading.Thread(target=list_all) for _ in range(4)]
     try:
         for request in requests:
             request.start()

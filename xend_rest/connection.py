@@ -81,6 +81,7 @@ class SharedConnection:
         self._more = []  # the other lanes opened beside it
         self._opener = None  # the _Opener in flight: one at a time, however many requests wait
         self._lane_opener = None  # the one opening another lane, in the background
+        self._no_more_beside = None  # a first connection beside which an open failed: no retry
         self._handed = 0  # connections handed out
         self._lock = threading.Lock()
         self._on_connect = []
@@ -142,8 +143,9 @@ class SharedConnection:
 
     def _add_lane(self, first):
         """Open another lane beside first in the background, if first is current, lanes are
-        fewer than `lanes` and none is being opened (under self._lock)."""
-        if self._conn is first and len(self._more) < self.lanes - 1 and self._lane_opener is None:
+        fewer than `lanes`, none is being opened and none failed to (under self._lock)."""
+        if (self._conn is first and len(self._more) < self.lanes - 1
+                and self._lane_opener is None and self._no_more_beside is not first):
             self._lane_opener = _Opener(lambda: self._open_lane(first), self.open_timeout,
                                         'libvirt-lane')
 
@@ -196,11 +198,14 @@ class SharedConnection:
         try:
             lane = Gated(self._connect(), _Gate(first._gate))
         except libvirt.libvirtError as err:
+            # e.g. libvirtd's max_clients: the lanes there are will do until the next reconnect
             log.warning('cannot open another connection to %s: %s', self.uri,
                         err.get_error_message())
         finally:
             with self._lock:
                 self._lane_opener = None
+                if lane is None:
+                    self._no_more_beside = first
                 kept = lane is not None and self._conn is first and len(self._more) < self.lanes - 1
                 if kept:
                     self._more.append(lane)

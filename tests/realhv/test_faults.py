@@ -76,7 +76,7 @@ def guest_on_private(private_libvirtd, guest_files, console_dir):
 
 
 def request(server, method, path, timeout=60):
-    """(status, headers, JSON body) through the server's TCP socket; never waits over `timeout` s."""
+    """(status, headers, JSON body) through the server's TCP socket, within `timeout` s."""
     host, port = server.addresses[0][:2]
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
