@@ -6,6 +6,9 @@ URI_VARIABLE = 'XEND_REST_URI'
 KEEPALIVE_INTERVAL = 5  # seconds of silence before libvirt pings libvirtd
 KEEPALIVE_COUNT = 3  # unanswered pings before the connection counts as broken
 OPEN_TIMEOUT = 30.0  # seconds an opening connection may take before requests get 504
+# Connections to one libvirtd at most: each makes one call at a time (connection.Gated), so a
+# slow call (a start, an image copied or wiped) holds up only the requests on its own.
+LANES = 4
 # Seconds a listing of every connection (GET /libvirt/json, /version) waits for those being
 # opened, and a scrape (/metrics) for each connection's counters: a dead one costs no more.
 LISTING_WAIT = 1.0
