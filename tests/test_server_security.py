@@ -530,6 +530,58 @@ def test_streamed_bodies_past_max_uploads_are_503_before_they_are_read():
             assert read_response(sock)[0] == 200
 
 
+def holding_app(release):
+    """GET /hold?KEY holds its worker until `release` is set, once the server said it may (as
+    event streams and waits do: xend_rest.hold, for the caller KEY), else 503; anything else is
+    counting_app."""
+    def app(environ, start_response):
+        if environ['PATH_INFO'] != '/hold':
+            return counting_app(environ, start_response)
+        status = '503 Service Unavailable'
+        if environ['xend_rest.hold'](environ['QUERY_STRING']):
+            release.wait(30)
+            status = '200 OK'
+        start_response(status, [('Content-Length', '0')])
+        return [b'']
+    return app
+
+
+def test_uploads_and_held_requests_never_take_every_worker():
+    """With 4 workers serving 1 at a time, 3 are to spare for requests that hold one (uploads,
+    and those the app says will: event streams, waits), and one caller gets at most half of
+    them (1): past either it is refused, and /_ping is still answered."""
+    release = threading.Event()
+    hold = b'GET /hold?%s HTTP/1.1\r\nHost: localhost\r\n\r\n'
+    data = os.urandom(10 * SMALL_BODY)
+    with stalled_server(holding_app(release), workers=4, max_uploads=2) as server:
+        socks = [socket.create_connection(server.addresses[0], timeout=10) for _ in range(6)]
+        upload, alice, alice_again, bob, carol, second_upload = socks
+        try:
+            upload.sendall(body_head(len(data)) + data[:100])
+            alice.sendall(hold % b'alice')
+            until(lambda: server.held == 2)
+            alice_again.sendall(hold % b'alice')
+            assert read_response(alice_again)[0] == 503  # half of 3 for one caller
+            bob.sendall(hold % b'bob')
+            until(lambda: server.held == 3)
+            carol.sendall(hold % b'carol')
+            assert read_response(carol)[0] == 503  # nothing more to spare
+            second_upload.sendall(body_head(len(data)) + data[:100])
+            response = http.client.HTTPResponse(second_upload)
+            response.begin()
+            assert (response.status, json.loads(response.read())['code']) == \
+                (503, 'too_many_uploads')
+            assert ping(server) == 200
+            release.set()
+            upload.sendall(data[100:])
+            assert [read_response(sock)[0] for sock in (upload, alice, bob)] == [200] * 3
+            until(lambda: server.held == 0)
+        finally:
+            release.set()
+            for sock in socks:
+                sock.close()
+
+
 def large_answer_app(size, chunk=None):
     """Answers any path but /_ping with `size` bytes: at once (a JSON list's way), or in chunks of
     `chunk` bytes from an iterable (an image download's way) whose close() is noted."""

@@ -192,12 +192,12 @@ def build_parser():
                             'may take longer while they keep coming (default: 60)')
     group.add_argument('--watchers-per-caller', type=positive(int), metavar='N',
                        help='event streams and waits one caller (token, certificate, unix user) may '
-                            f'hold at once, of {defaults.WATCHERS} per connection; past it 429 '
-                            f'(default: {defaults.WATCHERS_PER_CALLER})')
+                            f'hold at once, of {defaults.WATCHERS} on all connections together; past '
+                            f'it 429 (default: {defaults.WATCHERS_PER_CALLER})')
     group.add_argument('--max-uploads', type=positive(int), metavar='N',
                        help='request bodies larger than --max-body (image uploads) received at once, '
-                            'each holding a worker: 503 past it; at most --workers minus one '
-                            f'(default: {defaults.MAX_UPLOADS})')
+                            'each holding a worker: 503 past it; with event streams and waits, at '
+                            f'most --workers minus --concurrency (default: {defaults.MAX_UPLOADS})')
     group.add_argument('--insecure', action='store_true',
                        help='allow TCP beyond loopback without TLS client certificates or tokens, or with '
                             'tokens but without TLS')

@@ -7,8 +7,12 @@ incomplete request is re-armed (a slow or idle client costs a descriptor, never 
 complete one is served at once, with no hand-off between threads; an answer the client does
 not take at once waits for the socket the same way. One more thread accepts, enforces
 deadlines, and gives a turn to another worker (up to `workers`) whenever one stalls on a request
-for longer than `stall`. See docs/server.md; HTTP framing is http11.py's.
+for longer than `stall`. Requests that hold a worker for long (uploads, and what the app says
+will: event streams, waits) are bounded together below `workers`, so that `concurrency` workers
+are always left for the rest. See docs/server.md; HTTP framing is http11.py's.
 """
+import collections
+import functools
 import logging
 import select
 import selectors
@@ -30,11 +34,44 @@ READ, WRITE = select.EPOLLIN | select.EPOLLONESHOT, select.EPOLLOUT | select.EPO
 
 class Exchange:
     """A request served, whose answer is on its way to the client (see Server._send)."""
-    __slots__ = ('response', 'body', 'upgrade', 'start', 'parked')
+    __slots__ = ('response', 'body', 'upgrade', 'start', 'parked', 'held')
 
-    def __init__(self, response, body, upgrade, start):
+    def __init__(self, response, body, upgrade, start, held):
         self.response, self.body, self.upgrade, self.start = response, body, upgrade, start
         self.parked = 0  # bytes of it counted in Server.unsent_bytes while it waits for the socket
+        self.held = held  # the key it holds its worker under (Server._hold), until it ends
+
+
+class Holds:
+    """Requests that hold a worker for long: at most `limit` at once, and at most half of them
+    (at least one) under one key (who made them, as the app names it; uploads have none)."""
+
+    def __init__(self, limit):
+        self.limit, self.per_key = limit, max(1, limit // 2)
+        self._keys = collections.Counter()
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def __len__(self):
+        return self._count
+
+    def take(self, key=None):
+        """True, and one more is counted, unless `limit` are held, or `per_key` under `key`."""
+        with self._lock:
+            if self._count >= self.limit or (key is not None and self._keys[key] >= self.per_key):
+                return False
+            self._count += 1
+            if key is not None:
+                self._keys[key] += 1
+            return True
+
+    def give(self, key=None):
+        with self._lock:
+            self._count -= 1
+            if key is not None:
+                self._keys[key] -= 1
+                if not self._keys[key]:
+                    del self._keys[key]
 
 
 class Server:
@@ -52,12 +89,18 @@ class Server:
         socket_gid: who may connect to unix listeners; on_shutdown: called once shutdown
         begins, to end long-lived responses (event streams); concurrency: workers that serve at
         once while none stalls (at most `workers`; more start, up to it, for those that stall);
-        max_uploads: streamed bodies read at once (each holds a worker: at most workers - 1,
-        so that one is left for other requests, but at least one); max_parked: bytes of
-        answers that may wait for slow clients, together, before one more is cut off."""
+        max_uploads: streamed bodies read at once (each holds a worker); max_parked: bytes of
+        answers that may wait for slow clients, together, before one more is cut off.
+
+        Uploads, and the requests the app says will hold their worker for long (through
+        environ['xend_rest.hold']: event streams, waits), are at most `workers` minus
+        `concurrency` together (but one, with one worker), half of them for one caller: so
+        `concurrency` workers always serve the rest, and one caller cannot take every place."""
         self.app = app
         self.request_timeout, self.tls, self.max_body = request_timeout, tls, max_body
-        self.max_uploads, self.max_parked = max(1, min(max_uploads, workers - 1)), max_parked
+        self.concurrency = min(concurrency, workers)
+        self._holds = Holds(max(1, workers - self.concurrency))
+        self.max_uploads, self.max_parked = max(1, min(max_uploads, self._holds.limit)), max_parked
         self.socket_mode, self.socket_gid = socket_mode, socket_gid
         self.on_shutdown = on_shutdown
         self.listeners = list(listeners)
@@ -65,7 +108,6 @@ class Server:
             parse_listen(spec)  # fail early, before anything is bound
         self.workers, self.timeout, self.keepalive_timeout = workers, timeout, keepalive_timeout
         self.grace, self.max_head, self.backlog, self.stall = grace, max_head, backlog, stall
-        self.concurrency = min(concurrency, workers)
         self.addresses = []  # bound addresses, from getsockname(): tuples or unix paths
         self._conns = {}  # fd -> ClientConnection: every open HTTP connection
         # guards _conns, each ClientConnection.held, _threads, _busy, _stalled, _standby
@@ -90,6 +132,11 @@ class Server:
     def open_sessions(self):
         """How many upgraded connections (consoles) are open."""
         return len(self._sessions)
+
+    @property
+    def held(self):
+        """How many requests hold a worker for long (uploads, event streams, waits)."""
+        return len(self._holds)
 
     @property
     def unsent_bytes(self):
@@ -469,12 +516,14 @@ class Server:
         streamed = request.length > self.max_body  # an upload: read while the app runs
         if streamed and not self._begin_upload():
             self._refuse(conn, HTTPError(
-                503, f'{self.max_uploads} request bodies larger than {self.max_body} bytes are '
-                'being received, the most this daemon takes at once', 'too_many_uploads',
-                [('Retry-After', '5')]), start)
+                503, f'request bodies larger than {self.max_body} bytes are received at most '
+                f'{self.max_uploads} at once, each holding a worker, and while workers are to '
+                'spare: not now', 'too_many_uploads', [('Retry-After', '5')]), start)
             return False
         upgrade = request.environ['xend_rest.upgrade'] = sessions.Upgrade(
             self._cannot_upgrade(request))
+        held = []  # the key the request holds its worker under, once the app says it will
+        request.environ['xend_rest.hold'] = functools.partial(self._hold, held)
         # A body of up to max_body gets the request's deadline (it is here already). A larger
         # one is streamed (an image upload) for as long as it keeps coming: each read still
         # waits at most `timeout`, so a client that stalls is cut off all the same.
@@ -486,17 +535,19 @@ class Server:
         except OSError as err:  # the client went away while the app read its body
             log.debug('connection from %s: %s', conn.client, err)
             upgrade.abandon()
+            self._let_go(held)
             self._forget(conn)
             return False
         except Exception:
             upgrade.abandon()
+            self._let_go(held)
             raise
         finally:
             self._active.discard(conn)
             if streamed:
                 self._end_upload()
         conn.buf = body.extra
-        conn.exchange = Exchange(response, body, upgrade, start)
+        conn.exchange = Exchange(response, body, upgrade, start, held)
         return self._send(conn)
 
     def _cannot_upgrade(self, request):
@@ -520,7 +571,7 @@ class Server:
 
     def _begin_upload(self):
         with self._lock:
-            if self._uploads >= self.max_uploads:
+            if self._uploads >= self.max_uploads or not self._holds.take():
                 return False
             self._uploads += 1
             return True
@@ -528,6 +579,23 @@ class Server:
     def _end_upload(self):
         with self._lock:
             self._uploads -= 1
+        self._holds.give()
+
+    def _hold(self, held, key=None):
+        """environ['xend_rest.hold'](key): the app says that this request will hold its worker
+        for long (an event stream, a wait), for `key` (who made it). False if the server has
+        no worker to spare for it (see Holds): the app refuses it then. Counted until the
+        answer ends."""
+        if held:
+            return True
+        if not self._holds.take(key):
+            return False
+        held.append(key)
+        return True
+
+    def _let_go(self, held):
+        while held:
+            self._holds.give(held.pop())
 
     def _send(self, conn):
         """Send as much of conn's answer as the socket takes now. The rest waits for the socket
@@ -572,6 +640,7 @@ class Server:
         """The answer on conn is over, sent or not: close it, log it; the Exchange."""
         exchange, conn.exchange = conn.exchange, None
         self._unpark(exchange)
+        self._let_go(exchange.held)
         response, environ = exchange.response, exchange.response.environ
         try:
             response.close()
