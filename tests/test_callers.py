@@ -157,6 +157,25 @@ def test_past_every_slot_it_is_still_503(shared_app):
         stream.finish()
 
 
+def test_one_operator_cannot_take_every_console_ticket(tokens_app):
+    """Each ticket lives 30 s: an operator that asks for them in a loop gets its share (64 of
+    the 1,024), then 429 with its own code; another operator still gets one."""
+    client = Client(tokens_app)
+    path = NODES + '/web/console/ticket'
+
+    def ask_ticket(token):
+        return client.request('POST', path, query='for=console', headers=as_caller(token))
+    issued = [ask_ticket(OPS) for _ in range(64)]
+    assert [answer.status for answer in issued] == [201] * 64
+    refused = ask_ticket(OPS)
+    assert (refused.status, refused.json['code']) == (429, 'too_many_tickets_for_caller')
+    assert refused.headers['Retry-After'] == '30'
+    assert 'token:ops has 64 console tickets outstanding' in refused.json['message']
+    assert ask_ticket(ADMIN).status == 201
+    tokens_app.guard.tickets.redeem(issued[0].json['Ticket'])  # used: its place is free
+    assert ask_ticket(OPS).status == 201
+
+
 # -- through the server: each stream and wait holds a worker (issue 19 review) ------------------
 
 CONNECTIONS = ('xen', 'b', 'c', 'd')

@@ -9,7 +9,7 @@ import socket
 import sys
 from urllib.parse import urlsplit
 
-from xend_rest import defaults, names, security
+from xend_rest import defaults, names, security, tickets
 from xend_rest.listeners import parse_listen
 from xend_rest.server import Server
 
@@ -121,6 +121,7 @@ CONSOLE_KEYS = [
     ('console-sessions', 'console_sessions', positive(int)),
     ('console-idle-timeout', 'console_idle_timeout', positive(float)),
     ('console-sessions-per-caller', 'console_sessions_per_caller', positive(int)),
+    ('console-tickets-per-caller', 'console_tickets_per_caller', positive(int)),
 ]
 CONFIG_KEYS += SECURITY_KEYS + LIBVIRT_KEYS + CONSOLE_KEYS
 # A [connection NAME] section: its URI, and the libvirt settings it does not take from above.
@@ -135,7 +136,8 @@ LIBVIRT_DEFAULTS = {'keepalive_interval': defaults.KEEPALIVE_INTERVAL,
                     'keepalive_count': defaults.KEEPALIVE_COUNT, 'open_timeout': defaults.OPEN_TIMEOUT}
 CONSOLE_DEFAULTS = {'console_sessions': defaults.CONSOLE_SESSIONS,
                     'console_idle_timeout': defaults.CONSOLE_IDLE,
-                    'console_sessions_per_caller': defaults.CONSOLE_SESSIONS_PER_CALLER}
+                    'console_sessions_per_caller': defaults.CONSOLE_SESSIONS_PER_CALLER,
+                    'console_tickets_per_caller': defaults.CONSOLE_TICKETS_PER_CALLER}
 
 
 def build_parser():
@@ -216,6 +218,10 @@ def build_parser():
     group.add_argument('--console-sessions-per-caller', type=positive(int), metavar='N',
                        help='sessions one caller (token, certificate, unix user) may hold at '
                             f'once; past it 429 (default: {defaults.CONSOLE_SESSIONS_PER_CALLER})')
+    group.add_argument('--console-tickets-per-caller', type=positive(int), metavar='N',
+                       help='console tickets one caller may have outstanding (each lives '
+                            f'{tickets.LIFETIME} s, of {tickets.MAX_TICKETS} in all); past it 429 '
+                            f'(default: {defaults.CONSOLE_TICKETS_PER_CALLER})')
     parser.add_argument('--demo', action='store_true',
                         help='serve an in-memory libvirt test hypervisor instead of Xen')
     return parser
@@ -449,7 +455,8 @@ def build_security(args):
     elif tcp_hosts and not (args.tls_ca or tokens):
         log.warning('TCP listener without authentication: every local user can control every VM')
     guard = security.Guard(tokens, clients, args.allowed_hosts + tcp_hosts, args.allowed_paths,
-                           args.allowed_origins, allow_host_devices=args.allow_host_devices)
+                           args.allowed_origins, allow_host_devices=args.allow_host_devices,
+                           tickets=tickets.Tickets(per_caller=args.console_tickets_per_caller))
     for connection in args.connections if args.allowed_paths else ():
         if security.is_remote(connection['uri']):
             log.warning("allowed-paths: connection %s is on another host, whose symlinks this "

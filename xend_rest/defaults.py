@@ -64,6 +64,8 @@ METRICS = 'text/plain; version=0.0.4; charset=utf-8'
 # Consoles
 CONSOLE_SESSIONS = 16  # console and screen sessions open at once; past it 429
 CONSOLE_SESSIONS_PER_CALLER = 8  # of them, those one caller may hold; past it 429 too
+# Console tickets one caller may have outstanding (each lives 30 s, of 1024 in all); past it 429.
+CONSOLE_TICKETS_PER_CALLER = 64
 CONSOLE_IDLE = 3600.0  # seconds without input or output before a session is closed
 CONSOLE_BUFFER = 1 << 20  # bytes waiting each way; a client that lets more pile up is cut off
 CONSOLE_MESSAGE = 1 << 20  # bytes of one WebSocket message, fragments included: larger closes with 1009
