@@ -21,6 +21,7 @@ from xend_rest.app import make_app
 from xend_rest.server import Server
 
 NODES = '/libvirt/xen/nodes'
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPENSSL_SUBJECT = '/CN=%s'
 FORGER_SUBJECT = '/O=xend-rest tests/CN=Jürgen Smith\nINFO xend_rest.access: GET forged 200'
 
@@ -733,6 +734,54 @@ def test_pipelined_requests_behind_a_slowly_read_answer_are_answered_in_order():
             assert ping(server) == 200
             assert body_size(sock) == SIZE
             assert [read_response(sock) for _ in range(3)] == [(200, b'OK')] * 3
+
+
+def test_out_of_descriptors_the_daemon_rests_its_listeners_and_says_so_once(tmp_path):
+    """A daemon whose clients hold every file descriptor it may open (here 64: RLIMIT_NOFILE,
+    lowered for it alone) cannot accept more: the waiting connection keeps the listener
+    readable. It rests its listeners and writes one line for the whole episode, not one per
+    try (which spun at full CPU and wrote 200,000 lines in 5 s); the connections it has are
+    served meanwhile, and once they close, the waiting ones are accepted and answered."""
+    import resource
+    port = cli_port()
+    log = tmp_path / 'daemon.log'
+    limit = 64
+
+    def lower():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+    with open(log, 'w') as stderr:
+        daemon = subprocess.Popen([sys.executable, 'xend_rest.py', '--demo', '--listen',
+                                   f'127.0.0.1:{port}'], cwd=REPO, stderr=stderr,
+                                  preexec_fn=lower)
+    held = []
+    try:
+        until(lambda: 'listening on' in log.read_text())
+        for _ in range(limit + 16):
+            held.append(socket.create_connection(('127.0.0.1', port), timeout=10))
+        until(lambda: 'accept failed' in log.read_text())
+        first = held[0]
+        time.sleep(3)  # several more tries (0.5 s apart)
+        first.sendall(PING)
+        assert read_response(first)[0] == 200  # those accepted are served
+        assert log.read_text().count('accept failed') == 1
+        for sock in held[1:]:
+            sock.close()
+        last = held[-1] = socket.create_connection(('127.0.0.1', port), timeout=10)
+        last.sendall(PING)
+        assert read_response(last)[0] == 200
+        until(lambda: 'accepting again' in log.read_text())
+    finally:
+        for sock in held:
+            sock.close()
+        daemon.terminate()
+        daemon.wait(10)
+    text = log.read_text()
+    assert text.count('accept failed') == 1 and 'Too many open files' in text
+
+
+def cli_port():
+    with socket.create_server(('127.0.0.1', 0)) as sock:
+        return sock.getsockname()[1]
 
 
 @pytest.mark.parametrize('length, status', [('-1', b'400'), ('x', b'400'), ('', b'411')])

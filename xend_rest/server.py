@@ -29,6 +29,9 @@ from .listeners import format_address, parse_listen, sd_notify
 log = logging.getLogger('xend_rest.server')
 
 LINGER_TIME = 2.0  # seconds a refused client's remaining bytes are read and dropped
+# Seconds the listeners rest after accept() failed (out of file descriptors, as a rule): the
+# waiting connection keeps them readable, and trying again at once spins (nginx waits 0.5 s).
+ACCEPT_PAUSE = 0.5
 READ, WRITE = select.EPOLLIN | select.EPOLLONESHOT, select.EPOLLOUT | select.EPOLLONESHOT
 
 
@@ -124,6 +127,9 @@ class Server:
         self._parked = 0  # bytes of answers waiting for the socket
         self._stopping = False
         self._stop_requested = False
+        self._accept_paused_until = None  # time.monotonic() when the listeners are watched again
+        self._accept_failing_since = None  # time.monotonic() of the first of accept()'s failures
+        self._accept_failures = 0  # since then, until it catches up with the waiting connections
         self._selector = self._epoll = None
         self._wake_r = self._wake_w = None
         self._sessions = sessions.Sessions()
@@ -244,6 +250,8 @@ class Server:
                 if key.data == 'listen':
                     self._accept(key.fileobj)
             now = time.monotonic()
+            if self._accept_paused_until is not None and now >= self._accept_paused_until:
+                self._watch_listeners(True)
             if self._busy:
                 self._take_over_stalled(now)
             if now >= next_sweep:
@@ -263,10 +271,11 @@ class Server:
             try:
                 sock, peer = listener.accept()
             except (BlockingIOError, InterruptedError):
-                return
+                return self._accept_recovered()
+            except ConnectionAbortedError:  # the client gave up while it waited: nothing to do
+                continue
             except OSError as err:  # e.g. EMFILE: keep serving the connections we have
-                log.error('accept failed: %s', err)
-                return
+                return self._accept_failed(err)
             conn = ClientConnection(*listeners.accepted(sock, peer, listener, self.tls))
             conn.deadline = time.monotonic() + self.timeout  # for the handshake and the head
             with self._lock:
@@ -274,6 +283,34 @@ class Server:
                 threads = self._worker_if_all_busy()
             self._epoll.register(conn.fd, READ)
             _start(threads)
+
+    def _accept_failed(self, err):
+        """Rest the listeners for ACCEPT_PAUSE; one log line for the episode, not one per try."""
+        if self._accept_failing_since is None:
+            log.error('accept failed: %s; not accepting for %g s at a time until it works again '
+                      '(the connections open are served meanwhile)', err, ACCEPT_PAUSE)
+            self._accept_failing_since = time.monotonic()
+        self._accept_failures += 1
+        self._watch_listeners(False)
+
+    def _accept_recovered(self):
+        """accept() caught up with the waiting connections: the episode of failures, if any,
+        is over."""
+        if self._accept_failing_since is not None:
+            log.warning('accepting again after %.1f s, in which accept() failed %d times',
+                        time.monotonic() - self._accept_failing_since, self._accept_failures)
+            self._accept_failing_since, self._accept_failures = None, 0
+
+    def _watch_listeners(self, watch):
+        """Have the acceptor select the listeners again, or rest them for ACCEPT_PAUSE."""
+        if watch == (self._accept_paused_until is None):
+            return  # as asked already (two listeners failed in one look)
+        for sock in self._sockets:
+            if watch:
+                self._selector.register(sock, selectors.EVENT_READ, 'listen')
+            else:
+                self._selector.unregister(sock)
+        self._accept_paused_until = None if watch else time.monotonic() + ACCEPT_PAUSE
 
     def _release(self, wanted):
         """Take the connections no thread holds that wanted(conn) selects."""
