@@ -531,6 +531,72 @@ def test_streamed_bodies_past_max_uploads_are_503_before_they_are_read():
             assert read_response(sock)[0] == 200
 
 
+def test_bodies_on_their_way_are_bounded_together():
+    """Request bodies that have not all arrived are kept in memory: at most max_buffered bytes
+    of them together (by their Content-Length). One more is refused before any of it is kept
+    (503 too_many_bodies, Retry-After), the others are not disturbed, and a place is free
+    again once a body is complete."""
+    with stalled_server(counting_app, max_buffered=3 * 1000) as server:
+        waiting = [socket.create_connection(server.addresses[0], timeout=10) for _ in range(3)]
+        try:
+            for sock in waiting:
+                sock.sendall(body_head(1000) + b'x' * 10)
+            until(lambda: server.awaited_bytes == 3000)
+            with socket.create_connection(server.addresses[0], timeout=10) as sock:
+                sock.sendall(body_head(1000) + b'x' * 10)
+                response = http.client.HTTPResponse(sock)
+                response.begin()
+                assert (response.status, response.getheader('Retry-After')) == (503, '5')
+                assert json.loads(response.read())['code'] == 'too_many_bodies'
+            assert ping(server) == 200
+            waiting[0].sendall(b'x' * 990)
+            assert read_response(waiting[0]) == (200, json.dumps(
+                {'size': 1000, 'sha256': hashlib.sha256(b'x' * 1000).hexdigest()}).encode())
+            waiting[0].sendall(body_head(1000))  # the next request on it: a place is free
+            until(lambda: server.awaited_bytes == 3000)
+            assert all(still_waiting(sock) for sock in waiting)
+        finally:
+            for sock in waiting:
+                sock.close()
+        until(lambda: server.awaited_bytes == 0)
+
+
+def test_a_body_is_kept_only_for_a_caller_with_credentials(tmp_path):
+    """With tokens, a client without one that sends the head of a request with a body, and part
+    of the body, is answered 401 at once, before any of its body is kept: 600 such clients
+    each sending all but a byte of 1 MiB made the daemon hold 700 MiB. With its token, the
+    same request waits for the rest of its body."""
+    token = 't' * 32
+    tokens = tmp_path / 'tokens'
+    tokens.write_text(token + ' admin ops\n')
+    tokens.chmod(0o600)
+    node = tmp_path / 'node.xml'
+    node.write_text(node_xml())
+    port = cli_port()
+    log = tmp_path / 'daemon.log'
+    with open(log, 'w') as stderr:
+        daemon = subprocess.Popen(
+            [sys.executable, 'xend_rest.py', '--uri', f'test://{node}', '--tokens-file',
+             str(tokens), '--listen', f'127.0.0.1:{port}', '--state-dir', str(tmp_path / 'state')],
+            cwd=REPO, stderr=stderr)
+    head = (b'POST /libvirt/xen/nodes/create HTTP/1.1\r\nHost: localhost\r\n%s'
+            b'Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{"domain": ')
+    try:
+        until(lambda: 'listening on' in log.read_text())
+        with socket.create_connection(('127.0.0.1', port), timeout=10) as stranger, \
+                socket.create_connection(('127.0.0.1', port), timeout=10) as known:
+            stranger.sendall(head % b'')
+            assert read_response(stranger)[0] == 401
+            known.sendall(head % b'Authorization: Bearer %s\r\n' % token.encode())
+            time.sleep(1)
+            assert still_waiting(known)
+            known.sendall(b' ' * (100000 - 11))
+            assert read_response(known)[0] == 400  # not a definition: it was read, then judged
+    finally:
+        daemon.terminate()
+        daemon.wait(10)
+
+
 def holding_app(release):
     """GET /hold?KEY holds its worker until `release` is set, once the server said it may (as
     event streams and waits do: xend_rest.hold, for the caller KEY), else 503; anything else is

@@ -19,7 +19,7 @@ from .hypervisor import Hypervisor
 from .metrics import RequestMetrics
 from .router import Router, path_segments
 from .routes import ROUTES
-from .security import Guard
+from .security import Guard, ticket_tokens
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +220,14 @@ class App:
             raise HTTPError(404, f'no such hypervisor connection: {name} (configured: {known})',
                             'no_such_connection')
         return hypervisor
+
+    def screen(self, environ):
+        """For our server (Server(screen=...)), with the head of a request whose body is on its
+        way, before it keeps any of it: the Guard's refusal of who sent it (credentials, Host,
+        Origin) as an HTTPError, so that bodies are kept only for callers the daemon knows. A
+        request with a console ticket is left to the app: reading a ticket spends it."""
+        if not ticket_tokens(environ):
+            self.guard.admit(Request(dict(environ), self))
 
     def end_streams(self):
         """End every open event stream (at shutdown: they would otherwise never finish), and

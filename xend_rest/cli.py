@@ -386,7 +386,8 @@ def main(argv=None):
                     timeout=args.timeout, tls=tls,
                     request_timeout=args.request_timeout, max_body=args.max_body,
                     max_head=args.max_head, max_uploads=args.max_uploads,
-                    socket_mode=args.socket_mode, socket_gid=gid, on_shutdown=app.end_streams)
+                    socket_mode=args.socket_mode, socket_gid=gid, on_shutdown=app.end_streams,
+                    screen=app.screen, release_memory=release_freed_memory)
     release_freed_memory()
     try:
         server.serve_forever()
@@ -420,8 +421,10 @@ def one_malloc_arena():
 
 
 def release_freed_memory():
-    """Hand back to the kernel the heap pages that start-up freed (about 1.5 MiB measured, most
-    of it from importing): glibc keeps free pages below the top of its heap until asked."""
+    """Hand back to the kernel the free pages of glibc's heap, which it keeps below the top of
+    the heap until asked: those start-up freed (about 1.5 MiB measured, most of it from
+    importing), and (the server calls it) those of request bodies let go: after 64 bodies of
+    1 MiB on their way at once, 29 MiB stayed resident without it, 1 MiB with it (0.1 ms)."""
     _libc_call('malloc_trim', 0)
 
 

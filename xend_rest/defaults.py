@@ -36,6 +36,9 @@ MAX_UPLOADS = 4
 # Bytes of answers that may wait, together, for clients that take them slowly (a worker never
 # waits for them); past it, one more such client is cut off. Memory, not threads.
 MAX_PARKED = 64 << 20
+# Bytes of request bodies (of up to MAX_BODY each, by their Content-Length) that may be on
+# their way at once, kept until they are complete; past it, one more is refused (503).
+MAX_BUFFERED = 64 << 20
 GRACE = 10.0  # seconds requests in flight get at shutdown
 MAX_HEAD = 65536  # bytes of request line and header fields
 BACKLOG = 1024

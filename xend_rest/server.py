@@ -32,6 +32,9 @@ LINGER_TIME = 2.0  # seconds a refused client's remaining bytes are read and dro
 # Seconds the listeners rest after accept() failed (out of file descriptors, as a rule): the
 # waiting connection keeps them readable, and trying again at once spins (nginx waits 0.5 s).
 ACCEPT_PAUSE = 0.5
+# Bytes of request bodies let go after which the acceptor has freed memory handed back to the
+# kernel (release_memory): glibc keeps what Python frees, below the top of its heap.
+RELEASE_AFTER = 4 << 20
 READ, WRITE = select.EPOLLIN | select.EPOLLONESHOT, select.EPOLLOUT | select.EPOLLONESHOT
 
 
@@ -86,14 +89,21 @@ class Server:
                  request_timeout=defaults.REQUEST_TIMEOUT, tls=None, socket_mode=defaults.SOCKET_MODE,
                  socket_gid=-1, max_body=defaults.MAX_BODY, on_shutdown=None, stall=defaults.STALL,
                  concurrency=defaults.CONCURRENCY_IN_PROCESS, max_uploads=defaults.MAX_UPLOADS,
-                 max_parked=defaults.MAX_PARKED):
+                 max_parked=defaults.MAX_PARKED, max_buffered=defaults.MAX_BUFFERED, screen=None,
+                 release_memory=None):
         """tls: an ssl.SSLContext for every TCP listener; request_timeout: the deadline of a
         body of up to max_body (larger ones are streamed, `timeout` per read); socket_mode,
         socket_gid: who may connect to unix listeners; on_shutdown: called once shutdown
         begins, to end long-lived responses (event streams); concurrency: workers that serve at
         once while none stalls (at most `workers`; more start, up to it, for those that stall);
         max_uploads: streamed bodies read at once (each holds a worker); max_parked: bytes of
-        answers that may wait for slow clients, together, before one more is cut off.
+        answers that may wait for slow clients, together, before one more is cut off;
+        max_buffered: bytes of request bodies on their way, together, before one more is
+        refused; screen(environ): called with a request's head before its body is kept (not
+        when it came with the head), it may refuse the request by raising an HTTPError (the
+        app's credentials check: a body is kept only for a caller the app knows);
+        release_memory(): called by the acceptor (at most every half second) once request
+        bodies of RELEASE_AFTER bytes were let go, to hand freed memory back (malloc_trim).
 
         Uploads, and the requests the app says will hold their worker for long (through
         environ['xend_rest.hold']: event streams, waits), are at most `workers` minus
@@ -101,6 +111,7 @@ class Server:
         `concurrency` workers always serve the rest, and one caller cannot take every place."""
         self.app = app
         self.request_timeout, self.tls, self.max_body = request_timeout, tls, max_body
+        self.max_buffered, self.screen, self.release_memory = max_buffered, screen, release_memory
         self.concurrency = min(concurrency, workers)
         self._holds = Holds(max(1, workers - self.concurrency))
         self.max_uploads, self.max_parked = max(1, min(max_uploads, self._holds.limit)), max_parked
@@ -125,6 +136,8 @@ class Server:
         self._standby = 0  # workers waiting for a turn (or about to)
         self._uploads = 0  # streamed bodies being read
         self._parked = 0  # bytes of answers waiting for the socket
+        self._buffered = 0  # bytes of request bodies on their way (ClientConnection.awaited)
+        self._bodies_let_go = 0  # bytes of such bodies let go since memory was last released
         self._stopping = False
         self._stop_requested = False
         self._accept_paused_until = None  # time.monotonic() when the listeners are watched again
@@ -143,6 +156,12 @@ class Server:
     def held(self):
         """How many requests hold a worker for long (uploads, event streams, waits)."""
         return len(self._holds)
+
+    @property
+    def awaited_bytes(self):
+        """Bytes of request bodies on their way, kept until they are complete (at most
+        max_buffered, unless one body alone is larger)."""
+        return self._buffered
 
     @property
     def unsent_bytes(self):
@@ -326,7 +345,10 @@ class Server:
             return any(not conn.held for conn in self._conns.values())
 
     def _sweep(self, now):
-        """Close idle and too-slow connections."""
+        """Close idle and too-slow connections; release the memory of bodies let go."""
+        if self._bodies_let_go >= RELEASE_AFTER and self.release_memory is not None:
+            self._bodies_let_go = 0
+            self.release_memory()
         for conn in self._release(lambda conn: conn.deadline < now):
             if conn.exchange is not None:  # nothing of its answer taken for `timeout`: a worker
                 try:                       # finds the socket shut, and ends the answer
@@ -463,6 +485,7 @@ class Server:
         an answer still under way ends with it."""
         with self._lock:
             self._conns.pop(conn.fd, None)
+        self._no_longer_awaited(conn)
         try:
             self._epoll.unregister(conn.fd)
         except (OSError, ValueError):
@@ -506,7 +529,8 @@ class Server:
         closed or upgraded)."""
         while conn.buf:
             try:
-                complete = conn.complete(self.max_head, self.max_body, self.request_timeout)
+                complete = conn.complete(self.max_head, self.max_body, self.request_timeout,
+                                         self._await_body)
             except HTTPError as err:
                 self._refuse(conn, err, time.perf_counter())
                 return False
@@ -519,8 +543,32 @@ class Server:
             return False
         return True
 
+    def _await_body(self, conn, request):
+        """A request whose body is on its way: the app may refuse it now (screen), before any
+        of it is kept; else its length counts in max_buffered until it is complete (503 past
+        it, unless none is counted: a body larger than the bound alone still comes)."""
+        if self.screen is not None:
+            self.screen(request.environ)
+        with self._lock:
+            full = self._buffered and self._buffered + request.length > self.max_buffered
+            if not full:
+                self._buffered += request.length
+                conn.awaited = request.length
+        if full:
+            raise HTTPError(503, f'request bodies of {self._buffered} bytes are on their way '
+                            'already, the most this daemon keeps at once', 'too_many_bodies',
+                            [('Retry-After', '5')])
+
+    def _no_longer_awaited(self, conn):
+        if conn.awaited:
+            with self._lock:
+                self._buffered -= conn.awaited
+                self._bodies_let_go += conn.awaited
+                conn.awaited = 0
+
     def _refuse(self, conn, err, start=None):
         """Answer err and half-close; start: log the request too (its head was read)."""
+        self._no_longer_awaited(conn)
         response, nbytes = http11.error_response(err)
         if start is not None:
             accesslog.request(*http11.request_line_of(conn.buf), err.status, nbytes, start,
@@ -550,6 +598,7 @@ class Server:
         another request; False once it is not ours (see _serve_buffered)."""
         start = time.perf_counter()
         request, conn.request = conn.request, None
+        self._no_longer_awaited(conn)
         streamed = request.length > self.max_body  # an upload: read while the app runs
         if streamed and not self._begin_upload():
             self._refuse(conn, HTTPError(
