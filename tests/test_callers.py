@@ -5,6 +5,8 @@ import http.client
 import logging
 import os
 import re
+import select
+import socket
 
 import libvirt
 import pytest
@@ -153,6 +155,131 @@ def test_past_every_slot_it_is_still_503(shared_app):
     assert client.request('POST', NODES + '/idle/start', headers=as_caller(OPS)).status == 204
     for stream in streams:
         stream.finish()
+
+
+def test_one_operator_cannot_take_every_console_ticket(tokens_app):
+    """Each ticket lives 30 s: an operator that asks for them in a loop gets its share (64 of
+    the 1,024), then 429 with its own code; another operator still gets one."""
+    client = Client(tokens_app)
+    path = NODES + '/web/console/ticket'
+
+    def ask_ticket(token):
+        return client.request('POST', path, query='for=console', headers=as_caller(token))
+    issued = [ask_ticket(OPS) for _ in range(64)]
+    assert [answer.status for answer in issued] == [201] * 64
+    refused = ask_ticket(OPS)
+    assert (refused.status, refused.json['code']) == (429, 'too_many_tickets_for_caller')
+    assert refused.headers['Retry-After'] == '30'
+    assert 'token:ops has 64 console tickets outstanding' in refused.json['message']
+    assert ask_ticket(ADMIN).status == 201
+    tokens_app.guard.tickets.redeem(issued[0].json['Ticket'])  # used: its place is free
+    assert ask_ticket(OPS).status == 201
+
+
+# -- through the server: each stream and wait holds a worker (issue 19 review) ------------------
+
+CONNECTIONS = ('xen', 'b', 'c', 'd')
+WAIT_FOR_IDLE = '/nodes/idle/wait?condition=running&timeout=600'
+
+
+def ask(address, method, path, token):
+    """A request sent on a connection of its own, as `token`: the socket, its answer unread."""
+    sock = socket.create_connection(address, timeout=10)
+    sock.sendall(b'%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer %s\r\n'
+                 b'Content-Length: 0\r\n\r\n' % (method.encode(), path.encode(), token.encode()))
+    return sock
+
+
+def status_of(sock):
+    """The status of the answer's head; socket.timeout after 10 s without one."""
+    head = b''
+    while b'\r\n' not in head:
+        data = sock.recv(4096)
+        if not data:
+            raise ConnectionError('closed without an answer')
+        head += data
+    return int(head.split()[1])
+
+
+def answered(sock):
+    return bool(select.select([sock], [], [], 0)[0])
+
+
+def ping(address):
+    """/_ping, as the operator: an answer within 10 s (a daemon whose every worker is held
+    gives none: socket.timeout)."""
+    return call(http.client.HTTPConnection(*address, timeout=10), 'GET', '/_ping', bearer(OPS))
+
+
+def test_a_callers_share_of_streams_and_waits_counts_every_connection(node_uri):
+    """At the default `workers` (32), with four connections, a reader asks for eight event
+    streams on each: it gets eight in all, its share (not 32, every worker). The operator's
+    share is still there, on any connection; past both shares a third caller gets 503; and
+    /_ping, and an operator's request and wait, are still answered."""
+    app = make_app(connections={name: node_uri for name in CONNECTIONS}, guard=Guard(tokens=TOKENS))
+    held = []
+    with serving(app, on_shutdown=app.end_streams) as server:
+        address = server.addresses[0]
+        try:
+            statuses = []
+            for name in CONNECTIONS:
+                for _ in range(8):
+                    held.append(ask(address, 'GET', f'/libvirt/{name}/events', READER))
+                    statuses.append(status_of(held[-1]))
+            assert (statuses.count(200), statuses.count(429)) == (8, 24)
+            assert ping(address) == 200
+            for name in CONNECTIONS[:3] + CONNECTIONS:  # the operator's share: 7 streams, 1 wait
+                held.append(ask(address, 'GET', f'/libvirt/{name}/events', OPS))
+                assert status_of(held[-1]) == 200
+            waiting = ask(address, 'POST', '/libvirt/b' + WAIT_FOR_IDLE, OPS)
+            held.append(waiting)
+            until(lambda: len(app.hypervisor.events.watchers) == 16)
+            third = ask(address, 'GET', '/libvirt/c/events', ADMIN)
+            held.append(third)
+            assert status_of(third) == 503
+            assert ping(address) == 200
+            conn = http.client.HTTPConnection(*address, timeout=10)
+            assert call(conn, 'POST', '/libvirt/b/nodes/idle/start', bearer(OPS)) == 204
+            assert status_of(waiting) == 200
+        finally:
+            for sock in held:
+                sock.close()
+    app.close()
+
+
+def test_with_few_workers_one_caller_cannot_hold_them_all(node_uri):
+    """With `workers` 8 (a small dom0), a reader's eight waits on one connection, within its
+    share of the watchers, would hold every worker: the server lets one caller hold half of
+    the workers it can spare (7: one serves the rest), so /_ping and another caller's wait are
+    answered, and past what the server can spare it is 503."""
+    app = make_app(uri=node_uri, guard=Guard(tokens=TOKENS))
+    held = []
+    with serving(app, workers=8, concurrency=1, on_shutdown=app.end_streams) as server:
+        address, hub = server.addresses[0], app.hypervisor.events
+        try:
+            reader = [ask(address, 'POST', '/libvirt/xen' + WAIT_FOR_IDLE, READER) for _ in range(8)]
+            held += reader
+            until(lambda: sum(map(answered, reader)) + hub.subscribers == 8)
+            waiting = [sock for sock in reader if not answered(sock)]
+            assert len(waiting) == hub.subscribers == 3
+            assert [status_of(sock) for sock in reader if answered(sock)] == [503] * 5
+            assert ping(address) == 200
+            others = [ask(address, 'POST', '/libvirt/xen' + WAIT_FOR_IDLE, token)
+                      for token in (OPS, OPS, OPS, ADMIN)]
+            held += others
+            waiting += others
+            until(lambda: hub.subscribers == 7)
+            extra = ask(address, 'GET', '/libvirt/xen/events', ADMIN)
+            held.append(extra)
+            assert status_of(extra) == 503  # the server has no worker to spare
+            assert ping(address) == 200
+            conn = http.client.HTTPConnection(*address, timeout=10)
+            assert call(conn, 'POST', NODES + '/idle/start', bearer(OPS)) == 204
+            assert [status_of(sock) for sock in waiting] == [200] * 7
+        finally:
+            for sock in held:
+                sock.close()
+    app.close()
 
 
 @pytest.fixture

@@ -176,12 +176,17 @@ def test_max_head_from_flag_file_and_default(tmp_path):
 def test_per_caller_shares_from_flag_file_and_default(tmp_path):
     from xend_rest import defaults
     args = parse_args([])
-    assert (args.watchers_per_caller, args.console_sessions_per_caller) == (
-        defaults.WATCHERS_PER_CALLER, defaults.CONSOLE_SESSIONS_PER_CALLER)
+    assert (args.watchers_per_caller, args.console_sessions_per_caller,
+            args.console_tickets_per_caller) == (
+        defaults.WATCHERS_PER_CALLER, defaults.CONSOLE_SESSIONS_PER_CALLER,
+        defaults.CONSOLE_TICKETS_PER_CALLER)
     path = tmp_path / 'xend-rest.conf'
-    path.write_text('[xend-rest]\nwatchers-per-caller = 3\nconsole-sessions-per-caller = 2\n')
+    path.write_text('[xend-rest]\nwatchers-per-caller = 3\nconsole-sessions-per-caller = 2\n'
+                    'console-tickets-per-caller = 7\n')
     args = parse_args(['--config', str(path), '--watchers-per-caller', '5'])
-    assert (args.watchers_per_caller, args.console_sessions_per_caller) == (5, 2)
+    assert (args.watchers_per_caller, args.console_sessions_per_caller,
+            args.console_tickets_per_caller) == (5, 2, 7)
+    assert parse_args(['--console-tickets-per-caller', '9']).console_tickets_per_caller == 9
 
 
 # -- several connections ------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from xend_rest.app import make_app
 from xend_rest.server import Server
 
 NODES = '/libvirt/xen/nodes'
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPENSSL_SUBJECT = '/CN=%s'
 FORGER_SUBJECT = '/O=xend-rest tests/CN=Jürgen Smith\nINFO xend_rest.access: GET forged 200'
 
@@ -530,6 +531,124 @@ def test_streamed_bodies_past_max_uploads_are_503_before_they_are_read():
             assert read_response(sock)[0] == 200
 
 
+def test_bodies_on_their_way_are_bounded_together():
+    """Request bodies that have not all arrived are kept in memory: at most max_buffered bytes
+    of them together (by their Content-Length). One more is refused before any of it is kept
+    (503 too_many_bodies, Retry-After), the others are not disturbed, and a place is free
+    again once a body is complete."""
+    with stalled_server(counting_app, max_buffered=3 * 1000) as server:
+        waiting = [socket.create_connection(server.addresses[0], timeout=10) for _ in range(3)]
+        try:
+            for sock in waiting:
+                sock.sendall(body_head(1000) + b'x' * 10)
+            until(lambda: server.awaited_bytes == 3000)
+            with socket.create_connection(server.addresses[0], timeout=10) as sock:
+                sock.sendall(body_head(1000) + b'x' * 10)
+                response = http.client.HTTPResponse(sock)
+                response.begin()
+                assert (response.status, response.getheader('Retry-After')) == (503, '5')
+                assert json.loads(response.read())['code'] == 'too_many_bodies'
+            assert ping(server) == 200
+            waiting[0].sendall(b'x' * 990)
+            assert read_response(waiting[0]) == (200, json.dumps(
+                {'size': 1000, 'sha256': hashlib.sha256(b'x' * 1000).hexdigest()}).encode())
+            waiting[0].sendall(body_head(1000))  # the next request on it: a place is free
+            until(lambda: server.awaited_bytes == 3000)
+            assert all(still_waiting(sock) for sock in waiting)
+        finally:
+            for sock in waiting:
+                sock.close()
+        until(lambda: server.awaited_bytes == 0)
+
+
+def test_a_body_is_kept_only_for_a_caller_with_credentials(tmp_path):
+    """With tokens, a client without one that sends the head of a request with a body, and part
+    of the body, is answered 401 at once, before any of its body is kept: 600 such clients
+    each sending all but a byte of 1 MiB made the daemon hold 700 MiB. With its token, the
+    same request waits for the rest of its body."""
+    token = 't' * 32
+    tokens = tmp_path / 'tokens'
+    tokens.write_text(token + ' admin ops\n')
+    tokens.chmod(0o600)
+    node = tmp_path / 'node.xml'
+    node.write_text(node_xml())
+    port = cli_port()
+    log = tmp_path / 'daemon.log'
+    with open(log, 'w') as stderr:
+        daemon = subprocess.Popen(
+            [sys.executable, 'xend_rest.py', '--uri', f'test://{node}', '--tokens-file',
+             str(tokens), '--listen', f'127.0.0.1:{port}', '--state-dir', str(tmp_path / 'state')],
+            cwd=REPO, stderr=stderr)
+    head = (b'POST /libvirt/xen/nodes/create HTTP/1.1\r\nHost: localhost\r\n%s'
+            b'Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{"domain": ')
+    try:
+        until(lambda: 'listening on' in log.read_text())
+        with socket.create_connection(('127.0.0.1', port), timeout=10) as stranger, \
+                socket.create_connection(('127.0.0.1', port), timeout=10) as known:
+            stranger.sendall(head % b'')
+            assert read_response(stranger)[0] == 401
+            known.sendall(head % b'Authorization: Bearer %s\r\n' % token.encode())
+            time.sleep(1)
+            assert still_waiting(known)
+            known.sendall(b' ' * (100000 - 11))
+            assert read_response(known)[0] == 400  # not a definition: it was read, then judged
+    finally:
+        daemon.terminate()
+        daemon.wait(10)
+
+
+def holding_app(release):
+    """GET /hold?KEY holds its worker until `release` is set, once the server said it may (as
+    event streams and waits do: xend_rest.hold, for the caller KEY), else 503; anything else is
+    counting_app."""
+    def app(environ, start_response):
+        if environ['PATH_INFO'] != '/hold':
+            return counting_app(environ, start_response)
+        status = '503 Service Unavailable'
+        if environ['xend_rest.hold'](environ['QUERY_STRING']):
+            release.wait(30)
+            status = '200 OK'
+        start_response(status, [('Content-Length', '0')])
+        return [b'']
+    return app
+
+
+def test_uploads_and_held_requests_never_take_every_worker():
+    """With 4 workers serving 1 at a time, 3 are to spare for requests that hold one (uploads,
+    and those the app says will: event streams, waits), and one caller gets at most half of
+    them (1): past either it is refused, and /_ping is still answered."""
+    release = threading.Event()
+    hold = b'GET /hold?%s HTTP/1.1\r\nHost: localhost\r\n\r\n'
+    data = os.urandom(10 * SMALL_BODY)
+    with stalled_server(holding_app(release), workers=4, max_uploads=2) as server:
+        socks = [socket.create_connection(server.addresses[0], timeout=10) for _ in range(6)]
+        upload, alice, alice_again, bob, carol, second_upload = socks
+        try:
+            upload.sendall(body_head(len(data)) + data[:100])
+            alice.sendall(hold % b'alice')
+            until(lambda: server.held == 2)
+            alice_again.sendall(hold % b'alice')
+            assert read_response(alice_again)[0] == 503  # half of 3 for one caller
+            bob.sendall(hold % b'bob')
+            until(lambda: server.held == 3)
+            carol.sendall(hold % b'carol')
+            assert read_response(carol)[0] == 503  # nothing more to spare
+            second_upload.sendall(body_head(len(data)) + data[:100])
+            response = http.client.HTTPResponse(second_upload)
+            response.begin()
+            assert (response.status, json.loads(response.read())['code']) == \
+                (503, 'too_many_uploads')
+            assert ping(server) == 200
+            release.set()
+            upload.sendall(data[100:])
+            assert [read_response(sock)[0] for sock in (upload, alice, bob)] == [200] * 3
+            until(lambda: server.held == 0)
+        finally:
+            release.set()
+            for sock in socks:
+                sock.close()
+
+
 def large_answer_app(size, chunk=None):
     """Answers any path but /_ping with `size` bytes: at once (a JSON list's way), or in chunks of
     `chunk` bytes from an iterable (an image download's way) whose close() is noted."""
@@ -681,6 +800,54 @@ def test_pipelined_requests_behind_a_slowly_read_answer_are_answered_in_order():
             assert ping(server) == 200
             assert body_size(sock) == SIZE
             assert [read_response(sock) for _ in range(3)] == [(200, b'OK')] * 3
+
+
+def test_out_of_descriptors_the_daemon_rests_its_listeners_and_says_so_once(tmp_path):
+    """A daemon whose clients hold every file descriptor it may open (here 64: RLIMIT_NOFILE,
+    lowered for it alone) cannot accept more: the waiting connection keeps the listener
+    readable. It rests its listeners and writes one line for the whole episode, not one per
+    try (which spun at full CPU and wrote 200,000 lines in 5 s); the connections it has are
+    served meanwhile, and once they close, the waiting ones are accepted and answered."""
+    import resource
+    port = cli_port()
+    log = tmp_path / 'daemon.log'
+    limit = 64
+
+    def lower():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+    with open(log, 'w') as stderr:
+        daemon = subprocess.Popen([sys.executable, 'xend_rest.py', '--demo', '--listen',
+                                   f'127.0.0.1:{port}'], cwd=REPO, stderr=stderr,
+                                  preexec_fn=lower)
+    held = []
+    try:
+        until(lambda: 'listening on' in log.read_text())
+        for _ in range(limit + 16):
+            held.append(socket.create_connection(('127.0.0.1', port), timeout=10))
+        until(lambda: 'accept failed' in log.read_text())
+        first = held[0]
+        time.sleep(3)  # several more tries (0.5 s apart)
+        first.sendall(PING)
+        assert read_response(first)[0] == 200  # those accepted are served
+        assert log.read_text().count('accept failed') == 1
+        for sock in held[1:]:
+            sock.close()
+        last = held[-1] = socket.create_connection(('127.0.0.1', port), timeout=10)
+        last.sendall(PING)
+        assert read_response(last)[0] == 200
+        until(lambda: 'accepting again' in log.read_text())
+    finally:
+        for sock in held:
+            sock.close()
+        daemon.terminate()
+        daemon.wait(10)
+    text = log.read_text()
+    assert text.count('accept failed') == 1 and 'Too many open files' in text
+
+
+def cli_port():
+    with socket.create_server(('127.0.0.1', 0)) as sock:
+        return sock.getsockname()[1]
 
 
 @pytest.mark.parametrize('length, status', [('-1', b'400'), ('x', b'400'), ('', b'411')])

@@ -13,13 +13,13 @@ from .bridges import Bridges
 from .connection import SharedConnection
 from .convert import JSONText
 from .errors import HTTPError, bad_request, json_payload
-from .events import EventHub
+from .events import EventHub, Watchers
 from .headers import required_length
 from .hypervisor import Hypervisor
 from .metrics import RequestMetrics
 from .router import Router, path_segments
 from .routes import ROUTES
-from .security import Guard
+from .security import Guard, ticket_tokens
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,12 @@ class Request:
         under another WSGI server nobody does, and a client is never taken to be gone."""
         gone = self.environ.get('xend_rest.client_gone')
         return gone is not None and gone()
+
+    @property
+    def hold(self):
+        """Our server's environ['xend_rest.hold']: ask it for a worker to hold for long (a
+        wait, an event stream); None under another WSGI server, which says nothing of it."""
+        return self.environ.get('xend_rest.hold')
 
     def may_use(self, hypervisor):
         """Whether the caller's credentials cover this hypervisor connection."""
@@ -215,6 +221,14 @@ class App:
                             'no_such_connection')
         return hypervisor
 
+    def screen(self, environ):
+        """For our server (Server(screen=...)), with the head of a request whose body is on its
+        way, before it keeps any of it: the Guard's refusal of who sent it (credentials, Host,
+        Origin) as an HTTPError, so that bodies are kept only for callers the daemon knows. A
+        request with a console ticket is left to the app: reading a ticket spends it."""
+        if not ticket_tokens(environ):
+            self.guard.admit(Request(dict(environ), self))
+
     def end_streams(self):
         """End every open event stream (at shutdown: they would otherwise never finish), and
         tell console sessions to end (the server does too; this also frees any it never ran)."""
@@ -246,9 +260,11 @@ def make_app(uri=None, connection=None, routes=ROUTES, events=None, guard=None,
     connections: {name: URI or SharedConnection}, in the order they are listed. uri (or a
     SharedConnection) is the one named 'xen'; without connections it defaults to $XEND_REST_URI,
     else xen:///system. The default connection (the one /info answers for, and `events` goes
-    to) is 'xen' if there is one, else the first; every other gets an EventHub that lets one
-    caller hold `watchers_per_caller` streams and waits. state_dir: where what must outlive the
-    process is kept (uploads' markers); None keeps it in memory.
+    to) is 'xen' if there is one, else the first; every other gets an EventHub of its own. The
+    event streams and waits of every connection take their places among the same Watchers
+    (those of `events`, if given): a caller holds `watchers_per_caller` of them in all.
+    state_dir: where what must outlive the process is kept (uploads' markers); None keeps it
+    in memory.
     """
     connections = dict(connections or {})
     if uri is not None or connection is not None or not connections:
@@ -257,10 +273,11 @@ def make_app(uri=None, connection=None, routes=ROUTES, events=None, guard=None,
         connections = {names.DEFAULT: connection or uri or os.environ.get(
             defaults.URI_VARIABLE) or defaults.DEFAULT_URI, **connections}
     default = names.DEFAULT if names.DEFAULT in connections else next(iter(connections))
+    watchers = Watchers(per_caller=watchers_per_caller) if events is None else events.watchers
     hypervisors = [Hypervisor(name, shared if isinstance(shared, SharedConnection)
                               else SharedConnection(shared),
                               events if name == default and events is not None
-                              else EventHub(per_owner=watchers_per_caller), state_dir)
+                              else EventHub(watchers=watchers), state_dir)
                    for name, shared in connections.items()]
     hypervisors.sort(key=lambda hypervisor: hypervisor.name != default)  # the default first
     return App(hypervisors, routes, guard, max_body, consoles)

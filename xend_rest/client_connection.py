@@ -55,7 +55,7 @@ def peer_uid(sock):
 class ClientConnection:
     """A client connection: its socket, what has been read of it, and its per-connection environ."""
     __slots__ = ('sock', 'fd', 'buf', 'deadline', 'client', 'environ', 'transport', 'handshaking',
-                 'request', 'exchange', 'closing', 'held')
+                 'request', 'exchange', 'closing', 'held', 'awaited')
 
     def __init__(self, sock, transport, *addresses):
         """transport: unix, tcp or tls; addresses: the client's address and port, the server's
@@ -71,6 +71,7 @@ class ClientConnection:
         self.deadline = 0.0
         self.handshaking = transport == 'tls'
         self.request = None  # a complete head whose body is still arriving
+        self.awaited = 0  # bytes of that body counted in the server's max_buffered
         self.exchange = None  # an answer waiting for the socket to take more (server.Exchange)
         self.closing = False  # answered and half-closed: what the client still sends is dropped
         self.held = False  # a thread is working on it (it waits for no event)
@@ -120,11 +121,13 @@ class ClientConnection:
         """Whether TLS has decrypted bytes that no epoll event will announce."""
         return self.transport == 'tls' and self.sock.pending()
 
-    def complete(self, max_head, max_body, request_timeout):
+    def complete(self, max_head, max_body, request_timeout, await_body=None):
         """Whether the request may be served: its head, and its body unless that is larger than
         max_body (streamed while served), are here. So a client that sends a head and then
         stalls its body costs a descriptor, not a worker. HTTPError if the head is malformed,
-        or if what has come of it can no longer become a request we serve."""
+        or if what has come of it can no longer become a request we serve. await_body(conn,
+        request), if given, is called once its head is here and before its body is waited for
+        (it may refuse it: HTTPError)."""
         if self.request is None:
             found = http11.find_head(self.buf)
             if found is None:
@@ -132,6 +135,8 @@ class ClientConnection:
                 return False
             self.request = request = http11.parse_request(self.buf, found, self.environ, max_head)
             if request.length <= max_body and len(self.buf) < request.body_start + request.length:
+                if await_body is not None:
+                    await_body(self, request)
                 self.deadline = time.monotonic() + request_timeout  # the body's own deadline
                 if request.expect_continue:
                     try:

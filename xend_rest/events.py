@@ -66,6 +66,13 @@ def too_many_watchers(limit):
                      'too_many_watchers', [('Retry-After', RETRY_AFTER)])
 
 
+def no_worker_to_spare():
+    """503 when the server has no worker to spare for one more request that holds one."""
+    return HTTPError(503, 'every server worker that may wait for long is taken (by event streams, '
+                     'waits and uploads); try again later', 'too_many_watchers',
+                     [('Retry-After', RETRY_AFTER)])
+
+
 def too_many_watchers_for_caller(owner, limit):
     """429 for one stream or wait more than one caller's share: the others keep theirs."""
     return HTTPError(429, f'{owner} has {limit} event streams and waits open, the most one caller '
@@ -82,12 +89,49 @@ def _now():
     return datetime.now(timezone.utc).isoformat(timespec='milliseconds').replace('+00:00', 'Z')
 
 
+class Watchers:
+    """The places for event streams and waits of one app, on all its connections together: at
+    most `limit`, and `per_caller` of them for one caller. Each holds a server worker while it
+    lasts: so that they never take every worker, the server may refuse one more too (hold)."""
+
+    def __init__(self, limit=defaults.WATCHERS, per_caller=defaults.WATCHERS_PER_CALLER):
+        self.limit, self.per_caller = limit, per_caller
+        self._callers = collections.Counter()
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def __len__(self):
+        return self._count
+
+    def take(self, owner=None, hold=None):
+        """A place for `owner`: 429 past its share, 503 past `limit`, or when hold(owner) says
+        the server has no worker to spare (environ['xend_rest.hold'] of our server)."""
+        with self._lock:
+            if owner is not None and self._callers[owner] >= self.per_caller:
+                raise too_many_watchers_for_caller(owner, self.per_caller)
+            if self._count >= self.limit:
+                raise too_many_watchers(self.limit)
+            self._count += 1
+            self._callers[owner] += 1
+        if hold is not None and not hold(owner):
+            self.give(owner)
+            raise no_worker_to_spare()
+
+    def give(self, owner=None):
+        with self._lock:
+            self._count -= 1
+            self._callers[owner] -= 1
+            if not self._callers[owner]:
+                del self._callers[owner]
+
+
 class Subscription:
     """One reader's view of the hub: a replay of the ring, then live records, up to `limit` queued."""
 
     def __init__(self, wanted, limit, replay, last_id, gap, owner=None):
         self.wanted = wanted
         self.owner = owner  # the caller it counts against (None: nobody's)
+        self.counted = True  # its place among the Watchers is taken, until unsubscribed
         self.end = None  # why no more records will come: 'overflow' or 'closed'
         self.last_id = last_id  # of the last record read (or the `since` it started from)
         self.gap = gap  # True when the ring no longer holds every record after `since`
@@ -127,14 +171,15 @@ class Subscription:
 
 
 class EventHub:
-    """The last `ring_size` domain events of one app, and the subscribers that read them."""
+    """The last `ring_size` domain events of one connection, and the subscribers that read them."""
 
     def __init__(self, ring_size=1000, queue_size=1000, max_subscribers=defaults.WATCHERS,
-                 heartbeat=15.0, per_owner=defaults.WATCHERS_PER_CALLER):
+                 heartbeat=15.0, per_owner=defaults.WATCHERS_PER_CALLER, watchers=None):
+        """watchers: the places its subscribers take, shared with the app's other connections
+        (make_app); by default a Watchers of its own, of max_subscribers, per_owner a caller."""
         self.queue_size = queue_size
         self.heartbeat = heartbeat  # seconds between keep-alives on an idle stream
-        self.max_subscribers = max_subscribers
-        self.per_owner = per_owner  # subscribers one owner (a caller) may have at once
+        self.watchers = Watchers(max_subscribers, per_owner) if watchers is None else watchers
         self.last_id = 0  # of the newest ring entry: events and reconnect notices
         self.events = 0  # received from libvirt
         self.overflows = 0
@@ -204,19 +249,15 @@ class EventHub:
                 self.overflows += 1
         return record
 
-    def subscribe(self, wanted=None, since=None, owner=None):
-        """A new Subscription (429 when `owner` has `per_owner` open, 503 when `max_subscribers`
-        are): replays the ring after `since`.
+    def subscribe(self, wanted=None, since=None, owner=None, hold=None):
+        """A new Subscription, in a place of the Watchers taken for `owner` (429, 503: see
+        Watchers.take, and hold there): replays the ring after `since`.
 
         Notices reach every subscriber; `wanted` chooses among the events.
         """
         wanted = wanted or (lambda _record: True)
+        self.watchers.take(owner, hold)
         with self._lock:
-            if owner is not None and sum(sub.owner == owner
-                                         for sub in self._subscribers) >= self.per_owner:
-                raise too_many_watchers_for_caller(owner, self.per_owner)
-            if len(self._subscribers) >= self.max_subscribers:
-                raise too_many_watchers(self.max_subscribers)
             replay = []
             if since is not None:
                 if since > self.last_id:
@@ -233,6 +274,9 @@ class EventHub:
     def unsubscribe(self, sub):
         with self._lock:
             self._subscribers.discard(sub)
+            counted, sub.counted = sub.counted, False
+        if counted:
+            self.watchers.give(sub.owner)
         sub.finish('closed')
 
     def close(self):
@@ -247,14 +291,15 @@ def _wants(wanted, record):
     return is_notice(record) or wanted(record)
 
 
-def wait_for(hub, uuid, reached, timeout, first, owner=None, gone=None):
-    """Wait up to `timeout` s until reached(record) for an event of domain `uuid`, as `owner`;
-    499 client_gone once gone() says the client hung up (asked every CLIENT_CHECK s).
+def wait_for(hub, uuid, reached, timeout, first, owner=None, gone=None, hold=None):
+    """Wait up to `timeout` s until reached(record) for an event of domain `uuid`, as `owner`
+    (hold: see Watchers.take); 499 client_gone once gone() says the client hung up (asked
+    every CLIENT_CHECK s).
 
     Subscribes before calling first() (which acts and/or checks the current state, True when
     already there), so an event that happens in between cannot be missed.
     """
-    sub = hub.subscribe(lambda record: record['Domain']['Uuid'] == uuid, owner=owner)
+    sub = hub.subscribe(lambda record: record['Domain']['Uuid'] == uuid, owner=owner, hold=hold)
     try:
         if first():
             return True
@@ -283,9 +328,10 @@ def current_state(conn, uuid):
         raise
 
 
-def wait_for_state(hub, conn, uuid, condition, timeout, action=None, owner=None, gone=None):
+def wait_for_state(hub, conn, uuid, condition, timeout, action=None, owner=None, gone=None,
+                   hold=None):
     """Run action() (if any), then wait until the domain is in `condition`; False on timeout
-    (owner, gone: see wait_for).
+    (owner, gone, hold: see wait_for).
 
     A timeout of 0 with an action does not wait (True once acted); without one, checks now.
     """
@@ -304,12 +350,12 @@ def wait_for_state(hub, conn, uuid, condition, timeout, action=None, owner=None,
         # may already have passed: ask too.
         return STATE_AFTER.get(record.get('Event')) in states or current_state(conn, uuid) in states
 
-    return wait_for(hub, uuid, reached, timeout, first, owner, gone)
+    return wait_for(hub, uuid, reached, timeout, first, owner, gone, hold)
 
 
-def wait_for_restart(hub, uuid, timeout, action, owner=None, gone=None):
+def wait_for_restart(hub, uuid, timeout, action, owner=None, gone=None, hold=None):
     """Run action() (a reboot), then wait for the reboot event or the domain starting again
-    (owner, gone: see wait_for).
+    (owner, gone, hold: see wait_for).
 
     A timeout of 0 does not wait: True once the reboot was asked for.
     """
@@ -321,7 +367,7 @@ def wait_for_restart(hub, uuid, timeout, action, owner=None, gone=None):
         _asked(action)
         return False
     return wait_for(hub, uuid, lambda record: record.get('Event') in RESTART_EVENTS, timeout,
-                    first, owner, gone)
+                    first, owner, gone, hold)
 
 
 def _asked(action):

@@ -7,8 +7,12 @@ incomplete request is re-armed (a slow or idle client costs a descriptor, never 
 complete one is served at once, with no hand-off between threads; an answer the client does
 not take at once waits for the socket the same way. One more thread accepts, enforces
 deadlines, and gives a turn to another worker (up to `workers`) whenever one stalls on a request
-for longer than `stall`. See docs/server.md; HTTP framing is http11.py's.
+for longer than `stall`. Requests that hold a worker for long (uploads, and what the app says
+will: event streams, waits) are bounded together below `workers`, so that `concurrency` workers
+are always left for the rest. See docs/server.md; HTTP framing is http11.py's.
 """
+import collections
+import functools
 import logging
 import select
 import selectors
@@ -25,16 +29,55 @@ from .listeners import format_address, parse_listen, sd_notify
 log = logging.getLogger('xend_rest.server')
 
 LINGER_TIME = 2.0  # seconds a refused client's remaining bytes are read and dropped
+# Seconds the listeners rest after accept() failed (out of file descriptors, as a rule): the
+# waiting connection keeps them readable, and trying again at once spins (nginx waits 0.5 s).
+ACCEPT_PAUSE = 0.5
+# Bytes of request bodies let go after which the acceptor has freed memory handed back to the
+# kernel (release_memory): glibc keeps what Python frees, below the top of its heap.
+RELEASE_AFTER = 4 << 20
 READ, WRITE = select.EPOLLIN | select.EPOLLONESHOT, select.EPOLLOUT | select.EPOLLONESHOT
 
 
 class Exchange:
     """A request served, whose answer is on its way to the client (see Server._send)."""
-    __slots__ = ('response', 'body', 'upgrade', 'start', 'parked')
+    __slots__ = ('response', 'body', 'upgrade', 'start', 'parked', 'held')
 
-    def __init__(self, response, body, upgrade, start):
+    def __init__(self, response, body, upgrade, start, held):
         self.response, self.body, self.upgrade, self.start = response, body, upgrade, start
         self.parked = 0  # bytes of it counted in Server.unsent_bytes while it waits for the socket
+        self.held = held  # the key it holds its worker under (Server._hold), until it ends
+
+
+class Holds:
+    """Requests that hold a worker for long: at most `limit` at once, and at most half of them
+    (at least one) under one key (who made them, as the app names it; uploads have none)."""
+
+    def __init__(self, limit):
+        self.limit, self.per_key = limit, max(1, limit // 2)
+        self._keys = collections.Counter()
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def __len__(self):
+        return self._count
+
+    def take(self, key=None):
+        """True, and one more is counted, unless `limit` are held, or `per_key` under `key`."""
+        with self._lock:
+            if self._count >= self.limit or (key is not None and self._keys[key] >= self.per_key):
+                return False
+            self._count += 1
+            if key is not None:
+                self._keys[key] += 1
+            return True
+
+    def give(self, key=None):
+        with self._lock:
+            self._count -= 1
+            if key is not None:
+                self._keys[key] -= 1
+                if not self._keys[key]:
+                    del self._keys[key]
 
 
 class Server:
@@ -46,18 +89,32 @@ class Server:
                  request_timeout=defaults.REQUEST_TIMEOUT, tls=None, socket_mode=defaults.SOCKET_MODE,
                  socket_gid=-1, max_body=defaults.MAX_BODY, on_shutdown=None, stall=defaults.STALL,
                  concurrency=defaults.CONCURRENCY_IN_PROCESS, max_uploads=defaults.MAX_UPLOADS,
-                 max_parked=defaults.MAX_PARKED):
+                 max_parked=defaults.MAX_PARKED, max_buffered=defaults.MAX_BUFFERED, screen=None,
+                 release_memory=None):
         """tls: an ssl.SSLContext for every TCP listener; request_timeout: the deadline of a
         body of up to max_body (larger ones are streamed, `timeout` per read); socket_mode,
         socket_gid: who may connect to unix listeners; on_shutdown: called once shutdown
         begins, to end long-lived responses (event streams); concurrency: workers that serve at
         once while none stalls (at most `workers`; more start, up to it, for those that stall);
-        max_uploads: streamed bodies read at once (each holds a worker: at most workers - 1,
-        so that one is left for other requests, but at least one); max_parked: bytes of
-        answers that may wait for slow clients, together, before one more is cut off."""
+        max_uploads: streamed bodies read at once (each holds a worker); max_parked: bytes of
+        answers that may wait for slow clients, together, before one more is cut off;
+        max_buffered: bytes of request bodies on their way, together, before one more is
+        refused; screen(environ): called with a request's head before its body is kept (not
+        when it came with the head), it may refuse the request by raising an HTTPError (the
+        app's credentials check: a body is kept only for a caller the app knows);
+        release_memory(): called by the acceptor (at most every half second) once request
+        bodies of RELEASE_AFTER bytes were let go, to hand freed memory back (malloc_trim).
+
+        Uploads, and the requests the app says will hold their worker for long (through
+        environ['xend_rest.hold']: event streams, waits), are at most `workers` minus
+        `concurrency` together (but one, with one worker), half of them for one caller: so
+        `concurrency` workers always serve the rest, and one caller cannot take every place."""
         self.app = app
         self.request_timeout, self.tls, self.max_body = request_timeout, tls, max_body
-        self.max_uploads, self.max_parked = max(1, min(max_uploads, workers - 1)), max_parked
+        self.max_buffered, self.screen, self.release_memory = max_buffered, screen, release_memory
+        self.concurrency = min(concurrency, workers)
+        self._holds = Holds(max(1, workers - self.concurrency))
+        self.max_uploads, self.max_parked = max(1, min(max_uploads, self._holds.limit)), max_parked
         self.socket_mode, self.socket_gid = socket_mode, socket_gid
         self.on_shutdown = on_shutdown
         self.listeners = list(listeners)
@@ -65,7 +122,6 @@ class Server:
             parse_listen(spec)  # fail early, before anything is bound
         self.workers, self.timeout, self.keepalive_timeout = workers, timeout, keepalive_timeout
         self.grace, self.max_head, self.backlog, self.stall = grace, max_head, backlog, stall
-        self.concurrency = min(concurrency, workers)
         self.addresses = []  # bound addresses, from getsockname(): tuples or unix paths
         self._conns = {}  # fd -> ClientConnection: every open HTTP connection
         # guards _conns, each ClientConnection.held, _threads, _busy, _stalled, _standby
@@ -80,8 +136,13 @@ class Server:
         self._standby = 0  # workers waiting for a turn (or about to)
         self._uploads = 0  # streamed bodies being read
         self._parked = 0  # bytes of answers waiting for the socket
+        self._buffered = 0  # bytes of request bodies on their way (ClientConnection.awaited)
+        self._bodies_let_go = 0  # bytes of such bodies let go since memory was last released
         self._stopping = False
         self._stop_requested = False
+        self._accept_paused_until = None  # time.monotonic() when the listeners are watched again
+        self._accept_failing_since = None  # time.monotonic() of the first of accept()'s failures
+        self._accept_failures = 0  # since then, until it catches up with the waiting connections
         self._selector = self._epoll = None
         self._wake_r = self._wake_w = None
         self._sessions = sessions.Sessions()
@@ -90,6 +151,17 @@ class Server:
     def open_sessions(self):
         """How many upgraded connections (consoles) are open."""
         return len(self._sessions)
+
+    @property
+    def held(self):
+        """How many requests hold a worker for long (uploads, event streams, waits)."""
+        return len(self._holds)
+
+    @property
+    def awaited_bytes(self):
+        """Bytes of request bodies on their way, kept until they are complete (at most
+        max_buffered, unless one body alone is larger)."""
+        return self._buffered
 
     @property
     def unsent_bytes(self):
@@ -197,6 +269,8 @@ class Server:
                 if key.data == 'listen':
                     self._accept(key.fileobj)
             now = time.monotonic()
+            if self._accept_paused_until is not None and now >= self._accept_paused_until:
+                self._watch_listeners(True)
             if self._busy:
                 self._take_over_stalled(now)
             if now >= next_sweep:
@@ -216,10 +290,11 @@ class Server:
             try:
                 sock, peer = listener.accept()
             except (BlockingIOError, InterruptedError):
-                return
+                return self._accept_recovered()
+            except ConnectionAbortedError:  # the client gave up while it waited: nothing to do
+                continue
             except OSError as err:  # e.g. EMFILE: keep serving the connections we have
-                log.error('accept failed: %s', err)
-                return
+                return self._accept_failed(err)
             conn = ClientConnection(*listeners.accepted(sock, peer, listener, self.tls))
             conn.deadline = time.monotonic() + self.timeout  # for the handshake and the head
             with self._lock:
@@ -227,6 +302,34 @@ class Server:
                 threads = self._worker_if_all_busy()
             self._epoll.register(conn.fd, READ)
             _start(threads)
+
+    def _accept_failed(self, err):
+        """Rest the listeners for ACCEPT_PAUSE; one log line for the episode, not one per try."""
+        if self._accept_failing_since is None:
+            log.error('accept failed: %s; not accepting for %g s at a time until it works again '
+                      '(the connections open are served meanwhile)', err, ACCEPT_PAUSE)
+            self._accept_failing_since = time.monotonic()
+        self._accept_failures += 1
+        self._watch_listeners(False)
+
+    def _accept_recovered(self):
+        """accept() caught up with the waiting connections: the episode of failures, if any,
+        is over."""
+        if self._accept_failing_since is not None:
+            log.warning('accepting again after %.1f s, in which accept() failed %d times',
+                        time.monotonic() - self._accept_failing_since, self._accept_failures)
+            self._accept_failing_since, self._accept_failures = None, 0
+
+    def _watch_listeners(self, watch):
+        """Have the acceptor select the listeners again, or rest them for ACCEPT_PAUSE."""
+        if watch == (self._accept_paused_until is None):
+            return  # as asked already (two listeners failed in one look)
+        for sock in self._sockets:
+            if watch:
+                self._selector.register(sock, selectors.EVENT_READ, 'listen')
+            else:
+                self._selector.unregister(sock)
+        self._accept_paused_until = None if watch else time.monotonic() + ACCEPT_PAUSE
 
     def _release(self, wanted):
         """Take the connections no thread holds that wanted(conn) selects."""
@@ -242,7 +345,10 @@ class Server:
             return any(not conn.held for conn in self._conns.values())
 
     def _sweep(self, now):
-        """Close idle and too-slow connections."""
+        """Close idle and too-slow connections; release the memory of bodies let go."""
+        if self._bodies_let_go >= RELEASE_AFTER and self.release_memory is not None:
+            self._bodies_let_go = 0
+            self.release_memory()
         for conn in self._release(lambda conn: conn.deadline < now):
             if conn.exchange is not None:  # nothing of its answer taken for `timeout`: a worker
                 try:                       # finds the socket shut, and ends the answer
@@ -379,6 +485,7 @@ class Server:
         an answer still under way ends with it."""
         with self._lock:
             self._conns.pop(conn.fd, None)
+        self._no_longer_awaited(conn)
         try:
             self._epoll.unregister(conn.fd)
         except (OSError, ValueError):
@@ -422,7 +529,8 @@ class Server:
         closed or upgraded)."""
         while conn.buf:
             try:
-                complete = conn.complete(self.max_head, self.max_body, self.request_timeout)
+                complete = conn.complete(self.max_head, self.max_body, self.request_timeout,
+                                         self._await_body)
             except HTTPError as err:
                 self._refuse(conn, err, time.perf_counter())
                 return False
@@ -435,8 +543,32 @@ class Server:
             return False
         return True
 
+    def _await_body(self, conn, request):
+        """A request whose body is on its way: the app may refuse it now (screen), before any
+        of it is kept; else its length counts in max_buffered until it is complete (503 past
+        it, unless none is counted: a body larger than the bound alone still comes)."""
+        if self.screen is not None:
+            self.screen(request.environ)
+        with self._lock:
+            full = self._buffered and self._buffered + request.length > self.max_buffered
+            if not full:
+                self._buffered += request.length
+                conn.awaited = request.length
+        if full:
+            raise HTTPError(503, f'request bodies of {self._buffered} bytes are on their way '
+                            'already, the most this daemon keeps at once', 'too_many_bodies',
+                            [('Retry-After', '5')])
+
+    def _no_longer_awaited(self, conn):
+        if conn.awaited:
+            with self._lock:
+                self._buffered -= conn.awaited
+                self._bodies_let_go += conn.awaited
+                conn.awaited = 0
+
     def _refuse(self, conn, err, start=None):
         """Answer err and half-close; start: log the request too (its head was read)."""
+        self._no_longer_awaited(conn)
         response, nbytes = http11.error_response(err)
         if start is not None:
             accesslog.request(*http11.request_line_of(conn.buf), err.status, nbytes, start,
@@ -466,15 +598,18 @@ class Server:
         another request; False once it is not ours (see _serve_buffered)."""
         start = time.perf_counter()
         request, conn.request = conn.request, None
+        self._no_longer_awaited(conn)
         streamed = request.length > self.max_body  # an upload: read while the app runs
         if streamed and not self._begin_upload():
             self._refuse(conn, HTTPError(
-                503, f'{self.max_uploads} request bodies larger than {self.max_body} bytes are '
-                'being received, the most this daemon takes at once', 'too_many_uploads',
-                [('Retry-After', '5')]), start)
+                503, f'request bodies larger than {self.max_body} bytes are received at most '
+                f'{self.max_uploads} at once, each holding a worker, and while workers are to '
+                'spare: not now', 'too_many_uploads', [('Retry-After', '5')]), start)
             return False
         upgrade = request.environ['xend_rest.upgrade'] = sessions.Upgrade(
             self._cannot_upgrade(request))
+        held = []  # the key the request holds its worker under, once the app says it will
+        request.environ['xend_rest.hold'] = functools.partial(self._hold, held)
         # A body of up to max_body gets the request's deadline (it is here already). A larger
         # one is streamed (an image upload) for as long as it keeps coming: each read still
         # waits at most `timeout`, so a client that stalls is cut off all the same.
@@ -486,17 +621,19 @@ class Server:
         except OSError as err:  # the client went away while the app read its body
             log.debug('connection from %s: %s', conn.client, err)
             upgrade.abandon()
+            self._let_go(held)
             self._forget(conn)
             return False
         except Exception:
             upgrade.abandon()
+            self._let_go(held)
             raise
         finally:
             self._active.discard(conn)
             if streamed:
                 self._end_upload()
         conn.buf = body.extra
-        conn.exchange = Exchange(response, body, upgrade, start)
+        conn.exchange = Exchange(response, body, upgrade, start, held)
         return self._send(conn)
 
     def _cannot_upgrade(self, request):
@@ -520,7 +657,7 @@ class Server:
 
     def _begin_upload(self):
         with self._lock:
-            if self._uploads >= self.max_uploads:
+            if self._uploads >= self.max_uploads or not self._holds.take():
                 return False
             self._uploads += 1
             return True
@@ -528,6 +665,23 @@ class Server:
     def _end_upload(self):
         with self._lock:
             self._uploads -= 1
+        self._holds.give()
+
+    def _hold(self, held, key=None):
+        """environ['xend_rest.hold'](key): the app says that this request will hold its worker
+        for long (an event stream, a wait), for `key` (who made it). False if the server has
+        no worker to spare for it (see Holds): the app refuses it then. Counted until the
+        answer ends."""
+        if held:
+            return True
+        if not self._holds.take(key):
+            return False
+        held.append(key)
+        return True
+
+    def _let_go(self, held):
+        while held:
+            self._holds.give(held.pop())
 
     def _send(self, conn):
         """Send as much of conn's answer as the socket takes now. The rest waits for the socket
@@ -572,6 +726,7 @@ class Server:
         """The answer on conn is over, sent or not: close it, log it; the Exchange."""
         exchange, conn.exchange = conn.exchange, None
         self._unpark(exchange)
+        self._let_go(exchange.held)
         response, environ = exchange.response, exchange.response.environ
         try:
             response.close()

@@ -13,6 +13,7 @@ import time
 from collections import namedtuple
 from urllib.parse import unquote_plus
 
+from . import defaults
 from .errors import HTTPError
 
 LIFETIME = 30  # seconds a ticket is good for: enough to hand it to a page and open the socket
@@ -40,22 +41,29 @@ def redact_ticket(target):
 class Tickets:
     """The outstanding tickets of one guard."""
 
-    def __init__(self, lifetime=LIFETIME, max_tickets=MAX_TICKETS):
-        self.lifetime, self.max_tickets = lifetime, max_tickets
+    def __init__(self, lifetime=LIFETIME, max_tickets=MAX_TICKETS,
+                 per_caller=defaults.CONSOLE_TICKETS_PER_CALLER):
+        """per_caller: tickets one caller may have outstanding, so that it cannot take them all."""
+        self.lifetime, self.max_tickets, self.per_caller = lifetime, max_tickets, per_caller
         self._tickets = {}  # token -> Ticket
         self._lock = threading.Lock()
 
     def issue(self, hypervisor, uuid, handler, role, caller):
         """A new ticket's token for the route served by `handler`, on one domain, with `role`,
-        asked for by `caller`."""
+        asked for by `caller` (429 past its share, or past `max_tickets` in all)."""
         token = secrets.token_urlsafe(24)
         now = time.monotonic()
+        retry = [('Retry-After', str(int(self.lifetime)))]
         with self._lock:
             self._sweep(now)
+            if sum(ticket.caller == caller for ticket in self._tickets.values()) >= self.per_caller:
+                raise HTTPError(429, f'{caller} has {self.per_caller} console tickets outstanding, '
+                                'the most one caller may (console-tickets-per-caller); they '
+                                f'expire within {self.lifetime:g} s', 'too_many_tickets_for_caller',
+                                retry)
             if len(self._tickets) >= self.max_tickets:
                 raise HTTPError(429, f'{len(self._tickets)} console tickets are outstanding; they '
-                                f'expire within {self.lifetime:g} s', 'too_many_tickets',
-                                [('Retry-After', str(int(self.lifetime)))])
+                                f'expire within {self.lifetime:g} s', 'too_many_tickets', retry)
             self._tickets[token] = Ticket(hypervisor, uuid, handler, role, caller,
                                          now + self.lifetime)
         return token

@@ -194,7 +194,8 @@ def stop_domain(request, ident):
         except StillRunning:
             return _still_running(dom, 'shutdown', 'shutoff')
     if not wait_for_state(request.hypervisor.events, request.conn, dom.UUIDString(), 'shutoff', wait,
-                          shutdown, owner=request.caller, gone=request.client_gone):
+                          shutdown, owner=request.caller, gone=request.client_gone,
+                          hold=request.hold):
         raise wait_timeout(f'the shutdown of {dom.name()} was asked for, but it was not shut off '
                            f'within {wait:g} s')
     return NO_CONTENT
@@ -221,7 +222,8 @@ def restart_domain(request, ident):
         except StillRunning:
             return _still_running(dom, 'reboot', 'running')
     elif not wait_for_restart(request.hypervisor.events, dom.UUIDString(), wait, reboot,
-                              owner=request.caller, gone=request.client_gone):
+                              owner=request.caller, gone=request.client_gone,
+                              hold=request.hold):
         raise wait_timeout(f'the reboot of {dom.name()} was asked for, but no reboot was seen '
                            f'within {wait:g} s')
     return NO_CONTENT

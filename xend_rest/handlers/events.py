@@ -24,7 +24,7 @@ def stream_events(request):
     sse = defaults.SSE in request.environ.get('HTTP_ACCEPT', '')
     request.conn  # the hypervisor registers for events when it connects: be connected
     hub = request.hypervisor.events
-    subscription = hub.subscribe(wanted, since, owner=request.caller)
+    subscription = hub.subscribe(wanted, since, owner=request.caller, hold=request.hold)
     stream = EventStream(hub, subscription, request.hypervisor.connection, sse, limit, timeout,
                          request.client_gone)
     return 200, Raw(stream, defaults.SSE if sse else defaults.NDJSON), list(STREAM_HEADERS)
@@ -152,6 +152,7 @@ def wait_domain(request, ident):
     timeout = parse_seconds(request, 'timeout', DEFAULT_WAIT_SECONDS, MAX_WAIT_SECONDS)
     dom = lookup_domain(request.conn, ident)
     if not wait_for_state(request.hypervisor.events, request.conn, dom.UUIDString(), condition,
-                          timeout, owner=request.caller, gone=request.client_gone):
+                          timeout, owner=request.caller, gone=request.client_gone,
+                          hold=request.hold):
         raise wait_timeout(f'domain {dom.name()} did not become {condition} within {timeout:g} s')
     return 200, {'State': condition}
