@@ -32,7 +32,7 @@ REASONS = {
     408: 'Request Timeout', 409: 'Conflict', 411: 'Length Required', 413: 'Payload Too Large',
     415: 'Unsupported Media Type', 416: 'Range Not Satisfiable', 426: 'Upgrade Required',
     429: 'Too Many Requests', 499: 'Client Closed Request', 500: 'Internal Server Error',
-    501: 'Not Implemented', 503: 'Service Unavailable', 504: 'Gateway Timeout',
+    501: 'Not Implemented', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout',
     507: 'Insufficient Storage',
 }
 
