@@ -8,8 +8,6 @@ import logging
 import re
 import time
 
-from .tickets import redact_ticket
-
 log = logging.getLogger('xend_rest.access')
 
 # A field is printable ASCII without spaces: anything else a client or a credential brings (a
@@ -19,12 +17,12 @@ REQUEST_LINE = 'latin-1'  # a request line's bytes, one character each (PEP 3333
 
 
 def request(method, target, status, nbytes, start, client, caller='-'):
-    """Log one answered request; start: its time.perf_counter() when it began; caller: who the
-    app says made it ('-': nobody it knows of)."""
+    """Log one answered request; start: its time.perf_counter() when it began; target: as the
+    app says it may be logged (it hides credentials there); caller: who the app says made it
+    ('-': nobody it knows of)."""
     if log.isEnabledFor(logging.INFO):
-        # A console ticket is a credential: never written down (the rest of the target is).
         log.info('%s %s %s %d %.2fms %s %s', printable(method, REQUEST_LINE),
-                 printable(redact_ticket(target), REQUEST_LINE), status, nbytes,
+                 printable(target, REQUEST_LINE), status, nbytes,
                  (time.perf_counter() - start) * 1000, client, printable(caller))
 
 

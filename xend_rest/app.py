@@ -20,8 +20,11 @@ from .metrics import RequestMetrics
 from .router import Router, path_segments
 from .routes import ROUTES
 from .security import Guard
+from .tickets import target_of
 
 log = logging.getLogger(__name__)
+
+LOG_TARGET = 'xend_rest.log_target'  # for the server: the request target as its log may show it
 
 NO_BODY_STATUSES = (101, 204, 304)
 SAFE_METHODS = ('GET', 'HEAD')  # the rest may change the hypervisor's state
@@ -170,6 +173,9 @@ class App:
     def __call__(self, environ, start_response):
         started = perf_counter()
         request = Request(environ, self)
+        # The target as logs show it (the server's access log, the session's line, ours),
+        # decided before the Guard spends the tickets it carries.
+        environ[LOG_TARGET] = self.guard.tickets.hide(target_of(environ))
         try:
             answer = self._dispatch(request)
         except HTTPError as err:
@@ -214,6 +220,15 @@ class App:
             raise HTTPError(404, f'no such hypervisor connection: {name} (configured: {known})',
                             'no_such_connection')
         return hypervisor
+
+    def refused(self, method, target):
+        """For the server (its on_refused): a request it refused before calling the app. Every
+        console ticket its target carries is spent (it was sent); the answer is the target as
+        the access log may show it."""
+        tickets = self.guard.tickets
+        shown = tickets.hide(target)  # first: it is known by its value until spent
+        tickets.spend_in(target)
+        return shown
 
     def end_streams(self):
         """End every open event stream (at shutdown: they would otherwise never finish), and

@@ -76,7 +76,7 @@ class Bridge:
         self.registry, self.guest, self.framing = registry, guest, framing
         self.key = key  # the console it holds, for force=1 takeovers
         self.label = label
-        self.request_line, self.client = '-', '-'  # for its access-log line
+        self.request, self.client = ('-', '-'), '-'  # (method, target as logged): for that line
         self.owner = None  # the caller it counts against, and is logged for
         self.created = time.monotonic()
         self.started = None
@@ -141,8 +141,7 @@ class Bridge:
             took = time.monotonic() - self.started if self.started is not None else 0.0
             ending = self.ending[0] if self.ending else 'never_started'
             # Each field printable, as in the server's lines (accesslog.printable).
-            request = ' '.join(printable(part, REQUEST_LINE)
-                               for part in self.request_line.split(' '))
+            request = ' '.join(printable(part, REQUEST_LINE) for part in self.request)
             label = ' '.join(printable(part) for part in self.label.split(' '))
             access_log.info('%s session %s %.1fs in=%d out=%d %s %s %s', request, ending, took,
                             self.bytes_in, self.bytes_out, label, self.client,

@@ -380,7 +380,8 @@ def main(argv=None):
                     timeout=args.timeout, tls=tls,
                     request_timeout=args.request_timeout, max_body=args.max_body,
                     max_head=args.max_head, max_uploads=args.max_uploads,
-                    socket_mode=args.socket_mode, socket_gid=gid, on_shutdown=app.end_streams)
+                    socket_mode=args.socket_mode, socket_gid=gid, on_shutdown=app.end_streams,
+                    on_refused=app.refused)  # tickets in requests the server refuses: spent
     release_freed_memory()
     try:
         server.serve_forever()

@@ -25,6 +25,7 @@ CONTINUE = b'HTTP/1.1 100 Continue\r\n\r\n'
 HEAD_END = re.compile(rb'\n\r?\n')
 # Control characters but HTAB, and a CR that does not end a line (RFC 9110 5.5).
 CONTROL = re.compile(rb'[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)')
+FIRST_LINE = re.compile(rb'[\r\n]*([^\n]*)')  # the request line, after any empty lines
 # What an incomplete head can begin with: empty lines, then a method and a space.
 REQUEST_START = re.compile(rb'[\r\n]*[A-Z]{0,32}(?: |\Z)')
 
@@ -158,11 +159,18 @@ def _framed(environ, body_start):
     return Request(environ, keep_alive, length, body_start, expect_continue)
 
 
+def logged_target(environ):
+    """A served request's target as logs show it: as the app says (environ['xend_rest.
+    log_target'], where it hides credentials), else as sent."""
+    return environ.get('xend_rest.log_target') or environ['RAW_URI']
+
+
 def request_line_of(buf):
-    """(method, target) of a request line, for the access log of a request that failed to parse."""
-    line = buf[:buf.find(b'\n')].decode('latin-1').strip('\r\n')
+    """(method, target) of the request line that begins buf, as sent, for a request the server
+    refuses: ('-', the whole line) for one that is not three parts (or has not ended)."""
+    line = FIRST_LINE.match(buf).group(1).decode('latin-1').rstrip('\r')
     parts = line.split(' ')
-    return (parts[0], parts[1]) if len(parts) == 3 else ('-', '-')
+    return (parts[0], parts[1]) if len(parts) == 3 else ('-', line)
 
 
 def _request_line(line):

@@ -46,7 +46,7 @@ class Server:
                  request_timeout=defaults.REQUEST_TIMEOUT, tls=None, socket_mode=defaults.SOCKET_MODE,
                  socket_gid=-1, max_body=defaults.MAX_BODY, on_shutdown=None, stall=defaults.STALL,
                  concurrency=defaults.CONCURRENCY_IN_PROCESS, max_uploads=defaults.MAX_UPLOADS,
-                 max_parked=defaults.MAX_PARKED):
+                 max_parked=defaults.MAX_PARKED, on_refused=None):
         """tls: an ssl.SSLContext for every TCP listener; request_timeout: the deadline of a
         body of up to max_body (larger ones are streamed, `timeout` per read); socket_mode,
         socket_gid: who may connect to unix listeners; on_shutdown: called once shutdown
@@ -54,12 +54,17 @@ class Server:
         once while none stalls (at most `workers`; more start, up to it, for those that stall);
         max_uploads: streamed bodies read at once (each holds a worker: at most workers - 1,
         so that one is left for other requests, but at least one); max_parked: bytes of
-        answers that may wait for slow clients, together, before one more is cut off."""
+        answers that may wait for slow clients, together, before one more is cut off;
+        on_refused(method, target): called for each request the server refuses (or drops
+        unfinished) before the app sees it, with its request line's method and target as sent
+        (a line that does not parse: method '-' and the whole line); what it returns is the
+        target as the access log shows it (None: as sent). The CLI's is App.refused: it spends
+        the console tickets the target carries, and hides them."""
         self.app = app
         self.request_timeout, self.tls, self.max_body = request_timeout, tls, max_body
         self.max_uploads, self.max_parked = max(1, min(max_uploads, workers - 1)), max_parked
         self.socket_mode, self.socket_gid = socket_mode, socket_gid
-        self.on_shutdown = on_shutdown
+        self.on_shutdown, self.on_refused = on_shutdown, on_refused
         self.listeners = list(listeners)
         for spec in self.listeners:
             parse_listen(spec)  # fail early, before anything is bound
@@ -259,6 +264,8 @@ class Server:
             elif conn.request is not None:  # the head was fine: say why we hang up
                 self._refuse(conn, HTTPError(408, 'the request body did not arrive in time', 'timeout'))
             else:
+                if conn.buf:  # a head that did not come in time
+                    self._unserved(conn)
                 self._forget(conn)
 
     # -- workers -----------------------------------------------------------------
@@ -406,6 +413,8 @@ class Server:
             if data is None:
                 return self._rearm(conn)
             if not data:
+                if conn.buf:  # the client went away in the middle of a request
+                    self._unserved(conn)
                 return self._forget(conn)
             if not conn.buf:  # a new head has begun: the client gets `timeout` to finish it
                 conn.deadline = time.monotonic() + self.timeout
@@ -438,14 +447,23 @@ class Server:
     def _refuse(self, conn, err, start=None):
         """Answer err and half-close; start: log the request too (its head was read)."""
         response, nbytes = http11.error_response(err)
+        method, target = self._unserved(conn)
         if start is not None:
-            accesslog.request(*http11.request_line_of(conn.buf), err.status, nbytes, start,
-                              conn.client)
+            accesslog.request(method, target, err.status, nbytes, start, conn.client)
         try:
             conn.sock.send(response)  # small: fits the socket buffer
         except OSError:
             return self._forget(conn)
         self._linger(conn)
+
+    def _unserved(self, conn):
+        """(method, target) for the log of the request that begins conn's buffer, which the app
+        will not see; on_refused is told of it."""
+        method, target = http11.request_line_of(conn.buf)
+        shown = self.on_refused(method, target) if self.on_refused is not None else None
+        if method == '-':
+            return '-', '-'  # a line that does not parse is not written down
+        return method, target if shown is None else shown
 
     def _linger(self, conn):
         """Half-close, then for a while read and drop what the client still sends: closing a
@@ -578,10 +596,10 @@ class Server:
         except Exception:
             log.exception('closing the answer to %s %s failed', environ['REQUEST_METHOD'],
                           environ['RAW_URI'])
-        accesslog.request(environ['REQUEST_METHOD'], environ['RAW_URI'],
+        # The app names its caller, and says how its target may be shown (it hides credentials).
+        accesslog.request(environ['REQUEST_METHOD'], http11.logged_target(environ),
                           response.status[:3] if response.status else '-', response.nbytes,
-                          exchange.start, conn.client,
-                          environ.get('xend_rest.caller', '-'))  # the app names its caller
+                          exchange.start, conn.client, environ.get('xend_rest.caller', '-'))
         return exchange
 
     def _answered(self, conn):
