@@ -4,6 +4,7 @@ import http.client
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -16,7 +17,8 @@ from websockets.sync.client import connect
 
 from conftest import Client, until
 from test_consoles import upgrade_headers
-from consoles_support import FakeConnection, FixedConnection, Daemon
+from consoles_support import FakeConnection, FakeDomain, FixedConnection, Daemon
+from xend_rest.accesslog import printable
 from xend_rest.app import make_app
 from xend_rest.bridges import Bridges
 from xend_rest.connection import start_event_loop
@@ -170,6 +172,29 @@ def test_a_session_is_one_access_log_line_without_its_ticket(daemon, caplog):
     # Whoever opens a ticket is whoever asked for it: the page acted for the 'ops' token.
     opened = [r.getMessage() for r in caplog.records if ' 101 ' in r.getMessage()]
     assert [line.split(' ')[-1] for line in opened + lines] == ['token:ops', 'token:ops']
+
+
+@pytest.mark.parametrize('name', ['web 101 0 1.00ms 192.0.2.7 token:alice', 'web\u00a0\u2028x'])
+def test_each_field_of_a_session_line_is_one_token(conn, caplog, name):
+    """A domain's name with spaces (libvirt allows them) is one field, percent-encoded: it
+    cannot shift the client and caller fields, nor forge them."""
+    conn.dom = FakeDomain(conn, name=name)
+    sessions = Bridges()
+    app = make_app(connection=FixedConnection(conn), consoles=sessions)
+    server = Daemon(app)
+    caplog.set_level(logging.INFO, logger='xend_rest.access')
+    with connect(server.url(NODE.replace('web', '11111111-2222-3333-4444-555555555555') +
+                            '/console')) as ws:
+        ws.send(b'echo 1\n')
+        ws.recv(timeout=10)
+    until(lambda: any(' session ' in r.getMessage() for r in caplog.records))
+    assert sessions.close_all(timeout=10)
+    server.close()
+    [line] = [r.getMessage() for r in caplog.records if ' session ' in r.getMessage()]
+    fields = line.split(' ')
+    assert len(fields) == 11, line
+    assert fields[7:] == [printable(name), 'serial0', '127.0.0.1', 'anonymous']
+    assert re.fullmatch(r'[\x21-\x7e ]+', line)
 
 
 def access_lines(caplog, count=1):

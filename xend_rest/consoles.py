@@ -44,7 +44,7 @@ def open_console(sessions, conn, dom, dev, flags, framing, owner=None):
     except BaseException:
         sessions.cancel(place)
         raise
-    return sessions.start(place, guest, framing, f"{dom.name()} {alias or 'console'}")
+    return sessions.start(place, guest, framing, (dom.name(), alias or 'console'))
 
 
 def console_aliases(dom):

@@ -39,7 +39,7 @@ def open_screen(sessions, conn, dom, framing, owner=None, check_path=None):
     except BaseException:
         sessions.cancel(place)
         raise
-    return sessions.start(place, VncSocket(sock, dom), framing, f'{dom.name()} vnc')
+    return sessions.start(place, VncSocket(sock, dom), framing, (dom.name(), 'vnc'))
 
 
 def vnc_graphics(dom):
