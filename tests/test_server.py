@@ -363,7 +363,10 @@ def test_app_exception_gives_json_500_and_logged_traceback(caplog):
         body = json.loads(response.read())
     assert response.status == 500
     assert body == {'message': 'internal server error', 'code': 'internal_error'}
-    assert any(record.exc_info and 'boom' in str(record.exc_info[1]) for record in caplog.records)
+    # The traceback is the record's text (its messages escaped, see accesslog.traceback_text).
+    [record] = [record for record in caplog.records if record.levelname == 'ERROR']
+    assert 'in broken_app' in record.getMessage()
+    assert record.getMessage().endswith('\nRuntimeError: boom')
 
 
 def test_head_has_no_body():
@@ -1005,3 +1008,15 @@ def test_on_refused_hears_of_a_head_dropped_unfinished():
         until(lambda: len(heard) == 2)
     assert sorted(heard) == [('GET', '/gone?k=v'), ('GET', '/slow?k=v')]
 
+
+def test_an_application_error_cannot_forge_a_log_line(caplog):
+    def app(environ, start_response):
+        start_response('200 OK', [])
+        raise ValueError('bad request\n2026-12-06 17:00:00,000 INFO xend_rest.access: forged')
+        yield b''
+
+    with serving(app) as server:
+        answer = raw_exchange(server, b'GET /a HTTP/1.1\r\nHost: x\r\n\r\n')
+    assert answer.startswith(b'HTTP/1.1 500 ')
+    assert 'ValueError: bad request%0A2026-12-06' in caplog.text
+    assert not [line for line in caplog.text.splitlines() if line.startswith('2026-12-06')]

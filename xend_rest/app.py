@@ -8,6 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 import libvirt
 
 from . import defaults, errors, jsonbody, names
+from .accesslog import REQUEST_LINE, printable, printable_text, traceback_text
 from .bodies import Raw
 from .bridges import Bridges
 from .connection import SharedConnection
@@ -185,15 +186,15 @@ class App:
                 request.connection_broke()
             write = request.method not in SAFE_METHODS
             answer = _error_answer(errors.from_libvirt(err, write))
-        except Exception:
-            log.exception('%s %s failed', request.method, environ.get('PATH_INFO'))
+        except Exception as err:
+            log.error('%s failed\n%s', _request_line(environ), traceback_text(err))
             answer = _internal_error()
         status, body, headers = answer if len(answer) == 3 else (*answer, [])
         try:
             response = _respond(start_response, request.method, status, body, headers)
-        except Exception:  # an answer that cannot be sent (a body JSON cannot carry): a bug
-            log.exception('%s %s: cannot send the answer', request.method,
-                          environ.get('PATH_INFO'))
+        except Exception as err:  # an answer that cannot be sent (a body JSON cannot carry): a bug
+            log.error('%s: cannot send the answer\n%s', _request_line(environ),
+                      traceback_text(err))
             status, body, headers = _internal_error()
             response = _respond(start_response, request.method, status, body, headers)
         # A route's name, never the raw path: metrics stay bounded.
@@ -281,13 +282,19 @@ def make_app(uri=None, connection=None, routes=ROUTES, events=None, guard=None,
     return App(hypervisors, routes, guard, max_body, consoles)
 
 
+def _request_line(environ):
+    """'METHOD TARGET' of a request for a log line: each printable, the target without tickets."""
+    return (f"{printable(environ.get('REQUEST_METHOD', '-'), REQUEST_LINE)} "
+            f"{printable(environ.get(LOG_TARGET, '-'), REQUEST_LINE)}")
+
+
 def _internal_error():
     return _error_answer(HTTPError(500, 'internal server error', 'internal_error'))
 
 
 def _error_answer(err):
     if err.status >= 500:
-        log.warning('%d %s: %s', err.status, err.code, err.message)
+        log.warning('%d %s: %s', err.status, err.code, printable_text(err.message))
     return err.status, err.body(), err.headers
 
 

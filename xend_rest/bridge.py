@@ -18,7 +18,7 @@ import threading
 import time
 
 from . import defaults, websocket
-from .accesslog import REQUEST_LINE, printable
+from .accesslog import REQUEST_LINE, printable, traceback_text
 from .errors import HTTPError
 
 log = logging.getLogger(__name__)
@@ -114,8 +114,9 @@ class Bridge:
             self._sock = sock
             sock.setblocking(False)
             self._run(bytes(buffered or b''))
-        except Exception:
-            log.exception('console session %s failed', self.label)
+        except Exception as err:
+            log.error('console session %s failed\n%s', self._fields(self.label),
+                      traceback_text(err))
             self.ending = self.ending or ('console_lost', None, 'internal error')
         finally:
             self.discard()

@@ -7,12 +7,13 @@ Required (our API only takes small JSON bodies and image uploads of a known size
 import logging
 import re
 import ssl
+import sys
 import time
 from email.utils import formatdate
 from http import HTTPStatus
 from urllib.parse import unquote
 
-from . import defaults
+from . import accesslog, defaults
 from .errors import HTTPError
 from .headers import content_length
 
@@ -65,8 +66,8 @@ class _ErrorStream:
     """wsgi.errors: what the application writes goes to logging, not to stderr."""
 
     def write(self, text):
-        if text.strip():
-            log.error('%s', text.rstrip())
+        if text.strip():  # it may quote a request: kept on its line
+            log.error('%s', accesslog.printable_text(text.rstrip()))
 
     def writelines(self, lines):
         for line in lines:
@@ -163,6 +164,12 @@ def logged_target(environ):
     """A served request's target as logs show it: as the app says (environ['xend_rest.
     log_target'], where it hides credentials), else as sent."""
     return environ.get('xend_rest.log_target') or environ['RAW_URI']
+
+
+def logged_request(environ):
+    """'METHOD TARGET' of a served request for a log line, each part printable."""
+    return (f"{accesslog.printable(environ['REQUEST_METHOD'], accesslog.REQUEST_LINE)} "
+            f"{accesslog.printable(logged_target(environ), accesslog.REQUEST_LINE)}")
 
 
 def request_line_of(buf):
@@ -380,8 +387,8 @@ class Response:
 
     def fail(self):
         """The app raised: a JSON 500 if nothing is queued yet, else the answer is cut short."""
-        log.exception('unhandled exception in the application for %s %s',
-                      self.environ['REQUEST_METHOD'], self.environ['RAW_URI'])
+        log.error('unhandled exception in the application for %s\n%s',
+                  logged_request(self.environ), accesslog.traceback_text(sys.exc_info()[1]))
         self.keep_alive = False
         self.close()
         if self.sent:

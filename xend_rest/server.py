@@ -347,8 +347,9 @@ class Server:
                 continue
             try:
                 self._ready(conn)
-            except Exception:
-                log.exception('unexpected error serving %s', conn.client)
+            except Exception as err:  # a bug, maybe in reading what the client sent
+                log.error('unexpected error serving %s\n%s', conn.client,
+                          accesslog.traceback_text(err))
                 self._forget(conn)
             finally:
                 with self._lock:
@@ -400,7 +401,7 @@ class Server:
         try:
             wait = conn.handshake()
         except OSError as err:  # SSLError included: bad or missing client certificate
-            log.info('TLS handshake with %s failed: %s', conn.client, err)
+            log.info('TLS handshake with %s failed: %s', conn.client, accesslog.printable_text(err))
             return self._forget(conn)
         if wait is not None:
             return self._rearm(conn, WRITE if wait == WAIT_WRITE else READ)
@@ -593,9 +594,9 @@ class Server:
         response, environ = exchange.response, exchange.response.environ
         try:
             response.close()
-        except Exception:
-            log.exception('closing the answer to %s %s failed', environ['REQUEST_METHOD'],
-                          environ['RAW_URI'])
+        except Exception as err:
+            log.error('closing the answer to %s failed\n%s', http11.logged_request(environ),
+                      accesslog.traceback_text(err))
         # The app names its caller, and says how its target may be shown (it hides credentials).
         accesslog.request(environ['REQUEST_METHOD'], http11.logged_target(environ),
                           response.status[:3] if response.status else '-', response.nbytes,
