@@ -185,3 +185,50 @@ def test_a_screen_socket_outside_allowed_paths_is_never_connected(socket_screens
     assert refused.value.response.status_code == 403
     assert b'"path_not_allowed"' in refused.value.response.body
     assert servers['out'].clients == 0
+
+
+@pytest.fixture
+def dead_screens(tmp_path, monkeypatch):
+    """Running domains whose VNC server does not take connections: nothing listens at its TCP
+    port, its unix socket does not exist, or it does not accept (its backlog is full), as on
+    Xen when the device model has not opened its VNC server yet, or has died (libxl hands over
+    no graphics fd, so the daemon connects to the definition's address)."""
+    with socket.create_server(('127.0.0.1', 0)) as probe:
+        free = probe.getsockname()[1]
+    stuck = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stuck.bind(str(tmp_path / 'stuck.sock'))
+    stuck.listen(0)
+    queued = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    queued.connect(str(tmp_path / 'stuck.sock'))  # fills the backlog: the next connect waits
+    monkeypatch.setattr(vnc, 'CONNECT_TIMEOUT', 0.5)
+    extra = [domain('refused', "<graphics type='vnc' port='%d' autoport='no' listen='127.0.0.1'/>"
+                    % free),
+             domain('nosocket', "<graphics type='vnc' socket='%s'/>" % (tmp_path / 'absent.sock')),
+             domain('stuck', "<graphics type='vnc' socket='%s'/>" % (tmp_path / 'stuck.sock'))]
+    path = tmp_path / 'node.xml'
+    path.write_text(node_xml(DOMAINS + extra))
+    sessions = Bridges()
+    app = make_app(uri='test://%s' % path, consoles=sessions)
+    server = Daemon(app)
+    yield server, sessions
+    server.close()
+    app.close()
+    queued.close()
+    stuck.close()
+
+
+@pytest.mark.parametrize('name, status, code, retry', [
+    ('refused', 409, 'vnc_not_listening', None),
+    ('nosocket', 409, 'vnc_not_listening', None),
+    ('stuck', 502, 'vnc_unreachable', '5'),
+])
+def test_a_screen_whose_vnc_server_does_not_answer_is_refused_by_state(dead_screens, name,
+                                                                       status, code, retry):
+    server, sessions = dead_screens
+    with pytest.raises(InvalidStatus) as refused:
+        connect(server.url('/libvirt/xen/nodes/%s/vnc' % name))
+    response = refused.value.response
+    assert response.status_code == status
+    assert ('"%s"' % code).encode() in response.body
+    assert response.headers.get('Retry-After') == retry
+    assert len(sessions) == 0  # its place is given back

@@ -8,6 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 import libvirt
 
 from . import defaults, errors, jsonbody, names
+from .accesslog import REQUEST_LINE, printable, printable_text, traceback_text
 from .bodies import Raw
 from .bridges import Bridges
 from .connection import SharedConnection
@@ -20,8 +21,11 @@ from .metrics import RequestMetrics
 from .router import Router, path_segments
 from .routes import ROUTES
 from .security import Guard, ticket_tokens
+from .tickets import target_of
 
 log = logging.getLogger(__name__)
+
+LOG_TARGET = 'xend_rest.log_target'  # for the server: the request target as its log may show it
 
 NO_BODY_STATUSES = (101, 204, 304)
 SAFE_METHODS = ('GET', 'HEAD')  # the rest may change the hypervisor's state
@@ -32,7 +36,7 @@ REASONS = {
     408: 'Request Timeout', 409: 'Conflict', 411: 'Length Required', 413: 'Payload Too Large',
     415: 'Unsupported Media Type', 416: 'Range Not Satisfiable', 426: 'Upgrade Required',
     429: 'Too Many Requests', 499: 'Client Closed Request', 500: 'Internal Server Error',
-    501: 'Not Implemented', 503: 'Service Unavailable', 504: 'Gateway Timeout',
+    501: 'Not Implemented', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout',
     507: 'Insufficient Storage',
 }
 
@@ -176,6 +180,9 @@ class App:
     def __call__(self, environ, start_response):
         started = perf_counter()
         request = Request(environ, self)
+        # The target as logs show it (the server's access log, the session's line, ours),
+        # decided before the Guard spends the tickets it carries.
+        environ[LOG_TARGET] = self.guard.tickets.hide(target_of(environ))
         try:
             answer = self._dispatch(request)
         except HTTPError as err:
@@ -185,15 +192,15 @@ class App:
                 request.connection_broke()
             write = request.method not in SAFE_METHODS
             answer = _error_answer(errors.from_libvirt(err, write))
-        except Exception:
-            log.exception('%s %s failed', request.method, environ.get('PATH_INFO'))
+        except Exception as err:
+            log.error('%s failed\n%s', _request_line(environ), traceback_text(err))
             answer = _internal_error()
         status, body, headers = answer if len(answer) == 3 else (*answer, [])
         try:
             response = _respond(start_response, request.method, status, body, headers)
-        except Exception:  # an answer that cannot be sent (a body JSON cannot carry): a bug
-            log.exception('%s %s: cannot send the answer', request.method,
-                          environ.get('PATH_INFO'))
+        except Exception as err:  # an answer that cannot be sent (a body JSON cannot carry): a bug
+            log.error('%s: cannot send the answer\n%s', _request_line(environ),
+                      traceback_text(err))
             status, body, headers = _internal_error()
             response = _respond(start_response, request.method, status, body, headers)
         # A route's name, never the raw path: metrics stay bounded.
@@ -228,6 +235,15 @@ class App:
         request with a console ticket is left to the app: reading a ticket spends it."""
         if not ticket_tokens(environ):
             self.guard.admit(Request(dict(environ), self))
+
+    def refused(self, method, target):
+        """For the server (its on_refused): a request it refused before calling the app. Every
+        console ticket its target carries is spent (it was sent); the answer is the target as
+        the access log may show it."""
+        tickets = self.guard.tickets
+        shown = tickets.hide(target)  # first: it is known by its value until spent
+        tickets.spend_in(target)
+        return shown
 
     def end_streams(self):
         """End every open event stream (at shutdown: they would otherwise never finish), and
@@ -283,13 +299,19 @@ def make_app(uri=None, connection=None, routes=ROUTES, events=None, guard=None,
     return App(hypervisors, routes, guard, max_body, consoles)
 
 
+def _request_line(environ):
+    """'METHOD TARGET' of a request for a log line: each printable, the target without tickets."""
+    return (f"{printable(environ.get('REQUEST_METHOD', '-'), REQUEST_LINE)} "
+            f"{printable(environ.get(LOG_TARGET, '-'), REQUEST_LINE)}")
+
+
 def _internal_error():
     return _error_answer(HTTPError(500, 'internal server error', 'internal_error'))
 
 
 def _error_answer(err):
     if err.status >= 500:
-        log.warning('%d %s: %s', err.status, err.code, err.message)
+        log.warning('%d %s: %s', err.status, err.code, printable_text(err.message))
     return err.status, err.body(), err.headers
 
 

@@ -18,7 +18,7 @@ import threading
 import time
 
 from . import defaults, websocket
-from .accesslog import REQUEST_LINE, printable
+from .accesslog import REQUEST_LINE, printable, traceback_text
 from .errors import HTTPError
 
 log = logging.getLogger(__name__)
@@ -72,11 +72,11 @@ def upgrade_hook(environ):
 class Bridge:
     """One client bridged to one guest side; the server runs it as session(sock, buffered)."""
 
-    def __init__(self, registry, guest, framing, key=None, label=''):
+    def __init__(self, registry, guest, framing, key=None, label=()):
         self.registry, self.guest, self.framing = registry, guest, framing
         self.key = key  # the console it holds, for force=1 takeovers
-        self.label = label
-        self.request_line, self.client = '-', '-'  # for its access-log line
+        self.label = tuple(label)  # (domain name, device): two fields of its access-log line
+        self.request, self.client = ('-', '-'), '-'  # (method, target as logged): for that line
         self.owner = None  # the caller it counts against, and is logged for
         self.created = time.monotonic()
         self.started = None
@@ -114,8 +114,9 @@ class Bridge:
             self._sock = sock
             sock.setblocking(False)
             self._run(bytes(buffered or b''))
-        except Exception:
-            log.exception('console session %s failed', self.label)
+        except Exception as err:
+            log.error('console session %s failed\n%s', self._fields(self.label),
+                      traceback_text(err))
             self.ending = self.ending or ('console_lost', None, 'internal error')
         finally:
             self.discard()
@@ -140,13 +141,16 @@ class Bridge:
         if access_log.isEnabledFor(logging.INFO):
             took = time.monotonic() - self.started if self.started is not None else 0.0
             ending = self.ending[0] if self.ending else 'never_started'
-            # Each field printable, as in the server's lines (accesslog.printable).
-            request = ' '.join(printable(part, REQUEST_LINE)
-                               for part in self.request_line.split(' '))
-            label = ' '.join(printable(part) for part in self.label.split(' '))
-            access_log.info('%s session %s %.1fs in=%d out=%d %s %s %s', request, ending, took,
-                            self.bytes_in, self.bytes_out, label, self.client,
+            access_log.info('%s session %s %.1fs in=%d out=%d %s %s %s',
+                            self._fields(self.request, REQUEST_LINE), ending, took, self.bytes_in,
+                            self.bytes_out, self._fields(self.label), self.client,
                             printable(self.owner or '-'))
+
+    @staticmethod
+    def _fields(values, encoding='utf-8'):
+        """Log fields, each one printable token, as in the server's lines (a space in a
+        domain's name is percent-encoded, never a field's end)."""
+        return ' '.join(printable(value, encoding) for value in values)
 
     def _run(self, buffered):
         selector = selectors.DefaultSelector()

@@ -387,7 +387,8 @@ def main(argv=None):
                     request_timeout=args.request_timeout, max_body=args.max_body,
                     max_head=args.max_head, max_uploads=args.max_uploads,
                     socket_mode=args.socket_mode, socket_gid=gid, on_shutdown=app.end_streams,
-                    screen=app.screen, release_memory=release_freed_memory)
+                    screen=app.screen, release_memory=release_freed_memory,
+                    on_refused=app.refused)  # tickets in requests the server refuses: spent
     release_freed_memory()
     try:
         server.serve_forever()

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 import libvirt
 
 from . import defaults
+from .accesslog import printable_text
 from .errors import hypervisor_timeout, unavailable
 
 log = logging.getLogger(__name__)
@@ -173,7 +174,8 @@ class SharedConnection:
         try:
             conn = self._connect()
         except libvirt.libvirtError as err:
-            log.warning('cannot connect to %s: %s', self.uri, err.get_error_message())
+            log.warning('cannot connect to %s: %s', self.uri,
+                        printable_text(err.get_error_message()))
             self.last_error = err.get_error_message() or str(err)
             raise unavailable(self.last_error) from None
         detachers = []

@@ -15,6 +15,7 @@ import xml.etree.ElementTree as ElementTree
 import libvirt
 
 from . import defaults
+from .accesslog import printable_text
 from .bounded import StillRunning, call_within
 from .errors import HTTPError, is_connection_error, is_no_domain
 from .bridge import CHUNK, Ended
@@ -44,7 +45,7 @@ def open_console(sessions, conn, dom, dev, flags, framing, owner=None):
     except BaseException:
         sessions.cancel(place)
         raise
-    return sessions.start(place, guest, framing, f"{dom.name()} {alias or 'console'}")
+    return sessions.start(place, guest, framing, (dom.name(), alias or 'console'))
 
 
 def console_aliases(dom):
@@ -95,7 +96,7 @@ def _abort(stream):
     try:
         stream.abort()
     except libvirt.libvirtError as err:
-        log.debug('aborting a console stream: %s', err.get_error_message())
+        log.debug('aborting a console stream: %s', printable_text(err.get_error_message()))
 
 
 def call_in_event_loop(function):
@@ -211,7 +212,8 @@ class ConsoleStream:
             try:
                 self.stream.eventRemoveCallback()
             except libvirt.libvirtError as err:
-                log.debug('removing a console stream callback: %s', err.get_error_message())
+                log.debug('removing a console stream callback: %s',
+                          printable_text(err.get_error_message()))
         self._detached.set()
 
     def _wake(self):
@@ -295,6 +297,6 @@ class ConsoleStream:
             else:
                 self.stream.abort()
         except libvirt.libvirtError as err:
-            log.debug('closing a console stream: %s', err.get_error_message())
+            log.debug('closing a console stream: %s', printable_text(err.get_error_message()))
         self._wake_r.close()
         self._wake_w.close()

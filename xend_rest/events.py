@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 import libvirt
 
 from . import defaults
+from .accesslog import printable_text
 from .bounded import StillRunning
 from .errors import RETRY_AFTER, HTTPError, client_gone, is_no_domain
 from .stats import state_name
@@ -205,7 +206,7 @@ class EventHub:
                 callback_ids.append(conn.domainEventRegisterAny(None, event_id, callback, None))
             except libvirt.libvirtError as err:
                 log.warning('no domain events of kind %d from this driver: %s',
-                            event_id, err.get_error_message())
+                            event_id, printable_text(err.get_error_message()))
         self.attached += 1
         if self.attached > 1:  # whatever happened while libvirt was away was never seen
             self._append({'Notice': 'gap', 'Message': RECONNECT_MESSAGE})

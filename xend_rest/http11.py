@@ -7,12 +7,13 @@ Required (our API only takes small JSON bodies and image uploads of a known size
 import logging
 import re
 import ssl
+import sys
 import time
 from email.utils import formatdate
 from http import HTTPStatus
 from urllib.parse import unquote
 
-from . import defaults
+from . import accesslog, defaults
 from .errors import HTTPError
 from .headers import content_length
 
@@ -25,6 +26,7 @@ CONTINUE = b'HTTP/1.1 100 Continue\r\n\r\n'
 HEAD_END = re.compile(rb'\n\r?\n')
 # Control characters but HTAB, and a CR that does not end a line (RFC 9110 5.5).
 CONTROL = re.compile(rb'[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)')
+FIRST_LINE = re.compile(rb'[\r\n]*([^\n]*)')  # the request line, after any empty lines
 # What an incomplete head can begin with: empty lines, then a method and a space.
 REQUEST_START = re.compile(rb'[\r\n]*[A-Z]{0,32}(?: |\Z)')
 
@@ -64,8 +66,8 @@ class _ErrorStream:
     """wsgi.errors: what the application writes goes to logging, not to stderr."""
 
     def write(self, text):
-        if text.strip():
-            log.error('%s', text.rstrip())
+        if text.strip():  # it may quote a request: kept on its line
+            log.error('%s', accesslog.printable_text(text.rstrip()))
 
     def writelines(self, lines):
         for line in lines:
@@ -158,11 +160,24 @@ def _framed(environ, body_start):
     return Request(environ, keep_alive, length, body_start, expect_continue)
 
 
+def logged_target(environ):
+    """A served request's target as logs show it: as the app says (environ['xend_rest.
+    log_target'], where it hides credentials), else as sent."""
+    return environ.get('xend_rest.log_target') or environ['RAW_URI']
+
+
+def logged_request(environ):
+    """'METHOD TARGET' of a served request for a log line, each part printable."""
+    return (f"{accesslog.printable(environ['REQUEST_METHOD'], accesslog.REQUEST_LINE)} "
+            f"{accesslog.printable(logged_target(environ), accesslog.REQUEST_LINE)}")
+
+
 def request_line_of(buf):
-    """(method, target) of a request line, for the access log of a request that failed to parse."""
-    line = buf[:buf.find(b'\n')].decode('latin-1').strip('\r\n')
+    """(method, target) of the request line that begins buf, as sent, for a request the server
+    refuses: ('-', the whole line) for one that is not three parts (or has not ended)."""
+    line = FIRST_LINE.match(buf).group(1).decode('latin-1').rstrip('\r')
     parts = line.split(' ')
-    return (parts[0], parts[1]) if len(parts) == 3 else ('-', '-')
+    return (parts[0], parts[1]) if len(parts) == 3 else ('-', line)
 
 
 def _request_line(line):
@@ -372,8 +387,8 @@ class Response:
 
     def fail(self):
         """The app raised: a JSON 500 if nothing is queued yet, else the answer is cut short."""
-        log.exception('unhandled exception in the application for %s %s',
-                      self.environ['REQUEST_METHOD'], self.environ['RAW_URI'])
+        log.error('unhandled exception in the application for %s\n%s',
+                  logged_request(self.environ), accesslog.traceback_text(sys.exc_info()[1]))
         self.keep_alive = False
         self.close()
         if self.sent:

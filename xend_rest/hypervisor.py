@@ -8,6 +8,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import libvirt
 
+from .accesslog import printable_text
 from .connection import PerConnection
 from .errors import HTTPError, is_connection_error
 from .events import EventHub
@@ -104,7 +105,8 @@ def gather(hypervisors, work, wait):
             pass  # unreachable (503, 504): the caller reports it as not answering
         except libvirt.libvirtError as err:
             if not is_connection_error(err):
-                log.warning('connection %s: %s', hypervisor.name, err.get_error_message())
+                log.warning('connection %s: %s', hypervisor.name,
+                            printable_text(err.get_error_message()))
         except Exception:
             log.exception('asking connection %s failed', hypervisor.name)
 

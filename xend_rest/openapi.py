@@ -48,8 +48,9 @@ def lifecycle(summary, flag_parameter, extra=(), not_modified=True, asks_guest=F
     return Doc(summary, responses, [flag_parameter, *extra])
 
 
-def upgrade(summary, console=False):
-    """A console or screen route's words: 101 and a session, or a refusal decided before it."""
+def upgrade(summary, console=False, screen=False):
+    """A console or screen route's words: 101 and a session, or a refusal decided before it (a
+    screen's: also 502, its VNC server cannot be reached)."""
     parameters = []  # the ticket is a credential: see SECURITY_SCHEMES
     if console:
         parameters = [
@@ -59,8 +60,11 @@ def upgrade(summary, console=False):
                   BOOLEAN),
             query('safe', '1/True/true: only a console libvirt can open safely.', BOOLEAN),
         ] + parameters
-    return Doc(summary, {101: NO_BODY, 400: ERROR, 403: ERROR, 404: ERROR, 409: ERROR,
-                         426: ERROR, 429: ERROR, 501: ERROR}, parameters, tickets=True)
+    responses = {101: NO_BODY, 400: ERROR, 403: ERROR, 404: ERROR, 409: ERROR, 426: ERROR,
+                 429: ERROR, 501: ERROR}
+    if screen:
+        responses[502] = ERROR
+    return Doc(summary, responses, parameters, tickets=True)
 
 
 PATH_PARAMETERS = {
@@ -226,7 +230,8 @@ REASONS = {
     404: 'No such connection, domain, image, pool or device',
     406: 'Definition rejected by libvirt (its message says why)',
     408: 'A wait ran out, or the client stopped sending the body',
-    409: 'Not in a state that allows it, or it exists already',
+    409: "Not in a state that allows it (a screen: its VNC server is not listening), or it "
+         'exists already',
     411: 'Content-Length required', 413: "Body too large (or larger than the image's capacity)",
     415: 'A body of another media type than the route takes (JSON where it takes none)',
     416: 'Range not satisfiable', 426: 'Upgrade required (WebSocket, or tcp for attach)',
@@ -235,6 +240,7 @@ REASONS = {
     499: 'The client hung up while it waited: for the access log (a client that shut only its '
          'sending side reads it)', 500: 'Server error: a bug, or a failure of the host',
     501: 'Not supported by this hypervisor driver (the function, or a flag)',
+    502: "The domain's VNC server cannot be reached (one that is not listening is a 409)",
     503: 'libvirt is unreachable, the server is busy, or too many event streams are open',
     504: 'libvirt did not answer in time', 507: 'Not enough free space in the pool',
 }

@@ -154,7 +154,7 @@ ROUTES = [
         "A domain's text console as raw bytes (Connection: Upgrade, Upgrade: tcp)",
         console=True)),
     Route('GET', DOMAIN + '/vnc', consoles.screen, OPERATOR, doc=upgrade(
-        "A domain's VNC screen (RFB) over a WebSocket, for noVNC")),
+        "A domain's VNC screen (RFB) over a WebSocket, for noVNC", screen=True)),
     Route('POST', DOMAIN + '/console/ticket', consoles.issue_ticket, OPERATOR, doc=Doc(
         'A single-use ticket that opens the console or screen from a browser',
         {201: 'Ticket', 429: ERROR},

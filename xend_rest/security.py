@@ -22,7 +22,7 @@ from .errors import HTTPError, is_connection_error
 from .headers import content_length, media_type
 from .names import check as check_name
 from .params import is_whole
-from .tickets import PARAMETER as TICKET, Tickets
+from .tickets import PARAMETER as TICKET, Tickets, target_of
 from .routes import ADMIN, ROLES
 from .handlers import images
 from .schema_paths import SCHEMA_PATHS
@@ -128,7 +128,8 @@ class Guard:
 
         A request with ?ticket= is a console or screen upgrade (a browser's WebSocket): the
         ticket is its only credential, and a page of an allowed origin may send it. Every ticket
-        a request carries is used up first, whatever is answered: once sent, it was seen.
+        a request carries is used up first, whatever is answered: once sent, it was seen (the
+        ?ticket= the app reads, and any other ticket anywhere in its target: Tickets.spend_in).
         Who the caller is goes to request.caller and environ['xend_rest.caller'] (the access log).
         """
         environ = request.environ
@@ -137,6 +138,7 @@ class Guard:
         known = request.caller = environ['xend_rest.caller'] = connection_caller(environ, transport)
         tokens = ticket_tokens(environ)
         tickets = [self.tickets.redeem(token) for token in tokens]
+        self.tickets.spend_in(target_of(environ))  # and any other it carries, however spelled
         if len(tokens) > 1:
             raise HTTPError(400, f'query parameter "{TICKET}" is given more than once',
                             'bad_parameter')

@@ -90,7 +90,7 @@ class Server:
                  socket_gid=-1, max_body=defaults.MAX_BODY, on_shutdown=None, stall=defaults.STALL,
                  concurrency=defaults.CONCURRENCY_IN_PROCESS, max_uploads=defaults.MAX_UPLOADS,
                  max_parked=defaults.MAX_PARKED, max_buffered=defaults.MAX_BUFFERED, screen=None,
-                 release_memory=None):
+                 release_memory=None, on_refused=None):
         """tls: an ssl.SSLContext for every TCP listener; request_timeout: the deadline of a
         body of up to max_body (larger ones are streamed, `timeout` per read); socket_mode,
         socket_gid: who may connect to unix listeners; on_shutdown: called once shutdown
@@ -103,7 +103,12 @@ class Server:
         when it came with the head), it may refuse the request by raising an HTTPError (the
         app's credentials check: a body is kept only for a caller the app knows);
         release_memory(): called by the acceptor (at most every half second) once request
-        bodies of RELEASE_AFTER bytes were let go, to hand freed memory back (malloc_trim).
+        bodies of RELEASE_AFTER bytes were let go, to hand freed memory back (malloc_trim);
+        on_refused(method, target): called for each request the server refuses (or drops
+        unfinished) before the app sees it, with its request line's method and target as sent
+        (a line that does not parse: method '-' and the whole line); what it returns is the
+        target as the access log shows it (None: as sent). The CLI's is App.refused: it spends
+        the console tickets the target carries, and hides them.
 
         Uploads, and the requests the app says will hold their worker for long (through
         environ['xend_rest.hold']: event streams, waits), are at most `workers` minus
@@ -116,7 +121,7 @@ class Server:
         self._holds = Holds(max(1, workers - self.concurrency))
         self.max_uploads, self.max_parked = max(1, min(max_uploads, self._holds.limit)), max_parked
         self.socket_mode, self.socket_gid = socket_mode, socket_gid
-        self.on_shutdown = on_shutdown
+        self.on_shutdown, self.on_refused = on_shutdown, on_refused
         self.listeners = list(listeners)
         for spec in self.listeners:
             parse_listen(spec)  # fail early, before anything is bound
@@ -365,6 +370,8 @@ class Server:
             elif conn.request is not None:  # the head was fine: say why we hang up
                 self._refuse(conn, HTTPError(408, 'the request body did not arrive in time', 'timeout'))
             else:
+                if conn.buf:  # a head that did not come in time
+                    self._unserved(conn)
                 self._forget(conn)
 
     # -- workers -----------------------------------------------------------------
@@ -446,8 +453,9 @@ class Server:
                 continue
             try:
                 self._ready(conn)
-            except Exception:
-                log.exception('unexpected error serving %s', conn.client)
+            except Exception as err:  # a bug, maybe in reading what the client sent
+                log.error('unexpected error serving %s\n%s', conn.client,
+                          accesslog.traceback_text(err))
                 self._forget(conn)
             finally:
                 with self._lock:
@@ -500,7 +508,7 @@ class Server:
         try:
             wait = conn.handshake()
         except OSError as err:  # SSLError included: bad or missing client certificate
-            log.info('TLS handshake with %s failed: %s', conn.client, err)
+            log.info('TLS handshake with %s failed: %s', conn.client, accesslog.printable_text(err))
             return self._forget(conn)
         if wait is not None:
             return self._rearm(conn, WRITE if wait == WAIT_WRITE else READ)
@@ -513,6 +521,8 @@ class Server:
             if data is None:
                 return self._rearm(conn)
             if not data:
+                if conn.buf:  # the client went away in the middle of a request
+                    self._unserved(conn)
                 return self._forget(conn)
             if not conn.buf:  # a new head has begun: the client gets `timeout` to finish it
                 conn.deadline = time.monotonic() + self.timeout
@@ -570,14 +580,23 @@ class Server:
         """Answer err and half-close; start: log the request too (its head was read)."""
         self._no_longer_awaited(conn)
         response, nbytes = http11.error_response(err)
+        method, target = self._unserved(conn)
         if start is not None:
-            accesslog.request(*http11.request_line_of(conn.buf), err.status, nbytes, start,
-                              conn.client)
+            accesslog.request(method, target, err.status, nbytes, start, conn.client)
         try:
             conn.sock.send(response)  # small: fits the socket buffer
         except OSError:
             return self._forget(conn)
         self._linger(conn)
+
+    def _unserved(self, conn):
+        """(method, target) for the log of the request that begins conn's buffer, which the app
+        will not see; on_refused is told of it."""
+        method, target = http11.request_line_of(conn.buf)
+        shown = self.on_refused(method, target) if self.on_refused is not None else None
+        if method == '-':
+            return '-', '-'  # a line that does not parse is not written down
+        return method, target if shown is None else shown
 
     def _linger(self, conn):
         """Half-close, then for a while read and drop what the client still sends: closing a
@@ -730,13 +749,13 @@ class Server:
         response, environ = exchange.response, exchange.response.environ
         try:
             response.close()
-        except Exception:
-            log.exception('closing the answer to %s %s failed', environ['REQUEST_METHOD'],
-                          environ['RAW_URI'])
-        accesslog.request(environ['REQUEST_METHOD'], environ['RAW_URI'],
+        except Exception as err:
+            log.error('closing the answer to %s failed\n%s', http11.logged_request(environ),
+                      accesslog.traceback_text(err))
+        # The app names its caller, and says how its target may be shown (it hides credentials).
+        accesslog.request(environ['REQUEST_METHOD'], http11.logged_target(environ),
                           response.status[:3] if response.status else '-', response.nbytes,
-                          exchange.start, conn.client,
-                          environ.get('xend_rest.caller', '-'))  # the app names its caller
+                          exchange.start, conn.client, environ.get('xend_rest.caller', '-'))
         return exchange
 
     def _answered(self, conn):

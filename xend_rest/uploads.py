@@ -19,6 +19,7 @@ import threading
 import time
 from collections import namedtuple
 
+from .accesslog import printable_text
 from .errors import HTTPError
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,8 @@ class Uploads:
         except FileNotFoundError:
             return State(uploading, uploading)
         except OSError as err:
-            log.warning('cannot read the upload marker %s: %s', marker, err)
+            log.warning('cannot read the upload marker %s: %s', printable_text(marker),
+                        printable_text(err))
             return State(uploading, uploading)
         with os.fdopen(fd, 'rb') as f:
             try:
@@ -156,7 +158,8 @@ class Upload:
             if not self._keep:
                 os.unlink(self.marker)
         except OSError as err:
-            log.error('cannot remove the upload marker %s: %s', self.marker, err)
+            log.error('cannot remove the upload marker %s: %s', printable_text(self.marker),
+                      printable_text(err))
         finally:
             self._file.close()  # and with it the lock
 

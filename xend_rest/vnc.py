@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import libvirt
 
-from .errors import HTTPError, is_no_domain
+from .errors import RETRY_AFTER, HTTPError, is_no_domain
 from .bridge import CHUNK, Ended
 
 CONNECT_TIMEOUT = 5.0
@@ -25,7 +25,8 @@ ANY_ADDRESS = {'0.0.0.0': '127.0.0.1', '::': '::1', '': '127.0.0.1'}
 
 def open_screen(sessions, conn, dom, framing, owner=None, check_path=None):
     """A Bridge on the domain's VNC screen for `owner`: 404 without VNC graphics, 501 for SPICE
-    only or a hypervisor reached through a remote URI, 429 past the session limits;
+    only or a hypervisor reached through a remote URI, 409 when its VNC server is not listening,
+    502 when it cannot be reached otherwise, 429 past the session limits;
     check_path(where, path) refuses a socket outside allowed-paths (None: no policy)."""
     uri = conn.getURI()
     if urlsplit(uri).hostname:
@@ -38,7 +39,7 @@ def open_screen(sessions, conn, dom, framing, owner=None, check_path=None):
     except BaseException:
         sessions.cancel(place)
         raise
-    return sessions.start(place, VncSocket(sock, dom), framing, f'{dom.name()} vnc')
+    return sessions.start(place, VncSocket(sock, dom), framing, (dom.name(), 'vnc'))
 
 
 def vnc_graphics(dom):
@@ -75,7 +76,11 @@ def _connect_listen(dom, graphics, check_path):
             check_path(f'the VNC socket of {dom.name()}', path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(CONNECT_TIMEOUT)
-        sock.connect(path)
+        try:
+            _connect(dom, path, lambda: sock.connect(path))
+        except BaseException:
+            sock.close()
+            raise
         return sock
     port = int(graphics.get('port') or -1)
     if port <= 0:
@@ -88,7 +93,25 @@ def _connect_listen(dom, graphics, check_path):
     if not is_local_address(address):
         raise HTTPError(501, f'the VNC server of {dom.name()} listens on {address}, not on this '
                         'host; the daemon connects to local addresses only', 'vnc_not_local')
-    return socket.create_connection((address, port), timeout=CONNECT_TIMEOUT)
+    where = f'[{address}]:{port}' if ':' in address else f'{address}:{port}'
+    return _connect(dom, where, lambda: socket.create_connection((address, port),
+                                                                 timeout=CONNECT_TIMEOUT))
+
+
+def _connect(dom, where, connect):
+    """connect()'s result. Nothing accepting there is a state of the domain (409: its device
+    model has not opened its VNC server yet, or it died: libxl hands no graphics fd over, so
+    on Xen this is how a missing screen shows); any other failure, 502 (a timeout included)."""
+    try:
+        return connect()
+    except (ConnectionRefusedError, FileNotFoundError) as err:
+        raise HTTPError(409, f'the VNC server of {dom.name()} does not accept connections at '
+                        f'{where} ({err.strerror}): it has not started yet, or has stopped',
+                        'vnc_not_listening') from None
+    except OSError as err:
+        raise HTTPError(502, f'the VNC server of {dom.name()} at {where} cannot be reached: '
+                        f'{err.strerror or err}', 'vnc_unreachable',
+                        [('Retry-After', RETRY_AFTER)]) from None
 
 
 def is_local_address(address):

@@ -13,7 +13,6 @@ session limit.
 # request, not at start (nor by xend_rest.bridges): most daemons never open one.
 from ..errors import HTTPError
 from ..params import parse_bool, parse_choice
-from ..tickets import redact_ticket
 from .domains import lookup_domain
 
 RAW_UPGRADE = [('Upgrade', 'tcp'), ('Connection', 'Upgrade')]
@@ -105,8 +104,7 @@ def _upgrade(request, upgrade, session, headers):
     (From here on the server runs it, or releases it: see sessions.Upgrade.)"""
     environ = request.environ
     try:
-        target = redact_ticket(environ.get('RAW_URI') or environ.get('PATH_INFO', ''))
-        session.request_line = f'{request.method} {target}'
+        session.request = (request.method, environ['xend_rest.log_target'])  # tickets hidden
         session.client = environ.get('REMOTE_ADDR', '-')
         upgrade(session, lambda: session.end('shutdown'))
     except BaseException:

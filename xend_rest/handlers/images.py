@@ -9,6 +9,7 @@ from urllib.parse import quote
 import libvirt
 
 from .. import convert, defaults, imagefiles, streams
+from ..accesslog import printable_text
 from ..bodies import Raw
 from ..errors import HTTPError, bad_request, is_no_image, still_there
 from ..params import (NAME_MAX, NO_FLAGS, VOL_CREATE_FLAGS, VOL_DELETE_FLAGS, VOL_RESIZE_FLAGS,
@@ -466,8 +467,8 @@ def _delete_quietly(vol):
         vol.delete(0)
     except libvirt.libvirtError as err:
         if not is_no_image(err):
-            log.error('could not delete the incomplete image %s: %s', vol.path(),
-                      err.get_error_message())
+            log.error('could not delete the incomplete image %s: %s', printable_text(vol.path()),
+                      printable_text(err.get_error_message()))
             return False
     return True
 
