@@ -898,8 +898,9 @@ def test_without_allowed_paths_any_backing_file_is_uploaded(api, tmp_path):
 
 def disk_doc(source, form='qcow2', kind='file'):
     doc = json.loads(json.dumps(TEST0))
+    driver = {'@name': 'qemu', **({'@type': form} if form else {})}
     doc['domain']['devices']['disk'] = {
-        '@type': kind, '@device': 'disk', 'driver': {'@name': 'qemu', '@type': form},
+        '@type': kind, '@device': 'disk', 'driver': driver,
         'source': source, 'target': {'@dev': 'xvda', '@bus': 'xen'}}
     return doc
 
@@ -936,15 +937,18 @@ def test_a_volume_disk_s_image_is_read_too(confined, tmp_path):
     assert 'test0' not in defined(confined)
 
 
-def test_an_attribute_in_another_namespace_is_read_by_its_local_name(confined, tmp_path):
+def test_an_attribute_in_another_namespace_is_400_before_anything_is_read(confined, tmp_path):
+    # libvirt would read p:file as file: a spelling we refuse, policy or not (docs/security.md)
     image = made_image(tmp_path / 'images', 'evil.qcow2', OUTSIDE[0][0])
     doc = disk_doc({'@xmlns:p': 'urn:x', '@p:file': str(image)})
-    refused(confined.post(NODES + '/create', doc), '/etc/passwd')
+    response = confined.post(NODES + '/create', doc)
+    assert (response.status, response.json['code']) == (400, 'bad_parameter')
+    assert 'test0' not in defined(confined)
 
 
 def test_attach_and_update_are_judged_too(confined, tmp_path):
     image = made_image(tmp_path / 'images', 'evil.qcow2', OUTSIDE[0][0])
-    disk = disk_doc({'@file': str(image)})['domain']['devices']
+    disk = {'disk': disk_doc({'@file': str(image)})['domain']['devices']['disk']}
     for action in ('attach', 'update'):
         refused(confined.post(NODES + '/web/devices/' + action, disk), '/etc/passwd')
 
