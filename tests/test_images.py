@@ -795,6 +795,27 @@ def test_a_backing_file_the_image_header_names_is_in_use(api, local_pool, tmp_pa
     assert_in_use(api, 'other')
 
 
+# VMDK descriptors as QEMU reads them (block/vmdk.c; tests/test_imagefiles.py checks each
+# spelling against qemu-img): extents through sscanf, the parent anywhere (strstr).
+VMDK_HEAD = ('# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n'
+             'createType="monolithicFlat"\n')
+VMDK_NAMING = {
+    'extent': 'RW 8 FLAT "{name}" 0\n',
+    'extent, sectors +8': 'RW +8 FLAT "{name}" 0\n',
+    'extent, 8FLAT': 'RW 8FLAT "{name}" 0\n',
+    'extent over two lines': 'RW\n8 FLAT "{name}" 0\n',
+    'parent in a comment': '# parentFileNameHint="{name}"\nRW 8 FLAT "other.raw" 0\n',
+    'parent after a colon': 'parentFileNameHint:"{name}"\nRW 8 FLAT "other.raw" 0\n',
+}
+
+
+@pytest.mark.parametrize('lines', VMDK_NAMING.values(), ids=list(VMDK_NAMING))
+def test_a_file_a_vmdk_descriptor_names_is_in_use(api, local_pool, lines):
+    (local_pool / 'd.vmdk').write_text(VMDK_HEAD + lines.format(name='victim.raw'))
+    define_user(api, 'other', file_disk(local_pool / 'd.vmdk', form='vmdk'))
+    assert_in_use(api, 'other')
+
+
 def test_a_raw_disk_s_bytes_name_nothing(api, local_pool):
     # A raw disk holding qcow2 bytes (a guest may write them) is read as raw: no backing file.
     qemu_img('-f', 'qcow2', '-F', 'raw', '-b', local_pool / 'victim.raw',
@@ -868,6 +889,18 @@ def test_uploading_a_vmdk_descriptor_naming_a_device_is_403(confined):
             b'RW 8 FLAT "/dev/sda" 0\n')
     refused(upload(confined, 'evil.vmdk', body, pool='local'), '/dev/sda')
     assert volumes(confined, 'local') == ['victim.raw']
+
+
+@pytest.mark.parametrize('lines', VMDK_NAMING.values(), ids=list(VMDK_NAMING))
+def test_a_vmdk_descriptor_naming_a_file_outside_is_403(confined, tmp_path, lines):
+    body = VMDK_HEAD + lines.format(name='/etc/hostname')
+    refused(upload(confined, 'evil.vmdk', body.encode(), pool='local'), '/etc/hostname')
+    assert volumes(confined, 'local') == ['victim.raw']
+    (tmp_path / 'images' / 'evil.vmdk').write_text(body)
+    response = confined.post(NODES + '/create', disk_doc({'@file': str(tmp_path / 'images' / 'evil.vmdk')},
+                                                         form='vmdk'))
+    refused(response, '/etc/hostname', 'evil.vmdk')
+    assert 'test0' not in defined(confined)
 
 
 def test_a_name_beyond_the_first_2_mib_is_403_unread(confined, tmp_path):
