@@ -740,3 +740,13 @@ def test_without_a_policy_text_split_over_children_is_kept_and_not_called_droppe
     assert response.status == 201
     assert response.json['Warnings'] == []
     assert api.get(NODES + '/test0/json', query='flag=2').json['domain']['os']['kernel'] == '/boot/vmlinuz'
+
+
+def test_an_allowed_directory_the_daemon_cannot_see_is_warned_about(tmp_path, caplog):
+    """Under the shipped unit (ProtectHome, PrivateTmp, PrivateDevices) /home is hidden and
+    /tmp and /dev are the daemon's own: a path there is judged by its spelling only."""
+    (tmp_path / 'seen').mkdir()
+    args = cli.parse_args(['--allowed-paths', f'{tmp_path}/seen {tmp_path}/hidden'])
+    cli.build_security(args)
+    warned = [record.getMessage() for record in caplog.records if 'no directory' in record.getMessage()]
+    assert len(warned) == 1 and f'{tmp_path}/hidden is no directory' in warned[0]
