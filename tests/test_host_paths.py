@@ -750,3 +750,12 @@ def test_an_allowed_directory_the_daemon_cannot_see_is_warned_about(tmp_path, ca
     cli.build_security(args)
     warned = [record.getMessage() for record in caplog.records if 'no directory' in record.getMessage()]
     assert len(warned) == 1 and f'{tmp_path}/hidden is no directory' in warned[0]
+
+
+def test_a_path_longer_than_the_kernel_opens_is_403(confined, images):
+    # (resolving it would cost realpath a lstat per component: refused unresolved)
+    doc = definition(images, os={'type': 'xen', 'kernel': str(images) + '/a' * 3000})
+    response = confined.post(NODES + '/create', doc)
+    assert (response.status, response.json['code']) == (403, 'path_not_allowed')
+    assert 'longer than any' in response.json['message']
+    assert 'test0' not in defined_names(confined)
