@@ -14,7 +14,7 @@ import socket
 import ssl
 import stat
 import xml.etree.ElementTree as ElementTree
-from collections import namedtuple
+from collections import Counter, namedtuple
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import libvirt
@@ -88,6 +88,10 @@ NAMES = [
     (('audio', 'input', '@dev'), None, ('audio', 'type', 'alsa'), ALSA_DEVICE),
     (('audio', 'output', '@dev'), None, ('audio', 'type', 'alsa'), ALSA_DEVICE),
 ]
+
+# The most names a place of these tables has (_at looks no further).
+LONGEST_PLACE = max(len(place) for table in (PATH_PLACES, NOT_HOST_PATHS, OPTIONS,
+                                             [tail for tail, *_ in NAMES]) for place in table)
 
 # Names a client on this machine may use in Host: besides these, the listen addresses and the
 # host's own names. Anything else is a DNS-rebinding page or a misdirected request.
@@ -405,11 +409,11 @@ def _read(element, chain, owners, where, driver, found):
         _judge(chain + ('@' + name,), owners, f'{where}.@{name}', value, driver, found)
     text = [element.text or '']
     names = [_local(child.tag) for child in element]
-    seen = dict.fromkeys(names, 0)
+    repeated, seen = Counter(names), Counter()
     for child, name in zip(element, names):
         inner = chain + (name,)
         if inner != ('domain', 'metadata'):
-            index = f'[{seen[name]}]' if names.count(name) > 1 else ''
+            index = f'[{seen[name]}]' if repeated[name] > 1 else ''
             seen[name] += 1
             value = _read(child, inner, owners + (child.attrib,), f'{where}.{name}{index}',
                           driver, found)
@@ -433,17 +437,18 @@ def _judge(place, owners, where, value, driver, found):
     """Add (where, kind, value) to `found` if the value at `place` reaches the host."""
     if _at(place, OPTIONS) is not None:
         found.append((where, 'options', value))
-    elif _at(place, NOT_HOST_PATHS) is None and not _names_no_file(place, owners, value, driver):
+    elif _at(place, NOT_HOST_PATHS) is None:
         key = _at(place, PATH_PLACES)
         if key is not None:
-            found.append((where, PATH_PLACES[key], value))
+            if not _names_no_file(place, owners, value, driver):
+                found.append((where, PATH_PLACES[key], value))
         elif value.strip().startswith('/') and len(value.encode('utf-8', 'surrogatepass')) < PATH_MAX:
             found.append((where, 'absolute', value))  # (a longer text is no name the kernel opens)
 
 
 def _names_no_file(place, owners, value, driver):
-    """Whether the value at `place` is one of the NAMES: resolved by its consumer to no host
-    file the client chooses (a script in Xen's own directory, an ALSA device)."""
+    """Whether the value at a path place is one of the NAMES: resolved by its consumer to no
+    host file the client chooses (a script in Xen's own directory, an ALSA device)."""
     for tail, consumer, needs, form in NAMES:
         if _at(place, {tail}) is None or consumer not in (None, driver):
             continue
@@ -461,7 +466,7 @@ def _local(name):
 def _at(place, table):
     """The key of `table` that the place ends with (two names at least), or None. A key that
     starts with 'domain' is that place only, not a tail."""
-    for length in range(2, len(place) + 1):
+    for length in range(2, min(len(place), LONGEST_PLACE) + 1):
         key = place[-length:]
         if key in table and (key[0] != 'domain' or length == len(place)):
             return key
