@@ -7,10 +7,10 @@ import pytest
 
 from conftest import Client
 from test_create import TEST0
-from xend_rest import cli
+from xend_rest import cli, security
 from xend_rest.app import make_app
 from xend_rest.errors import HTTPError
-from xend_rest.security import Guard, host_access, is_remote
+from xend_rest.security import Guard, host_access, is_remote, sent_xml
 
 NODES = '/libvirt/xen/nodes'
 
@@ -90,11 +90,8 @@ def test_a_disk_outside_is_403_before_libvirt(confined, images, source):
     {'devices': {'disk': {'@type': 'file', 'source': {'@file': 5}}}},
     {'os': {'type': 'hvm', 'loader': '{images}/code.fd', 'nvram': {
         '@type': 'block', 'source': {'@dev': '/dev/sda'}}}},
-    {'os': {'type': 'hvm', 'loader': '{images}/code.fd', 'nvram': {
-        '@type': 'file', 'source': {'@xmlns:p': 'urn:x', '@p:file': '/etc/shadow'}}}},
     {'blkiotune': {'device': {'path': '/dev/sda', 'weight': '500'}}},
     {'sysinfo': {'@type': 'fwcfg', 'entry': {'@name': 'opt/com.example/x', '@file': '/etc/shadow'}}},
-    {'os': {'type': 'xen', 'p:kernel': {'@xmlns:p': 'urn:x', '#text': '/boot/evil'}}},
 ])
 def test_other_host_files_outside_are_403(confined, images, changes):
     doc = definition(images)
@@ -145,15 +142,6 @@ DEVICES_OUTSIDE = {
     'interface vhost': {'interface': {'@type': 'network', 'backend': {'@vhost': '/dev/sda'}}},
     'nbd unix socket': {'disk': {'@type': 'network', 'source': {
         '@protocol': 'nbd', 'host': {'@transport': 'unix', '@socket': '/run/evil.sock'}}}},
-    # libvirt reads an attribute by its local name, whatever its namespace: p:file is file.
-    'disk @p:file': {'disk': {'@type': 'file', 'source': {'@xmlns:p': 'urn:x', '@p:file': '/etc/shadow'},
-                              'target': {'@dev': 'xvdb'}}},
-    'disk @p:dev': {'disk': {'@type': 'block', 'source': {'@xmlns:p': 'urn:x', '@p:dev': '/dev/sda'},
-                             'target': {'@dev': 'xvdb'}}},
-    'serial @p:path': {'serial': {'@type': 'file', 'source': {'@xmlns:p': 'urn:x',
-                                                              '@p:path': '/etc/cron.d/x'}}},
-    'log @p:file': {'serial': {'@type': 'pty', 'log': {'@xmlns:p': 'urn:x', '@p:file': '/etc/cron.d/x'}}},
-    'graphics @p:socket': {'graphics': {'@type': 'vnc', '@xmlns:p': 'urn:x', '@p:socket': '/run/x.sock'}},
     # Places the schema types as host paths that a hand-kept list missed.
     'backing store block': {'disk': {'@type': 'file', 'source': {'@file': '{images}/a.qcow2'},
                                      'backingStore': {'@type': 'block', 'format': {'@type': 'raw'},
@@ -270,25 +258,31 @@ def test_without_a_policy_any_path_is_passed_on(api, images):
     assert api.post(NODES + '/create', doc).status == 201
 
 
-def test_host_access_finds_values_and_text_by_local_names():
-    doc = {'domain': {'os': {'kernel': '/k', 'loader': {'#text': '/l', '@type': 'pflash'}},
-                      'devices': {'disk': [{'source': {'@p:file': '/f'}, 'target': {'@dev': 'xvda'}},
+def read(doc, driver=None):
+    """What the guard judges in a JSON definition: host_access of the XML libvirt is sent."""
+    return host_access(sent_xml(doc), driver)
+
+
+def test_host_access_finds_values_and_text_as_libvirt_reads_them():
+    doc = {'domain': {'os': {'type': 'xen', 'kernel': '/k', 'loader': {'#text': '/l', '@type': 'pflash'},
+                             'cmdline': '/init root=/dev/xvda1'},
+                      'devices': {'disk': [{'source': {'@file': '/f'}, 'target': {'@dev': 'xvda'}},
                                            {'@type': 'volume', 'source': {'@pool': 'p', '@volume': 'v'}}],
                                   'interface': {'source': {'@dev': 'eth0'}},
                                   'hostdev': {'@mode': 'subsystem'}},
-                      'description': '/not/a/path',
+                      'description': '/not/a/path', 'resource': {'partition': '/machine'},
                       'metadata': {'app:x': {'@xmlns:app': 'urn:x', '@file': '/etc/shadow'}},
                       'title': 'web'}}
-    assert sorted(host_access(doc)) == [
-        ('domain.devices.disk.source', 'volume', ('p', 'v')),
-        ('domain.devices.disk.source.@p:file', 'path', '/f'),
+    assert sorted(read(doc)) == [
+        ('domain.devices.disk[0].source.@file', 'path', '/f'),
+        ('domain.devices.disk[1].source', 'volume', ('p', 'v')),
         ('domain.devices.hostdev', 'device', 'hostdev'),
         ('domain.os.kernel', 'path', '/k'), ('domain.os.loader.#text', 'path', '/l')]
 
 
 def test_a_device_is_read_as_if_in_devices():
-    assert list(host_access({'emulator': 'qemu'})) == [('emulator', 'path', 'qemu')]
-    assert list(host_access({'interface': {'@type': 'vdpa', 'source': {'@dev': '/dev/x'}}})) == [
+    assert read({'emulator': 'qemu'}) == [('emulator', 'path', 'qemu')]
+    assert read({'interface': {'@type': 'vdpa', 'source': {'@dev': '/dev/x'}}}) == [
         ('interface.source.@dev', 'absolute', '/dev/x')]
 
 
@@ -532,3 +526,236 @@ def test_bootloader_options_are_403_while_paths_are_confined(confined, images, a
 def test_a_bootloader_inside_is_accepted(confined, images):
     doc = definition(images, bootloader=str(images / 'pygrub'))
     assert confined.post(NODES + '/create', doc).status == 201
+
+
+# Spellings libvirt reads otherwise than a JSON walk would: prefixed names are bad input, 400
+# with a policy as without one, before any path is judged (and nothing is defined).
+PREFIXED = {
+    'nvram source @p:file': {'os': {'type': 'hvm', 'nvram': {'@type': 'file', 'source': {
+        '@xmlns:p': 'urn:x', '@p:file': '/etc/shadow'}}}},
+    'p:kernel': {'os': {'type': 'xen', 'p:kernel': {'@xmlns:p': 'urn:x', '#text': '/boot/evil'}}},
+    'disk @p:file': {'devices': {'disk': {'@type': 'file', 'source': {
+        '@xmlns:p': 'urn:x', '@p:file': '/etc/shadow'}, 'target': {'@dev': 'xvdb'}}}},
+    'disk @p:dev': {'devices': {'disk': {'@type': 'block', 'source': {
+        '@xmlns:p': 'urn:x', '@p:dev': '/dev/sda'}, 'target': {'@dev': 'xvdb'}}}},
+    'serial @p:path': {'devices': {'serial': {'@type': 'file', 'source': {
+        '@xmlns:p': 'urn:x', '@p:path': '/etc/cron.d/x'}}}},
+    'log @p:file': {'devices': {'serial': {'@type': 'pty', 'log': {
+        '@xmlns:p': 'urn:x', '@p:file': '/etc/cron.d/x'}}}},
+    'graphics @p:socket': {'devices': {'graphics': {'@type': 'vnc', '@xmlns:p': 'urn:x',
+                                                    '@p:socket': '/run/x.sock'}}},
+}
+
+
+@pytest.mark.parametrize('changes', PREFIXED.values(), ids=list(PREFIXED))
+def test_prefixed_names_are_400_with_a_policy_too(confined, images, changes):
+    response = confined.post(NODES + '/create', definition(images, **changes))
+    assert (response.status, response.json['code']) == (400, 'bad_parameter')
+    assert 'test0' not in defined_names(confined)
+    before = confined.conn.lookupByName('web').XMLDesc(0)
+    for device in changes.get('devices', {}).items():
+        response = confined.post(NODES + '/web/devices/attach', dict([device]))
+        assert (response.status, response.json['code']) == (400, 'bad_parameter')
+    assert confined.conn.lookupByName('web').XMLDesc(0) == before
+
+
+# libvirt reads a path given as an element's text as all the text inside it (XPath's string
+# value): {"a": ["/images/", "../../etc/shadow"]} is /images/../../etc/shadow.
+def split_out(images):
+    return {'a': [f'{images}/', '../' * str(images).count('/') + 'etc/shadow']}
+
+
+TEXT_PATHS = {  # where a path is an element's text: (changes to the domain, how to find it)
+    'bootloader': (lambda v: {'bootloader': v, 'os': {'type': 'xen'}}, lambda d: d['bootloader']),
+    'kernel': (lambda v: {'os': {'type': 'xen', 'kernel': v}}, lambda d: d['os']['kernel']),
+    'initrd': (lambda v: {'os': {'type': 'xen', 'kernel': '{images}/k', 'initrd': v}},
+               lambda d: d['os']['initrd']),
+    'dtb': (lambda v: {'os': {'type': 'xen', 'kernel': '{images}/k', 'dtb': v}},
+            lambda d: d['os']['dtb']),
+    'loader': (lambda v: {'os': {'type': 'hvm', 'loader': {'@type': 'pflash', **v}}},
+               lambda d: d['os']['loader']['#text']),
+    'nvram': (lambda v: {'os': {'type': 'hvm', 'loader': {'@type': 'pflash', '#text': '{images}/c.fd'},
+                                'nvram': v}}, lambda d: d['os']['nvram']),
+    'acpi table': (lambda v: {'os': {'type': 'hvm', 'acpi': {'table': {'@type': 'slic', **v}}}},
+                   lambda d: d['os']['acpi']['table']['#text']),
+    'emulator': (lambda v: {'devices': {'emulator': v}}, lambda d: d['devices']['emulator']),
+    'fw_cfg entry': (lambda v: {'sysinfo': {'@type': 'fwcfg', 'entry': {'@name': 'opt/x', **v}}},
+                     lambda d: d['sysinfo']['entry']['#text']),
+    'rng backend': (lambda v: {'devices': {'rng': {'@model': 'virtio', 'backend': {
+        '@model': 'random', **v}}}}, lambda d: d['devices']['rng']['backend']['#text']),
+}
+
+
+@pytest.mark.parametrize('place', TEXT_PATHS.values(), ids=list(TEXT_PATHS))
+def test_a_path_split_over_child_elements_is_judged_whole(confined, images, place):
+    changes = in_images(place[0](split_out(images)), images)
+    response = confined.post(NODES + '/create', definition(images, **changes))
+    assert (response.status, response.json['code']) == (403, 'path_not_allowed'), response.json
+    assert 'etc/shadow' in response.json['message']
+    assert 'test0' not in defined_names(confined)
+
+
+@pytest.mark.parametrize('action', ['attach', 'update'])
+def test_a_device_path_split_over_child_elements_is_judged_whole(confined, images, action):
+    before = confined.conn.lookupByName('web').XMLDesc(0)
+    rng = TEXT_PATHS['rng backend'][0](split_out(images))['devices']
+    response = confined.post(NODES + '/web/devices/' + action, rng)
+    assert (response.status, response.json['code']) == (403, 'path_not_allowed')
+    assert confined.conn.lookupByName('web').XMLDesc(0) == before
+
+
+@pytest.mark.parametrize('place', TEXT_PATHS.values(), ids=list(TEXT_PATHS))
+def test_a_path_split_inside_is_kept_and_no_warning_says_otherwise(confined, images, place):
+    """libvirt stores the whole text: Create's Warnings must not call the children dropped."""
+    changes = in_images(place[0]({'a': [f'{images}/', 'b.raw']}), images)
+    response = confined.post(NODES + '/create', definition(images, **changes))
+    assert response.status == 201, response.json
+    assert response.json['Warnings'] == []
+    stored = confined.get(NODES + '/test0/json', query='flag=2').json['domain']
+    assert place[1](stored) == f'{images}/b.raw'
+
+
+# A NUL can be no path: bad input, 400 like any control character, before the path is looked at.
+@pytest.mark.parametrize('route, body', [
+    ('create', lambda images: with_disk(images, f'{images}/x\x00')),
+    ('web/devices/attach', lambda images: {'disk': {'@type': 'file', 'source': {
+        '@file': f'{images}/x\x00'}, 'target': {'@dev': 'xvdb'}}}),
+    ('web/devices/update', lambda images: {'disk': {'@type': 'file', 'source': {
+        '@file': f'{images}/x\x00'}, 'target': {'@dev': 'xvda'}}}),
+])
+def test_a_nul_in_a_path_is_400(confined, images, route, body):
+    before = confined.conn.lookupByName('web').XMLDesc(0)
+    response = confined.post(f'{NODES}/{route}', body(images))
+    assert (response.status, response.json['code']) == (400, 'bad_parameter')
+    assert 'test0' not in defined_names(confined)
+    assert confined.conn.lookupByName('web').XMLDesc(0) == before
+
+
+def test_a_nul_escaped_in_a_dbus_address_is_400(confined, images):
+    doc = definition(images)
+    doc['domain']['devices']['graphics'] = {'@type': 'dbus', '@address': f'unix:path={images}/x%00'}
+    response = confined.post(NODES + '/create', doc)
+    assert (response.status, response.json['code']) == (400, 'bad_parameter')
+    assert 'test0' not in defined_names(confined)
+
+
+# A guest given an allowed directory writable could plant links (or images) there, which the
+# hypervisor follows when another domain's disk names them: directory shares must be read-only.
+SHARES = {
+    'filesystem mount': {'filesystem': {'@type': 'mount', '@accessmode': 'passthrough',
+                                        'source': {'@dir': '{images}'}, 'target': {'@dir': 'share'}}},
+    'filesystem below': {'filesystem': {'@type': 'mount', 'source': {'@dir': '{images}/sub'},
+                                        'target': {'@dir': 'share'}}},
+    'virtiofs': {'filesystem': {'@type': 'mount', 'driver': {'@type': 'virtiofs'},
+                                'source': {'@dir': '{images}'}, 'target': {'@dir': 'share'}}},
+    'disk type dir': {'disk': {'@type': 'dir', '@device': 'disk', 'source': {'@dir': '{images}'},
+                               'target': {'@dev': 'xvdb'}}},
+}
+
+
+@pytest.mark.parametrize('share', SHARES.values(), ids=list(SHARES))
+def test_a_writable_directory_share_is_403(confined, images, share):
+    share = in_images(share, images)
+    doc = definition(images)
+    doc['domain']['devices'] = share
+    response = confined.post(NODES + '/create', doc)
+    assert (response.status, response.json['code']) == (403, 'path_not_allowed')
+    assert '<readonly/>' in response.json['message']
+    assert 'test0' not in defined_names(confined)
+    before = confined.conn.lookupByName('web').XMLDesc(0)
+    assert confined.post(NODES + '/web/devices/attach', share).status == 403
+    assert confined.conn.lookupByName('web').XMLDesc(0) == before
+
+
+@pytest.mark.parametrize('share', SHARES.values(), ids=list(SHARES))
+def test_a_read_only_directory_share_is_accepted(confined, images, share):
+    share = in_images(share, images)
+    kind = next(iter(share))
+    share[kind]['readonly'] = None
+    doc = definition(images)
+    doc['domain']['devices'] = share
+    assert confined.post(NODES + '/create', doc).status == 201
+    assert 'test0' in defined_names(confined)
+
+
+def test_without_a_policy_a_writable_share_is_passed_on(api, images):
+    doc = definition(images)
+    doc['domain']['devices'] = in_images(SHARES['filesystem mount'], images)
+    assert api.post(NODES + '/create', doc).status == 201
+
+
+# Names that are no host path: ALSA devices, a kernel command line. And relative names, which
+# are judged where the consumer resolves them, or refused where that is not known.
+@pytest.mark.parametrize('changes', [
+    {'devices': {'audio': {'@id': '1', '@type': 'alsa', 'input': {'@dev': 'hw:0'},
+                           'output': {'@dev': 'plughw:CARD=PCH,DEV=0'}}}},
+    {'devices': {'audio': {'@id': '1', '@type': 'alsa', 'output': {'@dev': 'default'}}}},
+    {'os': {'type': 'xen', 'kernel': '{images}/vmlinuz', 'cmdline': '/init root=/dev/xvda1'}},
+], ids=['alsa hw', 'alsa default', 'kernel command line'])
+def test_names_that_are_no_host_path_are_accepted(confined, images, changes):
+    doc = in_images(definition(images, **changes), images)
+    response = confined.post(NODES + '/create', doc)
+    assert response.status == 201, response.json
+    assert 'test0' in defined_names(confined)
+
+
+@pytest.mark.parametrize('changes', [
+    {'devices': {'audio': {'@id': '1', '@type': 'alsa', 'output': {'@dev': "file:'/etc/cron.d/x',raw"}}}},
+    {'devices': {'audio': {'@id': '1', '@type': 'oss', 'output': {'@dev': 'hw:0'}}}},  # a file for OSS
+    {'devices': {'interface': {'@type': 'bridge', 'source': {'@bridge': 'xenbr0'},
+                               'script': {'@path': 'vif-bridge'}}}},  # the test driver: unknown
+    {'bootloader': 'pygrub'},  # (likewise)
+], ids=['alsa file plugin', 'oss', 'script on the test driver', 'bootloader on the test driver'])
+def test_relative_names_are_refused_where_no_rule_says_how_they_resolve(confined, images, changes):
+    response = confined.post(NODES + '/create', definition(images, **changes))
+    assert (response.status, response.json['code']) == (403, 'path_not_allowed')
+    assert 'test0' not in defined_names(confined)
+
+
+@pytest.mark.parametrize('driver, script, bootloader, judged', [
+    ('xen', 'vif-bridge', 'pygrub', []),  # /etc/xen/scripts/vif-bridge; libxl's bin dir or PATH
+    ('xen', '../../../bin/sh', 'x/pygrub', ['../../../bin/sh', 'x/pygrub']),
+    ('xen', '..', '.', ['..', '.']),
+    ('xen', '/etc/xen/scripts/vif-bridge', '/usr/bin/pygrub',
+     ['/etc/xen/scripts/vif-bridge', '/usr/bin/pygrub']),  # absolute: judged as ever
+    ('qemu', 'vif-bridge', 'pygrub', ['vif-bridge', 'pygrub']),
+    ('test', 'vif-bridge', 'pygrub', ['vif-bridge', 'pygrub']),
+])
+def test_xen_resolves_bare_script_and_bootloader_names_in_its_own_directories(
+        driver, script, bootloader, judged):
+    doc = {'domain': {'bootloader': bootloader, 'devices': {'interface': {
+        '@type': 'bridge', 'script': {'@path': script}}}}}
+    assert sorted(value for _, kind, value in read(doc, driver) if kind == 'path') == sorted(judged)
+
+
+def test_the_driver_is_the_uri_s():
+    assert [security.driver_of(uri) for uri in ('xen:///system', 'xen+tls://dom0/system',
+                                                 'qemu:///system', 'test:///tmp/n.xml')] == [
+        'xen', 'xen', 'qemu', 'test']
+
+
+def test_without_a_policy_text_split_over_children_is_kept_and_not_called_dropped(api, images):
+    doc = definition(images, os={'type': 'xen', 'kernel': {'a': ['/boot/', 'vmlinuz']}})
+    response = api.post(NODES + '/create', doc)
+    assert response.status == 201
+    assert response.json['Warnings'] == []
+    assert api.get(NODES + '/test0/json', query='flag=2').json['domain']['os']['kernel'] == '/boot/vmlinuz'
+
+
+def test_an_allowed_directory_the_daemon_cannot_see_is_warned_about(tmp_path, caplog):
+    """Under the shipped unit (ProtectHome, PrivateTmp, PrivateDevices) /home is hidden and
+    /tmp and /dev are the daemon's own: a path there is judged by its spelling only."""
+    (tmp_path / 'seen').mkdir()
+    args = cli.parse_args(['--allowed-paths', f'{tmp_path}/seen {tmp_path}/hidden'])
+    cli.build_security(args)
+    warned = [record.getMessage() for record in caplog.records if 'no directory' in record.getMessage()]
+    assert len(warned) == 1 and f'{tmp_path}/hidden is no directory' in warned[0]
+
+
+def test_a_path_longer_than_the_kernel_opens_is_403(confined, images):
+    # (resolving it would cost realpath a lstat per component: refused unresolved)
+    doc = definition(images, os={'type': 'xen', 'kernel': str(images) + '/a' * 3000})
+    response = confined.post(NODES + '/create', doc)
+    assert (response.status, response.json['code']) == (403, 'path_not_allowed')
+    assert 'longer than any' in response.json['message']
+    assert 'test0' not in defined_names(confined)

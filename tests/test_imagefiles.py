@@ -1,5 +1,6 @@
 """Image files as the host sees them: which names are one file (imagefiles.file_keys), and the
 files an image's header names (imagefiles.references, chain), on images qemu-img really made."""
+import json
 import os
 import subprocess
 
@@ -95,7 +96,97 @@ def test_references_of_real_images(made, args, expected):
 def test_a_vmdk_parent(made, tmp_path):
     made('base.vmdk', '-f', 'vmdk', '1M')
     assert refs(made('x.vmdk', '-f', 'vmdk', '-F', 'vmdk', '-b', 'base.vmdk')) == [
-        ('parent', 'base.vmdk', None)]
+        ('parent', 'base.vmdk', 'vmdk')]  # QEMU opens a VMDK's parent as a VMDK, whatever it is
+
+
+# VMDK descriptors, spelt as QEMU reads them (block/vmdk.c: extent lines through sscanf, the
+# parent through strstr): what we find must be what qemu-img itself opens, no more, no less.
+VMDK_HEAD = (b'# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n'
+             b'createType="monolithicFlat"\n')
+EXTENT = b'RW 4 FLAT "ext.raw" 0\n'
+VMDK_SPELLINGS = {
+    'plain': EXTENT,
+    'sectors +4': b'RW +4 FLAT "ext.raw" 0\n',
+    'no blank before the type': b'RW 4FLAT "ext.raw" 0\n',
+    'tabs, CRLF': b'RW\t4\tFLAT\t"ext.raw"\t0\r\n',
+    'leading blanks': b'   RW 4 FLAT "ext.raw" 0\n',
+    'over three lines': b'RW\n4 FLAT\n"ext.raw" 0\n',
+    'after a blank line (read twice)': b'\n' + EXTENT,
+    'trailing words': b'RW 4 FLAT "ext.raw" 0 and more\n',
+    'a name with a space and ..': b'RW 4 FLAT "sub dir/../ext.raw" 0\n',
+    'VMFS': b'RW 4 VMFS "ext.raw"\n',
+    'read-only extents are not opened': b'RDONLY 4 FLAT "other.raw" 0\nNOACCESS 4 FLAT "o.raw" 0\n' + EXTENT,
+    'no sectors': b'RW 0 FLAT "other.raw" 0\nRW -4 FLAT "other.raw" 0\n' + EXTENT,
+    'an unknown type': b'RW 4 ZERO "other.raw"\n' + EXTENT,
+    'a NUL ends the descriptor': EXTENT + b'\0RW 4 FLAT "other.raw" 0\n',
+    'parent': b'parentFileNameHint="base.vmdk"\n' + EXTENT,
+    'parent in a comment': b'# parentFileNameHint="base.vmdk"\n' + EXTENT,
+    'parent after another separator': b'parentFileNameHint:"base.vmdk"\n' + EXTENT,
+    'parent inside a word': b'xparentFileNameHint="base.vmdk"x\n' + EXTENT,
+    'the first parent counts': b'# parentFileNameHint="base.vmdk"\nparentFileNameHint="o.vmdk"\n' + EXTENT,
+    'an empty parent': b'parentFileNameHint=""\n' + EXTENT,
+}
+
+
+def qemu_opens(path, probed=False):
+    """The files QEMU opens along with an image (besides itself), as qemu-img info says."""
+    info = subprocess.run(['qemu-img', 'info', '--output=json'] + ([] if probed else ['-f', 'vmdk'])
+                          + [str(path)], capture_output=True, text=True)
+    assert info.returncode == 0, info.stderr
+    data = json.loads(info.stdout)
+    names = [extent['filename'] for extent in data['format-specific']['data']['extents']]
+    names += [data['full-backing-filename']] if data.get('backing-filename') else []
+    return sorted(os.path.realpath(name) for name in names if name != str(path))
+
+
+def we_find(path, form):
+    return sorted(os.path.realpath(target) for *_, targets in chain(str(path), form, follow=False)
+                  for target in targets)
+
+
+@pytest.mark.parametrize('lines', VMDK_SPELLINGS.values(), ids=list(VMDK_SPELLINGS))
+@pytest.mark.parametrize('probed', [False, True], ids=['declared vmdk', 'probed'])
+def test_a_vmdk_descriptor_names_what_qemu_opens(made, tmp_path, lines, probed):
+    for name in ('ext.raw', 'other.raw', 'o.raw'):
+        made(name, '-f', 'raw', '1M')
+    (tmp_path / 'sub dir').mkdir()
+    made('base.vmdk', '-f', 'vmdk', '1M')
+    path = tmp_path / 'd.vmdk'
+    # QEMU probes a descriptor in its first 512 bytes, past comments
+    path.write_bytes((b'# padding\n' * 20 if probed else b'') + VMDK_HEAD + lines)
+    assert we_find(path, None if probed else 'vmdk') == qemu_opens(path, probed)
+    assert we_find(path, None if probed else 'vmdk')  # (each names something)
+
+
+def test_an_invalid_extent_line_ends_the_descriptor(made, tmp_path):
+    # (QEMU then refuses the image, after opening the extents before the line)
+    made('ext.raw', '-f', 'raw', '1M')
+    path = tmp_path / 'd.vmdk'
+    path.write_bytes(VMDK_HEAD + EXTENT + b'RW 4 FLAT "other.raw"\nRW 4 FLAT "o.raw" 0\n')
+    assert [name for *_, name, _ in chain(str(path), 'vmdk')] == ['ext.raw']
+    info = subprocess.run(['qemu-img', 'info', '-f', 'vmdk', str(path)], capture_output=True, text=True)
+    assert 'Invalid extent line: RW 4 FLAT "other.raw"' in info.stderr
+
+
+def test_a_sparse_extent_s_own_descriptor_is_read_too(made, tmp_path):
+    """A SPARSE extent of no capacity is a descriptor itself, whose extents QEMU opens as the
+    top descriptor's, from the top's directory."""
+    made('ext.raw', '-f', 'raw', '1M')
+    (tmp_path / 'sub').mkdir()
+    inner = bytearray(512 * 3)
+    inner[0:4] = b'KDMV'
+    inner[4:8] = (1).to_bytes(4, 'little')  # version 1, capacity 0, descriptor at sector 1
+    inner[28:36] = (1).to_bytes(8, 'little')
+    text = VMDK_HEAD + b'RW +4 FLAT "ext.raw" 0\n'
+    inner[512:512 + len(text)] = text
+    (tmp_path / 'sub' / 'inner.vmdk').write_bytes(bytes(inner))
+    path = tmp_path / 'd.vmdk'
+    path.write_bytes(VMDK_HEAD + b'RW 4 SPARSE "sub/inner.vmdk"\n')
+    found = [name for *_, name, _ in chain(str(path), 'vmdk')]
+    assert found == ['sub/inner.vmdk', 'ext.raw']
+    assert qemu_opens(path) == [str(tmp_path / 'ext.raw')]  # (the sparse extent opened, not listed)
+    assert we_find(path, 'vmdk') == [str(tmp_path / 'sub' / 'inner.vmdk')]
+    assert [targets for *_, targets in chain(str(path), 'vmdk')][1] == [str(tmp_path / 'ext.raw')]
 
 
 def test_a_vmdk_descriptor_without_its_version_line_is_read_when_declared_vmdk(tmp_path):

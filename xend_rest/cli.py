@@ -466,6 +466,12 @@ def build_security(args):
             log.warning("allowed-paths: connection %s is on another host, whose symlinks this "
                         "daemon cannot see: its paths are judged as spelt ('..' and '//' "
                         "resolved), see docs/security.md", connection['name'])
+    for path in args.allowed_paths:
+        if not os.path.isdir(path):
+            log.warning("allowed-paths: %s is no directory this daemon can see (the shipped "
+                        "unit hides /home and gives it a /tmp and a /dev of its own): names in "
+                        "it are judged as spelt, links the host has there are not seen, see "
+                        "docs/security.md", path)
     return guard, tls, _group_id(args.socket_group)
 
 

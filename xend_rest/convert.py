@@ -280,14 +280,19 @@ def _differences(posted, stored, path, tag):
         if posted is None or _same(posted, _text(stored)):
             return []
         return [(path, 'changed')]
+    # libvirt reads some elements' text as all the text inside them (XPath's string value):
+    # children it stores as that text were kept, not dropped.
+    as_text = _kept_as_text(posted, stored)
     if not isinstance(stored, dict):
-        return [(f'{path}.{key}', 'dropped') for key in posted if key != '#text']
+        return [(f'{path}.{key}', 'dropped') for key in posted
+                if key != '#text' and not (as_text and key[:1] != '@')]
     found = []
     scale = _scales(posted, stored)
     for key, value in posted.items():
         where = f'{path}.{key}'
         if key not in stored:
-            if not _posts_nothing(key, value) and not _omitted_default(tag, key, value):
+            if not (_posts_nothing(key, value) or _omitted_default(tag, key, value)
+                    or as_text and key[:1] != '@'):
                 found.append((where, 'dropped'))
         elif scale and key in SCALED:
             if _quantity(value, scale[0]) != _quantity(stored[key], scale[1]):
@@ -295,6 +300,25 @@ def _differences(posted, stored, path, tag):
         elif not (scale and key == '@unit'):
             found += _differences(value, stored[key], where, key)
     return found
+
+
+def _kept_as_text(posted, stored):
+    """Whether libvirt stored the text of a posted element's children as its own text."""
+    text = _text(stored)
+    return (isinstance(text, str) and any(key[:1] not in '@#' for key in posted)
+            and _same(_string_value(posted), text))
+
+
+def _string_value(value):
+    """The text of an element as dict_to_xml writes it (children first, then #text) and XPath's
+    string() reads it back: all the text inside it."""
+    if isinstance(value, list):
+        return ''.join(_string_value(item) for item in value)
+    if isinstance(value, dict):
+        children = ''.join(_string_value(child) for key, child in value.items()
+                           if key[:1] not in '@#')
+        return children + _string_value(value.get('#text'))
+    return '' if value is None else str(value)
 
 
 def _item_differences(posted, stored, path, tag):

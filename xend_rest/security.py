@@ -9,16 +9,18 @@ import functools
 import hmac
 import ipaddress
 import os
+import re
 import socket
 import ssl
 import stat
-from collections import namedtuple
+import xml.etree.ElementTree as ElementTree
+from collections import Counter, namedtuple
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import libvirt
 
-from . import defaults
-from .errors import HTTPError, is_connection_error
+from . import convert, defaults
+from .errors import HTTPError, bad_request, is_connection_error
 from .headers import content_length, media_type
 from .names import check as check_name
 from .params import is_whole
@@ -40,12 +42,15 @@ TEXT_TYPED_PATHS = {
 }
 PATH_PLACES = {**SCHEMA_PATHS, **TEXT_TYPED_PATHS}
 # Places whose values name no host file, though they may start with '/': every other value that
-# does is judged as a path too, wherever it stands (a place libvirt may add after this table).
+# does is judged as a path too, wherever it stands (a place libvirt may add after this table). A
+# place starting with 'domain' is that place only, never the same names deeper down: their text
+# is also left out of the text of the elements around them (see _read).
 NOT_HOST_PATHS = {
-    ('resource', 'partition', '#text'),  # a cgroup partition (/machine)
+    ('domain', 'resource', 'partition', '#text'),  # a cgroup partition (/machine)
+    ('domain', 'os', 'cmdline', '#text'),  # the kernel's command line (root=/dev/xvda1)
+    ('domain', 'description', '#text'), ('domain', 'title', '#text'),  # free text
     ('filesystem', 'target', '@dir'),  # where the guest mounts it
     ('source', '@name'),  # network disks: a name on the storage server
-    ('description', '#text'), ('title', '#text'),  # free text
 }
 # Places that pass a program options, which may name any host file: refused while allowed-paths
 # is set. libxl puts a bootloader's after its own --output and --output-directory, so pygrub
@@ -56,6 +61,37 @@ OPTIONS = {('domain', 'bootloader_args', '#text')}
 HOST_DEVICES = {'hostdev': None, 'interface': ('@type', 'hostdev'), 'smartcard': ('@mode', 'host'),
                 'disk': ('@type', 'nvme'), 'backingStore': ('@type', 'nvme'),
                 'mirror': ('@type', 'nvme')}
+# Elements that give the guest a host directory (<source dir=...>): the guest of a writable one
+# can make links and files there, which the hypervisor then follows or reads for another domain
+# (a disk named before it exists): refused while allowed-paths is set, unless <readonly/>.
+DIRECTORY_SHARES = ('filesystem', 'disk')
+# The longest name the kernel opens, in bytes with its NUL (a longer one fails, ENAMETOOLONG): a
+# longer value is refused where a path is expected, and is no path elsewhere. (This also bounds
+# the time realpath takes: about 20 us a component.)
+PATH_MAX = 4096
+# A name without '/' (not '.' or '..'): what a consumer looks up in directories of its own.
+BARE_NAME = re.compile(r'(?!\.\.?\Z)[^/\x00]+\Z')
+# An ALSA device as alsa-lib names a card's PCM: a plugin that opens only sound devices, with
+# card and device arguments (the file and ladspa plugins, which open host files, are not here).
+ALSA_DEVICE = re.compile(r'(default|sysdefault|hw|plughw|dmix|dsnoop|front|rear|center_lfe|side'
+                         r'|surround[0-9]{2}|iec958|hdmi)(:[A-Za-z0-9_=,]+)?\Z')
+# Values at path places that name no host file a client chooses: (place, driver (None: any),
+# (element of the place, attribute, value) it needs, or None, the form of such a value).
+NAMES = [
+    # libxl runs a relative interface script from Xen's script directory (/etc/xen/scripts,
+    # libxl__abs_path), which only root controls
+    (('interface', 'script', '@path'), 'xen', None, BARE_NAME),
+    # libxl runs a bootloader without '/' from its private binary directory
+    # (/usr/lib/xen-<version>/bin) if there, else from libvirtd's PATH: root's directories
+    (('domain', 'bootloader', '#text'), 'xen', None, BARE_NAME),
+    # an ALSA device is a name alsa-lib resolves (hw:0), not a file
+    (('audio', 'input', '@dev'), None, ('audio', 'type', 'alsa'), ALSA_DEVICE),
+    (('audio', 'output', '@dev'), None, ('audio', 'type', 'alsa'), ALSA_DEVICE),
+]
+
+# The most names a place of these tables has (_at looks no further).
+LONGEST_PLACE = max(len(place) for table in (PATH_PLACES, NOT_HOST_PATHS, OPTIONS,
+                                             [tail for tail, *_ in NAMES]) for place in table)
 
 # Names a client on this machine may use in Host: besides these, the listen addresses and the
 # host's own names. Anything else is a DNS-rebinding page or a misdirected request.
@@ -212,8 +248,11 @@ class Guard:
                                 '(xen:commandline, qemu:commandline, ...) pass anything to the '
                                 'device model, so they are refused while allowed-paths is set',
                                 'path_not_allowed')
-            self.check_host_access(request, doc)
-            images.judge_disks(request, doc, self.check_path)  # and the files their images name
+            # Judged as libvirt will read it: the XML it is sent (400 for what XML or libvirt's
+            # reading of names cannot carry, before any path is looked at).
+            root = sent_xml(doc)
+            self.check_host_access(request, root)
+            images.judge_disks(request, read_elements(root, 'disk'), self.check_path)  # their images
 
     def check_secret_flag(self, request, route):
         """403 unless the role may set the route's flag bit that asks for secrets."""
@@ -229,11 +268,13 @@ class Guard:
             raise HTTPError(403, f'flag={flag} asks for secrets ({name}): this needs the {needed} '
                             f'role; your credentials have {request.role}', 'forbidden')
 
-    def check_host_access(self, request, doc):
-        """403 for a path, volume or host device of a definition (host_access) that the policy
-        does not allow; paths are judged on the hypervisor's host as well as the daemon can."""
-        remote = is_remote(request.hypervisor.connection.uri)
-        for where, kind, value in host_access(doc):
+    def check_host_access(self, request, root):
+        """403 for a path, volume, host device or writable directory of a definition (parsed XML:
+        host_access) that the policy does not allow; paths are judged on the hypervisor's host
+        as well as the daemon can."""
+        uri = request.hypervisor.connection.uri
+        remote = is_remote(uri)
+        for where, kind, value in host_access(root, driver_of(uri)):
             if kind == 'device':
                 if not self.allow_host_devices:
                     raise HTTPError(403, f'{where}: a <{value}> hands a host device to the guest; '
@@ -242,6 +283,11 @@ class Guard:
             elif kind == 'options':
                 raise HTTPError(403, f"{where}: a program's options may name any host file, so "
                                 'they are refused while allowed-paths is set', 'path_not_allowed')
+            elif kind == 'share':
+                raise HTTPError(403, f'{where}: a guest given a host directory writable could make '
+                                'links and files there, which the hypervisor would follow for '
+                                'other domains; while allowed-paths is set, add <readonly/>',
+                                'path_not_allowed')
             elif kind == 'volume':
                 self.check_path(where, volume_path(request.conn, *value), remote,
                                 f'volume {value[1]!r} of pool {value[0]!r}')
@@ -254,6 +300,11 @@ class Guard:
         """403 unless path resolves into one of allowed-paths: links followed on this host, and
         only '..' and '//' resolved for a hypervisor on another (remote: its links are unseen)."""
         tops = self.remote_allowed_paths if remote else self.allowed_paths
+        if isinstance(path, str) and '\0' in path:  # (a D-Bus address may escape one: %00)
+            raise bad_request(f'{where}: {what or repr(path)} holds a NUL, which no path can')
+        if isinstance(path, str) and len(path.encode('utf-8', 'surrogatepass')) >= PATH_MAX:
+            raise HTTPError(403, f'{where}: a path of {len(path)} characters is longer than any '
+                            'the kernel opens', 'path_not_allowed')
         real = None
         if isinstance(path, str) and path.startswith('/'):
             real = _lexical(path) if remote else os.path.realpath(path)
@@ -311,57 +362,116 @@ def _as_grant(grant):
     return grant if isinstance(grant, Grant) else Grant(parse_role(grant), None)
 
 
-def host_access(doc):
-    """(where, kind, value) for what a JSON definition (or one device) reaches on the host, read
-    as libvirt reads it, by local names ('@p:file' is file): a value at a place PATH_PLACES
-    names (kind 'path' or 'dbus'), any other value starting with '/' ('absolute'), the (pool,
-    volume) of a volume disk ('volume'), a host device ('device'), a program's options
-    ('options'). <metadata> is never read."""
-    within = () if isinstance(doc, dict) and 'domain' in doc else ('domain', 'devices')
-    for key, value in doc.items() if isinstance(doc, dict) else ():
-        yield from _access(value, within + (_local(key),), key)
+def sent_xml(doc):
+    """The XML libvirt is sent for a JSON definition ({"domain": ...}) or one device, parsed
+    back: ours, from convert (no DOCTYPE, no entities), so every spelling question (lists,
+    #text, prefixes, order) is answered by the same serialisation libvirt reads. 400 for what
+    convert refuses."""
+    domain = isinstance(doc, dict) and 'domain' in doc
+    return ElementTree.fromstring(convert.dict_to_xml(doc, 'domain') if domain
+                                  else convert.device_to_xml(doc))
 
 
-def _access(value, chain, where):
-    if isinstance(value, list):
-        for item in value:
-            yield from _access(item, chain, where)
-        return
-    attributes = {}
-    if isinstance(value, dict):
-        attributes = {_local(key): item for key, item in value.items() if key.startswith('@')}
-        if chain[-1] == 'source' and '@pool' in attributes and '@volume' in attributes:
-            yield where, 'volume', (attributes['@pool'], attributes['@volume'])
-        for key, item in value.items():
-            name = _local(key)
-            if name != '@xmlns' and key[:7] != '@xmlns:' and chain + (name,) != ('domain', 'metadata'):
-                yield from _access(item, chain + (name,), f'{where}.{key}')
+def read_elements(root, name):
+    """The elements of a definition with this name, but those in <metadata> (never read)."""
+    unread = {id(element) for metadata in (root.findall('metadata') if root.tag == 'domain' else ())
+              for element in metadata.iter()}
+    return [element for element in root.iter(name) if id(element) not in unread]
+
+
+def driver_of(uri):
+    """The libvirt driver a URI names: 'xen' for xen:///system and xen+tls://dom0/system."""
+    return urlsplit(uri).scheme.partition('+')[0]
+
+
+def host_access(root, driver=None):
+    """(where, kind, value) for what a definition (or one device) reaches on the host, read from
+    the XML libvirt is sent (sent_xml) as libvirt reads it: attributes by their local names, an
+    element's text as all the text inside it (XPath's string value, children's included). A
+    value at a place PATH_PLACES names (kind 'path' or 'dbus') unless it is one of the NAMES the
+    `driver` resolves itself, any other value starting with '/' ('absolute'), the (pool, volume)
+    of a volume disk ('volume'), a host device ('device'), a program's options ('options'), a
+    writable host directory ('share'). <metadata> is never read."""
+    found = []
+    if root.tag == 'domain':
+        _read(root, ('domain',), (root.attrib,), 'domain', driver, found)
     else:
-        place = chain if chain[-1][0] in '@#' else chain + ('#text',)
-        if _at(place, OPTIONS) is not None:
-            yield where, 'options', value
-        elif _at(place, NOT_HOST_PATHS) is None:
-            key = _at(place, PATH_PLACES)
-            if key is not None:
-                yield where, PATH_PLACES[key], value
-            elif isinstance(value, str) and value.strip().startswith('/'):
-                yield where, 'absolute', value
+        chain = ('domain', 'devices', _local(root.tag))
+        _read(root, chain, ({}, {}, root.attrib), chain[-1], driver, found)
+    return found
+
+
+def _read(element, chain, owners, where, driver, found):
+    """Add what `element` and its children reach to `found`; its text as libvirt reads it.
+    `owners`: the attributes of each element of `chain`."""
+    attributes = {_local(name): value for name, value in element.attrib.items()}
+    if chain[-1] == 'source' and 'pool' in attributes and 'volume' in attributes:
+        found.append((where, 'volume', (attributes['pool'], attributes['volume'])))
+    for name, value in attributes.items():
+        _judge(chain + ('@' + name,), owners, f'{where}.@{name}', value, driver, found)
+    text = [element.text or '']
+    names = [_local(child.tag) for child in element]
+    repeated, seen = Counter(names), Counter()
+    for child, name in zip(element, names):
+        inner = chain + (name,)
+        if inner != ('domain', 'metadata'):
+            index = f'[{seen[name]}]' if repeated[name] > 1 else ''
+            seen[name] += 1
+            value = _read(child, inner, owners + (child.attrib,), f'{where}.{name}{index}',
+                          driver, found)
+            if _at(inner + ('#text',), NOT_HOST_PATHS) is None:
+                text.append(value)
+        text.append(child.tail or '')
+    text = ''.join(text)
+    if text:
+        spelt = f'{where}.#text' if attributes or len(element) else where  # as Inspect shows it
+        _judge(chain + ('#text',), owners, spelt, text, driver, found)
+    if chain[-1] in DIRECTORY_SHARES and 'readonly' not in names:
+        found += [(where, 'share', source.get('dir')) for source in element
+                  if _local(source.tag) == 'source' and source.get('dir') is not None]
     device = HOST_DEVICES.get(chain[-1], False)  # after its paths, the more telling refusal
-    if device is None or device and attributes.get(device[0]) == device[1]:
-        yield where, 'device', chain[-1]
+    if device is None or device and attributes.get(device[0][1:]) == device[1]:
+        found.append((where, 'device', chain[-1]))
+    return text
 
 
-def _local(key):
-    """A JSON key's local name, as libvirt reads it: '@p:file' -> '@file', 'p:source' -> 'source'."""
-    at = '@' if key.startswith('@') else ''
-    return at + key[len(at):].rpartition(':')[2]
+def _judge(place, owners, where, value, driver, found):
+    """Add (where, kind, value) to `found` if the value at `place` reaches the host."""
+    if _at(place, OPTIONS) is not None:
+        found.append((where, 'options', value))
+    elif _at(place, NOT_HOST_PATHS) is None:
+        key = _at(place, PATH_PLACES)
+        if key is not None:
+            if not _names_no_file(place, owners, value, driver):
+                found.append((where, PATH_PLACES[key], value))
+        elif value.strip().startswith('/') and len(value.encode('utf-8', 'surrogatepass')) < PATH_MAX:
+            found.append((where, 'absolute', value))  # (a longer text is no name the kernel opens)
+
+
+def _names_no_file(place, owners, value, driver):
+    """Whether the value at a path place is one of the NAMES: resolved by its consumer to no
+    host file the client chooses (a script in Xen's own directory, an ALSA device)."""
+    for tail, consumer, needs, form in NAMES:
+        if _at(place, {tail}) is None or consumer not in (None, driver):
+            continue
+        owner = owners[len(place) - len(tail)]  # the attributes of the tail's first element
+        if (needs is None or owner.get(needs[1]) == needs[2]) and form.match(value):
+            return True
+    return False
+
+
+def _local(name):
+    """A name's local part, as libvirt reads it: '{urn:x}file' (ElementTree's p:file) -> 'file'."""
+    return name.rpartition('}')[2]
 
 
 def _at(place, table):
-    """The key of `table` that the place ends with (two names at least), or None."""
-    for length in range(2, len(place) + 1):
-        if place[-length:] in table:
-            return place[-length:]
+    """The key of `table` that the place ends with (two names at least), or None. A key that
+    starts with 'domain' is that place only, not a tail."""
+    for length in range(2, min(len(place), LONGEST_PLACE) + 1):
+        key = place[-length:]
+        if key in table and (key[0] != 'domain' or length == len(place)):
+            return key
     return None
 
 

@@ -140,24 +140,22 @@ def judge_image(check, path, form=None, read=None, follow=True):
                         'path_not_allowed') from None
 
 
-def judge_disks(request, doc, check):
-    """403 unless the images the disks of a JSON definition name, name only allowed files.
-
-    Read as libvirt reads a definition: attributes by their local names (p:file is file), and
-    every element named disk, whatever its prefix. Files are read on this host only; of a
-    volume, what libvirt itself read of its header is judged on any host."""
+def judge_disks(request, disks, check):
+    """403 unless the images of these <disk> elements (of the XML libvirt is sent, where names
+    are libvirt's) name only allowed files. Files are read on this host only; of a volume, what
+    libvirt itself read of its header is judged on any host."""
     local = imagefiles.is_local(request.hypervisor.connection.uri)
-    for disk in _elements(doc, 'disk'):
-        forms = {value for driver in _elements(disk, 'driver') for value in _values(driver, 'type')}
+    for disk in disks:
+        forms = {driver.get('type') for driver in disk.iter('driver')} - {None}
         form = 'raw' if forms == {'raw'} else next(iter(forms - {'raw'}), None)
-        for source in _elements(disk, 'source'):
-            for path in [*_values(source, 'file'), *_values(source, 'dev')] if local else ():
-                judge_image(check, path, form)
-            for pool in _values(source, 'pool'):
-                for volume in _values(source, 'volume'):
-                    vol = _lookup_volume(request.conn, pool, volume)
-                    if vol is not None:
-                        judge_volume(check, vol, form, local)
+        for source in disk.iter('source'):
+            for path in (source.get('file'), source.get('dev')) if local else ():
+                if path is not None:
+                    judge_image(check, path, form)
+            if source.get('pool') is not None and source.get('volume') is not None:
+                vol = _lookup_volume(request.conn, source.get('pool'), source.get('volume'))
+                if vol is not None:
+                    judge_volume(check, vol, form, local)
 
 
 def judge_volume(check, vol, form, local):
@@ -169,27 +167,6 @@ def judge_volume(check, vol, form, local):
         check(f'the backing file of {vol.path()} (as libvirt reads it)', backing.text or '')
     if local:
         judge_image(check, vol.path(), form)
-
-
-def _elements(doc, name):
-    """The dicts of the elements of this local name anywhere under doc."""
-    if isinstance(doc, list):
-        for item in doc:
-            yield from _elements(item, name)
-    elif isinstance(doc, dict):
-        for key, value in doc.items():
-            if key.startswith(('@', '#')):
-                continue
-            if key.rpartition(':')[2] == name:
-                yield from (item for item in (value if isinstance(value, list) else [value])
-                            if isinstance(item, dict))
-            yield from _elements(value, name)
-
-
-def _values(element, name):
-    """The values of an element's attributes of this local name, as strings."""
-    return [value for key, value in element.items() if key.startswith('@')
-            and key[1:].rpartition(':')[2] == name and isinstance(value, str)]
 
 
 def _lookup_volume(conn, pool, volume):
