@@ -7,10 +7,11 @@ import pytest
 
 from conftest import Client
 from test_create import TEST0
-from xend_rest import cli, security
-from xend_rest.app import make_app
+from xend_rest import cli
+from xend_rest.api import security
+from xend_rest.api.app import make_app
+from xend_rest.api.security import Guard, host_access, is_remote, sent_xml
 from xend_rest.errors import HTTPError
-from xend_rest.security import Guard, host_access, is_remote, sent_xml
 
 NODES = '/libvirt/xen/nodes'
 

@@ -14,10 +14,10 @@ import pytest
 
 from conftest import Client, node_xml
 from test_create import TEST0
-from xend_rest.app import make_app
-from xend_rest.handlers.images import _byte_range
+from xend_rest.api.app import make_app
+from xend_rest.api.handlers.images import _byte_range
+from xend_rest.api.security import Guard
 from xend_rest.errors import HTTPError
-from xend_rest.security import Guard
 
 IMAGES = '/libvirt/xen/images'
 POOLS = '/libvirt/xen/pools'

@@ -9,9 +9,10 @@ import pytest
 
 import libvirt_schema
 import libvirt_testdata
-from xend_rest import convert, security
+from xend_rest.api import security
+from xend_rest.api.schema_paths import SCHEMA_PATHS
 from xend_rest.errors import HTTPError
-from xend_rest.schema_paths import SCHEMA_PATHS
+from xend_rest.hypervisor import convert
 
 # A value every path type of the schema takes, and that no other type should.
 SAMPLE = '/etc/shadow'

@@ -4,5 +4,5 @@ __version__ = '0.1.0'
 
 def make_app(*args, **kwargs):
     """The WSGI application; see xend_rest.app.make_app."""
-    from .app import make_app as _make_app
+    from xend_rest.api.app import make_app as _make_app
     return _make_app(*args, **kwargs)

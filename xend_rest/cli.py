@@ -9,9 +9,11 @@ import socket
 import sys
 from urllib.parse import urlsplit
 
-from xend_rest import defaults, names, security, tickets
-from xend_rest.listeners import parse_listen
-from xend_rest.server import Server
+from xend_rest import defaults
+from xend_rest.api import security, tickets
+from xend_rest.hypervisor import names
+from xend_rest.server.listeners import parse_listen
+from xend_rest.server.serving import Server
 
 log = logging.getLogger('xend_rest')
 
@@ -353,9 +355,9 @@ def main(argv=None):
     one_malloc_arena()  # first: before libvirt or the server starts a thread
     args = parse_args(argv)
     setup_logging(args.log_level)
-    from xend_rest.app import make_app  # after logging: importing libvirt may log
-    from xend_rest.connection import SharedConnection
-    from xend_rest.bridges import Bridges
+    from xend_rest.api.app import make_app  # after logging: importing libvirt may log
+    from xend_rest.hypervisor.libvirt_connection import SharedConnection
+    from xend_rest.consoles.registry import Bridges
     if args.demo:
         from xend_rest.demo import demo_uri
         args.uri = demo_uri()

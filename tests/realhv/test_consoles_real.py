@@ -13,9 +13,9 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from consoles_support import FakeError, Daemon
-from xend_rest import vnc
-from xend_rest.app import make_app
-from xend_rest.bridges import Bridges
+from xend_rest.api.app import make_app
+from xend_rest.consoles import vnc
+from xend_rest.consoles.registry import Bridges
 
 from . import guest
 from .conftest import SESSION_PREFIX, _remove_domain
