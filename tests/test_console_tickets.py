@@ -23,7 +23,7 @@ from xend_rest.api.security import Guard, origin_name
 from xend_rest.api.tickets import Tickets, redact_ticket
 from xend_rest.consoles.registry import Bridges
 from xend_rest.hypervisor.libvirt_connection import start_event_loop
-from xend_rest.server.accesslog import printable
+from xend_rest.logtext import printable
 
 PAGE = 'https://admin.example.org'
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

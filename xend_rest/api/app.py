@@ -7,16 +7,16 @@ from urllib.parse import parse_qs, urlsplit
 
 import libvirt
 
-from xend_rest import defaults, errors
+from xend_rest import defaults
 from xend_rest.consoles.registry import Bridges
 from xend_rest.errors import HTTPError, bad_request, json_payload
 from xend_rest.headers import required_length
-from xend_rest.hypervisor import names
+from xend_rest.hypervisor import libvirt_errors, names
 from xend_rest.hypervisor.convert import JSONText
 from xend_rest.hypervisor.domain_events import EventHub, Watchers
 from xend_rest.hypervisor.hypervisors import Hypervisor
 from xend_rest.hypervisor.libvirt_connection import SharedConnection
-from xend_rest.server.accesslog import REQUEST_LINE, printable, printable_text, traceback_text
+from xend_rest.logtext import REQUEST_LINE, printable, printable_text, traceback_text
 from . import jsonbody
 from .bodies import Raw
 from .metrics import RequestMetrics
@@ -190,10 +190,10 @@ class App:
         except HTTPError as err:
             answer = _error_answer(err)
         except libvirt.libvirtError as err:
-            if errors.is_connection_error(err):
+            if libvirt_errors.is_connection_error(err):
                 request.connection_broke()
             write = request.method not in SAFE_METHODS
-            answer = _error_answer(errors.from_libvirt(err, write))
+            answer = _error_answer(libvirt_errors.from_libvirt(err, write))
         except Exception as err:
             log.error('%s failed\n%s', _request_line(environ), traceback_text(err))
             answer = _internal_error()

@@ -21,9 +21,10 @@ import libvirt
 
 from xend_rest import defaults
 from xend_rest.api.handlers import images
-from xend_rest.errors import HTTPError, bad_request, is_connection_error
+from xend_rest.errors import HTTPError, bad_request
 from xend_rest.headers import content_length, media_type
 from xend_rest.hypervisor import convert
+from xend_rest.hypervisor.libvirt_errors import is_connection_error
 from xend_rest.hypervisor.names import check as check_name
 from .params import is_whole
 from .routes import ADMIN, ROLES

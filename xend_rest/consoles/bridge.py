@@ -19,7 +19,7 @@ import time
 
 from xend_rest import defaults
 from xend_rest.errors import HTTPError
-from xend_rest.server.accesslog import REQUEST_LINE, printable, traceback_text
+from xend_rest.logtext import REQUEST_LINE, printable, traceback_text
 from . import websocket
 
 log = logging.getLogger(__name__)

@@ -15,9 +15,10 @@ import xml.etree.ElementTree as ElementTree
 import libvirt
 
 from xend_rest import defaults
-from xend_rest.errors import HTTPError, is_connection_error, is_no_domain
+from xend_rest.errors import HTTPError
 from xend_rest.hypervisor.bounded import StillRunning, call_within
-from xend_rest.server.accesslog import printable_text
+from xend_rest.hypervisor.libvirt_errors import is_connection_error, is_no_domain
+from xend_rest.logtext import printable_text
 from .bridge import CHUNK, Ended
 
 log = logging.getLogger(__name__)

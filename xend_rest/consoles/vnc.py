@@ -14,7 +14,8 @@ from urllib.parse import urlsplit
 
 import libvirt
 
-from xend_rest.errors import RETRY_AFTER, HTTPError, is_no_domain
+from xend_rest.errors import RETRY_AFTER, HTTPError
+from xend_rest.hypervisor.libvirt_errors import is_no_domain
 from .bridge import CHUNK, Ended
 
 CONNECT_TIMEOUT = 5.0

@@ -7,7 +7,7 @@ a thread of its own and the request stops waiting after its bound; the call fini
 import logging
 import threading
 
-from xend_rest.server.accesslog import printable_text
+from xend_rest.logtext import printable_text
 
 log = logging.getLogger(__name__)
 

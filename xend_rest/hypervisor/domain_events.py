@@ -13,9 +13,10 @@ from datetime import datetime, timezone
 import libvirt
 
 from xend_rest import defaults
-from xend_rest.errors import RETRY_AFTER, HTTPError, client_gone, is_no_domain
-from xend_rest.server.accesslog import printable_text
+from xend_rest.errors import RETRY_AFTER, HTTPError, client_gone
+from xend_rest.logtext import printable_text
 from .bounded import StillRunning
+from .libvirt_errors import is_no_domain
 from .stats import state_name
 
 log = logging.getLogger(__name__)

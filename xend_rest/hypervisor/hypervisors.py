@@ -8,10 +8,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import libvirt
 
-from xend_rest.errors import HTTPError, is_connection_error
-from xend_rest.server.accesslog import printable_text
+from xend_rest.errors import HTTPError
+from xend_rest.logtext import printable_text
 from .domain_events import EventHub
 from .libvirt_connection import PerConnection
+from .libvirt_errors import is_connection_error
 from .memo import DomainMemo
 from .names import check as check_name
 from .uploads import Uploads

@@ -8,8 +8,8 @@ from urllib.parse import urlsplit
 import libvirt
 
 from xend_rest import defaults
-from xend_rest.errors import hypervisor_timeout, unavailable
-from xend_rest.server.accesslog import printable_text
+from xend_rest.logtext import printable_text
+from .libvirt_errors import hypervisor_timeout, unavailable
 
 log = logging.getLogger(__name__)
 

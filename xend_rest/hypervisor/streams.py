@@ -3,7 +3,7 @@ import logging
 
 import libvirt
 
-from xend_rest.server.accesslog import printable_text
+from xend_rest.logtext import printable_text
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import time
 from collections import namedtuple
 
 from xend_rest.errors import HTTPError
-from xend_rest.server.accesslog import printable_text
+from xend_rest.logtext import printable_text
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from urllib.parse import unquote
 from xend_rest import defaults
 from xend_rest.errors import HTTPError
 from xend_rest.headers import content_length
-from . import accesslog
+from xend_rest.logtext import REQUEST_LINE, printable, printable_text, traceback_text
 
 log = logging.getLogger('xend_rest.server')
 
@@ -68,7 +68,7 @@ class _ErrorStream:
 
     def write(self, text):
         if text.strip():  # it may quote a request: kept on its line
-            log.error('%s', accesslog.printable_text(text.rstrip()))
+            log.error('%s', printable_text(text.rstrip()))
 
     def writelines(self, lines):
         for line in lines:
@@ -169,8 +169,8 @@ def logged_target(environ):
 
 def logged_request(environ):
     """'METHOD TARGET' of a served request for a log line, each part printable."""
-    return (f"{accesslog.printable(environ['REQUEST_METHOD'], accesslog.REQUEST_LINE)} "
-            f"{accesslog.printable(logged_target(environ), accesslog.REQUEST_LINE)}")
+    return (f"{printable(environ['REQUEST_METHOD'], REQUEST_LINE)} "
+            f"{printable(logged_target(environ), REQUEST_LINE)}")
 
 
 def request_line_of(buf):
@@ -389,7 +389,7 @@ class Response:
     def fail(self):
         """The app raised: a JSON 500 if nothing is queued yet, else the answer is cut short."""
         log.error('unhandled exception in the application for %s\n%s',
-                  logged_request(self.environ), accesslog.traceback_text(sys.exc_info()[1]))
+                  logged_request(self.environ), traceback_text(sys.exc_info()[1]))
         self.keep_alive = False
         self.close()
         if self.sent:

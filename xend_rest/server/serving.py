@@ -23,6 +23,7 @@ import time
 
 from xend_rest import defaults
 from xend_rest.errors import HTTPError
+from xend_rest.logtext import printable_text, traceback_text
 from . import accesslog, http11, listeners, upgrades
 from .client_connection import WAIT_WRITE, ClientConnection
 from .listeners import format_address, parse_listen, sd_notify
@@ -456,7 +457,7 @@ class Server:
                 self._ready(conn)
             except Exception as err:  # a bug, maybe in reading what the client sent
                 log.error('unexpected error serving %s\n%s', conn.client,
-                          accesslog.traceback_text(err))
+                          traceback_text(err))
                 self._forget(conn)
             finally:
                 with self._lock:
@@ -509,7 +510,7 @@ class Server:
         try:
             wait = conn.handshake()
         except OSError as err:  # SSLError included: bad or missing client certificate
-            log.info('TLS handshake with %s failed: %s', conn.client, accesslog.printable_text(err))
+            log.info('TLS handshake with %s failed: %s', conn.client, printable_text(err))
             return self._forget(conn)
         if wait is not None:
             return self._rearm(conn, WRITE if wait == WAIT_WRITE else READ)
@@ -752,7 +753,7 @@ class Server:
             response.close()
         except Exception as err:
             log.error('closing the answer to %s failed\n%s', http11.logged_request(environ),
-                      accesslog.traceback_text(err))
+                      traceback_text(err))
         # The app names its caller, and says how its target may be shown (it hides credentials).
         accesslog.request(environ['REQUEST_METHOD'], http11.logged_target(environ),
                           response.status[:3] if response.status else '-', response.nbytes,

@@ -8,11 +8,12 @@ from xend_rest.api.params import (AFFECT_FLAGS, DESTROY_FLAGS, DOMAIN_XML_FLAGS,
                                   REBOOT_FLAGS, SHUTDOWN_FLAGS, START_FLAGS, UNDEFINE_FLAGS,
                                   parse_bool, parse_choice, parse_flag, parse_int, parse_seconds)
 from xend_rest.defaults import GUEST_REQUEST_SECONDS, MAX_WAIT_SECONDS
-from xend_rest.errors import (HTTPError, from_libvirt, is_connection_error, is_no_domain,
-                              still_there, wait_timeout)
+from xend_rest.errors import HTTPError, wait_timeout
 from xend_rest.hypervisor import convert
 from xend_rest.hypervisor.bounded import StillRunning, call_within
 from xend_rest.hypervisor.domain_events import wait_for_restart, wait_for_state
+from xend_rest.hypervisor.libvirt_errors import (from_libvirt, is_connection_error, is_no_domain,
+                                                 still_there)
 
 UUID = re.compile(r'[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}\Z')
 DOM0_UUID = '00000000-0000-0000-0000-000000000000'

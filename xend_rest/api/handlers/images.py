@@ -13,9 +13,10 @@ from xend_rest.api.bodies import Raw
 from xend_rest.api.params import (NAME_MAX, NO_FLAGS, VOL_CREATE_FLAGS, VOL_DELETE_FLAGS,
                                   VOL_RESIZE_FLAGS, WIPE_ALGORITHMS, parse_bool, parse_choice,
                                   parse_flag, parse_image_format, parse_size)
-from xend_rest.errors import HTTPError, bad_request, is_no_image, still_there
+from xend_rest.errors import HTTPError, bad_request
 from xend_rest.hypervisor import convert, imagefiles, streams
-from xend_rest.server.accesslog import printable_text
+from xend_rest.hypervisor.libvirt_errors import is_no_image, still_there
+from xend_rest.logtext import printable_text
 
 log = logging.getLogger(__name__)
 

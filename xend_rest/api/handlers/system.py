@@ -8,8 +8,9 @@ from xend_rest import defaults
 from xend_rest.api.bodies import Raw
 from xend_rest.api.metrics import Exposition, add_requests, escape, labels
 from xend_rest.api.params import parse_bool
-from xend_rest.errors import HTTPError, still_there
+from xend_rest.errors import HTTPError
 from xend_rest.hypervisor.hypervisors import dotted, gather, public_uri
+from xend_rest.hypervisor.libvirt_errors import still_there
 from xend_rest.hypervisor.stats import STATE_NAMES, bulk_stats, describe
 from .domains import is_dom0, lookup_domain
 
