@@ -32,7 +32,7 @@ import sys
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 sys.path.insert(0, %(root)r)
-from xend_rest.app import make_app
+from xend_rest.api.app import make_app
 class Quiet(WSGIRequestHandler):
     def log_message(self, *args):
         pass

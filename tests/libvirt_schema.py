@@ -16,7 +16,7 @@ RNG = '{http://relaxng.org/ns/structure/1.0}'
 HOST_TYPES = {'absFilePath': 'path', 'absDirPath': 'path', 'filePath': 'path', 'dirPath': 'path',
               'vmwarePath': 'path', 'dbusAddr': 'dbus'}
 # The other types a value starting with '/' fits, and why the guard does not judge them by type:
-# every absolute value outside <metadata> and security.NOT_HOST_PATHS is judged anyway.
+# every absolute value outside <metadata> and host_paths.NOT_HOST_PATHS is judged anyway.
 OTHER_TYPES = {
     'deviceName': 'a host network device, a guest device, or a host device path (judged when '
                   'absolute, like any absolute value)',

@@ -9,14 +9,14 @@ import pytest
 
 import libvirt_schema
 import libvirt_testdata
-from xend_rest.api import security
+from xend_rest.api import host_paths
 from xend_rest.api.schema_paths import SCHEMA_PATHS
 from xend_rest.errors import HTTPError
 from xend_rest.hypervisor import convert
 
 # A value every path type of the schema takes, and that no other type should.
 SAMPLE = '/etc/shadow'
-# Where a stored host path is judged only because it is absolute (security.host_access): places
+# Where a stored host path is judged only because it is absolute (host_paths.host_access): places
 # whose schema type also holds names that are no paths, so they cannot be judged when relative.
 ABSOLUTE_ONLY = {
     ('interface', 'source', '@dev'): "a vDPA device's path, or a host network device's name",
@@ -75,10 +75,10 @@ def test_every_place_the_schema_types_as_a_path_is_judged(schema):
     assert typed
     for chain in typed:
         for value in (SAMPLE, 'relative', 'unix:path=/etc/x'):
-            judged = security.host_access(security.sent_xml(element(chain, value)))
+            judged = host_paths.host_access(host_paths.sent_xml(element(chain, value)))
             spelt = '.'.join(chain[:-1] if chain[-1] == '#text' else chain)
             kinds = [kind for where, kind, _ in judged if where == spelt]  # the value's own
-            if security._at(chain, security.NOT_HOST_PATHS) is None:
+            if host_paths._at(chain, host_paths.NOT_HOST_PATHS) is None:
                 assert kinds in (['path'], ['dbus']), chain
 
 
@@ -114,8 +114,8 @@ def stored_paths(value, chain=()):
                 yield from stored_paths(item, chain + (key,))
     elif value is not None:
         place = chain if chain[-1][0] in '@#' else chain + ('#text',)
-        if security._at(place, security.NOT_HOST_PATHS) is None and (
-                str(value).startswith('/') or security._at(place, security.PATH_PLACES)):
+        if host_paths._at(place, host_paths.NOT_HOST_PATHS) is None and (
+                str(value).startswith('/') or host_paths._at(place, host_paths.PATH_PLACES)):
             yield place, value
 
 
@@ -157,11 +157,11 @@ def test_every_path_libvirt_stores_was_judged(definitions, test_node, spelling):
         dom.undefine()
         defined += 1
         judged = {(kind, str(value)) for _, kind, value
-                  in security.host_access(security.sent_xml(posted))}
+                  in host_paths.host_access(host_paths.sent_xml(posted))}
         for place, value in stored_paths(stored):
             if ('path', value) in judged or ('dbus', value) in judged:
                 continue
-            if ('absolute', value) in judged and security._at(place, ABSOLUTE_ONLY):
+            if ('absolute', value) in judged and host_paths._at(place, ABSOLUTE_ONLY):
                 continue
             if any(place[-len(key):] == key and value == default for key, default in LIBVIRT_DEFAULTS):
                 continue
