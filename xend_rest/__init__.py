@@ -3,6 +3,6 @@ __version__ = '0.1.0'
 
 
 def make_app(*args, **kwargs):
-    """The WSGI application; see xend_rest.app.make_app."""
+    """The WSGI application; see xend_rest.api.app.make_app."""
     from xend_rest.api.app import make_app as _make_app
     return _make_app(*args, **kwargs)

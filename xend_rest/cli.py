@@ -15,7 +15,7 @@ from xend_rest.hypervisor import names
 from xend_rest.server.listeners import parse_listen
 from xend_rest.server.serving import Server
 
-log = logging.getLogger('xend_rest')
+log = logging.getLogger(__name__)
 
 CONFIG_SECTION = 'xend-rest'
 CONNECTION_SECTION = 'connection'  # [connection NAME]: a hypervisor served under /libvirt/NAME/

@@ -3,6 +3,10 @@ text that no client can use to forge or split a line (printable, printable_text,
 import re
 import traceback
 
+# The access log's logger: one line per answered request (server/accesslog.py) and per ended
+# console session (consoles/bridge.py). Operators filter on this name: it does not follow modules.
+ACCESS_LOG = 'xend_rest.access'
+
 # A field is printable ASCII without spaces: anything else a client or a credential brings (a
 # CR, a newline, an escape sequence, a space that would shift the fields) is percent-encoded.
 UNPRINTABLE = re.compile(r'[^\x21-\x7e]')

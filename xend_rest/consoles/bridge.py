@@ -4,7 +4,7 @@ A session (a Bridge) runs as session(sock, buffered) on a thread the server give
 request worker), after the 101 answer; that thread alone touches the client's socket. What
 is on the guest's side (a libvirt console stream, a VNC socket) is an object with start(),
 fileno(), receive(), send(), alive(), explain(), close() and watch_always: see
-xend_rest.consoles and xend_rest.vnc. The sessions of an app, together: xend_rest.bridges.
+console_stream.py and vnc.py. The sessions of an app, together: registry.py.
 
 Memory is bounded each way: the guest's output is taken only while the frame under way to the
 client is sent (a console's stream buffers at most its limit, then cuts a client that stopped
@@ -19,11 +19,11 @@ import time
 
 from xend_rest import defaults
 from xend_rest.errors import HTTPError
-from xend_rest.logtext import REQUEST_LINE, printable, traceback_text
+from xend_rest.logtext import ACCESS_LOG, REQUEST_LINE, printable, traceback_text
 from . import websocket
 
 log = logging.getLogger(__name__)
-access_log = logging.getLogger('xend_rest.access')
+access_log = logging.getLogger(ACCESS_LOG)
 
 CHUNK = 65536  # bytes per read, per send, per frame
 TICK = 1.0  # seconds between checks that the guest side is still reachable
@@ -109,7 +109,7 @@ class Bridge:
         if sock is None:  # the server will not run it: its place and console are free again
             return self.discard()
         if self._released:
-            return  # given up before the server ran it (see bridges.Bridges)
+            return  # given up before the server ran it (see registry.Bridges)
         self.started = self._last_traffic = self._last_tick = time.monotonic()
         try:
             self._sock = sock

@@ -18,8 +18,8 @@ def _code(name):
 # state check before the call instead:
 #   test driver, INTERNAL_ERROR: start of a running domain (304), shutdown of one shut off (304),
 #     suspend of one not running (409) or paused (304), resume of one not paused (304): checked in
-#     handlers/domains.py; "Not enough free space in pool" on image create and clone: 507
-#     (handlers/images.py, _refuse_no_space).
+#     api/handlers/domains.py; "Not enough free space in pool" on image create and clone: 507
+#     (api/handlers/images.py, _refuse_no_space).
 #   QEMU (and Xen's libxl), OPERATION_FAILED: a live attach of a disk on a taken target (409,
 #     _refuse_taken_target); "Not enough space left in storage pool" on a resize that allocates
 #     (507); SYSTEM_ERROR ENOSPC on create, clone or upload (507, the same free-space check).

@@ -8,9 +8,9 @@ little queueing on the handler's lock, and a thread of its own to write the line
 import logging
 import time
 
-from xend_rest.logtext import REQUEST_LINE, printable
+from xend_rest.logtext import ACCESS_LOG, REQUEST_LINE, printable
 
-log = logging.getLogger('xend_rest.access')
+log = logging.getLogger(ACCESS_LOG)
 
 
 def request(method, target, status, nbytes, start, client, caller='-'):

@@ -1,6 +1,6 @@
 """One client connection as the server sees it between requests: its socket, the bytes read so
 far, an answer still on its way, its deadline, and the non-blocking steps that read a request off
-it (TLS handshake, recv, "is the request complete?"). No threads here: server.py decides who runs
+it (TLS handshake, recv, "is the request complete?"). No threads here: serving.py decides who runs
 them and when."""
 import functools
 import select

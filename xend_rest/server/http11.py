@@ -1,5 +1,5 @@
 """HTTP/1.1 framing: a request head into a PEP 3333 environ, wsgi.input, the response writer,
-and protocol errors. Nothing here owns a thread or a selector: the server (server.py) calls it.
+and protocol errors. Nothing here owns a thread or a selector: the server (serving.py) calls it.
 
 Request bodies must carry a Content-Length: a chunked request body is refused with 411 Length
 Required (our API only takes small JSON bodies and image uploads of a known size).
@@ -18,7 +18,7 @@ from xend_rest.errors import HTTPError
 from xend_rest.headers import content_length
 from xend_rest.logtext import REQUEST_LINE, printable, printable_text, traceback_text
 
-log = logging.getLogger('xend_rest.server')
+log = logging.getLogger(__name__)
 
 RECV_SIZE = 65536
 STATUSES_WITHOUT_BODY = ('204', '304')

@@ -7,7 +7,7 @@ import stat
 
 from xend_rest import defaults
 
-log = logging.getLogger('xend_rest.server')
+log = logging.getLogger(__name__)
 
 LISTEN_HELP = 'expected HOST:PORT, [IPV6]:PORT or unix:/path'
 

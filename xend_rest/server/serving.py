@@ -28,7 +28,7 @@ from . import accesslog, http11, listeners, upgrades
 from .client_connection import WAIT_WRITE, ClientConnection
 from .listeners import format_address, parse_listen, sd_notify
 
-log = logging.getLogger('xend_rest.server')
+log = logging.getLogger(__name__)
 
 LINGER_TIME = 2.0  # seconds a refused client's remaining bytes are read and dropped
 # Seconds the listeners rest after accept() failed (out of file descriptors, as a rule): the

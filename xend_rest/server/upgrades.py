@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 
-log = logging.getLogger('xend_rest.server')
+log = logging.getLogger(__name__)
 
 
 class Upgrade:

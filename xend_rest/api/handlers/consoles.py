@@ -2,15 +2,15 @@
 screen (VNC) as a WebSocket, and the tickets a browser opens them with.
 
 Each upgrade answers 101 and hands the server a session to run on the connection
-(xend_rest.bridge, with a console stream from xend_rest.consoles or a VNC socket from
-xend_rest.vnc on the guest's side). Refusals are decided before the 101, from state: 426
+(xend_rest.consoles.bridge, with a console stream from consoles.console_stream or a VNC socket
+from consoles.vnc on the guest's side). Refusals are decided before the 101, from state: 426
 without the upgrade, 501 under a foreign WSGI server or a driver without consoles, 400 or 503
 where our server could not hand the connection over (HTTP/1.0, Connection: close, shutting
 down), 409 for a domain that is not running or a console another session holds, 429 past the
 session limit.
 """
-# The session machinery (bridge, consoles, vnc, websocket) is imported by the first console
-# request, not at start (nor by xend_rest.bridges): most daemons never open one.
+# The session machinery (bridge, console_stream, vnc, websocket) is imported by the first console
+# request, not at start (nor by consoles.registry): most daemons never open one.
 from xend_rest.api.params import parse_bool, parse_choice
 from xend_rest.errors import HTTPError
 from .domains import lookup_domain
@@ -101,7 +101,7 @@ def _running_domain(request, ident):
 
 def _upgrade(request, upgrade, session, headers):
     """Hand the session to the server; if that fails, its place and console are free again.
-    (From here on the server runs it, or releases it: see sessions.Upgrade.)"""
+    (From here on the server runs it, or releases it: see xend_rest.server.upgrades.Upgrade.)"""
     environ = request.environ
     try:
         session.request = (request.method, environ['xend_rest.log_target'])  # tickets hidden
