@@ -1,5 +1,6 @@
 """make_app(): the WSGI application object, and the single place that turns exceptions into
 responses."""
+import dataclasses
 import logging
 import os
 from time import perf_counter
@@ -41,6 +42,20 @@ REASONS = {
     501: 'Not Implemented', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout',
     507: 'Insufficient Storage',
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class AppSettings:
+    """What the application is told by the CLI and the configuration file (cli.OPTIONS fills the
+    fields of the same names), each defaulting to defaults.py. Who may call (tokens, allowed
+    hosts and paths...) is the Guard's, which the CLI builds (cli.build_security)."""
+    max_body: int = defaults.MAX_BODY  # a JSON body's bytes at most: 413 past it
+    # Event streams and waits one caller may hold, of defaults.WATCHERS on all connections.
+    watchers_per_caller: int = defaults.WATCHERS_PER_CALLER
+    state_dir: str = None  # where uploads' markers outlive the process; None: in memory only
+    console_sessions: int = defaults.CONSOLE_SESSIONS  # console and screen sessions at once
+    console_sessions_per_caller: int = defaults.CONSOLE_SESSIONS_PER_CALLER
+    console_idle_timeout: float = defaults.CONSOLE_IDLE
 
 
 class Request:
@@ -164,8 +179,8 @@ class App:
     """The WSGI application: routes a request, admits and authorizes it, calls its handler, and
     turns whatever happens into a response."""
 
-    def __init__(self, hypervisors, routes=ROUTES, guard=None, max_body=defaults.MAX_BODY,
-                 consoles=None):
+    def __init__(self, hypervisors, routes=ROUTES, guard=None, settings=None, consoles=None):
+        self.settings = settings = settings or AppSettings()
         self.hypervisors = {hypervisor.name: hypervisor for hypervisor in hypervisors}
         if len(self.hypervisors) != len(hypervisors):
             raise ValueError('two hypervisor connections have the same name')
@@ -176,8 +191,10 @@ class App:
         self.guard = guard or Guard()
         self.guard.check_connections(self.hypervisors)  # a credential limited to a typo: refused
         self.metrics = RequestMetrics()
-        self.max_body = max_body
-        self.consoles = Bridges() if consoles is None else consoles  # daemon-wide sessions
+        self.max_body = settings.max_body
+        self.consoles = Bridges(  # daemon-wide sessions
+            settings.console_sessions, settings.console_idle_timeout,
+            per_owner=settings.console_sessions_per_caller) if consoles is None else consoles
 
     def __call__(self, environ, start_response):
         started = perf_counter()
@@ -271,8 +288,7 @@ def _segments(environ):
 
 
 def make_app(uri=None, connection=None, routes=ROUTES, events=None, guard=None,
-             max_body=defaults.MAX_BODY, connections=None, consoles=None,
-             watchers_per_caller=defaults.WATCHERS_PER_CALLER, state_dir=None):
+             connections=None, consoles=None, settings=None, **overrides):
     """A WSGI application serving the API on named shared libvirt connections.
 
     connections: {name: URI or SharedConnection}, in the order they are listed. uri (or a
@@ -280,10 +296,11 @@ def make_app(uri=None, connection=None, routes=ROUTES, events=None, guard=None,
     else xen:///system. The default connection (the one /info answers for, and `events` goes
     to) is 'xen' if there is one, else the first; every other gets an EventHub of its own. The
     event streams and waits of every connection take their places among the same Watchers
-    (those of `events`, if given): a caller holds `watchers_per_caller` of them in all.
-    state_dir: where what must outlive the process is kept (uploads' markers); None keeps it
-    in memory.
+    (those of `events`, if given). settings: an AppSettings; overrides: some of its fields by
+    name, which beat it (make_app(uri=..., max_body=4096)). guard and consoles: a Guard and a
+    Bridges of the caller's, else the defaults' (consoles: from settings).
     """
+    settings = dataclasses.replace(settings or AppSettings(), **overrides)
     connections = dict(connections or {})
     if uri is not None or connection is not None or not connections:
         if names.DEFAULT in connections:
@@ -291,14 +308,15 @@ def make_app(uri=None, connection=None, routes=ROUTES, events=None, guard=None,
         connections = {names.DEFAULT: connection or uri or os.environ.get(
             defaults.URI_VARIABLE) or defaults.DEFAULT_URI, **connections}
     default = names.DEFAULT if names.DEFAULT in connections else next(iter(connections))
-    watchers = Watchers(per_caller=watchers_per_caller) if events is None else events.watchers
+    watchers = (Watchers(per_caller=settings.watchers_per_caller) if events is None
+                else events.watchers)
     hypervisors = [Hypervisor(name, shared if isinstance(shared, SharedConnection)
                               else SharedConnection(shared),
                               events if name == default and events is not None
-                              else EventHub(watchers=watchers), state_dir)
+                              else EventHub(watchers=watchers), settings.state_dir)
                    for name, shared in connections.items()]
     hypervisors.sort(key=lambda hypervisor: hypervisor.name != default)  # the default first
-    return App(hypervisors, routes, guard, max_body, consoles)
+    return App(hypervisors, routes, guard, settings, consoles)
 
 
 def _request_line(environ):

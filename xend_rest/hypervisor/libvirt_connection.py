@@ -1,4 +1,5 @@
 """The one place that opens, watches and reopens libvirt connections."""
+import dataclasses
 import logging
 import os
 import threading
@@ -56,6 +57,18 @@ def _run_event_loop():
             log.exception('libvirt event loop iteration failed')
 
 
+@dataclasses.dataclass(frozen=True)
+class LibvirtSettings:
+    """How a connection to libvirt is kept: what the CLI and the configuration file tune, for all
+    connections or one (a [connection NAME] section); each field defaults to defaults.py."""
+    # A stopped libvirtd breaks an open connection after about interval x (count + 1) s of
+    # silence (libvirt's keepalive), and an opening one after open_timeout s.
+    keepalive_interval: int = defaults.KEEPALIVE_INTERVAL
+    keepalive_count: int = defaults.KEEPALIVE_COUNT
+    open_timeout: float = defaults.OPEN_TIMEOUT
+    lanes: int = defaults.LANES  # connections to one libvirtd at most
+
+
 class SharedConnection:
     """The libvirt connections to one hypervisor, opened lazily, shared by every thread, reopened
     once they break.
@@ -66,16 +79,15 @@ class SharedConnection:
     busy. If one breaks, all are given up (one libvirtd: they break together) and reopened.
     """
 
-    def __init__(self, uri, keepalive_interval=defaults.KEEPALIVE_INTERVAL,
-                 keepalive_count=defaults.KEEPALIVE_COUNT, open_timeout=defaults.OPEN_TIMEOUT,
-                 lanes=defaults.LANES):
-        """A stopped libvirtd breaks an open connection after about interval x (count + 1) s of
-        silence (libvirt's keepalive), and an opening one after open_timeout s."""
+    def __init__(self, uri, settings=None, **overrides):
+        """settings: a LibvirtSettings; overrides: some of its fields by name, which beat it
+        (SharedConnection(uri, open_timeout=5))."""
+        self.settings = settings = dataclasses.replace(settings or LibvirtSettings(), **overrides)
         self.uri = uri
-        self.keepalive = (keepalive_interval, keepalive_count)
-        self.open_timeout = open_timeout
+        self.keepalive = (settings.keepalive_interval, settings.keepalive_count)
+        self.open_timeout = settings.open_timeout
         # The test driver keeps a node per connection: a second one would be another host.
-        self.lanes = 1 if urlsplit(uri).scheme.partition('+')[0] == 'test' else lanes
+        self.lanes = 1 if urlsplit(uri).scheme.partition('+')[0] == 'test' else settings.lanes
         self.connects = 0  # successful opens of a first connection; after the first, reconnects
         self.last_error = None  # why the last open failed, until one succeeds
         self._conn = None  # the first connection, which on_connect callbacks saw

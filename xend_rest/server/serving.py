@@ -12,6 +12,7 @@ will: event streams, waits) are bounded together below `workers`, so that `concu
 are always left for the rest. See docs/server.md; HTTP framing is http11.py's.
 """
 import collections
+import dataclasses
 import functools
 import logging
 import select
@@ -82,26 +83,43 @@ class Holds:
                     del self._keys[key]
 
 
+@dataclasses.dataclass(frozen=True)
+class ServerSettings:
+    """How the server serves: everything the CLI and the configuration file tune (cli.OPTIONS
+    fills the fields of the same names), each defaulting to defaults.py."""
+    workers: int = defaults.WORKERS  # threads at most
+    # Workers that serve at once while none stalls (at most `workers`; more start, up to it, for
+    # those that stall longer than `stall` seconds).
+    concurrency: int = defaults.CONCURRENCY_IN_PROCESS
+    stall: float = defaults.STALL
+    timeout: float = defaults.TIMEOUT  # seconds a read or write on a client socket may take
+    keepalive_timeout: float = defaults.KEEPALIVE_TIMEOUT
+    # The deadline of a body of up to max_body (larger ones are streamed, `timeout` per read).
+    request_timeout: float = defaults.REQUEST_TIMEOUT
+    grace: float = defaults.GRACE  # seconds requests in flight get at shutdown
+    max_head: int = defaults.MAX_HEAD
+    max_body: int = defaults.MAX_BODY
+    max_uploads: int = defaults.MAX_UPLOADS  # streamed bodies read at once (each holds a worker)
+    # Bytes of answers that may wait for slow clients, together, before one more is cut off.
+    max_parked: int = defaults.MAX_PARKED
+    # Bytes of request bodies on their way, together, before one more is refused.
+    max_buffered: int = defaults.MAX_BUFFERED
+    backlog: int = defaults.BACKLOG
+    socket_mode: int = defaults.SOCKET_MODE  # with socket_gid: who may connect to unix listeners
+    socket_gid: int = -1  # -1: the daemon's own group
+    tls: object = None  # an ssl.SSLContext for every TCP listener
+
+
 class Server:
     """Serve a WSGI app on listeners ('HOST:PORT', '[::1]:PORT', 'unix:/path')."""
 
-    def __init__(self, app, listeners, workers=defaults.WORKERS, timeout=defaults.TIMEOUT,
-                 keepalive_timeout=defaults.KEEPALIVE_TIMEOUT, grace=defaults.GRACE,
-                 max_head=defaults.MAX_HEAD, backlog=defaults.BACKLOG,
-                 request_timeout=defaults.REQUEST_TIMEOUT, tls=None, socket_mode=defaults.SOCKET_MODE,
-                 socket_gid=-1, max_body=defaults.MAX_BODY, on_shutdown=None, stall=defaults.STALL,
-                 concurrency=defaults.CONCURRENCY_IN_PROCESS, max_uploads=defaults.MAX_UPLOADS,
-                 max_parked=defaults.MAX_PARKED, max_buffered=defaults.MAX_BUFFERED, screen=None,
-                 release_memory=None, on_refused=None):
-        """tls: an ssl.SSLContext for every TCP listener; request_timeout: the deadline of a
-        body of up to max_body (larger ones are streamed, `timeout` per read); socket_mode,
-        socket_gid: who may connect to unix listeners; on_shutdown: called once shutdown
-        begins, to end long-lived responses (event streams); concurrency: workers that serve at
-        once while none stalls (at most `workers`; more start, up to it, for those that stall);
-        max_uploads: streamed bodies read at once (each holds a worker); max_parked: bytes of
-        answers that may wait for slow clients, together, before one more is cut off;
-        max_buffered: bytes of request bodies on their way, together, before one more is
-        refused; screen(environ): called with a request's head before its body is kept (not
+    def __init__(self, app, listeners, settings=None, *, on_shutdown=None, screen=None,
+                 release_memory=None, on_refused=None, **overrides):
+        """settings: a ServerSettings; overrides: some of its fields by name, which beat it
+        (Server(app, listeners, workers=4)). The rest are the app's hooks:
+
+        on_shutdown(): called once shutdown begins, to end long-lived responses (event
+        streams); screen(environ): called with a request's head before its body is kept (not
         when it came with the head), it may refuse the request by raising an HTTPError (the
         app's credentials check: a body is kept only for a caller the app knows);
         release_memory(): called by the acceptor (at most every half second) once request
@@ -116,19 +134,24 @@ class Server:
         environ['xend_rest.hold']: event streams, waits), are at most `workers` minus
         `concurrency` together (but one, with one worker), half of them for one caller: so
         `concurrency` workers always serve the rest, and one caller cannot take every place."""
+        self.settings = settings = dataclasses.replace(settings or ServerSettings(), **overrides)
         self.app = app
-        self.request_timeout, self.tls, self.max_body = request_timeout, tls, max_body
-        self.max_buffered, self.screen, self.release_memory = max_buffered, screen, release_memory
-        self.concurrency = min(concurrency, workers)
-        self._holds = Holds(max(1, workers - self.concurrency))
-        self.max_uploads, self.max_parked = max(1, min(max_uploads, self._holds.limit)), max_parked
-        self.socket_mode, self.socket_gid = socket_mode, socket_gid
+        self.request_timeout, self.tls = settings.request_timeout, settings.tls
+        self.max_body, self.max_buffered = settings.max_body, settings.max_buffered
+        self.screen, self.release_memory = screen, release_memory
+        self.workers = settings.workers
+        self.concurrency = min(settings.concurrency, settings.workers)
+        self._holds = Holds(max(1, self.workers - self.concurrency))
+        self.max_uploads = max(1, min(settings.max_uploads, self._holds.limit))
+        self.max_parked = settings.max_parked
+        self.socket_mode, self.socket_gid = settings.socket_mode, settings.socket_gid
         self.on_shutdown, self.on_refused = on_shutdown, on_refused
         self.listeners = list(listeners)
         for spec in self.listeners:
             parse_listen(spec)  # fail early, before anything is bound
-        self.workers, self.timeout, self.keepalive_timeout = workers, timeout, keepalive_timeout
-        self.grace, self.max_head, self.backlog, self.stall = grace, max_head, backlog, stall
+        self.timeout, self.keepalive_timeout = settings.timeout, settings.keepalive_timeout
+        self.grace, self.max_head = settings.grace, settings.max_head
+        self.backlog, self.stall = settings.backlog, settings.stall
         self.addresses = []  # bound addresses, from getsockname(): tuples or unix paths
         self._conns = {}  # fd -> ClientConnection: every open HTTP connection
         # guards _conns, each ClientConnection.held, _threads, _busy, _stalled, _standby
