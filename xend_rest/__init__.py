@@ -1,4 +1,7 @@
-"""xend-rest: manage the virtual machines of a Xen host over HTTP, through libvirt."""
+"""xend-rest: manage the virtual machines of a Xen host over HTTP, through libvirt.
+
+Four layers, their imports pointing one way (docs/layout.md): server/ (HTTP/1.1), api/ (the WSGI
+application), hypervisor/ (everything that talks to libvirt), consoles/ (upgraded sessions)."""
 __version__ = '0.1.0'
 
 
