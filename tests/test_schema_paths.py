@@ -1,5 +1,5 @@
 """The guard reads a definition's host paths where libvirt does: the places its schema types as
-paths (xend_rest/schema_paths.py, generated from it), and, checked from the other side, every
+paths (xend_rest/api/schema_paths.py, generated from it), and, checked from the other side, every
 path libvirt stores when it defines its own test definitions."""
 import os
 import re
@@ -43,7 +43,7 @@ def schema():
 
 
 def test_the_table_is_the_installed_schemas(schema):
-    """Regenerate with: python tests/libvirt_schema.py > xend_rest/schema_paths.py"""
+    """Regenerate with: python tests/libvirt_schema.py > xend_rest/api/schema_paths.py"""
     assert libvirt_schema.path_table(schema) == SCHEMA_PATHS
 
 
