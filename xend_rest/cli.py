@@ -297,8 +297,8 @@ def parse_args(argv=None):
     args.connections = settle_connections(args, from_file, parser)
     for option in ALL_OPTIONS:  # concurrency stays None unless given: from the URIs, in main()
         if option.dest != 'uri' and getattr(args, option.dest) is None:
-            setattr(args, option.dest, from_file[option.dest] if from_file.get(option.dest)
-                    not in (None, []) else default_of(option))
+            value = from_file.get(option.dest)  # an empty list (listen =) is no value either
+            setattr(args, option.dest, default_of(option) if value in (None, []) else value)
     # A [connection NAME] section's own libvirt settings beat the global ones, wherever from.
     sections = from_file['connections']
     for connection in args.connections:
