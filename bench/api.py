@@ -32,7 +32,7 @@ import sys
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 sys.path.insert(0, %(root)r)
-from xend_rest.app import make_app
+from xend_rest.api.app import make_app
 class Quiet(WSGIRequestHandler):
     def log_message(self, *args):
         pass
@@ -71,7 +71,7 @@ def floor_us(uri, count=5000):
 def in_process_us(uri, count=5000, cold=False):
     """One Inspect through the WSGI app; cold: with the XML->JSON memo emptied every time."""
     from wsgiref.util import setup_testing_defaults
-    from xend_rest.app import make_app
+    from xend_rest.api.app import make_app
     app = make_app(uri=uri)
     environ = {}
     setup_testing_defaults(environ)

@@ -30,7 +30,7 @@ import urllib.request
 import libvirt
 
 from bench.common import rss_kib, start_daemon, stop, write_node
-from xend_rest.stats import STATS_GROUPS
+from xend_rest.hypervisor.stats import STATS_GROUPS
 
 NODES = '/libvirt/xen/nodes'
 CALLS = (('List', NODES + '/json?all=1'), ('/metrics', '/metrics'),
@@ -108,9 +108,9 @@ def _from_full_records(conn, stats):
     record completed as qemu's would be, then the /nodes/stats body (stats) or the /metrics
     domain samples."""
     from xend_rest.errors import json_payload
-    from xend_rest.handlers.operations import _add_domains
-    from xend_rest.metrics import Exposition
-    from xend_rest.stats import describe
+    from xend_rest.api.handlers.system import _add_domains
+    from xend_rest.api.metrics import Exposition
+    from xend_rest.hypervisor.stats import describe
     described = [describe(dom, {**FULL_RECORD, **raw}) for dom, raw
                  in conn.getAllDomainStats(STATS_GROUPS, 0)]
     if stats:
@@ -132,7 +132,7 @@ def memo_bytes(uri):
     """Bytes the app keeps after a List of every domain, less what it keeps once its memo is
     emptied: the memo's own footprint."""
     from wsgiref.util import setup_testing_defaults
-    from xend_rest.app import make_app
+    from xend_rest.api.app import make_app
     app = make_app(uri=uri)
     environ = {}
     setup_testing_defaults(environ)

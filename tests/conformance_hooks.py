@@ -10,8 +10,8 @@ import re
 
 import schemathesis
 
+from xend_rest.api.handlers.events import MAX_STREAM_SECONDS
 from xend_rest.defaults import MAX_WAIT_SECONDS
-from xend_rest.handlers.events import MAX_STREAM_SECONDS
 
 CAP = '0.2'
 # path end -> (parameter, its documented maximum, whether its absence means a long wait)

@@ -10,8 +10,8 @@ from wsgiref.validate import validator
 
 import pytest
 
-from xend_rest.app import make_app
-from xend_rest.server import Server
+from xend_rest.api.app import make_app
+from xend_rest.server.serving import Server
 
 DOM0_UUID = '00000000-0000-0000-0000-000000000000'
 WEB_UUID = '11111111-2222-3333-4444-555555555555'

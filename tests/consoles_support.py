@@ -6,9 +6,9 @@ import time
 
 import libvirt
 
-from xend_rest import websocket
-from xend_rest.connection import SharedConnection
-from xend_rest.server import Server
+from xend_rest.consoles import websocket
+from xend_rest.hypervisor.libvirt_connection import SharedConnection
+from xend_rest.server.serving import Server
 
 MASK = b'\x11\x22\x33\x44'
 CONSOLE_XML = """<domain><name>%s</name><devices>

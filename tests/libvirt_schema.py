@@ -1,7 +1,7 @@
 """Where libvirt's domain schema says a definition names a host path: read from the RELAX NG
 grammar libvirt installs (/usr/share/libvirt/schemas/domain.rng and what it includes).
 
-`python tests/libvirt_schema.py > xend_rest/schema_paths.py` regenerates the table the guard
+`python tests/libvirt_schema.py > xend_rest/api/schema_paths.py` regenerates the table the guard
 reads; tests/test_schema_paths.py fails while the committed table differs from this output.
 """
 import os
@@ -16,7 +16,7 @@ RNG = '{http://relaxng.org/ns/structure/1.0}'
 HOST_TYPES = {'absFilePath': 'path', 'absDirPath': 'path', 'filePath': 'path', 'dirPath': 'path',
               'vmwarePath': 'path', 'dbusAddr': 'dbus'}
 # The other types a value starting with '/' fits, and why the guard does not judge them by type:
-# every absolute value outside <metadata> and security.NOT_HOST_PATHS is judged anyway.
+# every absolute value outside <metadata> and host_paths.NOT_HOST_PATHS is judged anyway.
 OTHER_TYPES = {
     'deviceName': 'a host network device, a guest device, or a host device path (judged when '
                   'absolute, like any absolute value)',
@@ -151,7 +151,7 @@ def chains_by_key(defines=None):
 
 
 def module(defines=None, version='?'):
-    """The text of xend_rest/schema_paths.py."""
+    """The text of xend_rest/api/schema_paths.py."""
     table, chains = path_table(defines), chains_by_key(defines)
     lines = [
         '"""Where libvirt\'s domain schema types a value as a host path (generated: do not edit).',

@@ -7,12 +7,13 @@ import pytest
 
 from conftest import Client
 from test_create import TEST0
-from xend_rest import defaults, security
-from xend_rest.app import make_app
+from xend_rest import defaults
+from xend_rest.api import security
+from xend_rest.api.app import make_app
+from xend_rest.api.router import Router, path_segments
+from xend_rest.api.routes import ROUTES, Route
+from xend_rest.api.security import ConfigError, Guard, load_tokens
 from xend_rest.errors import HTTPError
-from xend_rest.router import Router, path_segments
-from xend_rest.routes import ROUTES, Route
-from xend_rest.security import ConfigError, Guard, load_tokens
 
 NODES = '/libvirt/xen/nodes'
 TOKENS = {'read': 'r' * 32, 'operator': 'o' * 32, 'admin': 'a' * 32}

@@ -5,7 +5,7 @@ import threading
 import libvirt
 import pytest
 
-from xend_rest.bounded import StillRunning, call_within
+from xend_rest.hypervisor.bounded import StillRunning, call_within
 
 
 def test_a_call_that_returns_in_time_answers_its_value(node_uri):

@@ -14,11 +14,11 @@ import pytest
 from conftest import Client, UnixHTTPConnection, serving, until
 from consoles_support import Daemon, FakeConnection, FixedConnection
 from test_events import Stream
-from xend_rest.app import make_app
-from xend_rest.bridges import Bridges
-from xend_rest.connection import start_event_loop
-from xend_rest.events import EventHub
-from xend_rest.security import Guard
+from xend_rest.api.app import make_app
+from xend_rest.api.security import Guard
+from xend_rest.consoles.registry import Bridges
+from xend_rest.hypervisor.domain_events import EventHub
+from xend_rest.hypervisor.libvirt_connection import start_event_loop
 
 NODES = '/libvirt/xen/nodes'
 OPS, READER, ADMIN = 'o' * 20, 'r' * 20, 'a' * 20

@@ -327,10 +327,10 @@ def test_a_token_limited_to_an_unknown_connection_stops_the_daemon(tmp_path, cap
 
 def test_the_daemon_starts_without_the_console_machinery():
     """Most daemons never open a console: the session code is imported by the first one."""
-    code = ('import sys, xend_rest.cli, xend_rest.app; '
+    code = ('import sys, xend_rest.cli, xend_rest.api.app; '
             'print(*sorted(name for name in sys.modules if name in sys.argv[1:]))')
-    lazy = ['xend_rest.bridge', 'xend_rest.consoles', 'xend_rest.framing', 'xend_rest.vnc',
-            'xend_rest.websocket']
+    lazy = ['xend_rest.consoles.bridge', 'xend_rest.consoles.console_stream',
+            'xend_rest.consoles.framing', 'xend_rest.consoles.vnc', 'xend_rest.consoles.websocket']
     found = subprocess.run([sys.executable, '-c', code, *lazy], cwd=REPO, capture_output=True,
                            text=True, check=True).stdout
     assert found.split() == []

@@ -7,8 +7,8 @@ import libvirt
 import pytest
 
 from conftest import Client, until
-from xend_rest.app import make_app
-from xend_rest.connection import SharedConnection
+from xend_rest.api.app import make_app
+from xend_rest.hypervisor.libvirt_connection import SharedConnection
 
 NODES = '/libvirt/xen/nodes'
 BOUND = 10  # seconds: only ever reached when something is broken

@@ -8,12 +8,13 @@ import pytest
 
 from conftest import DOM0_UUID, Client, node_xml
 from test_host import _samples
-from xend_rest import defaults, openapi, security
-from xend_rest.app import make_app
-from xend_rest.errors import unavailable
-from xend_rest.hypervisor import public_uri
-from xend_rest.names import check as check_name
-from xend_rest.security import ConfigError, Guard
+from xend_rest import defaults
+from xend_rest.api import openapi, security
+from xend_rest.api.app import make_app
+from xend_rest.api.security import ConfigError, Guard
+from xend_rest.hypervisor.hypervisors import public_uri
+from xend_rest.hypervisor.libvirt_errors import unavailable
+from xend_rest.hypervisor.names import check as check_name
 
 # Node a is the suite's usual host (web, db, idle, frozen, scratch); node b has other guests.
 B_DOMAINS = [('Domain-0', DOM0_UUID, 'xen', ''), ('mail', None, 'xen', ''),

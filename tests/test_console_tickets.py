@@ -18,12 +18,12 @@ from websockets.sync.client import connect
 from conftest import Client, until
 from test_consoles import upgrade_headers
 from consoles_support import FakeConnection, FakeDomain, FixedConnection, Daemon
-from xend_rest.accesslog import printable
-from xend_rest.app import make_app
-from xend_rest.bridges import Bridges
-from xend_rest.connection import start_event_loop
-from xend_rest.security import Guard, origin_name
-from xend_rest.tickets import Tickets, redact_ticket
+from xend_rest.api.app import make_app
+from xend_rest.api.security import Guard, origin_name
+from xend_rest.api.tickets import Tickets, redact_ticket
+from xend_rest.consoles.registry import Bridges
+from xend_rest.hypervisor.libvirt_connection import start_event_loop
+from xend_rest.logtext import printable
 
 PAGE = 'https://admin.example.org'
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

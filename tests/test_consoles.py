@@ -18,15 +18,16 @@ from websockets.sync.client import connect
 from conftest import Client, until
 from consoles_support import FakeConnection, FixedConnection, FrameClient, Daemon
 from test_server_security import pki  # noqa: F401 (a fixture)
-from xend_rest import security, websocket
-from xend_rest.app import make_app
-from xend_rest.consoles import ConsoleStream, open_console
-from xend_rest.bridge import Bridge
-from xend_rest.bridges import Bridges
-from xend_rest.framing import WebSocketFraming
-from xend_rest.connection import start_event_loop
-from xend_rest.sessions import Upgrade
-from xend_rest.websocket import BINARY, CLOSE, PING, PONG, TEXT
+from xend_rest.api import security
+from xend_rest.api.app import make_app
+from xend_rest.consoles import websocket
+from xend_rest.consoles.bridge import Bridge
+from xend_rest.consoles.console_stream import ConsoleStream, open_console
+from xend_rest.consoles.framing import WebSocketFraming
+from xend_rest.consoles.registry import Bridges
+from xend_rest.consoles.websocket import BINARY, CLOSE, PING, PONG, TEXT
+from xend_rest.hypervisor.libvirt_connection import start_event_loop
+from xend_rest.server.upgrades import Upgrade
 
 CONSOLE = '/libvirt/xen/nodes/web/console'
 ATTACH = '/libvirt/xen/nodes/web/attach'

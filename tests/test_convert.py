@@ -2,8 +2,8 @@
 import pytest
 import xmltodict
 
-from xend_rest import convert
 from xend_rest.errors import HTTPError
+from xend_rest.hypervisor import convert
 
 SAMPLES = [
     "<domain type='xen'><name>a</name></domain>",

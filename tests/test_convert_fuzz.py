@@ -6,8 +6,8 @@ import pytest
 import xmltodict
 from hypothesis import given, settings, strategies as st
 
-from xend_rest import convert
 from xend_rest.errors import HTTPError
+from xend_rest.hypervisor import convert
 
 NASTY = list('<>&\'"]!-?/=;:#@[ \t\r\n') + [']]>', '<!--', '<![CDATA[', '&amp;', '&#0;', '<?xml ',
                                              '<!DOCTYPE x [<!ENTITY e "boom">]>', '&e;', 'a', 'é']

@@ -6,9 +6,9 @@ import libvirt
 import pytest
 
 from conftest import DOM0_UUID, DOMAINS, WEB_UUID, Client, node_xml
-from xend_rest.app import make_app
-from xend_rest.handlers import domains
-from xend_rest.handlers.domains import parse_uuid
+from xend_rest.api.app import make_app
+from xend_rest.api.handlers import domains
+from xend_rest.api.handlers.domains import parse_uuid
 
 NODES = '/libvirt/xen/nodes'
 

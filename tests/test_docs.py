@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from xend_rest import routes
+from xend_rest.api import routes
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / 'README.md'] + sorted((ROOT / 'docs').glob('*.md'))

@@ -12,9 +12,10 @@ from wsgiref.util import setup_testing_defaults
 import libvirt
 import pytest
 
-from xend_rest.app import make_app
-from xend_rest.events import CLIENT_CHECK, LIFECYCLE_EVENTS, EventHub, lifecycle_names
-from xend_rest.server import Server
+from xend_rest.api.app import make_app
+from xend_rest.hypervisor.domain_events import (CLIENT_CHECK, LIFECYCLE_EVENTS, EventHub,
+                                                lifecycle_names)
+from xend_rest.server.serving import Server
 
 from conftest import Client, WEB_UUID, until
 

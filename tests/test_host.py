@@ -4,8 +4,8 @@ import re
 import libvirt
 import pytest
 
-from xend_rest.app import make_app
-from xend_rest.stats import STATE_NAMES, describe
+from xend_rest.api.app import make_app
+from xend_rest.hypervisor.stats import STATE_NAMES, describe
 
 from conftest import Client, DOM0_UUID, WEB_UUID
 
@@ -155,7 +155,7 @@ def test_metrics_cover_domains_with_labels(api):
 
 def test_metrics_have_one_series_per_statistic_of_every_domain_and_device(api):
     """/metrics says what /nodes/stats?all=1 says: a series per known number, no other."""
-    from xend_rest.handlers.operations import BLOCK_METRICS, NET_METRICS
+    from xend_rest.api.handlers.system import BLOCK_METRICS, NET_METRICS
     stats = api.get(NODES + '/stats', 'all=1').json
     samples = _samples(api.get('/metrics').body.decode())
     expected = {}

@@ -7,10 +7,12 @@ import pytest
 
 from conftest import Client
 from test_create import TEST0
-from xend_rest import cli, security
-from xend_rest.app import make_app
+from xend_rest import cli
+from xend_rest.api import host_paths
+from xend_rest.api.app import make_app
+from xend_rest.api.host_paths import host_access, sent_xml
+from xend_rest.api.security import Guard, is_remote
 from xend_rest.errors import HTTPError
-from xend_rest.security import Guard, host_access, is_remote, sent_xml
 
 NODES = '/libvirt/xen/nodes'
 
@@ -729,7 +731,7 @@ def test_xen_resolves_bare_script_and_bootloader_names_in_its_own_directories(
 
 
 def test_the_driver_is_the_uri_s():
-    assert [security.driver_of(uri) for uri in ('xen:///system', 'xen+tls://dom0/system',
+    assert [host_paths.driver_of(uri) for uri in ('xen:///system', 'xen+tls://dom0/system',
                                                  'qemu:///system', 'test:///tmp/n.xml')] == [
         'xen', 'xen', 'qemu', 'test']
 

@@ -6,8 +6,9 @@ import subprocess
 
 import pytest
 
-from xend_rest import imagefiles
-from xend_rest.imagefiles import Unjudged, bytes_reader, chain, file_keys, references, resolve
+from xend_rest.hypervisor import imagefiles
+from xend_rest.hypervisor.imagefiles import (Unjudged, bytes_reader, chain, file_keys, references,
+                                             resolve)
 
 
 def same_file(a, b, local=True):

@@ -14,10 +14,10 @@ import pytest
 
 from conftest import Client, node_xml
 from test_create import TEST0
-from xend_rest.app import make_app
-from xend_rest.handlers.images import _byte_range
+from xend_rest.api.app import make_app
+from xend_rest.api.handlers.images import _byte_range
+from xend_rest.api.security import Guard
 from xend_rest.errors import HTTPError
-from xend_rest.security import Guard
 
 IMAGES = '/libvirt/xen/images'
 POOLS = '/libvirt/xen/pools'
@@ -1017,8 +1017,8 @@ DIES_MID_UPLOAD = """
 import os, signal, sys
 sys.path.insert(0, sys.argv[1])
 from conftest import Client
-from xend_rest import streams
-from xend_rest.app import make_app
+from xend_rest.hypervisor import streams
+from xend_rest.api.app import make_app
 
 def upload_then_die(conn, vol, chunks, length):
     next(iter(chunks))  # the first bytes arrived; then the daemon is killed

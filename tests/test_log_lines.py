@@ -8,10 +8,10 @@ import socket
 import pytest
 
 from conftest import Client, serving
-from xend_rest.app import make_app
+from xend_rest.api.app import make_app
+from xend_rest.api.openapi import Doc
+from xend_rest.api.routes import ADMIN, Route
 from xend_rest.errors import HTTPError
-from xend_rest.openapi import Doc
-from xend_rest.routes import ADMIN, Route
 
 # A domain "name" that, written as it is, would add a line saying alice destroyed web.
 FORGED = ('2026-12-06 17:00:00,000 INFO xend_rest.access: POST /libvirt/xen/nodes/web/destroy '

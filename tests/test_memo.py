@@ -2,9 +2,9 @@
 import pytest
 
 from conftest import NODE_XML, WEB_UUID
-from xend_rest import convert
-from xend_rest.app import make_app
-from xend_rest.memo import DomainMemo
+from xend_rest.api.app import make_app
+from xend_rest.hypervisor import convert
+from xend_rest.hypervisor.memo import DomainMemo
 
 NODES = '/libvirt/xen/nodes'
 
@@ -136,7 +136,7 @@ def test_stats_follow_a_domain_whose_devices_changed(api):
 
 @pytest.mark.parametrize('path', [NODES + '/stats', '/metrics'])
 def test_stats_and_metrics_read_each_running_domains_devices_once(api, path, monkeypatch):
-    from xend_rest import stats
+    from xend_rest.hypervisor import stats
     counted = Counted(stats.device_names)
     monkeypatch.setattr(stats, 'device_names', counted)
     first = api.get(path).body

@@ -6,8 +6,8 @@ import pytest
 from openapi_spec_validator import validate as validate_openapi
 from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 
-from xend_rest.openapi import Doc
-from xend_rest.routes import ROUTES, Route, unfinished
+from xend_rest.api.openapi import Doc
+from xend_rest.api.routes import ROUTES, Route, unfinished
 
 from conftest import WEB_UUID
 

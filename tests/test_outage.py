@@ -4,8 +4,8 @@ import shutil
 import pytest
 
 from conftest import Client, node_xml
-from xend_rest.app import make_app
-from xend_rest.routes import Route
+from xend_rest.api.app import make_app
+from xend_rest.api.routes import Route
 
 NODES = '/libvirt/xen/nodes'
 

@@ -5,7 +5,7 @@ import pytest
 
 from conftest import Client
 from test_create import TEST0
-from xend_rest.app import make_app
+from xend_rest.api.app import make_app
 
 NODES = '/libvirt/xen/nodes'
 

@@ -1,5 +1,5 @@
 """The guard reads a definition's host paths where libvirt does: the places its schema types as
-paths (xend_rest/schema_paths.py, generated from it), and, checked from the other side, every
+paths (xend_rest/api/schema_paths.py, generated from it), and, checked from the other side, every
 path libvirt stores when it defines its own test definitions."""
 import os
 import re
@@ -9,13 +9,14 @@ import pytest
 
 import libvirt_schema
 import libvirt_testdata
-from xend_rest import convert, security
+from xend_rest.api import host_paths
+from xend_rest.api.schema_paths import SCHEMA_PATHS
 from xend_rest.errors import HTTPError
-from xend_rest.schema_paths import SCHEMA_PATHS
+from xend_rest.hypervisor import convert
 
 # A value every path type of the schema takes, and that no other type should.
 SAMPLE = '/etc/shadow'
-# Where a stored host path is judged only because it is absolute (security.host_access): places
+# Where a stored host path is judged only because it is absolute (host_paths.host_access): places
 # whose schema type also holds names that are no paths, so they cannot be judged when relative.
 ABSOLUTE_ONLY = {
     ('interface', 'source', '@dev'): "a vDPA device's path, or a host network device's name",
@@ -42,7 +43,7 @@ def schema():
 
 
 def test_the_table_is_the_installed_schemas(schema):
-    """Regenerate with: python tests/libvirt_schema.py > xend_rest/schema_paths.py"""
+    """Regenerate with: python tests/libvirt_schema.py > xend_rest/api/schema_paths.py"""
     assert libvirt_schema.path_table(schema) == SCHEMA_PATHS
 
 
@@ -74,10 +75,10 @@ def test_every_place_the_schema_types_as_a_path_is_judged(schema):
     assert typed
     for chain in typed:
         for value in (SAMPLE, 'relative', 'unix:path=/etc/x'):
-            judged = security.host_access(security.sent_xml(element(chain, value)))
+            judged = host_paths.host_access(host_paths.sent_xml(element(chain, value)))
             spelt = '.'.join(chain[:-1] if chain[-1] == '#text' else chain)
             kinds = [kind for where, kind, _ in judged if where == spelt]  # the value's own
-            if security._at(chain, security.NOT_HOST_PATHS) is None:
+            if host_paths._at(chain, host_paths.NOT_HOST_PATHS) is None:
                 assert kinds in (['path'], ['dbus']), chain
 
 
@@ -113,8 +114,8 @@ def stored_paths(value, chain=()):
                 yield from stored_paths(item, chain + (key,))
     elif value is not None:
         place = chain if chain[-1][0] in '@#' else chain + ('#text',)
-        if security._at(place, security.NOT_HOST_PATHS) is None and (
-                str(value).startswith('/') or security._at(place, security.PATH_PLACES)):
+        if host_paths._at(place, host_paths.NOT_HOST_PATHS) is None and (
+                str(value).startswith('/') or host_paths._at(place, host_paths.PATH_PLACES)):
             yield place, value
 
 
@@ -156,11 +157,11 @@ def test_every_path_libvirt_stores_was_judged(definitions, test_node, spelling):
         dom.undefine()
         defined += 1
         judged = {(kind, str(value)) for _, kind, value
-                  in security.host_access(security.sent_xml(posted))}
+                  in host_paths.host_access(host_paths.sent_xml(posted))}
         for place, value in stored_paths(stored):
             if ('path', value) in judged or ('dbus', value) in judged:
                 continue
-            if ('absolute', value) in judged and security._at(place, ABSOLUTE_ONLY):
+            if ('absolute', value) in judged and host_paths._at(place, ABSOLUTE_ONLY):
                 continue
             if any(place[-len(key):] == key and value == default for key, default in LIBVIRT_DEFAULTS):
                 continue

@@ -14,8 +14,8 @@ import pytest
 
 from conftest import UnixHTTPConnection, serving, until
 
-from xend_rest.listeners import parse_listen, sd_notify
-from xend_rest.server import Server
+from xend_rest.server.listeners import parse_listen, sd_notify
+from xend_rest.server.serving import Server
 
 
 def echo_app(environ, start_response):
@@ -568,7 +568,7 @@ def test_sd_notify_without_systemd(monkeypatch):
 @pytest.fixture
 def demo_app(tmp_path):
     """The app on this test's own copy of the demo node."""
-    from xend_rest.app import make_app
+    from xend_rest.api.app import make_app
     from xend_rest.demo import DEMO_NODE
     node = tmp_path / 'node.xml'
     node.write_bytes(open(DEMO_NODE, 'rb').read())

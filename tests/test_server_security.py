@@ -16,9 +16,11 @@ import libvirt
 import pytest
 
 from conftest import UnixHTTPConnection, node_xml, serving, until
-from xend_rest import cli, listeners, security
-from xend_rest.app import make_app
-from xend_rest.server import Server
+from xend_rest import cli
+from xend_rest.api import security
+from xend_rest.api.app import make_app
+from xend_rest.server import listeners
+from xend_rest.server.serving import Server
 
 NODES = '/libvirt/xen/nodes'
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -18,12 +18,13 @@ from conftest import DOMAINS, node_xml, serving, until
 from consoles_support import Daemon, FakeConnection, FixedConnection
 from test_server import echo_app, read_until_closed
 from test_vnc import FakeRFBServer, domain
-from xend_rest import bridge, sessions
-from xend_rest.app import make_app
-from xend_rest.bridges import Bridges
-from xend_rest.connection import start_event_loop
+from xend_rest.api.app import make_app
+from xend_rest.consoles import bridge
+from xend_rest.consoles.registry import Bridges
 from xend_rest.errors import HTTPError
-from xend_rest.server import Server
+from xend_rest.hypervisor.libvirt_connection import start_event_loop
+from xend_rest.server import upgrades
+from xend_rest.server.serving import Server
 
 NODES = '/libvirt/xen/nodes'
 KEY = b'dGhlIHNhbXBsZSBub25jZQ=='  # RFC 6455's example key
@@ -283,8 +284,8 @@ def test_an_upgrade_that_waited_for_a_worker_while_the_daemon_stops_is_503():
 
 
 def test_a_session_handed_over_while_the_daemon_stops_is_released():
-    registry, session = sessions.Sessions(), Recorder()
-    upgrade = sessions.Upgrade()
+    registry, session = upgrades.Sessions(), Recorder()
+    upgrade = upgrades.Upgrade()
     upgrade(session)
     registry.end()
     ours, theirs = socket.socketpair()
@@ -299,9 +300,9 @@ def test_a_session_without_a_thread_to_run_on_is_released(monkeypatch):
     class NoThreads(threading.Thread):
         def start(self):
             raise RuntimeError("can't start new thread")
-    monkeypatch.setattr(sessions.threading, 'Thread', NoThreads)
-    registry, session = sessions.Sessions(), Recorder()
-    upgrade = sessions.Upgrade()
+    monkeypatch.setattr(upgrades.threading, 'Thread', NoThreads)
+    registry, session = upgrades.Sessions(), Recorder()
+    upgrade = upgrades.Upgrade()
     upgrade(session)
     ours, theirs = socket.socketpair()
     with ours:

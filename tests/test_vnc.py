@@ -12,10 +12,10 @@ from websockets.sync.client import connect
 
 from conftest import DOMAINS, node_xml, until
 from consoles_support import Daemon
-from xend_rest.app import make_app
-from xend_rest.bridges import Bridges
-from xend_rest import vnc
-from xend_rest.security import Guard
+from xend_rest.api.app import make_app
+from xend_rest.api.security import Guard
+from xend_rest.consoles import vnc
+from xend_rest.consoles.registry import Bridges
 
 
 class FakeRFBServer:

@@ -10,7 +10,7 @@ import libvirt
 import pytest
 from hypothesis import given, strategies as st
 
-from xend_rest import convert
+from xend_rest.hypervisor import convert
 
 NODES = '/libvirt/xen/nodes'
 DEFINITIONS = pathlib.Path(__file__).parent / 'definitions'

@@ -4,10 +4,10 @@ import struct
 
 import pytest
 
-from xend_rest import websocket
+from xend_rest.consoles import websocket
+from xend_rest.consoles.websocket import (BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT, Decoder,
+                                          Frame, ProtocolError, encode)
 from xend_rest.errors import HTTPError
-from xend_rest.websocket import (BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT, Decoder, Frame,
-                                 ProtocolError, encode)
 
 MASK = b'\x37\xfa\x21\x3d'
 KEY = 'dGhlIHNhbXBsZSBub25jZQ=='  # the example of RFC 6455 section 1.3

@@ -2,23 +2,31 @@
 
 import argparse
 import configparser
+import copy
 import grp
 import logging
 import os
 import socket
 import sys
+from collections import namedtuple
 from urllib.parse import urlsplit
 
-from xend_rest import defaults, names, security, tickets
-from xend_rest.listeners import parse_listen
-from xend_rest.server import Server
+from xend_rest import defaults
+from xend_rest.api import security, tickets
+from xend_rest.api.app import AppSettings
+from xend_rest.hypervisor import names
+from xend_rest.hypervisor.libvirt_connection import LibvirtSettings
+from xend_rest.server.listeners import parse_listen
+from xend_rest.server.serving import Server, ServerSettings
 
-log = logging.getLogger('xend_rest')
+log = logging.getLogger(__name__)
 
 CONFIG_SECTION = 'xend-rest'
 CONNECTION_SECTION = 'connection'  # [connection NAME]: a hypervisor served under /libvirt/NAME/
 LOG_LEVELS = ('DEBUG', 'INFO', 'WARNING', 'ERROR', 'CRITICAL')
 M_ARENA_MAX = -8  # glibc's mallopt() parameter: the most malloc arenas there may be
+FROM_FIELD = object()  # an Option's default: its settings field's
+SECURITY = 'security (see the README, section Security)'
 
 
 def listen_address(spec):
@@ -81,63 +89,132 @@ def log_level(text):
     return text.upper()
 
 
-# Configuration file keys: (key, argparse dest, type). `listen` is whitespace-separated.
-CONFIG_KEYS = [
-    ('uri', 'uri', str),
-    ('listen', 'listen', None),
-    ('log-level', 'log_level', log_level),
-    ('workers', 'workers', positive(int)),
-    ('concurrency', 'concurrency', positive(int)),
-    ('timeout', 'timeout', positive(float)),
-    ('state-dir', 'state_dir', str),
-]
-# Who may call, and how much they may send: see the README, "Security".
-SECURITY_KEYS = [
-    ('socket-mode', 'socket_mode', octal_mode),
-    ('socket-group', 'socket_group', str),
-    ('tls-cert', 'tls_cert', str),
-    ('tls-key', 'tls_key', str),
-    ('tls-ca', 'tls_ca', str),
-    ('tls-allowed-clients', 'tls_allowed_clients', str),
-    ('tokens-file', 'tokens_file', str),
-    ('allowed-hosts', 'allowed_hosts', words),
-    ('allowed-paths', 'allowed_paths', words),
-    ('allow-host-devices', 'allow_host_devices', yes_no),
-    ('allowed-origins', 'allowed_origins', words),
-    ('max-body', 'max_body', positive(int)),
-    ('max-head', 'max_head', positive(int)),
-    ('request-timeout', 'request_timeout', positive(float)),
-    ('watchers-per-caller', 'watchers_per_caller', positive(int)),
-    ('max-uploads', 'max_uploads', positive(int)),
-]
-# How soon a libvirtd that stopped answering is given up (503/504 instead of a hang).
-LIBVIRT_KEYS = [
-    ('keepalive-interval', 'keepalive_interval', positive(int)),
-    ('keepalive-count', 'keepalive_count', positive(int)),
-    ('open-timeout', 'open_timeout', positive(float)),
-]
-# Console and screen sessions (docs/consoles.md).
-CONSOLE_KEYS = [
-    ('console-sessions', 'console_sessions', positive(int)),
-    ('console-idle-timeout', 'console_idle_timeout', positive(float)),
-    ('console-sessions-per-caller', 'console_sessions_per_caller', positive(int)),
-    ('console-tickets-per-caller', 'console_tickets_per_caller', positive(int)),
-]
-CONFIG_KEYS += SECURITY_KEYS + LIBVIRT_KEYS + CONSOLE_KEYS
+class Option(namedtuple('Option', 'key type help metavar default', defaults=(None, FROM_FIELD))):
+    """One setting: its flag --KEY and its key in the configuration file, the type that parses
+    it (a list type: the flag repeats, and the file's value is whitespace-separated; yes_no:
+    the flag takes no value), its --help text ('{default}' is filled in) and its default: the
+    field of the same name of ServerSettings, AppSettings or LibvirtSettings (defaults.py), else
+    `default`, else None (off). The value reaches each of those settings that has the field."""
+
+    @property
+    def dest(self):
+        return self.key.replace('-', '_')
+
+
+def repeated(kind):
+    """A list type: a repeatable flag, or the file's whitespace-separated values, each parsed."""
+    def convert(text):
+        return kind(text)
+    convert.repeated = True
+    return convert
+
+
+def _repeated(option):
+    return getattr(option.type, 'repeated', False)
+
+
+# Every setting, by group: a new one is its default in defaults.py (and its field in the
+# settings of the layer that reads it) and a row here.
+OPTIONS = {
+    None: [
+        Option('uri', str, f'libvirt URI of the connection named {names.DEFAULT} (default: '
+               f'$XEND_REST_URI, else {defaults.DEFAULT_URI}, unless --connect or the '
+               'configuration file names others)'),
+        Option('listen', repeated(listen_address), 'HOST:PORT, [IPV6]:PORT or unix:/path; '
+               f'repeatable (default: {defaults.DEFAULT_LISTEN[0]})', 'ADDRESS',
+               list(defaults.DEFAULT_LISTEN)),
+        Option('log-level', log_level, 'DEBUG, INFO, WARNING, ERROR (default: {default})',
+               default='INFO'),
+        Option('workers', positive(int), 'worker threads at most (default: {default})'),
+        Option('concurrency', positive(int), 'requests served at once while none stalls (default: '
+               f'{defaults.CONCURRENCY_IN_PROCESS} on the test driver, '
+               f'{defaults.CONCURRENCY_THROUGH_LIBVIRTD} through libvirtd)', 'N', None),
+        Option('timeout', positive(float), 'socket timeout in seconds (default: {default})'),
+        Option('state-dir', str, 'where what must outlive the daemon is kept: the markers of '
+               'uploads under way (default: {default})', 'DIR', defaults.STATE_DIR),
+    ],
+    # Who may call, and how much they may send: see the README, "Security".
+    SECURITY: [
+        Option('socket-mode', octal_mode, 'mode of unix sockets (default: 660)'),
+        Option('socket-group', str, 'group of unix sockets (default: ours)', 'GROUP'),
+        Option('tls-cert', str, 'TLS server certificate: TCP listeners speak HTTPS', 'FILE'),
+        Option('tls-key', str, 'its private key (default: in --tls-cert)', 'FILE'),
+        Option('tls-ca', str, 'CA that client certificates must be signed by', 'FILE'),
+        Option('tls-allowed-clients', str, 'client certificate CNs allowed in, with their roles '
+               '(default: any, admin)', "'CN[:ROLE] ...'"),
+        Option('tokens-file', str, "bearer tokens: 'TOKEN ROLE [NAME]' lines, mode 600", 'FILE'),
+        Option('allowed-hosts', words, "Host names accepted besides loopback, the host's names "
+               'and the listen addresses', "'NAME ...'", []),
+        Option('allowed-paths', words, 'directories that every host path of a definition (disks, '
+               'kernels, bootloaders, devices) may point into; also refuses '
+               'xen:/qemu:commandline, bootloader_args and host devices (default: anywhere)',
+               "'DIR ...'", []),
+        Option('allow-host-devices', yes_no, 'with --allowed-paths, still let definitions hand '
+               'host PCI, USB, SCSI, NVMe and smartcard devices to guests (default: refused)',
+               default=False),
+        Option('allowed-origins', words, 'web pages (https://host[:port]) that may open a console '
+               'or screen with a ticket (default: none)', "'ORIGIN ...'", []),
+        Option('max-body', positive(int), 'largest JSON body (default: 1 MiB)', 'BYTES'),
+        Option('max-head', positive(int), 'largest request line, and request head: 414 and 431 '
+               'past it (default: {default})', 'BYTES'),
+        Option('request-timeout', positive(float), 'deadline for a request body of up to '
+               '--max-body; larger ones (uploads) may take longer while they keep coming '
+               '(default: {default})', 'SECONDS'),
+        Option('watchers-per-caller', positive(int), 'event streams and waits one caller (token, '
+               f'certificate, unix user) may hold at once, of {defaults.WATCHERS} on all '
+               'connections together; past it 429 (default: {default})', 'N'),
+        Option('max-uploads', positive(int), 'request bodies larger than --max-body (image '
+               'uploads) received at once, each holding a worker: 503 past it; with event '
+               'streams and waits, at most --workers minus --concurrency (default: {default})',
+               'N'),
+    ],
+    # How soon a libvirtd that stopped answering is given up (503/504 instead of a hang); a
+    # [connection NAME] section may set them for its connection.
+    'libvirt connection': [
+        Option('keepalive-interval', positive(int), 'libvirt keepalive probe interval (default: '
+               '{default})', 'SECONDS'),
+        Option('keepalive-count', positive(int), 'unanswered probes before the connection is '
+               'given up: 504 (default: {default})', 'N'),
+        Option('open-timeout', positive(float), 'longest wait for a new libvirt connection '
+               '(default: {default})', 'SECONDS'),
+    ],
+    # Console and screen sessions (docs/consoles.md).
+    'consoles and screens': [
+        Option('console-sessions', positive(int), 'sessions open at once; past it 429 (default: '
+               '{default})', 'N'),
+        Option('console-idle-timeout', positive(float), 'a session without input or output is '
+               'closed after (default: {default})', 'SECONDS'),
+        Option('console-sessions-per-caller', positive(int), 'sessions one caller (token, '
+               'certificate, unix user) may hold at once; past it 429 (default: {default})', 'N'),
+        Option('console-tickets-per-caller', positive(int), 'console tickets one caller may have '
+               f'outstanding (each lives {tickets.LIFETIME} s, of {tickets.MAX_TICKETS} in all); '
+               'past it 429 (default: {default})', 'N', defaults.CONSOLE_TICKETS_PER_CALLER),
+    ],
+}
+ALL_OPTIONS = [option for group in OPTIONS.values() for option in group]
+SETTINGS = (ServerSettings, AppSettings, LibvirtSettings)  # each option fills its field in these
 # A [connection NAME] section: its URI, and the libvirt settings it does not take from above.
-CONNECTION_KEYS = [('uri', 'uri', str)] + LIBVIRT_KEYS
-# Defaults of the settings above that have one (the others default to None: off).
-SECURITY_DEFAULTS = {'socket_mode': defaults.SOCKET_MODE, 'allowed_hosts': [], 'allowed_paths': [],
-                     'allow_host_devices': False, 'allowed_origins': [],
-                     'max_body': defaults.MAX_BODY, 'request_timeout': defaults.REQUEST_TIMEOUT,
-                     'max_head': defaults.MAX_HEAD, 'max_uploads': defaults.MAX_UPLOADS,
-                     'watchers_per_caller': defaults.WATCHERS_PER_CALLER}
-LIBVIRT_DEFAULTS = {'keepalive_interval': defaults.KEEPALIVE_INTERVAL,
-                    'keepalive_count': defaults.KEEPALIVE_COUNT, 'open_timeout': defaults.OPEN_TIMEOUT}
-CONSOLE_DEFAULTS = {'console_sessions': defaults.CONSOLE_SESSIONS,
-                    'console_idle_timeout': defaults.CONSOLE_IDLE,
-                    'console_sessions_per_caller': defaults.CONSOLE_SESSIONS_PER_CALLER,
-                    'console_tickets_per_caller': defaults.CONSOLE_TICKETS_PER_CALLER}
+CONNECTION_OPTIONS = [option for option in ALL_OPTIONS if option.dest == 'uri'
+                      or option.dest in LibvirtSettings.__dataclass_fields__]
+
+
+def default_of(option):
+    """An option's value when neither the command line nor the configuration file gives one."""
+    if option.default is not FROM_FIELD:
+        return copy.copy(option.default)
+    for settings in SETTINGS:
+        field = settings.__dataclass_fields__.get(option.dest)
+        if field is not None:
+            return field.default
+    return None
+
+
+def settings_from(settings, values, **computed):
+    """A settings object (ServerSettings...) of the options' values (argparse's namespace, or a
+    connection's dict) that are its fields, and of those `computed` here from others."""
+    values = values if isinstance(values, dict) else vars(values)
+    return settings(**{name: values[name] for name in settings.__dataclass_fields__
+                       if name in values and name not in computed}, **computed)
 
 
 def build_parser():
@@ -145,83 +222,25 @@ def build_parser():
         prog='xend-rest', description='Manage the virtual machines of a Xen host over HTTP, through libvirt.',
         epilog='Each setting comes from the command line, else $XEND_REST_URI (the URI only), '
                'else the configuration file, else the default.')
-    parser.add_argument('--uri', help=f'libvirt URI of the connection named {names.DEFAULT} '
-                                      f'(default: $XEND_REST_URI, else {defaults.DEFAULT_URI}, '
-                                      'unless --connect or the configuration file names others)')
     parser.add_argument('--connect', action='append', type=connect_spec, metavar='NAME=URI',
                         help='one more hypervisor, served under /libvirt/NAME/; repeatable '
                              f'(NAME: {names.RULE}; see docs/connections.md)')
-    parser.add_argument('--listen', action='append', type=listen_address, metavar='ADDRESS',
-                        help=f'HOST:PORT, [IPV6]:PORT or unix:/path; repeatable (default: {defaults.DEFAULT_LISTEN[0]})')
     parser.add_argument('--config', metavar='FILE', help=f'INI file with a [{CONFIG_SECTION}] section '
                                                          f'and a [{CONNECTION_SECTION} NAME] one per connection')
-    parser.add_argument('--log-level', type=log_level, help='DEBUG, INFO, WARNING, ERROR (default: INFO)')
-    parser.add_argument('--workers', type=positive(int), help=f'worker threads at most (default: {defaults.WORKERS})')
-    parser.add_argument('--concurrency', type=positive(int), metavar='N',
-                        help='requests served at once while none stalls (default: '
-                             f'{defaults.CONCURRENCY_IN_PROCESS} on the test driver, '
-                             f'{defaults.CONCURRENCY_THROUGH_LIBVIRTD} through libvirtd)')
-    parser.add_argument('--timeout', type=positive(float), help=f'socket timeout in seconds (default: {defaults.TIMEOUT:g})')
-    parser.add_argument('--state-dir', metavar='DIR',
-                        help='where what must outlive the daemon is kept: the markers of uploads '
-                             f'under way (default: {defaults.STATE_DIR})')
-    group = parser.add_argument_group('security (see the README, section Security)')
-    group.add_argument('--socket-mode', type=octal_mode, help='mode of unix sockets (default: 660)')
-    group.add_argument('--socket-group', metavar='GROUP', help='group of unix sockets (default: ours)')
-    group.add_argument('--tls-cert', metavar='FILE', help='TLS server certificate: TCP listeners speak HTTPS')
-    group.add_argument('--tls-key', metavar='FILE', help='its private key (default: in --tls-cert)')
-    group.add_argument('--tls-ca', metavar='FILE', help='CA that client certificates must be signed by')
-    group.add_argument('--tls-allowed-clients', metavar="'CN[:ROLE] ...'",
-                       help='client certificate CNs allowed in, with their roles (default: any, admin)')
-    group.add_argument('--tokens-file', metavar='FILE', help="bearer tokens: 'TOKEN ROLE [NAME]' lines, mode 600")
-    group.add_argument('--allowed-hosts', type=words, metavar="'NAME ...'",
-                       help="Host names accepted besides loopback, the host's names and the listen addresses")
-    group.add_argument('--allowed-paths', type=words, metavar="'DIR ...'",
-                       help='directories that every host path of a definition (disks, kernels, bootloaders, '
-                            'devices) may point into; also refuses xen:/qemu:commandline, bootloader_args '
-                            'and host devices (default: anywhere)')
-    group.add_argument('--allow-host-devices', action='store_true', default=None,
-                       help='with --allowed-paths, still let definitions hand host PCI, USB, SCSI, NVMe '
-                            'and smartcard devices to guests (default: refused)')
-    group.add_argument('--allowed-origins', type=words, metavar="'ORIGIN ...'",
-                       help='web pages (https://host[:port]) that may open a console or screen with a '
-                            'ticket (default: none)')
-    group.add_argument('--max-body', type=positive(int), metavar='BYTES', help='largest JSON body (default: 1 MiB)')
-    group.add_argument('--max-head', type=positive(int), metavar='BYTES',
-                       help='largest request line, and request head: 414 and 431 past it (default: 65536)')
-    group.add_argument('--request-timeout', type=positive(float), metavar='SECONDS',
-                       help='deadline for a request body of up to --max-body; larger ones (uploads) '
-                            'may take longer while they keep coming (default: 60)')
-    group.add_argument('--watchers-per-caller', type=positive(int), metavar='N',
-                       help='event streams and waits one caller (token, certificate, unix user) may '
-                            f'hold at once, of {defaults.WATCHERS} on all connections together; past '
-                            f'it 429 (default: {defaults.WATCHERS_PER_CALLER})')
-    group.add_argument('--max-uploads', type=positive(int), metavar='N',
-                       help='request bodies larger than --max-body (image uploads) received at once, '
-                            'each holding a worker: 503 past it; with event streams and waits, at '
-                            f'most --workers minus --concurrency (default: {defaults.MAX_UPLOADS})')
-    group.add_argument('--insecure', action='store_true',
-                       help='allow TCP beyond loopback without TLS client certificates or tokens, or with '
-                            'tokens but without TLS')
-    group = parser.add_argument_group('libvirt connection')
-    group.add_argument('--keepalive-interval', type=positive(int), metavar='SECONDS',
-                       help=f'libvirt keepalive probe interval (default: {defaults.KEEPALIVE_INTERVAL})')
-    group.add_argument('--keepalive-count', type=positive(int), metavar='N',
-                       help=f'unanswered probes before the connection is given up: 504 (default: {defaults.KEEPALIVE_COUNT})')
-    group.add_argument('--open-timeout', type=positive(float), metavar='SECONDS',
-                       help=f'longest wait for a new libvirt connection (default: {defaults.OPEN_TIMEOUT:g})')
-    group = parser.add_argument_group('consoles and screens')
-    group.add_argument('--console-sessions', type=positive(int), metavar='N',
-                       help=f'sessions open at once; past it 429 (default: {defaults.CONSOLE_SESSIONS})')
-    group.add_argument('--console-idle-timeout', type=positive(float), metavar='SECONDS',
-                       help=f'a session without input or output is closed after (default: {defaults.CONSOLE_IDLE:g})')
-    group.add_argument('--console-sessions-per-caller', type=positive(int), metavar='N',
-                       help='sessions one caller (token, certificate, unix user) may hold at '
-                            f'once; past it 429 (default: {defaults.CONSOLE_SESSIONS_PER_CALLER})')
-    group.add_argument('--console-tickets-per-caller', type=positive(int), metavar='N',
-                       help='console tickets one caller may have outstanding (each lives '
-                            f'{tickets.LIFETIME} s, of {tickets.MAX_TICKETS} in all); past it 429 '
-                            f'(default: {defaults.CONSOLE_TICKETS_PER_CALLER})')
+    for title, options in OPTIONS.items():
+        group = parser if title is None else parser.add_argument_group(title)
+        if title == SECURITY:
+            group.add_argument('--insecure', action='store_true',
+                               help='allow TCP beyond loopback without TLS client certificates or '
+                                    'tokens, or with tokens but without TLS')
+        for option in options:
+            shown = default_of(option)
+            text = option.help.format(default=f'{shown:g}' if isinstance(shown, float) else shown)
+            if option.type is yes_no:  # a switch: given, it is yes
+                group.add_argument('--' + option.key, action='store_true', default=None, help=text)
+            else:
+                group.add_argument('--' + option.key, type=option.type, metavar=option.metavar,
+                                   help=text, action='append' if _repeated(option) else None)
     parser.add_argument('--demo', action='store_true',
                         help='serve an in-memory libvirt test hypervisor instead of Xen')
     return parser
@@ -238,7 +257,7 @@ def read_config(path, parser):
         parser.error(f'cannot read configuration file {path}: {err}')
     settings = {}
     if config.has_section(CONFIG_SECTION):
-        settings = _section_settings(config[CONFIG_SECTION], CONFIG_KEYS, path, parser)
+        settings = _section_settings(config[CONFIG_SECTION], ALL_OPTIONS, path, parser)
     connections = settings['connections'] = {}
     for title in config.sections():
         kind, _, name = title.partition(' ')
@@ -248,25 +267,25 @@ def read_config(path, parser):
             names.check(name.strip())
         except ValueError as err:
             parser.error(f'{path}: [{title}]: {err}')
-        connections[name.strip()] = _section_settings(config[title], CONNECTION_KEYS, path, parser)
+        connections[name.strip()] = _section_settings(config[title], CONNECTION_OPTIONS, path,
+                                                      parser)
     return settings
 
 
-def _section_settings(section, keys, path, parser):
-    unknown = set(section) - {key for key, _, _ in keys}
+def _section_settings(section, options, path, parser):
+    unknown = set(section) - {option.key for option in options}
     if unknown:
         parser.error(f"{path}: unknown key(s) in [{section.name}]: {', '.join(sorted(unknown))}")
     settings = {}
-    for key, dest, kind in keys:
-        if key not in section:
+    for option in options:
+        if option.key not in section:
             continue
+        text = section[option.key]
         try:
-            if key == 'listen':
-                settings[dest] = [listen_address(spec) for spec in section[key].split()]
-            else:
-                settings[dest] = kind(section[key])
+            settings[option.dest] = ([option.type(value) for value in text.split()]
+                                     if _repeated(option) else option.type(text))
         except argparse.ArgumentTypeError as err:
-            parser.error(f'{path}: [{section.name}] {key}: {err}')
+            parser.error(f'{path}: [{section.name}] {option.key}: {err}')
     return settings
 
 
@@ -276,26 +295,17 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     from_file = read_config(args.config, parser) if args.config else {'connections': {}}
     args.connections = settle_connections(args, from_file, parser)
-    settled = {'listen': from_file.get('listen') or list(defaults.DEFAULT_LISTEN),
-               'log_level': from_file.get('log_level', 'INFO'),
-               'workers': from_file.get('workers', defaults.WORKERS),
-               'concurrency': from_file.get('concurrency'),  # None: from the URIs, in main()
-               'timeout': from_file.get('timeout', defaults.TIMEOUT),
-               'state_dir': from_file.get('state_dir', defaults.STATE_DIR)}
-    settled.update({dest: from_file.get(dest, SECURITY_DEFAULTS.get(dest))
-                    for _, dest, _ in SECURITY_KEYS})
-    settled.update({dest: from_file.get(dest, LIBVIRT_DEFAULTS[dest])
-                    for _, dest, _ in LIBVIRT_KEYS})
-    settled.update({dest: from_file.get(dest, CONSOLE_DEFAULTS[dest])
-                    for _, dest, _ in CONSOLE_KEYS})
-    for dest, value in settled.items():
-        if getattr(args, dest) is None:
-            setattr(args, dest, value)
+    for option in ALL_OPTIONS:  # concurrency stays None unless given: from the URIs, in main()
+        if option.dest != 'uri' and getattr(args, option.dest) is None:
+            value = from_file.get(option.dest)  # an empty list (listen =) is no value either
+            setattr(args, option.dest, default_of(option) if value in (None, []) else value)
     # A [connection NAME] section's own libvirt settings beat the global ones, wherever from.
     sections = from_file['connections']
     for connection in args.connections:
-        for _, dest, _ in LIBVIRT_KEYS:
-            connection[dest] = sections.get(connection['name'], {}).get(dest, getattr(args, dest))
+        for option in CONNECTION_OPTIONS:
+            if option.dest != 'uri':
+                connection[option.dest] = sections.get(connection['name'], {}).get(
+                    option.dest, getattr(args, option.dest))
     return args
 
 
@@ -353,41 +363,32 @@ def main(argv=None):
     one_malloc_arena()  # first: before libvirt or the server starts a thread
     args = parse_args(argv)
     setup_logging(args.log_level)
-    from xend_rest.app import make_app  # after logging: importing libvirt may log
-    from xend_rest.connection import SharedConnection
-    from xend_rest.bridges import Bridges
+    from xend_rest.api.app import make_app  # after logging: importing libvirt may log
+    from xend_rest.hypervisor.libvirt_connection import SharedConnection
     if args.demo:
         from xend_rest.demo import demo_uri
         args.uri = demo_uri()
         args.connections = [c for c in args.connections if c['name'] != names.DEFAULT]
         args.connections.insert(0, {'name': names.DEFAULT, 'uri': args.uri, **{
-            dest: getattr(args, dest) for _, dest, _ in LIBVIRT_KEYS}})
+            option.dest: getattr(args, option.dest) for option in CONNECTION_OPTIONS}})
         log.warning('*** DEMO MODE: serving an in-memory libvirt TEST hypervisor (%s), NOT Xen; '
                     'nothing here touches real virtual machines ***', args.uri)
     connections = {}
     for c in args.connections:
         log.info('connection %s: libvirt URI %s', c['name'], c['uri'])
-        connections[c['name']] = SharedConnection(
-            c['uri'], keepalive_interval=c['keepalive_interval'],
-            keepalive_count=c['keepalive_count'], open_timeout=c['open_timeout'])
+        connections[c['name']] = SharedConnection(c['uri'], settings_from(LibvirtSettings, c))
     try:
         guard, tls, gid = build_security(args)
-        consoles = Bridges(args.console_sessions, args.console_idle_timeout,
-                           per_owner=args.console_sessions_per_caller)
         state_dir = None if args.demo else usable_state_dir(args.state_dir)  # demo: all in memory
-        app = make_app(connections=connections, guard=guard, max_body=args.max_body,
-                       consoles=consoles, watchers_per_caller=args.watchers_per_caller,
-                       state_dir=state_dir)
+        app = make_app(connections=connections, guard=guard,
+                       settings=settings_from(AppSettings, args, state_dir=state_dir))
     except security.ConfigError as err:
         log.error('refusing to start: %s', err)
         return 2
     concurrency = args.concurrency or default_concurrency(c['uri'] for c in args.connections)
-    server = Server(app, args.listen, workers=args.workers, concurrency=concurrency,
-                    timeout=args.timeout, tls=tls,
-                    request_timeout=args.request_timeout, max_body=args.max_body,
-                    max_head=args.max_head, max_uploads=args.max_uploads,
-                    socket_mode=args.socket_mode, socket_gid=gid, on_shutdown=app.end_streams,
-                    screen=app.screen, release_memory=release_freed_memory,
+    settings = settings_from(ServerSettings, args, concurrency=concurrency, tls=tls, socket_gid=gid)
+    server = Server(app, args.listen, settings, on_shutdown=app.end_streams, screen=app.screen,
+                    release_memory=release_freed_memory,
                     on_refused=app.refused)  # tickets in requests the server refuses: spent
     release_freed_memory()
     try:

@@ -6,7 +6,7 @@ URI_VARIABLE = 'XEND_REST_URI'
 KEEPALIVE_INTERVAL = 5  # seconds of silence before libvirt pings libvirtd
 KEEPALIVE_COUNT = 3  # unanswered pings before the connection counts as broken
 OPEN_TIMEOUT = 30.0  # seconds an opening connection may take before requests get 504
-# Connections to one libvirtd at most: each makes one call at a time (connection.Gated), so a
+# Connections to one libvirtd at most: each makes one call at a time (libvirt_connection.Gated), so a
 # slow call (a start, an image copied or wiped) holds up only the requests on its own.
 LANES = 4
 # Seconds a listing of every connection (GET /libvirt/json, /version) waits for those being
@@ -14,7 +14,7 @@ LANES = 4
 LISTING_WAIT = 1.0
 SCRAPE_WAIT = 8.0  # below Prometheus' default scrape timeout (10 s)
 
-# Where what must outlive the process is kept: an upload's marker (uploads.py), so that an image
+# Where what must outlive the process is kept: an upload's marker (hypervisor/uploads.py), so that an image
 # the daemon's death cut off is known as incomplete after a restart. The unit's StateDirectory=.
 STATE_DIR = '/var/lib/xend-rest'
 
@@ -34,7 +34,7 @@ KEEPALIVE_TIMEOUT = 15.0  # seconds an idle keep-alive connection is kept
 REQUEST_TIMEOUT = 60.0  # seconds a whole request body of up to MAX_BODY may take
 # Request bodies larger than MAX_BODY (image uploads) read at once: the app reads them while it
 # runs, so each holds a worker for as long as its client sends it; past it, 503. With event
-# streams and waits, at most WORKERS minus the concurrency (server.Holds).
+# streams and waits, at most WORKERS minus the concurrency (serving.Holds).
 MAX_UPLOADS = 4
 # Bytes of answers that may wait, together, for clients that take them slowly (a worker never
 # waits for them); past it, one more such client is cut off. Memory, not threads.
@@ -52,7 +52,7 @@ MAX_BODY = 1 << 20  # a JSON body: a domain definition is a few KiB; 1 MiB is ge
 MAX_WAIT_SECONDS = 600  # a wait holds a server worker: bounded
 # Event streams and waits open at once on all connections together (past it 503), and those one
 # caller may hold (past it 429): a reader cannot take every place and lock an operator out. Each
-# holds a worker: the server keeps them, with uploads, below WORKERS (server.Holds).
+# holds a worker: the server keeps them, with uploads, below WORKERS (serving.Holds).
 WATCHERS = 16
 WATCHERS_PER_CALLER = 8
 # How long Stop and Restart wait for libvirt to pass the request on to the guest (about 1-2 s

@@ -3,6 +3,6 @@
 The libvirt URI comes from $XEND_REST_URI (default xen:///system). Nothing connects to libvirt
 until the first request.
 """
-from .app import make_app
+from xend_rest.api.app import make_app
 
 application = make_app()

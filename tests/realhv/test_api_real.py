@@ -13,9 +13,9 @@ import libvirt
 import pytest
 
 from conftest import Client
-from xend_rest import convert
-from xend_rest.app import make_app
-from xend_rest.server import Server
+from xend_rest.api.app import make_app
+from xend_rest.hypervisor import convert
+from xend_rest.server.serving import Server
 
 from . import guest
 from .conftest import SESSION_PREFIX, _remove_domain

@@ -20,9 +20,9 @@ import libvirt
 import pytest
 
 from conftest import Client, node_xml
-from xend_rest.app import make_app
-from xend_rest.connection import SharedConnection
-from xend_rest.server import Server
+from xend_rest.api.app import make_app
+from xend_rest.hypervisor.libvirt_connection import SharedConnection
+from xend_rest.server.serving import Server
 
 from . import guest
 from .conftest import SESSION_PREFIX

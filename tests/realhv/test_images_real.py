@@ -17,9 +17,9 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from xend_rest.app import make_app
-from xend_rest.security import Guard
-from xend_rest.server import Server
+from xend_rest.api.app import make_app
+from xend_rest.api.security import Guard
+from xend_rest.server.serving import Server
 
 from .conftest import SESSION_PREFIX
 from .guest import wait_until

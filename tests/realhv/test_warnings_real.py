@@ -5,8 +5,8 @@ import libvirt
 import pytest
 
 from conftest import Client
-from xend_rest import convert
-from xend_rest.app import make_app
+from xend_rest.api.app import make_app
+from xend_rest.hypervisor import convert
 
 NODES = '/libvirt/qemu/nodes'
 DEFINITIONS = pathlib.Path(__file__).parent.parent / 'definitions'

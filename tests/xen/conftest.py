@@ -83,7 +83,7 @@ class Guests:
 
     def define(self, stem="vm", **options):
         """Define a guest through POST /nodes/create; its name."""
-        from xend_rest import convert
+        from xend_rest.hypervisor import convert
         name = self.name(stem)
         response = self.rig.api.post(f"{NODES}/create", convert.xml_to_dict(self.xml(name, **options)))
         assert response.status == 201, response

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import node_xml
 from realhv.guest import wait_until
-from xend_rest import convert
+from xend_rest.hypervisor import convert
 
 from .artefacts import READY_MARKER
 from .conftest import NODES

@@ -3,7 +3,7 @@
 Nothing here is started: Debian's qemu-system-xen (an HVM guest's device model) is not in dom0.
 """
 
-from xend_rest import convert
+from xend_rest.hypervisor import convert
 
 from .conftest import NODES
 

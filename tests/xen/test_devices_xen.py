@@ -5,7 +5,7 @@ One guest serves the whole module: each boot costs 20-30 s under emulation.
 
 import pytest
 
-from xend_rest import convert
+from xend_rest.hypervisor import convert
 
 from .conftest import NODES
 
