@@ -28,7 +28,8 @@ REQUIRED = ("qemu-system-x86_64", "mmdebstrap", "zstd", "cpio", "openssl", "dpkg
 
 @pytest.fixture(scope="session")
 def rig(tmp_path_factory):
-    """Xen 4.17 + a Debian dom0 running libvirtd and xend-rest (from its .deb), booted once."""
+    """Xen 4.17 + a Debian dom0 (systemd, Debian's Xen and libvirt units) with xend-rest installed
+    by apt from its .deb, booted once."""
     missing = [b for b in REQUIRED if not shutil.which(b, path=os.environ["PATH"] + ":/usr/sbin:/sbin")]
     if missing:
         _unavailable(f"XEN TIER: {', '.join(missing)} not installed (./dev test installs the TEST_PKGS)")
@@ -43,8 +44,9 @@ def rig(tmp_path_factory):
     except BaseException:
         running.stop()
         raise
-    print(f"xen tier: dom0 answers after {running.boot_seconds:.0f} s")
+    print(f"xen tier: dom0 booted, provisioned, the package installed: {running.timings}")
     yield running
+    print(f"xen tier: phases (s): {running.timings}")
     running.stop()
 
 
