@@ -334,8 +334,8 @@ def _build_in(kernel, tmp, target, log):
     for path, text in DOM0_FILES.items():
         (rootfs / path).parent.mkdir(parents=True, exist_ok=True)
         (rootfs / path).write_text(text)
-    _run(["systemctl", f"--root={rootfs}", "enable", *DOM0_UNITS])
-    _run(["systemd-machine-id-setup", f"--root={rootfs}"])
+    _run(["chroot", str(rootfs), "systemctl", "enable", *DOM0_UNITS])
+    _run(["chroot", str(rootfs), "systemd-machine-id-setup"])
     _drop_vme(rootfs)
     _install_modules(moddir, rootfs, version)
     guest_boot = rootfs / GUEST_KERNEL.lstrip("/")

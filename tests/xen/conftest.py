@@ -23,7 +23,8 @@ from .artefacts import READY_MARKER
 from .rig import Rig
 
 NODES = "/libvirt/xen/nodes"
-REQUIRED = ("qemu-system-x86_64", "mmdebstrap", "zstd", "cpio", "openssl", "dpkg-deb", "apt-get")
+REQUIRED = ("qemu-system-x86_64", "qemu-img", "mmdebstrap", "mke2fs", "openssl", "dpkg-deb",
+            "dpkg-scanpackages", "apt-get")
 
 
 @pytest.fixture(scope="session")
