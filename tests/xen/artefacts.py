@@ -57,10 +57,11 @@ BOOT_MODULES = ("virtio_pci", "virtio_blk", "crc32c_generic", "ext4")
 # In dom0's /lib/modules (with modules.dep: modprobe, udev and Xen's init script load them):
 # the root's, Xen's backends (the init script loads xenfs, xen-evtchn, xen-gntdev), loop for
 # file-backed disks, the guests' bridge, tun for an HVM guest's emulated NIC, QEMU's NIC,
-# overlay for a throwaway root in the package tests, autofs4 for systemd's binfmt_misc automount.
+# overlay for a throwaway root in the package tests, autofs4 and binfmt_misc for systemd's
+# binfmt_misc automount.
 DOM0_MODULES = BOOT_MODULES + (
     "xen_evtchn", "xen_gntdev", "xen_gntalloc", "xen_privcmd", "xenfs", "xen_acpi_processor",
-    "xen_blkback", "xen_netback", "loop", "bridge", "tun", "virtio_net", "overlay", "autofs4",
+    "xen_blkback", "xen_netback", "loop", "bridge", "tun", "virtio_net", "overlay", "autofs4", "binfmt_misc",
 )
 GUEST_MODULES = ("xen_blkfront", "xen_netfront")
 # Not needed in a test dom0: documentation, translations, udev's hardware database.
@@ -118,6 +119,8 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 echo "{BOOT_MARKER} $(cat /proc/sys/kernel/random/boot_id)" > /dev/console
+# On an HVM guest's screen (VGA text), something to see through VNC; nowhere on a PV one.
+echo "xend-rest test guest $(cat /proc/sys/kernel/random/boot_id)" > /dev/tty1 2>/dev/null
 trap 'echo "{POWEROFF_MARKER}" > /dev/console; poweroff -f' USR2
 trap 'echo "{REBOOT_MARKER}" > /dev/console; reboot -f' TERM
 uevent /sbin/uevent-hook &
@@ -125,9 +128,10 @@ for m in $(cat /etc/modules); do
     insmod /lib/modules/$m.ko || echo "XEND-GUEST-ERROR insmod $m" > /dev/console
 done
 echo "{READY_MARKER} cpus=$(grep -c ^processor /proc/cpuinfo)" > /dev/console
-# A shell on the PV console, for the console tests; respawned when it exits.
+# A shell on the PV console, for the console tests; respawned when it exits (an HVM guest may
+# have no hvc0: then it is tried again each second, not in a busy loop).
 (export PS1='{PROMPT} ' HOME=/ TERM=vt100
- while true; do setsid sh -c 'exec sh -i <>/dev/hvc0 >&0 2>&1'; done) &
+ while true; do setsid sh -c 'exec sh -i <>/dev/hvc0 >&0 2>&1'; sleep 1; done) &
 last=""
 while true; do
     now="cpus=$(grep -c ^processor /proc/cpuinfo) mem_kib=$(sed -n 's/^MemTotal: *\\([0-9]*\\).*/\\1/p' /proc/meminfo) disks=$(ls /sys/block | grep xvd | tr '\\n' ,) nics=$(ls /sys/class/net | grep -v lo | tr '\\n' ,)"

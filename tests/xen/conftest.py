@@ -12,6 +12,7 @@ import re
 import secrets
 import shlex
 import shutil
+import threading
 import time
 
 import pytest
@@ -23,6 +24,9 @@ from .artefacts import READY_MARKER
 from .rig import Rig
 
 NODES = "/libvirt/xen/nodes"
+# libvirt's <os><type> for each kind of guest this tier boots with a <kernel> (domaincommon.rng)
+OS_TYPES = {"pv": "<type arch='x86_64' machine='xenpv'>linux</type>",
+            "pvh": "<type arch='x86_64' machine='xenpvh'>xenpvh</type>"}
 REQUIRED = ("qemu-system-x86_64", "qemu-img", "mmdebstrap", "mke2fs", "openssl", "dpkg-deb",
             "dpkg-scanpackages", "apt-get")
 
@@ -64,14 +68,17 @@ class Guests:
         self.names.append(f"{self.prefix}{stem}-{next(self.counter)}")
         return self.names[-1]
 
-    def xml(self, name, memory_mib=256, current_memory_mib=None, vcpus=2, current_vcpus=1, extra=""):
+    def xml(self, name, memory_mib=256, current_memory_mib=None, vcpus=2, current_vcpus=1, extra="", kind="pv"):
+        """A PV guest (kind="pv") or a PVH one ("pvh": the same kernel, entered by Xen directly
+        in a HAP container; no device model, no firmware)."""
+        os_type = OS_TYPES[kind]
         return f"""<domain type='xen'>
   <name>{name}</name>
   <memory unit='MiB'>{memory_mib}</memory>
   <currentMemory unit='MiB'>{current_memory_mib or memory_mib}</currentMemory>
   <vcpu current='{current_vcpus}'>{vcpus}</vcpu>
   <os>
-    <type arch='x86_64' machine='xenpv'>linux</type>
+    {os_type}
     <kernel>{built.GUEST_KERNEL}</kernel>
     <initrd>{built.GUEST_INITRD}</initrd>
     <cmdline>console=hvc0 quiet</cmdline>
@@ -143,3 +150,86 @@ def guests(rig):
     yield made
     for name in made.names:
         made.remove(name)
+
+
+# The HVM guest boots beside the rest of the session (its boot takes minutes under emulated
+# nested paging); test_hvm_xen.py looks at it at the end, before test_reboot_xen.py reboots dom0.
+LAST_MODULES = ("test_hvm_xen.py", "test_reboot_xen.py")
+
+
+def pytest_collection_modifyitems(items):
+    def place(item):
+        name = item.path.name
+        return LAST_MODULES.index(name) + 1 if name in LAST_MODULES else 0
+    items.sort(key=place)  # stable: the order within each group is kept
+
+
+def hvm_xml(name):
+    """An HVM guest: hvmloader and SeaBIOS, the device model (Debian's qemu-system-xen) in dom0,
+    the PV guest's kernel and initramfs booted directly by the device model, its serial port
+    written to the file the tests read, its screen on VNC (loopback in dom0)."""
+    return f"""<domain type='xen'>
+  <name>{name}</name>
+  <memory unit='MiB'>256</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='xenfv'>hvm</type>
+    <loader type='rom'>/usr/lib/xen-4.17/boot/hvmloader</loader>
+    <kernel>{built.GUEST_KERNEL}</kernel>
+    <initrd>{built.GUEST_INITRD}</initrd>
+    <cmdline>console=tty0 console=ttyS0 quiet</cmdline>
+  </os>
+  <features><acpi/><apic/><pae/></features>
+  <clock offset='utc'/>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <emulator>/usr/libexec/xen-qemu-system-i386</emulator>
+    <serial type='file'><source path='/var/log/xen/console/guest-{name}.log'/><target port='0'/></serial>
+    <graphics type='vnc' port='-1' autoport='yes' listen='127.0.0.1'/>
+    <video><model type='cirrus'/></video>
+  </devices>
+</domain>"""
+
+
+class HVMBoot(threading.Thread):
+    """Defines and starts the HVM guest through the API, then waits for its init, recording what
+    each step answered and when."""
+
+    def __init__(self, rig, guests):
+        super().__init__(daemon=True)
+        self.rig, self.guests = rig, guests
+        self.name = guests.name("hvm")
+        self.steps = {}  # step: (seconds since the start, what it answered)
+
+    def run(self):
+        from xend_rest import convert
+        started = time.monotonic()
+        try:
+            created = self.rig.api.post(f"{NODES}/create", convert.xml_to_dict(hvm_xml(self.name)))
+            self.steps["create"] = (time.monotonic() - started, created)
+            response = self.rig.api.post(f"{NODES}/{self.name}/start", timeout=600)
+            self.steps["start"] = (time.monotonic() - started, response)
+            log = shlex.quote(f"/var/log/xen/console/guest-{self.name}.log")
+            waited = self.rig.dom0(f"timeout 900 sh -c 'until grep -q ^{READY_MARKER} {log} 2>/dev/null; "
+                                   "do sleep 2; done'", timeout=905)
+            self.steps["ready"] = (time.monotonic() - started, waited)
+        except Exception as err:  # reported by the test that joins
+            self.steps["error"] = (time.monotonic() - started, repr(err))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hvm_boot(request):
+    """The HVM guest's boot, started with the session's first Xen test when test_hvm_xen.py is
+    to run (it joins the boot, and removes the guest)."""
+    if not any(item.path.name == LAST_MODULES[0] for item in request.session.items):
+        yield None
+        return
+    rig = request.getfixturevalue("rig")
+    boot = HVMBoot(rig, Guests(rig))
+    boot.start()
+    yield boot
+    boot.join(timeout=60)
+    for name in boot.guests.names:
+        boot.guests.remove(name)

@@ -111,12 +111,12 @@ class HTTPSClient:
     def delete(self, path, query="", **kw):
         return self.request("DELETE", path, query=query, **kw)
 
-    def websocket(self, path, query=""):
+    def websocket(self, path, query="", **options):
         """A WebSocket (websockets' own client) to `path`, over TLS with the token."""
         from websockets.sync.client import connect
         return connect(f"wss://localhost:{self.port}{path}" + ("?" + query if query else ""),
                        ssl=self.context, additional_headers={"Authorization": f"Bearer {self.token}"},
-                       open_timeout=60, close_timeout=10)
+                       open_timeout=60, close_timeout=10, **options)
 
 
 class UnixClient:
