@@ -38,7 +38,8 @@ def test_the_hvm_guest_runs_its_device_model_in_dom0(rig, hvm):
     stats = rig.api.get(f"{NODES}/{hvm}/stats").json
     assert stats["State"] == "running", stats
     domid = rig.dom0(f"xl domid {hvm}").out.strip()
-    assert rig.dom0(f"pgrep -f 'xen-qemu-system-i386 -xen-domid {domid} '").rc == 0
+    models = rig.dom0("for p in $(pgrep -x xen-qemu-system); do tr '\\0' ' ' < /proc/$p/cmdline; echo; done").out
+    assert f"/usr/libexec/xen-qemu-system-i386 -xen-domid {domid} " in models, models
 
 
 def test_the_screen_through_vnc_is_a_real_rfb_session_with_pixels(rig, hvm):

@@ -1,7 +1,8 @@
-"""Lifecycle endpoints on Xen (libxl), with 304/409 from state and the guest's own evidence.
+"""Lifecycle endpoints on Xen (libxl), with 304/409 from state and the guest's own evidence, for
+a PV guest and a PVH one.
 
-One guest serves the module (a boot costs 20-60 s under emulation): `running` boots it again
-only when an earlier test left it shut off.
+One guest of each kind serves the module (a boot costs 20-60 s under emulation): `running` boots
+it again only when an earlier test left it shut off.
 """
 
 import pytest
@@ -14,9 +15,10 @@ def domstate(rig, name):
     return rig.dom0(f"virsh -c xen:///system domstate {name}").out.strip()
 
 
-@pytest.fixture(scope="module")
-def guest(guests):
-    return guests.define("life")
+@pytest.fixture(scope="module", params=["pv", "pvh"])
+def guest(request, guests):
+    """A PV guest, then a PVH one (the same kernel): every test of the module runs for each."""
+    return guests.define(f"life-{request.param}", kind=request.param)
 
 
 @pytest.fixture

@@ -1,23 +1,24 @@
 """dom0 rebooted as its administrator reboots it (`systemctl reboot`), with two PV guests running:
 one marked autostart, one not. The last module of the session (conftest orders it so).
 
-Who acts on guests at shutdown and boot on this Debian dom0 (docs/xen.md, "dom0 reboots"):
+Who acts on guests at shutdown and boot on this Debian 12 dom0 (docs/xen.md, "dom0 reboots"):
 - libvirt-guests.service (libvirt-daemon-system, enabled): ON_SHUTDOWN=shutdown, so at shutdown it
   asks every running guest libvirt knows to shut down, and waits for them; ON_BOOT=ignore, so at
-  boot it starts nothing itself.
+  boot it starts nothing itself. As Debian ships it, it is ordered after libvirtd's socket but
+  not after libvirtd.service, which systemd then stops beside it: it finds no libvirtd ("Can't
+  connect to default. Skipping.") and the guests end with dom0, never shut down. The rig, as
+  docs/xen.md tells administrators, adds After=libvirtd.service (rig.LIBVIRT_GUESTS_DROP_IN).
 - libvirtd starts the guests marked autostart when it starts.
 - xendomains (xen-utils-common, an enabled init script) would save running guests with `xl save`
   at shutdown and restore them at boot behind libvirt's back, but libvirtd.service conflicts with
   it (Conflicts=xendomains.service): systemd drops its start at boot, so it is never active and
   neither its stop nor its start runs.
 
-Expected, then: both guests are shut down cleanly at shutdown (their own power-off marker); after
-boot the autostart guest runs again, booted afresh, with its UUID; the other is defined and shut
-off; no domain runs that libvirt does not know; libvirtd started after Xen's init script; the
-daemon is up without anyone starting it.
+Expected, then: both guests are shut down cleanly by libvirt-guests at shutdown (their own
+power-off marker); after boot the autostart guest runs again, booted afresh, with its UUID; the
+other is defined and shut off; no domain runs that libvirt does not know; libvirtd started after
+Xen's init script; the daemon is up without anyone starting it.
 """
-
-import re
 
 import pytest
 
@@ -72,7 +73,8 @@ def test_both_guests_were_shut_down_by_libvirt_guests(rig, guests, rebooted):
     for name in (auto, plain):
         assert guests.count(name, POWEROFF_MARKER) == before[name]["poweroffs"] + 1, guests.console(name)
     journal = rig.dom0("journalctl -b -1 -u libvirt-guests --no-pager -o cat").out
-    assert re.search(rf"Shutting down {re.escape(plain)}|Waiting for .*guests", journal), journal
+    for name in (auto, plain):
+        assert f"Shutdown of guest {name} complete." in journal, journal
 
 
 def test_the_autostart_guest_runs_again_with_its_uuid_and_the_other_is_shut_off(rig, guests, rebooted):
