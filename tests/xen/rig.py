@@ -327,9 +327,11 @@ class Rig:
     def diagnostics(self):
         parts = [f"--- Xen/dom0 console ---\n{_tail(self.console)}"]
         try:
+            # A triple fault of a PVH or HVM guest is this rig's (QEMU's emulated nested paging),
+            # not Xen's or libvirt's: say so when it happened.
             logs = self.dom0("systemctl --no-pager --failed; journalctl -b --no-pager -n 40 -u xend-rest "
-                             "-u libvirtd -u xen -u xendomains; tail -n 15 /var/log/libvirt/libxl/libxl-driver.log",
-                             timeout=20)
+                             "-u libvirtd -u xen -u xendomains; tail -n 15 /var/log/libvirt/libxl/libxl-driver.log; "
+                             "xl dmesg | grep 'Triple fault'", timeout=20)
             parts.append(f"--- dom0 units and journal ---\n{logs.out}{logs.err}")
         except (OSError, http.client.HTTPException, ValueError) as err:
             parts.append(f"(dom0 agent unreachable: {err})")

@@ -69,11 +69,12 @@ def test_a_pv_disk_hot_plugged_is_seen_by_the_guest_s_pv_drivers(rig, guests, hv
 
 
 def test_an_emulated_disk_hot_plug_is_refused_and_changes_nothing(rig, hvm):
-    """libxl cannot hot-plug an emulated (IDE) disk. What the daemon answers is recorded
-    (TODO(issue 21, daemon): the contract's refusal for a device the driver cannot hot-plug)."""
+    """libxl cannot hot-plug an emulated (IDE) disk: libvirt refuses the device as such
+    (CONFIG_UNSUPPORTED, "disk bus 'ide' cannot be hotplugged"), the contract's 400."""
     before = rig.dom0(f"virsh -c xen:///system domblklist {hvm}").out
     response = rig.api.post(f"{NODES}/{hvm}/devices/attach", query=f"flag={LIVE}", body=disk("hdb", "ide"),
                             timeout=180)
     print(f"xen tier: an IDE disk hot-plugged into an HVM guest: {response.status} {response.body[:300]!r}")
-    assert 400 <= response.status < 600, response
+    assert response.status == 400 and response.json["code"] == "bad_definition", response
+    assert "cannot be hotplugged" in response.json["message"]
     assert rig.dom0(f"virsh -c xen:///system domblklist {hvm}").out == before
