@@ -23,13 +23,14 @@ def disk(target, bus, image=PV_DISK_IMAGE):
 @pytest.fixture(scope="module")
 def hvm(rig, hvm_boot):
     """The HVM guest's name once its init is up (the boot is joined here), removed at the end."""
-    hvm_boot.join(timeout=900)
+    if hvm_boot.ident is not None:
+        hvm_boot.join(timeout=900)
     steps = {step: f"{seconds:.0f} s: {answer!r}"[:300] for step, (seconds, answer) in hvm_boot.steps.items()}
     print(f"xen tier: the HVM guest's boot beside the other tests: {steps}")
-    assert "error" not in hvm_boot.steps, steps
     assert hvm_boot.steps["create"][1].status == 201, steps
     assert hvm_boot.steps["start"][1].status == 204, steps
-    assert hvm_boot.steps["ready"][1].rc == 0, (steps, hvm_boot.guests.console(hvm_boot.name)[-2000:])
+    ready = hvm_boot.steps["ready"][1]
+    assert getattr(ready, "rc", None) == 0, (steps, hvm_boot.guests.console(hvm_boot.name)[-2000:], rig.diagnostics())
     yield hvm_boot.name
     hvm_boot.guests.remove(hvm_boot.name)
 
