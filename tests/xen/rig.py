@@ -210,7 +210,7 @@ class Rig:
         result = self.dom0("systemctl stop libvirtd.service && systemctl enable --now libvirtd-tls.socket "
                            "&& systemctl start libvirtd.service", timeout=120)
         assert result.rc == 0, result
-        self.wait(self._daemon_answers, 120, "xend-rest answering over TLS in dom0")
+        self.wait(self.daemon_answers, 120, "xend-rest answering over TLS in dom0")
         self.timings["install"] = time.monotonic() - started
 
     def boot(self, timeout=300):
@@ -268,7 +268,7 @@ class Rig:
                            timeout=timeout)
         assert result.rc == 0, result
         if wait:
-            self.wait(self._daemon_answers, 120, "xend-rest answering over TLS in dom0")
+            self.wait(self.daemon_answers, 120, "xend-rest answering over TLS in dom0")
         return result
 
     def wait(self, predicate, timeout, what):
@@ -286,15 +286,13 @@ class Rig:
             time.sleep(1)
             return False
 
-    def _daemon_answers(self):
+    def daemon_answers(self):
+        """True once xend-rest answers a List with 200 over TLS."""
         try:
             return self.api.get("/libvirt/xen/nodes/json", timeout=5).status == 200
         except (OSError, http.client.HTTPException):
             time.sleep(1)
             return False
-
-    def daemon_answers(self):
-        return self._daemon_answers()
 
     def dom0(self, command, timeout=60):
         """Run a shell command in dom0 through the test agent."""

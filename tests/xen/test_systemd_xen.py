@@ -23,10 +23,6 @@ def main_pid(rig, unit=UNIT):
     return int(rig.unit(unit, "MainPID")["MainPID"])
 
 
-def answers(rig):
-    return lambda: rig.daemon_answers()
-
-
 def test_libvirtd_is_ordered_after_xen_by_the_package_and_was_not_before(rig):
     """On the rig's first boot, before the package was there, libvirtd started before Xen's
     init script had finished: its libxl driver stayed inactive and the daemon, installed then,
@@ -53,7 +49,7 @@ def test_active_only_once_it_listens(rig):
     journal = rig.dom0(f"journalctl -u {UNIT} -n 30 --no-pager -o cat").out
     listening = journal.rindex("listening on unix:/run/xend-rest/api.sock")
     assert journal.rindex("Started xend-rest.service") > listening, journal
-    wait_until(answers(rig), 60, "the daemon answering over TLS again")
+    wait_until(rig.daemon_answers, 60, "the daemon answering over TLS again")
 
 
 @pytest.fixture
@@ -67,7 +63,7 @@ def broken(rig):
     result = rig.dom0(f"rm -f {BROKEN_DROP_IN} /etc/xend-rest/broken.conf && systemctl daemon-reload "
                       f"&& systemctl reset-failed {UNIT}; systemctl restart {UNIT}", timeout=120)
     assert result.rc == 0, result
-    wait_until(answers(rig), 60, "the daemon answering again")
+    wait_until(rig.daemon_answers, 60, "the daemon answering again")
 
 
 def test_a_configuration_error_leaves_the_unit_failed_not_restarting(rig, broken):
@@ -89,7 +85,7 @@ def test_a_configuration_error_leaves_the_unit_failed_not_restarting(rig, broken
 def test_restart_of_libvirtd_is_survived_without_a_restart_of_the_daemon(rig):
     before = rig.unit(UNIT, "MainPID", "NRestarts")
     assert rig.dom0("systemctl restart libvirtd.service", timeout=120).rc == 0
-    wait_until(answers(rig), 90, "the daemon answering after libvirtd's restart")
+    wait_until(rig.daemon_answers, 90, "the daemon answering after libvirtd's restart")
     assert rig.api.get(f"{NODES}/json").status == 200
     assert rig.unit(UNIT, "MainPID", "NRestarts") == before
 
@@ -101,7 +97,7 @@ def test_libvirtd_killed_is_survived_without_a_restart_of_the_daemon(rig):
     killed = main_pid(rig, "libvirtd.service")
     assert rig.dom0(f"kill -KILL {killed}").rc == 0
     wait_until(lambda: main_pid(rig, "libvirtd.service") not in (0, killed), 90, "libvirtd started again")
-    wait_until(answers(rig), 90, "the daemon answering after libvirtd's SIGKILL")
+    wait_until(rig.daemon_answers, 90, "the daemon answering after libvirtd's SIGKILL")
     assert rig.unit(UNIT, "MainPID", "NRestarts") == before
 
 
@@ -110,7 +106,7 @@ def test_sigkill_brings_the_daemon_back_through_restart(rig):
     assert rig.dom0(f"systemctl kill -s SIGKILL {UNIT}").rc == 0
     wait_until(lambda: rig.unit(UNIT, "ActiveState", "MainPID")["MainPID"] not in ("0", before["MainPID"]),
                90, "the daemon started again by Restart=")
-    wait_until(answers(rig), 90, "the daemon answering after its restart")
+    wait_until(rig.daemon_answers, 90, "the daemon answering after its restart")
     assert int(rig.unit(UNIT, "NRestarts")["NRestarts"]) == int(before["NRestarts"]) + 1
 
 
@@ -146,7 +142,7 @@ def test_stop_with_a_console_and_an_event_stream_open_ends_them_cleanly(rig, gue
     assert lines and lines[-1].get("Notice") == "closed", body
     conn.close()
     assert rig.dom0(f"systemctl start {UNIT}", timeout=120).rc == 0
-    wait_until(answers(rig), 60, "the daemon answering after its start")
+    wait_until(rig.daemon_answers, 60, "the daemon answering after its start")
 
 
 def test_systemd_analyze_security_rates_the_unit_as_documented(rig):
