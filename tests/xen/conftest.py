@@ -14,6 +14,7 @@ import shlex
 import shutil
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +24,7 @@ from . import artefacts as built
 from .artefacts import READY_MARKER
 from .rig import Rig
 
+HERE = Path(__file__).parent
 NODES = "/libvirt/xen/nodes"
 # libvirt's <os><type> for each kind of guest this tier boots with a <kernel> (domaincommon.rng)
 OS_TYPES = {"pv": "<type arch='x86_64' machine='xenpv'>linux</type>",
@@ -152,16 +154,26 @@ def guests(rig):
         made.remove(name)
 
 
-# The HVM guest boots beside the rest of the session (its boot takes minutes under emulated
-# nested paging); test_hvm_xen.py looks at it at the end, before test_reboot_xen.py reboots dom0.
-LAST_MODULES = ("test_hvm_xen.py", "test_reboot_xen.py")
+# The order of the modules: the HVM guest (conftest.hvm_boot) boots beside the modules that boot
+# no guest of their own, its tests follow and remove it; then the rest, whose guests a running
+# HVM guest would slow about threefold (each of its timer ticks is a nested exit that QEMU
+# emulates); dom0's reboot ends the session.
+FIRST_MODULES = ("test_create_xen.py", "test_images_xen.py", "test_package_xen.py", "test_hvm_xen.py")
+HVM_MODULE = "test_hvm_xen.py"
+LAST_MODULES = ("test_reboot_xen.py",)
 
 
 def pytest_collection_modifyitems(items):
+    """Reorder this tier's tests among themselves, in the places they hold in the session."""
     def place(item):
         name = item.path.name
+        if name in FIRST_MODULES:
+            return FIRST_MODULES.index(name) - len(FIRST_MODULES)
         return LAST_MODULES.index(name) + 1 if name in LAST_MODULES else 0
-    items.sort(key=place)  # stable: the order within each group is kept
+    here = [index for index, item in enumerate(items) if item.path.parent == HERE]
+    ordered = sorted((items[index] for index in here), key=place)  # stable within each group
+    for index, item in zip(here, ordered):
+        items[index] = item
 
 
 def hvm_xml(name):
@@ -226,9 +238,9 @@ class HVMBoot(threading.Thread):
 
 @pytest.fixture(scope="session", autouse=True)
 def hvm_boot(request):
-    """The HVM guest's boot, started with the session's first Xen test when test_hvm_xen.py is
-    to run (it joins the boot, and removes the guest)."""
-    if not any(item.path.name == LAST_MODULES[0] for item in request.session.items):
+    """The HVM guest's boot, started before the session's first Xen test when test_hvm_xen.py
+    is to run (it joins the boot, and removes the guest)."""
+    if not any(item.path.name == HVM_MODULE for item in request.session.items):
         yield None
         return
     rig = request.getfixturevalue("rig")
