@@ -124,17 +124,22 @@ def test_installed_into_an_image_with_dpkg_comes_out_enabled_and_purged_leaves_n
     assert rig.dom0(f"systemctl is-active {UNIT}").out.strip() == "active"
 
 
-def test_remove_stops_purge_removes_the_configuration_then_install_again(rig):
-    """`apt-get remove` stops the daemon and keeps the configuration; `apt-get purge` removes it
-    and leaves no enablement link behind; installing again brings it all back."""
+def test_remove_stops_install_again_starts_purge_removes_the_configuration(rig):
+    """`apt-get remove` stops the daemon, keeps the configuration and masks the unit meanwhile;
+    installing again unmasks and starts it; `apt-get purge` removes the configuration and leaves
+    no enablement link behind; installing after that brings it all back."""
     removed = rig.dom0("DEBIAN_FRONTEND=noninteractive apt-get remove -y -q xend-rest", timeout=300)
     assert removed.rc == 0, removed
     assert rig.dom0("pgrep -x xend-rest").rc == 1
     assert rig.dom0("test -S /run/xend-rest/api.sock").rc == 1
     assert rig.dom0("dpkg-query -W -f '${Status}' xend-rest").out == "deinstall ok config-files"
     assert rig.dom0("test -e /etc/xend-rest/xend-rest.conf").rc == 0
+    assert rig.dom0(f"systemctl is-enabled {UNIT}").out.strip() == "masked"
+    rig.install(DEB_IN_DOM0, rig.deb)  # the configuration kept: the daemon answers as before
+    assert rig.dom0(f"systemctl is-enabled {UNIT}").out.strip() == "enabled"
     purged = rig.dom0("DEBIAN_FRONTEND=noninteractive apt-get purge -y -q xend-rest", timeout=300)
     assert purged.rc == 0, purged
+    assert rig.dom0("pgrep -x xend-rest").rc == 1
     assert rig.dom0("test -e /etc/xend-rest").rc == 1
     links = rig.dom0("find /etc/systemd/system -name 'xend-rest.service' -type l").out
     assert links == "", links
