@@ -176,9 +176,6 @@ LinkLocalAddressing=no
 [Link]
 RequiredForOnline=no
 """,
-    # Debian's /etc/init.d/xen passes these to xenconsoled: guests' consoles logged to files
-    # (/var/log/xen/console/guest-NAME.log), which the tests read.
-    "etc/default/xen": 'XENCONSOLED_ARGS="--log=guest --log-dir=/var/log/xen/console"\n',
     "var/log/xen/console/.keep": "",
     # TEST RIG ONLY, on the first boot of each run (the rig removes it): Xen's start waits until
     # libvirtd is up, so that libvirtd surely starts before Xen, as it may on any Debian dom0 where
@@ -200,6 +197,13 @@ KillMode=process
 [Install]
 WantedBy=multi-user.target
 """,
+}
+# Lines added at the end of the packages' own files (path: text).
+DOM0_APPENDED = {
+    # Debian's /etc/init.d/xen passes these to xenconsoled (the XENCONSOLED_TRACE this file
+    # documents is passed on by nothing): guests' consoles logged to
+    # /var/log/xen/console/guest-NAME.log, which the tests read.
+    "etc/default/xen": 'XENCONSOLED_ARGS="--log=guest --log-dir=/var/log/xen/console"\n',
 }
 # Enabled in the image besides what the packages enabled.
 DOM0_UNITS = ("systemd-networkd.service", "xen-rig-agent.service")
@@ -264,7 +268,8 @@ def cache_key(kernel):
         digest.update(f"{package}={version}\n".encode())
     parts = (BOOT_INIT, GUEST_INIT, GUEST_UEVENT_HOOK, " ".join(DOM0_PACKAGES + REPO_PACKAGES),
              " ".join(BOOT_MODULES + DOM0_MODULES + GUEST_MODULES + DOM0_UNITS), " ".join(SHRINK),
-             IMAGE_SIZE, str(RECIPE), *HOOKS, *(f"{path}\0{text}" for path, text in sorted(DOM0_FILES.items())))
+             IMAGE_SIZE, str(RECIPE), *HOOKS,
+             *(f"{path}\0{text}" for path, text in sorted(DOM0_FILES.items()) + sorted(DOM0_APPENDED.items())))
     for part in parts:
         digest.update(part.encode() + b"\0")
     return f"{kernel[len('linux-image-'):]}-{digest.hexdigest()[:12]}"
@@ -338,6 +343,9 @@ def _build_in(kernel, tmp, target, log):
     for path, text in DOM0_FILES.items():
         (rootfs / path).parent.mkdir(parents=True, exist_ok=True)
         (rootfs / path).write_text(text)
+    for path, text in DOM0_APPENDED.items():
+        with open(rootfs / path, "a") as appended:
+            appended.write(text)
     _run(["chroot", str(rootfs), "systemctl", "enable", *DOM0_UNITS])
     _run(["chroot", str(rootfs), "systemd-machine-id-setup"])
     _drop_vme(rootfs)
