@@ -2,7 +2,7 @@
 import importlib
 import sys
 
-BENCHMARKS = ['api', 'server', 'scale', 'images', 'connections']
+BENCHMARKS = ['api', 'server', 'scale', 'images', 'connections', 'bodies']
 
 
 def main(names):

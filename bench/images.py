@@ -66,10 +66,10 @@ class PeakRSS(threading.Thread):
         self.join()
 
 
-def start_daemon(port):
+def start_daemon(port, state_dir):
     process = subprocess.Popen(
         [sys.executable, '-m', 'xend_rest', '--uri', URI, '--listen', '127.0.0.1:%d' % port,
-         '--log-level', 'WARNING'], stdin=subprocess.DEVNULL)
+         '--log-level', 'WARNING', '--state-dir', state_dir], stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -143,7 +143,8 @@ def _run(size_mib):
     pool.build(0)
     pool.create(0)
     port = free_port()
-    daemon = start_daemon(port)
+    state = tempfile.mkdtemp(prefix='xrt-bench-state-')  # not in the pool: it would be listed
+    daemon = start_daemon(port, state)
     try:
         path = '/libvirt/xen/images/%s/bench.raw' % name
         idle = memory(daemon.pid)[0]
@@ -167,6 +168,7 @@ def _run(size_mib):
         pool.destroy()
         pool.undefine()
         shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(state, ignore_errors=True)
         conn.close()
 
 

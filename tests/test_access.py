@@ -260,7 +260,8 @@ def test_a_client_cannot_claim_the_unix_socket_with_a_header(locked):
 # -- TLS client certificates ----------------------------------------------------------------
 
 def tls(cn):
-    return {'xend_rest.transport': 'tls', 'xend_rest.client_cn': cn}
+    """A TLS request's environ as our server gives it: the verified certificate's subject."""
+    return {'xend_rest.transport': 'tls', 'xend_rest.client_subject': ((('commonName', cn),),)}
 
 
 def test_any_verified_client_is_admin_without_an_allow_list(make_client):

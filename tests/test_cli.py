@@ -173,6 +173,22 @@ def test_max_head_from_flag_file_and_default(tmp_path):
     assert parse_args(['--config', str(path)]).max_head == 4096
 
 
+def test_per_caller_shares_from_flag_file_and_default(tmp_path):
+    from xend_rest import defaults
+    args = parse_args([])
+    assert (args.watchers_per_caller, args.console_sessions_per_caller,
+            args.console_tickets_per_caller) == (
+        defaults.WATCHERS_PER_CALLER, defaults.CONSOLE_SESSIONS_PER_CALLER,
+        defaults.CONSOLE_TICKETS_PER_CALLER)
+    path = tmp_path / 'xend-rest.conf'
+    path.write_text('[xend-rest]\nwatchers-per-caller = 3\nconsole-sessions-per-caller = 2\n'
+                    'console-tickets-per-caller = 7\n')
+    args = parse_args(['--config', str(path), '--watchers-per-caller', '5'])
+    assert (args.watchers_per_caller, args.console_sessions_per_caller,
+            args.console_tickets_per_caller) == (5, 2, 7)
+    assert parse_args(['--console-tickets-per-caller', '9']).console_tickets_per_caller == 9
+
+
 # -- several connections ------------------------------------------------------------------------
 
 def connections(args):
@@ -318,3 +334,11 @@ def test_the_daemon_starts_without_the_console_machinery():
     found = subprocess.run([sys.executable, '-c', code, *lazy], cwd=REPO, capture_output=True,
                            text=True, check=True).stdout
     assert found.split() == []
+
+
+def test_state_dir(tmp_path):
+    assert parse_args([]).state_dir == "/var/lib/xend-rest"
+    config = tmp_path / "xend-rest.conf"
+    config.write_text("[xend-rest]\nstate-dir = /srv/xend-rest\n")
+    assert parse_args(["--config", str(config)]).state_dir == "/srv/xend-rest"
+    assert parse_args(["--config", str(config), "--state-dir", str(tmp_path)]).state_dir == str(tmp_path)

@@ -1,6 +1,7 @@
 """The pooled libvirt connection: closed for real when let go; a hung open is waited for once."""
 import json
 import threading
+import time
 
 import libvirt
 import pytest
@@ -71,3 +72,41 @@ def test_a_hung_open_is_not_waited_for_again(node_uri, monkeypatch):
     finally:
         release.set()
         app.close()
+
+
+def test_calls_on_one_connection_are_made_one_at_a_time(node_uri, monkeypatch):
+    """libvirt 9.0's client kills the process when it closes a connection that two threads are
+    waiting on (tests/realhv/test_faults.py has the crash): requests sharing a connection make
+    their calls on it, and on the domains it returned, one at a time."""
+    inside, most, counting = [0], [0], threading.Lock()
+    real = libvirt.virDomain.XMLDesc
+
+    def slow_xml(dom, flags=0):
+        with counting:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        try:
+            time.sleep(0.05)  # as a call waits for libvirtd's answer, the GIL free
+            return real(dom, flags)
+        finally:
+            with counting:
+                inside[0] -= 1
+
+    monkeypatch.setattr(libvirt.virDomain, 'XMLDesc', slow_xml)
+    app = make_app(uri=node_uri)
+    client = Client(app)
+    answers = []
+
+    def list_all():
+        answers.append(client.get(NODES + '/json', 'all=1'))
+
+    requests = [threading.Thread(target=list_all) for _ in range(4)]
+    try:
+        for request in requests:
+            request.start()
+        for request in requests:
+            request.join(BOUND)
+    finally:
+        app.close()
+    assert [answer.status for answer in answers] == [200] * 4
+    assert most == [1]

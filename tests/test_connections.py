@@ -239,17 +239,20 @@ def test_the_tokens_file_says_which_connections_a_token_covers(tokens_file):
     assert tokens[TOKENS['everything']] == (security.Grant('admin', None), 'line 3')
 
 
-def test_a_token_limited_to_one_connection_is_403_on_another(scoped):
+def test_a_connection_a_token_does_not_cover_is_one_that_does_not_exist(scoped):
+    """What a credential cannot act on, it cannot see: not even that it is there."""
     assert as_(scoped, 'a-operator', 'POST', '/libvirt/a/nodes/idle/start').status == 204
-    for method, path in (('GET', '/libvirt/b/nodes/json'), ('POST', '/libvirt/b/nodes/build/start'),
-                         ('GET', '/libvirt/b/info'), ('GET', '/libvirt/b/events')):
-        response = as_(scoped, 'a-operator', method, path)
-        assert response.status == 403, path
-        assert response.json == {'code': 'forbidden', 'message': 'your credentials do not '
-                                 'cover the connection b (only a)'}
+    for method, path in (('GET', '/libvirt/{}/nodes/json'), ('GET', '/libvirt/{}/info'),
+                         ('POST', '/libvirt/{}/nodes/build/start'), ('GET', '/libvirt/{}/events'),
+                         ('POST', '/libvirt/{}/nodes/create')):
+        for name in ('b', 'c'):  # b is configured, c is not: the answers differ in the name only
+            response = as_(scoped, 'a-operator', method, path.format(name))
+            assert response.status == 404, path
+            assert response.json == {'code': 'no_such_connection', 'message': 'no such '
+                                     f'hypervisor connection: {name} (configured: a)'}
     assert scoped.app.hypervisors['b'].connection.connects == 0  # refused before libvirt
-    response = as_(scoped, 'a-operator', 'GET', '/libvirt/c/nodes/json')
-    assert response.status == 404 and response.json['code'] == 'no_such_connection'
+    response = as_(scoped, 'everything', 'GET', '/libvirt/c/nodes/json')
+    assert response.json['message'] == 'no such hypervisor connection: c (configured: a, b, x)'
 
 
 def test_the_role_still_applies_within_the_covered_connections(scoped):
@@ -260,7 +263,10 @@ def test_the_role_still_applies_within_the_covered_connections(scoped):
 
 def test_the_default_connections_info_needs_the_default_connection(scoped):
     assert as_(scoped, 'a-operator', 'GET', '/info').status == 200  # a: the default
-    assert as_(scoped, 'b-reader', 'GET', '/info').status == 403
+    response = as_(scoped, 'b-reader', 'GET', '/info')
+    assert response.status == 403
+    assert response.json['message'] == 'this route acts on the default connection, which your ' \
+        'credentials do not cover (only b, x)'  # and does not name it
     assert as_(scoped, 'b-reader', 'GET', '/_ping').status == 200
     assert as_(scoped, 'b-reader', 'GET', '/openapi.json').status == 200
 
@@ -268,11 +274,52 @@ def test_the_default_connections_info_needs_the_default_connection(scoped):
 def test_listings_show_only_the_connections_a_token_covers(scoped):
     listed = as_(scoped, 'b-reader', 'GET', '/libvirt/json').json
     assert [item['Name'] for item in listed] == ['b', 'x']
-    assert set(as_(scoped, 'b-reader', 'GET', '/version').json['Connections']) == {'b', 'x'}
+    version = as_(scoped, 'b-reader', 'GET', '/version').json
+    assert set(version['Connections']) == {'b', 'x'}
+    assert version['Hypervisor'] is None  # the default connection's, which it does not cover
     metrics = as_(scoped, 'b-reader', 'GET', '/metrics').body.decode()
     assert 'connection="b"' in metrics and 'connection="a"' not in metrics
     assert [item['Name'] for item in as_(scoped, 'everything', 'GET', '/libvirt/json').json] == \
         ['a', 'b', 'x']
+
+
+def test_metrics_count_the_requests_of_the_covered_connections_only(scoped):
+    """The request counters of another connection's routes say what is done there, and its name."""
+    for who, path in (('a-operator', '/libvirt/a/nodes/json'), ('a-operator', '/info'),
+                      ('b-reader', '/libvirt/b/nodes/json'), ('everything', '/libvirt/x/info'),
+                      ('everything', '/libvirt/c/nodes/json'), ('b-reader', '/_ping')):
+        as_(scoped, who, 'GET', path)
+    text = as_(scoped, 'b-reader', 'GET', '/metrics').body.decode()
+    requests = {labels for name, labels in _samples(text) if name == 'xend_http_requests_total'}
+    assert requests == {'{route="GET /libvirt/b/nodes/json",status="200"}',
+                        '{route="GET /libvirt/x/info",status="503"}',
+                        '{route="unmatched",status="404"}',  # c: no such connection
+                        '{route="GET /_ping",status="200"}'}
+    text = as_(scoped, 'everything', 'GET', '/metrics').body.decode()
+    assert 'route="GET /libvirt/a/nodes/json",status="200"' in text
+    assert 'route="GET /info",status="200"' in text
+
+
+def test_daemon_wide_totals_are_for_credentials_that_cover_every_connection(scoped):
+    """The console totals count the sessions of every connection together."""
+    assert 'xend_console_sessions' in as_(scoped, 'everything', 'GET', '/metrics').body.decode()
+    assert 'xend_console_sessions' not in as_(scoped, 'b-reader', 'GET', '/metrics').body.decode()
+
+
+def test_openapi_names_only_the_covered_connections(scoped):
+    def enum(who):
+        spec = as_(scoped, who, 'GET', '/openapi.json').json
+        return spec['paths']['/libvirt/{connection}/info']['get']['parameters'][0]['schema']['enum']
+    assert enum('b-reader') == ['b', 'x']
+    assert enum('a-operator') == ['a']
+    assert enum('everything') == ['a', 'b', 'x']
+
+
+def test_ping_says_whether_the_default_connection_is_up_only_to_those_it_covers(scoped):
+    as_(scoped, 'a-operator', 'GET', '/info')  # a, the default, is now connected
+    assert as_(scoped, 'a-operator', 'GET', '/_ping').headers['Libvirt-Connected'] == 'true'
+    response = as_(scoped, 'b-reader', 'GET', '/_ping')
+    assert response.status == 200 and 'Libvirt-Connected' not in response.headers
 
 
 def test_a_tls_client_may_be_limited_to_some_connections(uris):
@@ -283,10 +330,11 @@ def test_a_tls_client_may_be_limited_to_some_connections(uris):
     client = Client(make_app(connections=uris, guard=Guard(tls_clients=clients)))
 
     def call(cn, method, path):
+        subject = ((('commonName', cn),),)
         return client.request(method, path, headers={'xend_rest.transport': 'tls',
-                                                     'xend_rest.client_cn': cn}).status
+                                                     'xend_rest.client_subject': subject}).status
 
-    assert call('monitor', 'GET', '/libvirt/a/nodes/json') == 403
+    assert call('monitor', 'GET', '/libvirt/a/nodes/json') == 404
     assert call('monitor', 'GET', '/libvirt/b/nodes/json') == 200
     assert call('ops', 'POST', '/libvirt/b/nodes/build/start') == 204
     assert call('alice', 'GET', '/libvirt/a/nodes/json') == 200

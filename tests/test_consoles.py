@@ -25,6 +25,7 @@ from xend_rest.bridge import Bridge
 from xend_rest.bridges import Bridges
 from xend_rest.framing import WebSocketFraming
 from xend_rest.connection import start_event_loop
+from xend_rest.sessions import Upgrade
 from xend_rest.websocket import BINARY, CLOSE, PING, PONG, TEXT
 
 CONSOLE = '/libvirt/xen/nodes/web/console'
@@ -414,7 +415,7 @@ def upgrade_headers(hook=True):
                'HTTP_SEC_WEBSOCKET_VERSION': '13',
                'HTTP_SEC_WEBSOCKET_KEY': base64.b64encode(os.urandom(16)).decode()}
     if hook:
-        headers['xend_rest.upgrade'] = lambda session: None
+        headers['xend_rest.upgrade'] = Upgrade()  # what our server puts there
     return headers
 
 
@@ -433,7 +434,7 @@ def test_under_a_foreign_wsgi_server_the_console_is_501_saying_why(test_driver):
 
 
 def test_without_the_upgrade_the_console_is_426(test_driver):
-    answer = test_driver.request('GET', CONSOLE, headers={'xend_rest.upgrade': lambda s: None})
+    answer = test_driver.request('GET', CONSOLE, headers={'xend_rest.upgrade': Upgrade()})
     assert answer.status == 426
     assert answer.headers['Upgrade'] == 'websocket'
 

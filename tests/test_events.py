@@ -13,7 +13,7 @@ import libvirt
 import pytest
 
 from xend_rest.app import make_app
-from xend_rest.events import LIFECYCLE_EVENTS, EventHub, lifecycle_names
+from xend_rest.events import CLIENT_CHECK, LIFECYCLE_EVENTS, EventHub, lifecycle_names
 from xend_rest.server import Server
 
 from conftest import Client, WEB_UUID, until
@@ -138,6 +138,64 @@ def test_a_vanished_client_is_noticed_and_unsubscribed(node_uri):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
         sock.close()  # a reset, as when a client machine vanishes and comes back
         until(lambda: app.hypervisor.events.subscribers == 0)
+
+
+def hang_up(sock, how):
+    """Leave as a client does: close (FIN), reset (RST: a machine that vanished and came
+    back), or send more first (bytes the server has not read, before the FIN)."""
+    if how == 'reset':
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
+    if how == 'more bytes, then close':
+        sock.sendall(b'GET /_ping HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n')
+    sock.close()
+
+
+@pytest.mark.parametrize('how', ['close', 'reset', 'more bytes, then close'])
+def test_a_stream_whose_client_hung_up_frees_its_slot_before_a_heartbeat(node_uri, how):
+    """The default heartbeat is 15 s, and a write to a vanished client fails only at the second
+    one: the server's word that the client hung up ends the stream within seconds."""
+    with serving(node_uri) as (app, address):
+        sock = socket.create_connection(address, timeout=BOUND)
+        sock.sendall(b'GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n' % EVENTS.encode())
+        assert sock.recv(100).startswith(b'HTTP/1.1 200')
+        hang_up(sock, how)
+        until(lambda: app.hypervisor.events.subscribers == 0)
+
+
+WAIT = b'POST %s/idle/wait?condition=running&timeout=600 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n' % (
+    NODES.encode())
+
+
+@pytest.mark.parametrize('how', ['close', 'reset', 'more bytes, then close'])
+def test_a_wait_whose_client_hung_up_frees_its_slot_within_seconds(node_uri, how, caplog):
+    """Not after its timeout (600 s here): sixteen such waits would lock every watcher out."""
+    caplog.set_level('INFO', logger='xend_rest.access')
+    with serving(node_uri) as (app, address):
+        sock = socket.create_connection(address, timeout=BOUND)
+        sock.sendall(WAIT)
+        until(lambda: app.hypervisor.events.subscribers == 1)
+        hang_up(sock, how)
+        until(lambda: app.hypervisor.events.subscribers == 0)
+        until(lambda: any(' 499 ' in r.getMessage() for r in caplog.records))
+    [line] = [r.getMessage() for r in caplog.records if ' 499 ' in r.getMessage()]
+    assert line.startswith('POST %s/idle/wait?condition=running&timeout=600 499 ' % NODES)
+
+
+def test_a_client_that_sends_its_next_request_while_it_waits_is_still_there(node_uri):
+    """A pipelined request is no hang-up: the wait goes on, and both are answered in order."""
+    with serving(node_uri) as (app, address):
+        sock = socket.create_connection(address, timeout=BOUND)
+        sock.sendall(WAIT)
+        until(lambda: app.hypervisor.events.subscribers == 1)
+        sock.sendall(b'GET /_ping HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n')
+        time.sleep(3 * CLIENT_CHECK)  # several looks at the client
+        assert app.hypervisor.events.subscribers == 1
+        assert Client(app).post(NODES + '/idle/start').status == 204
+        answers = b''
+        while answers.count(b'HTTP/1.1 200 OK') < 2:
+            answers += sock.recv(65536)
+        assert answers.startswith(b'HTTP/1.1 200 OK') and b'{"State": "running"}' in answers
+        sock.close()
 
 
 def test_a_reconnecting_client_loses_nothing(api):

@@ -363,7 +363,10 @@ def test_app_exception_gives_json_500_and_logged_traceback(caplog):
         body = json.loads(response.read())
     assert response.status == 500
     assert body == {'message': 'internal server error', 'code': 'internal_error'}
-    assert any(record.exc_info and 'boom' in str(record.exc_info[1]) for record in caplog.records)
+    # The traceback is the record's text (its messages escaped, see accesslog.traceback_text).
+    [record] = [record for record in caplog.records if record.levelname == 'ERROR']
+    assert 'in broken_app' in record.getMessage()
+    assert record.getMessage().endswith('\nRuntimeError: boom')
 
 
 def test_head_has_no_body():
@@ -392,10 +395,50 @@ def test_access_log_line(caplog):
     with serving(echo_app) as server:
         get_json(client(server), path='/a/b?c=d')
     [line] = [r.getMessage() for r in caplog.records if r.name == 'xend_rest.access']
-    method, path, status, nbytes, duration, remote = line.split(' ')
+    method, path, status, nbytes, duration, remote, caller = line.split(' ')
     assert (method, path, status, remote) == ('GET', '/a/b?c=d', '200', '127.0.0.1')
     assert int(nbytes) > 0
     assert duration.endswith('ms')
+    assert caller == '-'  # an app that does not say who called
+
+
+def naming_app(environ, start_response):
+    """Names its caller as xend-rest's app does: here, whoever X-Caller (UTF-8) says."""
+    environ['xend_rest.caller'] = environ['HTTP_X_CALLER'].encode('latin-1').decode()
+    start_response('204 No Content', [])
+    return [b'']
+
+
+def access_lines(caplog):
+    return [r.getMessage() for r in caplog.records if r.name == 'xend_rest.access']
+
+
+def test_the_access_log_names_the_caller_the_app_gives(caplog):
+    caplog.set_level('INFO', logger='xend_rest.access')
+    with serving(naming_app) as server:
+        conn = client(server)
+        for caller in ('token:ops', 'cert:CN=Jürgen Smith'):
+            conn.request('GET', '/', headers={'X-Caller': caller.encode()})
+            conn.getresponse().read()
+    assert [line.split(' ')[-1] for line in access_lines(caplog)] == [
+        'token:ops', 'cert:CN=J%C3%BCrgen%20Smith']  # one field, whatever the name holds
+
+
+@pytest.mark.parametrize('request_line', [
+    b'GET /a\rINFO:forged HTTP/1.1',  # a CR: a terminal starts the line again
+    b'GET /\x1b[2J\x1b[H HTTP/1.1',  # an escape sequence that clears a terminal
+    b'G\x85T / HTTP/1.1',  # NEL: a line break to some readers
+])
+def test_a_refused_request_cannot_forge_or_hide_log_lines(caplog, request_line):
+    """The server's own refusals log the request line as it came: every byte outside printable
+    ASCII is percent-encoded, so a line holds one request and no terminal control."""
+    caplog.set_level('INFO', logger='xend_rest.access')
+    with serving(echo_app) as server:
+        answer = raw_exchange(server, request_line + b'\r\nHost: x\r\n\r\n')
+    assert answer.startswith(b'HTTP/1.1 400 ')
+    [line] = access_lines(caplog)
+    assert re.fullmatch(r'[\x21-\x7e ]+', line), line
+    assert ' 400 ' in line
 
 
 def test_environ_is_valid_pep3333_and_path_is_latin1():
@@ -898,3 +941,82 @@ def test_a_request_waiting_for_a_worker_at_shutdown_is_served_within_the_grace()
     assert lines[0] == 'HTTP/1.1 200 OK'
     assert 'Connection: close' in lines
     assert json.loads(body)['path'] == '/waiting'
+
+
+def hiding_app(environ, start_response):
+    """Says how its target may be logged, as xend-rest's app does (it hides tickets there)."""
+    environ['xend_rest.log_target'] = environ['RAW_URI'].replace('secret', '-')
+    start_response('204 No Content', [])
+    return [b'']
+
+
+def test_the_access_log_shows_the_target_as_the_app_says(caplog):
+    caplog.set_level('INFO', logger='xend_rest.access')
+    with serving(hiding_app) as server:
+        conn = client(server)
+        conn.request('GET', '/a?key=secret')
+        conn.getresponse().read()
+    [line] = access_lines(caplog)
+    assert line.startswith('GET /a?key=- 204 ')
+
+
+REFUSED = [  # (request bytes, status, (method, target) as on_refused is told)
+    (b'GET /t?k=v HTTP/1.1\r\nHost: x\r\nHost: x\r\n\r\n', 400, ('GET', '/t?k=v')),
+    (b'GET /t?k=v HTTP/1.1\r\nHost: x\r\nX: a\x01b\r\n\r\n', 400, ('GET', '/t?k=v')),
+    (b'GET /t?k=v HTTP/1.1\r\n\r\n', 400, ('GET', '/t?k=v')),
+    (b'POST /t?k=v HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n', 400, ('POST', '/t?k=v')),
+    (b'POST /t?k=v HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n', 411,
+     ('POST', '/t?k=v')),
+    (b'GET /t?k=v HTTP/1.1\r\nHost: x\r\nX: ' + b'a' * 70000 + b'\r\n\r\n', 431, ('GET', '/t?k=v')),
+    (b'GET /t?k=v HTTP/2.0\r\nHost: x\r\n\r\n', 505, ('GET', '/t?k=v')),
+    (b'\r\nGET /t?k=v HTTP/1.0\r\nContent-Length: -1\r\n\r\n', 400, ('GET', '/t?k=v')),
+    # A line that does not parse: the whole of it, and the log says '- -'.
+    (b'GET /t?k=v x HTTP/1.1\r\nHost: x\r\n\r\n', 400, ('-', 'GET /t?k=v x HTTP/1.1')),
+    (b'GET /t?k=' + b'v' * 70000, 414, ('-', 'GET /t?k=' + 'v' * 70000)),
+]
+
+
+@pytest.mark.parametrize('data, status, told', REFUSED)
+def test_on_refused_hears_of_every_request_the_server_refuses(caplog, data, status, told):
+    """The server knows no credentials: it tells the app's hook what it refused (the CLI's
+    spends the console tickets there), and logs the target the hook gives back."""
+    heard = []
+
+    def on_refused(method, target):
+        heard.append((method, target))
+        return target.replace('k=v', 'k=-')
+
+    caplog.set_level('INFO', logger='xend_rest.access')
+    with serving(echo_app, on_refused=on_refused) as server:
+        answer = raw_exchange(server, data)
+    assert answer.startswith(b'HTTP/1.1 %d ' % status)
+    assert heard == [told]
+    [line] = access_lines(caplog)
+    assert line.startswith('GET /t?k=- ' if told[0] == 'GET' else
+                           'POST /t?k=- ' if told[0] == 'POST' else '- - ')
+
+
+def test_on_refused_hears_of_a_head_dropped_unfinished():
+    heard = []
+    with serving(echo_app, timeout=0.5,
+                 on_refused=lambda method, target: heard.append((method, target))) as server:
+        with raw_connect(server) as sock:  # the head does not come in time
+            sock.sendall(b'GET /slow?k=v HTTP/1.1\r\nHost: x')
+            assert read_until_closed(sock) == b''
+        with raw_connect(server) as sock:  # the client goes away in the middle of it
+            sock.sendall(b'GET /gone?k=v HTTP/1.1\r\n')
+        until(lambda: len(heard) == 2)
+    assert sorted(heard) == [('GET', '/gone?k=v'), ('GET', '/slow?k=v')]
+
+
+def test_an_application_error_cannot_forge_a_log_line(caplog):
+    def app(environ, start_response):
+        start_response('200 OK', [])
+        raise ValueError('bad request\n2026-12-06 17:00:00,000 INFO xend_rest.access: forged')
+        yield b''
+
+    with serving(app) as server:
+        answer = raw_exchange(server, b'GET /a HTTP/1.1\r\nHost: x\r\n\r\n')
+    assert answer.startswith(b'HTTP/1.1 500 ')
+    assert 'ValueError: bad request%0A2026-12-06' in caplog.text
+    assert not [line for line in caplog.text.splitlines() if line.startswith('2026-12-06')]

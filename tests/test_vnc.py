@@ -15,6 +15,7 @@ from consoles_support import Daemon
 from xend_rest.app import make_app
 from xend_rest.bridges import Bridges
 from xend_rest import vnc
+from xend_rest.security import Guard
 
 
 class FakeRFBServer:
@@ -127,3 +128,107 @@ def test_a_remote_hypervisor_uri_is_501():
 ])
 def test_only_this_hosts_addresses_are_local(address, local):
     assert vnc.is_local_address(address) is local
+
+
+class FakeUnixRFBServer(FakeRFBServer):
+    """The same server on a unix socket."""
+
+    def __init__(self, path):
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(path))
+        self.listener.listen()
+        self.clients = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+
+@pytest.fixture
+def socket_screens(tmp_path):
+    """Domains whose VNC server listens on a unix socket, inside allowed-paths and outside it
+    (through a link, too): the test driver offers no graphics fd, so the daemon would connect to
+    the socket the live definition names."""
+    inside, outside = tmp_path / 'inside', tmp_path / 'outside'
+    inside.mkdir()
+    outside.mkdir()
+    (inside / 'link').symlink_to(outside)
+    servers = {'in': FakeUnixRFBServer(inside / 'vnc.sock'),
+               'out': FakeUnixRFBServer(outside / 'vnc.sock')}
+    extra = [domain('in', "<graphics type='vnc' socket='%s'/>" % (inside / 'vnc.sock')),
+             domain('out', "<graphics type='vnc' socket='%s'/>" % (outside / 'vnc.sock')),
+             domain('linked', "<graphics type='vnc'><listen type='socket' socket='%s'/></graphics>"
+                    % (inside / 'link' / 'vnc.sock'))]
+    path = tmp_path / 'node.xml'
+    path.write_text(node_xml(DOMAINS + extra))
+    sessions = Bridges()
+    app = make_app(uri='test://%s' % path, consoles=sessions,
+                   guard=Guard(allowed_paths=[str(inside)]))
+    server = Daemon(app)
+    yield server, servers
+    assert sessions.close_all(timeout=10)
+    server.close()
+    app.close()
+    for rfb in servers.values():
+        rfb.close()
+
+
+def test_a_screen_socket_inside_allowed_paths_is_reached(socket_screens):
+    server, servers = socket_screens
+    with connect(server.url('/libvirt/xen/nodes/in/vnc')) as ws:
+        assert ws.recv(timeout=10) == b'RFB 003.008\n'
+    assert servers['in'].clients == 1
+
+
+@pytest.mark.parametrize('name', ['out', 'linked'])
+def test_a_screen_socket_outside_allowed_paths_is_never_connected(socket_screens, name):
+    server, servers = socket_screens
+    with pytest.raises(InvalidStatus) as refused:
+        connect(server.url('/libvirt/xen/nodes/%s/vnc' % name))
+    assert refused.value.response.status_code == 403
+    assert b'"path_not_allowed"' in refused.value.response.body
+    assert servers['out'].clients == 0
+
+
+@pytest.fixture
+def dead_screens(tmp_path, monkeypatch):
+    """Running domains whose VNC server does not take connections: nothing listens at its TCP
+    port, its unix socket does not exist, or it does not accept (its backlog is full), as on
+    Xen when the device model has not opened its VNC server yet, or has died (libxl hands over
+    no graphics fd, so the daemon connects to the definition's address)."""
+    with socket.create_server(('127.0.0.1', 0)) as probe:
+        free = probe.getsockname()[1]
+    stuck = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stuck.bind(str(tmp_path / 'stuck.sock'))
+    stuck.listen(0)
+    queued = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    queued.connect(str(tmp_path / 'stuck.sock'))  # fills the backlog: the next connect waits
+    monkeypatch.setattr(vnc, 'CONNECT_TIMEOUT', 0.5)
+    extra = [domain('refused', "<graphics type='vnc' port='%d' autoport='no' listen='127.0.0.1'/>"
+                    % free),
+             domain('nosocket', "<graphics type='vnc' socket='%s'/>" % (tmp_path / 'absent.sock')),
+             domain('stuck', "<graphics type='vnc' socket='%s'/>" % (tmp_path / 'stuck.sock'))]
+    path = tmp_path / 'node.xml'
+    path.write_text(node_xml(DOMAINS + extra))
+    sessions = Bridges()
+    app = make_app(uri='test://%s' % path, consoles=sessions)
+    server = Daemon(app)
+    yield server, sessions
+    server.close()
+    app.close()
+    queued.close()
+    stuck.close()
+
+
+@pytest.mark.parametrize('name, status, code, retry', [
+    ('refused', 409, 'vnc_not_listening', None),
+    ('nosocket', 409, 'vnc_not_listening', None),
+    ('stuck', 502, 'vnc_unreachable', '5'),
+])
+def test_a_screen_whose_vnc_server_does_not_answer_is_refused_by_state(dead_screens, name,
+                                                                       status, code, retry):
+    server, sessions = dead_screens
+    with pytest.raises(InvalidStatus) as refused:
+        connect(server.url('/libvirt/xen/nodes/%s/vnc' % name))
+    response = refused.value.response
+    assert response.status_code == status
+    assert ('"%s"' % code).encode() in response.body
+    assert response.headers.get('Retry-After') == retry
+    assert len(sessions) == 0  # its place is given back

@@ -8,19 +8,24 @@ from urllib.parse import parse_qs, urlsplit
 import libvirt
 
 from . import defaults, errors, jsonbody, names
+from .accesslog import REQUEST_LINE, printable, printable_text, traceback_text
 from .bodies import Raw
 from .bridges import Bridges
 from .connection import SharedConnection
 from .convert import JSONText
 from .errors import HTTPError, bad_request, json_payload
+from .events import EventHub, Watchers
 from .headers import required_length
 from .hypervisor import Hypervisor
 from .metrics import RequestMetrics
 from .router import Router, path_segments
 from .routes import ROUTES
-from .security import Guard
+from .security import Guard, ticket_tokens
+from .tickets import target_of
 
 log = logging.getLogger(__name__)
+
+LOG_TARGET = 'xend_rest.log_target'  # for the server: the request target as its log may show it
 
 NO_BODY_STATUSES = (101, 204, 304)
 SAFE_METHODS = ('GET', 'HEAD')  # the rest may change the hypervisor's state
@@ -30,8 +35,9 @@ REASONS = {
     403: 'Forbidden', 404: 'Not Found', 405: 'Method Not Allowed', 406: 'Not Acceptable',
     408: 'Request Timeout', 409: 'Conflict', 411: 'Length Required', 413: 'Payload Too Large',
     415: 'Unsupported Media Type', 416: 'Range Not Satisfiable', 426: 'Upgrade Required',
-    429: 'Too Many Requests', 500: 'Internal Server Error', 501: 'Not Implemented',
-    503: 'Service Unavailable', 504: 'Gateway Timeout', 507: 'Insufficient Storage',
+    429: 'Too Many Requests', 499: 'Client Closed Request', 500: 'Internal Server Error',
+    501: 'Not Implemented', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout',
+    507: 'Insufficient Storage',
 }
 
 
@@ -43,6 +49,7 @@ class Request:
         self.app = app  # for what is the daemon's own: its router, metrics, hypervisors
         self.hypervisor = app.hypervisor  # the route's, once routed
         self.role = None  # set by the Guard
+        self.caller = None  # who made it, as the access log names it: set by the Guard
         self.ticket = None  # the console ticket the Guard took the role from, if any
         self.connections = None  # the connections the caller may use (None: all); by the Guard
         self.route = None  # set once routed
@@ -71,6 +78,18 @@ class Request:
         except UnicodeDecodeError:
             raise bad_request('the query string is not valid UTF-8') from None
 
+    def client_gone(self):
+        """Whether the client hung up meanwhile: our server says (xend_rest.client_gone);
+        under another WSGI server nobody does, and a client is never taken to be gone."""
+        gone = self.environ.get('xend_rest.client_gone')
+        return gone is not None and gone()
+
+    @property
+    def hold(self):
+        """Our server's environ['xend_rest.hold']: ask it for a worker to hold for long (a
+        wait, an event stream); None under another WSGI server, which says nothing of it."""
+        return self.environ.get('xend_rest.hold')
+
     def may_use(self, hypervisor):
         """Whether the caller's credentials cover this hypervisor connection."""
         return self.connections is None or hypervisor.name in self.connections
@@ -84,6 +103,11 @@ class Request:
         if self.route is None:
             return 'unmatched'
         return self.route.name.replace('{connection}', self.hypervisor.name)
+
+    def acted_on(self):
+        """The name of the connection the request's route acts on; None for a daemon-wide one."""
+        return self.hypervisor.name if self.route is not None and self.route.on_connection \
+            else None
 
     def arg(self, name, default=None):
         """One query parameter; given twice is an error."""
@@ -156,6 +180,9 @@ class App:
     def __call__(self, environ, start_response):
         started = perf_counter()
         request = Request(environ, self)
+        # The target as logs show it (the server's access log, the session's line, ours),
+        # decided before the Guard spends the tickets it carries.
+        environ[LOG_TARGET] = self.guard.tickets.hide(target_of(environ))
         try:
             answer = self._dispatch(request)
         except HTTPError as err:
@@ -165,38 +192,58 @@ class App:
                 request.connection_broke()
             write = request.method not in SAFE_METHODS
             answer = _error_answer(errors.from_libvirt(err, write))
-        except Exception:
-            log.exception('%s %s failed', request.method, environ.get('PATH_INFO'))
+        except Exception as err:
+            log.error('%s failed\n%s', _request_line(environ), traceback_text(err))
             answer = _internal_error()
         status, body, headers = answer if len(answer) == 3 else (*answer, [])
         try:
             response = _respond(start_response, request.method, status, body, headers)
-        except Exception:  # an answer that cannot be sent (a body JSON cannot carry): a bug
-            log.exception('%s %s: cannot send the answer', request.method,
-                          environ.get('PATH_INFO'))
+        except Exception as err:  # an answer that cannot be sent (a body JSON cannot carry): a bug
+            log.error('%s: cannot send the answer\n%s', _request_line(environ),
+                      traceback_text(err))
             status, body, headers = _internal_error()
             response = _respond(start_response, request.method, status, body, headers)
         # A route's name, never the raw path: metrics stay bounded.
-        self.metrics.observe(request.route_name(), status, perf_counter() - started)
+        self.metrics.observe(request.route_name(), status, perf_counter() - started,
+                             request.acted_on())
         return response
 
     def _dispatch(self, request):
         self.guard.admit(request)
         request.read_query()
         route, params = self.router.find(request.method, _segments(request.environ))
-        request.route = route
         if 'connection' in params:
-            request.hypervisor = self._hypervisor(params.pop('connection'))
+            request.hypervisor = self._hypervisor(request, params.pop('connection'))
+        request.route = route  # once its connection is known: metrics name it
         self.guard.authorize(request, route)
         return route.handler(request, **params)
 
-    def _hypervisor(self, name):
-        try:
-            return self.hypervisors[name]
-        except KeyError:
-            raise HTTPError(404, f"no such hypervisor connection: {name} "
-                            f"(configured: {', '.join(self.hypervisors)})",
-                            'no_such_connection') from None
+    def _hypervisor(self, request, name):
+        """The connection a path names. One the caller's credentials do not cover is answered
+        as one that does not exist: what a credential cannot act on, it cannot see."""
+        hypervisor = self.hypervisors.get(name)
+        if hypervisor is None or not request.may_use(hypervisor):
+            known = ', '.join(usable.name for usable in request.usable_hypervisors())
+            raise HTTPError(404, f'no such hypervisor connection: {name} (configured: {known})',
+                            'no_such_connection')
+        return hypervisor
+
+    def screen(self, environ):
+        """For our server (Server(screen=...)), with the head of a request whose body is on its
+        way, before it keeps any of it: the Guard's refusal of who sent it (credentials, Host,
+        Origin) as an HTTPError, so that bodies are kept only for callers the daemon knows. A
+        request with a console ticket is left to the app: reading a ticket spends it."""
+        if not ticket_tokens(environ):
+            self.guard.admit(Request(dict(environ), self))
+
+    def refused(self, method, target):
+        """For the server (its on_refused): a request it refused before calling the app. Every
+        console ticket its target carries is spent (it was sent); the answer is the target as
+        the access log may show it."""
+        tickets = self.guard.tickets
+        shown = tickets.hide(target)  # first: it is known by its value until spent
+        tickets.spend_in(target)
+        return shown
 
     def end_streams(self):
         """End every open event stream (at shutdown: they would otherwise never finish), and
@@ -222,13 +269,18 @@ def _segments(environ):
 
 
 def make_app(uri=None, connection=None, routes=ROUTES, events=None, guard=None,
-             max_body=defaults.MAX_BODY, connections=None, consoles=None):
+             max_body=defaults.MAX_BODY, connections=None, consoles=None,
+             watchers_per_caller=defaults.WATCHERS_PER_CALLER, state_dir=None):
     """A WSGI application serving the API on named shared libvirt connections.
 
     connections: {name: URI or SharedConnection}, in the order they are listed. uri (or a
     SharedConnection) is the one named 'xen'; without connections it defaults to $XEND_REST_URI,
     else xen:///system. The default connection (the one /info answers for, and `events` goes
-    to) is 'xen' if there is one, else the first.
+    to) is 'xen' if there is one, else the first; every other gets an EventHub of its own. The
+    event streams and waits of every connection take their places among the same Watchers
+    (those of `events`, if given): a caller holds `watchers_per_caller` of them in all.
+    state_dir: where what must outlive the process is kept (uploads' markers); None keeps it
+    in memory.
     """
     connections = dict(connections or {})
     if uri is not None or connection is not None or not connections:
@@ -237,11 +289,20 @@ def make_app(uri=None, connection=None, routes=ROUTES, events=None, guard=None,
         connections = {names.DEFAULT: connection or uri or os.environ.get(
             defaults.URI_VARIABLE) or defaults.DEFAULT_URI, **connections}
     default = names.DEFAULT if names.DEFAULT in connections else next(iter(connections))
+    watchers = Watchers(per_caller=watchers_per_caller) if events is None else events.watchers
     hypervisors = [Hypervisor(name, shared if isinstance(shared, SharedConnection)
-                              else SharedConnection(shared), events if name == default else None)
+                              else SharedConnection(shared),
+                              events if name == default and events is not None
+                              else EventHub(watchers=watchers), state_dir)
                    for name, shared in connections.items()]
     hypervisors.sort(key=lambda hypervisor: hypervisor.name != default)  # the default first
     return App(hypervisors, routes, guard, max_body, consoles)
+
+
+def _request_line(environ):
+    """'METHOD TARGET' of a request for a log line: each printable, the target without tickets."""
+    return (f"{printable(environ.get('REQUEST_METHOD', '-'), REQUEST_LINE)} "
+            f"{printable(environ.get(LOG_TARGET, '-'), REQUEST_LINE)}")
 
 
 def _internal_error():
@@ -250,7 +311,7 @@ def _internal_error():
 
 def _error_answer(err):
     if err.status >= 500:
-        log.warning('%d %s: %s', err.status, err.code, err.message)
+        log.warning('%d %s: %s', err.status, err.code, printable_text(err.message))
     return err.status, err.body(), err.headers
 
 

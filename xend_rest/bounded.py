@@ -7,6 +7,8 @@ a thread of its own and the request stops waiting after its bound; the call fini
 import logging
 import threading
 
+from .accesslog import printable_text
+
 log = logging.getLogger(__name__)
 
 
@@ -26,8 +28,8 @@ def call_within(action, seconds, what):
             outcome['error'] = err
         done.set()
         if late.is_set():
-            log.info('%s returned after its %g s bound: %s', what, seconds,
-                     outcome.get('error', 'done'))
+            log.info('%s returned after its %g s bound: %s', printable_text(what), seconds,
+                     printable_text(outcome.get('error', 'done')))  # a domain's name, its message
 
     threading.Thread(target=run, daemon=True, name=what).start()
     if not done.wait(seconds):

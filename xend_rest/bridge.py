@@ -18,6 +18,7 @@ import threading
 import time
 
 from . import defaults, websocket
+from .accesslog import REQUEST_LINE, printable, traceback_text
 from .errors import HTTPError
 
 log = logging.getLogger(__name__)
@@ -58,22 +59,25 @@ class Ended(Exception):
 
 def upgrade_hook(environ):
     """The server's upgrade(session) callable; 501 under a server that cannot hand the app its
-    connection (gunicorn, uwsgi, mod_wsgi: PEP 3333 has no way to)."""
+    connection (gunicorn, uwsgi, mod_wsgi: PEP 3333 has no way to), and the server's refusal
+    (400, 503) when it could not hand this one over: before anything is opened."""
     hook = environ.get('xend_rest.upgrade')
     if hook is None:
         raise HTTPError(501, "consoles need xend-rest's own server: this WSGI server cannot hand "
                         'the connection over to the application', 'upgrade_unsupported')
+    hook.check()
     return hook
 
 
 class Bridge:
     """One client bridged to one guest side; the server runs it as session(sock, buffered)."""
 
-    def __init__(self, registry, guest, framing, key=None, label=''):
+    def __init__(self, registry, guest, framing, key=None, label=()):
         self.registry, self.guest, self.framing = registry, guest, framing
         self.key = key  # the console it holds, for force=1 takeovers
-        self.label = label
-        self.request_line, self.client = '-', '-'  # for its access-log line
+        self.label = tuple(label)  # (domain name, device): two fields of its access-log line
+        self.request, self.client = ('-', '-'), '-'  # (method, target as logged): for that line
+        self.owner = None  # the caller it counts against, and is logged for
         self.created = time.monotonic()
         self.started = None
         self.bytes_in = self.bytes_out = 0  # guest bytes: typed by the client, shown to it
@@ -101,6 +105,8 @@ class Bridge:
             pass
 
     def __call__(self, sock, buffered=b''):
+        if sock is None:  # the server will not run it: its place and console are free again
+            return self.discard()
         if self._released:
             return  # given up before the server ran it (see bridges.Bridges)
         self.started = self._last_traffic = self._last_tick = time.monotonic()
@@ -108,8 +114,9 @@ class Bridge:
             self._sock = sock
             sock.setblocking(False)
             self._run(bytes(buffered or b''))
-        except Exception:
-            log.exception('console session %s failed', self.label)
+        except Exception as err:
+            log.error('console session %s failed\n%s', self._fields(self.label),
+                      traceback_text(err))
             self.ending = self.ending or ('console_lost', None, 'internal error')
         finally:
             self.discard()
@@ -134,8 +141,16 @@ class Bridge:
         if access_log.isEnabledFor(logging.INFO):
             took = time.monotonic() - self.started if self.started is not None else 0.0
             ending = self.ending[0] if self.ending else 'never_started'
-            access_log.info('%s session %s %.1fs in=%d out=%d %s %s', self.request_line, ending,
-                            took, self.bytes_in, self.bytes_out, self.label, self.client)
+            access_log.info('%s session %s %.1fs in=%d out=%d %s %s %s',
+                            self._fields(self.request, REQUEST_LINE), ending, took, self.bytes_in,
+                            self.bytes_out, self._fields(self.label), self.client,
+                            printable(self.owner or '-'))
+
+    @staticmethod
+    def _fields(values, encoding='utf-8'):
+        """Log fields, each one printable token, as in the server's lines (a space in a
+        domain's name is percent-encoded, never a field's end)."""
+        return ' '.join(printable(value, encoding) for value in values)
 
     def _run(self, buffered):
         selector = selectors.DefaultSelector()

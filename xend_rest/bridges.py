@@ -1,5 +1,6 @@
-"""The console and screen sessions of an app: how many may be open (429 past it), which session
-holds which console (for force=1 takeovers), and the bytes they moved (for /metrics)."""
+"""The console and screen sessions of an app: how many may be open, in all and by one caller (429
+past either), which session holds which console (for force=1 takeovers), and the bytes they
+moved (for /metrics)."""
 # The session machinery (bridge, framing, websocket) is imported by the first session, not at
 # start: most daemons never open one.
 import threading
@@ -16,8 +17,9 @@ class Bridges:
     they moved (for /metrics)."""
 
     def __init__(self, max_sessions=defaults.CONSOLE_SESSIONS, idle_timeout=defaults.CONSOLE_IDLE,
-                 buffer_size=defaults.CONSOLE_BUFFER, max_message=defaults.CONSOLE_MESSAGE):
-        self.max_sessions, self.idle_timeout = max_sessions, idle_timeout
+                 buffer_size=defaults.CONSOLE_BUFFER, max_message=defaults.CONSOLE_MESSAGE,
+                 per_owner=defaults.CONSOLE_SESSIONS_PER_CALLER):
+        self.max_sessions, self.idle_timeout, self.per_owner = max_sessions, idle_timeout, per_owner
         self.buffer_size, self.max_message = buffer_size, max_message
         self.bytes_in = self.bytes_out = 0  # of the sessions that ended
         self._sessions = set()  # Bridge, and Place while a guest side is being opened
@@ -32,15 +34,21 @@ class Bridges:
         from .framing import RawFraming, WebSocketFraming
         return WebSocketFraming(self.max_message) if over_websocket else RawFraming()
 
-    def admit(self, key=None, take_over=False):
-        """A Place under the session limit (429 past it) while a guest side is opened; with
-        take_over, the session holding `key` is told it is being taken over."""
+    def admit(self, key=None, take_over=False, owner=None):
+        """A Place under the session limits (429 past the daemon's, or past `owner`'s share) while
+        a guest side is opened; with take_over, the session holding `key` is told it is being
+        taken over."""
         self._give_up_unstarted()
         with self._lock:
+            if owner is not None and sum(s.owner == owner
+                                         for s in self._sessions) >= self.per_owner:
+                raise HTTPError(429, f'{owner} has {self.per_owner} console sessions open, the '
+                                'most one caller may (console-sessions-per-caller)',
+                                'too_many_sessions_for_caller', [('Retry-After', '5')])
             if len(self._sessions) >= self.max_sessions:
                 raise HTTPError(429, f'{self.max_sessions} console sessions are open, the most '
                                 'this daemon allows', 'too_many_sessions', [('Retry-After', '5')])
-            place = Place(key, self._holders.get(key) if take_over and key else None)
+            place = Place(key, self._holders.get(key) if take_over and key else None, owner)
             self._sessions.add(place)
         if place.holder is not None:
             place.holder.guest.taken_over = True
@@ -55,9 +63,18 @@ class Bridges:
             self._lock.notify_all()
 
     def start(self, place, guest, framing, label):
-        """The Bridge for an opened guest side, in the place admit() gave."""
+        """The Bridge for an opened guest side, in the place admit() gave (given back, and the
+        guest side closed, if the Bridge cannot be made)."""
         from .bridge import Bridge
-        session = Bridge(self, guest, framing, place.key, label)
+        try:
+            session = Bridge(self, guest, framing, place.key, label)
+        except BaseException:
+            try:
+                guest.close()
+            finally:
+                self.cancel(place)
+            raise
+        session.owner = place.owner
         with self._lock:
             self._sessions.discard(place)
             self._sessions.add(session)
@@ -115,5 +132,5 @@ class Bridges:
 class Place:
     """A place under the limit, taken while a guest side is being opened."""
 
-    def __init__(self, key, holder):
-        self.key, self.holder = key, holder
+    def __init__(self, key, holder, owner=None):
+        self.key, self.holder, self.owner = key, holder, owner

@@ -15,6 +15,7 @@ import xml.etree.ElementTree as ElementTree
 import libvirt
 
 from . import defaults
+from .accesslog import printable_text
 from .bounded import StillRunning, call_within
 from .errors import HTTPError, is_connection_error, is_no_domain
 from .bridge import CHUNK, Ended
@@ -28,19 +29,23 @@ STREAM_EVENTS = libvirt.VIR_STREAM_EVENT_READABLE | libvirt.VIR_STREAM_EVENT_ERR
     libvirt.VIR_STREAM_EVENT_HANGUP
 
 
-def open_console(sessions, conn, dom, dev, flags, framing):
-    """A Bridge on the domain's console (dev: an alias, None for the first console); 429 past
-    the limit, 409 when another session holds the console, unless flags has FORCE."""
+def open_console(sessions, conn, dom, dev, flags, framing, owner=None):
+    """A Bridge on the domain's console (dev: an alias, None for the first console) for `owner`;
+    429 past the limits, 409 when another session holds the console, unless flags has FORCE."""
     alias = pick_console(dom, dev)
     place = sessions.admit((conn.getURI(), dom.UUIDString(), alias or ''),
-                           take_over=bool(flags & libvirt.VIR_DOMAIN_CONSOLE_FORCE))
+                           take_over=bool(flags & libvirt.VIR_DOMAIN_CONSOLE_FORCE), owner=owner)
     try:
         stream = open_console_stream(conn, dom, alias, flags)
+        try:
+            guest = ConsoleStream(conn, dom, stream, sessions.buffer_size)
+        except BaseException:
+            _abort(stream)
+            raise
     except BaseException:
         sessions.cancel(place)
         raise
-    guest = ConsoleStream(conn, dom, stream, sessions.buffer_size)
-    return sessions.start(place, guest, framing, f"{dom.name()} {alias or 'console'}")
+    return sessions.start(place, guest, framing, (dom.name(), alias or 'console'))
 
 
 def console_aliases(dom):
@@ -91,7 +96,7 @@ def _abort(stream):
     try:
         stream.abort()
     except libvirt.libvirtError as err:
-        log.debug('aborting a console stream: %s', err.get_error_message())
+        log.debug('aborting a console stream: %s', printable_text(err.get_error_message()))
 
 
 def call_in_event_loop(function):
@@ -207,7 +212,8 @@ class ConsoleStream:
             try:
                 self.stream.eventRemoveCallback()
             except libvirt.libvirtError as err:
-                log.debug('removing a console stream callback: %s', err.get_error_message())
+                log.debug('removing a console stream callback: %s',
+                          printable_text(err.get_error_message()))
         self._detached.set()
 
     def _wake(self):
@@ -291,6 +297,6 @@ class ConsoleStream:
             else:
                 self.stream.abort()
         except libvirt.libvirtError as err:
-            log.debug('closing a console stream: %s', err.get_error_message())
+            log.debug('closing a console stream: %s', printable_text(err.get_error_message()))
         self._wake_r.close()
         self._wake_w.close()

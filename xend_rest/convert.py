@@ -19,6 +19,8 @@ XML_NAME = re.compile(r'[A-Za-z_][A-Za-z0-9_.-]*(:[A-Za-z_][A-Za-z0-9_.-]*)?\Z')
 XML_RESERVED = re.compile('xml', re.IGNORECASE)
 XML_PREFIXES = frozenset(['xml'])  # the one prefix bound without a declaration
 XML_ATTRIBUTES = re.compile(r'xmlns(:.+)?|xml:(lang|space|base|id)\Z')
+# XML's own attributes whose local names libvirt reads nowhere (xml:id would be read as id).
+XML_OWN = ('xml:lang', 'xml:space')
 # Characters XML 1.0 cannot carry at all, even escaped (lone surrogates cannot even be encoded).
 XML_INVALID_CHARS = re.compile('[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]')
 
@@ -81,8 +83,10 @@ def _element(element):
 _MISSING = object()
 
 
-def dict_to_xml(doc, root):
-    """Turn a JSON document {root: {...}} back into XML, refusing anything XML cannot express."""
+def dict_to_xml(doc, root, extensions=True):
+    """Turn a JSON document {root: {...}} back into XML, refusing anything XML cannot express
+    and any name libvirt would read otherwise than we do (`extensions`: the root may hold a
+    hypervisor's namespaced elements, as <domain> does)."""
     if not isinstance(doc, dict) or list(doc) != [root]:
         raise bad_request(f'the body must be a JSON object with the single key "{root}"')
     if not _is_element_name(root):
@@ -91,6 +95,9 @@ def dict_to_xml(doc, root):
         raise bad_request(f'{root}: must be one object, not a list')
     _check_prefix(root, _declared(doc[root], XML_PREFIXES), root)
     _check(doc[root], root, XML_PREFIXES)
+    if _namespaced(root, doc[root], ''):
+        raise bad_request(f'{root}: libvirt reads <{root}> in no namespace')
+    _check_names(doc[root], root, '', extensions)
     return xmltodict.unparse(doc, full_document=False)
 
 
@@ -99,7 +106,7 @@ def device_to_xml(doc):
     if not isinstance(doc, dict) or len(doc) != 1:
         raise bad_request('the body must be a JSON object with one key, the device type, '
                           'e.g. {"disk": {...}}')
-    return dict_to_xml(doc, next(iter(doc)))
+    return dict_to_xml(doc, next(iter(doc)), extensions=False)
 
 
 def _check(value, path, inherited):
@@ -153,6 +160,42 @@ def _check_prefix(name, prefixes, where):
     if colon and prefix not in prefixes:
         raise bad_request(f'{where}: namespace prefix "{prefix}" is not declared '
                           f'(add "@xmlns:{prefix}")')
+
+
+def _check_names(element, path, default, extensions):
+    """400 where libvirt would read a name otherwise than as written: it reads an attribute by
+    its local name whatever its prefix (p:file is file) and passes over an element in a
+    namespace (tried on the test driver: a p:source is no disk's source). So an element of
+    libvirt's takes no prefixed attribute, and namespaced children only where libvirt looks for
+    a hypervisor's (`extensions`); <metadata> there is never read, so anything goes inside."""
+    if isinstance(element, list):
+        for index, item in enumerate(element):
+            _check_names(item, f'{path}[{index}]', default, extensions)
+        return
+    if not isinstance(element, dict):
+        return
+    default = element.get('@xmlns', default)
+    for key, child in element.items():
+        where = f'{path}.{key}'
+        if key.startswith('@'):
+            name = key[1:]
+            if ':' in name and not name.startswith('xmlns:') and name not in XML_OWN:
+                raise bad_request(f'{where}: libvirt reads an attribute by its local name, '
+                                  f'whatever its namespace: write "@{name.partition(":")[2]}"')
+        elif key != '#text' and not (extensions and key == 'metadata'):
+            for item in child if isinstance(child, list) else [child]:
+                if not _namespaced(key, item, default):
+                    _check_names(item, where, default, False)
+                elif not extensions:
+                    raise bad_request(f'{where}: libvirt passes over an element in a namespace '
+                                      'here; only a hypervisor\'s own elements at the top of '
+                                      'the definition, and <metadata>, may have one')
+
+
+def _namespaced(key, element, default):
+    """Whether an element is in a namespace: a prefix, or a default xmlns in scope."""
+    return ':' in key or bool(element.get('@xmlns', default) if isinstance(element, dict)
+                              else default)
 
 
 def _check_declaration(name, uri, where):
@@ -237,14 +280,19 @@ def _differences(posted, stored, path, tag):
         if posted is None or _same(posted, _text(stored)):
             return []
         return [(path, 'changed')]
+    # libvirt reads some elements' text as all the text inside them (XPath's string value):
+    # children it stores as that text were kept, not dropped.
+    as_text = _kept_as_text(posted, stored)
     if not isinstance(stored, dict):
-        return [(f'{path}.{key}', 'dropped') for key in posted if key != '#text']
+        return [(f'{path}.{key}', 'dropped') for key in posted
+                if key != '#text' and not (as_text and key[:1] != '@')]
     found = []
     scale = _scales(posted, stored)
     for key, value in posted.items():
         where = f'{path}.{key}'
         if key not in stored:
-            if not _posts_nothing(key, value) and not _omitted_default(tag, key, value):
+            if not (_posts_nothing(key, value) or _omitted_default(tag, key, value)
+                    or as_text and key[:1] != '@'):
                 found.append((where, 'dropped'))
         elif scale and key in SCALED:
             if _quantity(value, scale[0]) != _quantity(stored[key], scale[1]):
@@ -252,6 +300,25 @@ def _differences(posted, stored, path, tag):
         elif not (scale and key == '@unit'):
             found += _differences(value, stored[key], where, key)
     return found
+
+
+def _kept_as_text(posted, stored):
+    """Whether libvirt stored the text of a posted element's children as its own text."""
+    text = _text(stored)
+    return (isinstance(text, str) and any(key[:1] not in '@#' for key in posted)
+            and _same(_string_value(posted), text))
+
+
+def _string_value(value):
+    """The text of an element as dict_to_xml writes it (children first, then #text) and XPath's
+    string() reads it back: all the text inside it."""
+    if isinstance(value, list):
+        return ''.join(_string_value(item) for item in value)
+    if isinstance(value, dict):
+        children = ''.join(_string_value(child) for key, child in value.items()
+                           if key[:1] not in '@#')
+        return children + _string_value(value.get('#text'))
+    return '' if value is None else str(value)
 
 
 def _item_differences(posted, stored, path, tag):

@@ -139,6 +139,12 @@ def wait_timeout(message):
     return HTTPError(408, message, 'wait_timeout')
 
 
+def client_gone(message):
+    """A request given up because its client hung up while it waited: nobody reads the answer,
+    which is for the access log (499, as nginx logs a client that closed its request)."""
+    return HTTPError(499, message, 'client_gone')
+
+
 def still_there(items, read, gone=is_no_domain):
     """read(item) for each item, skipping those that vanished between listing and reading
     (gone(err) says so) and those read answers None for."""

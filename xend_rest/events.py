@@ -12,8 +12,10 @@ from datetime import datetime, timezone
 
 import libvirt
 
+from . import defaults
+from .accesslog import printable_text
 from .bounded import StillRunning
-from .errors import RETRY_AFTER, HTTPError, is_no_domain
+from .errors import RETRY_AFTER, HTTPError, client_gone, is_no_domain
 from .stats import state_name
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ CONDITION_STATES = {
 }
 RESTART_EVENTS = ('reboot', 'started')  # Xen restarts a guest as a new domain: stopped, started
 RECONNECT_MESSAGE = 'libvirt reconnected: events may have been missed; read the current state again'
+CLIENT_CHECK = 1.0  # seconds between looks at whether the client of a wait or stream hung up
 
 
 def lifecycle_names(event, detail):
@@ -64,6 +67,20 @@ def too_many_watchers(limit):
                      'too_many_watchers', [('Retry-After', RETRY_AFTER)])
 
 
+def no_worker_to_spare():
+    """503 when the server has no worker to spare for one more request that holds one."""
+    return HTTPError(503, 'every server worker that may wait for long is taken (by event streams, '
+                     'waits and uploads); try again later', 'too_many_watchers',
+                     [('Retry-After', RETRY_AFTER)])
+
+
+def too_many_watchers_for_caller(owner, limit):
+    """429 for one stream or wait more than one caller's share: the others keep theirs."""
+    return HTTPError(429, f'{owner} has {limit} event streams and waits open, the most one caller '
+                     'may (watchers-per-caller); end one, or try again later',
+                     'too_many_watchers_for_caller', [('Retry-After', RETRY_AFTER)])
+
+
 def is_notice(record):
     """A ring entry that is a notice to every reader (no domain, no event), not an event."""
     return 'Notice' in record
@@ -73,11 +90,49 @@ def _now():
     return datetime.now(timezone.utc).isoformat(timespec='milliseconds').replace('+00:00', 'Z')
 
 
+class Watchers:
+    """The places for event streams and waits of one app, on all its connections together: at
+    most `limit`, and `per_caller` of them for one caller. Each holds a server worker while it
+    lasts: so that they never take every worker, the server may refuse one more too (hold)."""
+
+    def __init__(self, limit=defaults.WATCHERS, per_caller=defaults.WATCHERS_PER_CALLER):
+        self.limit, self.per_caller = limit, per_caller
+        self._callers = collections.Counter()
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def __len__(self):
+        return self._count
+
+    def take(self, owner=None, hold=None):
+        """A place for `owner`: 429 past its share, 503 past `limit`, or when hold(owner) says
+        the server has no worker to spare (environ['xend_rest.hold'] of our server)."""
+        with self._lock:
+            if owner is not None and self._callers[owner] >= self.per_caller:
+                raise too_many_watchers_for_caller(owner, self.per_caller)
+            if self._count >= self.limit:
+                raise too_many_watchers(self.limit)
+            self._count += 1
+            self._callers[owner] += 1
+        if hold is not None and not hold(owner):
+            self.give(owner)
+            raise no_worker_to_spare()
+
+    def give(self, owner=None):
+        with self._lock:
+            self._count -= 1
+            self._callers[owner] -= 1
+            if not self._callers[owner]:
+                del self._callers[owner]
+
+
 class Subscription:
     """One reader's view of the hub: a replay of the ring, then live records, up to `limit` queued."""
 
-    def __init__(self, wanted, limit, replay, last_id, gap):
+    def __init__(self, wanted, limit, replay, last_id, gap, owner=None):
         self.wanted = wanted
+        self.owner = owner  # the caller it counts against (None: nobody's)
+        self.counted = True  # its place among the Watchers is taken, until unsubscribed
         self.end = None  # why no more records will come: 'overflow' or 'closed'
         self.last_id = last_id  # of the last record read (or the `since` it started from)
         self.gap = gap  # True when the ring no longer holds every record after `since`
@@ -117,12 +172,15 @@ class Subscription:
 
 
 class EventHub:
-    """The last `ring_size` domain events of one app, and the subscribers that read them."""
+    """The last `ring_size` domain events of one connection, and the subscribers that read them."""
 
-    def __init__(self, ring_size=1000, queue_size=1000, max_subscribers=16, heartbeat=15.0):
+    def __init__(self, ring_size=1000, queue_size=1000, max_subscribers=defaults.WATCHERS,
+                 heartbeat=15.0, per_owner=defaults.WATCHERS_PER_CALLER, watchers=None):
+        """watchers: the places its subscribers take, shared with the app's other connections
+        (make_app); by default a Watchers of its own, of max_subscribers, per_owner a caller."""
         self.queue_size = queue_size
         self.heartbeat = heartbeat  # seconds between keep-alives on an idle stream
-        self.max_subscribers = max_subscribers
+        self.watchers = Watchers(max_subscribers, per_owner) if watchers is None else watchers
         self.last_id = 0  # of the newest ring entry: events and reconnect notices
         self.events = 0  # received from libvirt
         self.overflows = 0
@@ -148,7 +206,7 @@ class EventHub:
                 callback_ids.append(conn.domainEventRegisterAny(None, event_id, callback, None))
             except libvirt.libvirtError as err:
                 log.warning('no domain events of kind %d from this driver: %s',
-                            event_id, err.get_error_message())
+                            event_id, printable_text(err.get_error_message()))
         self.attached += 1
         if self.attached > 1:  # whatever happened while libvirt was away was never seen
             self._append({'Notice': 'gap', 'Message': RECONNECT_MESSAGE})
@@ -192,15 +250,15 @@ class EventHub:
                 self.overflows += 1
         return record
 
-    def subscribe(self, wanted=None, since=None):
-        """A new Subscription (503 when `max_subscribers` are open): replays the ring after `since`.
+    def subscribe(self, wanted=None, since=None, owner=None, hold=None):
+        """A new Subscription, in a place of the Watchers taken for `owner` (429, 503: see
+        Watchers.take, and hold there): replays the ring after `since`.
 
         Notices reach every subscriber; `wanted` chooses among the events.
         """
         wanted = wanted or (lambda _record: True)
+        self.watchers.take(owner, hold)
         with self._lock:
-            if len(self._subscribers) >= self.max_subscribers:
-                raise too_many_watchers(self.max_subscribers)
             replay = []
             if since is not None:
                 if since > self.last_id:
@@ -210,13 +268,16 @@ class EventHub:
             if since is None:
                 since = self.last_id
             gap = bool(self._ring) and self._ring[0]['Id'] > since + 1
-            sub = Subscription(wanted, self.queue_size, replay, since, gap)
+            sub = Subscription(wanted, self.queue_size, replay, since, gap, owner)
             self._subscribers.add(sub)
         return sub
 
     def unsubscribe(self, sub):
         with self._lock:
             self._subscribers.discard(sub)
+            counted, sub.counted = sub.counted, False
+        if counted:
+            self.watchers.give(sub.owner)
         sub.finish('closed')
 
     def close(self):
@@ -231,13 +292,15 @@ def _wants(wanted, record):
     return is_notice(record) or wanted(record)
 
 
-def wait_for(hub, uuid, reached, timeout, first):
-    """Wait up to `timeout` s until reached(record) for an event of domain `uuid`.
+def wait_for(hub, uuid, reached, timeout, first, owner=None, gone=None, hold=None):
+    """Wait up to `timeout` s until reached(record) for an event of domain `uuid`, as `owner`
+    (hold: see Watchers.take); 499 client_gone once gone() says the client hung up (asked
+    every CLIENT_CHECK s).
 
     Subscribes before calling first() (which acts and/or checks the current state, True when
     already there), so an event that happens in between cannot be missed.
     """
-    sub = hub.subscribe(lambda record: record['Domain']['Uuid'] == uuid)
+    sub = hub.subscribe(lambda record: record['Domain']['Uuid'] == uuid, owner=owner, hold=hold)
     try:
         if first():
             return True
@@ -246,7 +309,10 @@ def wait_for(hub, uuid, reached, timeout, first):
             remaining = deadline - time.monotonic()
             if remaining <= 0 or sub.end:
                 return False
-            record = sub.get(remaining)
+            if gone is not None and gone():
+                raise client_gone(f'the client hung up after {timeout - remaining:.1f} s of a '
+                                  'wait: it was given up')
+            record = sub.get(remaining if gone is None else min(remaining, CLIENT_CHECK))
             if record is not None and reached(record):
                 return True
     finally:
@@ -263,8 +329,10 @@ def current_state(conn, uuid):
         raise
 
 
-def wait_for_state(hub, conn, uuid, condition, timeout, action=None):
-    """Run action() (if any), then wait until the domain is in `condition`; False on timeout.
+def wait_for_state(hub, conn, uuid, condition, timeout, action=None, owner=None, gone=None,
+                   hold=None):
+    """Run action() (if any), then wait until the domain is in `condition`; False on timeout
+    (owner, gone, hold: see wait_for).
 
     A timeout of 0 with an action does not wait (True once acted); without one, checks now.
     """
@@ -283,11 +351,12 @@ def wait_for_state(hub, conn, uuid, condition, timeout, action=None):
         # may already have passed: ask too.
         return STATE_AFTER.get(record.get('Event')) in states or current_state(conn, uuid) in states
 
-    return wait_for(hub, uuid, reached, timeout, first)
+    return wait_for(hub, uuid, reached, timeout, first, owner, gone, hold)
 
 
-def wait_for_restart(hub, uuid, timeout, action):
-    """Run action() (a reboot), then wait for the reboot event or the domain starting again.
+def wait_for_restart(hub, uuid, timeout, action, owner=None, gone=None, hold=None):
+    """Run action() (a reboot), then wait for the reboot event or the domain starting again
+    (owner, gone, hold: see wait_for).
 
     A timeout of 0 does not wait: True once the reboot was asked for.
     """
@@ -298,7 +367,8 @@ def wait_for_restart(hub, uuid, timeout, action):
     def first():
         _asked(action)
         return False
-    return wait_for(hub, uuid, lambda record: record.get('Event') in RESTART_EVENTS, timeout, first)
+    return wait_for(hub, uuid, lambda record: record.get('Event') in RESTART_EVENTS, timeout,
+                    first, owner, gone, hold)
 
 
 def _asked(action):

@@ -7,25 +7,26 @@ Required (our API only takes small JSON bodies and image uploads of a known size
 import logging
 import re
 import ssl
+import sys
 import time
 from email.utils import formatdate
 from http import HTTPStatus
 from urllib.parse import unquote
 
-from . import defaults
+from . import accesslog, defaults
 from .errors import HTTPError
 from .headers import content_length
 
 log = logging.getLogger('xend_rest.server')
 
 RECV_SIZE = 65536
-MAX_DRAIN = 64 * 1024  # unread request body we still read to keep a connection alive
 STATUSES_WITHOUT_BODY = ('204', '304')
 CONTINUE = b'HTTP/1.1 100 Continue\r\n\r\n'
 # A line ends with LF, a CR before it ignored (RFC 9112 2.2): the head ends at an empty line.
 HEAD_END = re.compile(rb'\n\r?\n')
 # Control characters but HTAB, and a CR that does not end a line (RFC 9110 5.5).
 CONTROL = re.compile(rb'[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)')
+FIRST_LINE = re.compile(rb'[\r\n]*([^\n]*)')  # the request line, after any empty lines
 # What an incomplete head can begin with: empty lines, then a method and a space.
 REQUEST_START = re.compile(rb'[\r\n]*[A-Z]{0,32}(?: |\Z)')
 
@@ -65,8 +66,8 @@ class _ErrorStream:
     """wsgi.errors: what the application writes goes to logging, not to stderr."""
 
     def write(self, text):
-        if text.strip():
-            log.error('%s', text.rstrip())
+        if text.strip():  # it may quote a request: kept on its line
+            log.error('%s', accesslog.printable_text(text.rstrip()))
 
     def writelines(self, lines):
         for line in lines:
@@ -159,11 +160,24 @@ def _framed(environ, body_start):
     return Request(environ, keep_alive, length, body_start, expect_continue)
 
 
+def logged_target(environ):
+    """A served request's target as logs show it: as the app says (environ['xend_rest.
+    log_target'], where it hides credentials), else as sent."""
+    return environ.get('xend_rest.log_target') or environ['RAW_URI']
+
+
+def logged_request(environ):
+    """'METHOD TARGET' of a served request for a log line, each part printable."""
+    return (f"{accesslog.printable(environ['REQUEST_METHOD'], accesslog.REQUEST_LINE)} "
+            f"{accesslog.printable(logged_target(environ), accesslog.REQUEST_LINE)}")
+
+
 def request_line_of(buf):
-    """(method, target) of a request line, for the access log of a request that failed to parse."""
-    line = buf[:buf.find(b'\n')].decode('latin-1').strip('\r\n')
+    """(method, target) of the request line that begins buf, as sent, for a request the server
+    refuses: ('-', the whole line) for one that is not three parts (or has not ended)."""
+    line = FIRST_LINE.match(buf).group(1).decode('latin-1').rstrip('\r')
     parts = line.split(' ')
-    return (parts[0], parts[1]) if len(parts) == 3 else ('-', '-')
+    return (parts[0], parts[1]) if len(parts) == 3 else ('-', line)
 
 
 def _request_line(line):
@@ -280,15 +294,19 @@ class Input:
 
 
 class Response:
-    """start_response() and the writing of status, headers and body to a non-blocking socket,
-    each part within `timeout`."""
+    """start_response(), and the answer's bytes: queued by write(), sent by send_more() as the
+    socket takes them, never waiting for it. An app's iterable is taken a part at a time, as the
+    previous part is sent: a client that reads slowly costs the part that waits, not a thread."""
 
-    def __init__(self, sock, head_only, keep_alive, http10, timeout=defaults.TIMEOUT):
-        self.sock, self.head_only, self.keep_alive, self.http10 = sock, head_only, keep_alive, http10
-        self.timeout = timeout
+    def __init__(self, sock, environ, keep_alive):
+        self.sock, self.environ, self.keep_alive = sock, environ, keep_alive
+        self.head_only = environ['REQUEST_METHOD'] == 'HEAD'
+        self.http10 = environ['SERVER_PROTOCOL'] == 'HTTP/1.0'
         self.status = self.headers = None
-        self.sent = False
+        self.sent = False  # the head is queued: the status can no longer change
         self.nbytes = 0
+        self._out = []  # memoryviews of what is queued, in order
+        self._result = self._parts = None  # the app's iterable and its iterator, until exhausted
 
     def start_response(self, status, headers, exc_info=None):
         if exc_info:
@@ -303,10 +321,10 @@ class Response:
         return self.write
 
     def write(self, data, total=None):
-        """Send data, preceded by the head on the first call; total is the whole body's length if known."""
+        """Queue data, preceded by the head on the first call; total is the whole body's length if known."""
         if self.sent:
-            if not self.head_only:
-                send(self.sock, data, self.timeout)
+            if not self.head_only and data:
+                self._out.append(memoryview(data))
                 self.nbytes += len(data)
             return
         if self.status is None:
@@ -316,8 +334,76 @@ class Response:
         if self.head_only or no_body:
             data = b''
         self.sent = True
-        send(self.sock, head + data, self.timeout)  # one send: no Nagle stall
+        self._out.append(memoryview(head + data))  # one send: no Nagle stall
         self.nbytes += len(data)
+
+    def unsent(self):
+        """Bytes queued and not yet sent."""
+        return sum(len(part) for part in self._out)
+
+    def send_more(self):
+        """Send what the socket takes now, taking the app's next parts as it goes: True once
+        the whole answer is sent, False when the socket is full (OSError: the client is gone)."""
+        while True:
+            while self._out:
+                try:
+                    sent = self.sock.send(self._out[0])
+                except (BlockingIOError, ssl.SSLWantWriteError):
+                    return False
+                if sent < len(self._out[0]):
+                    self._out[0] = self._out[0][sent:]
+                else:
+                    del self._out[0]
+            if self._parts is None:
+                return True
+            self._next_part()
+
+    def take(self, result):
+        """The app's answer: a list is queued at once (with its Content-Length), another
+        iterable a part at a time by send_more()."""
+        if type(result) in (list, tuple):  # the usual case: one send with a Content-Length
+            try:
+                data = b''.join(result)
+                self.write(data, len(data) if not self.sent else None)
+            finally:
+                _close(result)
+        else:
+            self._result, self._parts = result, iter(result)
+
+    def _next_part(self):
+        try:
+            data = next(self._parts, None)
+            if data is None:
+                self._parts = None
+                if not self.sent:
+                    self.write(b'', 0)
+                self.close()
+            elif data:
+                self.write(data)
+        except OSError:
+            raise  # the client's socket, not the application
+        except Exception:
+            self.fail()
+
+    def fail(self):
+        """The app raised: a JSON 500 if nothing is queued yet, else the answer is cut short."""
+        log.error('unhandled exception in the application for %s\n%s',
+                  logged_request(self.environ), accesslog.traceback_text(sys.exc_info()[1]))
+        self.keep_alive = False
+        self.close()
+        if self.sent:
+            raise ConnectionAbortedError('response cut short by an application error')
+        err = HTTPError(500, 'internal server error', 'internal_error')
+        body = err.payload()
+        self.status = status_line(err.status)
+        self.headers = [('Content-Type', defaults.JSON)]
+        self.write(body, len(body))
+
+    def close(self):
+        """Close the app's iterable (once), sent in full or not."""
+        result, self._result, self._parts = self._result, None, None
+        if result is not None:
+            _close(result)
 
     def _head(self, no_body, total):
         """The status line and header block; UnicodeEncodeError (nothing sent: a 500 still can be)."""
@@ -346,52 +432,29 @@ class Response:
         return ''.join(head).encode('latin-1')
 
 
+def _close(result):
+    if hasattr(result, 'close'):
+        result.close()
+
+
 def respond(app, sock, buf, request, timeout, deadline, keep_alive=True):
-    """Serve one parsed request whose body starts at request.body_start in buf: (the Response,
-    the bytes past its body, whether the connection may serve another request)."""
+    """Call the app for one parsed request whose body starts at request.body_start in buf:
+    (the Response, whose send_more() sends the answer; the body, whose `extra` holds the bytes
+    past it and `remaining` what the app left unread on the socket)."""
     environ = request.environ
     body = Input(sock, buf[request.body_start:], request.length, request.expect_continue,
                  timeout, deadline)
     environ['wsgi.input'] = body
-    response = Response(sock, environ['REQUEST_METHOD'] == 'HEAD', request.keep_alive and keep_alive,
-                        environ['SERVER_PROTOCOL'] == 'HTTP/1.0', timeout)
+    response = Response(sock, environ, request.keep_alive and keep_alive)
     run_app(app, environ, response)
-    keep = response.keep_alive
-    if keep and body.remaining:  # unread body: drain a little of it, else give up
-        if body.expect_continue or body.remaining > MAX_DRAIN:
-            keep = False
-        else:
-            body.read()
-    return response, body.extra, keep
+    return response, body
 
 
 def run_app(app, environ, response):
-    """Call the WSGI app and write what it answers; an application error becomes a JSON 500."""
+    """Call the WSGI app and queue what it answers; an application error becomes a JSON 500."""
     try:
-        result = app(environ, response.start_response)
-        try:
-            if type(result) in (list, tuple):  # the usual case: one send with a Content-Length
-                data = b''.join(result)
-                response.write(data, len(data) if not response.sent else None)
-            else:
-                for data in result:
-                    if data:
-                        response.write(data)
-                if not response.sent:
-                    response.write(b'', 0)
-        finally:
-            if hasattr(result, 'close'):
-                result.close()
+        response.take(app(environ, response.start_response))
     except OSError:
         raise  # the client's socket, not the application
     except Exception:
-        log.exception('unhandled exception in the application for %s %s',
-                      environ['REQUEST_METHOD'], environ['RAW_URI'])
-        response.keep_alive = False
-        if response.sent:
-            raise ConnectionAbortedError('response cut short by an application error')
-        err = HTTPError(500, 'internal server error', 'internal_error')
-        body = err.payload()
-        response.status = status_line(err.status)
-        response.headers = [('Content-Type', defaults.JSON)]
-        response.write(body, len(body))
+        response.fail()

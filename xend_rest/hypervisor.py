@@ -1,18 +1,20 @@
 """A hypervisor the daemon serves: its shared libvirt connection and what hangs off it."""
 import contextlib
 import logging
+import os
 import threading
 import time
 from urllib.parse import urlsplit, urlunsplit
 
 import libvirt
 
+from .accesslog import printable_text
 from .connection import PerConnection
 from .errors import HTTPError, is_connection_error
 from .events import EventHub
-from .handlers.images import Uploads
 from .memo import DomainMemo
 from .names import check as check_name
+from .uploads import Uploads
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +36,12 @@ def dotted(number):
 class Hypervisor:
     """One named libvirt connection, with its own event hub, uploads, driver features and memo."""
 
-    def __init__(self, name, connection, events=None):
+    def __init__(self, name, connection, events=None, state_dir=None):
         self.name = check_name(name)
         self.connection = connection  # a SharedConnection
         self.events = events or EventHub()
-        self.uploads = Uploads()  # images being uploaded through this connection
+        # images being uploaded through this connection; with a state directory, their markers
+        self.uploads = Uploads(state_dir and os.path.join(state_dir, 'uploads', self.name))
         self.features = PerConnection()  # what the driver can do, probed once per connection
         # What libvirtd last said of its host, kept while the connection is down: a listing
         # shows it rather than wait for a libvirtd that may not answer.
@@ -102,7 +105,8 @@ def gather(hypervisors, work, wait):
             pass  # unreachable (503, 504): the caller reports it as not answering
         except libvirt.libvirtError as err:
             if not is_connection_error(err):
-                log.warning('connection %s: %s', hypervisor.name, err.get_error_message())
+                log.warning('connection %s: %s', hypervisor.name,
+                            printable_text(err.get_error_message()))
         except Exception:
             log.exception('asking connection %s failed', hypervisor.name)
 

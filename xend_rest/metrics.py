@@ -12,21 +12,25 @@ class RequestMetrics:
     def __init__(self):
         self._lock = threading.Lock()
         self._series = {}  # (route, status) -> [count per bucket..., +Inf count, sum of seconds]
+        self._connections = {}  # route -> the connection its requests act on (None: daemon-wide)
 
-    def observe(self, route, status, seconds):
+    def observe(self, route, status, seconds, connection=None):
         """Count one answered request (on every request's path: keep it cheap)."""
         bucket = bisect.bisect_left(LATENCY_BUCKETS, seconds)
         with self._lock:
             series = self._series.get((route, status))
             if series is None:
                 series = self._series[route, status] = [0] * (len(LATENCY_BUCKETS) + 1) + [0.0]
+                self._connections[route] = connection
             series[bucket] += 1
             series[-1] += seconds
 
-    def samples(self):
-        """(route, status, cumulative bucket counts, count, sum) for each series, sorted."""
+    def samples(self, connections=None):
+        """(route, status, cumulative bucket counts, count, sum) for each series, sorted; with
+        `connections`, only the daemon-wide routes' and those of routes on these connections."""
         with self._lock:
-            snapshot = {key: list(series) for key, series in self._series.items()}
+            snapshot = {key: list(series) for key, series in self._series.items()
+                        if connections is None or self._connections[key[0]] in (None, *connections)}
         for (route, status), series in sorted(snapshot.items()):
             cumulative, running = [], 0
             for count in series[:-1]:
@@ -85,9 +89,10 @@ def _number(value):
     return repr(value) if isinstance(value, float) else str(int(value))  # counters are finite
 
 
-def add_requests(exposition, metrics):
-    """The request counter and latency histogram into an exposition (from one snapshot)."""
-    samples = list(metrics.samples())
+def add_requests(exposition, metrics, connections=None):
+    """The request counter and latency histogram into an exposition (from one snapshot); with
+    `connections`, of the daemon-wide routes and of the routes on these connections only."""
+    samples = list(metrics.samples(connections))
     for route, status, cumulative, count, total in samples:
         exposition.add('xend_http_requests_total', 'counter',
                        'HTTP requests answered, by route pattern and status.',

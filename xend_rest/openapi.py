@@ -43,13 +43,14 @@ def lifecycle(summary, flag_parameter, extra=(), not_modified=True, asks_guest=F
     responses = {204: NO_BODY, 409: ERROR, 501: ERROR}
     if not_modified:
         responses[304] = NO_BODY
-    if asks_guest:
-        responses.update({202: 'Message', 408: ERROR})
+    if asks_guest:  # and takes `wait`: a watcher, like /wait
+        responses.update({202: 'Message', **WATCHER_ANSWERS})
     return Doc(summary, responses, [flag_parameter, *extra])
 
 
-def upgrade(summary, console=False):
-    """A console or screen route's words: 101 and a session, or a refusal decided before it."""
+def upgrade(summary, console=False, screen=False):
+    """A console or screen route's words: 101 and a session, or a refusal decided before it (a
+    screen's: also 502, its VNC server cannot be reached)."""
     parameters = []  # the ticket is a credential: see SECURITY_SCHEMES
     if console:
         parameters = [
@@ -59,8 +60,11 @@ def upgrade(summary, console=False):
                   BOOLEAN),
             query('safe', '1/True/true: only a console libvirt can open safely.', BOOLEAN),
         ] + parameters
-    return Doc(summary, {101: NO_BODY, 400: ERROR, 403: ERROR, 404: ERROR, 409: ERROR,
-                         426: ERROR, 429: ERROR, 501: ERROR}, parameters, tickets=True)
+    responses = {101: NO_BODY, 400: ERROR, 403: ERROR, 404: ERROR, 409: ERROR, 426: ERROR,
+                 429: ERROR, 501: ERROR}
+    if screen:
+        responses[502] = ERROR
+    return Doc(summary, responses, parameters, tickets=True)
 
 
 PATH_PARAMETERS = {
@@ -94,6 +98,9 @@ OCTETS = (defaults.OCTETS, {'type': 'string', 'format': 'binary'})
 TEXT = ('text/plain', STRING)
 ERROR = 'Error'
 NO_BODY = None
+# What a request that waits for an event may answer besides: the wait ran out (408), its
+# caller holds its share of waits and streams (429), the client hung up meanwhile (499).
+WATCHER_ANSWERS = {408: ERROR, 429: ERROR, 499: ERROR}
 # What every route may answer: a query string or path that is not UTF-8 (400), credentials that
 # are missing (401, where the daemon wants them) or may not do it, a Host or Origin it refuses
 # (403), a body of another type than the route takes (415), a bug or a host failure (500), a
@@ -112,12 +119,17 @@ MAYBE_STRING = {'type': ['string', 'null']}
 
 # A JSON document as convert.dict_to_xml takes it: element names are XML names (not starting
 # with "xml"; a prefixed one needs its xmlns declared, which a schema cannot say, so none is
-# described), "@attribute" and "#text" hold a string XML can carry or a number, an element holds
-# null, such a value, an object or a list of them (not of lists).
+# described; of XML's own attributes, only those libvirt reads under no local name of its own),
+# "@attribute" and "#text" hold a string XML can carry or a number, an element holds null, such
+# a value, an object or a list of them (not of lists).
 ELEMENT_NAME = r'^(?![Xx][Mm][Ll])[A-Za-z_][A-Za-z0-9_.-]*$'
-ATTRIBUTE_NAME = r'^@(?:(?![Xx][Mm][Ll])[A-Za-z_][A-Za-z0-9_.-]*|xml:(?:lang|space|base|id))$'
+ATTRIBUTE_NAME = r'^@(?:(?![Xx][Mm][Ll])[A-Za-z_][A-Za-z0-9_.-]*|xml:(?:lang|space))$'
 MAX_NUMBER = jsonbody.MAX_NUMBER
 XML_TEXT = {'type': 'string', 'pattern': '^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\ufffe\\uffff]*$'}
+
+
+# Whether an image's content is all there (docs/api.md, Upload).
+UPLOAD_STATE = {'Uploading': {'type': 'boolean'}, 'Incomplete': {'type': 'boolean'}}
 
 
 def _object(properties, required=None):
@@ -170,9 +182,9 @@ SCHEMAS = {
     'Image': _object({
         'Name': STRING, 'Pool': STRING, 'Path': MAYBE_STRING, 'Type': MAYBE_STRING,
         'Format': MAYBE_STRING, 'Capacity': INT, 'Allocation': INT,
-        'UsedBy': {'type': 'array', 'items': STRING}, 'Uploading': {'type': 'boolean'}}),
+        'UsedBy': {'type': 'array', 'items': STRING}, **UPLOAD_STATE}),
     'ImageList': {'type': 'array', 'items': _ref('Image')},
-    'Volume': _object({'volume': {'type': 'object'}}),
+    'Volume': _object({'volume': {'type': 'object'}, **UPLOAD_STATE}),
     'Pool': _object({
         'Name': STRING, 'Uuid': STRING, 'Type': STRING, 'Path': MAYBE_STRING,
         'State': STRING, 'Capacity': INT, 'Allocation': INT, 'Available': INT,
@@ -216,14 +228,19 @@ REASONS = {
     401: 'Credentials required (where the daemon has tokens or client certificates)',
     403: 'Refused: dom0, or a role, connection, path, Host or Origin the request may not use',
     404: 'No such connection, domain, image, pool or device',
-    406: 'Definition rejected by libvirt (a name another domain has, among others)',
+    406: 'Definition rejected by libvirt (its message says why)',
     408: 'A wait ran out, or the client stopped sending the body',
-    409: 'Not in a state that allows it, or it exists already',
+    409: "Not in a state that allows it (a screen: its VNC server is not listening), or it "
+         'exists already',
     411: 'Content-Length required', 413: "Body too large (or larger than the image's capacity)",
     415: 'A body of another media type than the route takes (JSON where it takes none)',
     416: 'Range not satisfiable', 426: 'Upgrade required (WebSocket, or tcp for attach)',
-    429: 'Too many console sessions (or tickets) at once', 500: 'Server error: a bug, or a failure of the host',
+    429: 'Too many console sessions (or tickets) at once, or the caller holds its share of '
+         'sessions, or of event streams and waits',
+    499: 'The client hung up while it waited: for the access log (a client that shut only its '
+         'sending side reads it)', 500: 'Server error: a bug, or a failure of the host',
     501: 'Not supported by this hypervisor driver (the function, or a flag)',
+    502: "The domain's VNC server cannot be reached (one that is not listening is a 409)",
     503: 'libvirt is unreachable, the server is busy, or too many event streams are open',
     504: 'libvirt did not answer in time', 507: 'Not enough free space in the pool',
 }

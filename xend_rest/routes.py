@@ -11,8 +11,8 @@ from . import defaults
 from .handlers import consoles, domains, events, images, operations
 from .events import CONDITION_STATES, EVENT_NAMES
 from .openapi import (AFFECT_FLAG, ALL, CAPACITY, ERROR, FORCE, NAME, NO_BODY, NO_FLAG, OCTETS,
-                      SIZE_SCHEMA, SIZE_TEXT, STRING, TEXT, WAIT, WHOLE, XML_FLAG, Doc, flag,
-                      lifecycle, query, upgrade)
+                      SIZE_SCHEMA, SIZE_TEXT, STRING, TEXT, WAIT, WATCHER_ANSWERS, WHOLE,
+                      XML_FLAG, Doc, flag, lifecycle, query, upgrade)
 from .params import (DESTROY_FLAGS, IMAGE_FORMATS, MAX_WHOLE, REBOOT_FLAGS, SHUTDOWN_FLAGS,
                      START_FLAGS, UNDEFINE_FLAGS, VOL_CREATE_FLAGS, VOL_DELETE_FLAGS,
                      VOL_RESIZE_FLAGS, WIPE_ALGORITHMS)
@@ -95,7 +95,7 @@ EVENT_LIST = f'^(?:{ANY_EVENT})?(?:,(?:{ANY_EVENT})?)*$'
 ROUTES = [
     Route('GET', NODES + '/json', domains.list_domains, READ, secret_flag=SECURE_XML, doc=Doc(
         'List domains (dom0 excepted)', {200: 'DomainList', 501: ERROR}, [ALL, XML_FLAG])),
-    # A name another domain has (with another UUID) is libvirt's refusal like any other: 406.
+    # 409: another domain has the name or the UUID (decided before libvirt is called).
     Route('POST', NODES + '/create', domains.create_domain, ADMIN, body=JSON, host_paths=True,
           doc=Doc('Define (or redefine) a domain', {201: 'Created', 406: ERROR, 409: ERROR},
                   body='DomainDefinition', links=to_domain(
@@ -154,7 +154,7 @@ ROUTES = [
         "A domain's text console as raw bytes (Connection: Upgrade, Upgrade: tcp)",
         console=True)),
     Route('GET', DOMAIN + '/vnc', consoles.screen, OPERATOR, doc=upgrade(
-        "A domain's VNC screen (RFB) over a WebSocket, for noVNC")),
+        "A domain's VNC screen (RFB) over a WebSocket, for noVNC", screen=True)),
     Route('POST', DOMAIN + '/console/ticket', consoles.issue_ticket, OPERATOR, doc=Doc(
         'A single-use ticket that opens the console or screen from a browser',
         {201: 'Ticket', 429: ERROR},
@@ -162,7 +162,7 @@ ROUTES = [
                                                     'enum': ['console', 'vnc']})])),
     # Watching changes nothing: events, waits, counters and descriptions are for readers.
     Route('POST', DOMAIN + '/wait', events.wait_domain, READ, doc=Doc(
-        'Wait until a domain reaches a state', {200: 'WaitResult', 408: ERROR},
+        'Wait until a domain reaches a state', {200: 'WaitResult', **WATCHER_ANSWERS},
         [query('condition', 'The state to wait for.', {
             'type': 'string', 'enum': list(CONDITION_STATES)}, True),
          query('timeout', f'Seconds to wait at most (0-{defaults.MAX_WAIT_SECONDS}, '
@@ -175,7 +175,7 @@ ROUTES = [
     Route('GET', HV + '/events', events.stream_events, READ, doc=Doc(
         'Domain events as they happen (Server-Sent Events for Accept: text/event-stream)',
         {200: {defaults.NDJSON: {'$ref': '#/components/schemas/StreamLine'},
-               defaults.SSE: STRING}},
+               defaults.SSE: STRING}, 429: ERROR},
         [query('since', 'Replay the kept events after this id first.', WHOLE),
          query('domain', 'Only events of these domains (names or UUIDs; repeat the parameter, '
                'or separate them with commas).', {'type': 'array', 'items': STRING}),

@@ -9,37 +9,89 @@ import functools
 import hmac
 import ipaddress
 import os
+import re
 import socket
 import ssl
 import stat
-from collections import namedtuple
-from urllib.parse import parse_qs
+import xml.etree.ElementTree as ElementTree
+from collections import Counter, namedtuple
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from . import defaults
-from .errors import HTTPError
+import libvirt
+
+from . import convert, defaults
+from .errors import HTTPError, bad_request, is_connection_error
 from .headers import content_length, media_type
 from .names import check as check_name
 from .params import is_whole
-from .tickets import Tickets
+from .tickets import PARAMETER as TICKET, Tickets, target_of
 from .routes import ADMIN, ROLES
+from .handlers import images
+from .schema_paths import SCHEMA_PATHS
 
-# Where a definition names a host file: the trailing element names and the attribute (or #text)
-# of a value, matched at any depth. Each is a file or program the hypervisor opens or runs.
-PATH_FIELDS = (
-    # disks, filesystems, serial/console/parallel/channel/redirdev/vhost-user/TPM sources
-    ('source', '@file'), ('source', '@dir'), ('source', '@path'), ('source', '@socket'),
-    ('disk', 'source', '@dev'), ('mirror', '@file'), ('host', '@socket'),
-    ('os', 'kernel'), ('os', 'initrd'), ('os', 'loader'), ('os', 'nvram'), ('os', 'dtb'),
-    ('nvram', '@template'), ('acpi', 'table'), ('domain', 'bootloader'), ('devices', 'emulator'),
-    ('script', '@path'), ('downscript', '@path'), ('binary', '@path'),  # programs run
-    ('interface', 'backend', '@tap'), ('interface', 'backend', '@vhost'),
-    ('backend', 'device', '@path'), ('rng', 'backend'), ('log', '@file'), ('audio', '@path'),
-    ('input', 'source', '@evdev'), ('input', 'source', '@dev'),
-    ('hostdev', 'source', 'block'), ('hostdev', 'source', 'char'),
-    ('memory', 'source', 'path'),  # nvdimm, virtio-pmem
-    ('shmem', 'server', '@path'), ('graphics', '@socket'), ('listen', '@socket'),
-    ('gl', '@rendernode'), ('smartcard', 'database'),
-)
+# Places whose values are host paths although libvirt's schema types them as plain text: found by
+# defining libvirt's own test definitions and reading back what it stored (tests/
+# test_schema_paths.py). Judged like the schema's own (schema_paths.SCHEMA_PATHS).
+TEXT_TYPED_PATHS = {
+    ('source', '@path'): 'path',  # a character device's file, device or socket (serial, channel...)
+    ('source', '@master'): 'path', ('source', '@slave'): 'path',  # nmdm character devices
+    ('bootloader', '#text'): 'path',  # the program Xen runs to boot a PV guest
+    ('entry', '@file'): 'path',  # <sysinfo type='fwcfg'>: a file QEMU hands the guest
+    ('lease', 'target', '@path'): 'path',  # a lock manager's lease file
+    ('graphics', '@xauth'): 'path',  # SDL's X authority file
+}
+PATH_PLACES = {**SCHEMA_PATHS, **TEXT_TYPED_PATHS}
+# Places whose values name no host file, though they may start with '/': every other value that
+# does is judged as a path too, wherever it stands (a place libvirt may add after this table). A
+# place starting with 'domain' is that place only, never the same names deeper down: their text
+# is also left out of the text of the elements around them (see _read).
+NOT_HOST_PATHS = {
+    ('domain', 'resource', 'partition', '#text'),  # a cgroup partition (/machine)
+    ('domain', 'os', 'cmdline', '#text'),  # the kernel's command line (root=/dev/xvda1)
+    ('domain', 'description', '#text'), ('domain', 'title', '#text'),  # free text
+    ('filesystem', 'target', '@dir'),  # where the guest mounts it
+    ('source', '@name'),  # network disks: a name on the storage server
+}
+# Places that pass a program options, which may name any host file: refused while allowed-paths
+# is set. libxl puts a bootloader's after its own --output and --output-directory, so pygrub
+# would write what it reads from the guest's disk wherever they say.
+OPTIONS = {('domain', 'bootloader_args', '#text')}
+# Elements that hand a host device to the guest (when their attribute says so), with no path:
+# refused while allowed-paths is set, unless allow-host-devices.
+HOST_DEVICES = {'hostdev': None, 'interface': ('@type', 'hostdev'), 'smartcard': ('@mode', 'host'),
+                'disk': ('@type', 'nvme'), 'backingStore': ('@type', 'nvme'),
+                'mirror': ('@type', 'nvme')}
+# Elements that give the guest a host directory (<source dir=...>): the guest of a writable one
+# can make links and files there, which the hypervisor then follows or reads for another domain
+# (a disk named before it exists): refused while allowed-paths is set, unless <readonly/>.
+DIRECTORY_SHARES = ('filesystem', 'disk')
+# The longest name the kernel opens, in bytes with its NUL (a longer one fails, ENAMETOOLONG): a
+# longer value is refused where a path is expected, and is no path elsewhere. (This also bounds
+# the time realpath takes: about 20 us a component.)
+PATH_MAX = 4096
+# A name without '/' (not '.' or '..'): what a consumer looks up in directories of its own.
+BARE_NAME = re.compile(r'(?!\.\.?\Z)[^/\x00]+\Z')
+# An ALSA device as alsa-lib names a card's PCM: a plugin that opens only sound devices, with
+# card and device arguments (the file and ladspa plugins, which open host files, are not here).
+ALSA_DEVICE = re.compile(r'(default|sysdefault|hw|plughw|dmix|dsnoop|front|rear|center_lfe|side'
+                         r'|surround[0-9]{2}|iec958|hdmi)(:[A-Za-z0-9_=,]+)?\Z')
+# Values at path places that name no host file a client chooses: (place, driver (None: any),
+# (element of the place, attribute, value) it needs, or None, the form of such a value).
+NAMES = [
+    # libxl runs a relative interface script from Xen's script directory (/etc/xen/scripts,
+    # libxl__abs_path), which only root controls
+    (('interface', 'script', '@path'), 'xen', None, BARE_NAME),
+    # libxl runs a bootloader without '/' from its private binary directory
+    # (/usr/lib/xen-<version>/bin) if there, else from libvirtd's PATH: root's directories
+    (('domain', 'bootloader', '#text'), 'xen', None, BARE_NAME),
+    # an ALSA device is a name alsa-lib resolves (hw:0), not a file
+    (('audio', 'input', '@dev'), None, ('audio', 'type', 'alsa'), ALSA_DEVICE),
+    (('audio', 'output', '@dev'), None, ('audio', 'type', 'alsa'), ALSA_DEVICE),
+]
+
+# The most names a place of these tables has (_at looks no further).
+LONGEST_PLACE = max(len(place) for table in (PATH_PLACES, NOT_HOST_PATHS, OPTIONS,
+                                             [tail for tail, *_ in NAMES]) for place in table)
 
 # Names a client on this machine may use in Host: besides these, the listen addresses and the
 # host's own names. Anything else is a DNS-rebinding page or a misdirected request.
@@ -48,6 +100,18 @@ UNAUTHENTICATED = [('WWW-Authenticate', 'Bearer realm="xend-rest"')]
 # Sec-Fetch-Site values a browser sends for requests a web page made (a typed URL sends "none").
 PAGE_FETCHES = ('cross-site', 'same-site', 'same-origin')
 MIN_TOKEN_LENGTH = 16
+# Who made a request, as the access log names it and the per-caller limits count it: a token's
+# name, a client certificate's subject, or a unix socket's peer user (see caller_name). Without
+# any of them the caller is anonymous (TCP on loopback without credentials: all one caller);
+# NOBODY is a request refused before its caller was known.
+ANONYMOUS, NOBODY = 'anonymous', '-'
+# A caller is printable ASCII without spaces; anything else in a name is percent-encoded.
+CALLER_SAFE = ''.join(chr(code) for code in range(0x21, 0x7f) if chr(code) != '%')
+RFC4514_ESCAPES = {'\0': '\\00', **{char: '\\' + char for char in '"+,;<>\\'}}
+# Certificate attribute names as RFC 4514 writes them; the others keep Python's (long) names.
+SHORT_NAMES = {'commonName': 'CN', 'organizationName': 'O', 'organizationalUnitName': 'OU',
+               'countryName': 'C', 'stateOrProvinceName': 'ST', 'localityName': 'L',
+               'streetAddress': 'STREET', 'domainComponent': 'DC', 'userId': 'UID'}
 
 
 class ConfigError(ValueError):
@@ -76,7 +140,7 @@ class Guard:
     """Admits a request (Host, Origin, credentials), then authorizes it for its route."""
 
     def __init__(self, tokens=None, tls_clients=None, allowed_hosts=(), allowed_paths=(),
-                 allowed_origins=(), tickets=None):
+                 allowed_origins=(), tickets=None, allow_host_devices=False):
         # A plain role where a Grant goes covers every connection (as before there were several).
         self.tokens = {token: (_as_grant(grant), name)  # token -> (Grant, name)
                        for token, (grant, name) in (tokens or {}).items()}
@@ -85,6 +149,9 @@ class Guard:
             name: _as_grant(grant) for name, grant in tls_clients.items()}
         self.allowed_hosts = own_names() | {_host_name(host) for host in allowed_hosts}
         self.allowed_paths = [os.path.realpath(path) for path in allowed_paths]
+        # As a hypervisor on another host reads them: the daemon cannot see its links.
+        self.remote_allowed_paths = [_lexical(path) for path in allowed_paths]
+        self.allow_host_devices = allow_host_devices
         # Pages that may open a console or a screen, with a ticket and nothing else.
         self.allowed_origins = {origin_name(origin) for origin in allowed_origins}
         self.tickets = Tickets() if tickets is None else tickets
@@ -96,10 +163,22 @@ class Guard:
         """The caller's role; 403 for a foreign Host or a web page's request, 401 without credentials.
 
         A request with ?ticket= is a console or screen upgrade (a browser's WebSocket): the
-        ticket is its only credential, used up here, and a page of an allowed origin may send it.
+        ticket is its only credential, and a page of an allowed origin may send it. Every ticket
+        a request carries is used up first, whatever is answered: once sent, it was seen (the
+        ?ticket= the app reads, and any other ticket anywhere in its target: Tickets.spend_in).
+        Who the caller is goes to request.caller and environ['xend_rest.caller'] (the access log).
         """
         environ = request.environ
-        token = ticket_token(environ)
+        transport = environ.get('xend_rest.transport', 'tcp')
+        # Until its credentials are read, the caller is what the connection proves, if anything.
+        known = request.caller = environ['xend_rest.caller'] = connection_caller(environ, transport)
+        tokens = ticket_tokens(environ)
+        tickets = [self.tickets.redeem(token) for token in tokens]
+        self.tickets.spend_in(target_of(environ))  # and any other it carries, however spelled
+        if len(tokens) > 1:
+            raise HTTPError(400, f'query parameter "{TICKET}" is given more than once',
+                            'bad_parameter')
+        token = tokens[0] if tokens else None
         if token is None and ('HTTP_ORIGIN' in environ
                               or environ.get('HTTP_SEC_FETCH_SITE') in PAGE_FETCHES):
             raise HTTPError(403, 'requests from web pages (with an Origin header) are refused',
@@ -108,20 +187,21 @@ class Guard:
         if token is not None and origin is not None and origin_name(origin) not in self.allowed_origins:
             raise HTTPError(403, f'Origin {origin} may not open consoles; add it to '
                             'allowed-origins', 'cross_origin')
-        transport = environ.get('xend_rest.transport', 'tcp')
         host = _host_name(environ.get('HTTP_HOST') or environ.get('SERVER_NAME', ''))
         if transport != 'unix' and not self.is_own_host(host):
             raise HTTPError(403, f'Host {host!r} is not a name of this daemon; add it to '
                             'allowed-hosts', 'foreign_host')
         if token is not None:
-            request.ticket = self.tickets.redeem(token)
+            request.ticket = tickets[0]
             if request.ticket is None:
                 raise HTTPError(401, 'the console ticket is unknown, used already or expired',
                                 'bad_ticket')
-            # Its role, on the one connection it was issued for.
+            # Its role, on the one connection it was issued for, for whoever asked for it.
             request.role, request.connections = request.ticket.role, {request.ticket.hypervisor}
+            caller = request.ticket.caller
         else:
-            request.role, request.connections = self._grant(environ, transport)
+            (request.role, request.connections), caller = self._grant(environ, transport, known)
+        request.caller = environ['xend_rest.caller'] = caller
         return request.role
 
     def check_connections(self, names):
@@ -148,9 +228,11 @@ class Guard:
             raise HTTPError(403, f'this needs the {needed} role; your credentials have '
                             f'{request.role}', 'forbidden')
         if route.on_connection and not request.may_use(request.hypervisor):
+            # /info (a path naming a connection never gets here: the app answers 404). The
+            # connection is not named: a credential does not learn of others.
             only = ', '.join(sorted(request.connections))
-            raise HTTPError(403, 'your credentials do not cover the connection '
-                            f'{request.hypervisor.name} (only {only})', 'forbidden')
+            raise HTTPError(403, 'this route acts on the default connection, which your '
+                            f'credentials do not cover (only {only})', 'forbidden')
         self.check_secret_flag(request, route)
         if content_length(request.environ.get('CONTENT_LENGTH')):
             expected = route.body or defaults.JSON
@@ -166,8 +248,11 @@ class Guard:
                                 '(xen:commandline, qemu:commandline, ...) pass anything to the '
                                 'device model, so they are refused while allowed-paths is set',
                                 'path_not_allowed')
-            for where, path in host_paths(doc):
-                self.check_path(where, path)
+            # Judged as libvirt will read it: the XML it is sent (400 for what XML or libvirt's
+            # reading of names cannot carry, before any path is looked at).
+            root = sent_xml(doc)
+            self.check_host_access(request, root)
+            images.judge_disks(request, read_elements(root, 'disk'), self.check_path)  # their images
 
     def check_secret_flag(self, request, route):
         """403 unless the role may set the route's flag bit that asks for secrets."""
@@ -183,27 +268,71 @@ class Guard:
             raise HTTPError(403, f'flag={flag} asks for secrets ({name}): this needs the {needed} '
                             f'role; your credentials have {request.role}', 'forbidden')
 
-    def check_path(self, where, path):
-        """403 unless path resolves (links followed) into one of allowed-paths."""
-        real = os.path.realpath(path) if isinstance(path, str) and path.startswith('/') else None
-        if real is None or not any(real == top or real.startswith(top.rstrip('/') + '/')
-                                   for top in self.allowed_paths):
-            raise HTTPError(403, f"{where}: {path!r} is outside the allowed paths "
-                            f"({' '.join(self.allowed_paths)})", 'path_not_allowed')
+    def check_host_access(self, request, root):
+        """403 for a path, volume, host device or writable directory of a definition (parsed XML:
+        host_access) that the policy does not allow; paths are judged on the hypervisor's host
+        as well as the daemon can."""
+        uri = request.hypervisor.connection.uri
+        remote = is_remote(uri)
+        for where, kind, value in host_access(root, driver_of(uri)):
+            if kind == 'device':
+                if not self.allow_host_devices:
+                    raise HTTPError(403, f'{where}: a <{value}> hands a host device to the guest; '
+                                    'while allowed-paths is set, that needs allow-host-devices',
+                                    'host_device_not_allowed')
+            elif kind == 'options':
+                raise HTTPError(403, f"{where}: a program's options may name any host file, so "
+                                'they are refused while allowed-paths is set', 'path_not_allowed')
+            elif kind == 'share':
+                raise HTTPError(403, f'{where}: a guest given a host directory writable could make '
+                                'links and files there, which the hypervisor would follow for '
+                                'other domains; while allowed-paths is set, add <readonly/>',
+                                'path_not_allowed')
+            elif kind == 'volume':
+                self.check_path(where, volume_path(request.conn, *value), remote,
+                                f'volume {value[1]!r} of pool {value[0]!r}')
+            elif kind == 'dbus':
+                self.check_path(where, dbus_socket(value), remote, f'D-Bus address {value!r}')
+            else:
+                self.check_path(where, value, remote)
 
-    def _grant(self, environ, transport):
+    def check_path(self, where, path, remote=False, what=None):
+        """403 unless path resolves into one of allowed-paths: links followed on this host, and
+        only '..' and '//' resolved for a hypervisor on another (remote: its links are unseen)."""
+        tops = self.remote_allowed_paths if remote else self.allowed_paths
+        if isinstance(path, str) and '\0' in path:  # (a D-Bus address may escape one: %00)
+            raise bad_request(f'{where}: {what or repr(path)} holds a NUL, which no path can')
+        if isinstance(path, str) and len(path.encode('utf-8', 'surrogatepass')) >= PATH_MAX:
+            raise HTTPError(403, f'{where}: a path of {len(path)} characters is longer than any '
+                            'the kernel opens', 'path_not_allowed')
+        real = None
+        if isinstance(path, str) and path.startswith('/'):
+            real = _lexical(path) if remote else os.path.realpath(path)
+        if real is None or not any(real == top or real.startswith(top.rstrip('/') + '/')
+                                   for top in tops):
+            raise HTTPError(403, f"{where}: {what or repr(path)} is outside the allowed paths "
+                            f"({' '.join(tops)})", 'path_not_allowed')
+
+    def _grant(self, environ, transport, known):
+        """(the Grant, the caller) of the credentials that decide: a bearer token, else the
+        unix peer or the client certificate (`known`: the connection's caller); 401 or 403
+        without acceptable ones."""
         authorization = environ.get('HTTP_AUTHORIZATION')
         if authorization is not None and self.tokens:
-            return self._token_grant(authorization)
+            grant, name = self._token_grant(authorization)
+            return grant, caller_name('token', name)
         if transport == 'unix':
-            return EVERYTHING  # the socket's owner, group and mode decided who got this far
+            # the socket's owner, group and mode decided who got this far
+            return EVERYTHING, ANONYMOUS if known == NOBODY else known
         # With an allow-list, a certificate must name an allowed CN: one without a CN gets nothing.
-        if transport == 'tls' and (self.tls_clients is not None or 'xend_rest.client_cn' in environ):
-            return self._client_grant(environ.get('xend_rest.client_cn'))
+        subject = environ.get('xend_rest.client_subject')
+        if transport == 'tls' and (self.tls_clients is not None or subject):
+            return self._client_grant(subject), known
         if self.tokens:
             raise HTTPError(401, 'authentication required: send Authorization: Bearer <token>',
                             'unauthorized', UNAUTHENTICATED)
-        return EVERYTHING  # no authentication configured: start-up allowed this only on loopback
+        # no authentication configured: start-up allowed this only on loopback
+        return EVERYTHING, ANONYMOUS
 
     def _token_grant(self, authorization):
         scheme, _, token = authorization.partition(' ')
@@ -215,9 +344,10 @@ class Guard:
         if scheme.lower() != 'bearer' or found is None:
             raise HTTPError(401, 'the bearer token is not valid', 'unauthorized',
                             [('WWW-Authenticate', 'Bearer realm="xend-rest", error="invalid_token"')])
-        return found[0]
+        return found
 
-    def _client_grant(self, common_name):
+    def _client_grant(self, subject):
+        common_name = client_cn(subject or ())
         if self.tls_clients is None:
             return EVERYTHING  # like docker --tlsverify: a certificate from our CA is enough
         if common_name is None:
@@ -232,18 +362,151 @@ def _as_grant(grant):
     return grant if isinstance(grant, Grant) else Grant(parse_role(grant), None)
 
 
-def host_paths(doc, trail=()):
-    """(where, value) of every host path a JSON definition names (see PATH_FIELDS)."""
-    if isinstance(doc, list):
-        for item in doc:
-            yield from host_paths(item, trail)
-    elif isinstance(doc, dict):
-        for key, value in doc.items():
-            yield from host_paths(value, trail + (key,))
-    elif trail:
-        named = trail[:-1] if trail[-1] == '#text' else trail  # <kernel>/x</kernel>, or with attributes
-        if any(named[-len(field):] == field for field in PATH_FIELDS):
-            yield '.'.join(trail), doc
+def sent_xml(doc):
+    """The XML libvirt is sent for a JSON definition ({"domain": ...}) or one device, parsed
+    back: ours, from convert (no DOCTYPE, no entities), so every spelling question (lists,
+    #text, prefixes, order) is answered by the same serialisation libvirt reads. 400 for what
+    convert refuses."""
+    domain = isinstance(doc, dict) and 'domain' in doc
+    return ElementTree.fromstring(convert.dict_to_xml(doc, 'domain') if domain
+                                  else convert.device_to_xml(doc))
+
+
+def read_elements(root, name):
+    """The elements of a definition with this name, but those in <metadata> (never read)."""
+    unread = {id(element) for metadata in (root.findall('metadata') if root.tag == 'domain' else ())
+              for element in metadata.iter()}
+    return [element for element in root.iter(name) if id(element) not in unread]
+
+
+def driver_of(uri):
+    """The libvirt driver a URI names: 'xen' for xen:///system and xen+tls://dom0/system."""
+    return urlsplit(uri).scheme.partition('+')[0]
+
+
+def host_access(root, driver=None):
+    """(where, kind, value) for what a definition (or one device) reaches on the host, read from
+    the XML libvirt is sent (sent_xml) as libvirt reads it: attributes by their local names, an
+    element's text as all the text inside it (XPath's string value, children's included). A
+    value at a place PATH_PLACES names (kind 'path' or 'dbus') unless it is one of the NAMES the
+    `driver` resolves itself, any other value starting with '/' ('absolute'), the (pool, volume)
+    of a volume disk ('volume'), a host device ('device'), a program's options ('options'), a
+    writable host directory ('share'). <metadata> is never read."""
+    found = []
+    if root.tag == 'domain':
+        _read(root, ('domain',), (root.attrib,), 'domain', driver, found)
+    else:
+        chain = ('domain', 'devices', _local(root.tag))
+        _read(root, chain, ({}, {}, root.attrib), chain[-1], driver, found)
+    return found
+
+
+def _read(element, chain, owners, where, driver, found):
+    """Add what `element` and its children reach to `found`; its text as libvirt reads it.
+    `owners`: the attributes of each element of `chain`."""
+    attributes = {_local(name): value for name, value in element.attrib.items()}
+    if chain[-1] == 'source' and 'pool' in attributes and 'volume' in attributes:
+        found.append((where, 'volume', (attributes['pool'], attributes['volume'])))
+    for name, value in attributes.items():
+        _judge(chain + ('@' + name,), owners, f'{where}.@{name}', value, driver, found)
+    text = [element.text or '']
+    names = [_local(child.tag) for child in element]
+    repeated, seen = Counter(names), Counter()
+    for child, name in zip(element, names):
+        inner = chain + (name,)
+        if inner != ('domain', 'metadata'):
+            index = f'[{seen[name]}]' if repeated[name] > 1 else ''
+            seen[name] += 1
+            value = _read(child, inner, owners + (child.attrib,), f'{where}.{name}{index}',
+                          driver, found)
+            if _at(inner + ('#text',), NOT_HOST_PATHS) is None:
+                text.append(value)
+        text.append(child.tail or '')
+    text = ''.join(text)
+    if text:
+        spelt = f'{where}.#text' if attributes or len(element) else where  # as Inspect shows it
+        _judge(chain + ('#text',), owners, spelt, text, driver, found)
+    if chain[-1] in DIRECTORY_SHARES and 'readonly' not in names:
+        found += [(where, 'share', source.get('dir')) for source in element
+                  if _local(source.tag) == 'source' and source.get('dir') is not None]
+    device = HOST_DEVICES.get(chain[-1], False)  # after its paths, the more telling refusal
+    if device is None or device and attributes.get(device[0][1:]) == device[1]:
+        found.append((where, 'device', chain[-1]))
+    return text
+
+
+def _judge(place, owners, where, value, driver, found):
+    """Add (where, kind, value) to `found` if the value at `place` reaches the host."""
+    if _at(place, OPTIONS) is not None:
+        found.append((where, 'options', value))
+    elif _at(place, NOT_HOST_PATHS) is None:
+        key = _at(place, PATH_PLACES)
+        if key is not None:
+            if not _names_no_file(place, owners, value, driver):
+                found.append((where, PATH_PLACES[key], value))
+        elif value.strip().startswith('/') and len(value.encode('utf-8', 'surrogatepass')) < PATH_MAX:
+            found.append((where, 'absolute', value))  # (a longer text is no name the kernel opens)
+
+
+def _names_no_file(place, owners, value, driver):
+    """Whether the value at a path place is one of the NAMES: resolved by its consumer to no
+    host file the client chooses (a script in Xen's own directory, an ALSA device)."""
+    for tail, consumer, needs, form in NAMES:
+        if _at(place, {tail}) is None or consumer not in (None, driver):
+            continue
+        owner = owners[len(place) - len(tail)]  # the attributes of the tail's first element
+        if (needs is None or owner.get(needs[1]) == needs[2]) and form.match(value):
+            return True
+    return False
+
+
+def _local(name):
+    """A name's local part, as libvirt reads it: '{urn:x}file' (ElementTree's p:file) -> 'file'."""
+    return name.rpartition('}')[2]
+
+
+def _at(place, table):
+    """The key of `table` that the place ends with (two names at least), or None. A key that
+    starts with 'domain' is that place only, not a tail."""
+    for length in range(2, min(len(place), LONGEST_PLACE) + 1):
+        key = place[-length:]
+        if key in table and (key[0] != 'domain' or length == len(place)):
+            return key
+    return None
+
+
+def volume_path(conn, pool, volume):
+    """The file a volume disk reaches, asked of the hypervisor's connection; None when libvirt
+    cannot say (no such pool or volume yet, an inactive pool): nothing to judge it by."""
+    try:
+        return conn.storagePoolLookupByName(pool).storageVolLookupByName(volume).path()
+    except libvirt.libvirtError as err:
+        if is_connection_error(err):
+            raise
+        return None
+    except TypeError:  # a pool or volume name that is not a string
+        return None
+
+
+def dbus_socket(address):
+    """The socket of a D-Bus address of the form unix:path=... (unescaped), else None: another
+    transport, or several addresses, reach nothing the guard can judge."""
+    transport, _, options = str(address).partition(':')
+    if transport != 'unix' or ';' in options:
+        return None
+    fields = dict(option.partition('=')[::2] for option in options.split(','))
+    return unquote(fields['path']) if 'path' in fields else None
+
+
+def is_remote(uri):
+    """Whether a libvirt URI reaches a hypervisor on another host (xen+tls://dom0.example/)."""
+    host = urlsplit(uri).hostname
+    return bool(host) and not is_loopback(host)
+
+
+def _lexical(path):
+    """An absolute path with '..', '.' and '//' resolved, links not followed."""
+    return os.path.normpath('/' + path.lstrip('/'))
 
 
 def hypervisor_elements(doc):
@@ -263,12 +526,55 @@ def hypervisor_elements(doc):
                 yield f'domain.{key}.@xmlns'
 
 
-def ticket_token(environ):
-    """The ?ticket= of a request, read before the rest of its query is; given twice is a 400."""
-    tokens = parse_qs(environ.get('QUERY_STRING', ''), keep_blank_values=True).get('ticket')
-    if tokens and len(tokens) > 1:
-        raise HTTPError(400, 'query parameter "ticket" is given more than once', 'bad_parameter')
-    return tokens[0] if tokens else None
+def ticket_tokens(environ):
+    """Every ?ticket= of a request, read before the rest of its query is."""
+    return parse_qs(environ.get('QUERY_STRING', ''), keep_blank_values=True).get(TICKET, [])
+
+
+def caller_name(kind, name):
+    """'token:alice', 'cert:CN=alice,O=Example', 'uid:1000': a caller as the access log names it
+    and the per-caller limits count it. Printable ASCII without spaces: anything else in the
+    name (a space, a newline, a NUL, a non-ASCII letter) is percent-encoded, so that a name
+    cannot forge a log line, and two names never read the same."""
+    return f"{kind}:{quote(name, safe=CALLER_SAFE, errors='surrogatepass')}"
+
+
+def connection_caller(environ, transport):
+    """The caller the connection itself proves (the kernel's word for a unix socket's peer, the
+    CA's for a client certificate), or NOBODY."""
+    if transport == 'unix' and 'xend_rest.peer_uid' in environ:
+        return caller_name('uid', str(environ['xend_rest.peer_uid']))
+    subject = environ.get('xend_rest.client_subject')
+    if transport == 'tls' and subject:
+        return caller_name('cert', subject_text(subject))
+    return NOBODY
+
+
+def client_cn(subject):
+    """The CN of a certificate subject (getpeercert()'s RDNs), None without one; 403 for a
+    subject with several (in one RDN or in several): which one names the client is anybody's
+    guess (Python's dict of the subject took the last, OpenSSL's look-up the first)."""
+    names = [value for rdn in subject for kind, value in rdn if kind == 'commonName']
+    if len(names) > 1:
+        raise HTTPError(403, f'the client certificate names {len(names)} CNs '
+                        f'({subject_text(subject)}): it must name one', 'ambiguous_certificate')
+    return names[0] if names else None
+
+
+def subject_text(subject):
+    """A certificate subject as RFC 4514 writes it, most specific first: 'CN=alice,O=Example'."""
+    return ','.join('+'.join(f'{SHORT_NAMES.get(kind, kind)}={_rfc4514_value(value)}'
+                             for kind, value in rdn) for rdn in reversed(subject))
+
+
+def _rfc4514_value(value):
+    """An attribute value escaped as RFC 4514 says (section 2.4)."""
+    escaped = [RFC4514_ESCAPES.get(char, char) for char in value]
+    if value[:1] in ('#', ' '):
+        escaped[0] = '\\' + value[0]
+    if len(value) > 1 and value[-1] == ' ':
+        escaped[-1] = '\\ '
+    return ''.join(escaped)
 
 
 def origin_name(origin):
@@ -377,8 +683,18 @@ def is_loopback(host):
         return host == 'localhost'
 
 
-def exposed_listeners(listen_hosts, tls_verifies_clients, tokens):
-    """The TCP hosts that listen beyond this machine with no way to authenticate a caller."""
-    if tls_verifies_clients or tokens:
-        return []
-    return [host for host in listen_hosts if not is_loopback(host)]
+# Why a listener beyond loopback may not start (without --insecure), and what makes it safe.
+UNAUTHENTICATED_LISTENER = ('nothing authenticates callers',
+                            'set tls-cert and tls-key (HTTPS) with tls-ca (client certificates) '
+                            'or tokens-file')
+CLEARTEXT_TOKENS = ('bearer tokens would cross the network in cleartext, for anyone on the path '
+                    'to read and replay', 'set tls-cert and tls-key (HTTPS)')
+
+
+def exposed_listeners(listen_hosts, tls, tls_verifies_clients, tokens):
+    """(hosts, (why, fix)): the TCP hosts that listen beyond this machine unsafely, and why;
+    ([], (None, None)) if none does. A bearer token is a password: beyond loopback it needs TLS."""
+    remote = [host for host in listen_hosts if not is_loopback(host)]
+    if not remote or tls_verifies_clients or (tokens and tls):
+        return [], (None, None)
+    return remote, CLEARTEXT_TOKENS if tokens else UNAUTHENTICATED_LISTENER

@@ -4,10 +4,15 @@ Every connection is registered, one-shot, in one epoll set (Linux). `concurrency
 a time (started on demand) wait on it and serve what is ready: threads taking turns on one GIL
 can cost more than they bring (see docs/server.md). A worker reads without blocking: an
 incomplete request is re-armed (a slow or idle client costs a descriptor, never a worker), a
-complete one is served at once, with no hand-off between threads. One more thread accepts,
-enforces deadlines, and gives a turn to another worker (up to `workers`) whenever one stalls on
-a request for longer than `stall`. See docs/server.md; HTTP framing is http11.py's.
+complete one is served at once, with no hand-off between threads; an answer the client does
+not take at once waits for the socket the same way. One more thread accepts, enforces
+deadlines, and gives a turn to another worker (up to `workers`) whenever one stalls on a request
+for longer than `stall`. Requests that hold a worker for long (uploads, and what the app says
+will: event streams, waits) are bounded together below `workers`, so that `concurrency` workers
+are always left for the rest. See docs/server.md; HTTP framing is http11.py's.
 """
+import collections
+import functools
 import logging
 import select
 import selectors
@@ -23,10 +28,56 @@ from .listeners import format_address, parse_listen, sd_notify
 
 log = logging.getLogger('xend_rest.server')
 
-# What becomes of a connection after a request: closed, kept, upgraded, or closing (see _refuse).
-CLOSE, KEEP, UPGRADED, LINGER = 'close', 'keep', 'upgraded', 'linger'
 LINGER_TIME = 2.0  # seconds a refused client's remaining bytes are read and dropped
+# Seconds the listeners rest after accept() failed (out of file descriptors, as a rule): the
+# waiting connection keeps them readable, and trying again at once spins (nginx waits 0.5 s).
+ACCEPT_PAUSE = 0.5
+# Bytes of request bodies let go after which the acceptor has freed memory handed back to the
+# kernel (release_memory): glibc keeps what Python frees, below the top of its heap.
+RELEASE_AFTER = 4 << 20
 READ, WRITE = select.EPOLLIN | select.EPOLLONESHOT, select.EPOLLOUT | select.EPOLLONESHOT
+
+
+class Exchange:
+    """A request served, whose answer is on its way to the client (see Server._send)."""
+    __slots__ = ('response', 'body', 'upgrade', 'start', 'parked', 'held')
+
+    def __init__(self, response, body, upgrade, start, held):
+        self.response, self.body, self.upgrade, self.start = response, body, upgrade, start
+        self.parked = 0  # bytes of it counted in Server.unsent_bytes while it waits for the socket
+        self.held = held  # the key it holds its worker under (Server._hold), until it ends
+
+
+class Holds:
+    """Requests that hold a worker for long: at most `limit` at once, and at most half of them
+    (at least one) under one key (who made them, as the app names it; uploads have none)."""
+
+    def __init__(self, limit):
+        self.limit, self.per_key = limit, max(1, limit // 2)
+        self._keys = collections.Counter()
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def __len__(self):
+        return self._count
+
+    def take(self, key=None):
+        """True, and one more is counted, unless `limit` are held, or `per_key` under `key`."""
+        with self._lock:
+            if self._count >= self.limit or (key is not None and self._keys[key] >= self.per_key):
+                return False
+            self._count += 1
+            if key is not None:
+                self._keys[key] += 1
+            return True
+
+    def give(self, key=None):
+        with self._lock:
+            self._count -= 1
+            if key is not None:
+                self._keys[key] -= 1
+                if not self._keys[key]:
+                    del self._keys[key]
 
 
 class Server:
@@ -37,22 +88,45 @@ class Server:
                  max_head=defaults.MAX_HEAD, backlog=defaults.BACKLOG,
                  request_timeout=defaults.REQUEST_TIMEOUT, tls=None, socket_mode=defaults.SOCKET_MODE,
                  socket_gid=-1, max_body=defaults.MAX_BODY, on_shutdown=None, stall=defaults.STALL,
-                 concurrency=defaults.CONCURRENCY_IN_PROCESS):
+                 concurrency=defaults.CONCURRENCY_IN_PROCESS, max_uploads=defaults.MAX_UPLOADS,
+                 max_parked=defaults.MAX_PARKED, max_buffered=defaults.MAX_BUFFERED, screen=None,
+                 release_memory=None, on_refused=None):
         """tls: an ssl.SSLContext for every TCP listener; request_timeout: the deadline of a
         body of up to max_body (larger ones are streamed, `timeout` per read); socket_mode,
         socket_gid: who may connect to unix listeners; on_shutdown: called once shutdown
         begins, to end long-lived responses (event streams); concurrency: workers that serve at
-        once while none stalls (at most `workers`; more start, up to it, for those that stall)."""
+        once while none stalls (at most `workers`; more start, up to it, for those that stall);
+        max_uploads: streamed bodies read at once (each holds a worker); max_parked: bytes of
+        answers that may wait for slow clients, together, before one more is cut off;
+        max_buffered: bytes of request bodies on their way, together, before one more is
+        refused; screen(environ): called with a request's head before its body is kept (not
+        when it came with the head), it may refuse the request by raising an HTTPError (the
+        app's credentials check: a body is kept only for a caller the app knows);
+        release_memory(): called by the acceptor (at most every half second) once request
+        bodies of RELEASE_AFTER bytes were let go, to hand freed memory back (malloc_trim);
+        on_refused(method, target): called for each request the server refuses (or drops
+        unfinished) before the app sees it, with its request line's method and target as sent
+        (a line that does not parse: method '-' and the whole line); what it returns is the
+        target as the access log shows it (None: as sent). The CLI's is App.refused: it spends
+        the console tickets the target carries, and hides them.
+
+        Uploads, and the requests the app says will hold their worker for long (through
+        environ['xend_rest.hold']: event streams, waits), are at most `workers` minus
+        `concurrency` together (but one, with one worker), half of them for one caller: so
+        `concurrency` workers always serve the rest, and one caller cannot take every place."""
         self.app = app
         self.request_timeout, self.tls, self.max_body = request_timeout, tls, max_body
+        self.max_buffered, self.screen, self.release_memory = max_buffered, screen, release_memory
+        self.concurrency = min(concurrency, workers)
+        self._holds = Holds(max(1, workers - self.concurrency))
+        self.max_uploads, self.max_parked = max(1, min(max_uploads, self._holds.limit)), max_parked
         self.socket_mode, self.socket_gid = socket_mode, socket_gid
-        self.on_shutdown = on_shutdown
+        self.on_shutdown, self.on_refused = on_shutdown, on_refused
         self.listeners = list(listeners)
         for spec in self.listeners:
             parse_listen(spec)  # fail early, before anything is bound
         self.workers, self.timeout, self.keepalive_timeout = workers, timeout, keepalive_timeout
         self.grace, self.max_head, self.backlog, self.stall = grace, max_head, backlog, stall
-        self.concurrency = min(concurrency, workers)
         self.addresses = []  # bound addresses, from getsockname(): tuples or unix paths
         self._conns = {}  # fd -> ClientConnection: every open HTTP connection
         # guards _conns, each ClientConnection.held, _threads, _busy, _stalled, _standby
@@ -65,8 +139,15 @@ class Server:
         self._busy = {}  # worker thread -> time.monotonic() when it took the connection it serves
         self._stalled = set()  # workers whose turn went to another while they served one request
         self._standby = 0  # workers waiting for a turn (or about to)
+        self._uploads = 0  # streamed bodies being read
+        self._parked = 0  # bytes of answers waiting for the socket
+        self._buffered = 0  # bytes of request bodies on their way (ClientConnection.awaited)
+        self._bodies_let_go = 0  # bytes of such bodies let go since memory was last released
         self._stopping = False
         self._stop_requested = False
+        self._accept_paused_until = None  # time.monotonic() when the listeners are watched again
+        self._accept_failing_since = None  # time.monotonic() of the first of accept()'s failures
+        self._accept_failures = 0  # since then, until it catches up with the waiting connections
         self._selector = self._epoll = None
         self._wake_r = self._wake_w = None
         self._sessions = sessions.Sessions()
@@ -75,6 +156,23 @@ class Server:
     def open_sessions(self):
         """How many upgraded connections (consoles) are open."""
         return len(self._sessions)
+
+    @property
+    def held(self):
+        """How many requests hold a worker for long (uploads, event streams, waits)."""
+        return len(self._holds)
+
+    @property
+    def awaited_bytes(self):
+        """Bytes of request bodies on their way, kept until they are complete (at most
+        max_buffered, unless one body alone is larger)."""
+        return self._buffered
+
+    @property
+    def unsent_bytes(self):
+        """Bytes of answers waiting for slow clients to take them (at most max_parked, unless
+        one answer alone is larger)."""
+        return self._parked
 
     # -- life cycle --------------------------------------------------------------
 
@@ -150,9 +248,13 @@ class Server:
                 conn.sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+        # Lingering, answers still waiting for their clients, or handed back as we stopped:
+        # closed now, so that the workers find nothing left to wait for.
+        for conn in self._release(lambda conn: True):
+            self._forget(conn)
         for thread in workers:
             thread.join(1.0)
-        for conn in self._release(lambda conn: True):  # lingering, or handed back as we stopped
+        for conn in self._release(lambda conn: True):  # handed back by a worker meanwhile
             self._forget(conn)
         self._sessions.join(deadline)
         self._epoll.close()
@@ -172,6 +274,8 @@ class Server:
                 if key.data == 'listen':
                     self._accept(key.fileobj)
             now = time.monotonic()
+            if self._accept_paused_until is not None and now >= self._accept_paused_until:
+                self._watch_listeners(True)
             if self._busy:
                 self._take_over_stalled(now)
             if now >= next_sweep:
@@ -180,8 +284,10 @@ class Server:
         for sock in self._sockets:
             listeners.close(sock)
         self._selector.close()
-        # A request that has arrived is served within the grace period; the rest are closed.
-        for conn in self._release(lambda conn: conn.closing or conn.handshaking or not conn.waiting()):
+        # A request that has arrived is served, and an answer under way sent, within the grace
+        # period; the rest are closed.
+        for conn in self._release(lambda conn: conn.exchange is None and (
+                conn.closing or conn.handshaking or not conn.waiting())):
             self._forget(conn)
 
     def _accept(self, listener):
@@ -189,10 +295,11 @@ class Server:
             try:
                 sock, peer = listener.accept()
             except (BlockingIOError, InterruptedError):
-                return
+                return self._accept_recovered()
+            except ConnectionAbortedError:  # the client gave up while it waited: nothing to do
+                continue
             except OSError as err:  # e.g. EMFILE: keep serving the connections we have
-                log.error('accept failed: %s', err)
-                return
+                return self._accept_failed(err)
             conn = ClientConnection(*listeners.accepted(sock, peer, listener, self.tls))
             conn.deadline = time.monotonic() + self.timeout  # for the handshake and the head
             with self._lock:
@@ -200,6 +307,34 @@ class Server:
                 threads = self._worker_if_all_busy()
             self._epoll.register(conn.fd, READ)
             _start(threads)
+
+    def _accept_failed(self, err):
+        """Rest the listeners for ACCEPT_PAUSE; one log line for the episode, not one per try."""
+        if self._accept_failing_since is None:
+            log.error('accept failed: %s; not accepting for %g s at a time until it works again '
+                      '(the connections open are served meanwhile)', err, ACCEPT_PAUSE)
+            self._accept_failing_since = time.monotonic()
+        self._accept_failures += 1
+        self._watch_listeners(False)
+
+    def _accept_recovered(self):
+        """accept() caught up with the waiting connections: the episode of failures, if any,
+        is over."""
+        if self._accept_failing_since is not None:
+            log.warning('accepting again after %.1f s, in which accept() failed %d times',
+                        time.monotonic() - self._accept_failing_since, self._accept_failures)
+            self._accept_failing_since, self._accept_failures = None, 0
+
+    def _watch_listeners(self, watch):
+        """Have the acceptor select the listeners again, or rest them for ACCEPT_PAUSE."""
+        if watch == (self._accept_paused_until is None):
+            return  # as asked already (two listeners failed in one look)
+        for sock in self._sockets:
+            if watch:
+                self._selector.register(sock, selectors.EVENT_READ, 'listen')
+            else:
+                self._selector.unregister(sock)
+        self._accept_paused_until = None if watch else time.monotonic() + ACCEPT_PAUSE
 
     def _release(self, wanted):
         """Take the connections no thread holds that wanted(conn) selects."""
@@ -215,9 +350,19 @@ class Server:
             return any(not conn.held for conn in self._conns.values())
 
     def _sweep(self, now):
-        """Close idle and too-slow connections."""
+        """Close idle and too-slow connections; release the memory of bodies let go."""
+        if self._bodies_let_go >= RELEASE_AFTER and self.release_memory is not None:
+            self._bodies_let_go = 0
+            self.release_memory()
         for conn in self._release(lambda conn: conn.deadline < now):
-            if conn.closing:
+            if conn.exchange is not None:  # nothing of its answer taken for `timeout`: a worker
+                try:                       # finds the socket shut, and ends the answer
+                    conn.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                conn.deadline = now + self.timeout
+                self._rearm(conn, WRITE)
+            elif conn.closing:
                 self._forget(conn)
             elif conn.waiting():  # its bytes came in time, but every worker was busy: not its fault
                 conn.deadline = now + self.timeout
@@ -225,6 +370,8 @@ class Server:
             elif conn.request is not None:  # the head was fine: say why we hang up
                 self._refuse(conn, HTTPError(408, 'the request body did not arrive in time', 'timeout'))
             else:
+                if conn.buf:  # a head that did not come in time
+                    self._unserved(conn)
                 self._forget(conn)
 
     # -- workers -----------------------------------------------------------------
@@ -299,14 +446,16 @@ class Server:
             if events[0][0] == wake:  # shutting down: once no request waits for a worker
                 if self._stopping and not self._any_waiting():
                     return False
+                time.sleep(0.01)  # the wake-up stays ready: do not spin while answers wait
                 continue
             conn = self._take(events[0][0], me)
             if conn is None:
                 continue
             try:
                 self._ready(conn)
-            except Exception:
-                log.exception('unexpected error serving %s', conn.client)
+            except Exception as err:  # a bug, maybe in reading what the client sent
+                log.error('unexpected error serving %s\n%s', conn.client,
+                          accesslog.traceback_text(err))
                 self._forget(conn)
             finally:
                 with self._lock:
@@ -326,6 +475,9 @@ class Server:
             if conn.recv() == b'':
                 return self._forget(conn)
             self._rearm(conn)
+        elif conn.exchange is not None:  # the socket takes more of an answer
+            if self._send(conn) and self._serve_buffered(conn):
+                self._read(conn)
         else:
             self._read(conn)
 
@@ -337,13 +489,17 @@ class Server:
             pass
 
     def _forget(self, conn, close=True):
-        """Remove a held connection from the server (before its fd can be reused), and close it."""
+        """Remove a held connection from the server (before its fd can be reused), and close it;
+        an answer still under way ends with it."""
         with self._lock:
             self._conns.pop(conn.fd, None)
+        self._no_longer_awaited(conn)
         try:
             self._epoll.unregister(conn.fd)
         except (OSError, ValueError):
             pass
+        if conn.exchange is not None:
+            self._end_exchange(conn).upgrade.abandon()
         if close:
             conn.close()
 
@@ -352,45 +508,100 @@ class Server:
         try:
             wait = conn.handshake()
         except OSError as err:  # SSLError included: bad or missing client certificate
-            log.info('TLS handshake with %s failed: %s', conn.client, err)
+            log.info('TLS handshake with %s failed: %s', conn.client, accesslog.printable_text(err))
             return self._forget(conn)
         if wait is not None:
             return self._rearm(conn, WRITE if wait == WAIT_WRITE else READ)
         self._read(conn)  # the request may have come with the handshake's last bytes
 
     def _read(self, conn):
-        """Read what has arrived; serve the request once it is complete, as often as there is one."""
+        """Read what has arrived, and serve the requests it completes."""
         while True:
             data = conn.recv()
             if data is None:
                 return self._rearm(conn)
             if not data:
+                if conn.buf:  # the client went away in the middle of a request
+                    self._unserved(conn)
                 return self._forget(conn)
             if not conn.buf:  # a new head has begun: the client gets `timeout` to finish it
                 conn.deadline = time.monotonic() + self.timeout
             conn.buf += data
-            try:
-                complete = conn.complete(self.max_head, self.max_body, self.request_timeout)
-            except HTTPError as err:
-                return self._refuse(conn, err, time.perf_counter())
-            if not complete:  # wait for the rest; but not once shutting down
-                return self._forget(conn) if self._stopping else self._rearm(conn)
-            outcome = self._serve_held(conn)
-            if outcome != KEEP:
+            if not self._serve_buffered(conn):
                 return
             if not conn.pending():
                 return self._rearm(conn)
 
+    def _serve_buffered(self, conn):
+        """Serve the requests buffered on conn, in order, each once it is complete, pipelined or
+        not (a body that stalls costs a descriptor, never a worker). True while conn is ours and
+        waits for more bytes; False once it is not (an answer waits for the socket, or conn was
+        closed or upgraded)."""
+        while conn.buf:
+            try:
+                complete = conn.complete(self.max_head, self.max_body, self.request_timeout,
+                                         self._await_body)
+            except HTTPError as err:
+                self._refuse(conn, err, time.perf_counter())
+                return False
+            if not complete:
+                break
+            if not self._serve(conn):
+                return False
+        if self._stopping:  # no new request once shutting down
+            self._forget(conn)
+            return False
+        return True
+
+    def _await_body(self, conn, request):
+        """A request whose body is on its way: the app may refuse it now (screen), before any
+        of it is kept; else its length counts in max_buffered until it is complete (503 past
+        it, unless none is counted: a body larger than the bound alone still comes)."""
+        if self.screen is not None:
+            self.screen(request.environ)
+        with self._lock:
+            full = self._buffered and self._buffered + request.length > self.max_buffered
+            if not full:
+                self._buffered += request.length
+                conn.awaited = request.length
+        if full:
+            raise HTTPError(503, f'request bodies of {self._buffered} bytes are on their way '
+                            'already, the most this daemon keeps at once', 'too_many_bodies',
+                            [('Retry-After', '5')])
+
+    def _no_longer_awaited(self, conn):
+        if conn.awaited:
+            with self._lock:
+                self._buffered -= conn.awaited
+                self._bodies_let_go += conn.awaited
+                conn.awaited = 0
+
     def _refuse(self, conn, err, start=None):
-        """Answer err and half-close; start: log the request too (its head was read). Closing a
-        socket with unread bytes resets the connection, which can destroy the answer in flight:
-        so for a while what the client still sends is read and dropped."""
+        """Answer err and half-close; start: log the request too (its head was read)."""
+        self._no_longer_awaited(conn)
         response, nbytes = http11.error_response(err)
+        method, target = self._unserved(conn)
         if start is not None:
-            accesslog.request(*http11.request_line_of(conn.buf), err.status, nbytes, start,
-                              conn.client)
+            accesslog.request(method, target, err.status, nbytes, start, conn.client)
         try:
             conn.sock.send(response)  # small: fits the socket buffer
+        except OSError:
+            return self._forget(conn)
+        self._linger(conn)
+
+    def _unserved(self, conn):
+        """(method, target) for the log of the request that begins conn's buffer, which the app
+        will not see; on_refused is told of it."""
+        method, target = http11.request_line_of(conn.buf)
+        shown = self.on_refused(method, target) if self.on_refused is not None else None
+        if method == '-':
+            return '-', '-'  # a line that does not parse is not written down
+        return method, target if shown is None else shown
+
+    def _linger(self, conn):
+        """Half-close, then for a while read and drop what the client still sends: closing a
+        socket with unread bytes resets the connection, which can destroy the answer in flight."""
+        try:
             conn.sock.shutdown(socket.SHUT_WR)
         except OSError:
             return self._forget(conn)
@@ -401,64 +612,173 @@ class Server:
 
     # -- serving a request -------------------------------------------------------
 
-    def _serve_held(self, conn):
-        """Serve the complete request(s) on conn; KEEP means conn is ours to re-arm."""
-        self._active.add(conn)
-        outcome = CLOSE
-        try:
-            # The socket stays non-blocking: each read or write that must wait waits up to
-            # `timeout` (http11.send, Input), so a client that stalls holds this worker that long.
-            outcome = self._serve(conn)
-        except OSError as err:  # client gone, timed out, or connection cut at shutdown
-            log.debug('connection from %s: %s', conn.client, err)
-        except Exception:
-            log.exception('unexpected error serving %s', conn.client)
-        finally:
-            self._active.discard(conn)
-        if outcome == KEEP and not self._stopping:
-            conn.deadline = time.monotonic() + (self.timeout if conn.buf else self.keepalive_timeout)
-            return KEEP
-        if outcome not in (UPGRADED, LINGER):  # those are a session's, or re-armed already
-            self._forget(conn)
-        return CLOSE
-
     def _serve(self, conn):
-        """Serve every complete request buffered on conn: CLOSE, KEEP, UPGRADED or LINGER."""
-        while True:
-            outcome = self._serve_one(conn)
-            if outcome != KEEP or self._stopping:
-                return outcome
-            if not conn.buf or http11.find_head(conn.buf) is None:  # none pipelined: wait
-                return KEEP
-
-    def _serve_one(self, conn):
+        """Call the app for conn's complete request, and send its answer. True if conn may serve
+        another request; False once it is not ours (see _serve_buffered)."""
         start = time.perf_counter()
         request, conn.request = conn.request, None
-        if request is None:  # a pipelined request, already here
-            try:
-                request = http11.parse_request(conn.buf, http11.find_head(conn.buf), conn.environ,
-                                               self.max_head)
-            except HTTPError as err:
-                self._refuse(conn, err, start)
-                return LINGER
-        upgrade = request.environ['xend_rest.upgrade'] = sessions.Upgrade()
-        # A body of up to max_body gets the request's deadline (it is usually here already). A
-        # larger one is streamed (an image upload) for as long as it keeps coming: each read
-        # still waits at most `timeout`, so a client that stalls is cut off all the same.
-        deadline = (time.monotonic() + self.request_timeout if request.length <= self.max_body
-                    else float('inf'))
-        response, conn.buf, keep = http11.respond(self.app, conn.sock, conn.buf, request,
-                                                  self.timeout, deadline, not self._stopping)
+        self._no_longer_awaited(conn)
+        streamed = request.length > self.max_body  # an upload: read while the app runs
+        if streamed and not self._begin_upload():
+            self._refuse(conn, HTTPError(
+                503, f'request bodies larger than {self.max_body} bytes are received at most '
+                f'{self.max_uploads} at once, each holding a worker, and while workers are to '
+                'spare: not now', 'too_many_uploads', [('Retry-After', '5')]), start)
+            return False
+        upgrade = request.environ['xend_rest.upgrade'] = sessions.Upgrade(
+            self._cannot_upgrade(request))
+        held = []  # the key the request holds its worker under, once the app says it will
+        request.environ['xend_rest.hold'] = functools.partial(self._hold, held)
+        # A body of up to max_body gets the request's deadline (it is here already). A larger
+        # one is streamed (an image upload) for as long as it keeps coming: each read still
+        # waits at most `timeout`, so a client that stalls is cut off all the same.
+        deadline = float('inf') if streamed else time.monotonic() + self.request_timeout
+        self._active.add(conn)
+        try:
+            response, body = http11.respond(self.app, conn.sock, conn.buf, request, self.timeout,
+                                            deadline, not self._stopping)
+        except OSError as err:  # the client went away while the app read its body
+            log.debug('connection from %s: %s', conn.client, err)
+            upgrade.abandon()
+            self._let_go(held)
+            self._forget(conn)
+            return False
+        except Exception:
+            upgrade.abandon()
+            self._let_go(held)
+            raise
+        finally:
+            self._active.discard(conn)
+            if streamed:
+                self._end_upload()
+        conn.buf = body.extra
+        conn.exchange = Exchange(response, body, upgrade, start, held)
+        return self._send(conn)
+
+    def _cannot_upgrade(self, request):
+        """Why this request's connection could not be handed over to a session (an HTTPError
+        the app gets from the Upgrade before it commits to anything), or None."""
         environ = request.environ
-        accesslog.request(environ['REQUEST_METHOD'], environ['RAW_URI'], response.status[:3],
-                          response.nbytes, start, conn.client)
+        if 'HTTP_UPGRADE' not in environ:
+            return None
+        if self._stopping:
+            return HTTPError(503, 'the daemon is shutting down: no upgraded session starts',
+                             'shutting_down', [('Retry-After', '5')])
+        if environ['SERVER_PROTOCOL'] != 'HTTP/1.1':
+            return HTTPError(400, 'an upgrade needs HTTP/1.1', 'bad_request')
+        if not request.keep_alive:
+            return HTTPError(400, 'Connection: close asks to close the connection after the '
+                             'answer: it cannot be upgraded', 'bad_request')
+        if request.length > self.max_body:
+            return HTTPError(400, f'a request with a body larger than {self.max_body} bytes '
+                             'cannot be upgraded', 'bad_request')
+        return None
+
+    def _begin_upload(self):
+        with self._lock:
+            if self._uploads >= self.max_uploads or not self._holds.take():
+                return False
+            self._uploads += 1
+            return True
+
+    def _end_upload(self):
+        with self._lock:
+            self._uploads -= 1
+        self._holds.give()
+
+    def _hold(self, held, key=None):
+        """environ['xend_rest.hold'](key): the app says that this request will hold its worker
+        for long (an event stream, a wait), for `key` (who made it). False if the server has
+        no worker to spare for it (see Holds): the app refuses it then. Counted until the
+        answer ends."""
+        if held:
+            return True
+        if not self._holds.take(key):
+            return False
+        held.append(key)
+        return True
+
+    def _let_go(self, held):
+        while held:
+            self._holds.give(held.pop())
+
+    def _send(self, conn):
+        """Send as much of conn's answer as the socket takes now. The rest waits for the socket
+        in the epoll set (a client that reads slowly costs its bytes, never a worker), within
+        max_parked bytes for all such clients. True once all is sent and conn may serve another
+        request; False if it waits, or conn was closed or upgraded."""
+        exchange = conn.exchange
+        self._unpark(exchange)
+        self._active.add(conn)
+        try:
+            done = exchange.response.send_more()
+        except OSError as err:  # client gone, or cut off for not reading (see _sweep)
+            log.debug('connection from %s: %s', conn.client, err)
+            self._forget(conn)
+            return False
+        finally:
+            self._active.discard(conn)
+        if done:
+            return self._answered(conn)
+        size = exchange.response.unsent()
+        with self._lock:
+            cut = self._parked and self._parked + size > self.max_parked
+            if not cut:
+                self._parked += size
+                exchange.parked = size
+        if cut:
+            log.warning('%s takes its answer slowly while answers of %d bytes wait for slow '
+                        'clients already: cut off', conn.client, self._parked)
+            self._forget(conn)
+            return False
+        conn.deadline = time.monotonic() + self.timeout  # for the socket to take more
+        self._rearm(conn, WRITE)
+        return False
+
+    def _unpark(self, exchange):
+        if exchange.parked:
+            with self._lock:
+                self._parked -= exchange.parked
+                exchange.parked = 0
+
+    def _end_exchange(self, conn):
+        """The answer on conn is over, sent or not: close it, log it; the Exchange."""
+        exchange, conn.exchange = conn.exchange, None
+        self._unpark(exchange)
+        self._let_go(exchange.held)
+        response, environ = exchange.response, exchange.response.environ
+        try:
+            response.close()
+        except Exception as err:
+            log.error('closing the answer to %s failed\n%s', http11.logged_request(environ),
+                      accesslog.traceback_text(err))
+        # The app names its caller, and says how its target may be shown (it hides credentials).
+        accesslog.request(environ['REQUEST_METHOD'], http11.logged_target(environ),
+                          response.status[:3] if response.status else '-', response.nbytes,
+                          exchange.start, conn.client, environ.get('xend_rest.caller', '-'))
+        return exchange
+
+    def _answered(self, conn):
+        """The answer is sent: hand an upgraded connection over to its session, or go on with the
+        next request. True if conn may serve another request."""
+        exchange = self._end_exchange(conn)
+        response, upgrade = exchange.response, exchange.upgrade
+        keep = response.keep_alive and not exchange.body.remaining
         if response.status[:3] == '101':  # no longer HTTP: a session's, or nobody's
             if keep and upgrade.session is not None:
                 self._forget(conn, close=False)  # first: once the session closes it, its fd is reused
                 self._sessions.start(conn.sock, bytes(conn.buf), upgrade, conn.client)
-                return UPGRADED
-            return CLOSE
-        return KEEP if keep else CLOSE
+                return False
+            keep = False
+        upgrade.abandon()  # a session the app took, then answered otherwise: released
+        if not keep or self._stopping:
+            if exchange.body.remaining or conn.buf:  # unread bytes: do not reset the answer
+                self._linger(conn)
+            else:
+                self._forget(conn)
+            return False
+        conn.deadline = time.monotonic() + (self.timeout if conn.buf else self.keepalive_timeout)
+        return True
 
 
 def _start(threads):

@@ -3,6 +3,8 @@ import logging
 
 import libvirt
 
+from .accesslog import printable_text
+
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20  # per read and per send: memory stays flat whatever the image's size
@@ -84,4 +86,4 @@ def abort(stream):
     try:
         stream.abort()
     except libvirt.libvirtError as err:
-        log.debug('aborting a libvirt stream: %s', err.get_error_message())
+        log.debug('aborting a libvirt stream: %s', printable_text(err.get_error_message()))

@@ -4,7 +4,8 @@ RFB passes through as it is, as websockify does, so noVNC works against the daem
 RFB password stays the guest's business (never read, never skipped). The socket comes from
 libvirt (virDomainOpenGraphicsFD, where the driver offers it: local connections) or else from
 the live definition's <graphics type='vnc'> address and port, and only when that address is
-one of this host's: the daemon never connects where a definition points elsewhere.
+one of this host's: the daemon never connects where a definition points elsewhere. A unix
+socket the definition names is judged as any host path of a definition is (allowed-paths).
 """
 import ipaddress
 import socket
@@ -13,7 +14,7 @@ from urllib.parse import urlsplit
 
 import libvirt
 
-from .errors import HTTPError, is_no_domain
+from .errors import RETRY_AFTER, HTTPError, is_no_domain
 from .bridge import CHUNK, Ended
 
 CONNECT_TIMEOUT = 5.0
@@ -22,21 +23,23 @@ NOT_OFFERED = (libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_OPERATION_UNSUPPORTED
 ANY_ADDRESS = {'0.0.0.0': '127.0.0.1', '::': '::1', '': '127.0.0.1'}
 
 
-def open_screen(sessions, conn, dom, framing):
-    """A Bridge on the domain's VNC screen: 404 without VNC graphics, 501 for SPICE only or a
-    hypervisor reached through a remote URI, 429 past the session limit."""
+def open_screen(sessions, conn, dom, framing, owner=None, check_path=None):
+    """A Bridge on the domain's VNC screen for `owner`: 404 without VNC graphics, 501 for SPICE
+    only or a hypervisor reached through a remote URI, 409 when its VNC server is not listening,
+    502 when it cannot be reached otherwise, 429 past the session limits;
+    check_path(where, path) refuses a socket outside allowed-paths (None: no policy)."""
     uri = conn.getURI()
     if urlsplit(uri).hostname:
         raise HTTPError(501, 'the screen is only reachable when libvirt runs on this host, not '
                         f'through the remote URI {uri}', 'remote_hypervisor')
     index, graphics = vnc_graphics(dom)
-    place = sessions.admit()
+    place = sessions.admit(owner=owner)
     try:
-        sock = connect_vnc(dom, index, graphics)
+        sock = connect_vnc(dom, index, graphics, check_path)
     except BaseException:
         sessions.cancel(place)
         raise
-    return sessions.start(place, VncSocket(sock, dom), framing, f'{dom.name()} vnc')
+    return sessions.start(place, VncSocket(sock, dom), framing, (dom.name(), 'vnc'))
 
 
 def vnc_graphics(dom):
@@ -52,8 +55,9 @@ def vnc_graphics(dom):
     raise HTTPError(404, f'domain {dom.name()} has no VNC graphics', 'no_vnc')
 
 
-def connect_vnc(dom, index, graphics):
-    """A connected socket to the VNC server: through libvirt if it can, else to a local address."""
+def connect_vnc(dom, index, graphics, check_path=None):
+    """A connected socket to the VNC server: through libvirt if it can, else to a local address
+    or a unix socket that check_path allows."""
     try:
         fd = dom.openGraphicsFD(index, 0)  # no SKIPAUTH: the password stays in force
     except libvirt.libvirtError as err:
@@ -61,16 +65,22 @@ def connect_vnc(dom, index, graphics):
             raise
     else:
         return socket.socket(fileno=fd)
-    return _connect_listen(dom, graphics)
+    return _connect_listen(dom, graphics, check_path)
 
 
-def _connect_listen(dom, graphics):
+def _connect_listen(dom, graphics, check_path):
     listen = graphics.find('listen')
     path = graphics.get('socket') or (listen.get('socket') if listen is not None else None)
     if path:
+        if check_path is not None:
+            check_path(f'the VNC socket of {dom.name()}', path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(CONNECT_TIMEOUT)
-        sock.connect(path)
+        try:
+            _connect(dom, path, lambda: sock.connect(path))
+        except BaseException:
+            sock.close()
+            raise
         return sock
     port = int(graphics.get('port') or -1)
     if port <= 0:
@@ -83,7 +93,25 @@ def _connect_listen(dom, graphics):
     if not is_local_address(address):
         raise HTTPError(501, f'the VNC server of {dom.name()} listens on {address}, not on this '
                         'host; the daemon connects to local addresses only', 'vnc_not_local')
-    return socket.create_connection((address, port), timeout=CONNECT_TIMEOUT)
+    where = f'[{address}]:{port}' if ':' in address else f'{address}:{port}'
+    return _connect(dom, where, lambda: socket.create_connection((address, port),
+                                                                 timeout=CONNECT_TIMEOUT))
+
+
+def _connect(dom, where, connect):
+    """connect()'s result. Nothing accepting there is a state of the domain (409: its device
+    model has not opened its VNC server yet, or it died: libxl hands no graphics fd over, so
+    on Xen this is how a missing screen shows); any other failure, 502 (a timeout included)."""
+    try:
+        return connect()
+    except (ConnectionRefusedError, FileNotFoundError) as err:
+        raise HTTPError(409, f'the VNC server of {dom.name()} does not accept connections at '
+                        f'{where} ({err.strerror}): it has not started yet, or has stopped',
+                        'vnc_not_listening') from None
+    except OSError as err:
+        raise HTTPError(502, f'the VNC server of {dom.name()} at {where} cannot be reached: '
+                        f'{err.strerror or err}', 'vnc_unreachable',
+                        [('Retry-After', RETRY_AFTER)]) from None
 
 
 def is_local_address(address):

@@ -5,13 +5,18 @@ own socket, and its QEMU driver's state on tmpfs in a mount namespace of its own
 libvirtd that other sessions share is never touched.
 """
 
+import collections
 import gc
 import http.client
 import json
 import os
+import resource
 import signal
+import socket
+import subprocess
 import sys
 import threading
+import time
 
 import libvirt
 import pytest
@@ -24,7 +29,7 @@ from xend_rest.server import Server
 from . import guest
 from .conftest import SESSION_PREFIX
 from .guest import READY_MARKER, wait_until
-from .libvirtd import PrivateLibvirtd
+from .libvirtd import PrivateLibvirtd, tail
 
 NODES = '/libvirt/qemu/nodes'
 # A frozen libvirtd is noticed after about 1 s x (2 + 1) of silence, an opening one after 3 s.
@@ -70,10 +75,10 @@ def guest_on_private(private_libvirtd, guest_files, console_dir):
     private_libvirtd.remove_domains(names)
 
 
-def request(server, method, path):
-    """(status, headers, JSON body) through the server's TCP socket; never waits over 60 s."""
+def request(server, method, path, timeout=60):
+    """(status, headers, JSON body) through the server's TCP socket, within `timeout` s."""
     host, port = server.addresses[0][:2]
-    conn = http.client.HTTPConnection(host, port, timeout=60)
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         conn.request(method, path, body=b'', headers={'Content-Length': '0'})
         response = conn.getresponse()
@@ -266,3 +271,164 @@ def test_a_frozen_libvirtd_is_504_in_bounded_time_then_recovers(private_libvirtd
     wait_until(lambda: api.get(f'{NODES}/json').status == 200, 30, 'an answer after SIGCONT')
     assert not [t for t in threading.enumerate() if t.name == 'libvirt-open']
     assert capfd.readouterr().err == ''
+
+
+def _qemu_of(name):
+    """The pid of the QEMU process running domain `name`."""
+    for pid in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            with open(f'/proc/{pid}/cmdline', 'rb') as f:
+                if f'guest={name},'.encode() in f.read():
+                    return int(pid)
+        except OSError:
+            pass  # gone meanwhile
+    raise AssertionError(f'no QEMU process runs {name}')
+
+
+def _inside(function):
+    """Whether some thread is inside libvirt-python's `function` now."""
+    for frame in sys._current_frames().values():
+        while frame is not None:
+            if (frame.f_code.co_name == function
+                    and os.path.basename(frame.f_code.co_filename) == 'libvirt.py'):
+                return True
+            frame = frame.f_back
+    return False
+
+
+def test_a_call_hung_on_one_guest_holds_up_no_other_request(
+        private_libvirtd, app, server, guest_on_private):
+    """Calls on one libvirt connection are made one at a time (connection.Gated): one that libvirt
+    cannot answer (statistics of a guest whose QEMU is stopped, as a hung device model or libxl
+    call would be) holds its connection, and the other requests get another one."""
+    hung, _console = guest_on_private('hung')
+    other, _console = guest_on_private('other')
+    assert request(server, 'POST', f'{NODES}/{hung}/start')[0] == 204
+    # the other connections to libvirtd, opened one after another once the first is
+    pool = app.hypervisor.connection
+    wait_until(lambda: len(pool._more) == pool.lanes - 1, 10, 'every lane open')
+    qemu = _qemu_of(hung)
+    os.kill(qemu, signal.SIGSTOP)
+    stats = []
+    stuck = threading.Thread(
+        target=lambda: stats.append(request(server, 'GET', f'{NODES}/{hung}/stats')))
+    try:
+        stuck.start()
+        wait_until(lambda: _inside('domainListGetStats'), 10, 'statistics waiting on QEMU')
+        status, _headers, body = request(server, 'GET', f'{NODES}/{other}/json', timeout=10)
+        assert status == 200, body
+        assert stuck.is_alive()  # still waiting on QEMU: the answer did not wait for it
+    finally:
+        os.kill(qemu, signal.SIGCONT)
+        stuck.join(60)
+    assert stats[0][0] == 200  # and the hung one is answered once QEMU runs again
+
+
+# A storm: libvirtd killed and restarted, then frozen past the keepalive, round after round,
+# under clients listing and inspecting. libvirt 9.0's client crashed the daemon (SIGSEGV) when
+# the keepalive closed a connection that several requests were waiting on (connection.Gated).
+STORM_ROUNDS = 20
+STORM_FREEZE = 4  # seconds stopped: past the keepalive's 1 s x (2 + 1)
+STORM_CLIENTS = 8
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def _get(port, path):
+    """The status of a GET to the daemon on `port` (no keep-alive); never waits over 60 s."""
+    conn = http.client.HTTPConnection('127.0.0.1', port, timeout=60)
+    try:
+        conn.request('GET', path)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def daemon_process(private_libvirtd, tmp_path):
+    """`start() -> port`: the daemon as a process of its own (a crash must not take pytest with
+    it), on the private libvirtd, keepalive 1 s x 2; faulthandler's stacks in `.output()`."""
+    started = []
+
+    def start():
+        port = _free_port()
+        log = open(tmp_path / 'daemon.log', 'wb')
+        process = subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, 'xend_rest.py'), '--connect',
+             f'qemu={private_libvirtd.uri}', '--listen', f'127.0.0.1:{port}',
+             '--keepalive-interval', '1', '--keepalive-count', '2', '--open-timeout', '3',
+             '--log-level', 'WARNING'],
+            cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            env={**os.environ, 'PYTHONFAULTHANDLER': '1'},
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_CORE, (0, 0)))
+        process.output = lambda: tail(tmp_path / 'daemon.log', 60)
+        started.append(process)
+        wait_until(lambda: process.poll() is not None or _answers(port, '/_ping') == 200, 30,
+                   'the daemon answering', process.output)
+        assert process.poll() is None, process.output()
+        return process, port
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(15)
+
+
+def _answers(port, path):
+    try:
+        return _get(port, path)
+    except OSError:
+        return None
+
+
+def test_the_daemon_outlives_libvirtd_killed_and_frozen_under_load(
+        private_libvirtd, guest_on_private, daemon_process):
+    names = [guest_on_private(f'storm{i}')[0] for i in range(3)]  # defined, not running
+    process, port = daemon_process()
+    paths = [f'{NODES}/json?all=1', *(f'{NODES}/{name}/json' for name in names), '/_ping']
+    seen, failures = [], []  # answers' statuses; what went wrong instead
+    stop = threading.Event()
+
+    def client(index):
+        turn = index
+        while not stop.is_set():
+            path = paths[turn % len(paths)]
+            turn += 1
+            try:
+                seen.append(_get(port, path))
+            except OSError as err:  # refused, reset: the daemon died or dropped a request
+                failures.append(f'{path}: {err!r}')
+                return
+
+    clients = [threading.Thread(target=client, args=(i,)) for i in range(STORM_CLIENTS)]
+    for thread in clients:
+        thread.start()
+    try:
+        for round_number in range(STORM_ROUNDS):
+            wait_until(lambda: _answers(port, paths[0]) == 200, 30,
+                       f'a 200 before round {round_number}', process.output)
+            private_libvirtd.kill()
+            private_libvirtd.start()
+            private_libvirtd.signal(signal.SIGSTOP)
+            time.sleep(STORM_FREEZE)
+            private_libvirtd.resume()
+            assert process.poll() is None, f'died in round {round_number}:\n{process.output()}'
+        wait_until(lambda: _answers(port, paths[0]) == 200, 30, 'a 200 after the last round',
+                   process.output)
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join(60)
+    statuses = collections.Counter(seen)
+    assert process.poll() is None, process.output()
+    assert failures == [], process.output()
+    assert all(status < 400 or status in (503, 504) for status in statuses), statuses
+    assert statuses[503] and statuses[504], statuses  # the kills and the freezes were noticed

@@ -8,19 +8,25 @@ import http.client
 import json
 import os
 import random
+import signal
 import socket
 import subprocess
+import sys
+from pathlib import Path
 
 import libvirt
 import pytest
 
 from xend_rest.app import make_app
+from xend_rest.security import Guard
 from xend_rest.server import Server
 
 from .conftest import SESSION_PREFIX
 from .guest import wait_until
 
 IMAGES = '/libvirt/qemu/images'
+NODES = '/libvirt/qemu/nodes'
+ROOT = Path(__file__).resolve().parents[2]
 MiB = 1 << 20
 GiB = 1 << 30
 BIG = 300 * MiB + 12345  # several hundred MiB, and not a whole number of chunks
@@ -397,3 +403,140 @@ def test_what_does_not_fit_the_pool_is_507_and_a_sparse_image_is_not_held_to_it(
     assert status == 201, body
     copy = volume(libvirt_conn, pool, 'copy.raw')
     assert copy.info()[1] == GiB and copy.info()[2] < MiB
+
+
+# -- the daemon killed mid-upload: the partial image is marked Incomplete (issue 19, 9) ----------
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        return probe.getsockname()[1]
+
+
+def start_daemon(uri, state_dir, log_path):
+    """The daemon as its own process (python -m xend_rest) on a free port: (process, address)."""
+    address = ('127.0.0.1', free_port())
+    with open(log_path, 'ab') as log:
+        process = subprocess.Popen(
+            [sys.executable, '-m', 'xend_rest', '--connect', 'qemu=' + uri, '--listen',
+             '%s:%d' % address, '--state-dir', str(state_dir)],
+            cwd=ROOT, stdout=log, stderr=log)
+
+    def answers():
+        try:
+            return request(address, 'GET', '/_ping')[0] == 200
+        except OSError:
+            return process.poll() is not None  # (then the assertion below says so)
+    wait_until(answers, 30, 'the daemon answers /_ping')
+    assert process.poll() is None, open(log_path).read()
+    return process, address
+
+
+def test_an_upload_cut_off_by_the_daemon_s_death_is_incomplete_after_a_restart(
+        libvirtd, pool, libvirt_conn, tmp_path):
+    state = tmp_path / 'state'
+    first, address = start_daemon(libvirtd.uri, state, tmp_path / 'daemon.log')
+    try:
+        sock = partial_upload(address, pool, 'cut.raw', 64 * MiB, chunks(10, 8 * MiB))
+        wait_until(lambda: volume(libvirt_conn, pool, 'cut.raw') is not None, 30, 'cut.raw made')
+        first.send_signal(signal.SIGKILL)  # the daemon dies mid-upload
+        first.wait(10)
+        sock.close()
+    finally:
+        if first.poll() is None:
+            first.kill()
+    # libvirt keeps what it got; nothing in libvirt tells it from a whole image
+    assert volume(libvirt_conn, pool, 'cut.raw') is not None
+    assert len(list(state.rglob('cut.raw'))) == 1  # the marker
+    second, address = start_daemon(libvirtd.uri, state, tmp_path / 'daemon.log')
+    try:
+        _, _, body = request(address, 'GET', '%s/json?pool=%s' % (IMAGES, pool))
+        image = {image['Name']: image for image in json.loads(body)}['cut.raw']
+        assert (image['Uploading'], image['Incomplete']) == (False, True)
+        _, _, body = request(address, 'GET', '%s/%s/cut.raw/json' % (IMAGES, pool))
+        assert json.loads(body)['Incomplete'] is True
+        status, _, body = request(address, 'POST', '%s/%s/cut.raw/clone?name=copy.raw'
+                                  % (IMAGES, pool))
+        assert (status, json.loads(body)['code']) == (409, 'image_incomplete')
+        assert request(address, 'POST', '%s/%s/cut.raw/delete' % (IMAGES, pool))[0] == 204
+        assert volume(libvirt_conn, pool, 'cut.raw') is None
+        assert list(state.rglob('cut.raw')) == []
+    finally:
+        second.terminate()
+        second.wait(20)
+
+
+# -- what a qcow2 header names (issue 19, 9): libvirt and QEMU follow it ------------------------
+
+def qcow2_naming(tmp_path, backing):
+    path = tmp_path / 'evil.qcow2'
+    subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', backing, '-u',
+                    str(path), '1M'], check=True)
+    return path.read_bytes()
+
+
+def test_libvirt_and_qemu_open_the_backing_file_an_uploaded_qcow2_names(
+        server, pool, libvirt_conn, guest_name, guest_xml, tmp_path):
+    # Without allowed-paths: shown to happen, so that the refusal below refuses something real.
+    body = qcow2_naming(tmp_path, '/etc/passwd')
+    status, _, _ = request(server, 'PUT', '%s/%s/evil.qcow2/upload' % (IMAGES, pool), body=body)
+    assert status == 201
+    vol = volume(libvirt_conn, pool, 'evil.qcow2')
+    # libvirtd re-reads the pool after the upload: it reads the header as any qcow2's
+    wait_until(lambda: '<path>/etc/passwd</path>' in vol.XMLDesc(0), 10,
+               'libvirt reports the backing file')
+    name = guest_name('backing')
+    assert not holders('/etc/passwd')
+    xml = guest_xml(name).replace('</devices>', "<disk type='file' device='disk'>"
+                                  "<driver name='qemu' type='qcow2'/><source file='%s'/>"
+                                  "<target dev='vdb' bus='virtio'/></disk></devices>" % vol.path())
+    libvirt_conn.createXML(xml, 0)
+    assert holders('/etc/passwd'), 'QEMU holds the backing file open: its guest reads it'
+
+
+@pytest.fixture
+def confined_server(libvirtd, libvirt_conn, pools):
+    """The app with allowed-paths = the main pool's directory, on the real threaded server."""
+    directory = libvirt_conn.storagePoolLookupByName(pools[0]).XMLDesc(0)
+    directory = directory.split('<path>')[1].split('</path>')[0]
+    app = make_app(connections={'qemu': libvirtd.uri}, guard=Guard(allowed_paths=[directory]))
+    running = Server(app, ['127.0.0.1:0'], workers=4, timeout=10)
+    running.start()
+    yield running.addresses[0], directory
+    running.shutdown(grace=5)
+    app.close()
+
+
+@pytest.mark.parametrize('backing', ['/etc/passwd', '../../../../../../etc/passwd'])
+def test_with_allowed_paths_such_an_upload_is_refused(confined_server, pool, libvirt_conn,
+                                                      tmp_path, backing):
+    address, _directory = confined_server
+    status, _, body = request(address, 'PUT', '%s/%s/evil.qcow2/upload' % (IMAGES, pool),
+                              body=qcow2_naming(tmp_path, backing))
+    assert (status, json.loads(body)['code']) == (403, 'path_not_allowed')
+    assert volume(libvirt_conn, pool, 'evil.qcow2') is None
+
+
+def test_with_allowed_paths_a_domain_on_such_an_image_is_refused(
+        confined_server, pool, libvirt_conn, guest_name, tmp_path):
+    # The image got into the pool some other way (virsh, scp): Create reads its header.
+    address, directory = confined_server
+    path = Path(directory) / 'placed.qcow2'
+    path.write_bytes(qcow2_naming(tmp_path, '/etc/passwd'))
+    libvirt_conn.storagePoolLookupByName(pool).refresh(0)
+    name = guest_name('confined')
+    doc = {'domain': {'@type': 'qemu', 'name': name, 'memory': {'@unit': 'MiB', '#text': '64'},
+                      'os': {'type': {'@arch': 'x86_64', '#text': 'hvm'}},
+                      'devices': {'disk': {'@type': 'file', '@device': 'disk',
+                                           'driver': {'@name': 'qemu', '@type': 'qcow2'},
+                                           'source': {'@file': str(path)},
+                                           'target': {'@dev': 'vda', '@bus': 'virtio'}}}}}
+    status, _, body = request(address, 'POST', NODES + '/create', body=json.dumps(doc),
+                              headers={'Content-Type': 'application/json'})
+    assert (status, json.loads(body)['code']) == (403, 'path_not_allowed'), body
+    assert '/etc/passwd' in json.loads(body)['message']
+    with pytest.raises(libvirt.libvirtError):
+        libvirt_conn.lookupByName(name)
+    status, _, body = request(address, 'POST', '%s/%s/placed.qcow2/clone?name=copy.raw&format=raw'
+                              % (IMAGES, pool))
+    assert (status, json.loads(body)['code']) == (403, 'path_not_allowed')

@@ -4,14 +4,15 @@ screen (VNC) as a WebSocket, and the tickets a browser opens them with.
 Each upgrade answers 101 and hands the server a session to run on the connection
 (xend_rest.bridge, with a console stream from xend_rest.consoles or a VNC socket from
 xend_rest.vnc on the guest's side). Refusals are decided before the 101, from state: 426
-without the upgrade, 501 under a foreign WSGI server or a driver without consoles, 409 for a
-domain that is not running or a console another session holds, 429 past the session limit.
+without the upgrade, 501 under a foreign WSGI server or a driver without consoles, 400 or 503
+where our server could not hand the connection over (HTTP/1.0, Connection: close, shutting
+down), 409 for a domain that is not running or a console another session holds, 429 past the
+session limit.
 """
 # The session machinery (bridge, consoles, vnc, websocket) is imported by the first console
 # request, not at start (nor by xend_rest.bridges): most daemons never open one.
 from ..errors import HTTPError
 from ..params import parse_bool, parse_choice
-from ..tickets import redact_ticket
 from .domains import lookup_domain
 
 RAW_UPGRADE = [('Upgrade', 'tcp'), ('Connection', 'Upgrade')]
@@ -49,7 +50,9 @@ def screen(request, ident):
     headers = websocket.handshake(request.environ)
     sessions = request.app.consoles
     dom = _running_domain(request, ident)
-    session = open_screen(sessions, request.conn, dom, sessions.framing(True))
+    guard = request.app.guard  # a socket the definition names is judged like its other paths
+    session = open_screen(sessions, request.conn, dom, sessions.framing(True), request.caller,
+                          guard.check_path if guard.allowed_paths else None)
     return _upgrade(request, upgrade, session, headers)
 
 
@@ -59,12 +62,12 @@ TICKET_ROUTES = {'console': console, 'vnc': screen}
 
 def issue_ticket(request, ident):
     """POST /nodes/{ident}/console/ticket?for=console|vnc: a single-use ticket, good for a few
-    seconds, that opens that route on this domain with the caller's role (for browsers)."""
+    seconds, that opens that route on this domain as the caller, with its role (for browsers)."""
     target = request.arg('for', 'console')
     handler = parse_choice(request, 'for', TICKET_ROUTES, 'console')
     uuid = lookup_domain(request.conn, ident).UUIDString()
     tickets = request.app.guard.tickets
-    token = tickets.issue(request.hypervisor.name, uuid, handler, request.role)
+    token = tickets.issue(request.hypervisor.name, uuid, handler, request.role, request.caller)
     return 201, {'Ticket': token, 'Expires': tickets.lifetime,
                  'Path': f'/libvirt/{request.hypervisor.name}/nodes/{uuid}/{target}?ticket={token}'}
 
@@ -83,7 +86,8 @@ def _open_console(request, ident, over_websocket, flags, dev):
     from ..consoles import open_console
     dom = _running_domain(request, ident)
     sessions = request.app.consoles
-    return open_console(sessions, request.conn, dom, dev, flags, sessions.framing(over_websocket))
+    return open_console(sessions, request.conn, dom, dev, flags, sessions.framing(over_websocket),
+                        request.caller)
 
 
 def _running_domain(request, ident):
@@ -96,11 +100,12 @@ def _running_domain(request, ident):
 
 
 def _upgrade(request, upgrade, session, headers):
+    """Hand the session to the server; if that fails, its place and console are free again.
+    (From here on the server runs it, or releases it: see sessions.Upgrade.)"""
     environ = request.environ
-    target = redact_ticket(environ.get('RAW_URI') or environ.get('PATH_INFO', ''))
-    session.request_line = f'{request.method} {target}'
-    session.client = environ.get('REMOTE_ADDR', '-')
     try:
+        session.request = (request.method, environ['xend_rest.log_target'])  # tickets hidden
+        session.client = environ.get('REMOTE_ADDR', '-')
         upgrade(session, lambda: session.end('shutdown'))
     except BaseException:
         session.discard()

@@ -1,5 +1,6 @@
 """The VM endpoints: one plain function per route, each answering (status, body[, headers])."""
 import re
+import xml.etree.ElementTree as ElementTree
 
 import libvirt
 
@@ -15,6 +16,11 @@ from ..params import (AFFECT_FLAGS, DESTROY_FLAGS, DOMAIN_XML_FLAGS, NO_FLAGS, R
 
 UUID = re.compile(r'[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}\Z')
 DOM0_UUID = '00000000-0000-0000-0000-000000000000'
+DOM0_NAME = 'Domain-0'  # Xen's: libxl names domain 0 so, and no other domain may be (names
+                        # are compared exactly, as libvirt and Xen do: 'domain-0' is a guest's)
+# A UUID as libvirt's virUUIDParse reads one: 32 hex digits in pairs, '-' or ' ' before any
+# pair, ASCII whitespace around the whole.
+LIBVIRT_UUID = re.compile(r'[ \t\n\v\f\r]*(?:[- ]*[0-9A-Fa-f]{2}){16}[ \t\n\v\f\r]*')
 MEMORY_TYPES = {'target': 0, 'max': libvirt.VIR_DOMAIN_MEM_MAXIMUM}
 VCPU_TYPES = {'current': 0, 'max': libvirt.VIR_DOMAIN_VCPU_MAXIMUM}
 MAX_VCPUS = 2**31 - 1  # libvirt counts vCPUs in an unsigned int
@@ -40,8 +46,12 @@ def lookup_domain(conn, ident):
     if dom is None:
         raise HTTPError(404, f'no such domain: {ident}', 'no_such_domain')
     if is_dom0(dom):
-        raise HTTPError(403, 'dom0 cannot be managed through this API', 'dom0_refused')
+        raise dom0_refused()
     return dom
+
+
+def dom0_refused():
+    return HTTPError(403, 'dom0 cannot be managed through this API', 'dom0_refused')
 
 
 def _lookup(find, key):
@@ -86,12 +96,21 @@ def create_domain(request):
     """POST /nodes/create: define (or redefine) a domain; Warnings name what libvirt dropped."""
     posted = request.json()
     xml = convert.dict_to_xml(posted, 'domain')
+    kept_uuid = _check_identity(request.conn, xml)
+    if kept_uuid is not None:
+        xml = convert.dict_to_xml({'domain': {**posted['domain'], 'uuid': kept_uuid}}, 'domain')
     try:
         dom = request.conn.defineXML(xml)
     except libvirt.libvirtError as err:
         if is_connection_error(err):
             raise  # the app drops the connection and says the outcome is unknown
         raise _rejected(err) from None
+    if is_dom0(dom):
+        # libvirt found dom0's UUID where _identity does not look (a libvirt newer than 9.0?).
+        # The domain is new: dom0's own definition is reached only through its name, refused
+        # above, so undoing the define leaves the host as it was.
+        dom.undefine()
+        raise dom0_refused()
     # With its secrets (a VNC password libvirt kept is not dropped); they stay here: a Warning
     # is a path, never a value.
     stored = convert.xml_to_dict(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE |
@@ -99,6 +118,49 @@ def create_domain(request):
     warnings = [f'{path} was dropped by libvirt'
                 for path in convert.dropped(posted['domain'], stored['domain'], 'domain')]
     return 201, {'Uuid': dom.UUIDString(), 'Warnings': warnings}
+
+
+def _identity(xml):
+    """(name, uuid, system uuids) of a definition as libvirt reads them: the text of the first
+    <name> and <uuid> child of <domain> (in no namespace; None where absent or empty), and of
+    each <sysinfo> system's uuid entry (libvirt's UUID for a domain without <uuid>)."""
+    root = ElementTree.fromstring(xml)  # ours, from dict_to_xml: no DOCTYPE, no entities
+    return (_text(root.find('name')), _text(root.find('uuid')),
+            [_text(entry) for entry in root.iterfind("sysinfo/system/entry[@name='uuid']")])
+
+
+def _text(element):
+    """An element's string value, as XPath's string() gives it; None for none or ''."""
+    return None if element is None else ''.join(element.itertext()) or None
+
+
+def parse_uuid(text):
+    """A UUID text as libvirt reads it (virUUIDParse), in canonical form; None if libvirt
+    would refuse it."""
+    if text is None or not LIBVIRT_UUID.fullmatch(text):
+        return None
+    digits = re.sub('[^0-9A-Fa-f]', '', text).lower()
+    return '-'.join((digits[:8], digits[8:12], digits[12:16], digits[16:20], digits[20:]))
+
+
+def _check_identity(conn, xml):
+    """403 for a definition that is dom0's, 409 for one whose name or UUID is another domain's;
+    the UUID to fill in when it gives none and its name is a domain's (None: leave it)."""
+    name, text, system_uuids = _identity(xml)
+    uuid = parse_uuid(text)  # None too when libvirt would refuse it
+    named = _lookup(conn.lookupByName, name) if name is not None else None
+    owner = _lookup(conn.lookupByUUIDString, uuid) if uuid is not None else None
+    if name == DOM0_NAME or DOM0_UUID in [uuid, *map(parse_uuid, system_uuids)] or any(
+            dom is not None and is_dom0(dom) for dom in (named, owner)):
+        raise dom0_refused()
+    if name is not None and owner is not None and owner.name() != name:
+        raise HTTPError(409, f'UUID {uuid} is the domain {owner.name()!r}: Create does not '
+                        'rename a domain', 'already_exists')
+    if named is not None and uuid is not None and named.UUIDString() != uuid:
+        raise HTTPError(409, f'a domain named {name!r} exists with UUID {named.UUIDString()}: '
+                        'give that UUID (or none) to replace its definition', 'already_exists')
+    # Without a UUID libvirt makes a new one, and refuses it for a name that is taken.
+    return named.UUIDString() if named is not None and text is None else None
 
 
 def _rejected(err):
@@ -132,7 +194,8 @@ def stop_domain(request, ident):
         except StillRunning:
             return _still_running(dom, 'shutdown', 'shutoff')
     if not wait_for_state(request.hypervisor.events, request.conn, dom.UUIDString(), 'shutoff', wait,
-                          shutdown):
+                          shutdown, owner=request.caller, gone=request.client_gone,
+                          hold=request.hold):
         raise wait_timeout(f'the shutdown of {dom.name()} was asked for, but it was not shut off '
                            f'within {wait:g} s')
     return NO_CONTENT
@@ -158,7 +221,9 @@ def restart_domain(request, ident):
             reboot()
         except StillRunning:
             return _still_running(dom, 'reboot', 'running')
-    elif not wait_for_restart(request.hypervisor.events, dom.UUIDString(), wait, reboot):
+    elif not wait_for_restart(request.hypervisor.events, dom.UUIDString(), wait, reboot,
+                              owner=request.caller, gone=request.client_gone,
+                              hold=request.hold):
         raise wait_timeout(f'the reboot of {dom.name()} was asked for, but no reboot was seen '
                            f'within {wait:g} s')
     return NO_CONTENT

@@ -6,7 +6,7 @@ from ..bodies import Raw
 from ..errors import HTTPError, bad_request, wait_timeout
 from .. import defaults
 from ..defaults import MAX_WAIT_SECONDS
-from ..events import CONDITION_STATES, EVENT_NAMES, is_notice, wait_for_state
+from ..events import CLIENT_CHECK, CONDITION_STATES, EVENT_NAMES, is_notice, wait_for_state
 from ..params import MAX_WHOLE, is_whole, parse_choice, parse_int, parse_seconds
 from .domains import lookup_domain
 
@@ -24,8 +24,9 @@ def stream_events(request):
     sse = defaults.SSE in request.environ.get('HTTP_ACCEPT', '')
     request.conn  # the hypervisor registers for events when it connects: be connected
     hub = request.hypervisor.events
-    subscription = hub.subscribe(wanted, since)
-    stream = EventStream(hub, subscription, request.hypervisor.connection, sse, limit, timeout)
+    subscription = hub.subscribe(wanted, since, owner=request.caller, hold=request.hold)
+    stream = EventStream(hub, subscription, request.hypervisor.connection, sse, limit, timeout,
+                         request.client_gone)
     return 200, Raw(stream, defaults.SSE if sse else defaults.NDJSON), list(STREAM_HEADERS)
 
 
@@ -63,13 +64,14 @@ def _filter(domains, events):
 class EventStream:
     """The body of an event stream: JSON lines (or Server-Sent Events) and keep-alive heartbeats.
 
-    Heartbeats make a vanished client noticed (the write fails, the server closes us, we
-    unsubscribe); the server calls close() however the stream ends.
+    A client that hung up is noticed within CLIENT_CHECK seconds where the server says so
+    (gone()), else when a heartbeat cannot be written (the server closes us); either way we
+    unsubscribe: the server calls close() however the stream ends.
     """
 
-    def __init__(self, hub, subscription, connection, sse, limit, timeout):
+    def __init__(self, hub, subscription, connection, sse, limit, timeout, gone=lambda: False):
         self.hub, self.subscription, self.connection = hub, subscription, connection
-        self.sse, self.limit = sse, limit
+        self.sse, self.limit, self.gone = sse, limit, gone
         self.deadline = None if timeout is None else time.monotonic() + timeout
 
     def __iter__(self):
@@ -78,8 +80,9 @@ class EventStream:
             yield self._notice('gap', 'some events after the one asked for are no longer kept; '
                                'read the current state again')
         sent = 0
+        beat = time.monotonic() + self.hub.heartbeat  # the next heartbeat, unless a line goes first
         while self.limit is None or sent < self.limit:
-            record = self.subscription.get(self._wait())
+            record = self.subscription.get(self._wait(beat))
             if record is not None and is_notice(record):  # e.g. libvirt reconnected
                 yield self._notice(record['Notice'], record['Message'], record['Id'])
             elif record is not None:
@@ -90,15 +93,20 @@ class EventStream:
                 return
             elif self.deadline is not None and time.monotonic() >= self.deadline:
                 return
-            else:
+            elif self.gone():
+                return  # nobody reads on: the slot is free for another
+            elif time.monotonic() >= beat:
                 self._reconnect()
                 yield self._heartbeat()
+            else:
+                continue
+            beat = time.monotonic() + self.hub.heartbeat
 
-    def _wait(self):
-        """Seconds until the next heartbeat is due, or the stream's end if sooner."""
-        if self.deadline is None:
-            return self.hub.heartbeat
-        return max(0.0, min(self.hub.heartbeat, self.deadline - time.monotonic()))
+    def _wait(self, beat):
+        """Seconds until the next heartbeat is due, the stream's end or the next look at the
+        client, whichever comes first."""
+        until = beat if self.deadline is None else min(beat, self.deadline)
+        return max(0.0, min(until - time.monotonic(), CLIENT_CHECK))
 
     def close(self):
         self.hub.unsubscribe(self.subscription)
@@ -143,6 +151,8 @@ def wait_domain(request, ident):
     condition = parse_choice(request, 'condition', {name: name for name in CONDITION_STATES}, None)
     timeout = parse_seconds(request, 'timeout', DEFAULT_WAIT_SECONDS, MAX_WAIT_SECONDS)
     dom = lookup_domain(request.conn, ident)
-    if not wait_for_state(request.hypervisor.events, request.conn, dom.UUIDString(), condition, timeout):
+    if not wait_for_state(request.hypervisor.events, request.conn, dom.UUIDString(), condition,
+                          timeout, owner=request.caller, gone=request.client_gone,
+                          hold=request.hold):
         raise wait_timeout(f'domain {dom.name()} did not become {condition} within {timeout:g} s')
     return 200, {'State': condition}

@@ -33,10 +33,13 @@ STATE_LISTS = (
 
 
 def ping(request):
-    """GET /_ping: the daemon answers; it opens no libvirt connection (GET /info does)."""
-    connected = 'true' if request.hypervisor.connection.connected else 'false'
-    return 200, Raw(b'OK', defaults.TEXT), [('Api-Version', API_VERSION), ('Cache-Control', 'no-cache'),
-                                        ('Libvirt-Connected', connected)]
+    """GET /_ping: the daemon answers; it opens no libvirt connection (GET /info does).
+    Libvirt-Connected speaks of the default connection: only to those it covers."""
+    headers = [('Api-Version', API_VERSION), ('Cache-Control', 'no-cache')]
+    if request.may_use(request.hypervisor):
+        connected = 'true' if request.hypervisor.connection.connected else 'false'
+        headers.append(('Libvirt-Connected', connected))
+    return 200, Raw(b'OK', defaults.TEXT), headers
 
 
 def version(request):
@@ -202,7 +205,8 @@ CONNECTION_METRICS = (
 
 def metrics(request):
     """GET /metrics: each connection's domains, and the daemon itself, in Prometheus' text
-    format; every per-connection series is labelled with its connection's name."""
+    format; every per-connection series is labelled with its connection's name. A caller sees
+    the connections its credentials cover, and the daemon-wide totals only if that is all."""
     exposition = Exposition()
     hypervisors = request.usable_hypervisors()
     # Each connection is asked in a thread of its own: a frozen libvirtd delays no other.
@@ -216,8 +220,9 @@ def metrics(request):
         for hypervisor in hypervisors:
             exposition.add(name, kind, help_text, value_of(hypervisor),
                            labels(connection=hypervisor.name))
-    _add_consoles(exposition, request.app.consoles)
-    add_requests(exposition, request.app.metrics)
+    if len(hypervisors) == len(request.app.hypervisors):  # the totals span every connection
+        _add_consoles(exposition, request.app.consoles)
+    add_requests(exposition, request.app.metrics, [hypervisor.name for hypervisor in hypervisors])
     return 200, Raw(exposition.text().encode(), defaults.METRICS)
 
 
@@ -260,4 +265,5 @@ def _add_domains(exposition, connection, described):
 def openapi_document(request):
     """GET /openapi.json: this API in OpenAPI 3, built from the route table."""
     from .. import openapi  # built on demand: most daemons never serve it
-    return 200, openapi.document(request.app.router.routes, list(request.app.hypervisors))
+    return 200, openapi.document(request.app.router.routes,
+                                 [hypervisor.name for hypervisor in request.usable_hypervisors()])
