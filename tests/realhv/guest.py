@@ -181,6 +181,11 @@ def _build(package, target):
 
 def _modules_in_load_order(moddir, wanted):
     """[(name, uncompressed .ko bytes)], dependencies first."""
+    return [(name, data) for name, _, data in _module_files_in_load_order(moddir, wanted)]
+
+
+def _module_files_in_load_order(moddir, wanted):
+    """[(name, path, uncompressed .ko bytes)], dependencies first."""
     files = {}
     for path in moddir.rglob("*.ko*"):
         files[re.sub(r"\.ko(\.xz|\.gz|\.zst)?$", "", path.name).replace("-", "_")] = path
@@ -196,7 +201,7 @@ def _modules_in_load_order(moddir, wanted):
         for dep in _modinfo(data, "depends").split(","):
             if dep:
                 visit(dep.replace("-", "_"))
-        ordered.append((name, data))
+        ordered.append((name, files[name], data))
 
     for name in wanted:
         visit(name)

@@ -12,7 +12,9 @@ import re
 import secrets
 import shlex
 import shutil
+import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -22,13 +24,19 @@ from . import artefacts as built
 from .artefacts import READY_MARKER
 from .rig import Rig
 
+HERE = Path(__file__).parent
 NODES = "/libvirt/xen/nodes"
-REQUIRED = ("qemu-system-x86_64", "mmdebstrap", "zstd", "cpio", "openssl", "dpkg-deb", "apt-get")
+# libvirt's <os><type> for each kind of guest this tier boots with a <kernel> (domaincommon.rng)
+OS_TYPES = {"pv": "<type arch='x86_64' machine='xenpv'>linux</type>",
+            "pvh": "<type arch='x86_64' machine='xenpvh'>xenpvh</type>"}
+REQUIRED = ("qemu-system-x86_64", "qemu-img", "mmdebstrap", "mke2fs", "openssl", "dpkg-deb",
+            "dpkg-scanpackages", "apt-get")
 
 
 @pytest.fixture(scope="session")
 def rig(tmp_path_factory):
-    """Xen 4.17 + a Debian dom0 running libvirtd and xend-rest (from its .deb), booted once."""
+    """Xen 4.17 + a Debian dom0 (systemd, Debian's Xen and libvirt units) with xend-rest installed
+    by apt from its .deb, booted once."""
     missing = [b for b in REQUIRED if not shutil.which(b, path=os.environ["PATH"] + ":/usr/sbin:/sbin")]
     if missing:
         _unavailable(f"XEN TIER: {', '.join(missing)} not installed (./dev test installs the TEST_PKGS)")
@@ -43,8 +51,9 @@ def rig(tmp_path_factory):
     except BaseException:
         running.stop()
         raise
-    print(f"xen tier: dom0 answers after {running.boot_seconds:.0f} s")
+    print(f"xen tier: dom0 booted, provisioned, the package installed: {running.timings}")
     yield running
+    print(f"xen tier: phases (s): {running.timings}")
     running.stop()
 
 
@@ -61,14 +70,17 @@ class Guests:
         self.names.append(f"{self.prefix}{stem}-{next(self.counter)}")
         return self.names[-1]
 
-    def xml(self, name, memory_mib=256, current_memory_mib=None, vcpus=2, current_vcpus=1, extra=""):
+    def xml(self, name, memory_mib=256, current_memory_mib=None, vcpus=2, current_vcpus=1, extra="", kind="pv"):
+        """A PV guest (kind="pv") or a PVH one ("pvh": the same kernel, entered by Xen directly
+        in a HAP container; no device model, no firmware)."""
+        os_type = OS_TYPES[kind]
         return f"""<domain type='xen'>
   <name>{name}</name>
   <memory unit='MiB'>{memory_mib}</memory>
   <currentMemory unit='MiB'>{current_memory_mib or memory_mib}</currentMemory>
   <vcpu current='{current_vcpus}'>{vcpus}</vcpu>
   <os>
-    <type arch='x86_64' machine='xenpv'>linux</type>
+    {os_type}
     <kernel>{built.GUEST_KERNEL}</kernel>
     <initrd>{built.GUEST_INITRD}</initrd>
     <cmdline>console=hvc0 quiet</cmdline>
@@ -140,3 +152,102 @@ def guests(rig):
     yield made
     for name in made.names:
         made.remove(name)
+
+
+# The order of the modules: the HVM guest (hvm_boot below) boots beside the modules that boot no
+# guest of their own, its tests follow and remove it; then the rest, whose guests a running HVM
+# guest was seen to slow about threefold (PVH boots of 55-72 s against 17-25 s); dom0's reboot
+# ends the session.
+FIRST_MODULES = ("test_create_xen.py", "test_images_xen.py", "test_package_xen.py", "test_hvm_xen.py")
+HVM_MODULE = "test_hvm_xen.py"
+LAST_MODULES = ("test_reboot_xen.py",)
+
+
+def pytest_collection_modifyitems(items):
+    """Reorder this tier's tests among themselves, in the places they hold in the session."""
+    def place(item):
+        name = item.path.name
+        if name in FIRST_MODULES:
+            return FIRST_MODULES.index(name) - len(FIRST_MODULES)
+        return LAST_MODULES.index(name) + 1 if name in LAST_MODULES else 0
+    here = [index for index, item in enumerate(items) if item.path.parent == HERE]
+    ordered = sorted((items[index] for index in here), key=place)  # stable within each group
+    for index, item in zip(here, ordered):
+        items[index] = item
+
+
+def hvm_xml(name):
+    """An HVM guest: hvmloader and SeaBIOS, the device model (Debian's qemu-system-xen) in dom0,
+    the PV guest's kernel and initramfs booted directly by the device model, its serial port
+    written to the file the tests read, its screen on VNC (loopback in dom0)."""
+    return f"""<domain type='xen'>
+  <name>{name}</name>
+  <memory unit='MiB'>256</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='xenfv'>hvm</type>
+    <loader type='rom'>/usr/lib/xen-4.17/boot/hvmloader</loader>
+    <kernel>{built.GUEST_KERNEL}</kernel>
+    <initrd>{built.GUEST_INITRD}</initrd>
+    <cmdline>console=tty0 console=ttyS0 quiet</cmdline>
+  </os>
+  <features><acpi/><apic/><pae/></features>
+  <clock offset='utc'/>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <emulator>/usr/libexec/xen-qemu-system-i386</emulator>
+    <serial type='file'><source path='/var/log/xen/console/guest-{name}.log'/><target port='0'/></serial>
+    <graphics type='vnc' port='-1' autoport='yes' listen='127.0.0.1'/>
+    <video><model type='cirrus'/></video>
+  </devices>
+</domain>"""
+
+
+class HVMBoot(threading.Thread):
+    """Defines and starts the HVM guest through the API (before any test stops libvirtd or the
+    daemon), then waits in the background for its init, recording what each step answered and
+    when."""
+
+    def __init__(self, rig, guests):
+        super().__init__(daemon=True)
+        self.rig, self.guests = rig, guests
+        self.name = guests.name("hvm")
+        self.steps = {}  # step: (seconds since the start, what it answered)
+        self.started = time.monotonic()
+
+    def start(self):
+        from xend_rest import convert
+        created = self.rig.api.post(f"{NODES}/create", convert.xml_to_dict(hvm_xml(self.name)))
+        self.steps["create"] = (time.monotonic() - self.started, created)
+        response = self.rig.api.post(f"{NODES}/{self.name}/start", timeout=600)
+        self.steps["start"] = (time.monotonic() - self.started, response)
+        if response.status == 204:
+            super().start()
+
+    def run(self):
+        log = shlex.quote(f"/var/log/xen/console/guest-{self.name}.log")
+        try:
+            waited = self.rig.dom0(f"timeout 900 sh -c 'until grep -q ^{READY_MARKER} {log} 2>/dev/null; "
+                                   "do sleep 2; done'", timeout=905)
+        except Exception as err:  # reported by the test that joins
+            waited = repr(err)
+        self.steps["ready"] = (time.monotonic() - self.started, waited)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hvm_boot(request):
+    """The HVM guest's boot, started before the session's first Xen test when test_hvm_xen.py
+    is to run (it joins the boot, and removes the guest)."""
+    if not any(item.path.name == HVM_MODULE for item in request.session.items):
+        yield None
+        return
+    rig = request.getfixturevalue("rig")
+    boot = HVMBoot(rig, Guests(rig))
+    boot.start()
+    yield boot
+    if boot.is_alive():
+        boot.join(timeout=60)
+    for name in boot.guests.names:
+        boot.guests.remove(name)

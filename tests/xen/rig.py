@@ -1,19 +1,21 @@
-"""Boot Xen and its dom0 in QEMU (software emulation), with xend-rest installed from its .deb.
+"""Boot Xen and a Debian dom0 (systemd) in QEMU (software emulation), and install xend-rest there
+as an administrator does: `apt-get install ./xend-rest_*.deb` from dom0's local repository.
 
-    rig = Rig(artefacts, workdir); rig.start()   # ~30-40 s to a dom0 whose daemon answers
+    rig = Rig(artefacts, workdir); rig.start()   # boot, provision, install: a daemon that answers
     rig.dom0("virsh -c xen:///system list")      # a shell command in dom0 -> Result(rc, out, err)
     rig.api.get("/libvirt/xen/nodes/json")       # HTTPS + bearer token through QEMU's port forward
     rig.unix_api.get(...)                        # the same over the unix socket, from inside dom0
     libvirt.open(rig.libvirt_uri)                # dom0's libvirtd over TLS (xen+tls://), from outside
+    rig.reboot()                                 # systemctl reboot; QEMU starts again on the same disk
 
-Per boot, a small cpio rides along after the cached root (the kernel unpacks both, the later one
-winning): dom0's init, the test agent, the .deb from this checkout, a TLS certificate and key made
-with openssl (one test CA, realhv.libvirtd.make_pki), a tokens file and the administrator's
-drop-in for xend-rest.service. The same server certificate serves xend-rest's TLS and libvirtd's
-TLS listener (at libvirt's default paths in dom0); the client half stays outside.
+dom0 boots a copy-on-write overlay of the cached root image, so what a run changes survives a
+reboot of dom0 and is gone with the run. Once dom0's test agent answers, the rig hands it what an
+administrator would bring (one test CA, realhv.libvirtd.make_pki: the server certificate serves
+xend-rest's TLS and libvirtd's TLS socket at libvirt's default paths; a tokens file; the drop-in
+for xend-rest.service that adds the TLS listener; the .deb built from this checkout), enables
+libvirtd's TLS socket, and installs the package.
 """
 
-import gzip
 import http.client
 import json
 import shlex
@@ -31,24 +33,38 @@ HERE = Path(__file__).parent
 CHECKOUT = HERE.parent.parent
 TOKEN = "xen-tier-admin-token-0123456789abcdef"
 TLS_PORT = 8443
+DROP_IN_PATH = "/etc/systemd/system/xend-rest.service.d/tls.conf"
 DROP_IN = """[Service]
 # What this host adds to the shipped unit: a TLS listener for the management host, with bearer
-# tokens, next to the unix socket; and the storage pool directory, writable in the sandbox.
+# tokens, next to the unix socket.
 ExecStart=
 ExecStart=/usr/bin/xend-rest --config /etc/xend-rest/xend-rest.conf \\
     --listen unix:/run/xend-rest/api.sock --listen 0.0.0.0:8443 \\
     --tls-cert /etc/xend-rest/tls/server.pem --tls-key /etc/xend-rest/tls/server.key \\
     --tokens-file /etc/xend-rest/tokens
-ReadWritePaths=/var/lib/xend-rest-pool
+"""
+# What docs/xen.md tells a dom0's administrator to add: on Debian 12, libvirt-guests is ordered
+# after libvirtd's socket only, so at shutdown libvirtd (socket-activated) stops beside it and its
+# guests are never shut down ("Can't connect to default. Skipping."), just ended with dom0.
+LIBVIRT_GUESTS_DROP_IN_PATH = "/etc/systemd/system/libvirt-guests.service.d/after-libvirtd.conf"
+LIBVIRT_GUESTS_DROP_IN = """[Unit]
+# Stop after libvirtd has been asked nothing more: shut the guests down while it still runs.
+After=libvirtd.service
 """
 POOL_DIR = "/var/lib/xend-rest-pool"
 UNIX_SOCKET = "/run/xend-rest/api.sock"
 LIBVIRTD_TLS_PORT = 16514
-# How dom0's init starts libvirtd, and how a test starts it again: with its TLS listener.
-LIBVIRTD = "libvirtd --daemon --listen --pid-file /run/libvirtd.pid"
 # libvirtd's default certificate paths (libvirtd.conf's ca_file, cert_file, key_file).
-LIBVIRTD_PKI = {"etc/pki/CA/cacert.pem": "cacert.pem", "etc/pki/libvirt/servercert.pem": "servercert.pem",
-                "etc/pki/libvirt/private/serverkey.pem": "serverkey.pem"}
+LIBVIRTD_PKI = {"/etc/pki/CA/cacert.pem": "cacert.pem", "/etc/pki/libvirt/servercert.pem": "servercert.pem",
+                "/etc/pki/libvirt/private/serverkey.pem": "serverkey.pem"}
+DEB_IN_DOM0 = "/root/xend-rest_all.deb"
+# In the image, for the first boot only (artefacts.DOM0_FILES): Xen's start waits for libvirtd.
+XEN_FIRST_BOOT_DROP_IN = "/etc/systemd/system/xen.service.d/rig-first-boot.conf"
+# libvirtd and all its sockets: stopping them all makes an outage (no socket to activate it).
+LIBVIRTD_UNITS = "libvirtd.socket libvirtd-ro.socket libvirtd-admin.socket libvirtd-tls.socket libvirtd.service"
+# Xen's share of the machine for dom0; the rest is for guests.
+XEN_COMMAND_LINE = "dom0_mem=1536M,max:1536M console=com1 com1=115200,8n1 loglvl=warning"
+DOM0_COMMAND_LINE = "console=hvc0 earlyprintk=xen quiet"
 
 
 @dataclass
@@ -103,12 +119,12 @@ class HTTPSClient:
     def delete(self, path, query="", **kw):
         return self.request("DELETE", path, query=query, **kw)
 
-    def websocket(self, path, query=""):
+    def websocket(self, path, query="", **options):
         """A WebSocket (websockets' own client) to `path`, over TLS with the token."""
         from websockets.sync.client import connect
         return connect(f"wss://localhost:{self.port}{path}" + ("?" + query if query else ""),
                        ssl=self.context, additional_headers={"Authorization": f"Bearer {self.token}"},
-                       open_timeout=60, close_timeout=10)
+                       open_timeout=60, close_timeout=10, **options)
 
 
 class UnixClient:
@@ -152,6 +168,7 @@ class Rig:
         self.artefacts = artefacts
         self.workdir = Path(workdir)
         self.console = self.workdir / "xen-console.log"
+        self.disk = self.workdir / "dom0.qcow2"
         self.process = None
         self.tls_port = free_port()
         self.agent_port = free_port()
@@ -159,38 +176,100 @@ class Rig:
         self.pki = self.workdir / "pki"
         # A management host's URI for dom0: libvirt's remote protocol over TLS, through the forward.
         self.libvirt_uri = f"xen+tls://127.0.0.1:{self.libvirt_port}/system?pkipath={self.pki}"
-        self.api = None
+        self.api = None  # once the PKI is made
         self.unix_api = UnixClient(self)
+        self.timings = {}  # phase: seconds, for the session's summary
 
-    def start(self, timeout=180):
-        started = time.monotonic()
-        deb = self._build_deb()
+    def start(self):
+        """Boot dom0 from a fresh overlay, provision it and install the package from its .deb.
+
+        On this first boot libvirtd starts before Xen's init script has finished (the image's
+        rig-only drop-in for xen.service waits for it), as it can on any Debian dom0 without the
+        ordering xend-rest's package ships for libvirtd: the rig records what libvirt and the
+        freshly installed daemon answer then (`first_boot`), before restarting libvirtd with its
+        TLS socket, now ordered after xen.service by the package's drop-in."""
+        self.deb = self._build_deb()
         make_pki(self.pki)  # one CA: xend-rest's TLS and libvirtd's (both for 127.0.0.1/localhost)
-        overlay = self._overlay(deb)
-        initrd = self.workdir / "dom0.img"
-        with open(initrd, "wb") as out:
-            out.write(self.artefacts.dom0_root.read_bytes())
-            out.write(b"\0" * (-out.tell() % 4))
-            out.write(overlay)
+        self.api = HTTPSClient(self.tls_port, self.pki / "cacert.pem")
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(self.artefacts.dom0_root),
+                        "-F", "raw", str(self.disk)], check=True)
+        self.boot()
+        started = time.monotonic()
+        result = self.dom0(f"systemctl start xen.service && rm {XEN_FIRST_BOOT_DROP_IN} && systemctl daemon-reload "
+                           "&& virsh -c xen:///system uri", timeout=300)
+        self.first_boot = {"virsh": result}
+        self.provision()
+        self.timings["provision"] = time.monotonic() - started
+        started = time.monotonic()
+        self.install(DEB_IN_DOM0, self.deb, wait=False)
+        self.first_boot["api"] = self.unix_api.get("/libvirt/xen/nodes/json")
+        self.first_boot["libvirtd"] = self.unit("libvirtd.service", "ExecMainStartTimestampMonotonic")
+        self.first_boot["xen"] = self.unit("xen.service", "ActiveEnterTimestampMonotonic")
+        # libvirtd takes its sockets from systemd when it starts, and systemd refuses to start a
+        # socket whose service runs: stop it, enable the TLS socket, start it again (libvirtd(8)).
+        result = self.dom0("systemctl stop libvirtd.service && systemctl enable --now libvirtd-tls.socket "
+                           "&& systemctl start libvirtd.service", timeout=120)
+        assert result.rc == 0, result
+        self.wait(self.daemon_answers, 120, "xend-rest answering over TLS in dom0")
+        self.timings["install"] = time.monotonic() - started
+
+    def boot(self, timeout=300):
+        """Start QEMU on dom0's disk and wait for the test agent: systemd has reached it."""
         forwards = (f"hostfwd=tcp:127.0.0.1:{self.tls_port}-:{TLS_PORT},"
                     f"hostfwd=tcp:127.0.0.1:{self.agent_port}-:9000,"
                     f"hostfwd=tcp:127.0.0.1:{self.libvirt_port}-:{LIBVIRTD_TLS_PORT}")
         command = [
-            "qemu-system-x86_64", "-machine", "q35", "-cpu", "qemu64,+svm", "-m", "3072",
+            # +npt: Xen finds HAP (nested paging), which HVM and PVH guests need.
+            "qemu-system-x86_64", "-machine", "q35", "-cpu", "qemu64,+svm,+npt", "-m", "3072",
             "-smp", "2", "-display", "none", "-no-reboot", "-monitor", "none",
-            "-serial", f"file:{self.console}",
-            # Xen takes a fixed share for dom0; the rest is for guests.
-            "-kernel", str(self.artefacts.xen),
-            "-append", "dom0_mem=1536M,max:1536M console=com1 com1=115200,8n1 loglvl=warning",
-            "-initrd", f"{self.artefacts.kernel} console=hvc0 earlyprintk=xen quiet,{initrd}",
-            "-netdev", f"user,id=net0,{forwards}", "-device", "virtio-net-pci,netdev=net0",
+            "-chardev", f"file,id=console,path={self.console},append=on", "-serial", "chardev:console",
+            "-kernel", str(self.artefacts.xen), "-append", XEN_COMMAND_LINE,
+            "-initrd", f"{self.artefacts.kernel} {DOM0_COMMAND_LINE},{self.artefacts.initrd}",
+            "-drive", f"file={self.disk},if=virtio,format=qcow2,cache=unsafe",
+            # No way out of the rig (restrict=on); the forwards still come in.
+            "-netdev", f"user,id=net0,restrict=on,{forwards}", "-device", "virtio-net-pci,netdev=net0",
         ]
+        started = time.monotonic()
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
-                                        stdout=open(self.workdir / "qemu.out", "wb"),
+                                        stdout=open(self.workdir / "qemu.out", "ab"),
                                         stderr=subprocess.STDOUT, start_new_session=True)
-        self.api = HTTPSClient(self.tls_port, self.pki / "cacert.pem")
-        self.wait(self._daemon_answers, timeout, "xend-rest answering over TLS in dom0")
-        self.boot_seconds = time.monotonic() - started
+        self.wait(self._agent_answers, timeout, "dom0's test agent (systemd in dom0 reaching it)")
+        self.timings.setdefault("boot", []).append(time.monotonic() - started)
+
+    def reboot(self, timeout=600):
+        """Reboot dom0 as its administrator does (systemctl reboot): Xen resets the machine, QEMU
+        exits (-no-reboot) and starts again on the same disk, as the hardware would."""
+        started = time.monotonic()
+        assert self.dom0("systemctl reboot").rc == 0
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"dom0 did not shut down within {timeout} s\n{self.diagnostics()}")
+        self.timings.setdefault("shutdown", []).append(time.monotonic() - started)
+        self.boot()
+
+    def provision(self):
+        """What an administrator brings to dom0 for xend-rest and libvirtd's TLS socket:
+        certificates, a tokens file, xend-rest's drop-in, the pool directory of the tests."""
+        for path, name in LIBVIRTD_PKI.items():
+            self.put(path, (self.pki / name).read_bytes(), 0o600 if "private" in path else 0o644)
+        self.put("/etc/xend-rest/tls/server.pem", (self.pki / "servercert.pem").read_bytes())
+        self.put("/etc/xend-rest/tls/server.key", (self.pki / "serverkey.pem").read_bytes(), 0o600)
+        self.put("/etc/xend-rest/tokens", f"{TOKEN} admin xen-tier\n".encode(), 0o600)
+        self.put(DROP_IN_PATH, DROP_IN.encode())
+        self.put(LIBVIRT_GUESTS_DROP_IN_PATH, LIBVIRT_GUESTS_DROP_IN.encode())
+        assert self.dom0(f"systemctl daemon-reload && mkdir -p {POOL_DIR}").rc == 0
+
+    def install(self, path, deb, wait=True, timeout=300):
+        """The .deb copied to dom0 and installed with apt-get, its Depends from the local
+        repository; the postinst starts the unit (wait: until it answers over TLS)."""
+        self.put(path, deb.read_bytes())
+        result = self.dom0(f"apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q {path}",
+                           timeout=timeout)
+        assert result.rc == 0, result
+        if wait:
+            self.wait(self.daemon_answers, 120, "xend-rest answering over TLS in dom0")
+        return result
 
     def wait(self, predicate, timeout, what):
         def ready():
@@ -198,9 +277,17 @@ class Rig:
                 raise AssertionError(f"QEMU exited ({self.process.returncode}) waiting for {what}\n"
                                      f"{self.diagnostics()}")
             return predicate()
-        realhv_guest.wait_until(ready, timeout, what, self.diagnostics)
+        return realhv_guest.wait_until(ready, timeout, what, self.diagnostics)
 
-    def _daemon_answers(self):
+    def _agent_answers(self):
+        try:
+            return self.dom0("true", timeout=10).rc == 0
+        except (OSError, http.client.HTTPException, ValueError):
+            time.sleep(1)
+            return False
+
+    def daemon_answers(self):
+        """True once xend-rest answers a List with 200 over TLS."""
         try:
             return self.api.get("/libvirt/xen/nodes/json", timeout=5).status == 200
         except (OSError, http.client.HTTPException):
@@ -216,16 +303,35 @@ class Rig:
         finally:
             conn.close()
 
+    def put(self, path, data, mode=0o644):
+        """Write a file in dom0 (parents made) through the test agent."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.agent_port, timeout=120)
+        try:
+            conn.request("PUT", path, body=data, headers={"X-Mode": f"{mode:o}"})
+            response = conn.getresponse()
+            response.read()
+            assert response.status == 204, (path, response.status)
+        finally:
+            conn.close()
+
+    def unit(self, name, *properties):
+        """{property: value} of a systemd unit in dom0 (systemctl show)."""
+        out = self.dom0(f"systemctl show {shlex.quote(name)} " + " ".join(f"-p {p}" for p in properties)).out
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
     def guest_console(self, name):
         return self.dom0(f"cat /var/log/xen/console/guest-{shlex.quote(name)}.log 2>/dev/null").out
 
     def diagnostics(self):
         parts = [f"--- Xen/dom0 console ---\n{_tail(self.console)}"]
         try:
-            logs = self.dom0("tail -n 15 /var/log/xend-rest.log /var/log/libvirt/libxl/libxl-driver.log "
-                             "/var/log/libvirt/libvirtd.log 2>&1", timeout=10)
-            parts.append(f"--- dom0 logs ---\n{logs.out}")
-        except OSError as err:
+            # A triple fault of a PVH or HVM guest is this rig's (QEMU's emulated nested paging),
+            # not Xen's or libvirt's: say so when it happened.
+            logs = self.dom0("systemctl --no-pager --failed; journalctl -b --no-pager -n 40 -u xend-rest "
+                             "-u libvirtd -u xen -u xendomains; tail -n 15 /var/log/libvirt/libxl/libxl-driver.log; "
+                             "xl dmesg | grep 'Triple fault'", timeout=20)
+            parts.append(f"--- dom0 units and journal ---\n{logs.out}{logs.err}")
+        except (OSError, http.client.HTTPException, ValueError) as err:
             parts.append(f"(dom0 agent unreachable: {err})")
         return "\n".join(parts)
 
@@ -238,24 +344,6 @@ class Rig:
         out = subprocess.run([str(CHECKOUT / "packaging" / "build-deb"), str(self.workdir / "deb")],
                              check=True, capture_output=True, text=True).stdout
         return Path(out.strip().splitlines()[-1])
-
-    def _overlay(self, deb):
-        cpio = realhv_guest._Cpio()
-        for directory in ("rig", "etc", "etc/xend-rest", "etc/xend-rest/tls", "etc/systemd",
-                          "etc/systemd/system", "etc/systemd/system/xend-rest.service.d", "var", "var/lib",
-                          POOL_DIR.lstrip("/"), "etc/pki", "etc/pki/CA", "etc/pki/libvirt",
-                          "etc/pki/libvirt/private"):
-            cpio.add(directory, 0o40755)
-        cpio.add("init", 0o100755, (HERE / "dom0-init.sh").read_bytes())
-        cpio.add("rig/agent.py", 0o100755, (HERE / "agent.py").read_bytes())
-        cpio.add("rig/xend-rest.deb", 0o100644, deb.read_bytes())
-        cpio.add("etc/xend-rest/tls/server.pem", 0o100644, (self.pki / "servercert.pem").read_bytes())
-        cpio.add("etc/xend-rest/tls/server.key", 0o100600, (self.pki / "serverkey.pem").read_bytes())
-        cpio.add("etc/xend-rest/tokens", 0o100600, f"{TOKEN} admin xen-tier\n".encode())
-        cpio.add("etc/systemd/system/xend-rest.service.d/tls.conf", 0o100644, DROP_IN.encode())
-        for path, name in LIBVIRTD_PKI.items():
-            cpio.add(path, 0o100600 if "private" in path else 0o100644, (self.pki / name).read_bytes())
-        return gzip.compress(cpio.finish(), compresslevel=1, mtime=0)
 
 
 def _tail(path, lines=60):

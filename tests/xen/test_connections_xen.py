@@ -1,7 +1,7 @@
 """A management host's daemon managing dom0 remotely: xend-rest on the outer machine, started by
 its launcher with `--connect dom0=xen+tls://...` (libvirt's remote protocol to dom0's libvirtd,
 TLS with certificates made at test time, through QEMU's port forward) and a test node beside
-it, asked with curl. What it does, the daemon inside dom0 sees; dom0's libvirtd killed costs the
+it, asked with curl. What it does, the daemon inside dom0 sees; dom0's libvirtd stopped costs the
 dom0 connection a 503 until it is back, and the test node nothing."""
 
 import json
@@ -16,7 +16,7 @@ from xend_rest.hypervisor import convert
 
 from .artefacts import READY_MARKER
 from .conftest import NODES
-from .rig import CHECKOUT, LIBVIRTD, free_port, from_curl
+from .rig import CHECKOUT, LIBVIRTD_UNITS, free_port, from_curl
 
 REMOTE = "/libvirt/dom0/nodes"
 
@@ -43,7 +43,9 @@ def outer(rig, tmp_path_factory):
     daemon = subprocess.Popen(
         [sys.executable, str(CHECKOUT / "xend_rest.py"), "--listen", f"127.0.0.1:{port}",
          "--connect", f"dom0={rig.libvirt_uri}", "--connect", f"local=test://{workdir / 'node.xml'}",
-         "--keepalive-interval", "2", "--keepalive-count", "2", "--open-timeout", "10"],
+         # The default keepalive (5 s x 3): dom0's libvirtd, starting a guest under emulation
+         # beside the HVM guest's boot, was seen not to answer a probe within 2 x 2 s (a 504).
+         "--open-timeout", "10"],
         stdout=log, stderr=subprocess.STDOUT)
     curl = Curl(f"http://127.0.0.1:{port}")
 
@@ -99,8 +101,8 @@ def test_a_guest_defined_started_and_destroyed_from_the_management_host(rig, out
     assert rig.api.get(f"{NODES}/{name}/json").status == 404
 
 
-def test_dom0_s_libvirtd_killed_costs_its_connection_a_503_and_the_test_node_nothing(rig, outer):
-    assert rig.dom0("kill -9 $(cat /run/libvirtd.pid)").rc == 0
+def test_dom0_s_libvirtd_gone_costs_its_connection_a_503_and_the_test_node_nothing(rig, outer):
+    assert rig.dom0(f"systemctl stop {LIBVIRTD_UNITS}").rc == 0
     wait_until(lambda: outer("GET", f"{REMOTE}/json").status == 503, 60, "a 503 from the dead connection")
     error = outer("GET", f"{REMOTE}/json")
     assert error.status == 503 and error.json["code"] == "hypervisor_unavailable", error
@@ -110,6 +112,6 @@ def test_dom0_s_libvirtd_killed_costs_its_connection_a_503_and_the_test_node_not
     assert 'xend_libvirt_up{connection="dom0"} 0' in metrics
     assert 'xend_libvirt_up{connection="local"} 1' in metrics
 
-    assert rig.dom0(LIBVIRTD).rc == 0
+    assert rig.dom0(f"systemctl start {LIBVIRTD_UNITS}", timeout=120).rc == 0
     # no restart of the management host's daemon: its connection reopens by itself
     wait_until(lambda: outer("GET", f"{REMOTE}/json").status == 200, 90, "the dom0 connection back")

@@ -1,6 +1,7 @@
-"""Resize and hot-plug on Xen: the PV guest's own view (its STATE lines) follows each change.
+"""Resize and hot-plug on Xen, for a PV guest and a PVH one: the guest's own view (its STATE
+lines) follows each change.
 
-One guest serves the whole module: each boot costs 20-30 s under emulation.
+One guest of each kind serves the whole module: each boot costs 20-30 s under emulation.
 """
 
 import pytest
@@ -17,11 +18,13 @@ NIC = convert.xml_to_dict("""<interface type='bridge'><source bridge='xenbr0'/>
   <mac address='00:16:3e:00:00:42'/></interface>""")
 
 
-@pytest.fixture(scope="module")
-def guest(rig, guests):
-    name = guests.define("dev", memory_mib=256, vcpus=2, current_vcpus=1)
+@pytest.fixture(scope="module", params=["pv", "pvh"])
+def guest(request, rig, guests):
+    """A PV guest, then a PVH one: every test of the module runs for each."""
+    name = guests.define(f"dev-{request.param}", memory_mib=256, vcpus=2, current_vcpus=1, kind=request.param)
     guests.boot(name)
-    return name
+    yield name
+    guests.remove(name)  # before the next kind's guest boots: memory for both is not there
 
 
 def vcpus(rig, name, flags):

@@ -6,7 +6,7 @@ import os
 import pytest
 
 POOL = "xt-pool"
-POOL_DIR = "/var/lib/xend-rest-pool"  # writable through the drop-in's ReadWritePaths=
+POOL_DIR = "/var/lib/xend-rest-pool"  # outside any ReadWritePaths=: libvirtd writes the files, not us
 IMAGES = f"/libvirt/xen/images/{POOL}"
 
 
