@@ -218,7 +218,7 @@ class HVMBoot(threading.Thread):
         self.started = time.monotonic()
 
     def start(self):
-        from xend_rest import convert
+        from xend_rest.hypervisor import convert
         created = self.rig.api.post(f"{NODES}/create", convert.xml_to_dict(hvm_xml(self.name)))
         self.steps["create"] = (time.monotonic() - self.started, created)
         response = self.rig.api.post(f"{NODES}/{self.name}/start", timeout=600)

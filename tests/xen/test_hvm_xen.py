@@ -7,7 +7,7 @@ here its screen is read through /vnc and a PV disk is hot-plugged into it.
 import pytest
 
 from realhv.rfb import RFBClient
-from xend_rest import convert
+from xend_rest.hypervisor import convert
 
 from .conftest import NODES
 
