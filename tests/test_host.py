@@ -11,7 +11,7 @@ from conftest import Client, DOM0_UUID, WEB_UUID
 
 NODES = '/libvirt/xen/nodes'
 XEN = '{connection="xen"}'  # the label of every per-connection series of the default one
-STATS_KEYS = {'Name', 'Uuid', 'Id', 'State', 'CpuTimeNs', 'Vcpus', 'Memory', 'Block', 'Network'}
+STATS_KEYS = {'Name', 'Uuid', 'Id', 'State', 'Autostart', 'CpuTimeNs', 'Vcpus', 'Memory', 'Block', 'Network'}
 
 
 def test_ping_answers_ok_without_opening_libvirt(tmp_path):

@@ -82,6 +82,8 @@ def describe(dom, raw, memo=None, uuid=None):
         'Uuid': uuid,
         'Id': dom.ID() if active else None,
         'State': state_name(state),
+        # Not in Inspect: a definition does not carry it (libvirt keeps a link of its own)
+        'Autostart': _optional(lambda: bool(dom.autostart())),
         'CpuTimeNs': cpu_time,
         'Vcpus': vcpus,
         'Memory': {'CurrentKiB': current, 'MaximumKiB': maximum},
