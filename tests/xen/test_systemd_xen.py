@@ -7,6 +7,7 @@ import re
 import time
 
 import pytest
+from libvirt import VIR_ERR_INTERNAL_ERROR, VIR_FROM_LIBXL
 from websockets.exceptions import ConnectionClosed
 
 from realhv.guest import typed, wait_until
@@ -34,6 +35,13 @@ def test_libvirtd_is_ordered_after_xen_by_the_package_and_was_not_before(rig):
     assert first["virsh"].rc != 0, first["virsh"]
     assert first["api"].status == 503, first["api"]
     assert "libxenlight state driver is not active" in first["api"].json["message"], first["api"]
+    # what libvirt returned for it, which the daemon's answer is decided from
+    assert first["error"].out.split() == [str(VIR_ERR_INTERNAL_ERROR), str(VIR_FROM_LIBXL)], first["error"]
+    print(f"xen tier: libvirt's error for the inactive Xen driver: code and domain {first['error'].out.strip()}")
+    assert "systemctl restart libvirtd" in first["api"].json["message"], first["api"]
+    assert int(first["api"].headers["Retry-After"]) > 0
+    journal = rig.dom0(f"journalctl -b -u {UNIT} --no-pager -o cat").out
+    assert journal.count("libvirtd's Xen driver is not active") == 1, journal
     libvirtd = rig.unit("libvirtd.service", "After", "DropInPaths")
     assert "xen.service" in libvirtd["After"].split()
     # /lib is /usr/lib on Debian 12 (merged /usr): systemd names the file by the latter
