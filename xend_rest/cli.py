@@ -422,6 +422,7 @@ def main(argv=None):
     if args.check_config:
         return check_config(args)
     logging.getLogger().setLevel(args.log_level)
+    configured = copy.copy(args)  # as parsed, before --demo: what a reload compares with
     from xend_rest.api.app import make_app  # after logging: importing libvirt may log
     from xend_rest.hypervisor.libvirt_connection import SharedConnection
     if args.demo:
@@ -448,7 +449,7 @@ def main(argv=None):
     server = Server(app, args.listen, settings, on_shutdown=app.end_streams, screen=app.screen,
                     release_memory=release_freed_memory,
                     on_refused=app.refused,  # tickets in requests the server refuses: spent
-                    on_reload=lambda: reload_credentials(argv, args, app, server))
+                    on_reload=lambda: reload_credentials(argv, configured, app, server))
     release_freed_memory()
     try:
         server.serve_forever()
