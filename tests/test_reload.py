@@ -44,7 +44,7 @@ def pki(tmp_path_factory):
 class Daemon:
     """The daemon as systemd runs it: a process of its own, $RUNTIME_DIRECTORY, its log read."""
 
-    def __init__(self, tmp_path, pki):
+    def __init__(self, tmp_path, pki, *flags):
         self.tmp_path, self.pki = tmp_path, pki
         self.tokens = tmp_path / 'tokens'
         self.write_tokens(f'{OLD} admin old\n{KEPT} admin kept\n')
@@ -63,7 +63,7 @@ class Daemon:
                 [sys.executable, 'xend_rest.py', '--uri', f'test://{node}', '--listen',
                  f'127.0.0.1:{self.port}', '--tls-cert', str(tmp_path / 'server.pem'),
                  '--tls-key', str(tmp_path / 'server.key'), '--tokens-file', str(self.tokens),
-                 '--state-dir', str(tmp_path / 'state')],
+                 '--state-dir', str(tmp_path / 'state'), *flags],
                 cwd=REPO, env=self.env, stderr=stderr)
         until(lambda: 'listening on' in self.log.read_text())
 
@@ -209,3 +209,18 @@ def test_reload_without_a_runtime_directory_says_so(tmp_path):
     result = subprocess.run([sys.executable, 'xend_rest.py', '--reload', str(os.getpid())],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=30)
     assert result.returncode == 1 and 'RUNTIME_DIRECTORY' in result.stderr
+
+
+def test_settings_a_reload_does_not_read_are_named_and_left_for_a_restart(tmp_path, pki):
+    config = tmp_path / 'xend-rest.conf'
+    config.write_text('[xend-rest]\nworkers = 8\n')
+    daemon = Daemon(tmp_path, pki, '--config', str(config))
+    try:
+        config.write_text('[xend-rest]\nworkers = 4\nmax-body = 4096\n')
+        daemon.write_tokens(f'{NEW} admin new\n')
+        assert daemon.reload().returncode == 0
+        assert daemon.call('GET', '/libvirt/xen/nodes/json', NEW) == 200
+        log = daemon.log.read_text()
+        assert 'reload: workers, max-body changed, which takes a restart: not applied' in log, log
+    finally:
+        daemon.stop()
