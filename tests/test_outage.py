@@ -122,5 +122,6 @@ def test_an_inactive_xen_driver_is_a_503_that_says_what_to_do_and_one_log_line(u
         assert 'libxenlight state driver is not active' in message  # libvirt's own words too
         assert ('systemctl restart libvirtd' in message) is advice
         assert ('After=xen.service' in message) is advice
-    lines = [r for r in caplog.records if 'cannot connect' in r.getMessage()]
+    lines = [r for r in caplog.records if 'state driver is not active' in r.getMessage()]
     assert len(lines) == 1 and lines[0].levelname == 'WARNING', lines
+    assert 'cannot connect' in lines[0].getMessage()

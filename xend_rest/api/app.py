@@ -341,7 +341,7 @@ def _internal_error():
 
 
 def _error_answer(err):
-    if err.status >= 500:
+    if err.status >= 500 and not err.logged:
         log.warning('%d %s: %s', err.status, err.code, printable_text(err.message))
     return err.status, err.body(), err.headers
 

@@ -190,7 +190,9 @@ class SharedConnection:
             if reason != self.last_error:  # once while it lasts, not at every request's retry
                 log.warning('cannot connect to %s: %s', self.uri, printable_text(reason))
             self.last_error = reason
-            raise unavailable(self.last_error) from None
+            refused = unavailable(reason)
+            refused.logged = True  # each request's 503 is in the access log
+            raise refused from None
         detachers = []
         for callback in self._on_connect:
             try:
