@@ -108,6 +108,7 @@ ROUTE_ROLES = [
     ('POST', N + '/web/console/ticket', None, 'operator'),
     ('POST', N + '/create', TEST0, 'admin'),
     ('POST', N + '/idle/delete', None, 'admin'),
+    ('POST', N + '/web/autostart?enable=1', None, 'admin'),
     ('POST', N + '/web/devices/attach', {'disk': {'@type': 'file'}}, 'admin'),
     ('POST', N + '/web/devices/detach', {'disk': {'@type': 'file'}}, 'admin'),
     ('POST', N + '/web/devices/update', {'disk': {'@type': 'file'}}, 'admin'),

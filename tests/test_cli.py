@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from xend_rest.api.security import ConfigError
 from xend_rest.cli import default_concurrency, main, parse_args
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,11 +72,10 @@ def test_listen_is_repeatable():
                                    ["--listen", "::1:80"], ["--workers", "0"], ["--log-level", "loud"],
                                    ["--keepalive-count", "0"], ["--open-timeout", "soon"],
                                    ["--concurrency", "0"]])
-def test_bad_values_refused_with_clear_message(flags, capsys):
-    with pytest.raises(SystemExit) as exc:
+def test_bad_values_refused_with_clear_message(flags):
+    with pytest.raises(ConfigError) as exc:
         parse_args(flags)
-    assert exc.value.code == 2
-    message = capsys.readouterr().err
+    message = str(exc.value)
     assert f"argument {flags[0]}" in message
     if flags[0] == "--listen":
         assert "invalid listen address" in message
@@ -104,19 +104,17 @@ def test_command_line_overrides_config_file(config):
     ("workers = many", "workers"),
     ("colour = blue", "unknown key"),
 ])
-def test_bad_config_file_refused(tmp_path, capsys, line, error):
+def test_bad_config_file_refused(tmp_path, line, error):
     path = tmp_path / "bad.conf"
     path.write_text(f"[xend-rest]\n{line}\n")
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigError) as exc:
         parse_args(["--config", str(path)])
-    message = capsys.readouterr().err
-    assert str(path) in message and error in message
+    assert str(path) in str(exc.value) and error in str(exc.value)
 
 
-def test_missing_config_file_refused(tmp_path, capsys):
-    with pytest.raises(SystemExit):
+def test_missing_config_file_refused(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read configuration file"):
         parse_args(["--config", str(tmp_path / "absent.conf")])
-    assert "cannot read configuration file" in capsys.readouterr().err
 
 
 def free_port():
@@ -263,10 +261,10 @@ def test_a_section_may_tune_the_default_connection(tmp_path):
     (["--connect", "a=xen:///", "--connect", "a=qemu:///system"], "the connection a is given twice"),
     (["--uri", "xen:///", "--connect", "xen=qemu:///system"], "the connection xen is given twice"),
 ])
-def test_bad_connections_refused(flags, error, capsys):
-    with pytest.raises(SystemExit):
+def test_bad_connections_refused(flags, error):
+    with pytest.raises(ConfigError) as exc:
         parse_args(flags)
-    assert error in capsys.readouterr().err
+    assert error in str(exc.value)
 
 
 @pytest.mark.parametrize("text, error", [
@@ -276,12 +274,12 @@ def test_bad_connections_refused(flags, error, capsys):
     ("[connection a]\nuri = xen:///\nopen-timeout = soon\n", "[connection a] open-timeout"),
     ("[xend-rest]\nuri = xen:///\n[connection xen]\nuri = xen:///system\n", "both set"),
 ])
-def test_bad_connection_sections_refused(tmp_path, capsys, text, error):
+def test_bad_connection_sections_refused(tmp_path, text, error):
     path = tmp_path / "bad.conf"
     path.write_text(text)
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigError) as exc:
         parse_args(["--config", str(path)])
-    assert error in capsys.readouterr().err
+    assert error in str(exc.value)
 
 
 def test_a_daemon_serves_each_connection_under_its_name(tmp_path):

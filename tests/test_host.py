@@ -11,7 +11,7 @@ from conftest import Client, DOM0_UUID, WEB_UUID
 
 NODES = '/libvirt/xen/nodes'
 XEN = '{connection="xen"}'  # the label of every per-connection series of the default one
-STATS_KEYS = {'Name', 'Uuid', 'Id', 'State', 'CpuTimeNs', 'Vcpus', 'Memory', 'Block', 'Network'}
+STATS_KEYS = {'Name', 'Uuid', 'Id', 'State', 'Autostart', 'CpuTimeNs', 'Vcpus', 'Memory', 'Block', 'Network'}
 
 
 def test_ping_answers_ok_without_opening_libvirt(tmp_path):
@@ -221,3 +221,38 @@ def test_metrics_say_libvirt_is_down_when_its_connection_broke(api):
     samples = _samples(api.get('/metrics').body.decode())  # the broken one was let go
     assert samples['xend_libvirt_up', XEN] == 1
     assert samples['xend_libvirt_connects_total', XEN] == 2
+
+
+class WithoutBulkStats:
+    """A test node's connection whose driver lacks the bulk statistics calls, as libxl does
+    (VIR_ERR_NO_SUPPORT, which libvirtd logs as an error each time): counts how often it is asked."""
+
+    def __init__(self, conn):
+        self._conn, self.asked = conn, 0
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+    def _unsupported(self, *_args):
+        self.asked += 1
+        err = libvirt.libvirtError('this function is not supported by the connection driver')
+        err.err = (libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_FROM_NONE, str(err), 2, '', None,
+                   None, 0, 0)
+        raise err
+
+    getAllDomainStats = domainListGetStats = _unsupported
+
+
+def test_a_driver_without_bulk_stats_is_asked_once_per_connection(node_uri):
+    from consoles_support import FixedConnection
+    conn = WithoutBulkStats(libvirt.open(node_uri))
+    app = make_app(connection=FixedConnection(conn))
+    try:
+        api = Client(app)
+        for path in (NODES + '/stats', NODES + '/web/stats', '/metrics', NODES + '/stats'):
+            response = api.get(path)
+            assert response.status == 200, path
+        assert conn.asked == 1
+        assert api.get(NODES + '/web/stats').json['CpuTimeNs'] > 0  # from the per-domain calls
+    finally:
+        app.close()

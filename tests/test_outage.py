@@ -1,11 +1,13 @@
 """A libvirt that cannot be reached is a 503 with Retry-After; the next request after it returns works."""
 import shutil
 
+import libvirt
 import pytest
 
 from conftest import Client, node_xml
 from xend_rest.api.app import make_app
 from xend_rest.api.routes import Route
+from xend_rest.hypervisor.libvirt_connection import SharedConnection
 
 NODES = '/libvirt/xen/nodes'
 
@@ -91,3 +93,35 @@ def test_a_connection_broken_during_create_is_dropped_and_reopened(api):
     assert response.json['code'] == 'outcome_unknown'
     assert api.get(NODES + '/json').status == 200  # the next request reconnects
     assert api.app.hypervisor.connection.connects == 2
+
+
+class InactiveXenDriver(SharedConnection):
+    """libvirtd with its Xen driver inactive (it started before xenstored): every open fails as
+    libvirtd 9.0 on Debian 12's dom0 answered, VIR_ERR_INTERNAL_ERROR from VIR_FROM_LIBXL (the
+    Xen tier records it: tests/xen/test_systemd_xen.py)."""
+
+    def _connect(self):
+        err = libvirt.libvirtError('internal error: libxenlight state driver is not active')
+        err.err = (libvirt.VIR_ERR_INTERNAL_ERROR, libvirt.VIR_FROM_LIBXL,
+                   'internal error: libxenlight state driver is not active', 2, '', None, None,
+                   0, 0)
+        raise err
+
+
+@pytest.mark.parametrize('uri, advice', [('xen:///system', True), ('xen:///', True),
+                                         ('xen:///session', False)])
+def test_an_inactive_xen_driver_is_a_503_that_says_what_to_do_and_one_log_line(uri, advice,
+                                                                             caplog):
+    """Decided from libvirt's error code and domain and the URI, never from its message; a
+    path other than /system is libxl's other failure at open, which the advice would not fit."""
+    client = Client(make_app(connection=InactiveXenDriver(uri)))
+    for _ in range(3):
+        response = client.get(NODES + '/json')
+        assert response.status == 503 and response.headers['Retry-After'].isdigit()
+        message = response.json['message']
+        assert 'libxenlight state driver is not active' in message  # libvirt's own words too
+        assert ('systemctl restart libvirtd' in message) is advice
+        assert ('After=xen.service' in message) is advice
+    lines = [r for r in caplog.records if 'state driver is not active' in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelname == 'WARNING', lines
+    assert 'cannot connect' in lines[0].getMessage()

@@ -27,6 +27,19 @@ LOG_LEVELS = ('DEBUG', 'INFO', 'WARNING', 'ERROR', 'CRITICAL')
 M_ARENA_MAX = -8  # glibc's mallopt() parameter: the most malloc arenas there may be
 FROM_FIELD = object()  # an Option's default: its settings field's
 SECURITY = 'security (see the README, section Security)'
+# Exit statuses: the unit's RestartPreventExitStatus= names CONFIG_ERROR (a restart cannot fix
+# it); LISTEN_ERROR is worth a restart (the address may be free again).
+CONFIG_ERROR, LISTEN_ERROR = 2, 1
+# What a reload (SIGHUP) reads again; other settings changed in the file wait for a restart.
+RELOADED = ('tokens_file', 'tls_cert', 'tls_key', 'tls_ca', 'tls_allowed_clients')
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, whose errors are configuration errors (security.ConfigError): one line in the
+    log, without the usage text, which is not what an administrator reads the journal for."""
+
+    def error(self, message):
+        raise security.ConfigError(message)
 
 
 def listen_address(spec):
@@ -218,7 +231,7 @@ def settings_from(settings, values, **computed):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog='xend-rest', description='Manage the virtual machines of a Xen host over HTTP, through libvirt.',
         epilog='Each setting comes from the command line, else $XEND_REST_URI (the URI only), '
                'else the configuration file, else the default.')
@@ -243,6 +256,14 @@ def build_parser():
                                    help=text, action='append' if _repeated(option) else None)
     parser.add_argument('--demo', action='store_true',
                         help='serve an in-memory libvirt test hypervisor instead of Xen')
+    parser.add_argument('--check-config', action='store_true',
+                        help='read the configuration, tokens file, TLS files and allowed clients '
+                             'as a start would, print one line per problem, and exit: 0 if '
+                             f'there is none, else {CONFIG_ERROR}')
+    parser.add_argument('--reload', type=positive(int), metavar='PID',
+                        help='have the daemon PID read its credentials again (SIGHUP) and wait '
+                             "for its answer, for the unit's ExecReload=: 0 once it took them, "
+                             f'else {CONFIG_ERROR} with its reason (it keeps the old ones)')
     return parser
 
 
@@ -254,7 +275,8 @@ def read_config(path, parser):
         with open(path) as f:
             config.read_file(f)
     except (OSError, configparser.Error) as err:
-        parser.error(f'cannot read configuration file {path}: {err}')
+        reason = ' '.join(str(err).split())  # configparser's spans lines: one line in the log
+        parser.error(f'cannot read configuration file {path}: {reason}')
     settings = {}
     if config.has_section(CONFIG_SECTION):
         settings = _section_settings(config[CONFIG_SECTION], ALL_OPTIONS, path, parser)
@@ -347,12 +369,40 @@ def default_concurrency(uris):
     return defaults.CONCURRENCY_IN_PROCESS if in_process else defaults.CONCURRENCY_THROUGH_LIBVIRTD
 
 
+# sd-daemon(3)'s prefixes: the journal reads a line's priority from them.
+JOURNAL_PRIORITIES = {logging.DEBUG: '<7>', logging.INFO: '<6>', logging.WARNING: '<4>',
+                      logging.ERROR: '<3>', logging.CRITICAL: '<2>'}
+
+
+class JournalFormatter(logging.Formatter):
+    """Each line of a record (a traceback's too) prefixed with its level's journal priority."""
+
+    def format(self, record):
+        prefix = JOURNAL_PRIORITIES.get(record.levelno, '<6>')
+        return '\n'.join(prefix + line for line in super().format(record).split('\n'))
+
+
+def stderr_is_the_journal():
+    """Whether stderr is the journal's stream, as $JOURNAL_STREAM (device:inode) says systemd
+    connected it: not a stderr the daemon's own child got redirected elsewhere."""
+    try:
+        device, inode = map(int, os.environ['JOURNAL_STREAM'].split(':'))
+        info = os.fstat(sys.stderr.fileno())
+    except (KeyError, ValueError, OSError, AttributeError):
+        return False
+    return (info.st_dev, info.st_ino) == (device, inode)
+
+
 def setup_logging(level):
-    # journald stamps each line itself; elsewhere a timestamp helps.
+    # journald stamps each line itself and reads its priority from a prefix; elsewhere a
+    # timestamp helps.
     fmt = '%(levelname)s %(name)s: %(message)s'
-    if not os.environ.get('JOURNAL_STREAM'):
-        fmt = '%(asctime)s ' + fmt
-    logging.basicConfig(level=level, format=fmt, stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    if stderr_is_the_journal():
+        handler.setFormatter(JournalFormatter(fmt))
+    else:
+        handler.setFormatter(logging.Formatter('%(asctime)s ' + fmt))
+    logging.basicConfig(level=level, handlers=[handler])
     # The format shows no caller, thread or process: do not gather them for every record (the
     # logging HOWTO's "Optimization"). At INFO that is one access-log line per request.
     logging._srcfile = None
@@ -361,8 +411,18 @@ def setup_logging(level):
 
 def main(argv=None):
     one_malloc_arena()  # first: before libvirt or the server starts a thread
-    args = parse_args(argv)
-    setup_logging(args.log_level)
+    setup_logging('INFO')  # before the arguments: an error in them is a log line too
+    try:
+        args = parse_args(argv)
+    except security.ConfigError as err:
+        return config_error(err, 'check_config' if '--check-config' in (
+            sys.argv[1:] if argv is None else argv) else 'start')
+    if args.reload:
+        return ask_reload(args.reload)
+    if args.check_config:
+        return check_config(args)
+    logging.getLogger().setLevel(args.log_level)
+    configured = copy.copy(args)  # as parsed, before --demo: what a reload compares with
     from xend_rest.api.app import make_app  # after logging: importing libvirt may log
     from xend_rest.hypervisor.libvirt_connection import SharedConnection
     if args.demo:
@@ -383,22 +443,89 @@ def main(argv=None):
         app = make_app(connections=connections, guard=guard,
                        settings=settings_from(AppSettings, args, state_dir=state_dir))
     except security.ConfigError as err:
-        log.error('refusing to start: %s', err)
-        return 2
+        return config_error(err, 'start')
     concurrency = args.concurrency or default_concurrency(c['uri'] for c in args.connections)
     settings = settings_from(ServerSettings, args, concurrency=concurrency, tls=tls, socket_gid=gid)
     server = Server(app, args.listen, settings, on_shutdown=app.end_streams, screen=app.screen,
                     release_memory=release_freed_memory,
-                    on_refused=app.refused)  # tickets in requests the server refuses: spent
+                    on_refused=app.refused,  # tickets in requests the server refuses: spent
+                    on_reload=lambda: reload_credentials(argv, configured, app, server))
     release_freed_memory()
     try:
         server.serve_forever()
     except OSError as err:
         log.error('cannot listen: %s', err)
-        return 1
+        return LISTEN_ERROR
     finally:
         app.close()
     return 0
+
+
+def config_error(err, when):
+    """Log each problem of a ConfigError as one line (no usage text); the exit status."""
+    for problem in str(err).splitlines():
+        if when == 'start':
+            log.error('refusing to start: %s', problem)
+        else:
+            log.error('%s', problem)
+    return CONFIG_ERROR
+
+
+def check_config(args):
+    """--check-config: everything a start reads and judges before it listens (the file, the
+    tokens file, the TLS files, the allowed clients, the socket group, what each credential is
+    limited to), without opening a connection or a listener; errors only, one line each."""
+    logging.getLogger().setLevel(logging.ERROR)  # success prints nothing
+    try:
+        guard, _tls, _gid = build_security(args)
+        guard.check_connections([c['name'] for c in args.connections])
+    except security.ConfigError as err:
+        return config_error(err, 'check_config')
+    return 0
+
+
+def ask_reload(pid, timeout=60.0):
+    """--reload PID (the unit's ExecReload=): 0 once the daemon took its new credentials,
+    CONFIG_ERROR with its reasons when it refused them, 1 without an answer."""
+    from xend_rest.server import reloads
+    try:
+        state, message = reloads.reload_and_wait(pid, timeout)
+    except (RuntimeError, OSError) as err:
+        log.error('reload: %s', err)
+        return 1
+    if state != reloads.DONE:
+        log.error('reload refused, the credentials in force stay: %s', message)
+        return CONFIG_ERROR
+    return 0
+
+
+def reload_credentials(argv, started, app, server):
+    """SIGHUP: the configuration file, tokens file, TLS certificate, key and CA, and allowed
+    clients read again, as at start; new connections use them, open ones stay, but for event
+    streams and console sessions whose credentials are gone. Returns the problems that made it
+    keep the old ones ([] when it took the new)."""
+    try:
+        args = parse_args(argv)
+        tokens, tls, clients = load_credentials(args)
+        if (tls is None) != (server.tls is None):
+            raise security.ConfigError('tls-cert was set or unset: that changes how the TCP '
+                                       'listeners speak, which takes a restart')
+        security.Guard(tokens, clients).check_connections(app.hypervisors)
+    except security.ConfigError as err:
+        problems = str(err).splitlines()
+        for problem in problems:
+            log.error('reload refused, the credentials in force stay: %s', problem)
+        return problems
+    changed = [option.key for option in ALL_OPTIONS if option.dest not in RELOADED
+               and getattr(args, option.dest) != getattr(started, option.dest)]
+    if changed:
+        log.warning('reload: %s changed, which takes a restart: not applied', ', '.join(changed))
+    app.guard.set_credentials(tokens, clients)
+    server.tls = tls
+    ended = app.end_revoked()
+    log.info('reloaded the tokens file, TLS certificate, key and CA and allowed clients; '
+             '%d event streams and console sessions whose credentials are gone ended', ended)
+    return []
 
 
 def usable_state_dir(path):
@@ -438,29 +565,64 @@ def _libc_call(name, *args):
         pass  # no ctypes, or a C library without the call (not glibc): nothing to ask
 
 
-def build_security(args):
-    """The Guard, the TLS context and the unix sockets' group; ConfigError if unsafe or unreadable."""
+def load_credentials(args):
+    """(tokens, TLS context, TLS clients) as the settings and their files say, at start and at
+    each reload; ConfigError naming every problem, one a line, or an unsafe listener."""
+    problems = []
+
+    def attempt(load, *given):
+        try:
+            return load(*given)
+        except security.ConfigError as err:
+            problems.append(str(err))
     if (args.tls_key or args.tls_ca) and not args.tls_cert:
-        raise security.ConfigError('tls-key and tls-ca need tls-cert')
+        problems.append('tls-key and tls-ca need tls-cert')
     if args.tls_allowed_clients and not args.tls_ca:
-        raise security.ConfigError('tls-allowed-clients needs tls-ca (client certificates)')
-    tokens = security.load_tokens(args.tokens_file) if args.tokens_file else None
-    tls = security.tls_context(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
-    clients = security.parse_tls_clients(args.tls_allowed_clients) if args.tls_allowed_clients else None
-    tcp_hosts = [address[0] for family, address in map(parse_listen, args.listen)
-                 if family != socket.AF_UNIX]
-    exposed, (why, fix) = security.exposed_listeners(tcp_hosts, tls is not None,
+        problems.append('tls-allowed-clients needs tls-ca (client certificates)')
+    tokens = attempt(security.load_tokens, args.tokens_file) if args.tokens_file else None
+    tls = (attempt(security.tls_context, args.tls_cert, args.tls_key, args.tls_ca)
+           if args.tls_cert else None)
+    clients = (attempt(security.parse_tls_clients, args.tls_allowed_clients)
+               if args.tls_allowed_clients else None)
+    if problems:
+        raise security.ConfigError('\n'.join(problems))
+    exposed, (why, fix) = security.exposed_listeners(tcp_hosts(args), tls is not None,
                                                      bool(args.tls_ca), tokens)
     if exposed and not args.insecure:
         raise security.ConfigError(f"{', '.join(exposed)} is reachable from other machines, and "
                                    f"{why}: {fix}, or pass --insecure")
+    return tokens, tls, clients
+
+
+def tcp_hosts(args):
+    return [address[0] for family, address in map(parse_listen, args.listen)
+            if family != socket.AF_UNIX]
+
+
+def build_security(args):
+    """The Guard, the TLS context and the unix sockets' group; ConfigError if unsafe or
+    unreadable, naming every problem, one a line."""
+    problems = []
+    try:
+        tokens, tls, clients = load_credentials(args)
+    except security.ConfigError as err:
+        problems.append(str(err))
+    try:
+        gid = _group_id(args.socket_group)
+    except security.ConfigError as err:
+        problems.append(str(err))
+    if problems:
+        raise security.ConfigError('\n'.join(problems))
+    exposed, (why, _fix) = security.exposed_listeners(tcp_hosts(args), tls is not None,
+                                                      bool(args.tls_ca), tokens)
     if exposed:
         log.warning('*** INSECURE: %s is reachable from other machines, and %s: whoever '
                     'gets in controls every VM of this host ***', ', '.join(exposed), why)
-    elif tcp_hosts and not (args.tls_ca or tokens):
+    elif tcp_hosts(args) and not (args.tls_ca or tokens):
         log.warning('TCP listener without authentication: every local user can control every VM')
-    guard = security.Guard(tokens, clients, args.allowed_hosts + tcp_hosts, args.allowed_paths,
-                           args.allowed_origins, allow_host_devices=args.allow_host_devices,
+    guard = security.Guard(tokens, clients, args.allowed_hosts + tcp_hosts(args),
+                           args.allowed_paths, args.allowed_origins,
+                           allow_host_devices=args.allow_host_devices,
                            tickets=tickets.Tickets(per_caller=args.console_tickets_per_caller))
     for connection in args.connections if args.allowed_paths else ():
         if security.is_remote(connection['uri']):
@@ -473,7 +635,7 @@ def build_security(args):
                         "unit hides /home and gives it a /tmp and a /dev of its own): names in "
                         "it are judged as spelt, links the host has there are not seen, see "
                         "docs/security.md", path)
-    return guard, tls, _group_id(args.socket_group)
+    return guard, tls, gid
 
 
 def _group_id(group):

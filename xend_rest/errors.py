@@ -8,6 +8,8 @@ RETRY_AFTER = '5'  # seconds, in the Retry-After of an answer that asks the clie
 class HTTPError(Exception):
     """An error answer: a status, a JSON body {"message", "code"} and extra headers."""
 
+    logged = False  # its cause is in the log already: the app does not log the answer again
+
     def __init__(self, status, message, code, headers=()):
         super().__init__(message)
         self.status = status

@@ -203,6 +203,11 @@ class Rig:
         started = time.monotonic()
         self.install(DEB_IN_DOM0, self.deb, wait=False)
         self.first_boot["api"] = self.unix_api.get("/libvirt/xen/nodes/json")
+        # libvirt's error code and domain for it, as the daemon sees them (python3-libvirt came
+        # with the package): what the daemon's answer is decided from
+        self.first_boot["error"] = self.dom0(
+            "python3 -c 'import libvirt\ntry:\n libvirt.open(\"xen:///system\")\n"
+            "except libvirt.libvirtError as e:\n print(e.get_error_code(), e.get_error_domain())' 2>/dev/null")
         self.first_boot["libvirtd"] = self.unit("libvirtd.service", "ExecMainStartTimestampMonotonic")
         self.first_boot["xen"] = self.unit("xen.service", "ActiveEnterTimestampMonotonic")
         # libvirtd takes its sockets from systemd when it starts, and systemd refuses to start a

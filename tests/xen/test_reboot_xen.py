@@ -38,12 +38,13 @@ def xl_domains(rig):
 
 @pytest.fixture(scope="module")
 def rebooted(rig, guests):
-    """Two guests running, one of them autostart (TODO(issue 21, daemon): mark it through
-    POST .../autostart?enable=1 once the API has it; virsh autostart for now), then a reboot."""
+    """Two guests running, one of them marked autostart through the API, then a reboot."""
     auto, plain = guests.define("auto"), guests.define("plain")
     for name in (auto, plain):
         guests.boot(name)
-    assert rig.dom0(f"{VIRSH} autostart {auto}").rc == 0
+    assert rig.api.post(f"{NODES}/{auto}/autostart", query="enable=1").status == 204
+    assert rig.dom0(f"{VIRSH} dominfo {auto} | grep -E '^Autostart: +enable'").rc == 0
+    assert rig.api.get(f"{NODES}/{plain}/stats").json["Autostart"] is False
     before = {name: {"uuid": rig.api.get(f"{NODES}/{name}/json").json["domain"]["uuid"],
                      "boots": guests.count(name, BOOT_MARKER),
                      "poweroffs": guests.count(name, POWEROFF_MARKER)} for name in (auto, plain)}

@@ -7,12 +7,13 @@ import re
 import time
 
 import pytest
+from libvirt import VIR_ERR_INTERNAL_ERROR, VIR_FROM_LIBXL
 from websockets.exceptions import ConnectionClosed
 
 from realhv.guest import typed, wait_until
 
 from .conftest import NODES
-from .rig import CHECKOUT
+from .rig import CHECKOUT, TOKEN
 
 UNIT = "xend-rest.service"
 LIBVIRTD_DROP_IN = "/lib/systemd/system/libvirtd.service.d/xend-rest-after-xen.conf"
@@ -34,6 +35,13 @@ def test_libvirtd_is_ordered_after_xen_by_the_package_and_was_not_before(rig):
     assert first["virsh"].rc != 0, first["virsh"]
     assert first["api"].status == 503, first["api"]
     assert "libxenlight state driver is not active" in first["api"].json["message"], first["api"]
+    # what libvirt returned for it, which the daemon's answer is decided from
+    assert first["error"].out.split() == [str(VIR_ERR_INTERNAL_ERROR), str(VIR_FROM_LIBXL)], first["error"]
+    print(f"xen tier: libvirt's error for the inactive Xen driver: code and domain {first['error'].out.strip()}")
+    assert "systemctl restart libvirtd" in first["api"].json["message"], first["api"]
+    assert int(first["api"].headers["Retry-After"]) > 0
+    journal = rig.dom0(f"journalctl -b -u {UNIT} --no-pager -o cat").out
+    assert journal.count("libvirtd's Xen driver is not active") == 1, journal  # one line, not per request
     libvirtd = rig.unit("libvirtd.service", "After", "DropInPaths")
     assert "xen.service" in libvirtd["After"].split()
     # /lib is /usr/lib on Debian 12 (merged /usr): systemd names the file by the latter
@@ -77,9 +85,25 @@ def test_a_configuration_error_leaves_the_unit_failed_not_restarting(rig, broken
                     "ExecMainStatus": "2"}, unit
     journal = rig.dom0(f"journalctl -u {UNIT} --since '{since}' --no-pager -o cat").out
     assert journal.count("unknown key(s) in [xend-rest]: no-such-key") == 1, journal
-    # TODO(issue 21, daemon): a configuration file's error prints argparse's usage text first;
-    # it is printed once now, but it is not what an administrator needs to read in the journal.
+    assert "usage:" not in journal, journal  # one line, not argparse's usage text
+    # ... at the journal's priority of an error (sd-daemon's <3> prefix, read by journald)
+    records = [json.loads(line) for line in rig.dom0(
+        f"journalctl -u {UNIT} --since '{since}' --no-pager -o json").out.splitlines()]
+    error = [r for r in records if "no-such-key" in r.get("MESSAGE", "")]
+    assert [r["PRIORITY"] for r in error] == ["3"], error
+    assert error[0]["MESSAGE"].startswith("ERROR xend_rest.cli: refusing to start: "), error
     print(f"xen tier: the journal of a configuration error:\n{journal}")
+
+
+def test_journal_priorities_follow_the_log_levels(rig):
+    """`journalctl -o json`: the access log at PRIORITY 6 (errors at 3: the tests of a
+    configuration error and of a reload refused read theirs)."""
+    since = rig.dom0("date '+%Y-%m-%d %H:%M:%S'").out.strip()
+    assert rig.api.get(f"{NODES}/json").status == 200
+    records = [json.loads(line) for line in rig.dom0(
+        f"journalctl -u {UNIT} --since '{since}' --no-pager -o json").out.splitlines()]
+    access = [r for r in records if "xend_rest.access" in r.get("MESSAGE", "")]
+    assert access and {r["PRIORITY"] for r in access} == {"6"}, access
 
 
 def test_restart_of_libvirtd_is_survived_without_a_restart_of_the_daemon(rig):
@@ -143,6 +167,76 @@ def test_stop_with_a_console_and_an_event_stream_open_ends_them_cleanly(rig, gue
     conn.close()
     assert rig.dom0(f"systemctl start {UNIT}", timeout=120).rc == 0
     wait_until(rig.daemon_answers, 60, "the daemon answering after its start")
+
+
+EXTRA = "xen-tier-reload-token-0123456789abcdef"
+
+
+def events(rig, token):
+    """An open event stream with `token`: (its connection, its response)."""
+    conn = http.client.HTTPSConnection("localhost", rig.api.port, context=rig.api.context, timeout=60)
+    conn.request("GET", "/libvirt/xen/events", headers={"Authorization": f"Bearer {token}"})
+    response = conn.getresponse()
+    assert response.status == 200, response.status
+    return conn, response
+
+
+def next_notice(response):
+    """The stream's next notice (events of other guests may come first); None at its end."""
+    while True:
+        line = response.readline()
+        if not line:
+            return None
+        if line.strip() and "Notice" in json.loads(line):
+            return json.loads(line)
+
+
+def test_reload_rotates_tokens_while_a_console_and_streams_stay_open(rig, guest):
+    """`systemctl reload`: a token added is accepted by new connections; a token removed ends
+    the stream opened with it (its `revoked` notice), while a console and a stream opened with
+    the token kept go on; a malformed tokens file makes `systemctl reload` fail with the reason
+    and the old tokens stay. Same PID throughout: nothing restarted."""
+    before = rig.unit(UNIT, "MainPID", "NRestarts")
+    tokens = "/etc/xend-rest/tokens"
+    rig.put(tokens, f"{TOKEN} admin xen-tier\n{EXTRA} read extra\n".encode(), 0o600)
+    assert rig.dom0(f"systemctl reload {UNIT}", timeout=120).rc == 0
+    extra = http.client.HTTPSConnection("localhost", rig.api.port, context=rig.api.context, timeout=60)
+    extra.request("GET", f"{NODES}/json", headers={"Authorization": f"Bearer {EXTRA}"})
+    assert extra.getresponse().status == 200
+    extra.close()
+    extra_conn, extra_stream = events(rig, EXTRA)
+    kept_conn, kept_stream = events(rig, TOKEN)
+    with rig.api.websocket(f"{NODES}/{guest}/console") as ws:
+        typed(ws.send, lambda: ws.recv(timeout=60), timeout=60)
+        rig.put(tokens, f"{TOKEN} admin xen-tier\n".encode(), 0o600)
+        reloaded = rig.dom0(f"s=$(date +%s%N); systemctl reload {UNIT}; echo $? $(( ($(date +%s%N) - s) / 1000000 ))",
+                            timeout=120)
+        rc, milliseconds = map(int, reloaded.out.split())
+        print(f"xen tier: systemctl reload: {milliseconds} ms")
+        assert rc == 0, reloaded
+        notice = next_notice(extra_stream)
+        assert notice["Notice"] == "revoked", notice
+        assert next_notice(extra_stream) is None
+        typed(ws.send, lambda: ws.recv(timeout=60), timeout=60)  # the console goes on
+        # a malformed file: refused, the old tokens stay
+        since = rig.dom0("date '+%Y-%m-%d %H:%M:%S'").out.strip()
+        rig.put(tokens, f"{TOKEN} admin xen-tier\n{EXTRA} read extra\n".encode(), 0o644)
+        refused = rig.dom0(f"systemctl reload {UNIT}", timeout=120)
+        assert refused.rc != 0, refused
+        journal = rig.dom0(f"journalctl -u {UNIT} --since '{since}' --no-pager -o json").out
+        lines = [json.loads(line) for line in journal.splitlines()]
+        refusals = [r for r in lines if "reload refused" in r.get("MESSAGE", "")
+                    and r.get("_PID") == before["MainPID"]]
+        assert refusals and "chmod 600" in refusals[0]["MESSAGE"], journal
+        assert {r["PRIORITY"] for r in refusals} == {"3"}, refusals
+        assert rig.api.get(f"{NODES}/json").status == 200
+        typed(ws.send, lambda: ws.recv(timeout=60), timeout=60)
+    rig.put(tokens, f"{TOKEN} admin xen-tier\n".encode(), 0o600)
+    assert rig.dom0(f"systemctl reload {UNIT}", timeout=120).rc == 0
+    assert rig.unit(UNIT, "MainPID", "NRestarts") == before
+    assert rig.unit(UNIT, "ActiveState")["ActiveState"] == "active"
+    for conn in (extra_conn, kept_conn):
+        conn.close()
 
 
 def test_systemd_analyze_security_rates_the_unit_as_documented(rig):

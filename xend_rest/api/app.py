@@ -68,6 +68,8 @@ class Request:
         self.role = None  # set by the Guard
         self.caller = None  # who made it, as the access log names it: set by the Guard
         self.ticket = None  # the console ticket the Guard took the role from, if any
+        # what it was admitted with, (kind, token or CN, role): Guard.still_grants after a reload
+        self.credential = None
         self.connections = None  # the connections the caller may use (None: all); by the Guard
         self.route = None  # set once routed
         self.method = environ['REQUEST_METHOD']
@@ -271,6 +273,15 @@ class App:
             hypervisor.events.close()
         self.consoles.close_all(timeout=0)
 
+    def end_revoked(self):
+        """After a reload: end the event streams and console sessions opened with credentials
+        that no longer give the role they had; how many."""
+        def revoked(held):
+            return not self.guard.still_grants(held.credential)
+        ended = sum(hypervisor.events.end_where(revoked, 'revoked')
+                    for hypervisor in self.hypervisors.values())
+        return ended + self.consoles.end_where(revoked, 'revoked')
+
     def close(self):
         """Close every libvirt connection."""
         for hypervisor in self.hypervisors.values():
@@ -330,7 +341,7 @@ def _internal_error():
 
 
 def _error_answer(err):
-    if err.status >= 500:
+    if err.status >= 500 and not err.logged:
         log.warning('%d %s: %s', err.status, err.code, printable_text(err.message))
     return err.status, err.body(), err.headers
 

@@ -169,7 +169,7 @@ SCHEMAS = {
                                      'enum': ['running', 'shutoff', 'paused', 'undefined']}}),
     'Stats': _object({
         'Name': STRING, 'Uuid': STRING, 'Id': MAYBE_INT, 'State': STRING,
-        'CpuTimeNs': MAYBE_INT, 'Vcpus': MAYBE_INT,
+        'Autostart': {'type': ['boolean', 'null']}, 'CpuTimeNs': MAYBE_INT, 'Vcpus': MAYBE_INT,
         'Memory': _object({'CurrentKiB': MAYBE_INT, 'MaximumKiB': MAYBE_INT}),
         'Block': {'type': 'array', 'items': _object({
             'Device': STRING, 'ReadRequests': MAYBE_INT, 'ReadBytes': MAYBE_INT,

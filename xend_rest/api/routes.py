@@ -10,9 +10,9 @@ import libvirt
 from xend_rest import defaults
 from xend_rest.api.handlers import consoles, domains, events, images, system
 from xend_rest.hypervisor.domain_events import CONDITION_STATES, EVENT_TYPES
-from .openapi import (AFFECT_FLAG, ALL, CAPACITY, ERROR, FORCE, NAME, NO_BODY, NO_FLAG, OCTETS,
-                      SIZE_SCHEMA, SIZE_TEXT, STRING, TEXT, WAIT, WATCHER_ANSWERS, WHOLE, XML_FLAG,
-                      Doc, flag, lifecycle, query, upgrade)
+from .openapi import (AFFECT_FLAG, ALL, BOOLEAN, CAPACITY, ERROR, FORCE, NAME, NO_BODY, NO_FLAG,
+                      OCTETS, SIZE_SCHEMA, SIZE_TEXT, STRING, TEXT, WAIT, WATCHER_ANSWERS, WHOLE,
+                      XML_FLAG, Doc, flag, lifecycle, query, upgrade)
 from .params import (DESTROY_FLAGS, IMAGE_FORMATS, MAX_WHOLE, REBOOT_FLAGS, SHUTDOWN_FLAGS,
                      START_FLAGS, UNDEFINE_FLAGS, VOL_CREATE_FLAGS, VOL_DELETE_FLAGS,
                      VOL_RESIZE_FLAGS, WIPE_ALGORITHMS)
@@ -121,6 +121,11 @@ ROUTES = [
     Route('POST', DOMAIN + '/delete', domains.delete_domain, ADMIN,
           doc=lifecycle("Delete a domain's definition", flag(UNDEFINE_FLAGS),
                         not_modified=False)),
+    # Like `virsh autostart`: a persistent domain only (409 for a transient one).
+    Route('POST', DOMAIN + '/autostart', domains.set_autostart, ADMIN, doc=Doc(
+        'Start a domain when libvirtd starts, or not', {204: NO_BODY, 304: NO_BODY, 409: ERROR},
+        [query('enable', '1/True/true: start it with libvirtd (at boot); 0/False/false: do not.',
+               BOOLEAN, True)])),
     Route('POST', DOMAIN + '/suspend', domains.suspend_domain, OPERATOR,
           doc=lifecycle('Pause a domain', NO_FLAG)),
     Route('POST', DOMAIN + '/resume', domains.resume_domain, OPERATOR,

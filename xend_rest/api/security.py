@@ -76,12 +76,7 @@ class Guard:
 
     def __init__(self, tokens=None, tls_clients=None, allowed_hosts=(), allowed_paths=(),
                  allowed_origins=(), tickets=None, allow_host_devices=False):
-        # A plain role where a Grant goes covers every connection (as before there were several).
-        self.tokens = {token: (_as_grant(grant), name)  # token -> (Grant, name)
-                       for token, (grant, name) in (tokens or {}).items()}
-        # None (any verified client is admin) or {CN: Grant}
-        self.tls_clients = None if tls_clients is None else {
-            name: _as_grant(grant) for name, grant in tls_clients.items()}
+        self.set_credentials(tokens, tls_clients)
         self.allowed_hosts = own_names() | {_host_name(host) for host in allowed_hosts}
         self.allowed_paths = [os.path.realpath(path) for path in allowed_paths]
         # As a hypervisor on another host reads them: the daemon cannot see its links.
@@ -90,6 +85,30 @@ class Guard:
         # Pages that may open a console or a screen, with a ticket and nothing else.
         self.allowed_origins = {origin_name(origin) for origin in allowed_origins}
         self.tickets = Tickets() if tickets is None else tickets
+
+    def set_credentials(self, tokens, tls_clients):
+        """The tokens and TLS clients callers are known by (at start, and at each reload)."""
+        # A plain role where a Grant goes covers every connection (as before there were several).
+        self.tokens = {token: (_as_grant(grant), name)  # token -> (Grant, name)
+                       for token, (grant, name) in (tokens or {}).items()}
+        # None (any verified client is admin) or {CN: Grant}
+        self.tls_clients = None if tls_clients is None else {
+            name: _as_grant(grant) for name, grant in tls_clients.items()}
+
+    def still_grants(self, credential):
+        """Whether a credential a request was admitted with (request.credential: None, or
+        (kind, token or CN, the role it had)) still gives that role: after a reload, event
+        streams and console sessions opened with one that no longer does are ended."""
+        if credential is None:
+            return True
+        kind, key, role = credential
+        if kind == 'token':
+            grant = self.tokens.get(key, (None,))[0]
+        elif self.tls_clients is None:
+            grant = EVERYTHING
+        else:
+            grant = self.tls_clients.get(key)
+        return grant is not None and ROLES.index(grant.role) >= ROLES.index(role)
 
     def is_own_host(self, host):
         return host in self.allowed_hosts or '*' in self.allowed_hosts or host == own_fqdn()
@@ -131,11 +150,16 @@ class Guard:
             if request.ticket is None:
                 raise HTTPError(401, 'the console ticket is unknown, used already or expired',
                                 'bad_ticket')
+            if not self.still_grants(request.ticket.credential):
+                raise HTTPError(401, 'the credentials this console ticket was issued for are '
+                                'no longer valid', 'bad_ticket')
             # Its role, on the one connection it was issued for, for whoever asked for it.
             request.role, request.connections = request.ticket.role, {request.ticket.hypervisor}
-            caller = request.ticket.caller
+            caller, request.credential = request.ticket.caller, request.ticket.credential
         else:
-            (request.role, request.connections), caller = self._grant(environ, transport, known)
+            (request.role, request.connections), caller, key = self._grant(environ, transport,
+                                                                          known)
+            request.credential = None if key is None else (*key, request.role)
         request.caller = environ['xend_rest.caller'] = caller
         return request.role
 
@@ -249,40 +273,43 @@ class Guard:
                             f"({' '.join(tops)})", 'path_not_allowed')
 
     def _grant(self, environ, transport, known):
-        """(the Grant, the caller) of the credentials that decide: a bearer token, else the
-        unix peer or the client certificate (`known`: the connection's caller); 401 or 403
-        without acceptable ones."""
+        """(the Grant, the caller, the credential's (kind, token or CN) or None) of the
+        credentials that decide: a bearer token, else the unix peer or the client certificate
+        (`known`: the connection's caller); 401 or 403 without acceptable ones."""
         authorization = environ.get('HTTP_AUTHORIZATION')
-        if authorization is not None and self.tokens:
-            grant, name = self._token_grant(authorization)
-            return grant, caller_name('token', name)
+        tokens = self.tokens  # one set of credentials for the whole request, reloads or not
+        if authorization is not None and tokens:
+            token, (grant, name) = self._token_grant(tokens, authorization)
+            return grant, caller_name('token', name), ('token', token)
         if transport == 'unix':
             # the socket's owner, group and mode decided who got this far
-            return EVERYTHING, ANONYMOUS if known == NOBODY else known
+            return EVERYTHING, ANONYMOUS if known == NOBODY else known, None
         # With an allow-list, a certificate must name an allowed CN: one without a CN gets nothing.
         subject = environ.get('xend_rest.client_subject')
         if transport == 'tls' and (self.tls_clients is not None or subject):
-            return self._client_grant(subject), known
-        if self.tokens:
+            common_name = client_cn(subject or ())
+            return self._client_grant(common_name), known, ('cert', common_name)
+        if tokens:
             raise HTTPError(401, 'authentication required: send Authorization: Bearer <token>',
                             'unauthorized', UNAUTHENTICATED)
         # no authentication configured: start-up allowed this only on loopback
-        return EVERYTHING, ANONYMOUS
+        return EVERYTHING, ANONYMOUS, None
 
-    def _token_grant(self, authorization):
+    @staticmethod
+    def _token_grant(tokens, authorization):
+        """(the token, its (Grant, name)); 401 for none of `tokens`."""
         scheme, _, token = authorization.partition(' ')
         found = None
         # Compare with every token, in constant time each: timing reveals nothing.
-        for known, entry in self.tokens.items():
+        for known, entry in tokens.items():
             if hmac.compare_digest(known.encode(), token.strip().encode()):
-                found = entry
+                found = known, entry
         if scheme.lower() != 'bearer' or found is None:
             raise HTTPError(401, 'the bearer token is not valid', 'unauthorized',
                             [('WWW-Authenticate', 'Bearer realm="xend-rest", error="invalid_token"')])
         return found
 
-    def _client_grant(self, subject):
-        common_name = client_cn(subject or ())
+    def _client_grant(self, common_name):
         if self.tls_clients is None:
             return EVERYTHING  # like docker --tlsverify: a certificate from our CA is enough
         if common_name is None:

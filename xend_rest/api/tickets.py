@@ -24,7 +24,9 @@ LIFETIME = 30  # seconds a ticket is good for: enough to hand it to a page and o
 MAX_TICKETS = 1024  # outstanding at once; each is a few hundred bytes
 PARAMETER = 'ticket'
 
-Ticket = namedtuple('Ticket', 'hypervisor uuid handler role caller expires')
+# credential: the asker's, (kind, token or CN, role) or None: Guard.still_grants
+Ticket = namedtuple('Ticket', 'hypervisor uuid handler role caller expires credential',
+                    defaults=(None,))
 
 
 # Where a log may name a ticket's parameter: fields split at '/' and ';' in a path (its
@@ -109,7 +111,7 @@ class Tickets:
         self._spent = {}
         self._lock = threading.Lock()
 
-    def issue(self, hypervisor, uuid, handler, role, caller):
+    def issue(self, hypervisor, uuid, handler, role, caller, credential=None):
         """A new ticket's token for the route served by `handler`, on one domain, with `role`,
         asked for by `caller` (429 past its share, or past `max_tickets` in all)."""
         token = secrets.token_urlsafe(24)
@@ -126,7 +128,7 @@ class Tickets:
                 raise HTTPError(429, f'{len(self._tickets)} console tickets are outstanding; they '
                                 f'expire within {self.lifetime:g} s', 'too_many_tickets', retry)
             self._tickets[token] = Ticket(hypervisor, uuid, handler, role, caller,
-                                         now + self.lifetime)
+                                         now + self.lifetime, credential)
         return token
 
     def redeem(self, token):

@@ -46,6 +46,7 @@ ENDINGS = {
                         'the client stopped reading: its buffer is full'),
     'libvirt_lost': (websocket.BAD_GATEWAY, 'the connection to libvirt was lost'),
     'shutdown': (websocket.GOING_AWAY, 'the daemon is shutting down'),
+    'revoked': (4401, 'a reload withdrew the credentials this session was opened with'),
     'protocol_error': (websocket.PROTOCOL_ERROR, 'protocol error'),
 }
 
@@ -79,6 +80,7 @@ class Bridge:
         self.label = tuple(label)  # (domain name, device): two fields of its access-log line
         self.request, self.client = ('-', '-'), '-'  # (method, target as logged): for that line
         self.owner = None  # the caller it counts against, and is logged for
+        self.credential = None  # what it was opened with (the app's business: a reload's)
         self.created = time.monotonic()
         self.started = None
         self.bytes_in = self.bytes_out = 0  # guest bytes: typed by the client, shown to it

@@ -109,6 +109,15 @@ class Bridges:
             return (len(self._sessions), self.bytes_in + sum(s.bytes_in for s in sessions),
                     self.bytes_out + sum(s.bytes_out for s in sessions))
 
+    def end_where(self, condition, key):
+        """End the running sessions for which condition(session) holds, with an ENDINGS key of
+        bridge.py; how many."""
+        with self._lock:
+            ending = [s for s in self._bridges() if condition(s)]
+        for session in ending:
+            session.end(key)
+        return len(ending)
+
     def close_all(self, timeout=defaults.CONSOLE_CLOSE_WAIT + 1):
         """At shutdown: every session says 1001 and ends; wait up to timeout for them."""
         with self._lock:

@@ -144,7 +144,8 @@ class Subscription:
         self.types = types  # the kinds of event it reads (EVENT_TYPES)
         self.owner = owner  # the caller it counts against (None: nobody's)
         self.counted = True  # its place among the Watchers is taken, until unsubscribed
-        self.end = None  # why no more records will come: 'overflow' or 'closed'
+        self.end = None  # why no more records will come: 'overflow', 'closed' or 'revoked'
+        self.credential = None  # what its reader was admitted with (the app's business)
         self.last_id = last_id  # of the last record read (or the `since` it started from)
         self.gap = gap  # True when the ring no longer holds every record after `since`
         self._limit = limit
@@ -296,6 +297,14 @@ class EventHub:
         if counted:
             self.watchers.give(sub.owner)
         sub.finish('closed')
+
+    def end_where(self, condition, reason):
+        """End the subscriptions for which condition(subscription) holds; how many."""
+        with self._lock:
+            ending = [sub for sub in self._subscribers if condition(sub)]
+        for sub in ending:
+            sub.finish(reason)
+        return len(ending)
 
     def close(self):
         """End every subscription (the daemon is stopping)."""

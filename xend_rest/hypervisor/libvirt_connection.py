@@ -10,7 +10,7 @@ import libvirt
 
 from xend_rest import defaults
 from xend_rest.logtext import printable_text
-from .libvirt_errors import hypervisor_timeout, unavailable
+from .libvirt_errors import hypervisor_timeout, open_failure, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -186,10 +186,13 @@ class SharedConnection:
         try:
             conn = self._connect()
         except libvirt.libvirtError as err:
-            log.warning('cannot connect to %s: %s', self.uri,
-                        printable_text(err.get_error_message()))
-            self.last_error = err.get_error_message() or str(err)
-            raise unavailable(self.last_error) from None
+            reason = open_failure(err, self.uri)
+            if reason != self.last_error:  # once while it lasts, not at every request's retry
+                log.warning('cannot connect to %s: %s', self.uri, printable_text(reason))
+            self.last_error = reason
+            refused = unavailable(reason)
+            refused.logged = True  # each request's 503 is in the access log
+            raise refused from None
         detachers = []
         for callback in self._on_connect:
             try:
@@ -445,3 +448,12 @@ class PerConnection:
             if self._conn is key:
                 self._values[name] = value
         return value
+
+    def set(self, conn, name, value):
+        """Remember a value found out on the way (a call the driver lacks), for conn and the
+        lanes beside it, until a reconnect."""
+        key = conn._gate.first if isinstance(conn, Gated) else conn
+        with self._lock:
+            if self._conn is not key:
+                self._conn, self._values = key, {}
+            self._values[name] = value

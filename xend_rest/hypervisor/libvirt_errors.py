@@ -1,5 +1,7 @@
 """The one table that maps libvirt errors onto HTTP errors, and the named checks of libvirt's
 error codes."""
+from urllib.parse import urlsplit
+
 import libvirt
 
 from xend_rest.errors import RETRY_AFTER, HTTPError
@@ -95,6 +97,27 @@ def from_libvirt(err, write=False):
         return HTTPError(501, message, 'not_supported')
     status, code = LIBVIRT_ERRORS.get(err.get_error_code(), (500, 'libvirt_error'))
     return HTTPError(status, message, code)
+
+
+# Why a xen:///system connection cannot open while libvirtd runs: its libxl driver found no Xen
+# (libvirtd started before xenstored) and stays inactive until libvirtd restarts.
+XEN_DRIVER_INACTIVE = ("libvirtd's Xen driver is not active: libvirtd started before Xen's "
+                       'daemons were up, and stays so until it restarts. Run: systemctl restart '
+                       'libvirtd; and have libvirtd ordered after xen.service (After=xen.service, '
+                       "as xend-rest's package does for Debian's units)")
+
+
+def open_failure(err, uri):
+    """What a client should read when a connection to `uri` could not be opened. libxl reports
+    two failures at open, both VIR_ERR_INTERNAL_ERROR from VIR_FROM_LIBXL (as libvirtd on Debian
+    12's dom0 answered): a URI path other than /system, and an inactive driver; the URI tells
+    them apart."""
+    message = err.get_error_message() or str(err)
+    if (err.get_error_domain() == libvirt.VIR_FROM_LIBXL
+            and err.get_error_code() == libvirt.VIR_ERR_INTERNAL_ERROR
+            and urlsplit(uri).path in ('', '/', '/system')):
+        return f'{XEN_DRIVER_INACTIVE} (libvirt: {message})'
+    return message
 
 
 def unavailable(message):

@@ -15,6 +15,7 @@ STATE_NAMES = ('nostate', 'running', 'blocked', 'paused', 'shutdown', 'shutoff',
 STATS_GROUPS = (libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
                 | libvirt.VIR_DOMAIN_STATS_BALLOON | libvirt.VIR_DOMAIN_STATS_VCPU
                 | libvirt.VIR_DOMAIN_STATS_INTERFACE | libvirt.VIR_DOMAIN_STATS_BLOCK)
+BULK = 'bulk_stats'  # features' name for whether the driver has the bulk calls
 # A driver may lack a call (NO_SUPPORT) or refuse it for an inactive domain or unknown device.
 SKIPPED_ERRORS = {libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_OPERATION_UNSUPPORTED,
                   libvirt.VIR_ERR_OPERATION_INVALID, libvirt.VIR_ERR_INVALID_ARG}
@@ -42,16 +43,23 @@ def is_skipped(err):
     return err.get_error_code() in SKIPPED_ERRORS
 
 
-def bulk_stats(conn, domains=None, active_only=False):
-    """[(dom, raw stats)] from one bulk call; raw stats are {} when the driver has no bulk call."""
+def bulk_stats(conn, domains=None, active_only=False, features=None):
+    """[(dom, raw stats)] from one bulk call; raw stats are {} when the driver has no bulk call.
+    features: the connection's PerConnection, which remembers a driver without it (libxl):
+    libvirtd logs an error for each call its driver lacks, so it is asked once per connection."""
     try:
-        if domains is not None:
+        if features is not None and not features.get(conn, BULK, lambda _conn: True):
+            pass  # answered VIR_ERR_NO_SUPPORT before, on this connection
+        elif domains is not None:
             return conn.domainListGetStats(domains, STATS_GROUPS) if domains else []
-        flags = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE if active_only else 0
-        return conn.getAllDomainStats(STATS_GROUPS, flags)
+        else:
+            flags = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE if active_only else 0
+            return conn.getAllDomainStats(STATS_GROUPS, flags)
     except libvirt.libvirtError as err:
         if not is_skipped(err):
             raise
+        if err.get_error_code() == libvirt.VIR_ERR_NO_SUPPORT and features is not None:
+            features.set(conn, BULK, False)
     if domains is None:
         domains = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE if active_only else 0)
     return [(dom, {}) for dom in domains]
@@ -82,6 +90,8 @@ def describe(dom, raw, memo=None, uuid=None):
         'Uuid': uuid,
         'Id': dom.ID() if active else None,
         'State': state_name(state),
+        # Not in Inspect: a definition does not carry it (libvirt keeps a link of its own)
+        'Autostart': _optional(lambda: bool(dom.autostart())),
         'CpuTimeNs': cpu_time,
         'Vcpus': vcpus,
         'Memory': {'CurrentKiB': current, 'MaximumKiB': maximum},

@@ -15,6 +15,7 @@ import collections
 import dataclasses
 import functools
 import logging
+import os
 import select
 import selectors
 import signal
@@ -25,7 +26,7 @@ import time
 from xend_rest import defaults
 from xend_rest.errors import HTTPError
 from xend_rest.logtext import printable_text, traceback_text
-from . import accesslog, http11, listeners, upgrades
+from . import accesslog, http11, listeners, reloads, upgrades
 from .client_connection import WAIT_WRITE, ClientConnection
 from .listeners import format_address, parse_listen, sd_notify
 
@@ -114,7 +115,7 @@ class Server:
     """Serve a WSGI app on listeners ('HOST:PORT', '[::1]:PORT', 'unix:/path')."""
 
     def __init__(self, app, listeners, settings=None, *, on_shutdown=None, screen=None,
-                 release_memory=None, on_refused=None, **overrides):
+                 release_memory=None, on_refused=None, on_reload=None, **overrides):
         """settings: a ServerSettings; overrides: some of its fields by name, which beat it
         (Server(app, listeners, workers=4)). The rest are the app's hooks:
 
@@ -128,7 +129,10 @@ class Server:
         unfinished) before the app sees it, with its request line's method and target as sent
         (a line that does not parse: method '-' and the whole line); what it returns is the
         target as the access log shows it (None: as sent). The CLI's is App.refused: it spends
-        the console tickets the target carries, and hides them.
+        the console tickets the target carries, and hides them. on_reload(): called on the
+        main thread for each SIGHUP serve_forever() receives, to read credentials again; it
+        returns the problems that made it keep the old ones ([] if it took the new), and the
+        server answers `xend-rest --reload` (reloads.py) and systemd (RELOADING=1, READY=1).
 
         Uploads, and the requests the app says will hold their worker for long (through
         environ['xend_rest.hold']: event streams, waits), are at most `workers` minus
@@ -145,7 +149,9 @@ class Server:
         self.max_uploads = max(1, min(settings.max_uploads, self._holds.limit))
         self.max_parked = settings.max_parked
         self.socket_mode, self.socket_gid = settings.socket_mode, settings.socket_gid
-        self.on_shutdown, self.on_refused = on_shutdown, on_refused
+        self.on_shutdown, self.on_refused, self.on_reload = on_shutdown, on_refused, on_reload
+        self._reload_asked = False
+        self.reloads = 0  # begun so far
         self.listeners = list(listeners)
         for spec in self.listeners:
             parse_listen(spec)  # fail early, before anything is bound
@@ -227,19 +233,27 @@ class Server:
         log.info('listening on %s', ', '.join(map(format_address, self.addresses)))
 
     def serve_forever(self):
-        """start(), notify systemd, serve until SIGTERM/SIGINT or stop(), then shut down."""
+        """start(), notify systemd, serve until SIGTERM/SIGINT or stop(), then shut down; reload
+        on SIGHUP (on_reload)."""
         received = []
 
         def on_signal(signum, frame):
             received.append(signal.Signals(signum).name)
             self.stop()
+
+        def on_hangup(signum, frame):
+            self._reload_asked = True
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        if self.on_reload is not None:
+            previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hangup)
         try:
             self.start()
             sd_notify('READY=1')
             # A plain flag and a short sleep: a signal handler must not take a lock
             # (Event.set, logging) that the interrupted main thread may be holding.
             while not self._stop_requested:
+                if self._reload_asked:
+                    self._reload()
                 time.sleep(0.1)
             log.info('%s, shutting down', f'received {received[0]}' if received else 'asked to stop')
             sd_notify('STOPPING=1')
@@ -247,6 +261,23 @@ class Server:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    def _reload(self):
+        """One reload, for however many SIGHUPs came before it began (reloads.py: the flag is
+        cleared, then the reply says it began, then on_reload reads)."""
+        self._reload_asked = False
+        self.reloads += 1
+        pid = os.getpid()
+        reloads.write_reply(pid, self.reloads, reloads.RELOADING)
+        sd_notify('RELOADING=1')
+        try:
+            problems = self.on_reload()
+        except Exception:
+            log.exception('reload failed; the settings in force stay')
+            problems = ['the reload failed: see the log']
+        sd_notify('READY=1')
+        reloads.write_reply(pid, self.reloads, reloads.REFUSED if problems else reloads.DONE,
+                            '; '.join(problems))
 
     def stop(self):
         """Ask serve_forever() to shut down (safe from a signal handler or another thread)."""

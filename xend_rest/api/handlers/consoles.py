@@ -67,7 +67,8 @@ def issue_ticket(request, ident):
     handler = parse_choice(request, 'for', TICKET_ROUTES, 'console')
     uuid = lookup_domain(request.conn, ident).UUIDString()
     tickets = request.app.guard.tickets
-    token = tickets.issue(request.hypervisor.name, uuid, handler, request.role, request.caller)
+    token = tickets.issue(request.hypervisor.name, uuid, handler, request.role, request.caller,
+                          request.credential)
     return 201, {'Ticket': token, 'Expires': tickets.lifetime,
                  'Path': f'/libvirt/{request.hypervisor.name}/nodes/{uuid}/{target}?ticket={token}'}
 
@@ -106,6 +107,7 @@ def _upgrade(request, upgrade, session, headers):
     try:
         session.request = (request.method, environ['xend_rest.log_target'])  # tickets hidden
         session.client = environ.get('REMOTE_ADDR', '-')
+        session.credential = request.credential  # ended by a reload that takes it away
         upgrade(session, lambda: session.end('shutdown'))
     except BaseException:
         session.discard()

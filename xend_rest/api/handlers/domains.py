@@ -8,7 +8,7 @@ from xend_rest.api.params import (AFFECT_FLAGS, DESTROY_FLAGS, DOMAIN_XML_FLAGS,
                                   REBOOT_FLAGS, SHUTDOWN_FLAGS, START_FLAGS, UNDEFINE_FLAGS,
                                   parse_bool, parse_choice, parse_flag, parse_int, parse_seconds)
 from xend_rest.defaults import GUEST_REQUEST_SECONDS, MAX_WAIT_SECONDS
-from xend_rest.errors import HTTPError, wait_timeout
+from xend_rest.errors import HTTPError, bad_request, wait_timeout
 from xend_rest.hypervisor import convert
 from xend_rest.hypervisor.bounded import StillRunning, call_within
 from xend_rest.hypervisor.domain_events import wait_for_restart, wait_for_state
@@ -237,6 +237,23 @@ def delete_domain(request, ident):
         raise HTTPError(409, f'domain {dom.name()} is transient: it has no definition to delete; '
                         'destroy it instead', 'invalid_state')
     dom.undefineFlags(flag)
+    return NO_CONTENT
+
+
+def set_autostart(request, ident):
+    """POST /nodes/(id)/autostart?enable=1|0: whether libvirtd starts the domain when it
+    starts (virsh autostart); 304 when it already does (or does not), 409 for a transient one."""
+    if request.arg('enable') is None:
+        raise bad_request('query parameter "enable" is required: 1 to start the domain with '
+                          'libvirtd, 0 not to')
+    enable = parse_bool(request, 'enable')
+    dom = lookup_domain(request.conn, ident)
+    if not dom.isPersistent():
+        raise HTTPError(409, f'domain {dom.name()} is transient: only a defined domain can be '
+                        'started at boot; define it with Create first', 'invalid_state')
+    if bool(dom.autostart()) == enable:
+        return NOT_MODIFIED
+    dom.setAutostart(int(enable))
     return NO_CONTENT
 
 

@@ -29,6 +29,7 @@ def stream_events(request):
     hub = request.hypervisor.events
     subscription = hub.subscribe(wanted, since, owner=request.caller, hold=request.hold,
                                  types=types)
+    subscription.credential = request.credential  # ended by a reload that takes it away
     stream = EventStream(hub, subscription, request.hypervisor.connection, sse, limit, timeout,
                          request.client_gone)
     return 200, Raw(stream, defaults.SSE if sse else defaults.NDJSON), list(STREAM_HEADERS)
@@ -156,6 +157,9 @@ class EventStream:
         if reason == 'overflow':
             return self._notice('overflow', 'this client fell behind and was dropped; reconnect '
                                 'with since=LastId to read on without a loss')
+        if reason == 'revoked':
+            return self._notice('revoked', 'a reload of the daemon withdrew the credentials '
+                                'this stream was opened with')
         return self._notice('closed', 'the daemon is stopping; reconnect with since=LastId')
 
     def _heartbeat(self):

@@ -125,7 +125,7 @@ def _has(call):
 def domain_stats(request, ident):
     """GET /nodes/(id)/stats: one domain's CPU, memory, block and network counters."""
     dom = lookup_domain(request.conn, ident)
-    found = _described(request.conn, request.hypervisor.memo, [dom])
+    found = _described(request.conn, request.hypervisor, [dom])
     if not found:
         raise HTTPError(404, f'no such domain: {ident}', 'no_such_domain')
     return 200, found[0]
@@ -134,17 +134,19 @@ def domain_stats(request, ident):
 def all_stats(request):
     """GET /nodes/stats: the counters of every running domain (all=1: every defined one)."""
     every = parse_bool(request, 'all')
-    return 200, _described(request.conn, request.hypervisor.memo, active_only=not every)
+    return 200, _described(request.conn, request.hypervisor, active_only=not every)
 
 
-def _described(conn, memo, domains=None, active_only=False):
-    """The statistics of the domains (else of every one; active_only: the running ones);
-    memo: the hypervisor's DomainMemo."""
+def _described(conn, hypervisor, domains=None, active_only=False):
+    """The statistics of the domains (else of every one; active_only: the running ones), on
+    a connection of `hypervisor` (its memo, and what it remembers of the driver)."""
+    memo = hypervisor.memo
+
     def described(pair):
         dom, raw = pair
         uuid = dom.UUIDString()
         return None if is_dom0(dom, uuid) else describe(dom, raw, memo, uuid)
-    records = bulk_stats(conn, domains, active_only)
+    records = bulk_stats(conn, domains, active_only, hypervisor.features)
     memo.expect(len(records))
     found = list(still_there(records, described))
     if domains is None and not active_only:  # every domain: the memo drops those that are gone
@@ -238,7 +240,7 @@ def _add_consoles(exposition, consoles):
 
 def _scrape(hypervisor):
     with hypervisor.using_connection() as conn:
-        return _described(conn, hypervisor.memo)
+        return _described(conn, hypervisor)
 
 
 def _add_domains(exposition, connection, described):
