@@ -105,7 +105,7 @@ def published(domid, vifs, path=SOCKET, timeout=TIMEOUT):
 
 
 def _slots(names):
-    """The first MAX_SLOTS numeric slot names, in order; whatever else the guest wrote is skipped."""
+    """The first MAX_SLOTS numeric slot names, in order; other names the guest wrote: skipped."""
     return sorted((int(name) for name in names if name.isascii() and name.isdigit()
                    and len(name) <= 4))[:MAX_SLOTS]
 
