@@ -16,6 +16,7 @@ import libvirt
 
 from xend_rest.errors import HTTPError, client_gone, wait_timeout
 from xend_rest.logtext import printable_text
+from xend_rest.hypervisor.libvirt_errors import is_connection_error
 from . import neighbours, xenstore
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,8 @@ NOT_THERE = {getattr(libvirt, name) for name in (
     'VIR_ERR_NO_SUPPORT', 'VIR_ERR_ARGUMENT_UNSUPPORTED', 'VIR_ERR_OPERATION_UNSUPPORTED')}
 # The agent's channel was connected when we looked, and has gone away since: no agent source.
 AGENT_GONE = {libvirt.VIR_ERR_AGENT_UNRESPONSIVE, libvirt.VIR_ERR_AGENT_UNSYNCED}
+# The domain stopped or vanished meanwhile: the request's answer (409, 404), not a source's.
+STATE_CHANGED = {libvirt.VIR_ERR_OPERATION_INVALID, libvirt.VIR_ERR_NO_DOMAIN}
 AGENT_CHANNEL = 'org.qemu.guest_agent.0'
 XEN_VIF = re.compile(r'vif(\d+)\.(\d+)\Z')  # libxl's name of domain D's vif N in dom0
 POLL_SECONDS = 1.0  # between looks while a request waits for an address (no event announces one)
@@ -126,9 +129,16 @@ def _from_libvirt(dom, source, by_mac):
     try:
         answer = dom.interfaceAddresses(LIBVIRT_SOURCES[source])
     except libvirt.libvirtError as err:
-        if err.get_error_code() in NOT_THERE | AGENT_GONE:
+        code = err.get_error_code()
+        if code in NOT_THERE | AGENT_GONE:
             return
-        raise
+        if is_connection_error(err) or code in STATE_CHANGED:
+            raise
+        # One source failing (libvirt 9.0's arp on a kernel that ends a netlink dump in the
+        # same datagram: "wrong nlmsg len") leaves the others' answer standing.
+        log.warning('the %s source failed: %s', source,
+                    printable_text(err.get_error_message() or str(err)))
+        return
     for details in (answer or {}).values():
         interface = by_mac.get((details.get('hwaddr') or '').lower())
         if interface is None:
