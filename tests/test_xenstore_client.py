@@ -12,6 +12,9 @@ from xend_rest.hypervisor.addresses import xenstore
 HEADER = struct.Struct('=IIII')
 XS_DIRECTORY, XS_READ, XS_ERROR = 1, 2, 16
 HOME = '/local/domain/7'
+BACKEND = '/local/domain/0/backend/vif/7'  # dom0's: which vif has which MAC
+MAC0, MAC1, MAC2 = '00:16:3e:00:00:a0', '00:16:3e:00:00:a1', '00:16:3e:00:00:a2'
+VIFS = {f'{BACKEND}/0/mac': MAC0, f'{BACKEND}/1/mac': MAC1.upper(), f'{BACKEND}/2/mac': MAC2}
 
 
 class FakeXenstored:
@@ -69,41 +72,49 @@ def xenstored(tmp_path):
         server.close()
 
 
-def published(tmp_path, vifs=(0,)):
-    return {vif: [(str(address), family) for address, family in found]
-            for vif, found in xenstore.published(7, vifs, str(tmp_path / 'socket')).items()}
+def published(tmp_path, macs=(MAC0,)):
+    return {mac: [(str(address), family) for address, family in found]
+            for mac, found in xenstore.published(7, set(macs), str(tmp_path / 'socket')).items()}
 
 
 def test_the_agents_keys_are_read_for_the_vifs_asked(xenstored, tmp_path):
-    server = xenstored({f'{HOME}/attr/vif/0/ipv4/0': '10.0.0.5',
+    server = xenstored({**VIFS, f'{HOME}/attr/vif/0/ipv4/0': '10.0.0.5',
                         f'{HOME}/attr/vif/0/ipv4/1': '10.0.0.6',
                         f'{HOME}/attr/vif/0/ipv6/0': '2001:db8::5',
                         f'{HOME}/attr/vif/1/ipv4/0': '10.1.0.5',
                         f'{HOME}/attr/vif/2/ipv4/0': '10.2.0.5',
+                        f'{HOME}/attr/vif/3/ipv4/0': '10.3.0.5',  # no such vif in dom0
                         '/local/domain/8/attr/vif/0/ipv4/0': '10.8.0.5'})
-    assert published(tmp_path, (0, 1)) == {0: [('10.0.0.5', 'ipv4'), ('10.0.0.6', 'ipv4'),
-                                               ('2001:db8::5', 'ipv6')],
-                                           1: [('10.1.0.5', 'ipv4')]}
-    # only that domain's own keys, only the vifs asked
-    assert all(path.startswith(f'{HOME}/attr/vif/0/') or path.startswith(f'{HOME}/attr/vif/1/')
+    assert published(tmp_path, (MAC0, MAC1)) == {
+        MAC0: [('10.0.0.5', 'ipv4'), ('10.0.0.6', 'ipv4'), ('2001:db8::5', 'ipv6')],
+        MAC1: [('10.1.0.5', 'ipv4')]}
+    # dom0's backend entries, then only that domain's own keys for the vifs asked
+    assert all(path.startswith((BACKEND, f'{HOME}/attr/vif/0/', f'{HOME}/attr/vif/1/'))
                for path in server.asked)
 
 
 def test_what_is_not_an_address_of_its_family_is_skipped(xenstored, tmp_path):
     base = f'{HOME}/attr/vif/0'
-    xenstored({f'{base}/ipv4/0': '10.0.0.5 ', f'{base}/ipv4/1': 'not an address',
+    xenstored({**VIFS, f'{base}/ipv4/0': '10.0.0.5 ', f'{base}/ipv4/1': 'not an address',
                f'{base}/ipv4/2': '2001:db8::1', f'{base}/ipv4/3': b'\xff\xfe',
                f'{base}/ipv4/4': '1' * 200, f'{base}/ipv4/x': '10.0.0.9',
                f'{base}/ipv4/-1': '10.0.0.10', f'{base}/ipv6/0': '10.0.0.11',
                f'{base}/ipv6/1': 'fe80::1%eth0', f'{base}/ipv4/12345': '10.0.0.12'})
-    assert published(tmp_path) == {0: [('10.0.0.5', 'ipv4'), ('fe80::1%eth0', 'ipv6')]}
+    assert published(tmp_path) == {MAC0: [('10.0.0.5', 'ipv4'), ('fe80::1%eth0', 'ipv6')]}
 
 
 def test_at_most_sixteen_slots_are_read(xenstored, tmp_path):
-    server = xenstored({f'{HOME}/attr/vif/0/ipv4/{slot}': f'10.0.0.{slot}' for slot in range(40)})
-    assert [address for address, _ in published(tmp_path)[0]] == [f'10.0.0.{slot}'
-                                                                  for slot in range(16)]
+    server = xenstored({**VIFS, **{f'{HOME}/attr/vif/0/ipv4/{slot}': f'10.0.0.{slot}'
+                                   for slot in range(40)}})
+    assert [address for address, _ in published(tmp_path)[MAC0]] == [f'10.0.0.{slot}'
+                                                                     for slot in range(16)]
     assert len([path for path in server.asked if '/ipv4/' in path]) == 16
+
+
+def test_a_guest_without_backend_vifs_is_asked_nothing_more(xenstored, tmp_path):
+    server = xenstored({f'{HOME}/attr/vif/0/ipv4/0': '10.0.0.5'})
+    assert published(tmp_path) == {}
+    assert server.asked == [BACKEND]
 
 
 def test_an_answer_longer_than_the_protocol_allows_is_refused(xenstored, tmp_path):

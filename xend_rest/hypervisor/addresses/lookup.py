@@ -6,7 +6,6 @@ connection is not asked, and names no address: it is never an error.
 """
 import ipaddress
 import logging
-import re
 import socket
 import time
 import xml.etree.ElementTree as ElementTree
@@ -33,7 +32,6 @@ AGENT_GONE = {libvirt.VIR_ERR_AGENT_UNRESPONSIVE, libvirt.VIR_ERR_AGENT_UNSYNCED
 # The domain stopped or vanished meanwhile: the request's answer (409, 404), not a source's.
 STATE_CHANGED = {libvirt.VIR_ERR_OPERATION_INVALID, libvirt.VIR_ERR_NO_DOMAIN}
 AGENT_CHANNEL = 'org.qemu.guest_agent.0'
-XEN_VIF = re.compile(r'vif(\d+)\.(\d+)\Z')  # libxl's name of domain D's vif N in dom0
 POLL_SECONDS = 1.0  # between looks while a request waits for an address (no event announces one)
 
 
@@ -110,7 +108,7 @@ def look(conn, dom, place, wanted):
             if source != 'agent' or _agent_connected(root):
                 _from_libvirt(dom, source, by_mac)
         elif source == 'xenstore':
-            _from_xenstore(dom, interfaces)
+            _from_xenstore(dom, by_mac)
         else:
             _from_neighbours(by_mac)
     return [interface.describe() for interface in interfaces]
@@ -152,23 +150,17 @@ def _from_libvirt(dom, source, by_mac):
                           source)
 
 
-def _from_xenstore(dom, interfaces):
-    domid = dom.ID()
-    vifs = {}
-    for interface in interfaces:
-        match = XEN_VIF.match(interface.name or '')
-        if match and int(match.group(1)) == domid:
-            vifs[int(match.group(2))] = interface
-    if not vifs:
+def _from_xenstore(dom, by_mac):
+    if not by_mac:
         return
     try:
-        published = xenstore.published(domid, sorted(vifs))
+        published = xenstore.published(dom.ID(), set(by_mac))
     except OSError as err:
         log.warning('xenstore cannot be read: %s', printable_text(str(err)))
         return
-    for vif, addresses in published.items():
+    for mac, addresses in published.items():
         for address, family in addresses:
-            vifs[vif].add(address, None, family, 'xenstore')
+            by_mac[mac].add(address, None, family, 'xenstore')
 
 
 def _from_neighbours(by_mac):

@@ -3,7 +3,7 @@
 xe-guest-utilities and xen-guest-agent both write each address of a guest's vif N under that
 guest's own home, /local/domain/<id>/attr/vif/<N>/ipv4/<slot> and .../ipv6/<slot>. The guest
 writes those keys: we read only its own, at its current id, a bounded number of small values,
-and keep only what parses as an address.
+and keep only what parses as an address. Which vif is which comes from dom0's backend entries.
 """
 import ipaddress
 import os
@@ -16,6 +16,7 @@ XS_DIRECTORY, XS_READ, XS_ERROR = 1, 2, 16  # xen/include/public/io/xs_wire.h
 HEADER = struct.Struct('=IIII')  # type, request id, transaction id, payload length
 PAYLOAD_MAX = 4096  # XENSTORE_PAYLOAD_MAX: xenstored sends nothing larger
 MAX_SLOTS = 16  # addresses read per vif and family (the agents use 10)
+MAX_VIFS = 64  # network interfaces of one domain
 MAX_VALUE = 64  # characters of an address (an IPv6 one with a zone fits)
 TIMEOUT = 1.0  # seconds for all the questions of one look
 FAMILIES = ('ipv4', 'ipv6')
@@ -89,25 +90,45 @@ class Xenstore:
         return data
 
 
-def published(domid, vifs, path=SOCKET, timeout=TIMEOUT):
-    """{vif number: [(ip address, family)]} that domain `domid` published for the vif numbers
-    asked, as the guest agents write them. OSError when xenstored cannot be asked."""
+def published(domid, macs, path=SOCKET, timeout=TIMEOUT):
+    """{mac: [(ip address, family)]} that domain `domid` published for its vifs of these MACs,
+    as the guest agents write them. OSError when xenstored cannot be asked.
+
+    Which vif number has which MAC is read from dom0's own backend entries (the guest cannot
+    write there), not from anything the guest wrote."""
     found = {}
     with Xenstore(path, timeout) as store:
-        for vif in vifs:
+        for vif, mac in _vifs(store, domid).items():
+            if mac not in macs:
+                continue
             for family in FAMILIES:
                 base = f'/local/domain/{int(domid)}/attr/vif/{int(vif)}/{family}'
                 for slot in _slots(store.directory(base)):
                     address = _address(store.read(f'{base}/{slot}'), family)
                     if address is not None:
-                        found.setdefault(vif, []).append((address, family))
+                        found.setdefault(mac, []).append((address, family))
     return found
+
+
+def _vifs(store, domid):
+    """{vif number: MAC} of the domain's network backends in dom0 (at most MAX_VIFS)."""
+    base = f'/local/domain/0/backend/vif/{int(domid)}'
+    vifs = {}
+    for vif in _numbers(store.directory(base))[:MAX_VIFS]:
+        mac = store.read(f'{base}/{vif}/mac')
+        if mac is not None and len(mac) <= MAX_VALUE:
+            vifs[vif] = mac.decode('ascii', 'replace').strip().lower()
+    return vifs
 
 
 def _slots(names):
     """The first MAX_SLOTS numeric slot names, in order; other names the guest wrote: skipped."""
-    return sorted((int(name) for name in names if name.isascii() and name.isdigit()
-                   and len(name) <= 4))[:MAX_SLOTS]
+    return _numbers(names)[:MAX_SLOTS]
+
+
+def _numbers(names):
+    return sorted(int(name) for name in names if name.isascii() and name.isdigit()
+                  and len(name) <= 4)
 
 
 def _address(value, family):
