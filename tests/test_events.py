@@ -13,8 +13,8 @@ import libvirt
 import pytest
 
 from xend_rest.api.app import make_app
-from xend_rest.hypervisor.domain_events import (CLIENT_CHECK, LIFECYCLE_EVENTS, EventHub,
-                                                lifecycle_names)
+from xend_rest.hypervisor.domain_events import (CLIENT_CHECK, EVENT_TYPES, LIFECYCLE_EVENTS,
+                                                EventHub, lifecycle_names)
 from xend_rest.server.serving import Server
 
 from conftest import Client, WEB_UUID, until
@@ -275,6 +275,58 @@ def test_last_event_id_resumes_an_event_source(api):
     assert transitions(stream.records()) == [('web', 'resumed', 'unpaused')]
 
 
+@pytest.fixture
+def other_kind(monkeypatch):
+    """A kind of event besides the domain's, as the modules that add one register it."""
+    monkeypatch.setitem(EVENT_TYPES, 'gadget', ('started', 'exploded'))
+    return 'gadget'
+
+
+def test_the_default_stream_carries_domain_events_only(api, other_kind):
+    default = Stream(api, 'limit=1')
+    hub = api.app.hypervisor.events
+    hub.announce(other_kind, 'exploded', Gadget='g1')
+    api.post(NODES + '/web/suspend')
+    (record,) = default.records()
+    assert 'Type' not in record and record['Domain']['Name'] == 'web'  # as before other kinds
+    replayed = Stream(api, 'since=0&timeout=0').records()
+    assert [line['Event'] for line in replayed] == ['suspended']
+
+
+def test_a_stream_asks_for_other_kinds_by_type(api, other_kind):
+    both = Stream(api, 'type=domain,gadget&limit=2')
+    only = Stream(api, 'type=gadget&event=started&limit=1', {'HTTP_ACCEPT': 'text/event-stream'})
+    hub = api.app.hypervisor.events
+    hub.announce(other_kind, 'exploded', Gadget='g1')
+    api.post(NODES + '/web/suspend')
+    hub.announce(other_kind, 'started', Gadget='g2')
+    first, second = both.records()
+    assert (first['Type'], first['Event'], first['Gadget']) == ('gadget', 'exploded', 'g1')
+    assert 'Type' not in second and second['Event'] == 'suspended'
+    blocks = [block for block in only.finish().decode().split('\n\n') if block.strip(':\n')]
+    lines = blocks[0].split('\n')
+    assert lines[1] == 'event: gadget.started'  # a domain's 'started' is another event
+    assert json.loads(lines[2][len('data: '):])['Gadget'] == 'g2'
+    assert transitions(Stream(api, 'since=0&timeout=0&type=domain').records()) == [
+        ('web', 'suspended', 'paused')]
+
+
+def test_a_domain_filter_narrows_only_the_events_that_name_a_domain(api, other_kind):
+    stream = Stream(api, 'type=gadget,domain&domain=idle&limit=2')
+    api.post(NODES + '/web/suspend')
+    api.app.hypervisor.events.announce(other_kind, 'exploded', Gadget='g1')
+    api.post(NODES + '/idle/start')
+    assert [(line.get('Type'), line['Event']) for line in stream.records()] == [
+        ('gadget', 'exploded'), (None, 'started')]
+
+
+def test_a_wait_is_not_disturbed_by_other_kinds(api, other_kind):
+    done = _wait_in_background(api, 'idle', 'running')
+    api.app.hypervisor.events.announce(other_kind, 'started', Gadget='g1')
+    api.post(NODES + '/idle/start')
+    assert done().status == 200
+
+
 def test_a_stream_ends_at_its_timeout_with_heartbeats_only(api):
     assert Stream(api, 'timeout=0').finish() == b'\n'  # the first heartbeat sends the head
 
@@ -297,7 +349,7 @@ def test_event_names_follow_libvirts_numbering(event):
 @pytest.mark.parametrize('query', [
     'since=-1', 'since=abc', 'since=9223372036854775808', 'event=exploded', 'limit=0', 'limit=x',
     'timeout=-1', 'timeout=1e9', 'timeout=604800.5', 'timeout=x', 'timeout=0x1', 'timeout=nan',
-    'timeout=inf', 'since=1&since=2',
+    'timeout=inf', 'since=1&since=2', 'type=gadget', 'type=Domain', 'event=exploded&type=domain',
 ])
 def test_bad_stream_parameters_are_400(api, query):
     response = api.get(EVENTS, query)

@@ -202,9 +202,11 @@ SCHEMAS = {
     'PoolList': {'type': 'array', 'items': _ref('Pool')},
     'StoragePool': _object({'pool': {'type': 'object'}}),
     'Octets': {'type': 'string', 'format': 'binary', 'minLength': 1},  # empty: use create
+    # A domain's event names its Domain and has no Type; another kind's has its Type (type=).
     'Event': _object({
-        'Id': INT, 'Time': STRING, 'Event': STRING, 'Detail': MAYBE_STRING,
-        'Domain': _object({'Name': STRING, 'Uuid': STRING})}),
+        'Id': INT, 'Time': STRING, 'Event': STRING, 'Detail': MAYBE_STRING, 'Type': STRING,
+        'Domain': _object({'Name': STRING, 'Uuid': STRING})},
+        required=['Detail', 'Event', 'Id', 'Time']),
     # A line of the stream: an event, or a notice (gap, reconnected, overflow, closed).
     'Notice': _object({'Notice': STRING, 'Message': STRING, 'LastId': MAYBE_INT}),
     'StreamLine': {'anyOf': [_ref('Event'), _ref('Notice')]},

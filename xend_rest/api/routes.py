@@ -10,7 +10,7 @@ import libvirt
 from xend_rest import defaults
 from xend_rest.api.handlers import addresses, consoles, domains, events, images, system
 from xend_rest.hypervisor.addresses.lookup import POLL_SECONDS, SOURCES
-from xend_rest.hypervisor.domain_events import CONDITION_STATES, EVENT_NAMES
+from xend_rest.hypervisor.domain_events import CONDITION_STATES, EVENT_TYPES
 from .openapi import (AFFECT_FLAG, ALL, CAPACITY, ERROR, FORCE, NAME, NO_BODY, NO_FLAG, OCTETS,
                       SIZE_SCHEMA, SIZE_TEXT, STRING, TEXT, WAIT, WATCHER_ANSWERS, WHOLE, XML_FLAG,
                       Doc, flag, lifecycle, query, upgrade)
@@ -89,9 +89,12 @@ IMAGE_LINKS = to_image(images.inspect_image, images.clone_image, images.resize_i
                        images.wipe_image, images.delete_image, images.download_image)
 FORMAT = query('format', 'raw (default) or qcow2.', {'type': 'string',
                                                     'enum': list(IMAGE_FORMATS)})
-# Event names as `event` takes them: comma-separated, empty items skipped.
-ANY_EVENT = '|'.join(EVENT_NAMES)
+# Event names as `event` takes them (and kinds as `type` does): comma-separated, empty items
+# skipped.
+ANY_EVENT = '|'.join(dict.fromkeys(name for names in EVENT_TYPES.values() for name in names))
 EVENT_LIST = f'^(?:{ANY_EVENT})?(?:,(?:{ANY_EVENT})?)*$'
+ANY_TYPE = '|'.join(EVENT_TYPES)
+TYPE_LIST = f'^(?:{ANY_TYPE})?(?:,(?:{ANY_TYPE})?)*$'
 ANY_SOURCE = '|'.join(SOURCES)
 SOURCE_LIST = f'^(?:{ANY_SOURCE})?(?:,(?:{ANY_SOURCE})?)*$'
 
@@ -190,6 +193,9 @@ ROUTES = [
         {200: {defaults.NDJSON: {'$ref': '#/components/schemas/StreamLine'},
                defaults.SSE: STRING}, 429: ERROR},
         [query('since', 'Replay the kept events after this id first.', WHOLE),
+         query('type', 'The kinds of event to read (repeat the parameter, or separate them '
+               f"with commas): {', '.join(EVENT_TYPES)}; domain alone by default.",
+               {'type': 'array', 'items': {'type': 'string', 'pattern': TYPE_LIST}}),
          query('domain', 'Only events of these domains (names or UUIDs; repeat the parameter, '
                'or separate them with commas).', {'type': 'array', 'items': STRING}),
          query('event', 'Only these events (repeat the parameter, or separate them with '

@@ -37,6 +37,11 @@ LIFECYCLE_EVENTS = (
 )
 OTHER_EVENTS = ('reboot', 'device_added', 'device_removed')
 EVENT_NAMES = tuple(name for name, _details in LIFECYCLE_EVENTS) + OTHER_EVENTS
+# The kinds of event the hub carries, each with its event names. A domain event has no `Type`
+# (as before there were others); every other kind's does. A stream asks for kinds with `type=`,
+# domain events only by default: a client from before other kinds sees what it always saw.
+EVENT_TYPES = {'domain': EVENT_NAMES}
+DEFAULT_TYPES = frozenset({'domain'})
 
 # The state each event leaves the domain in, where the event alone says so.
 STATE_AFTER = {'started': 'running', 'resumed': 'running', 'suspended': 'paused',
@@ -80,6 +85,10 @@ def too_many_watchers_for_caller(owner, limit):
     return HTTPError(429, f'{owner} has {limit} event streams and waits open, the most one caller '
                      'may (watchers-per-caller); end one, or try again later',
                      'too_many_watchers_for_caller', [('Retry-After', RETRY_AFTER)])
+
+
+def record_type(record):
+    return record.get('Type', 'domain')
 
 
 def is_notice(record):
@@ -130,8 +139,9 @@ class Watchers:
 class Subscription:
     """One reader's view of the hub: a replay of the ring, then live records, up to `limit` queued."""
 
-    def __init__(self, wanted, limit, replay, last_id, gap, owner=None):
+    def __init__(self, wanted, limit, replay, last_id, gap, owner=None, types=DEFAULT_TYPES):
         self.wanted = wanted
+        self.types = types  # the kinds of event it reads (EVENT_TYPES)
         self.owner = owner  # the caller it counts against (None: nobody's)
         self.counted = True  # its place among the Watchers is taken, until unsubscribed
         self.end = None  # why no more records will come: 'overflow' or 'closed'
@@ -237,6 +247,11 @@ class EventHub:
         return self._append({'Event': event, 'Detail': detail,
                              'Domain': {'Name': name, 'Uuid': uuid}})
 
+    def announce(self, kind, event, detail=None, **fields):
+        """An event of another kind than a domain's (EVENT_TYPES: its module adds its names
+        there), for the streams that ask for that `type`."""
+        return self._append({'Type': kind, 'Event': event, 'Detail': detail, **fields})
+
     def _append(self, entry):
         """Number an entry (an event or a notice), keep it in the ring and offer it to readers."""
         with self._lock:
@@ -245,19 +260,20 @@ class EventHub:
             record = {'Id': self.last_id, 'Time': _now(), **entry}
             self._ring.append(record)
             behind = [sub for sub in self._subscribers
-                      if _wants(sub.wanted, record) and not sub.offer(record)]
+                      if _wants(sub, record) and not sub.offer(record)]
             for sub in behind:  # it reads the rest of its queue, then a notice to reconnect
                 self._subscribers.discard(sub)
                 self.overflows += 1
         return record
 
-    def subscribe(self, wanted=None, since=None, owner=None, hold=None):
+    def subscribe(self, wanted=None, since=None, owner=None, hold=None, types=DEFAULT_TYPES):
         """A new Subscription, in a place of the Watchers taken for `owner` (429, 503: see
         Watchers.take, and hold there): replays the ring after `since`.
 
-        Notices reach every subscriber; `wanted` chooses among the events.
+        Notices reach every subscriber; `wanted` chooses among the events of the kinds `types`.
         """
         wanted = wanted or (lambda _record: True)
+        sub_filter = _Filter(wanted, types)
         self.watchers.take(owner, hold)
         with self._lock:
             replay = []
@@ -265,11 +281,11 @@ class EventHub:
                 if since > self.last_id:
                     since = 0  # ids from before a restart of the daemon: replay all we have
                 replay = [record for record in self._ring
-                          if record['Id'] > since and _wants(wanted, record)]
+                          if record['Id'] > since and _wants(sub_filter, record)]
             if since is None:
                 since = self.last_id
             gap = bool(self._ring) and self._ring[0]['Id'] > since + 1
-            sub = Subscription(wanted, self.queue_size, replay, since, gap, owner)
+            sub = Subscription(wanted, self.queue_size, replay, since, gap, owner, types)
             self._subscribers.add(sub)
         return sub
 
@@ -289,8 +305,12 @@ class EventHub:
             sub.finish('closed')
 
 
-def _wants(wanted, record):
-    return is_notice(record) or wanted(record)
+_Filter = collections.namedtuple('_Filter', 'wanted types')
+
+
+def _wants(reader, record):
+    """Whether a reader (a Subscription, or a _Filter before it exists) takes a record."""
+    return is_notice(record) or (record_type(record) in reader.types and reader.wanted(record))
 
 
 def wait_for(hub, uuid, reached, timeout, first, owner=None, gone=None, hold=None):

@@ -7,8 +7,9 @@ from xend_rest.api.bodies import Raw
 from xend_rest.api.params import MAX_WHOLE, is_whole, parse_choice, parse_int, parse_seconds
 from xend_rest.defaults import MAX_WAIT_SECONDS
 from xend_rest.errors import HTTPError, bad_request, wait_timeout
-from xend_rest.hypervisor.domain_events import (CLIENT_CHECK, CONDITION_STATES, EVENT_NAMES,
-                                                is_notice, wait_for_state)
+from xend_rest.hypervisor.domain_events import (CLIENT_CHECK, CONDITION_STATES, DEFAULT_TYPES,
+                                                EVENT_TYPES, is_notice, record_type,
+                                                wait_for_state)
 from .domains import lookup_domain
 
 MAX_STREAM_SECONDS = 7 * 24 * 3600
@@ -19,13 +20,15 @@ STREAM_HEADERS = [('Cache-Control', 'no-cache'), ('X-Accel-Buffering', 'no')]
 def stream_events(request):
     """GET /events: domain events as they happen (after a replay of those since `since`)."""
     since = _since(request)
-    wanted = _filter(_listed(request, 'domain'), _listed(request, 'event'))
+    types = _types(request)
+    wanted = _filter(_listed(request, 'domain'), _listed(request, 'event'), types)
     limit = parse_int(request, 'limit', minimum=1) if request.arg('limit') is not None else None
     timeout = parse_seconds(request, 'timeout', maximum=MAX_STREAM_SECONDS)
     sse = defaults.SSE in request.environ.get('HTTP_ACCEPT', '')
     request.conn  # the hypervisor registers for events when it connects: be connected
     hub = request.hypervisor.events
-    subscription = hub.subscribe(wanted, since, owner=request.caller, hold=request.hold)
+    subscription = hub.subscribe(wanted, since, owner=request.caller, hold=request.hold,
+                                 types=types)
     stream = EventStream(hub, subscription, request.hypervisor.connection, sse, limit, timeout,
                          request.client_gone)
     return 200, Raw(stream, defaults.SSE if sse else defaults.NDJSON), list(STREAM_HEADERS)
@@ -47,18 +50,31 @@ def _listed(request, name):
     return {item for value in request.query.get(name, ()) for item in value.split(',') if item}
 
 
-def _filter(domains, events):
-    unknown = events - set(EVENT_NAMES)
+def _types(request):
+    types = _listed(request, 'type')
+    unknown = types - set(EVENT_TYPES)
+    if unknown:
+        raise bad_request(f"type={','.join(sorted(unknown))}: "
+                          f"expected some of {', '.join(EVENT_TYPES)}")
+    return frozenset(types) or DEFAULT_TYPES
+
+
+def _filter(domains, events, types=DEFAULT_TYPES):
+    """Which events a stream wants: `events` by name among its `types`; `domains` narrows the
+    events that name a domain (an event of another kind that names none passes)."""
+    known = [name for kind in EVENT_TYPES if kind in types for name in EVENT_TYPES[kind]]
+    unknown = events - set(known)
     if unknown:
         raise bad_request(f"event={','.join(sorted(unknown))}: "
-                          f"expected some of {', '.join(EVENT_NAMES)}")
+                          f"expected some of {', '.join(dict.fromkeys(known))}")
     # libvirt's names are case-sensitive and matched exactly; a UUID matches in either case.
     uuids = {name.lower() for name in domains}
 
     def wanted(record):
+        domain = record.get('Domain')
         return ((not events or record['Event'] in events)
-                and (not domains or record['Domain']['Name'] in domains
-                     or record['Domain']['Uuid'].lower() in uuids))
+                and (not domains or domain is None or domain['Name'] in domains
+                     or domain['Uuid'].lower() in uuids))
     return wanted
 
 
@@ -122,7 +138,9 @@ class EventStream:
     def _event(self, record):
         data = json.dumps(record, sort_keys=True)
         if self.sse:
-            return f"id: {record['Id']}\nevent: {record['Event']}\ndata: {data}\n\n".encode()
+            kind = record_type(record)  # another kind's names may be a domain's too: prefixed
+            name = record['Event'] if kind == 'domain' else f"{kind}.{record['Event']}"
+            return f"id: {record['Id']}\nevent: {name}\ndata: {data}\n\n".encode()
         return data.encode() + b'\n'
 
     def _notice(self, kind, message, ident=None):
