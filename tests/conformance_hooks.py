@@ -1,7 +1,7 @@
 """Schemathesis hooks for the conformance run (schemathesis.toml loads this file).
 
 The event stream ends only at its `timeout`, and a wait (Wait's `timeout`, `wait` on Stop and
-Restart) may hold its answer for up to 600 s: a schema-valid duration, or a missing one where
+Restart and Addresses) may hold its answer for up to 600 s: a schema-valid duration, or a missing one where
 missing means "long", is made CAP seconds before the call, so that the run stays bounded.
 Every other value is sent as generated: each way of writing a number, and each invalid
 duration, still reaches the daemon.
@@ -20,6 +20,7 @@ DURATIONS = {
     '/wait': ('timeout', MAX_WAIT_SECONDS, True),      # absent: 60 s
     '/stop': ('wait', MAX_WAIT_SECONDS, False),
     '/restart': ('wait', MAX_WAIT_SECONDS, False),
+    '/addresses': ('wait', MAX_WAIT_SECONDS, False),
 }
 NUMBER = re.compile(r'-?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?\Z')
 

@@ -87,6 +87,7 @@ ROUTE_ROLES = [
     ('HEAD', N + '/web/json', None, 'read'),
     ('POST', N + '/web/wait?condition=running&timeout=0', None, 'read'),
     ('GET', N + '/web/stats', None, 'read'),
+    ('GET', N + '/web/addresses', None, 'read'),
     ('GET', N + '/stats', None, 'read'),
     ('GET', '/libvirt/xen/events?timeout=0', None, 'read'),
     ('GET', '/_ping', None, 'read'),

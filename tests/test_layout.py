@@ -21,6 +21,7 @@ TOP = {'xend_rest.__init__', 'xend_rest.__main__', 'xend_rest.cli', 'xend_rest.w
        'xend_rest.demo'}
 ALIASES = {'xend_rest.connection': 'hypervisor', 'xend_rest.sessions': 'server'}
 LAYERS = ('server', 'api', 'hypervisor', 'consoles')
+SUBFOLDERS = ('handlers', 'addresses')  # api/handlers, hypervisor/addresses: their layer's
 # What each kind of module may import besides the standard library.
 ALLOWED = {
     'neutral': {'neutral'},
@@ -102,7 +103,8 @@ def test_the_table_catches_an_import_against_the_direction(tmp_path):
     assert kind(found[0]) not in ALLOWED[kind('xend_rest.server.probe')]
 
 
-@pytest.mark.parametrize('layer', ['server', 'api', 'api/handlers', 'hypervisor', 'consoles'])
+@pytest.mark.parametrize('layer', ['server', 'api', 'api/handlers', 'hypervisor',
+                                   'hypervisor/addresses', 'consoles'])
 def test_a_subpackage_imports_nothing_at_its_door(layer):
     """Each __init__.py is its docstring alone: importing a package loads none of its modules
     (the console machinery stays unloaded until a console is opened)."""
@@ -155,6 +157,6 @@ def test_no_module_is_left_outside_the_layers():
     top of the package has to say which (the table above)."""
     top_level = {name for name in modules() if name.count('.') == 1}
     assert top_level <= NEUTRAL | TOP | set(ALIASES)
-    assert {path.parent.name for path in PACKAGE.rglob('*.py')} - {'xend_rest', 'handlers'} \
-        == set(LAYERS)
+    assert {path.parent.name for path in PACKAGE.rglob('*.py')} \
+        - {'xend_rest', *SUBFOLDERS} == set(LAYERS)
     assert os.path.isfile(PACKAGE / 'demo-node.xml')

@@ -13,6 +13,8 @@ test; names carry this session's token so other sessions sharing the libvirtd ar
 import itertools
 import os
 import secrets
+import shutil
+from dataclasses import dataclass
 
 import libvirt
 import pytest
@@ -113,6 +115,70 @@ def guest_xml(guest_files, guest_name, console_dir):
 def guest_console(console_dir, guest_diagnostics):
     """`guest_console(name) -> guest.Console`, whose waits fail with the diagnostics attached."""
     return lambda name: guest.Console(console_dir / f"{name}.log", lambda: guest_diagnostics(name))
+
+
+# A NAT network with DHCP, for the private libvirtd in a network namespace of its own: its
+# addresses exist only there, so they clash with nothing of the machine's.
+NAT_NETWORK = """<network>
+  <name>{name}</name>
+  <forward mode='nat'/>
+  <bridge name='{bridge}' stp='off' delay='0'/>
+  <ip address='{gateway}' prefix='{prefix}'>
+    <dhcp><range start='{first}' end='{last}'/></dhcp>
+  </ip>
+</network>"""
+NETWORK_BINARIES = ("dnsmasq", "iptables", "nsenter", "ip")
+
+
+@dataclass(frozen=True)
+class NatNetwork:
+    """A started libvirt NAT network (its dnsmasq serving DHCP) on `daemon`."""
+
+    daemon: "daemon.PrivateLibvirtd"
+    name: str = "xrt-nat"
+    bridge: str = "xrtbr0"
+    gateway: str = "192.168.150.1"
+    prefix: int = 24
+    first: str = "192.168.150.10"
+    last: str = "192.168.150.99"
+
+    def interface_xml(self, mac):
+        """A guest NIC on this network (virtio, the guest's eth0)."""
+        return (f"\n    <interface type='network'><mac address='{mac}'/>"
+                f"<source network='{self.name}'/><model type='virtio'/></interface>")
+
+
+@pytest.fixture(scope="module")
+def network_libvirtd(libvirtd, tmp_path_factory):
+    """A private libvirtd (`daemon.PrivateLibvirtd`) in a network namespace of its own, with the
+    network driver's binaries: whatever networks it starts (bridges, dnsmasq, NAT rules) live
+    and die there, and the machine's own network is never touched. Stopped after the module,
+    with everything it started."""
+    if os.geteuid() != 0:
+        _unavailable("only root can run a private libvirtd in a network namespace")
+    missing = [name for name in NETWORK_BINARIES
+               if not shutil.which(name, path=daemon._sbin_path())]
+    if missing:
+        _unavailable(f"{', '.join(missing)} not installed (./dev test installs the TEST_PKGS)")
+    private = daemon.PrivateLibvirtd(tmp_path_factory.mktemp("network-libvirtd"), own_network=True)
+    private.start()
+    yield private
+    private.close()
+
+
+@pytest.fixture(scope="module")
+def nat_network(network_libvirtd):
+    """`NatNetwork`: a started NAT network with DHCP on `network_libvirtd`."""
+    network = NatNetwork(network_libvirtd)
+    conn = libvirt.open(network_libvirtd.uri)
+    try:
+        defined = conn.networkDefineXML(NAT_NETWORK.format(**{
+            key: getattr(network, key) for key in ("name", "bridge", "gateway", "prefix", "first",
+                                                    "last")}))
+        defined.create()
+    finally:
+        conn.close()
+    return network
 
 
 def _remove_domain(conn, name):

@@ -40,6 +40,7 @@ BOOT_MARKER = "XEND-GUEST-BOOT"
 READY_MARKER = "XEND-GUEST-READY"
 POWEROFF_MARKER = "XEND-GUEST-POWEROFF"
 UEVENT_MARKER = "XEND-GUEST-UEVENT"
+ADDRESS_MARKER = "XEND-GUEST-ADDRESS"  # then the interface and its address as `ip addr` shows it
 PROMPT = "xend-guest#"  # the serial console's shell prompt
 
 INIT = f"""#!/bin/sh
@@ -61,6 +62,11 @@ done
 for c in /sys/devices/system/cpu/cpu[1-9]*/online; do
     [ -e "$c" ] && echo 1 > "$c" 2>/dev/null
 done
+# With xend.dhcp on its command line, eth0 asks for a DHCP lease (in the background, renewing).
+if grep -qw xend.dhcp /proc/cmdline; then
+    ip link set lo up
+    udhcpc -i eth0 -s /etc/udhcpc.script -b -t 120 -T 1 >/dev/null 2>&1
+fi
 # Without a writable log acpid exits silently and the power button does nothing.
 acpid -c /etc/acpi -l /tmp/acpid.log
 echo "{READY_MARKER} cpus=$(nproc) mem_kib=$(sed -n 's/^MemTotal: *\\([0-9]*\\).*/\\1/p' /proc/meminfo)" > /dev/console
@@ -82,6 +88,24 @@ case "$SUBSYSTEM:$ACTION" in
         marker "{UEVENT_MARKER} $ACTION cpu ${{DEVPATH##*/}} online=$(cat /sys$DEVPATH/online 2>/dev/null)" ;;
     cpu:remove|block:add|block:remove|net:add|net:remove)
         marker "{UEVENT_MARKER} $ACTION $SUBSYSTEM ${{DEVPATH##*/}}" ;;
+esac
+"""
+
+# udhcpc runs this with what the DHCP server said: configure eth0, say so on the console (the
+# guest's own `ip addr`), then talk to the router once so that the host learns the guest's MAC.
+DHCP_SCRIPT = f"""#!/bin/sh
+{MARKER_FUNCTION}
+case "$1" in
+    bound|renew)
+        ifconfig "$interface" "$ip" netmask "${{subnet:-255.255.255.0}}" up
+        router="${{router%% *}}"
+        [ -n "$router" ] && route add default gw "$router" dev "$interface" 2>/dev/null
+        set -- $(ip -o -4 addr show dev "$interface")
+        marker "{ADDRESS_MARKER} $interface $4"
+        [ -n "$router" ] && ping -c 3 -W 1 "$router" >/dev/null 2>&1 &
+        ;;
+    deconfig)
+        ifconfig "$interface" 0.0.0.0 up ;;
 esac
 """
 
@@ -149,7 +173,7 @@ def _load(directory):
 def _recipe_digest():
     """Changing the init scripts, the module list or busybox gives a new cache entry."""
     digest = hashlib.sha256()
-    for part in (INIT, UEVENT_HOOK, POWER_BUTTON, " ".join(GUEST_MODULES)):
+    for part in (INIT, UEVENT_HOOK, POWER_BUTTON, DHCP_SCRIPT, " ".join(GUEST_MODULES)):
         digest.update(part.encode())
     digest.update(BUSYBOX.read_bytes())
     return digest.hexdigest()[:12]
@@ -235,6 +259,7 @@ def _initramfs(modules):
     cpio.add("init", 0o100755, INIT.encode())
     cpio.add("sbin/uevent-hook", 0o100755, UEVENT_HOOK.encode())
     cpio.add("etc/acpi/PWRF/00000080", 0o100755, POWER_BUTTON.encode())
+    cpio.add("etc/udhcpc.script", 0o100755, DHCP_SCRIPT.encode())
     cpio.add("etc/modules", 0o100644, "".join(f"{n}\n" for n, _ in modules).encode())
     for name, data in modules:
         cpio.add(f"lib/modules/{name}.ko", 0o100644, data)
@@ -266,10 +291,10 @@ class _Cpio:
 
 
 def domain_xml(name, files, console, *, memory_mib=256, current_memory_mib=None,
-               vcpus=2, current_vcpus=1, cmdline="", vnc=False):
+               vcpus=2, current_vcpus=1, cmdline="", vnc=False, devices=""):
     """Domain XML for a TCG guest booting `files` directly: a shell on its serial console (a pty,
     for virDomainOpenConsole), everything it prints appended to `console`; vnc=True adds a VNC
-    screen on 127.0.0.1 (a free port chosen by libvirt)."""
+    screen on 127.0.0.1 (a free port chosen by libvirt); `devices` is more device XML (a NIC)."""
     current_memory_mib = current_memory_mib or memory_mib
     graphics = ("\n    <graphics type='vnc' autoport='yes' listen='127.0.0.1'/>"
                 "\n    <video><model type='vga'/></video>") if vnc else ""
@@ -293,7 +318,7 @@ def domain_xml(name, files, console, *, memory_mib=256, current_memory_mib=None,
       <log file={quoteattr(str(console))} append='on'/>
       <target port='0'/>
     </serial>{graphics}
-    <memballoon model='virtio'><stats period='1'/></memballoon>
+    <memballoon model='virtio'><stats period='1'/></memballoon>{devices}
   </devices>
 </domain>
 """

@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -159,6 +160,7 @@ HOLDER_SCRIPT = """set -e
 for d in {dirs}; do mkdir -p "$d"; mount -t tmpfs -o mode=0755 xend-rest-tests "$d"; done
 mkdir -p /etc/libvirt
 cp {qemu_conf} /etc/libvirt/qemu.conf
+{network}
 echo ready
 exec sleep infinity
 """
@@ -175,9 +177,17 @@ class PrivateLibvirtd:
     without authentication, which only a test on loopback may do. With `tls_port`, for
     `tls_uri` (qemu+tls://), with certificates made for the occasion (`make_pki`): both sides
     verify the other's.
+
+    With `own_network`, it runs in a network namespace of its own too (only `lo` at first): the
+    networks it starts (bridges, dnsmasq, NAT rules) never touch the machine's network.
+    `run_in_network(*command)` runs a command there (`ip neigh`), `python_in_network(code)` a
+    Python program (a daemon that reads that namespace's neighbour table). A TCP or TLS listener
+    would be in that namespace too: not offered together.
     """
 
-    def __init__(self, workdir, tcp_port=None, tls_port=None):
+    def __init__(self, workdir, tcp_port=None, tls_port=None, own_network=False):
+        assert not (own_network and (tcp_port or tls_port)), "a listener there is unreachable"
+        self.own_network = own_network
         self.workdir = Path(workdir)
         self.socket = self.workdir / "sock" / "libvirt-sock"
         self.uri = f"qemu+unix:///system?socket={self.socket}"
@@ -212,7 +222,7 @@ class PrivateLibvirtd:
         conf.write_text(settings)
         with open(self.workdir / "libvirtd.stderr", "ab") as stderr:
             self.process = subprocess.Popen(
-                ["nsenter", "-t", str(self.holder.pid), "-m",
+                ["nsenter", "-t", str(self.holder.pid), "-m", *self._network_flag(),
                  shutil.which("libvirtd", path=_sbin_path()), "-f", str(conf),
                  "-p", str(self.workdir / "libvirtd.pid"), *listen],
                 stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr, start_new_session=True)
@@ -225,6 +235,24 @@ class PrivateLibvirtd:
 
     def signal(self, signum):
         self.process.send_signal(signum)
+
+    def _network_flag(self):
+        return ["-n"] if self.own_network else []
+
+    def run_in_network(self, *command, **options):
+        """subprocess.run(command) in the daemon's network namespace (its own, see own_network)."""
+        return subprocess.run(["nsenter", "-t", str(self.holder.pid), *self._network_flag(),
+                               *command], **options)
+
+    def python_in_network(self, code, *args, timeout=120):
+        """Run Python `code` (this interpreter, this checkout) in the daemon's network namespace;
+        its standard output."""
+        root = Path(__file__).resolve().parents[2]
+        result = self.run_in_network(
+            sys.executable, "-c", code, *args, capture_output=True, text=True, timeout=timeout,
+            cwd=root, env=dict(os.environ, PYTHONPATH=f"{root}{os.pathsep}{root / 'tests'}"))
+        assert result.returncode == 0, result.stderr
+        return result.stdout
 
     def resume(self, settle=2):
         """SIGCONT; if libvirtd dies of it within `settle` s, start it again, as systemd's
@@ -278,9 +306,11 @@ class PrivateLibvirtd:
         qemu_conf = self.workdir / "qemu.conf"
         qemu_conf.write_text(qemu_conf_with_settings(
             QEMU_CONF.read_text() if QEMU_CONF.exists() else ""))
-        script = HOLDER_SCRIPT.format(dirs=" ".join(PRIVATE_DIRS), qemu_conf=qemu_conf)
+        script = HOLDER_SCRIPT.format(dirs=" ".join(PRIVATE_DIRS), qemu_conf=qemu_conf,
+                                      network="ip link set lo up" if self.own_network else "")
         self.holder = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+            ["unshare", "--mount", *(["--net"] if self.own_network else []),
+             "--propagation", "private", "sh", "-c", script],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             start_new_session=True)
         if self.holder.stdout.readline() != b"ready\n":

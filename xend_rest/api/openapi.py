@@ -167,6 +167,15 @@ SCHEMAS = {
     'Created': _object({'Uuid': STRING, 'Warnings': {'type': 'array', 'items': STRING}}),
     'WaitResult': _object({'State': {'type': 'string',
                                      'enum': ['running', 'shutoff', 'paused', 'undefined']}}),
+    # One interface of a running domain and its addresses (docs/api.md, Addresses).
+    'Interface': _object({
+        'Name': MAYBE_STRING, 'Mac': MAYBE_STRING, 'Network': MAYBE_STRING,
+        'Bridge': MAYBE_STRING, 'Addresses': {'type': 'array', 'items': _object({
+            'Address': STRING, 'Prefix': MAYBE_INT,
+            'Family': {'type': 'string', 'enum': ['ipv4', 'ipv6']},
+            'Sources': {'type': 'array', 'minItems': 1, 'items': {
+                'type': 'string', 'enum': ['lease', 'agent', 'arp', 'xenstore', 'neighbour']}}})}}),
+    'InterfaceList': {'type': 'array', 'items': _ref('Interface')},
     'Stats': _object({
         'Name': STRING, 'Uuid': STRING, 'Id': MAYBE_INT, 'State': STRING,
         'Autostart': {'type': ['boolean', 'null']}, 'CpuTimeNs': MAYBE_INT, 'Vcpus': MAYBE_INT,

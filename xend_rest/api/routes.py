@@ -8,7 +8,8 @@ paths in its body are checked against allowed-paths, and its OpenAPI words. `sec
 import libvirt
 
 from xend_rest import defaults
-from xend_rest.api.handlers import consoles, domains, events, images, system
+from xend_rest.api.handlers import addresses, consoles, domains, events, images, system
+from xend_rest.hypervisor.addresses.lookup import POLL_SECONDS, SOURCES
 from xend_rest.hypervisor.domain_events import CONDITION_STATES, EVENT_TYPES
 from .openapi import (AFFECT_FLAG, ALL, BOOLEAN, CAPACITY, ERROR, FORCE, NAME, NO_BODY, NO_FLAG,
                       OCTETS, SIZE_SCHEMA, SIZE_TEXT, STRING, TEXT, WAIT, WATCHER_ANSWERS, WHOLE,
@@ -94,6 +95,8 @@ ANY_EVENT = '|'.join(dict.fromkeys(name for names in EVENT_TYPES.values() for na
 EVENT_LIST = f'^(?:{ANY_EVENT})?(?:,(?:{ANY_EVENT})?)*$'
 ANY_TYPE = '|'.join(EVENT_TYPES)
 TYPE_LIST = f'^(?:{ANY_TYPE})?(?:,(?:{ANY_TYPE})?)*$'
+ANY_SOURCE = '|'.join(SOURCES)
+SOURCE_LIST = f'^(?:{ANY_SOURCE})?(?:,(?:{ANY_SOURCE})?)*$'
 
 ROUTES = [
     Route('GET', NODES + '/json', domains.list_domains, READ, secret_flag=SECURE_XML, doc=Doc(
@@ -175,6 +178,16 @@ ROUTES = [
             'type': 'string', 'enum': list(CONDITION_STATES)}, True),
          query('timeout', f'Seconds to wait at most (0-{defaults.MAX_WAIT_SECONDS}, '
                f'default {events.DEFAULT_WAIT_SECONDS}).',
+               dict(SECONDS, maximum=defaults.MAX_WAIT_SECONDS))])),
+    Route('GET', DOMAIN + '/addresses', addresses.domain_addresses, READ, doc=Doc(
+        "A running domain's interfaces and their addresses (409 when it is not running)",
+        {200: 'InterfaceList', 409: ERROR, **WATCHER_ANSWERS},
+        [query('source', 'Only these sources (repeat the parameter, or separate them with '
+               'commas); by default every one that applies.', {'type': 'array', 'items': {
+                   'type': 'string', 'pattern': SOURCE_LIST}}),
+         query('wait', 'Answer once an address is known, looking every '
+               f'{POLL_SECONDS:g} s for at most this many seconds '
+               f'(0-{defaults.MAX_WAIT_SECONDS}); 408 when that runs out.',
                dict(SECONDS, maximum=defaults.MAX_WAIT_SECONDS))])),
     Route('GET', DOMAIN + '/stats', system.domain_stats, READ, doc=Doc(
         "A domain's counters", {200: 'Stats'})),
