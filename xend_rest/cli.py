@@ -190,6 +190,15 @@ OPTIONS = {
                f'outstanding (each lives {tickets.LIFETIME} s, of {tickets.MAX_TICKETS} in all); '
                'past it 429 (default: {default})', 'N', defaults.CONSOLE_TICKETS_PER_CALLER),
     ],
+    # Operations: long actions on threads of their own, kept in memory (docs/api.md).
+    'operations': [
+        Option('operation-threads', positive(int), 'operations running at once, on all '
+               'connections; past it 503 (default: {default})', 'N'),
+        Option('operations-kept', positive(int), 'finished operations kept to be read '
+               '(default: {default})', 'N'),
+        Option('operation-age', positive(float), 'how long a finished operation is kept '
+               '(default: {default})', 'SECONDS'),
+    ],
 }
 ALL_OPTIONS = [option for group in OPTIONS.values() for option in group]
 SETTINGS = (ServerSettings, AppSettings, LibvirtSettings)  # each option fills its field in these

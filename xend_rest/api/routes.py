@@ -8,7 +8,7 @@ paths in its body are checked against allowed-paths, and its OpenAPI words. `sec
 import libvirt
 
 from xend_rest import defaults
-from xend_rest.api.handlers import consoles, domains, events, images, system
+from xend_rest.api.handlers import consoles, domains, events, images, operations, system
 from xend_rest.hypervisor.domain_events import CONDITION_STATES, EVENT_TYPES
 from .openapi import (AFFECT_FLAG, ALL, CAPACITY, ERROR, FORCE, NAME, NO_BODY, NO_FLAG, OCTETS,
                       SIZE_SCHEMA, SIZE_TEXT, STRING, TEXT, WAIT, WATCHER_ANSWERS, WHOLE, XML_FLAG,
@@ -67,6 +67,7 @@ DOMAIN = NODES + '/{ident}'
 IMAGES = HV + '/images'
 IMAGE = IMAGES + '/{pool}/{name}'
 POOLS = HV + '/pools'
+OPERATIONS = HV + '/operations'
 JSON = defaults.JSON
 SECONDS = {'type': 'number', 'minimum': 0}
 CONNECTION = '$request.path.connection'
@@ -253,4 +254,16 @@ ROUTES = [
             'connection': CONNECTION, 'pool': '$response.body#/0/Name'})})),
     Route('GET', POOLS + '/{pool}/json', images.inspect_pool, READ, doc=Doc(
         'Inspect a storage pool', {200: 'StoragePool'})),
+    # Operations: long actions on threads of their own (Stop and Restart past their bound).
+    Route('GET', OPERATIONS + '/json', operations.list_operations, READ, doc=Doc(
+        'The recent operations on this connection, newest first', {200: 'OperationList'})),
+    Route('GET', OPERATIONS + '/{operation}/json', operations.inspect_operation, READ, doc=Doc(
+        'Inspect an operation (with wait, once it ended)', {200: 'Operation', 429: ERROR,
+                                                            499: ERROR},
+        [query('wait', f'Answer once it ended, or after this many seconds (0-'
+               f'{defaults.MAX_WAIT_SECONDS}) with the operation as it stands.',
+               dict(SECONDS, maximum=defaults.MAX_WAIT_SECONDS))])),
+    Route('POST', OPERATIONS + '/{operation}/cancel', operations.cancel_operation, OPERATOR,
+          doc=Doc("Cancel an operation (abort its libvirt job)", {202: 'Operation',
+                                                                   409: ERROR})),
 ]

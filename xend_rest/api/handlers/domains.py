@@ -10,10 +10,11 @@ from xend_rest.api.params import (AFFECT_FLAGS, DESTROY_FLAGS, DOMAIN_XML_FLAGS,
 from xend_rest.defaults import GUEST_REQUEST_SECONDS, MAX_WAIT_SECONDS
 from xend_rest.errors import HTTPError, wait_timeout
 from xend_rest.hypervisor import convert
-from xend_rest.hypervisor.bounded import StillRunning, call_within
+from xend_rest.hypervisor.bounded import StillRunning
 from xend_rest.hypervisor.domain_events import wait_for_restart, wait_for_state
 from xend_rest.hypervisor.libvirt_errors import (from_libvirt, is_connection_error, is_no_domain,
                                                  still_there)
+from .operations import accepted
 
 UUID = re.compile(r'[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}\Z')
 DOM0_UUID = '00000000-0000-0000-0000-000000000000'
@@ -27,6 +28,7 @@ VCPU_TYPES = {'current': 0, 'max': libvirt.VIR_DOMAIN_VCPU_MAXIMUM}
 MAX_VCPUS = 2**31 - 1  # libvirt counts vCPUs in an unsigned int
 NOT_MODIFIED = (304, None)
 NO_CONTENT = (204, None)
+JOINED = 'joined'  # an action that joined the same one of another request (see _to_guest)
 
 
 def is_dom0(dom, uuid=None):
@@ -48,6 +50,14 @@ def lookup_domain(conn, ident):
         raise HTTPError(404, f'no such domain: {ident}', 'no_such_domain')
     if is_dom0(dom):
         raise dom0_refused()
+    return dom
+
+
+def changeable_domain(request, ident, joins=None):
+    """The domain, for a change: 409 (operation_in_progress) while an operation runs on it
+    (unless of the kind `joins`, which the request's own action would join)."""
+    dom = lookup_domain(request.conn, ident)
+    request.app.operations.refuse_busy(request.hypervisor, dom.UUIDString(), joins)
     return dom
 
 
@@ -174,7 +184,7 @@ def _rejected(err):
 
 def start_domain(request, ident):
     flag = parse_flag(request, START_FLAGS)
-    dom = lookup_domain(request.conn, ident)
+    dom = changeable_domain(request, ident)
     if dom.isActive():
         return NOT_MODIFIED
     return _change_state(lambda: dom.createWithFlags(flag), dom.isActive)
@@ -184,16 +194,16 @@ def stop_domain(request, ident):
     """Ask the guest to shut down; with wait=S, answer once it is shut off (408 after S s)."""
     flag = parse_flag(request, SHUTDOWN_FLAGS)
     wait = parse_seconds(request, 'wait', maximum=MAX_WAIT_SECONDS)
-    dom = lookup_domain(request.conn, ident)
+    dom = changeable_domain(request, ident, joins='shutdown')
     if not dom.isActive():
         return NOT_MODIFIED
     _refuse_paused(dom)
-    shutdown = _to_guest(dom, 'shutdown', lambda: dom.shutdownFlags(flag))
+    shutdown = _to_guest(request, dom, 'shutdown', lambda: dom.shutdownFlags(flag))
     if not wait:
         try:
             return _change_state(shutdown, lambda: not dom.isActive())
-        except StillRunning:
-            return _still_running(dom, 'shutdown', 'shutoff')
+        except StillRunning as late:
+            return _still_running(request, late.operation, 'shutdown', 'shutoff')
     if not wait_for_state(request.hypervisor.events, request.conn, dom.UUIDString(), 'shutoff', wait,
                           shutdown, owner=request.caller, gone=request.client_gone,
                           hold=request.hold):
@@ -214,14 +224,14 @@ def restart_domain(request, ident):
     """Ask the guest to reboot; with wait=S, answer once it has (408 after S s)."""
     flag = parse_flag(request, REBOOT_FLAGS)
     wait = parse_seconds(request, 'wait', maximum=MAX_WAIT_SECONDS)
-    dom = _active_domain(request, ident)
+    dom = _active_domain(request, ident, joins='reboot')
     _refuse_paused(dom)
-    reboot = _to_guest(dom, 'reboot', lambda: dom.reboot(flag))
+    reboot = _to_guest(request, dom, 'reboot', lambda: dom.reboot(flag))
     if not wait:
         try:
             reboot()
-        except StillRunning:
-            return _still_running(dom, 'reboot', 'running')
+        except StillRunning as late:
+            return _still_running(request, late.operation, 'reboot', 'running')
     elif not wait_for_restart(request.hypervisor.events, dom.UUIDString(), wait, reboot,
                               owner=request.caller, gone=request.client_gone,
                               hold=request.hold):
@@ -232,7 +242,7 @@ def restart_domain(request, ident):
 
 def delete_domain(request, ident):
     flag = parse_flag(request, UNDEFINE_FLAGS)
-    dom = lookup_domain(request.conn, ident)
+    dom = changeable_domain(request, ident)
     if not dom.isPersistent():
         raise HTTPError(409, f'domain {dom.name()} is transient: it has no definition to delete; '
                         'destroy it instead', 'invalid_state')
@@ -267,35 +277,44 @@ def _refuse_paused(dom):
         raise HTTPError(409, 'domain %s is paused: resume or destroy it' % dom.name(), 'invalid_state')
 
 
-def _to_guest(dom, verb, action):
-    """A request to the guest, bounded: libxl's shutdown() and reboot() wait for the guest's
-    acknowledgement, holding the domain (every call about it waits too), and right after the
-    guest's own power-off they block 60 s. Past the bound the call goes on in the background."""
-    return lambda: call_within(action, GUEST_REQUEST_SECONDS, f'{verb} of {dom.name()}')
+def _to_guest(request, dom, verb, action):
+    """A request to the guest, as an operation the request waits for up to its bound: libxl's
+    shutdown() and reboot() wait for the guest's acknowledgement, holding the domain (every
+    call about it waits too), and right after the guest's own power-off they block 60 s. Past
+    the bound the operation goes on (StillRunning carries it)."""
+    def asked():
+        operation, joined = request.app.operations.start(verb, request.hypervisor, dom, action,
+                                                         request.caller, join=True)
+        operation.within(GUEST_REQUEST_SECONDS)
+        return JOINED if joined else None
+    return asked
 
 
-def _still_running(dom, verb, condition):
-    """202: the guest was asked, and libvirt has yet to say how that went."""
-    return 202, {'message': f'the {verb} of {dom.name()} was asked for; libvirt has not returned '
-                            f'within {GUEST_REQUEST_SECONDS:g} s (the domain may be busy shutting '
-                            f'down): follow it with /wait?condition={condition}'}
+def _still_running(request, operation, verb, condition):
+    """202: the guest was asked, and libvirt has yet to say how that went: the operation, and
+    (as before operations) a message pointing to /wait."""
+    return accepted(request.hypervisor, operation, message=(
+        f"the {verb} of {operation.target['Name']} was asked for; libvirt has not returned "
+        f'within {GUEST_REQUEST_SECONDS:g} s (the domain may be busy shutting down): follow '
+        f'the operation, or the domain with /wait?condition={condition}'))
 
 
 def _change_state(action, reached):
     """Do a state change read as needed; if libvirt refuses it and the domain is now where it was
-    asked to go (a concurrent request got it there first), that is 304 like any repeat."""
+    asked to go (a concurrent request got it there first), that is 304 like any repeat; so is
+    one that joined a concurrent request's own (JOINED) once the domain is there."""
     try:
-        action()
+        joined = action() is JOINED
     except libvirt.libvirtError as err:
         if is_connection_error(err) or not reached():
             raise
         return NOT_MODIFIED
-    return NO_CONTENT
+    return NOT_MODIFIED if joined and reached() else NO_CONTENT
 
 
-def _active_domain(request, ident):
+def _active_domain(request, ident, joins=None):
     """The domain, which must be running (or paused) for the action: 409 otherwise."""
-    dom = lookup_domain(request.conn, ident)
+    dom = changeable_domain(request, ident, joins)
     if not dom.isActive():
         raise HTTPError(409, f'domain {dom.name()} is not running', 'invalid_state')
     return dom
@@ -305,7 +324,7 @@ def resize_memory(request, ident):
     size = parse_int(request, 'size', minimum=1)
     kind = parse_choice(request, 'type', MEMORY_TYPES, 'target')
     flag = parse_flag(request, AFFECT_FLAGS)
-    lookup_domain(request.conn, ident).setMemoryFlags(size, kind | flag)
+    changeable_domain(request, ident).setMemoryFlags(size, kind | flag)
     return NO_CONTENT
 
 
@@ -313,7 +332,7 @@ def resize_vcpu(request, ident):
     size = parse_int(request, 'size', minimum=1, maximum=MAX_VCPUS)
     kind = parse_choice(request, 'type', VCPU_TYPES, 'current')
     flag = parse_flag(request, AFFECT_FLAGS)
-    dom = lookup_domain(request.conn, ident)
+    dom = changeable_domain(request, ident)
     dom.setVcpusFlags(size, kind | (flag or _current(dom)))
     return NO_CONTENT
 
@@ -338,7 +357,7 @@ def detach_device(request, ident):
     flag = parse_flag(request, AFFECT_FLAGS)
     posted = request.json()
     xml = convert.device_to_xml(posted)
-    dom = lookup_domain(request.conn, ident)
+    dom = changeable_domain(request, ident)
     dom.detachDeviceFlags(xml, flag)
     kind = next(iter(posted))
     still_there = [dev for dev in _devices(dom, flag, kind) if _same_device(posted[kind], dev)]
@@ -351,7 +370,7 @@ def _change_device(request, ident, method, status):
     posted = request.json()
     xml = convert.device_to_xml(posted)
     kind = next(iter(posted))
-    dom = lookup_domain(request.conn, ident)
+    dom = changeable_domain(request, ident)
     before = _devices(dom, flag, kind)
     if method == 'attachDeviceFlags' and kind == 'disk':
         _refuse_taken_target(posted[kind], before)
