@@ -128,6 +128,7 @@ ROUTE_ROLES = [
     ('GET', '/libvirt/xen/operations/0b6e2f51-3c1d-4a8e-9d0f-5e7a1c2b3d4e/json', None, 'read'),
     ('POST', '/libvirt/xen/operations/0b6e2f51-3c1d-4a8e-9d0f-5e7a1c2b3d4e/cancel', None,
      'operator'),
+    ('POST', N + '/web/migrate?to=xen', None, 'operator'),  # on both connections
 ]
 
 

@@ -177,6 +177,11 @@ OPTIONS = {
                'given up: 504 (default: {default})', 'N'),
         Option('open-timeout', positive(float), 'longest wait for a new libvirt connection '
                '(default: {default})', 'SECONDS'),
+        Option('migration-uri', str, "for migrations to this connection's host: the libvirt URI "
+               "the source host's libvirtd reaches it by (default: the connection's URI)", 'URI'),
+        Option('migration-address', str, "for migrations to this connection's host: where the "
+               "guest's memory is sent, as libvirt's migration URI (default: libvirt's choice, "
+               'from the host name)', 'URI'),
     ],
     # Console and screen sessions (docs/consoles.md).
     'consoles and screens': [

@@ -238,12 +238,12 @@ class App:
         request.read_query()
         route, params = self.router.find(request.method, _segments(request.environ))
         if 'connection' in params:
-            request.hypervisor = self._hypervisor(request, params.pop('connection'))
+            request.hypervisor = self.covered_hypervisor(request, params.pop('connection'))
         request.route = route  # once its connection is known: metrics name it
         self.guard.authorize(request, route)
         return route.handler(request, **params)
 
-    def _hypervisor(self, request, name):
+    def covered_hypervisor(self, request, name):
         """The connection a path names. One the caller's credentials do not cover is answered
         as one that does not exist: what a credential cannot act on, it cannot see."""
         hypervisor = self.hypervisors.get(name)

@@ -8,9 +8,10 @@ paths in its body are checked against allowed-paths, and its OpenAPI words. `sec
 import libvirt
 
 from xend_rest import defaults
-from xend_rest.api.handlers import consoles, domains, events, images, operations, system
+from xend_rest.api.handlers import (consoles, domains, events, images, migration, operations,
+                                    system)
 from xend_rest.hypervisor.domain_events import CONDITION_STATES, EVENT_TYPES
-from .openapi import (AFFECT_FLAG, ALL, CAPACITY, ERROR, FORCE, NAME, NO_BODY, NO_FLAG, OCTETS,
+from .openapi import (AFFECT_FLAG, ALL, BOOLEAN, CAPACITY, ERROR, FORCE, NAME, NO_BODY, NO_FLAG, OCTETS,
                       SIZE_SCHEMA, SIZE_TEXT, STRING, TEXT, WAIT, WATCHER_ANSWERS, WHOLE, XML_FLAG,
                       Doc, flag, lifecycle, query, upgrade)
 from .params import (DESTROY_FLAGS, IMAGE_FORMATS, MAX_WHOLE, REBOOT_FLAGS, SHUTDOWN_FLAGS,
@@ -266,4 +267,19 @@ ROUTES = [
     Route('POST', OPERATIONS + '/{operation}/cancel', operations.cancel_operation, OPERATOR,
           doc=Doc("Cancel an operation (abort its libvirt job)", {202: 'Operation',
                                                                    409: ERROR})),
+    # Operators on both connections (the destination is one the credentials cover, else 404);
+    # persist and undefine are admin changes (the handler says 403).
+    Route('POST', DOMAIN + '/migrate', migration.migrate_domain, OPERATOR, doc=Doc(
+        'Migrate a domain to another connection (an operation)', {202: 'Operation', 409: ERROR,
+                                                                  501: ERROR},
+        [query('to', 'The connection to migrate to (another hypervisor: 400 for the same one).',
+               STRING, True),
+         query('persist', '1/True/true: define it on the destination too (admin; always for '
+               'a shut-off domain).', BOOLEAN),
+         query('undefine', "1/True/true: undefine it on the source once it left (admin).",
+               BOOLEAN),
+         query('bandwidth', 'At most this many MiB/s (where the driver bounds it: 501 where '
+               'not).', {'type': 'integer', 'minimum': 1, 'maximum': migration.MAX_BANDWIDTH})],
+        links={'inspect_operation': (operations.inspect_operation, {
+            'connection': CONNECTION, 'operation': '$response.body#/Id'})})),
 ]

@@ -99,9 +99,9 @@ class Operation:
         if not (self.job and self.running):
             return
         try:
-            stats = self.dom.jobStats()
-        except libvirt.libvirtError:
-            return  # no job yet, or a driver without job statistics: as it stood
+            stats = self._domain().jobStats()
+        except (libvirt.libvirtError, HTTPError):
+            return  # no job yet, a driver without job statistics, libvirt away: as it stood
         progress = {name: stats.get(key) for key, name in PROGRESS_FIELDS.items()}
         if progress != self.progress and self.running:
             self.progress, self.updated = progress, _now()
@@ -115,13 +115,18 @@ class Operation:
             raise not_cancellable(self, f'a {self.kind} is not a libvirt job that can be aborted')
         self.cancel_asked = True
         try:
-            self.dom.abortJob()
+            self._domain().abortJob()
         except libvirt.libvirtError as err:
             if not self.running:
                 raise HTTPError(409, f'operation {self.id} has already ended ({self.state})',
                                 'operation_ended') from None
             self.cancel_asked = False
             raise not_cancellable(self, printable_text(err.get_error_message())) from None
+
+    def _domain(self):
+        """The domain, looked up on the least busy connection: the one whose call runs the job
+        (a migration) lets no other call through until the job ends."""
+        return self.hypervisor.connection.get().lookupByUUIDString(self.target['Uuid'])
 
     def _run(self, action, operations):
         try:
