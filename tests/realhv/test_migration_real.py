@@ -1,0 +1,173 @@
+"""Live migration between two hosts on this machine, through the daemon holding both connections.
+
+Two PRIVATE libvirtds (`libvirtd.PrivateLibvirtd`), each in a mount and a network namespace of
+its own with a host UUID of its own, joined by a veth pair (10.77.0.1 and 10.77.0.2): two hosts
+as libvirt sees them. The daemon reaches each through its unix socket; the source's libvirtd
+reaches the destination's over TCP in the namespaces (migration-uri, peer to peer), and QEMU
+sends the guest's memory to the destination's address (migration-address).
+
+The guest's own evidence: a counter it prints on its serial console (a file both QEMUs append
+to) keeps counting across the move, and it never boots again.
+"""
+import os
+import re
+import time
+import uuid
+
+import libvirt
+import pytest
+
+from conftest import Client
+from xend_rest.api.app import make_app
+from xend_rest.hypervisor.libvirt_connection import SharedConnection
+
+from . import guest
+from .guest import BOOT_MARKER, READY_MARKER, wait_until
+from .libvirtd import PrivateLibvirtd, join
+
+PORT = 16509
+COUNT = 'XEND-COUNT'
+# Typed on the guest's console: a counter printed five times a second, in the background.
+COUNTER = (f'i=0; while true; do i=$((i+1)); echo "{COUNT} $i" > /dev/console; sleep 0.2; '
+           'done &\n')
+
+
+@pytest.fixture(scope='module')
+def hosts(libvirtd, tmp_path_factory):
+    """(source, destination): two private libvirtds on two linked network namespaces."""
+    if os.geteuid() != 0:
+        pytest.skip('only root can run private libvirtds in namespaces of their own')
+    daemons = [PrivateLibvirtd(tmp_path_factory.mktemp(f'host-{n}'), tcp_port=PORT, network=True,
+                               address=f'10.77.0.{n}', host_uuid=str(uuid.uuid4()))
+               for n in (1, 2)]
+    try:
+        for daemon in daemons:
+            daemon.start_namespaces()
+        join(*daemons)
+        for daemon in daemons:
+            daemon.start()
+        yield daemons
+    finally:
+        for daemon in daemons:
+            daemon.close()
+
+
+@pytest.fixture
+def api(hosts):
+    source, destination = hosts
+    app = make_app(connections={
+        'src': SharedConnection(source.uri),
+        'dst': SharedConnection(destination.uri, migration_uri=destination.tcp_uri,
+                                migration_address=f'tcp://{destination.address}')})
+    yield Client(app)
+    app.close()
+
+
+@pytest.fixture
+def running_guest(hosts, guest_files, tmp_path):
+    """A guest running on the source, counting on its console: (name, console)."""
+    source, destination = hosts
+    name = f'xrt-migrate-{uuid.uuid4().hex[:6]}'
+    console_path = tmp_path / f'{name}.log'
+    conn = libvirt.open(source.uri)
+    dom = conn.defineXML(guest.domain_xml(name, guest_files, console_path, memory_mib=192))
+    dom.create()
+    console = guest.Console(console_path, lambda: guest_log(source, destination))
+    console.wait_for(READY_MARKER, timeout=120)
+    wait_until(lambda: guest.PROMPT in console.text(), 30, 'the shell prompt')
+    stream = conn.newStream(0)
+    dom.openConsole(None, stream, 0)
+    stream.send(COUNTER.encode())
+    wait_until(lambda: counts(console) and counts(console)[-1] >= 3, 30, 'the counter',
+               console.text)
+    stream.abort()
+    yield name, console
+    for daemon in hosts:
+        try:
+            daemon.remove_domains([name])
+        except libvirt.libvirtError:
+            pass  # not on that host
+    conn.close()
+
+
+def guest_log(*daemons):
+    return '\n'.join(f'--- {daemon.log} ---\n{daemon.log.read_text()[-3000:]}'
+                     for daemon in daemons if daemon.log.exists())
+
+
+def counts(console):
+    return [int(number) for number in re.findall(rf'^{COUNT} (\d+)', console.text(), re.M)]
+
+
+def where(hosts, name):
+    """{'src': state, 'dst': state} of the domain, as each libvirtd reports it (None: absent)."""
+    found = {}
+    for label, daemon in zip(('src', 'dst'), hosts):
+        conn = libvirt.open(daemon.uri)
+        try:
+            found[label] = conn.lookupByName(name).state()[0]
+        except libvirt.libvirtError:
+            found[label] = None
+        conn.close()
+    return found
+
+
+def test_a_running_guest_migrates_live_and_keeps_counting(api, hosts, running_guest):
+    name, console = running_guest
+    assert api.app.hypervisors['src'].connection.get().getHostname()  # both open
+    before = counts(console)[-1]
+    started = time.monotonic()
+    response = api.post(f'/libvirt/src/nodes/{name}/migrate', query='to=dst')
+    assert response.status == 202, response.body
+    location = response.headers['Location']
+    assert response.json['Kind'] == 'migrate' and response.json['State'] == 'running'
+    timeline = []  # (seconds since the request, state, data processed) every half second
+    while True:
+        operation = api.get(location, query='wait=0.5').json
+        progress = operation['Progress'] or {}
+        timeline.append((round(time.monotonic() - started, 1), operation['State'],
+                         progress.get('DataProcessed')))
+        if operation['State'] != 'running' or time.monotonic() - started > 120:
+            break
+    took = time.monotonic() - started
+    assert operation['State'] == 'succeeded', operation
+    assert any(processed for _, state, processed in timeline if state == 'running'), timeline
+    assert where(hosts, name) == {'src': libvirt.VIR_DOMAIN_SHUTOFF,  # its definition stays
+                                  'dst': libvirt.VIR_DOMAIN_RUNNING}
+    wait_until(lambda: counts(console)[-1] >= before + 10, 30, 'the counter counting on')
+    numbers = counts(console)
+    assert numbers == sorted(set(numbers))  # each once, in order: never started over
+    assert console.boots() == 1  # no reboot
+    print(f'migrated in {took:.1f} s; counter {before} before, {numbers[-1]} after; '
+          f'timeline {timeline}')
+
+
+def test_a_bandwidth_limited_migration_shows_progress_and_is_cancelled(api, hosts, running_guest):
+    name, console = running_guest
+    response = api.post(f'/libvirt/src/nodes/{name}/migrate', query='to=dst&bandwidth=1')
+    assert response.status == 202, response.body
+    location = response.headers['Location']
+    samples = []
+
+    def progressing():
+        operation = api.get(location).json
+        assert operation['State'] == 'running', operation
+        progress = operation['Progress']
+        if progress and progress['DataProcessed']:
+            samples.append(progress)
+        return len(samples) >= 2 and samples[-1]['DataProcessed'] > samples[0]['DataProcessed']
+    wait_until(progressing, 60, 'progress reported twice, and growing')
+    assert samples[-1]['DataTotal'] > 0 and samples[-1]['DataRemaining'] > 0
+    # meanwhile the domain is the operation's: another change waits for it
+    refused = api.post(f'/libvirt/src/nodes/{name}/suspend')
+    assert refused.status == 409 and refused.json['code'] == 'operation_in_progress'
+    cancelled = api.post(location.replace('/json', '/cancel'))
+    assert cancelled.status == 202, cancelled.body
+    operation = api.get(location, query='wait=60').json
+    assert operation['State'] == 'cancelled', operation
+    assert operation['Error']['code']
+    assert where(hosts, name) == {'src': libvirt.VIR_DOMAIN_RUNNING, 'dst': None}
+    before = counts(console)[-1]
+    wait_until(lambda: counts(console)[-1] >= before + 5, 30, 'the counter counting on')
+    assert console.boots() == 1
+    print(f'progress samples: {samples}')
