@@ -65,6 +65,18 @@ def parameters(settings, bandwidth=None):
     return params
 
 
+def migrate(source_uri, dom_uuid, destination, params, bits):
+    """Ask the source's libvirtd to migrate the domain (returns once libvirt says it ended), on
+    a libvirt connection of the call's own: the call holds its connection for the whole
+    migration, and a lane of the pool would let no other call through meanwhile (progress,
+    abort, other requests)."""
+    conn = libvirt.open(source_uri)
+    try:
+        conn.lookupByUUIDString(dom_uuid).migrateToURI3(destination, params, bits)
+    finally:
+        conn.close()
+
+
 def destination_uri(connection):
     """The libvirt URI the source's libvirtd reaches the destination's by."""
     return connection.settings.migration_uri or connection.uri

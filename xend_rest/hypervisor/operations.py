@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 RUNNING, SUCCEEDED, FAILED, CANCELLED = 'running', 'succeeded', 'failed', 'cancelled'
 STATES = (RUNNING, SUCCEEDED, FAILED, CANCELLED)
+PROGRESS_INTERVAL = 1.0  # seconds between two reads of a job's progress
 # virDomainGetJobStats' fields a client may follow a job by, as the operation's Progress says them.
 PROGRESS_FIELDS = {'data_total': 'DataTotal', 'data_processed': 'DataProcessed',
                    'data_remaining': 'DataRemaining', 'time_elapsed': 'TimeElapsedMs'}
@@ -93,6 +94,13 @@ class Operation:
             raise late
         if self.failure is not None:
             raise self.failure
+
+    def follow(self, interval=PROGRESS_INTERVAL):
+        """Read the job's progress every `interval` s until it ends (a thread of its own: QEMU
+        answers only between the steps of a migration, which may take seconds, and a reader
+        of the operation never waits for that)."""
+        while not self.wait(interval):
+            self.refresh()
 
     def refresh(self):
         """Read the job's progress from libvirt (where it reports one), while it runs."""
@@ -179,6 +187,9 @@ class Operations:
         self._announce(operation, 'created')
         threading.Thread(target=operation._run, args=(action, self), daemon=True,
                          name=f'operation-{operation.kind}').start()
+        if job:
+            threading.Thread(target=operation.follow, daemon=True,
+                             name=f'progress-{operation.kind}').start()
         return (operation, False) if join else operation
 
     def ended(self, operation, state):

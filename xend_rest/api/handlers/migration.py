@@ -41,7 +41,8 @@ def migrate_domain(request, ident):
     uri = migration.destination_uri(destination.connection)
     params = migration.parameters(destination.connection.settings, bandwidth)
     bits = migration.flags(active, persist, undefine)
+    source, uuid = request.hypervisor.connection.uri, dom.UUIDString()
     operation = request.app.operations.start(
-        'migrate', request.hypervisor, dom, lambda: dom.migrateToURI3(uri, params, bits),
-        request.caller, job=True)
+        'migrate', request.hypervisor, dom,
+        lambda: migration.migrate(source, uuid, uri, params, bits), request.caller, job=True)
     return accepted(request.hypervisor, operation)

@@ -20,10 +20,8 @@ def accepted(hypervisor, operation, **fields):
 
 def list_operations(request):
     """GET /operations/json: the connection's operations kept, newest first."""
-    operations = request.app.operations.listed(request.hypervisor)
-    for operation in operations:
-        operation.refresh()
-    return 200, [operation.describe() for operation in operations]
+    return 200, [operation.describe()
+                 for operation in request.app.operations.listed(request.hypervisor)]
 
 
 def inspect_operation(request, operation):
@@ -32,7 +30,6 @@ def inspect_operation(request, operation):
     operation = request.app.operations.find(request.hypervisor, operation)
     if wait and operation.running:
         _wait(request, operation, wait)
-    operation.refresh()
     return 200, operation.describe()
 
 
