@@ -146,3 +146,32 @@ def test_flags_and_parameters_are_those_virsh_would_send():
     offline = migration.flags(False, False, True)
     assert offline == (libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_OFFLINE
                        | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
+
+
+def test_the_migration_settings_are_per_connection(tmp_path):
+    """A [connection NAME] section says how the other hosts reach its host; the others keep
+    libvirt's defaults (None)."""
+    from xend_rest.cli import parse_args, settings_from
+    from xend_rest.hypervisor.libvirt_connection import LibvirtSettings
+    path = tmp_path / 'xend-rest.conf'
+    path.write_text('[connection dom0-a]\nuri = xen+tls://a.example/system\n'
+                    '[connection dom0-b]\nuri = xen+tls://b.example/system\n'
+                    'migration-uri = xen+tls://b.mgmt.example/system\n'
+                    'migration-address = 10.20.0.2\n')
+    args = parse_args(['--config', str(path)])
+    settings = {c['name']: settings_from(LibvirtSettings, c) for c in args.connections}
+    assert (settings['dom0-b'].migration_uri, settings['dom0-b'].migration_address) == (
+        'xen+tls://b.mgmt.example/system', '10.20.0.2')
+    assert (settings['dom0-a'].migration_uri, settings['dom0-a'].migration_address) == (None, None)
+
+
+def test_the_destination_uri_and_address_come_from_the_destinations_settings(nodes):
+    from xend_rest.hypervisor.libvirt_connection import SharedConnection
+    plain = SharedConnection(nodes['b'])
+    assert migration.destination_uri(plain) == nodes['b']
+    assert migration.parameters(plain.settings) == {}
+    told = SharedConnection(nodes['b'], migration_uri='qemu+tcp://10.77.0.2/system',
+                            migration_address='tcp://10.77.0.2')
+    assert migration.destination_uri(told) == 'qemu+tcp://10.77.0.2/system'
+    assert migration.parameters(told.settings, 5) == {
+        libvirt.VIR_MIGRATE_PARAM_URI: 'tcp://10.77.0.2', libvirt.VIR_MIGRATE_PARAM_BANDWIDTH: 5}

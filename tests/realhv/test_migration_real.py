@@ -9,10 +9,17 @@ sends the guest's memory to the destination's address (migration-address).
 The guest's own evidence: a counter it prints on its serial console (a file both QEMUs append
 to) keeps counting across the move, and it never boots again.
 """
+import http.client
+import json
 import os
 import re
+import signal
+import socket
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import libvirt
 import pytest
@@ -26,6 +33,7 @@ from .guest import BOOT_MARKER, READY_MARKER, wait_until
 from .libvirtd import PrivateLibvirtd, join
 
 PORT = 16509
+ROOT = Path(__file__).resolve().parents[2]
 COUNT = 'XEND-COUNT'
 # Typed on the guest's console: a counter printed five times a second, in the background.
 COUNTER = (f'i=0; while true; do i=$((i+1)); echo "{COUNT} $i" > /dev/console; sleep 0.2; '
@@ -171,3 +179,87 @@ def test_a_bandwidth_limited_migration_shows_progress_and_is_cancelled(api, host
     wait_until(lambda: counts(console)[-1] >= before + 5, 30, 'the counter counting on')
     assert console.boots() == 1
     print(f'progress samples: {samples}')
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        return probe.getsockname()[1]
+
+
+def call(port, method, path):
+    conn = http.client.HTTPConnection('127.0.0.1', port, timeout=30)
+    conn.request(method, path)
+    response = conn.getresponse()
+    body = response.read()
+    conn.close()
+    is_json = response.getheader('Content-Type', '').startswith('application/json')
+    return response.status, json.loads(body) if is_json else body
+
+
+def test_a_migration_outlives_the_daemon_that_asked_for_it(hosts, running_guest, tmp_path):
+    """Peer to peer, the source's libvirtd drives the migration: SIGKILL the daemon (a process
+    of its own, configured as in production) in the middle, and the guest still arrives; the
+    operation is gone with the daemon (a new one answers 404 for its id)."""
+    name, console = running_guest
+    source, destination = hosts
+    port = free_port()
+    config = tmp_path / 'xend-rest.conf'
+    config.write_text(f'[xend-rest]\nlisten = 127.0.0.1:{port}\nstate-dir = {tmp_path}\n'
+                      f'[connection src]\nuri = {source.uri}\n'
+                      f'[connection dst]\nuri = {destination.uri}\n'
+                      f'migration-uri = {destination.tcp_uri}\n'
+                      f'migration-address = tcp://{destination.address}\n')
+
+    started = []
+
+    def daemon():
+        process = subprocess.Popen([sys.executable, str(ROOT / 'xend_rest.py'), '--config',
+                                    str(config), '--log-level', 'WARNING'], cwd=ROOT,
+                                   stderr=subprocess.DEVNULL,
+                                   env={k: v for k, v in os.environ.items()
+                                        if k != 'XEND_REST_URI'})
+        started.append(process)
+        wait_until(lambda: _listening(port), 30, 'the daemon listening')
+        return process
+
+    try:
+        _outlived(hosts, name, console, port, daemon)
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def _outlived(hosts, name, console, port, daemon):
+    first = daemon()
+    before = counts(console)[-1]
+    # bounded, so that it is still under way when the daemon dies
+    status, operation = call(port, 'POST', f'/libvirt/src/nodes/{name}/migrate?to=dst&'
+                                           'bandwidth=20')
+    assert status == 202, operation
+    location = f"/libvirt/src/operations/{operation['Id']}/json"
+    wait_until(lambda: (call(port, 'GET', location)[1]['Progress'] or {}).get('DataProcessed'),
+               60, 'the migration under way')
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    killed = where(hosts, name)
+    assert killed['dst'] != libvirt.VIR_DOMAIN_RUNNING  # still migrating
+    wait_until(lambda: where(hosts, name)['dst'] == libvirt.VIR_DOMAIN_RUNNING, 120,
+               'the guest running on the destination')
+    assert where(hosts, name)['src'] == libvirt.VIR_DOMAIN_SHUTOFF
+    wait_until(lambda: counts(console)[-1] >= before + 10, 30, 'the counter counting on')
+    assert console.boots() == 1
+    daemon()
+    status, answer = call(port, 'GET', location)
+    assert status == 404 and answer['code'] == 'no_such_operation'
+    status, inspected = call(port, 'GET', f'/libvirt/dst/nodes/{name}/json')
+    assert status == 200 and inspected['domain']['name'] == name
+
+
+def _listening(port):
+    try:
+        return call(port, 'GET', '/_ping')[0] == 200
+    except OSError:
+        return False
