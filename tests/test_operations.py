@@ -127,6 +127,19 @@ def test_a_change_while_an_operation_runs_is_409_with_its_id(api, held, action, 
     assert dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) == before
 
 
+def test_a_redefinition_while_an_operation_runs_is_409(api, held):
+    operation = running_stop(api).json['Id']
+    definition = api.get(NODES + '/web/json').json
+    definition['domain']['memory'] = {'@unit': 'KiB', '#text': '1048576'}
+    before = api.conn.lookupByName('web').XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    response = api.post(NODES + '/create', definition)
+    assert response.status == 409 and response.json['operation'] == operation
+    assert api.conn.lookupByName('web').XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) == before
+    held.release.set()
+    api.get(f'{OPERATIONS}/{operation}/json', query='wait=10')
+    assert api.post(NODES + '/create', definition).status == 201
+
+
 def test_another_domain_and_reading_are_never_refused(api, held):
     running_stop(api)
     assert api.post(NODES + '/db/suspend').status == 204
