@@ -105,6 +105,7 @@ class FakeDomain:
     def __init__(self, conn, name='web'):
         self.conn, self._name = conn, name
         self.active = True
+        self.stopped_for = libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN  # the reason once not active
         self.held = {}  # alias -> the stream holding that console
 
     def name(self):
@@ -118,6 +119,10 @@ class FakeDomain:
 
     def isActive(self):
         return self.active
+
+    def state(self):
+        return ([libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_BOOTED] if self.active
+                else [libvirt.VIR_DOMAIN_SHUTOFF, self.stopped_for])
 
     def XMLDesc(self, _flags=0):
         return CONSOLE_XML % self._name

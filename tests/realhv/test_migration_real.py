@@ -23,8 +23,11 @@ from pathlib import Path
 
 import libvirt
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from conftest import Client
+from consoles_support import Daemon
 from xend_rest.api.app import make_app
 from xend_rest.hypervisor.libvirt_connection import SharedConnection
 
@@ -121,31 +124,40 @@ def where(hosts, name):
 
 
 def test_a_running_guest_migrates_live_and_keeps_counting(api, hosts, running_guest):
+    """...and a console open on it through the daemon ends saying why."""
     name, console = running_guest
     assert api.app.hypervisors['src'].connection.get().getHostname()  # both open
-    before = counts(console)[-1]
-    started = time.monotonic()
-    response = api.post(f'/libvirt/src/nodes/{name}/migrate', query='to=dst')
-    accepted = time.monotonic() - started  # a fresh libvirtd's first look probes QEMU: seconds
-    assert response.status == 202, response.body
-    location = response.headers['Location']
-    assert response.json['Kind'] == 'migrate' and response.json['State'] == 'running'
-    timeline = []  # (seconds since the request, state, data processed), every half second
-    while True:
-        operation = api.get(location, query='wait=0.5').json
-        progress = operation['Progress'] or {}
-        timeline.append((round(time.monotonic() - started, 1), operation['State'],
-                         progress.get('DataProcessed')))
-        if operation['State'] != 'running' or time.monotonic() - started > 120:
-            break
-    took = time.monotonic() - started
-    assert operation['State'] == 'succeeded', operation
-    assert where(hosts, name) == {'src': libvirt.VIR_DOMAIN_SHUTOFF,  # its definition stays
-                                  'dst': libvirt.VIR_DOMAIN_RUNNING}
-    wait_until(lambda: counts(console)[-1] >= before + 10, 30, 'the counter counting on')
-    numbers = counts(console)
-    assert numbers == sorted(set(numbers))  # each once, in order: never started over
-    assert console.boots() == 1  # no reboot
+    server = Daemon(api.app)
+    with connect(server.url(f'/libvirt/src/nodes/{name}/console')) as session:
+        before = counts(console)[-1]
+        started = time.monotonic()
+        response = api.post(f'/libvirt/src/nodes/{name}/migrate', query='to=dst')
+        accepted = time.monotonic() - started  # a fresh libvirtd first probes QEMU: seconds
+        assert response.status == 202, response.body
+        location = response.headers['Location']
+        assert response.json['Kind'] == 'migrate' and response.json['State'] == 'running'
+        timeline = []  # (seconds since the request, state, data processed), every half second
+        while True:
+            operation = api.get(location, query='wait=0.5').json
+            progress = operation['Progress'] or {}
+            timeline.append((round(time.monotonic() - started, 1), operation['State'],
+                             progress.get('DataProcessed')))
+            if operation['State'] != 'running' or time.monotonic() - started > 120:
+                break
+        took = time.monotonic() - started
+        assert operation['State'] == 'succeeded', operation
+        assert where(hosts, name) == {'src': libvirt.VIR_DOMAIN_SHUTOFF,  # its definition stays
+                                      'dst': libvirt.VIR_DOMAIN_RUNNING}
+        wait_until(lambda: counts(console)[-1] >= before + 10, 30, 'the counter counting on')
+        numbers = counts(console)
+        assert numbers == sorted(set(numbers))  # each once, in order: never started over
+        assert console.boots() == 1  # no reboot
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                session.recv(timeout=30)
+        assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (
+            1000, 'the domain migrated to another host')
+    server.close()
     print(f'202 after {accepted:.1f} s, migrated in {took:.1f} s; counter {before} before, '
           f'{numbers[-1]} after; timeline {timeline}')
 

@@ -11,9 +11,9 @@ from xend_rest import defaults
 from xend_rest.api.handlers import (consoles, domains, events, images, migration, operations,
                                     system)
 from xend_rest.hypervisor.domain_events import CONDITION_STATES, EVENT_TYPES
-from .openapi import (AFFECT_FLAG, ALL, BOOLEAN, CAPACITY, ERROR, FORCE, NAME, NO_BODY, NO_FLAG, OCTETS,
+from .openapi import (AFFECT_FLAG, ALL, CAPACITY, ERROR, FORCE, NAME, NO_BODY, NO_FLAG, OCTETS,
                       SIZE_SCHEMA, SIZE_TEXT, STRING, TEXT, WAIT, WATCHER_ANSWERS, WHOLE, XML_FLAG,
-                      Doc, flag, lifecycle, query, upgrade)
+                      BOOLEAN, Doc, flag, lifecycle, query, upgrade)
 from .params import (DESTROY_FLAGS, IMAGE_FORMATS, MAX_WHOLE, REBOOT_FLAGS, SHUTDOWN_FLAGS,
                      START_FLAGS, UNDEFINE_FLAGS, VOL_CREATE_FLAGS, VOL_DELETE_FLAGS,
                      VOL_RESIZE_FLAGS, WIPE_ALGORITHMS)

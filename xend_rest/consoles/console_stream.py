@@ -270,9 +270,11 @@ class ConsoleStream:
             unknown = 'console_closed' if ended.kind == 'eof' else 'console_lost'
             try:
                 # bounded: libxl holds a domain that is shutting down for up to 60 s
-                if not call_within(self.dom.isActive, max(deadline - time.monotonic(), 0.1),
-                                   f'state of {self.dom.name()}'):
-                    return 'guest_stopped'
+                state, reason = call_within(self.dom.state, max(deadline - time.monotonic(), 0.1),
+                                            f'state of {self.dom.name()}')
+                if state == libvirt.VIR_DOMAIN_SHUTOFF:  # what libvirt says it stopped for
+                    return 'guest_migrated' if reason == libvirt.VIR_DOMAIN_SHUTOFF_MIGRATED \
+                        else 'guest_stopped'
             except StillRunning:
                 return unknown
             except libvirt.libvirtError as err:

@@ -1,4 +1,5 @@
-"""Operations: long actions on threads of their own (hypervisor/operations.py), read and cancelled."""
+"""Operations: long actions on threads of their own (hypervisor/operations.py), read and
+cancelled."""
 import time
 
 from xend_rest.api.params import parse_seconds
