@@ -204,13 +204,21 @@ SCHEMAS = {
     'StreamLine': {'anyOf': [_ref('Event'), _ref('Notice')]},
     # A long action (docs/api.md, Operations); Progress as virDomainGetJobStats reports it.
     'Operation': _object({
-        'Id': STRING, 'Kind': STRING, 'Target': _object({'Name': STRING, 'Uuid': STRING}),
+        'Id': STRING, 'Kind': STRING, 'Target': _object({'Name': STRING, 'Uuid': MAYBE_STRING}),
         'State': {'type': 'string', 'enum': ['running', 'succeeded', 'failed', 'cancelled']},
         'Created': STRING, 'Updated': STRING, 'Caller': MAYBE_STRING,
         'Progress': {'anyOf': [{'type': 'null'}, _object({
             'DataTotal': MAYBE_INT, 'DataProcessed': MAYBE_INT, 'DataRemaining': MAYBE_INT,
             'TimeElapsedMs': MAYBE_INT})]},
-        'Error': {'anyOf': [{'type': 'null'}, {'$ref': '#/components/schemas/Error'}]}}),
+        'Error': {'anyOf': [{'type': 'null'}, {'$ref': '#/components/schemas/Error'}]},
+        # an evacuation's: each guest's outcome
+        'Guests': {'type': 'array', 'items': _object({
+            'Name': STRING, 'Uuid': STRING, 'To': MAYBE_STRING, 'Operation': MAYBE_STRING,
+            'State': STRING, 'Error': {'anyOf': [{'type': 'null'}, _ref('Error')]}})}},
+        required=['Caller', 'Created', 'Error', 'Id', 'Kind', 'Progress', 'State', 'Target',
+                  'Updated']),
+    'Maintenance': _object({'Maintenance': {'type': 'boolean'}, 'Since': MAYBE_STRING,
+                            'Caller': MAYBE_STRING}),
     'OperationList': {'type': 'array', 'items': _ref('Operation')},
     # Stop and Restart past their bound: the operation, and the message of before operations.
     'OperationAccepted': {'allOf': [_ref('Operation'), _object({'message': STRING})]},

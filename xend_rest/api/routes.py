@@ -282,4 +282,18 @@ ROUTES = [
                'not).', {'type': 'integer', 'minimum': 1, 'maximum': migration.MAX_BANDWIDTH})],
         links={'inspect_operation': (operations.inspect_operation, {
             'connection': CONNECTION, 'operation': '$response.body#/Id'})})),
+    # Maintenance and evacuation act on every guest of a host: admins.
+    Route('GET', HV + '/maintenance/json', migration.show_maintenance, READ, doc=Doc(
+        'Whether the host is in maintenance (no guest starts there)', {200: 'Maintenance'})),
+    Route('POST', HV + '/maintenance/enter', migration.enter_maintenance, ADMIN, doc=Doc(
+        'Put the host into maintenance', {200: 'Maintenance'})),
+    Route('POST', HV + '/maintenance/lift', migration.lift_maintenance, ADMIN, doc=Doc(
+        'Lift the maintenance of the host', {204: NO_BODY})),
+    Route('POST', HV + '/evacuate', migration.evacuate, ADMIN, doc=Doc(
+        'Migrate every running guest away, the host put into maintenance (an operation)',
+        {202: 'Operation', 409: ERROR},
+        [query('to', 'The connection to migrate them to (default: for each guest, the '
+               'connection with the most free memory among those of the same driver).', NAME)],
+        links={'inspect_operation': (operations.inspect_operation, {
+            'connection': CONNECTION, 'operation': '$response.body#/Id'})})),
 ]

@@ -55,12 +55,14 @@ class InProgress(HTTPError):
 class Operation:
     """One long action on one domain of one connection: its state, progress and outcome."""
 
-    def __init__(self, kind, hypervisor, dom, caller, job):
+    def __init__(self, kind, hypervisor, dom, caller, job, target=None):
         self.id = str(uuid.uuid4())
         self.kind = kind
         self.hypervisor = hypervisor  # its connection's Hypervisor: events go to its hub
         self.dom = dom
-        self.target = {'Name': dom.name(), 'Uuid': dom.UUIDString()}
+        # a domain, or (an evacuation) the host: {"Name": connection, "Uuid": host UUID}
+        self.target = target or {'Name': dom.name(), 'Uuid': dom.UUIDString()}
+        self.extra = {}  # what a kind adds to the description (an evacuation: its Guests)
         self.caller = caller
         self.job = job  # a libvirt job (a migration): has progress, may be aborted
         self.state = RUNNING
@@ -79,7 +81,8 @@ class Operation:
     def describe(self):
         return {'Id': self.id, 'Kind': self.kind, 'Target': dict(self.target),
                 'State': self.state, 'Created': self.created, 'Updated': self.updated,
-                'Progress': self.progress, 'Caller': self.caller, 'Error': self.error}
+                'Progress': self.progress, 'Caller': self.caller, 'Error': self.error,
+                **self.extra}
 
     def wait(self, timeout):
         """True once it ended, waiting up to `timeout` seconds."""
@@ -167,13 +170,17 @@ class Operations:
         self._operations = {}  # id: Operation, oldest first
         self._lock = threading.Lock()
 
-    def start(self, kind, hypervisor, dom, action, caller=None, job=False, join=False):
+    def start(self, kind, hypervisor, dom, action, caller=None, job=False, join=False,
+              target=None, extra=None):
         """Run action() as an operation of `kind` on domain `dom` of `hypervisor`, on a thread
         of its own: 409 while another runs on that domain, 503 with every thread taken.
 
         join: a repeat of the same action may join one of its kind running on the domain
-        (twelve Stops at once ask the guest once): (operation, whether it was joined)."""
-        operation = Operation(kind, hypervisor, dom, caller, job)
+        (twelve Stops at once ask the guest once): (operation, whether it was joined).
+        target: what it acts on when that is no domain (dom None); extra: what its description
+        adds (the action may go on filling it)."""
+        operation = Operation(kind, hypervisor, dom, caller, job, target)
+        operation.extra = extra or {}
         with self._lock:
             self._prune()
             busy = self._running_on(hypervisor.name, operation.target['Uuid'])

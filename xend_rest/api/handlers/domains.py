@@ -190,6 +190,7 @@ def start_domain(request, ident):
     dom = changeable_domain(request, ident)
     if dom.isActive():
         return NOT_MODIFIED
+    request.hypervisor.maintenance.refuse()
     return _change_state(lambda: dom.createWithFlags(flag), dom.isActive)
 
 
