@@ -32,7 +32,7 @@ from xend_rest.api.app import make_app
 from xend_rest.hypervisor.libvirt_connection import SharedConnection
 
 from . import guest
-from .guest import BOOT_MARKER, READY_MARKER, wait_until
+from .guest import READY_MARKER, wait_until
 from .libvirtd import PrivateLibvirtd, join
 
 PORT = 16509
@@ -74,31 +74,43 @@ def api(hosts):
     app.close()
 
 
-@pytest.fixture
-def running_guest(hosts, guest_files, tmp_path):
-    """A guest running on the source, counting on its console: (name, console)."""
+def boot_counting(hosts, guest_files, directory, stem='migrate'):
+    """A guest booted on the source, counting on its console: (name, console)."""
     source, destination = hosts
-    name = f'xrt-migrate-{uuid.uuid4().hex[:6]}'
-    console_path = tmp_path / f'{name}.log'
+    name = f'xrt-{stem}-{uuid.uuid4().hex[:6]}'
+    console_path = directory / f'{name}.log'
     conn = libvirt.open(source.uri)
-    dom = conn.defineXML(guest.domain_xml(name, guest_files, console_path, memory_mib=192))
-    dom.create()
-    console = guest.Console(console_path, lambda: guest_log(source, destination))
-    console.wait_for(READY_MARKER, timeout=120)
-    wait_until(lambda: guest.PROMPT in console.text(), 30, 'the shell prompt')
-    stream = conn.newStream(0)
-    dom.openConsole(None, stream, 0)
-    stream.send(COUNTER.encode())
-    wait_until(lambda: counts(console) and counts(console)[-1] >= 3, 30, 'the counter',
-               console.text)
-    stream.abort()
-    yield name, console
+    try:
+        dom = conn.defineXML(guest.domain_xml(name, guest_files, console_path, memory_mib=192))
+        dom.create()
+        console = guest.Console(console_path, lambda: guest_log(source, destination))
+        console.wait_for(READY_MARKER, timeout=120)
+        wait_until(lambda: guest.PROMPT in console.text(), 30, 'the shell prompt')
+        stream = conn.newStream(0)
+        dom.openConsole(None, stream, 0)
+        stream.send(COUNTER.encode())
+        wait_until(lambda: counts(console) and counts(console)[-1] >= 3, 30, 'the counter',
+                   console.text)
+        stream.abort()
+    finally:
+        conn.close()
+    return name, console
+
+
+def remove(hosts, name):
     for daemon in hosts:
         try:
             daemon.remove_domains([name])
         except libvirt.libvirtError:
             pass  # not on that host
-    conn.close()
+
+
+@pytest.fixture
+def running_guest(hosts, guest_files, tmp_path):
+    """A guest running on the source, counting on its console: (name, console)."""
+    name, console = boot_counting(hosts, guest_files, tmp_path)
+    yield name, console
+    remove(hosts, name)
 
 
 def guest_log(*daemons):
@@ -275,3 +287,36 @@ def _listening(port):
         return call(port, 'GET', '/_ping')[0] == 200
     except OSError:
         return False
+
+
+def test_an_evacuation_moves_every_running_guest(api, hosts, guest_files, tmp_path):
+    """Two guests on the source; one evacuation; both arrive, counting on; the source stays in
+    maintenance (a Start there is refused) until it is lifted."""
+    names = []
+    try:
+        for stem in ('evacuee-a', 'evacuee-b'):
+            names.append(boot_counting(hosts, guest_files, tmp_path, stem))
+        before = {name: counts(console)[-1] for name, console in names}
+        started = time.monotonic()
+        response = api.post('/libvirt/src/evacuate', query='to=dst')
+        assert response.status == 202, response.body
+        done = api.get(response.headers['Location'], query='wait=300').json
+        took = time.monotonic() - started
+        assert done['State'] == 'succeeded', done
+        assert sorted((g['Name'], g['To'], g['State']) for g in done['Guests']) == sorted(
+            (name, 'dst', 'succeeded') for name, _console in names)
+        for name, console in names:
+            assert where(hosts, name) == {'src': libvirt.VIR_DOMAIN_SHUTOFF,
+                                          'dst': libvirt.VIR_DOMAIN_RUNNING}
+            wait_until(lambda: counts(console)[-1] >= before[name] + 10, 30, 'counting on')
+            numbers = counts(console)
+            assert numbers == sorted(set(numbers)) and console.boots() == 1
+        assert api.get('/libvirt/src/maintenance/json').json['Maintenance'] is True
+        # the source keeps the (shut-off) definitions: starting one there is refused meanwhile
+        refused = api.post(f'/libvirt/src/nodes/{names[0][0]}/start')
+        assert refused.status == 409 and refused.json['code'] == 'in_maintenance'
+        assert api.post('/libvirt/src/maintenance/lift').status == 204
+        print(f'evacuated {len(names)} guests in {took:.1f} s: {done["Guests"]}')
+    finally:
+        for name, _console in names:
+            remove(hosts, name)
