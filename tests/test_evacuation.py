@@ -105,6 +105,7 @@ def test_a_second_evacuation_of_the_host_while_one_runs_is_409(hosts):
                                    lambda: release.wait(20), target={'Name': 'a', 'Uuid': None})
     response = hosts.post('/libvirt/a/evacuate', query='to=b')
     assert response.status == 409 and response.json['operation'] == running.id
+    assert maintenance(hosts)['Maintenance'] is False  # a refusal leaves it as it was
     release.set()
 
 

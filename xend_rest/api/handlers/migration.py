@@ -94,16 +94,23 @@ def evacuate(request):
                         'maintenance and another host', 'no_destination')
     guests = [dom for dom in request.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
               if not is_dom0(dom)]
-    request.hypervisor.maintenance.enter(request.caller)
+    maintenance = request.hypervisor.maintenance
+    was_on = maintenance.on
+    maintenance.enter(request.caller)
     outcomes = [{'Name': dom.name(), 'Uuid': dom.UUIDString(), 'To': None, 'Operation': None,
                  'State': 'waiting', 'Error': None} for dom in guests]
     kind, host = migration.host_of(request.conn)
-    operation = request.app.operations.start(
-        'evacuate', request.hypervisor, None,
-        lambda: _evacuate(request, list(zip(outcomes, guests)), destinations),
-        request.caller, target={'Name': request.hypervisor.name,
-                                'Uuid': host if kind == 'uuid' else None},
-        extra={'Guests': outcomes})
+    try:
+        operation = request.app.operations.start(
+            'evacuate', request.hypervisor, None,
+            lambda: _evacuate(request, list(zip(outcomes, guests)), destinations),
+            request.caller, target={'Name': request.hypervisor.name,
+                                    'Uuid': host if kind == 'uuid' else None},
+            extra={'Guests': outcomes})
+    except HTTPError:  # 409 one runs, 503 no thread: the maintenance is as it was
+        if not was_on:
+            maintenance.lift()
+        raise
     return accepted(request.hypervisor, operation)
 
 
