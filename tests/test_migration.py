@@ -8,7 +8,7 @@ from test_connections import TOKENS, as_
 from xend_rest.api import security
 from xend_rest.api.app import make_app
 from xend_rest.api.security import Guard
-from xend_rest.hypervisor import migration
+from xend_rest.hypervisor.moves import migration
 
 MIGRATE = '/libvirt/a/nodes/web/migrate'
 

@@ -17,7 +17,7 @@ from xend_rest.hypervisor.convert import JSONText
 from xend_rest.hypervisor.domain_events import EventHub, Watchers
 from xend_rest.hypervisor.hypervisors import Hypervisor
 from xend_rest.hypervisor.libvirt_connection import SharedConnection
-from xend_rest.hypervisor.operations import Operations
+from xend_rest.hypervisor.moves.operations import Operations
 from xend_rest.logtext import REQUEST_LINE, printable, printable_text, traceback_text
 from . import jsonbody
 from .bodies import Raw

@@ -13,7 +13,7 @@ from xend_rest.logtext import printable_text
 from .domain_events import EventHub
 from .libvirt_connection import PerConnection
 from .libvirt_errors import is_connection_error
-from .maintenance import Maintenance
+from .moves.maintenance import Maintenance
 from .memo import DomainMemo
 from .names import check as check_name
 from .uploads import Uploads

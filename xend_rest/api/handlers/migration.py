@@ -7,8 +7,9 @@ import libvirt
 
 from xend_rest.api.params import parse_bool, parse_int
 from xend_rest.errors import HTTPError, bad_request
-from xend_rest.hypervisor import convert, migration
+from xend_rest.hypervisor import convert
 from xend_rest.hypervisor.libvirt_errors import from_libvirt
+from xend_rest.hypervisor.moves import migration
 from .domains import NO_CONTENT, changeable_domain, is_dom0
 from .operations import accepted
 

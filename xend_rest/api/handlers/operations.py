@@ -1,5 +1,5 @@
-"""Operations: long actions on threads of their own (hypervisor/operations.py), read and
-cancelled."""
+"""Operations: long actions on threads of their own (hypervisor/moves/operations.py), read
+and cancelled."""
 import time
 
 from xend_rest.api.params import parse_seconds

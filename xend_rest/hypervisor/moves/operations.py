@@ -16,8 +16,8 @@ import libvirt
 from xend_rest import defaults
 from xend_rest.errors import RETRY_AFTER, HTTPError
 from xend_rest.logtext import printable_text, traceback_text
-from .bounded import StillRunning
-from .libvirt_errors import from_libvirt
+from ..bounded import StillRunning
+from ..libvirt_errors import from_libvirt
 
 log = logging.getLogger(__name__)
 
