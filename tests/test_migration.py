@@ -68,6 +68,9 @@ def test_the_same_hypervisor_is_400(three, query):
     ('to=c', 404, 'no_such_connection'),
     ('to=b&bandwidth=0', 400, 'bad_parameter'),
     ('to=b&bandwidth=lots', 400, 'bad_parameter'),
+    ('to=b&downtime=0', 400, 'bad_parameter'),
+    ('to=b&downtime=-5', 400, 'bad_parameter'),
+    ('to=b&downtime=300', 501, 'not_supported'),
     ('to=b&persist=maybe', 400, 'bad_parameter'),
 ])
 def test_refusals_of_the_query(three, query, status, code):

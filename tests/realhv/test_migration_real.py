@@ -143,7 +143,7 @@ def test_a_running_guest_migrates_live_and_keeps_counting(api, hosts, running_gu
     with connect(server.url(f'/libvirt/src/nodes/{name}/console')) as session:
         before = counts(console)[-1]
         started = time.monotonic()
-        response = api.post(f'/libvirt/src/nodes/{name}/migrate', query='to=dst')
+        response = api.post(f'/libvirt/src/nodes/{name}/migrate', query='to=dst&downtime=300')
         accepted = time.monotonic() - started  # a fresh libvirtd first probes QEMU: seconds
         assert response.status == 202, response.body
         location = response.headers['Location']

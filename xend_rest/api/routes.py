@@ -279,7 +279,10 @@ ROUTES = [
          query('undefine', "1/True/true: undefine it on the source once it left (admin).",
                BOOLEAN),
          query('bandwidth', 'At most this many MiB/s (where the driver bounds it: 501 where '
-               'not).', {'type': 'integer', 'minimum': 1, 'maximum': migration.MAX_BANDWIDTH})],
+               'not).', {'type': 'integer', 'minimum': 1, 'maximum': migration.MAX_BANDWIDTH}),
+         query('downtime', 'The longest pause of the guest at the switch-over, in ms (where '
+               'the driver bounds it: 501 where not).',
+               {'type': 'integer', 'minimum': 1, 'maximum': migration.MAX_BOUND['downtime']})],
         links={'inspect_operation': (operations.inspect_operation, {
             'connection': CONNECTION, 'operation': '$response.body#/Id'})})),
     # Maintenance and evacuation act on every guest of a host: admins.

@@ -15,6 +15,7 @@ from .operations import accepted
 
 ADMIN = 'admin'  # routes.ADMIN (the routes import this module)
 MAX_BANDWIDTH = 2**31 - 1  # MiB/s: libvirt's unsigned long, as virsh takes it
+MAX_BOUND = {'bandwidth': MAX_BANDWIDTH, 'downtime': 2**63 - 1}  # downtime: ms, unsigned long long
 ADMIN_OPTIONS = ('persist', 'undefine')  # they change definitions on the hosts: admin changes
 EVACUATE_AT_ONCE = 2  # guests an evacuation migrates at a time
 # The destination, as the Guard's host-path policy looks at a request: its hypervisor and
@@ -28,20 +29,22 @@ def migrate_domain(request, ident):
     if not to:
         raise bad_request('query parameter "to" is required: the connection to migrate to')
     persist, undefine = (parse_bool(request, name) for name in ADMIN_OPTIONS)
-    bandwidth = (parse_int(request, 'bandwidth', minimum=1, maximum=MAX_BANDWIDTH)
-                 if request.arg('bandwidth') is not None else None)
+    bandwidth, downtime = (parse_int(request, name, minimum=1, maximum=MAX_BOUND[name])
+                           if request.arg(name) is not None else None
+                           for name in ('bandwidth', 'downtime'))
     if (persist or undefine) and request.role != ADMIN:
         raise HTTPError(403, 'persist and undefine change definitions on the hosts: this needs '
                         f'the admin role; your credentials have {request.role}', 'forbidden')
     destination = request.app.covered_hypervisor(request, to)  # 404 as for any path
     dom = changeable_domain(request, ident)
-    action = _prepared(request, dom, destination, persist, undefine, bandwidth)
+    action = _prepared(request, dom, destination, persist, undefine, bandwidth, downtime)
     operation = request.app.operations.start('migrate', request.hypervisor, dom, action,
                                              request.caller, job=True)
     return accepted(request.hypervisor, operation)
 
 
-def _prepared(request, dom, destination, persist=False, undefine=False, bandwidth=None):
+def _prepared(request, dom, destination, persist=False, undefine=False, bandwidth=None,
+              downtime=None):
     """The migration of `dom` to `destination`, once every refusal is passed: 400 the same
     hypervisor, 409 a destination in maintenance, 403 a definition the host-path policy
     refuses there, 501 a driver that does not migrate."""
@@ -54,11 +57,13 @@ def _prepared(request, dom, destination, persist=False, undefine=False, bandwidt
     definition = convert.xml_to_dict(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE))
     request.app.guard.check_definition(OnDestination(destination, dconn), definition)
     migration.check_support(request.conn, dconn, names)
+    if downtime is not None:
+        dom.migrateGetMaxDowntime()  # 501 from a driver without the bound (libxl), asking only
     uri = migration.destination_uri(destination.connection)
     params = migration.parameters(destination.connection.settings, bandwidth)
     bits = migration.flags(active, persist, undefine)
     source, uuid = request.hypervisor.connection.uri, dom.UUIDString()
-    return lambda: migration.migrate(source, uuid, uri, params, bits)
+    return lambda: migration.migrate(source, uuid, uri, params, bits, downtime)
 
 
 def show_maintenance(request):

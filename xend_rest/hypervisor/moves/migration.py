@@ -65,14 +65,17 @@ def parameters(settings, bandwidth=None):
     return params
 
 
-def migrate(source_uri, dom_uuid, destination, params, bits):
+def migrate(source_uri, dom_uuid, destination, params, bits, downtime=None):
     """Ask the source's libvirtd to migrate the domain (returns once libvirt says it ended), on
     a libvirt connection of the call's own: the call holds its connection for the whole
     migration, and a lane of the pool would let no other call through meanwhile (progress,
-    abort, other requests)."""
+    abort, other requests). downtime: the longest pause at the switch-over, in ms."""
     conn = libvirt.open(source_uri)
     try:
-        conn.lookupByUUIDString(dom_uuid).migrateToURI3(destination, params, bits)
+        dom = conn.lookupByUUIDString(dom_uuid)
+        if downtime is not None:
+            dom.migrateSetMaxDowntime(downtime)
+        dom.migrateToURI3(destination, params, bits)
     finally:
         conn.close()
 
