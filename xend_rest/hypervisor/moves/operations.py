@@ -99,20 +99,31 @@ class Operation:
             raise self.failure
 
     def follow(self, interval=PROGRESS_INTERVAL):
-        """Read the job's progress every `interval` s until it ends (a thread of its own: QEMU
-        answers only between the steps of a migration, which may take seconds, and a reader
-        of the operation never waits for that)."""
-        while not self.wait(interval):
-            self.refresh()
+        """Read the job's progress every `interval` s until it ends, on a thread and a libvirt
+        connection of its own: QEMU answers only between the steps of a migration, which may
+        take seconds, and neither a reader of the operation nor a lane of the pool (a console
+        asking its domain's state) waits for that meanwhile."""
+        try:
+            conn = libvirt.open(self.hypervisor.connection.uri)
+        except libvirt.libvirtError:
+            return  # libvirt away: no progress, the operation goes on
+        try:
+            dom = conn.lookupByUUIDString(self.target['Uuid'])
+            while not self.wait(interval):
+                self.refresh(dom)
+        except libvirt.libvirtError:
+            pass  # the domain left (migrated), or libvirt went away
+        finally:
+            conn.close()
 
-    def refresh(self):
+    def refresh(self, dom):
         """Read the job's progress from libvirt (where it reports one), while it runs."""
         if not (self.job and self.running):
             return
         try:
-            stats = self._domain().jobStats()
-        except (libvirt.libvirtError, HTTPError):
-            return  # no job yet, a driver without job statistics, libvirt away: as it stood
+            stats = dom.jobStats()
+        except libvirt.libvirtError:
+            return  # no job yet, a driver without job statistics: as it stood
         progress = {name: stats.get(key) for key, name in PROGRESS_FIELDS.items()}
         if progress != self.progress and self.running:
             self.progress, self.updated = progress, _now()
