@@ -146,8 +146,7 @@ class Operation:
             raise not_cancellable(self, printable_text(err.get_error_message())) from None
 
     def _domain(self):
-        """The domain, looked up on the least busy connection: the one whose call runs the job
-        (a migration) lets no other call through until the job ends."""
+        """The domain, looked up on the pool's least busy connection (an abort is quick)."""
         return self.hypervisor.connection.get().lookupByUUIDString(self.target['Uuid'])
 
     def _run(self, action, operations):
