@@ -282,10 +282,14 @@ class PrivateLibvirtd:
             self.signal(signal.SIGCONT)
             self.kill()
         if self.holder is not None:
-            namespace = os.readlink(f"/proc/{self.holder.pid}/ns/mnt")
-            for pid in _pids_in_namespace(namespace):
-                if pid != self.holder.pid:
-                    _kill_quietly(pid)
+            # QEMU may have a mount namespace of its own (qemu.conf's namespaces): in a network
+            # namespace of ours, it shares that one
+            kinds = ("mnt", "net") if self.network else ("mnt",)
+            for kind in kinds:
+                namespace = os.readlink(f"/proc/{self.holder.pid}/ns/{kind}")
+                for pid in _pids_in_namespace(namespace, kind):
+                    if pid != self.holder.pid:
+                        _kill_quietly(pid)
             self.holder.kill()
             self.holder.wait()
             self.holder = None
@@ -347,11 +351,11 @@ def make_pki(directory):
                 "-out", f"{name}cert.pem")
 
 
-def _pids_in_namespace(namespace):
+def _pids_in_namespace(namespace, kind="mnt"):
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                if os.readlink(f"/proc/{entry}/ns/mnt") == namespace:
+                if os.readlink(f"/proc/{entry}/ns/{kind}") == namespace:
                     yield int(entry)
             except OSError:
                 pass  # gone meanwhile

@@ -82,6 +82,10 @@ def boot_counting(hosts, guest_files, directory, stem='migrate'):
     conn = libvirt.open(source.uri)
     try:
         dom = conn.defineXML(guest.domain_xml(name, guest_files, console_path, memory_mib=192))
+    except libvirt.libvirtError:
+        conn.close()
+        raise
+    try:
         dom.create()
         console = guest.Console(console_path, lambda: guest_log(source, destination))
         console.wait_for(READY_MARKER, timeout=120)
@@ -92,6 +96,9 @@ def boot_counting(hosts, guest_files, directory, stem='migrate'):
         wait_until(lambda: counts(console) and counts(console)[-1] >= 3, 30, 'the counter',
                    console.text)
         stream.abort()
+    except BaseException:
+        remove(hosts, name)  # no test will: it never got the guest
+        raise
     finally:
         conn.close()
     return name, console
