@@ -105,6 +105,8 @@ class FakeDomain:
     def __init__(self, conn, name='web'):
         self.conn, self._name = conn, name
         self.active = True
+        self.stopped_for = libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN  # the reason once not active
+        self.reported = None  # [state, reason] state() says instead, if set
         self.held = {}  # alias -> the stream holding that console
 
     def name(self):
@@ -118,6 +120,12 @@ class FakeDomain:
 
     def isActive(self):
         return self.active
+
+    def state(self):
+        if self.reported is not None:
+            return self.reported
+        return ([libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_BOOTED] if self.active
+                else [libvirt.VIR_DOMAIN_SHUTOFF, self.stopped_for])
 
     def XMLDesc(self, _flags=0):
         return CONSOLE_XML % self._name

@@ -126,6 +126,15 @@ ROUTE_ROLES = [
     ('POST', '/libvirt/xen/images/default/web.raw/wipe', None, 'admin'),
     ('POST', '/libvirt/xen/images/default/web.raw/delete', None, 'admin'),
     ('PUT', '/libvirt/xen/images/default/new.raw/upload', None, 'admin'),
+    ('GET', '/libvirt/xen/operations/json', None, 'read'),
+    ('GET', '/libvirt/xen/operations/0b6e2f51-3c1d-4a8e-9d0f-5e7a1c2b3d4e/json', None, 'read'),
+    ('POST', '/libvirt/xen/operations/0b6e2f51-3c1d-4a8e-9d0f-5e7a1c2b3d4e/cancel', None,
+     'operator'),
+    ('POST', N + '/web/migrate?to=xen', None, 'operator'),  # on both connections
+    ('GET', '/libvirt/xen/maintenance/json', None, 'read'),
+    ('POST', '/libvirt/xen/maintenance/enter', None, 'admin'),  # every guest of the host
+    ('POST', '/libvirt/xen/maintenance/lift', None, 'admin'),
+    ('POST', '/libvirt/xen/evacuate?to=xen', None, 'admin'),
 ]
 
 

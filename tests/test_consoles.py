@@ -11,6 +11,7 @@ import ssl
 import threading
 import time
 
+import libvirt
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
@@ -296,6 +297,19 @@ def test_the_guest_stopping_closes_with_1000_and_finishes_the_stream(client, con
     assert ws.close_frame() == (1000, 'the domain stopped')
     ws.send(CLOSE, b'\x03\xe8')
     until(lambda: conn.streams[0].state == 'finished')
+
+
+@pytest.mark.parametrize('reported', [
+    [libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_MIGRATED],
+    [libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_MIGRATION],  # before libvirt marks it
+])
+def test_a_guest_that_migrated_away_closes_with_1000_saying_so(client, conn, reported):
+    """libvirt says why the domain stopped here (VIR_DOMAIN_SHUTOFF_MIGRATED), or that it was
+    paused for its migration's switch-over when its console ended."""
+    ws, session = client
+    conn.dom.reported = reported
+    conn.streams[0].eof = True
+    assert ws.close_frame() == (1000, 'the domain migrated to another host')
 
 
 def test_a_console_closed_while_the_domain_runs_says_so(client, conn):

@@ -190,6 +190,11 @@ OPTIONS = {
                'given up: 504 (default: {default})', 'N'),
         Option('open-timeout', positive(float), 'longest wait for a new libvirt connection '
                '(default: {default})', 'SECONDS'),
+        Option('migration-uri', str, "for migrations to this connection's host: the libvirt URI "
+               "the source host's libvirtd reaches it by (default: the connection's URI)", 'URI'),
+        Option('migration-address', str, "for migrations to this connection's host: where the "
+               "guest's memory is sent, as libvirt's migration URI (default: libvirt's choice, "
+               'from the host name)', 'URI'),
     ],
     # Console and screen sessions (docs/consoles.md).
     'consoles and screens': [
@@ -202,6 +207,15 @@ OPTIONS = {
         Option('console-tickets-per-caller', positive(int), 'console tickets one caller may have '
                f'outstanding (each lives {tickets.LIFETIME} s, of {tickets.MAX_TICKETS} in all); '
                'past it 429 (default: {default})', 'N', defaults.CONSOLE_TICKETS_PER_CALLER),
+    ],
+    # Operations: long actions on threads of their own, kept in memory (docs/api.md).
+    'operations': [
+        Option('operation-threads', positive(int), 'operations running at once, on all '
+               'connections; past it 503 (default: {default})', 'N'),
+        Option('operations-kept', positive(int), 'finished operations kept to be read '
+               '(default: {default})', 'N'),
+        Option('operation-age', positive(float), 'how long a finished operation is kept '
+               '(default: {default})', 'SECONDS'),
     ],
 }
 ALL_OPTIONS = [option for group in OPTIONS.values() for option in group]

@@ -58,6 +58,12 @@ WATCHERS_PER_CALLER = 8
 # How long Stop and Restart wait for libvirt to pass the request on to the guest (about 1-2 s
 # on Xen under emulation; libxl can block 60 s in a race with the guest's own power-off).
 GUEST_REQUEST_SECONDS = 10.0
+# Operations (long actions: Stop and Restart past that bound, migrations) run on threads of
+# their own, at most OPERATION_THREADS at once (one more is 503); the finished ones are kept in
+# memory, OPERATIONS_KEPT at most, for OPERATION_AGE seconds.
+OPERATION_THREADS = 8
+OPERATIONS_KEPT = 256
+OPERATION_AGE = 3600.0
 
 # Media types
 JSON = 'application/json'

@@ -160,7 +160,7 @@ def network_libvirtd(libvirtd, tmp_path_factory):
                if not shutil.which(name, path=daemon._sbin_path())]
     if missing:
         _unavailable(f"{', '.join(missing)} not installed (./dev test installs the TEST_PKGS)")
-    private = daemon.PrivateLibvirtd(tmp_path_factory.mktemp("network-libvirtd"), own_network=True)
+    private = daemon.PrivateLibvirtd(tmp_path_factory.mktemp("network-libvirtd"), network=True)
     private.start()
     yield private
     private.close()

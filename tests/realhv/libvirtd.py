@@ -5,6 +5,7 @@ started here is ever stopped.
 """
 
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -178,21 +179,23 @@ class PrivateLibvirtd:
     `tls_uri` (qemu+tls://), with certificates made for the occasion (`make_pki`): both sides
     verify the other's.
 
-    With `own_network`, it runs in a network namespace of its own too (only `lo` at first): the
-    networks it starts (bridges, dnsmasq, NAT rules) never touch the machine's network.
-    `run_in_network(*command)` runs a command there (`ip neigh`), `python_in_network(code)` a
-    Python program (a daemon that reads that namespace's neighbour table). A TCP or TLS listener
-    would be in that namespace too: not offered together.
+    With `network`, it runs in a network namespace of its own too (its QEMU processes with it;
+    only `lo` at first): the networks it starts (bridges, dnsmasq, NAT rules) never touch the
+    machine's network. `run_in_network(*command)` runs a command there (`ip neigh`),
+    `python_in_network(code)` a Python program (a daemon that reads that namespace's neighbour
+    table). `address` is its one address once `join` links it to another's: two of them are then
+    two hosts, each listening on its own address, with distinct `host_uuid`s (as libvirt tells
+    hosts apart). Its socket stays reachable from here: a unix socket is a file.
     """
 
-    def __init__(self, workdir, tcp_port=None, tls_port=None, own_network=False):
-        assert not (own_network and (tcp_port or tls_port)), "a listener there is unreachable"
-        self.own_network = own_network
+    def __init__(self, workdir, tcp_port=None, tls_port=None, network=False, address="127.0.0.1",
+                 host_uuid=None):
         self.workdir = Path(workdir)
         self.socket = self.workdir / "sock" / "libvirt-sock"
         self.uri = f"qemu+unix:///system?socket={self.socket}"
         self.tcp_port, self.tls_port = tcp_port, tls_port
-        self.tcp_uri = f"qemu+tcp://127.0.0.1:{tcp_port}/system" if tcp_port else None
+        self.network, self.address, self.host_uuid = network, address, host_uuid
+        self.tcp_uri = f"qemu+tcp://{address}:{tcp_port}/system" if tcp_port else None
         self.pki = self.workdir / "pki"
         self.tls_uri = (f"qemu+tls://127.0.0.1:{tls_port}/system?pkipath={self.pki}"
                         if tls_port else None)
@@ -200,14 +203,21 @@ class PrivateLibvirtd:
         self.holder = None
         self.process = None
 
-    def start(self, timeout=30):
+    def start_namespaces(self):
+        """The namespaces (and their holder) without libvirtd: to `join` before it listens."""
         if self.holder is None:
             self._start_holder()
+
+    def start(self, timeout=30):
+        self.start_namespaces()
         conf = self.workdir / "libvirtd.conf"
         settings = f'unix_sock_dir = "{self.socket.parent}"\nlog_outputs = "3:file:{self.log}"\n'
+        if self.host_uuid:
+            settings += f'host_uuid = "{self.host_uuid}"\n'
         listen = []
         if self.tcp_port or self.tls_port:
-            settings += (f'listen_addr = "127.0.0.1"\nlisten_tcp = {int(bool(self.tcp_port))}\n'
+            settings += (f'listen_addr = "{self.address}"\n'
+                         f'listen_tcp = {int(bool(self.tcp_port))}\n'
                          f'listen_tls = {int(bool(self.tls_port))}\n')
             listen = ["--listen"]
         if self.tcp_port:
@@ -227,7 +237,9 @@ class PrivateLibvirtd:
                  "-p", str(self.workdir / "libvirtd.pid"), *listen],
                 stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr, start_new_session=True)
         deadline = time.monotonic() + timeout
-        while not all(answers(uri) for uri in (self.uri, self.tcp_uri, self.tls_uri) if uri):
+        # (in a network namespace of its own, its TCP listener is for the other hosts only)
+        listeners = (self.uri,) if self.network else (self.uri, self.tcp_uri, self.tls_uri)
+        while not all(answers(uri) for uri in listeners if uri):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"private libvirtd did not answer {self.uri}\n"
                                    f"{tail(self.workdir / 'libvirtd.stderr')}\n{tail(self.log)}")
@@ -237,10 +249,10 @@ class PrivateLibvirtd:
         self.process.send_signal(signum)
 
     def _network_flag(self):
-        return ["-n"] if self.own_network else []
+        return ["-n"] if self.network else []
 
     def run_in_network(self, *command, **options):
-        """subprocess.run(command) in the daemon's network namespace (its own, see own_network)."""
+        """subprocess.run(command) in the daemon's network namespace (its own, see network)."""
         return subprocess.run(["nsenter", "-t", str(self.holder.pid), *self._network_flag(),
                                *command], **options)
 
@@ -293,10 +305,14 @@ class PrivateLibvirtd:
             self.signal(signal.SIGCONT)
             self.kill()
         if self.holder is not None:
-            namespace = os.readlink(f"/proc/{self.holder.pid}/ns/mnt")
-            for pid in _pids_in_namespace(namespace):
-                if pid != self.holder.pid:
-                    _kill_quietly(pid)
+            # QEMU may have a mount namespace of its own (qemu.conf's namespaces): in a network
+            # namespace of ours, it shares that one
+            kinds = ("mnt", "net") if self.network else ("mnt",)
+            for kind in kinds:
+                namespace = os.readlink(f"/proc/{self.holder.pid}/ns/{kind}")
+                for pid in _pids_in_namespace(namespace, kind):
+                    if pid != self.holder.pid:
+                        _kill_quietly(pid)
             self.holder.kill()
             self.holder.wait()
             self.holder = None
@@ -307,10 +323,10 @@ class PrivateLibvirtd:
         qemu_conf.write_text(qemu_conf_with_settings(
             QEMU_CONF.read_text() if QEMU_CONF.exists() else ""))
         script = HOLDER_SCRIPT.format(dirs=" ".join(PRIVATE_DIRS), qemu_conf=qemu_conf,
-                                      network="ip link set lo up" if self.own_network else "")
+                                      network="ip link set lo up" if self.network else "")
         self.holder = subprocess.Popen(
-            ["unshare", "--mount", *(["--net"] if self.own_network else []),
-             "--propagation", "private", "sh", "-c", script],
+            ["unshare", "--mount", *(["--net"] if self.network else []), "--propagation",
+             "private", "sh", "-c", script],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             start_new_session=True)
         if self.holder.stdout.readline() != b"ready\n":
@@ -318,6 +334,22 @@ class PrivateLibvirtd:
             self.holder.wait()
             self.holder = None
             raise RuntimeError(f"cannot set up a private mount namespace: {error}")
+
+
+def join(first, second, prefix=24):
+    """A veth pair between two PrivateLibvirtds started with network=True, each end up with its
+    daemon's address (and its loopback up): one link between two hosts."""
+    ends = [f"xrt{secrets.token_hex(3)}{side}" for side in "ab"]
+    subprocess.run(["ip", "link", "add", ends[0], "type", "veth", "peer", "name", ends[1]],
+                   check=True, capture_output=True)
+    for daemon, end in zip((first, second), ends):
+        pid = str(daemon.holder.pid)
+        subprocess.run(["ip", "link", "set", end, "netns", pid], check=True, capture_output=True)
+        for command in (["ip", "link", "set", "lo", "up"],
+                        ["ip", "addr", "add", f"{daemon.address}/{prefix}", "dev", end],
+                        ["ip", "link", "set", end, "up"]):
+            subprocess.run(["nsenter", "-t", pid, "-n", *command], check=True,
+                           capture_output=True)
 
 
 def make_pki(directory):
@@ -343,11 +375,11 @@ def make_pki(directory):
                 "-out", f"{name}cert.pem")
 
 
-def _pids_in_namespace(namespace):
+def _pids_in_namespace(namespace, kind="mnt"):
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                if os.readlink(f"/proc/{entry}/ns/mnt") == namespace:
+                if os.readlink(f"/proc/{entry}/ns/{kind}") == namespace:
                     yield int(entry)
             except OSError:
                 pass  # gone meanwhile

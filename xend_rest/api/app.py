@@ -17,6 +17,7 @@ from xend_rest.hypervisor.convert import JSONText
 from xend_rest.hypervisor.domain_events import EventHub, Watchers
 from xend_rest.hypervisor.hypervisors import Hypervisor
 from xend_rest.hypervisor.libvirt_connection import SharedConnection
+from xend_rest.hypervisor.moves.operations import Operations
 from xend_rest.logtext import REQUEST_LINE, printable, printable_text, traceback_text
 from . import jsonbody
 from .bodies import Raw
@@ -56,6 +57,9 @@ class AppSettings:
     console_sessions: int = defaults.CONSOLE_SESSIONS  # console and screen sessions at once
     console_sessions_per_caller: int = defaults.CONSOLE_SESSIONS_PER_CALLER
     console_idle_timeout: float = defaults.CONSOLE_IDLE
+    operation_threads: int = defaults.OPERATION_THREADS  # operations running at once
+    operations_kept: int = defaults.OPERATIONS_KEPT  # finished ones kept, at most
+    operation_age: float = defaults.OPERATION_AGE  # seconds a finished one is kept
 
 
 class Request:
@@ -197,6 +201,8 @@ class App:
         self.consoles = Bridges(  # daemon-wide sessions
             settings.console_sessions, settings.console_idle_timeout,
             per_owner=settings.console_sessions_per_caller) if consoles is None else consoles
+        self.operations = Operations(settings.operation_threads, settings.operations_kept,
+                                     settings.operation_age)  # daemon-wide, in memory
 
     def __call__(self, environ, start_response):
         started = perf_counter()
@@ -234,12 +240,12 @@ class App:
         request.read_query()
         route, params = self.router.find(request.method, _segments(request.environ))
         if 'connection' in params:
-            request.hypervisor = self._hypervisor(request, params.pop('connection'))
+            request.hypervisor = self.covered_hypervisor(request, params.pop('connection'))
         request.route = route  # once its connection is known: metrics name it
         self.guard.authorize(request, route)
         return route.handler(request, **params)
 
-    def _hypervisor(self, request, name):
+    def covered_hypervisor(self, request, name):
         """The connection a path names. One the caller's credentials do not cover is answered
         as one that does not exist: what a credential cannot act on, it cannot see."""
         hypervisor = self.hypervisors.get(name)

@@ -45,7 +45,7 @@ def lifecycle(summary, flag_parameter, extra=(), not_modified=True, asks_guest=F
     if not_modified:
         responses[304] = NO_BODY
     if asks_guest:  # and takes `wait`: a watcher, like /wait
-        responses.update({202: 'Message', **WATCHER_ANSWERS})
+        responses.update({202: 'OperationAccepted', **WATCHER_ANSWERS})
     return Doc(summary, responses, [flag_parameter, *extra])
 
 
@@ -73,6 +73,7 @@ PATH_PARAMETERS = {
     'ident': 'The domain: its running id, its UUID or its name.',
     'pool': 'The storage pool, by name.',
     'name': 'The image (volume) name within its pool.',
+    'operation': 'The operation, by its Id.',
 }
 STRING = {'type': 'string'}
 # A pool or image name as handlers/images.check_name enforces it: no '/', '\\' or control
@@ -210,6 +211,26 @@ SCHEMAS = {
     # A line of the stream: an event, or a notice (gap, reconnected, overflow, closed).
     'Notice': _object({'Notice': STRING, 'Message': STRING, 'LastId': MAYBE_INT}),
     'StreamLine': {'anyOf': [_ref('Event'), _ref('Notice')]},
+    # A long action (docs/api.md, Operations); Progress as virDomainGetJobStats reports it.
+    'Operation': _object({
+        'Id': STRING, 'Kind': STRING, 'Target': _object({'Name': STRING, 'Uuid': MAYBE_STRING}),
+        'State': {'type': 'string', 'enum': ['running', 'succeeded', 'failed', 'cancelled']},
+        'Created': STRING, 'Updated': STRING, 'Caller': MAYBE_STRING,
+        'Progress': {'anyOf': [{'type': 'null'}, _object({
+            'DataTotal': MAYBE_INT, 'DataProcessed': MAYBE_INT, 'DataRemaining': MAYBE_INT,
+            'TimeElapsedMs': MAYBE_INT})]},
+        'Error': {'anyOf': [{'type': 'null'}, {'$ref': '#/components/schemas/Error'}]},
+        # an evacuation's: each guest's outcome
+        'Guests': {'type': 'array', 'items': _object({
+            'Name': STRING, 'Uuid': STRING, 'To': MAYBE_STRING, 'Operation': MAYBE_STRING,
+            'State': STRING, 'Error': {'anyOf': [{'type': 'null'}, _ref('Error')]}})}},
+        required=['Caller', 'Created', 'Error', 'Id', 'Kind', 'Progress', 'State', 'Target',
+                  'Updated']),
+    'Maintenance': _object({'Maintenance': {'type': 'boolean'}, 'Since': MAYBE_STRING,
+                            'Caller': MAYBE_STRING}),
+    'OperationList': {'type': 'array', 'items': _ref('Operation')},
+    # Stop and Restart past their bound: the operation, and the message of before operations.
+    'OperationAccepted': {'allOf': [_ref('Operation'), _object({'message': STRING})]},
     'Ticket': _object({'Ticket': STRING, 'Expires': {'type': 'number'}, 'Path': STRING}),
     # The top-level libvirtd and hypervisor fields are the default connection's: null while down.
     'Version': _object({'Version': STRING, 'ApiVersion': STRING, 'LibvirtVersion': STRING,

@@ -8,7 +8,8 @@ paths in its body are checked against allowed-paths, and its OpenAPI words. `sec
 import libvirt
 
 from xend_rest import defaults
-from xend_rest.api.handlers import addresses, consoles, domains, events, images, system
+from xend_rest.api.handlers import (addresses, consoles, domains, events, images, migration,
+                                    operations, system)
 from xend_rest.hypervisor.addresses.lookup import POLL_SECONDS, SOURCES
 from xend_rest.hypervisor.domain_events import CONDITION_STATES, EVENT_TYPES
 from .openapi import (AFFECT_FLAG, ALL, BOOLEAN, CAPACITY, ERROR, FORCE, NAME, NO_BODY, NO_FLAG,
@@ -68,6 +69,7 @@ DOMAIN = NODES + '/{ident}'
 IMAGES = HV + '/images'
 IMAGE = IMAGES + '/{pool}/{name}'
 POOLS = HV + '/pools'
+OPERATIONS = HV + '/operations'
 JSON = defaults.JSON
 SECONDS = {'type': 'number', 'minimum': 0}
 CONNECTION = '$request.path.connection'
@@ -271,4 +273,48 @@ ROUTES = [
             'connection': CONNECTION, 'pool': '$response.body#/0/Name'})})),
     Route('GET', POOLS + '/{pool}/json', images.inspect_pool, READ, doc=Doc(
         'Inspect a storage pool', {200: 'StoragePool'})),
+    # Operations: long actions on threads of their own (Stop and Restart past their bound).
+    Route('GET', OPERATIONS + '/json', operations.list_operations, READ, doc=Doc(
+        'The recent operations on this connection, newest first', {200: 'OperationList'})),
+    Route('GET', OPERATIONS + '/{operation}/json', operations.inspect_operation, READ, doc=Doc(
+        'Inspect an operation (with wait, once it ended)', {200: 'Operation', 429: ERROR,
+                                                            499: ERROR},
+        [query('wait', f'Answer once it ended, or after this many seconds (0-'
+               f'{defaults.MAX_WAIT_SECONDS}) with the operation as it stands.',
+               dict(SECONDS, maximum=defaults.MAX_WAIT_SECONDS))])),
+    Route('POST', OPERATIONS + '/{operation}/cancel', operations.cancel_operation, OPERATOR,
+          doc=Doc("Cancel an operation (abort its libvirt job)", {202: 'Operation',
+                                                                   409: ERROR})),
+    # Operators on both connections (the destination is one the credentials cover, else 404);
+    # persist and undefine are admin changes (the handler says 403).
+    Route('POST', DOMAIN + '/migrate', migration.migrate_domain, OPERATOR, doc=Doc(
+        'Migrate a domain to another connection (an operation)', {202: 'Operation', 409: ERROR,
+                                                                  501: ERROR},
+        [query('to', 'The connection to migrate to (another hypervisor: 400 for the same one).',
+               STRING, True),
+         query('persist', '1/True/true: define it on the destination too (admin; always for '
+               'a shut-off domain).', BOOLEAN),
+         query('undefine', "1/True/true: undefine it on the source once it left (admin).",
+               BOOLEAN),
+         query('bandwidth', 'At most this many MiB/s (where the driver bounds it: 501 where '
+               'not).', {'type': 'integer', 'minimum': 1, 'maximum': migration.MAX_BANDWIDTH}),
+         query('downtime', 'The longest pause of the guest at the switch-over, in ms (where '
+               'the driver bounds it: 501 where not).',
+               {'type': 'integer', 'minimum': 1, 'maximum': migration.MAX_BOUND['downtime']})],
+        links={'inspect_operation': (operations.inspect_operation, {
+            'connection': CONNECTION, 'operation': '$response.body#/Id'})})),
+    # Maintenance and evacuation act on every guest of a host: admins.
+    Route('GET', HV + '/maintenance/json', migration.show_maintenance, READ, doc=Doc(
+        'Whether the host is in maintenance (no guest starts there)', {200: 'Maintenance'})),
+    Route('POST', HV + '/maintenance/enter', migration.enter_maintenance, ADMIN, doc=Doc(
+        'Put the host into maintenance', {200: 'Maintenance'})),
+    Route('POST', HV + '/maintenance/lift', migration.lift_maintenance, ADMIN, doc=Doc(
+        'Lift the maintenance of the host', {204: NO_BODY})),
+    Route('POST', HV + '/evacuate', migration.evacuate, ADMIN, doc=Doc(
+        'Migrate every running guest away, the host put into maintenance (an operation)',
+        {202: 'Operation', 409: ERROR},
+        [query('to', 'The connection to migrate them to (default: for each guest, the '
+               'connection with the most free memory among those of the same driver).', NAME)],
+        links={'inspect_operation': (operations.inspect_operation, {
+            'connection': CONNECTION, 'operation': '$response.body#/Id'})})),
 ]

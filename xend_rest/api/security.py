@@ -200,18 +200,25 @@ class Guard:
                 raise HTTPError(415, f"the body must be {expected}, not {given or 'untyped'}",
                                 'unsupported_media_type')
         if self.allowed_paths and route.host_paths:
-            doc = request.json()
-            where = next(hypervisor_elements(doc), None)
-            if where is not None:
-                raise HTTPError(403, f"{where}: elements in a hypervisor's namespace "
-                                '(xen:commandline, qemu:commandline, ...) pass anything to the '
-                                'device model, so they are refused while allowed-paths is set',
-                                'path_not_allowed')
-            # Judged as libvirt will read it: the XML it is sent (400 for what XML or libvirt's
-            # reading of names cannot carry, before any path is looked at).
-            root = sent_xml(doc)
-            self.check_host_access(request, root)
-            images.judge_disks(request, read_elements(root, 'disk'), self.check_path)  # their images
+            self.check_definition(request, request.json())
+
+    def check_definition(self, request, doc):
+        """403 for a definition (JSON, as posted) that reaches what the host-path policy does
+        not allow on request.hypervisor (and request.conn): nothing while allowed-paths is
+        unset."""
+        if not self.allowed_paths:
+            return
+        where = next(hypervisor_elements(doc), None)
+        if where is not None:
+            raise HTTPError(403, f"{where}: elements in a hypervisor's namespace "
+                            '(xen:commandline, qemu:commandline, ...) pass anything to the '
+                            'device model, so they are refused while allowed-paths is set',
+                            'path_not_allowed')
+        # Judged as libvirt will read it: the XML it is sent (400 for what XML or libvirt's
+        # reading of names cannot carry, before any path is looked at).
+        root = sent_xml(doc)
+        self.check_host_access(request, root)
+        images.judge_disks(request, read_elements(root, 'disk'), self.check_path)  # their images
 
     def check_secret_flag(self, request, route):
         """403 unless the role may set the route's flag bit that asks for secrets."""

@@ -36,6 +36,7 @@ ENDINGS = {
     'client_closed': (websocket.NORMAL, 'the client closed the session'),
     'client_gone': (None, 'the client went away'),  # nobody to send a close frame to
     'guest_stopped': (websocket.NORMAL, 'the domain stopped'),
+    'guest_migrated': (websocket.NORMAL, 'the domain migrated to another host'),
     'console_closed': (websocket.NORMAL, 'the console was closed'),
     'console_lost': (websocket.INTERNAL_ERROR, 'the console stream failed'),
     'screen_closed': (websocket.NORMAL, 'the VNC server closed the connection'),

@@ -23,6 +23,9 @@ from .bridge import CHUNK, Ended
 
 log = logging.getLogger(__name__)
 
+# A domain paused for its migration's switch-over, whose console ended: its QEMU is gone.
+MIGRATING = {(libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_MIGRATION),
+             (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY)}
 STOP_WAIT = 3.0  # seconds libvirt gets to tell that a domain whose console ended has stopped
 CONSOLE_FLAGS = (('force', libvirt.VIR_DOMAIN_CONSOLE_FORCE),
                  ('safe', libvirt.VIR_DOMAIN_CONSOLE_SAFE))
@@ -270,9 +273,13 @@ class ConsoleStream:
             unknown = 'console_closed' if ended.kind == 'eof' else 'console_lost'
             try:
                 # bounded: libxl holds a domain that is shutting down for up to 60 s
-                if not call_within(self.dom.isActive, max(deadline - time.monotonic(), 0.1),
-                                   f'state of {self.dom.name()}'):
-                    return 'guest_stopped'
+                state, reason = call_within(self.dom.state, max(deadline - time.monotonic(), 0.1),
+                                            f'state of {self.dom.name()}')
+                if state == libvirt.VIR_DOMAIN_SHUTOFF:  # what libvirt says it stopped for
+                    return 'guest_migrated' if reason == libvirt.VIR_DOMAIN_SHUTOFF_MIGRATED \
+                        else 'guest_stopped'
+                if (state, reason) in MIGRATING:  # its QEMU gone at the switch-over, libvirt
+                    return 'guest_migrated'  # has yet to mark it: the console ended for that
             except StillRunning:
                 return unknown
             except libvirt.libvirtError as err:

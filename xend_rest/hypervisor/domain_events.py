@@ -40,7 +40,8 @@ EVENT_NAMES = tuple(name for name, _details in LIFECYCLE_EVENTS) + OTHER_EVENTS
 # The kinds of event the hub carries, each with its event names. A domain event has no `Type`
 # (as before there were others); every other kind's does. A stream asks for kinds with `type=`,
 # domain events only by default: a client from before other kinds sees what it always saw.
-EVENT_TYPES = {'domain': EVENT_NAMES}
+EVENT_TYPES = {'domain': EVENT_NAMES,
+               'operation': ('created', 'finished')}
 DEFAULT_TYPES = frozenset({'domain'})
 
 # The state each event leaves the domain in, where the event alone says so.

@@ -13,6 +13,7 @@ from xend_rest.logtext import printable_text
 from .domain_events import EventHub
 from .libvirt_connection import PerConnection
 from .libvirt_errors import is_connection_error
+from .moves.maintenance import Maintenance
 from .memo import DomainMemo
 from .names import check as check_name
 from .uploads import Uploads
@@ -44,6 +45,9 @@ class Hypervisor:
         # images being uploaded through this connection; with a state directory, their markers
         self.uploads = Uploads(state_dir and os.path.join(state_dir, 'uploads', self.name))
         self.features = PerConnection()  # what the driver can do, probed once per connection
+        # no guest starts here while on; kept in the state directory, if there is one
+        self.maintenance = Maintenance(self.name, state_dir and os.path.join(
+            state_dir, 'maintenance', self.name + '.json'))
         # What libvirtd last said of its host, kept while the connection is down: a listing
         # shows it rather than wait for a libvirtd that may not answer.
         self.facts = None

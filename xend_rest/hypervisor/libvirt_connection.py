@@ -67,6 +67,12 @@ class LibvirtSettings:
     keepalive_count: int = defaults.KEEPALIVE_COUNT
     open_timeout: float = defaults.OPEN_TIMEOUT
     lanes: int = defaults.LANES  # connections to one libvirtd at most
+    # Migrations to this connection's host (docs/connections.md, Migration): the libvirt URI
+    # by which the source host's libvirtd reaches this one (None: the connection's own URI),
+    # and the address the hypervisors send the guest's memory to, as libvirt's migration URI
+    # (tcp://ADDRESS for QEMU, ADDRESS for libxl; None: libvirt's choice, from the host name).
+    migration_uri: str = None
+    migration_address: str = None
 
 
 class SharedConnection:

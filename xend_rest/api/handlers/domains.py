@@ -10,10 +10,11 @@ from xend_rest.api.params import (AFFECT_FLAGS, DESTROY_FLAGS, DOMAIN_XML_FLAGS,
 from xend_rest.defaults import GUEST_REQUEST_SECONDS, MAX_WAIT_SECONDS
 from xend_rest.errors import HTTPError, bad_request, wait_timeout
 from xend_rest.hypervisor import convert
-from xend_rest.hypervisor.bounded import StillRunning, call_within
+from xend_rest.hypervisor.bounded import StillRunning
 from xend_rest.hypervisor.domain_events import wait_for_restart, wait_for_state
 from xend_rest.hypervisor.libvirt_errors import (from_libvirt, is_connection_error, is_no_domain,
                                                  still_there)
+from .operations import accepted
 
 UUID = re.compile(r'[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}\Z')
 DOM0_UUID = '00000000-0000-0000-0000-000000000000'
@@ -27,6 +28,7 @@ VCPU_TYPES = {'current': 0, 'max': libvirt.VIR_DOMAIN_VCPU_MAXIMUM}
 MAX_VCPUS = 2**31 - 1  # libvirt counts vCPUs in an unsigned int
 NOT_MODIFIED = (304, None)
 NO_CONTENT = (204, None)
+JOINED = 'joined'  # an action that joined the same one of another request (see _to_guest)
 
 
 def is_dom0(dom, uuid=None):
@@ -48,6 +50,14 @@ def lookup_domain(conn, ident):
         raise HTTPError(404, f'no such domain: {ident}', 'no_such_domain')
     if is_dom0(dom):
         raise dom0_refused()
+    return dom
+
+
+def changeable_domain(request, ident, joins=None):
+    """The domain, for a change: 409 (operation_in_progress) while an operation runs on it
+    (unless of the kind `joins`, which the request's own action would join)."""
+    dom = lookup_domain(request.conn, ident)
+    request.app.operations.refuse_busy(request.hypervisor, dom.UUIDString(), joins)
     return dom
 
 
@@ -97,7 +107,9 @@ def create_domain(request):
     """POST /nodes/create: define (or redefine) a domain; Warnings name what libvirt dropped."""
     posted = request.json()
     xml = convert.dict_to_xml(posted, 'domain')
-    kept_uuid = _check_identity(request.conn, xml)
+    kept_uuid, replaced = _check_identity(request.conn, xml)
+    if replaced is not None:  # a redefinition is a change like any other
+        request.app.operations.refuse_busy(request.hypervisor, replaced.UUIDString())
     if kept_uuid is not None:
         xml = convert.dict_to_xml({'domain': {**posted['domain'], 'uuid': kept_uuid}}, 'domain')
     try:
@@ -146,7 +158,8 @@ def parse_uuid(text):
 
 def _check_identity(conn, xml):
     """403 for a definition that is dom0's, 409 for one whose name or UUID is another domain's;
-    the UUID to fill in when it gives none and its name is a domain's (None: leave it)."""
+    (the UUID to fill in when it gives none and its name is a domain's (None: leave it), the
+    domain it redefines (None: a new one))."""
     name, text, system_uuids = _identity(xml)
     uuid = parse_uuid(text)  # None too when libvirt would refuse it
     named = _lookup(conn.lookupByName, name) if name is not None else None
@@ -161,7 +174,7 @@ def _check_identity(conn, xml):
         raise HTTPError(409, f'a domain named {name!r} exists with UUID {named.UUIDString()}: '
                         'give that UUID (or none) to replace its definition', 'already_exists')
     # Without a UUID libvirt makes a new one, and refuses it for a name that is taken.
-    return named.UUIDString() if named is not None and text is None else None
+    return (named.UUIDString() if named is not None and text is None else None), named
 
 
 def _rejected(err):
@@ -174,9 +187,10 @@ def _rejected(err):
 
 def start_domain(request, ident):
     flag = parse_flag(request, START_FLAGS)
-    dom = lookup_domain(request.conn, ident)
+    dom = changeable_domain(request, ident)
     if dom.isActive():
         return NOT_MODIFIED
+    request.hypervisor.maintenance.refuse()
     return _change_state(lambda: dom.createWithFlags(flag), dom.isActive)
 
 
@@ -184,16 +198,16 @@ def stop_domain(request, ident):
     """Ask the guest to shut down; with wait=S, answer once it is shut off (408 after S s)."""
     flag = parse_flag(request, SHUTDOWN_FLAGS)
     wait = parse_seconds(request, 'wait', maximum=MAX_WAIT_SECONDS)
-    dom = lookup_domain(request.conn, ident)
+    dom = changeable_domain(request, ident, joins='shutdown')
     if not dom.isActive():
         return NOT_MODIFIED
     _refuse_paused(dom)
-    shutdown = _to_guest(dom, 'shutdown', lambda: dom.shutdownFlags(flag))
+    shutdown = _to_guest(request, dom, 'shutdown', lambda: dom.shutdownFlags(flag))
     if not wait:
         try:
             return _change_state(shutdown, lambda: not dom.isActive())
-        except StillRunning:
-            return _still_running(dom, 'shutdown', 'shutoff')
+        except StillRunning as late:
+            return _still_running(request, late.operation, 'shutdown', 'shutoff')
     if not wait_for_state(request.hypervisor.events, request.conn, dom.UUIDString(), 'shutoff', wait,
                           shutdown, owner=request.caller, gone=request.client_gone,
                           hold=request.hold):
@@ -214,14 +228,14 @@ def restart_domain(request, ident):
     """Ask the guest to reboot; with wait=S, answer once it has (408 after S s)."""
     flag = parse_flag(request, REBOOT_FLAGS)
     wait = parse_seconds(request, 'wait', maximum=MAX_WAIT_SECONDS)
-    dom = _active_domain(request, ident)
+    dom = _active_domain(request, ident, joins='reboot')
     _refuse_paused(dom)
-    reboot = _to_guest(dom, 'reboot', lambda: dom.reboot(flag))
+    reboot = _to_guest(request, dom, 'reboot', lambda: dom.reboot(flag))
     if not wait:
         try:
             reboot()
-        except StillRunning:
-            return _still_running(dom, 'reboot', 'running')
+        except StillRunning as late:
+            return _still_running(request, late.operation, 'reboot', 'running')
     elif not wait_for_restart(request.hypervisor.events, dom.UUIDString(), wait, reboot,
                               owner=request.caller, gone=request.client_gone,
                               hold=request.hold):
@@ -232,7 +246,7 @@ def restart_domain(request, ident):
 
 def delete_domain(request, ident):
     flag = parse_flag(request, UNDEFINE_FLAGS)
-    dom = lookup_domain(request.conn, ident)
+    dom = changeable_domain(request, ident)
     if not dom.isPersistent():
         raise HTTPError(409, f'domain {dom.name()} is transient: it has no definition to delete; '
                         'destroy it instead', 'invalid_state')
@@ -284,35 +298,44 @@ def _refuse_paused(dom):
         raise HTTPError(409, 'domain %s is paused: resume or destroy it' % dom.name(), 'invalid_state')
 
 
-def _to_guest(dom, verb, action):
-    """A request to the guest, bounded: libxl's shutdown() and reboot() wait for the guest's
-    acknowledgement, holding the domain (every call about it waits too), and right after the
-    guest's own power-off they block 60 s. Past the bound the call goes on in the background."""
-    return lambda: call_within(action, GUEST_REQUEST_SECONDS, f'{verb} of {dom.name()}')
+def _to_guest(request, dom, verb, action):
+    """A request to the guest, as an operation the request waits for up to its bound: libxl's
+    shutdown() and reboot() wait for the guest's acknowledgement, holding the domain (every
+    call about it waits too), and right after the guest's own power-off they block 60 s. Past
+    the bound the operation goes on (StillRunning carries it)."""
+    def asked():
+        operation, joined = request.app.operations.start(verb, request.hypervisor, dom, action,
+                                                         request.caller, join=True)
+        operation.within(GUEST_REQUEST_SECONDS)
+        return JOINED if joined else None
+    return asked
 
 
-def _still_running(dom, verb, condition):
-    """202: the guest was asked, and libvirt has yet to say how that went."""
-    return 202, {'message': f'the {verb} of {dom.name()} was asked for; libvirt has not returned '
-                            f'within {GUEST_REQUEST_SECONDS:g} s (the domain may be busy shutting '
-                            f'down): follow it with /wait?condition={condition}'}
+def _still_running(request, operation, verb, condition):
+    """202: the guest was asked, and libvirt has yet to say how that went: the operation, and
+    (as before operations) a message pointing to /wait."""
+    return accepted(request.hypervisor, operation, message=(
+        f"the {verb} of {operation.target['Name']} was asked for; libvirt has not returned "
+        f'within {GUEST_REQUEST_SECONDS:g} s (the domain may be busy shutting down): follow '
+        f'the operation, or the domain with /wait?condition={condition}'))
 
 
 def _change_state(action, reached):
     """Do a state change read as needed; if libvirt refuses it and the domain is now where it was
-    asked to go (a concurrent request got it there first), that is 304 like any repeat."""
+    asked to go (a concurrent request got it there first), that is 304 like any repeat; so is
+    one that joined a concurrent request's own (JOINED) once the domain is there."""
     try:
-        action()
+        joined = action() is JOINED
     except libvirt.libvirtError as err:
         if is_connection_error(err) or not reached():
             raise
         return NOT_MODIFIED
-    return NO_CONTENT
+    return NOT_MODIFIED if joined and reached() else NO_CONTENT
 
 
-def _active_domain(request, ident):
+def _active_domain(request, ident, joins=None):
     """The domain, which must be running (or paused) for the action: 409 otherwise."""
-    dom = lookup_domain(request.conn, ident)
+    dom = changeable_domain(request, ident, joins)
     if not dom.isActive():
         raise HTTPError(409, f'domain {dom.name()} is not running', 'invalid_state')
     return dom
@@ -322,7 +345,7 @@ def resize_memory(request, ident):
     size = parse_int(request, 'size', minimum=1)
     kind = parse_choice(request, 'type', MEMORY_TYPES, 'target')
     flag = parse_flag(request, AFFECT_FLAGS)
-    lookup_domain(request.conn, ident).setMemoryFlags(size, kind | flag)
+    changeable_domain(request, ident).setMemoryFlags(size, kind | flag)
     return NO_CONTENT
 
 
@@ -330,7 +353,7 @@ def resize_vcpu(request, ident):
     size = parse_int(request, 'size', minimum=1, maximum=MAX_VCPUS)
     kind = parse_choice(request, 'type', VCPU_TYPES, 'current')
     flag = parse_flag(request, AFFECT_FLAGS)
-    dom = lookup_domain(request.conn, ident)
+    dom = changeable_domain(request, ident)
     dom.setVcpusFlags(size, kind | (flag or _current(dom)))
     return NO_CONTENT
 
@@ -355,7 +378,7 @@ def detach_device(request, ident):
     flag = parse_flag(request, AFFECT_FLAGS)
     posted = request.json()
     xml = convert.device_to_xml(posted)
-    dom = lookup_domain(request.conn, ident)
+    dom = changeable_domain(request, ident)
     dom.detachDeviceFlags(xml, flag)
     kind = next(iter(posted))
     still_there = [dev for dev in _devices(dom, flag, kind) if _same_device(posted[kind], dev)]
@@ -368,7 +391,7 @@ def _change_device(request, ident, method, status):
     posted = request.json()
     xml = convert.device_to_xml(posted)
     kind = next(iter(posted))
-    dom = lookup_domain(request.conn, ident)
+    dom = changeable_domain(request, ident)
     before = _devices(dom, flag, kind)
     if method == 'attachDeviceFlags' and kind == 'disk':
         _refuse_taken_target(posted[kind], before)

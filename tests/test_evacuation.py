@@ -1,0 +1,120 @@
+"""Maintenance and Evacuate (docs/api.md): a host in maintenance starts no guest and receives
+none, across a restart of the daemon; an evacuation is one operation over every running guest
+(dom0 never), each guest's outcome its own. The test driver migrates nothing: every guest's
+outcome there is its 501, and the others are still tried (the QEMU tier moves them)."""
+import pytest
+
+from conftest import Client, node_xml
+from test_migration import nodes  # noqa: F401 (a fixture)
+from xend_rest.api.app import make_app
+
+RUNNING = ['db', 'frozen', 'scratch', 'web']  # active on conftest's node (paused too; dom0 aside)
+
+
+@pytest.fixture
+def hosts(nodes, tmp_path):  # noqa: F811
+    app = make_app(connections=nodes, state_dir=str(tmp_path / 'state'))
+    yield Client(app)
+    app.close()
+
+
+def maintenance(client, name='a'):
+    return client.get(f'/libvirt/{name}/maintenance/json').json
+
+
+def test_maintenance_refuses_a_start_until_lifted(hosts):
+    assert maintenance(hosts) == {'Maintenance': False, 'Since': None, 'Caller': None}
+    entered = hosts.post('/libvirt/a/maintenance/enter')
+    assert entered.status == 200 and entered.json['Maintenance'] is True
+    assert entered.json['Caller'] == 'anonymous' and entered.json['Since']
+    response = hosts.post('/libvirt/a/nodes/idle/start')
+    assert response.status == 409 and response.json['code'] == 'in_maintenance'
+    assert not hosts.app.hypervisors['a'].connection.get().lookupByName('idle').isActive()
+    assert hosts.post('/libvirt/b/nodes/idle/start').status == 204  # another host's guests
+    assert hosts.post('/libvirt/a/nodes/web/stop').status == 204  # stopping is fine
+    assert hosts.post('/libvirt/a/maintenance/lift').status == 204
+    assert maintenance(hosts)['Maintenance'] is False
+    assert hosts.post('/libvirt/a/nodes/idle/start').status == 204
+
+
+def test_entering_again_keeps_the_first_entry(hosts):
+    first = hosts.post('/libvirt/a/maintenance/enter').json
+    assert hosts.post('/libvirt/a/maintenance/enter').json == first
+
+
+def test_maintenance_survives_a_restart_of_the_daemon(nodes, tmp_path):  # noqa: F811
+    state = str(tmp_path / 'state')
+    old = make_app(connections=nodes, state_dir=state)
+    entered = Client(old).post('/libvirt/a/maintenance/enter').json
+    old.close()
+    new = Client(make_app(connections=nodes, state_dir=state))
+    assert maintenance(new) == entered
+    assert new.post('/libvirt/a/nodes/idle/start').json['code'] == 'in_maintenance'
+    assert maintenance(new, 'b')['Maintenance'] is False
+    new.post('/libvirt/a/maintenance/lift')
+    assert maintenance(Client(make_app(connections=nodes, state_dir=state)))['Maintenance'] is False
+
+
+def test_a_host_in_maintenance_receives_no_migration(hosts):
+    hosts.post('/libvirt/b/maintenance/enter')
+    response = hosts.post('/libvirt/a/nodes/web/migrate', query='to=b')
+    assert response.status == 409 and response.json['code'] == 'in_maintenance'
+
+
+def test_an_evacuation_tries_every_running_guest_and_reports_each(hosts):
+    response = hosts.post('/libvirt/a/evacuate', query='to=b')
+    assert response.status == 202
+    assert response.json['Kind'] == 'evacuate' and response.json['Target']['Name'] == 'a'
+    assert maintenance(hosts)['Maintenance'] is True  # before any guest moves
+    done = hosts.get(response.headers['Location'], query='wait=20').json
+    assert done['State'] == 'failed' and done['Error']['code'] == 'evacuation_incomplete'
+    guests = done['Guests']
+    assert sorted(guest['Name'] for guest in guests) == RUNNING  # dom0 never
+    for guest in guests:  # one guest's failure did not stop the others
+        assert (guest['State'], guest['To'], guest['Error']['code']) == (
+            'failed', 'b', 'not_supported')
+    states = {dom.name(): dom.isActive() for dom in
+              hosts.app.hypervisors['a'].connection.get().listAllDomains()}
+    assert all(states[name] for name in RUNNING)  # nothing moved, nothing stopped
+
+
+def test_an_evacuation_refuses_the_same_hypervisor_and_unknown_connections(hosts):
+    for query, status, code in (('to=a2', 400, 'same_hypervisor'), ('to=a', 400, 'same_hypervisor'),
+                                ('to=c', 404, 'no_such_connection'), ('to=', 400, 'bad_parameter')):
+        response = hosts.post('/libvirt/a/evacuate', query=query)
+        assert (response.status, response.json['code']) == (status, code), query
+    assert maintenance(hosts)['Maintenance'] is False  # refused before maintenance
+
+
+def test_without_to_it_picks_among_other_hosts_of_the_driver_out_of_maintenance(hosts):
+    response = hosts.post('/libvirt/a/evacuate')
+    done = hosts.get(response.headers['Location'], query='wait=20').json
+    assert {guest['To'] for guest in done['Guests']} == {'b'}  # a2 is a itself
+    hosts.post('/libvirt/a/maintenance/lift')
+    hosts.post('/libvirt/b/maintenance/enter')
+    response = hosts.post('/libvirt/a/evacuate')
+    assert response.status == 409 and response.json['code'] == 'no_destination'
+    assert maintenance(hosts)['Maintenance'] is False
+
+
+def test_a_second_evacuation_of_the_host_while_one_runs_is_409(hosts):
+    import threading
+    release = threading.Event()
+    app = hosts.app
+    running = app.operations.start('evacuate', app.hypervisors['a'], None,
+                                   lambda: release.wait(20), target={'Name': 'a', 'Uuid': None})
+    response = hosts.post('/libvirt/a/evacuate', query='to=b')
+    assert response.status == 409 and response.json['operation'] == running.id
+    assert maintenance(hosts)['Maintenance'] is False  # a refusal leaves it as it was
+    release.set()
+
+
+def test_a_node_without_guests_evacuates_at_once(tmp_path):
+    path = tmp_path / 'empty.xml'
+    path.write_text(node_xml([]))
+    other = tmp_path / 'other.xml'
+    other.write_text(node_xml([]))
+    client = Client(make_app(connections={'a': f'test://{path}', 'b': f'test://{other}'}))
+    response = client.post('/libvirt/a/evacuate', query='to=b')
+    done = client.get(response.headers['Location'], query='wait=10').json
+    assert (done['State'], done['Guests']) == ('succeeded', [])

@@ -1,0 +1,180 @@
+"""Migrate (docs/api.md, Migrate a domain): its refusals, each before anything is done, and the
+501 of a driver that does not migrate (the test driver). A migration itself is the QEMU tier's."""
+import libvirt
+import pytest
+
+from conftest import Client, node_xml
+from test_connections import TOKENS, as_
+from xend_rest.api import security
+from xend_rest.api.app import make_app
+from xend_rest.api.security import Guard
+from xend_rest.hypervisor.moves import migration
+
+MIGRATE = '/libvirt/a/nodes/web/migrate'
+
+
+@pytest.fixture
+def nodes(tmp_path):
+    """Two test nodes, a and b, and a2: a second connection to node a's file."""
+    for name in ('a', 'b'):
+        (tmp_path / f'{name}.xml').write_text(node_xml())
+    return {'a': f"test://{tmp_path / 'a.xml'}", 'b': f"test://{tmp_path / 'b.xml'}",
+            'a2': f"test://{tmp_path / 'a.xml'}"}
+
+
+@pytest.fixture
+def three(nodes):
+    app = make_app(connections=nodes)
+    yield Client(app)
+    app.close()
+
+
+def unchanged(client):
+    """Each node's domains and their states (web still running on a, absent from b)."""
+    return {name: sorted((dom.name(), dom.state()[0]) for dom in
+                         client.app.hypervisors[name].connection.get().listAllDomains())
+            for name in ('a', 'b')}
+
+
+def test_a_driver_that_does_not_migrate_is_501_and_nothing_happens(three):
+    before = unchanged(three)
+    response = three.post(MIGRATE, query='to=b')
+    assert response.status == 501 and response.json['code'] == 'not_supported'
+    assert 'does not migrate' in response.json['message']
+    assert unchanged(three) == before
+    assert three.get('/libvirt/a/operations/json').json == []  # no operation was started
+
+
+def test_the_test_driver_reports_no_host_uuid_so_its_uri_tells_hosts_apart(three):
+    """Two connections to one node file are one hypervisor; the test driver's capabilities
+    have no host UUID, so the URI libvirt reports decides there."""
+    a, a2, b = (three.app.hypervisors[name].connection.get() for name in ('a', 'a2', 'b'))
+    assert migration.host_of(a) == migration.host_of(a2) == ('uri', a.getURI())
+    assert migration.host_of(a) != migration.host_of(b)
+    assert not migration.migrates(a)
+
+
+@pytest.mark.parametrize('query', ['to=a2', 'to=a'])
+def test_the_same_hypervisor_is_400(three, query):
+    before = unchanged(three)
+    response = three.post(MIGRATE, query=query)
+    assert response.status == 400 and response.json['code'] == 'same_hypervisor'
+    assert unchanged(three) == before
+
+
+@pytest.mark.parametrize('query, status, code', [
+    ('', 400, 'bad_parameter'),
+    ('to=', 400, 'bad_parameter'),
+    ('to=c', 404, 'no_such_connection'),
+    ('to=b&bandwidth=0', 400, 'bad_parameter'),
+    ('to=b&bandwidth=lots', 400, 'bad_parameter'),
+    ('to=b&downtime=0', 400, 'bad_parameter'),
+    ('to=b&downtime=-5', 400, 'bad_parameter'),
+    ('to=b&downtime=300', 501, 'not_supported'),
+    ('to=b&persist=maybe', 400, 'bad_parameter'),
+])
+def test_refusals_of_the_query(three, query, status, code):
+    before = unchanged(three)
+    response = three.post(MIGRATE, query=query)
+    assert (response.status, response.json['code']) == (status, code)
+    assert unchanged(three) == before
+
+
+def test_an_unknown_domain_and_dom0_are_refused(three):
+    assert three.post('/libvirt/a/nodes/nosuch/migrate', query='to=b').status == 404
+    assert three.post('/libvirt/a/nodes/Domain-0/migrate', query='to=b').json['code'] == \
+        'dom0_refused'
+
+
+def test_a_domain_with_an_operation_in_flight_is_409(three):
+    import threading
+    release = threading.Event()
+    dom = three.app.hypervisors['a'].connection.get().lookupByName('web')
+    operation = three.app.operations.start('shutdown', three.app.hypervisors['a'], dom,
+                                           lambda: release.wait(20))
+    response = three.post(MIGRATE, query='to=b')
+    assert response.status == 409 and response.json['operation'] == operation.id
+    release.set()
+
+
+@pytest.fixture
+def scoped(nodes, tmp_path):
+    tokens = tmp_path / 'tokens'
+    tokens.write_text('%s operator@a a-bot\n%s admin\n%s read\n%s operator\n' % (
+        TOKENS['a-operator'], TOKENS['everything'], 'r' * 32, 'o' * 32))
+    tokens.chmod(0o600)
+    app = make_app(connections=nodes, guard=Guard(tokens=security.load_tokens(str(tokens))))
+    yield Client(app)
+    app.close()
+
+
+def test_a_destination_the_credentials_do_not_cover_is_one_that_does_not_exist(scoped):
+    """403 unless the caller may operate on both: a connection it does not cover it cannot
+    see (404, as everywhere); a role below operator is 403."""
+    response = as_(scoped, 'a-operator', 'POST', MIGRATE, query='to=b')
+    assert response.status == 404 and response.json['code'] == 'no_such_connection'
+    assert as_(scoped, 'a-operator', 'POST', MIGRATE, query='to=c').json['message'] == \
+        as_(scoped, 'a-operator', 'POST', MIGRATE, query='to=b').json['message'].replace(
+            ': b ', ': c ')
+    reader = scoped.request('POST', MIGRATE, query='to=b',
+                            headers={'HTTP_AUTHORIZATION': 'Bearer ' + 'r' * 32})
+    assert reader.status == 403 and reader.json['code'] == 'forbidden'
+
+
+@pytest.mark.parametrize('option', ['persist=1', 'undefine=1'])
+def test_persist_and_undefine_are_admin_changes(scoped, option):
+    operator = scoped.request('POST', MIGRATE, query='to=b&' + option,
+                              headers={'HTTP_AUTHORIZATION': 'Bearer ' + 'o' * 32})
+    assert operator.status == 403 and 'admin role' in operator.json['message']
+    admin = as_(scoped, 'everything', 'POST', MIGRATE, query='to=b&' + option)
+    assert admin.status == 501  # past the role: the test driver does not migrate
+
+
+def test_the_destinations_definition_passes_the_host_path_policy(nodes, tmp_path):
+    """web's disk (/var/lib/xen/images/web.raw) is outside the allowed paths: the destination
+    would be handed a host path the policy refuses, as a Create there would be."""
+    allowed = tmp_path / 'images'
+    allowed.mkdir()
+    app = make_app(connections=nodes, guard=Guard(allowed_paths=[str(allowed)]))
+    client = Client(app)
+    response = client.post(MIGRATE, query='to=b')
+    assert response.status == 403 and response.json['code'] == 'path_not_allowed'
+    assert 'web.raw' in response.json['message']
+    app.close()
+
+
+def test_flags_and_parameters_are_those_virsh_would_send():
+    live = migration.flags(True, False, False)
+    assert live == libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_LIVE
+    offline = migration.flags(False, False, True)
+    assert offline == (libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_OFFLINE
+                       | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
+
+
+def test_the_migration_settings_are_per_connection(tmp_path):
+    """A [connection NAME] section says how the other hosts reach its host; the others keep
+    libvirt's defaults (None)."""
+    from xend_rest.cli import parse_args, settings_from
+    from xend_rest.hypervisor.libvirt_connection import LibvirtSettings
+    path = tmp_path / 'xend-rest.conf'
+    path.write_text('[connection dom0-a]\nuri = xen+tls://a.example/system\n'
+                    '[connection dom0-b]\nuri = xen+tls://b.example/system\n'
+                    'migration-uri = xen+tls://b.mgmt.example/system\n'
+                    'migration-address = 10.20.0.2\n')
+    args = parse_args(['--config', str(path)])
+    settings = {c['name']: settings_from(LibvirtSettings, c) for c in args.connections}
+    assert (settings['dom0-b'].migration_uri, settings['dom0-b'].migration_address) == (
+        'xen+tls://b.mgmt.example/system', '10.20.0.2')
+    assert (settings['dom0-a'].migration_uri, settings['dom0-a'].migration_address) == (None, None)
+
+
+def test_the_destination_uri_and_address_come_from_the_destinations_settings(nodes):
+    from xend_rest.hypervisor.libvirt_connection import SharedConnection
+    plain = SharedConnection(nodes['b'])
+    assert migration.destination_uri(plain) == nodes['b']
+    assert migration.parameters(plain.settings) == {}
+    told = SharedConnection(nodes['b'], migration_uri='qemu+tcp://10.77.0.2/system',
+                            migration_address='tcp://10.77.0.2')
+    assert migration.destination_uri(told) == 'qemu+tcp://10.77.0.2/system'
+    assert migration.parameters(told.settings, 5) == {
+        libvirt.VIR_MIGRATE_PARAM_URI: 'tcp://10.77.0.2', libvirt.VIR_MIGRATE_PARAM_BANDWIDTH: 5}

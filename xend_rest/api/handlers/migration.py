@@ -1,0 +1,180 @@
+"""Moving guests between configured connections, as operations (docs/api.md, Migrate a domain,
+Evacuate a host), and the maintenance of a host."""
+import collections
+import time
+
+import libvirt
+
+from xend_rest.api.params import parse_bool, parse_int
+from xend_rest.errors import HTTPError, bad_request
+from xend_rest.hypervisor import convert
+from xend_rest.hypervisor.libvirt_errors import from_libvirt
+from xend_rest.hypervisor.moves import migration
+from .domains import NO_CONTENT, changeable_domain, is_dom0
+from .operations import accepted
+
+ADMIN = 'admin'  # routes.ADMIN (the routes import this module)
+MAX_BANDWIDTH = 2**31 - 1  # MiB/s: libvirt's unsigned long, as virsh takes it
+MAX_BOUND = {'bandwidth': MAX_BANDWIDTH, 'downtime': 2**63 - 1}  # downtime: ms, unsigned long long
+ADMIN_OPTIONS = ('persist', 'undefine')  # they change definitions on the hosts: admin changes
+EVACUATE_AT_ONCE = 2  # guests an evacuation migrates at a time
+# The destination, as the Guard's host-path policy looks at a request: its hypervisor and
+# connection.
+OnDestination = collections.namedtuple('OnDestination', 'hypervisor conn')
+
+
+def migrate_domain(request, ident):
+    """POST /nodes/(id)/migrate?to=NAME: 202 and the operation; refusals change nothing."""
+    to = request.arg('to')
+    if not to:
+        raise bad_request('query parameter "to" is required: the connection to migrate to')
+    persist, undefine = (parse_bool(request, name) for name in ADMIN_OPTIONS)
+    bandwidth, downtime = (parse_int(request, name, minimum=1, maximum=MAX_BOUND[name])
+                           if request.arg(name) is not None else None
+                           for name in ('bandwidth', 'downtime'))
+    if (persist or undefine) and request.role != ADMIN:
+        raise HTTPError(403, 'persist and undefine change definitions on the hosts: this needs '
+                        f'the admin role; your credentials have {request.role}', 'forbidden')
+    destination = request.app.covered_hypervisor(request, to)  # 404 as for any path
+    dom = changeable_domain(request, ident)
+    action = _prepared(request, dom, destination, persist, undefine, bandwidth, downtime)
+    operation = request.app.operations.start('migrate', request.hypervisor, dom, action,
+                                             request.caller, job=True)
+    return accepted(request.hypervisor, operation)
+
+
+def _prepared(request, dom, destination, persist=False, undefine=False, bandwidth=None,
+              downtime=None):
+    """The migration of `dom` to `destination`, once every refusal is passed: 400 the same
+    hypervisor, 409 a destination in maintenance, 403 a definition the host-path policy
+    refuses there, 501 a driver that does not migrate."""
+    dconn = destination.connection.get()
+    names = (request.hypervisor.name, destination.name)
+    migration.check_distinct(request.conn, dconn, names)
+    destination.maintenance.refuse()
+    active = bool(dom.isActive())  # live; else offline (a shut-off domain is a defined one)
+    # The destination defines the domain from this XML: judged as a Create there would be.
+    definition = convert.xml_to_dict(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE))
+    request.app.guard.check_definition(OnDestination(destination, dconn), definition)
+    migration.check_support(request.conn, dconn, names)
+    if downtime is not None:
+        dom.migrateGetMaxDowntime()  # 501 from a driver without the bound (libxl), asking only
+    uri = migration.destination_uri(destination.connection)
+    params = migration.parameters(destination.connection.settings, bandwidth)
+    bits = migration.flags(active, persist, undefine)
+    source, uuid = request.hypervisor.connection.uri, dom.UUIDString()
+    return lambda: migration.migrate(source, uuid, uri, params, bits, downtime)
+
+
+def show_maintenance(request):
+    state = request.hypervisor.maintenance.state
+    return 200, {'Maintenance': state is not None, **(state or {'Since': None, 'Caller': None})}
+
+
+def enter_maintenance(request):
+    """POST /maintenance/enter: no guest starts here (nor migrates here) until it is lifted."""
+    request.hypervisor.maintenance.enter(request.caller)
+    return show_maintenance(request)
+
+
+def lift_maintenance(request):
+    request.hypervisor.maintenance.lift()
+    return NO_CONTENT
+
+
+def evacuate(request):
+    """POST /evacuate[?to=NAME]: maintenance on, then one operation that migrates every running
+    guest (dom0 never), EVACUATE_AT_ONCE at a time, each to `to` or to the candidate with the
+    most free memory; each guest's outcome in its Guests."""
+    to = request.arg('to')
+    if to == '':
+        raise bad_request('to=: name a connection, or leave `to` out to let the daemon choose')
+    destinations = [request.app.covered_hypervisor(request, to)] if to else _candidates(request)
+    if to:
+        migration.check_distinct(request.conn, destinations[0].connection.get(),
+                                 (request.hypervisor.name, to))
+        destinations[0].maintenance.refuse()
+    if not destinations:
+        raise HTTPError(409, f'no connection to evacuate {request.hypervisor.name} to: none that '
+                        'your credentials cover has the same driver and is up, out of '
+                        'maintenance and another host', 'no_destination')
+    guests = [dom for dom in request.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+              if not is_dom0(dom)]
+    maintenance = request.hypervisor.maintenance
+    was_on = maintenance.on
+    maintenance.enter(request.caller)
+    outcomes = [{'Name': dom.name(), 'Uuid': dom.UUIDString(), 'To': None, 'Operation': None,
+                 'State': 'waiting', 'Error': None} for dom in guests]
+    kind, host = migration.host_of(request.conn)
+    try:
+        operation = request.app.operations.start(
+            'evacuate', request.hypervisor, None,
+            lambda: _evacuate(request, list(zip(outcomes, guests)), destinations),
+            request.caller, target={'Name': request.hypervisor.name,
+                                    'Uuid': host if kind == 'uuid' else None},
+            extra={'Guests': outcomes})
+    except HTTPError:  # 409 one runs, 503 no thread: the maintenance is as it was
+        if not was_on:
+            maintenance.lift()
+        raise
+    return accepted(request.hypervisor, operation)
+
+
+def _candidates(request):
+    """The connections the caller covers with the source's driver, up, out of maintenance, and
+    on another host."""
+    kind, host = request.conn.getType(), migration.host_of(request.conn)
+    found = []
+    for hypervisor in request.usable_hypervisors():
+        if hypervisor is request.hypervisor or hypervisor.maintenance.on:
+            continue
+        try:
+            conn = hypervisor.connection.get()
+            if conn.getType() == kind and migration.host_of(conn) != host:
+                found.append(hypervisor)
+        except (HTTPError, libvirt.libvirtError):
+            continue  # not answering: no destination
+    return found
+
+
+def _free_memory(hypervisor):
+    try:
+        return hypervisor.connection.get().getFreeMemory()
+    except (HTTPError, libvirt.libvirtError):
+        return -1
+
+
+def _evacuate(request, pending, destinations):
+    """Migrate each guest as an operation of its own, a few at a time; one guest's refusal or
+    failure is its outcome and the rest go on. Fails (`evacuation_incomplete`) unless all moved."""
+    operations, running = request.app.operations, []
+    everyone = [outcome for outcome, _dom in pending]
+    while pending or running:
+        while pending and len(running) < EVACUATE_AT_ONCE:
+            outcome, dom = pending[0]
+            destination = max(destinations, key=_free_memory)
+            try:
+                child = operations.start('migrate', request.hypervisor, dom,
+                                         _prepared(request, dom, destination), request.caller,
+                                         job=True)
+            except HTTPError as err:
+                if err.code == 'too_many_operations':
+                    break  # a thread is free again once one ends: try then
+                outcome.update(To=destination.name, State='failed', Error=err.body())
+            except libvirt.libvirtError as err:
+                outcome.update(To=destination.name, State='failed',
+                               Error=from_libvirt(err, True).body())
+            else:
+                outcome.update(To=destination.name, Operation=child.id, State='running')
+                running.append((outcome, child))
+            pending.pop(0)
+        for outcome, child in list(running):
+            if child.wait(0.2):
+                outcome.update(State=child.state, Error=child.error)
+                running.remove((outcome, child))
+        if pending and not running:
+            time.sleep(0.2)
+    stayed = [outcome['Name'] for outcome in everyone if outcome['State'] != 'succeeded']
+    if stayed:
+        raise HTTPError(500, f"{len(stayed)} of {len(everyone)} guests did not move: "
+                        f"{', '.join(stayed)} (see Guests)", 'evacuation_incomplete')

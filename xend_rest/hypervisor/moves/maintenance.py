@@ -1,0 +1,87 @@
+"""Maintenance of a host: while it is on, the daemon starts no guest there (and migrates none to
+it). With a state directory it survives a restart of the daemon (a file per connection);
+virsh, xl and libvirt's autostart know nothing of it."""
+import json
+import logging
+import os
+import threading
+from datetime import datetime, timezone
+
+from xend_rest.errors import HTTPError
+from xend_rest.logtext import printable_text
+
+log = logging.getLogger(__name__)
+
+
+def in_maintenance(name, state):
+    return HTTPError(409, f"connection {name} is in maintenance (since {state['Since']}, by "
+                     f"{state['Caller']}): lift it first", 'in_maintenance')
+
+
+class Maintenance:
+    """One connection's maintenance: None, or {"Since", "Caller"}; kept in `path` if given."""
+
+    def __init__(self, name, path=None):
+        self.name, self.path = name, path
+        self._lock = threading.Lock()
+        self.state = self._load()
+
+    @property
+    def on(self):
+        return self.state is not None
+
+    def refuse(self):
+        """409 while on: for a start, or a migration to this host."""
+        state = self.state
+        if state is not None:
+            raise in_maintenance(self.name, state)
+
+    def enter(self, caller):
+        """Put the host into maintenance (again: it stays as it was); the state."""
+        with self._lock:
+            if self.state is None:
+                state = {'Since': datetime.now(timezone.utc).isoformat(timespec='seconds')
+                         .replace('+00:00', 'Z'), 'Caller': caller}
+                self._store(state)
+                self.state = state
+            return self.state
+
+    def lift(self):
+        with self._lock:
+            if self.state is not None:
+                self._store(None)
+                self.state = None
+
+    def _load(self):
+        if self.path is None:
+            return None
+        try:
+            with open(self.path, encoding='utf-8') as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as err:  # unreadable: on, so that nothing starts there
+            log.warning('maintenance file %s is unreadable (%s): the connection stays in '
+                        'maintenance', printable_text(self.path), printable_text(err))
+            return {'Since': None, 'Caller': None}
+
+    def _store(self, state):
+        """Write (or remove) the file first: what a restart reads is what was answered."""
+        if self.path is None:
+            return
+        try:
+            if state is None:
+                os.unlink(self.path)
+                return
+            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+            part = self.path + '.part'
+            with open(part, 'w', encoding='utf-8') as f:
+                json.dump(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(part, self.path)
+        except FileNotFoundError:
+            pass  # lifted already (by another process sharing the directory)
+        except OSError as err:
+            raise HTTPError(500, f'cannot record the maintenance in the state directory: {err}',
+                            'state_unwritable') from None
