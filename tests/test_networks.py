@@ -1,0 +1,368 @@
+"""Networks: List, Inspect, Create, start, stop, delete, autostart and leases of libvirt's virtual
+networks, dom0's bridges, and the state libvirt keeps afterwards."""
+import libvirt
+import pytest
+
+from conftest import Client
+from xend_rest.api.app import make_app
+from xend_rest.api.handlers.networks import STATE_KEYS
+from xend_rest.api.openapi import NETWORK_STATE
+from xend_rest.hypervisor import convert
+
+HV = '/libvirt/xen'
+NETWORKS = HV + '/networks'
+
+# A Xen host with a NAT network that one running guest uses (another, shut off, names it too),
+# a guest on a plain bridge, and dom0's bridges as libvirt's interface driver sees them.
+NODE = """<node>
+  <cpu><mhz>2400</mhz><model>x86_64</model><nodes>1</nodes><sockets>1</sockets>
+       <cores>4</cores><threads>2</threads></cpu>
+  <memory>16777216</memory>
+  %(domains)s
+  <network>
+    <name>default</name>
+    <uuid>5d5c6b88-2f3c-4d36-9d3b-3f3c1c0a7e01</uuid>
+    <forward mode='nat'/>
+    <bridge name='virbr0'/>
+    <ip address='192.168.122.1' netmask='255.255.255.0'>
+      <dhcp><range start='192.168.122.2' end='192.168.122.254'/></dhcp>
+    </ip>
+  </network>
+  <interface type='bridge' name='xenbr0'>
+    <start mode='onboot'/>
+    <bridge stp='off'>
+      <interface type='ethernet' name='eth0'><mac address='aa:bb:cc:dd:ee:01'/></interface>
+    </bridge>
+  </interface>
+  <interface type='bridge' name='virbr0'><start mode='onboot'/><bridge stp='on'/></interface>
+  <interface type='ethernet' name='eth1'><mac address='aa:bb:cc:dd:ee:02'/></interface>
+</node>"""
+DOMAIN = """<domain type='xen'>
+  <name>%(name)s</name>
+  <memory unit='KiB'>1048576</memory>
+  <os><type arch='x86_64'>xen</type></os>
+  <devices>
+    <interface type='%(type)s'><mac address='00:16:3e:00:01:%(mac)s'/>%(source)s</interface>
+  </devices>
+  %(extra)s
+</domain>"""
+DOMAINS = [
+    ('web', 'network', "<source network='default'/>", ''),
+    ('idle', 'network', "<source network='default'/>",
+     "<test:runstate xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>5</test:runstate>"),
+    ('db', 'bridge', "<source bridge='xenbr0'/>", ''),
+]
+ISOLATED = {'network': {'name': 'isolated', 'bridge': {'@name': 'virbr9'},
+                        'ip': {'@address': '10.9.0.1', '@netmask': '255.255.255.0'}}}
+
+
+@pytest.fixture
+def api(tmp_path):
+    path = tmp_path / 'node.xml'
+    path.write_text(NODE % {'domains': '\n'.join(
+        DOMAIN % {'name': name, 'type': kind, 'source': source, 'extra': extra,
+                  'mac': '%02x' % index}
+        for index, (name, kind, source, extra) in enumerate(DOMAINS))})
+    app = make_app(uri=f'test://{path}')
+    yield Client(app)
+    app.close()
+
+
+def networks(api):
+    """libvirt's own view: {name: (active, persistent, autostart)}."""
+    return {net.name(): (net.isActive(), net.isPersistent(), net.autostart())
+            for net in api.conn.listAllNetworks(0)}
+
+
+def definitions(api):
+    """Everything libvirt holds about networks, to show a refusal changed nothing."""
+    return sorted((net.name(), net.isActive(), net.isPersistent(), net.autostart(),
+                   net.XMLDesc(0)) for net in api.conn.listAllNetworks(0))
+
+
+def define(api, doc=ISOLATED):
+    response = api.post(NETWORKS + '/create', doc)
+    assert response.status == 201, response.json
+    return response.json
+
+
+def transient(api, name='temporary'):
+    return api.conn.networkCreateXML(f"<network><name>{name}</name>"
+                                     "<bridge name='virbr7'/></network>")
+
+
+# -- List and Inspect -------------------------------------------------------------------------
+
+def test_list_gives_each_networks_state(api):
+    define(api)
+    response = api.get(NETWORKS + '/json')
+    assert response.status == 200
+    default, isolated = response.json
+    assert default == {'Name': 'default', 'Uuid': '5d5c6b88-2f3c-4d36-9d3b-3f3c1c0a7e01',
+                       'Forward': 'nat', 'State': 'active', 'Autostart': False,
+                       'Persistent': True, 'Bridge': 'virbr0', 'UsedBy': ['web']}
+    assert isolated['Name'] == 'isolated' and isolated['Forward'] is None  # no <forward>: isolated
+    assert (isolated['State'], isolated['Persistent'], isolated['UsedBy']) == ('inactive', True, [])
+    assert isolated['Uuid'] == api.conn.networkLookupByName('isolated').UUIDString()
+
+
+def test_a_network_only_a_shut_off_guest_names_is_used_by_nobody(api):
+    api.conn.lookupByName('web').destroy()
+    (default,) = api.get(NETWORKS + '/json').json
+    assert default['UsedBy'] == []
+
+
+def test_a_transient_network_is_listed_as_such(api):
+    transient(api)
+    summary = {net['Name']: net for net in api.get(NETWORKS + '/json').json}['temporary']
+    assert (summary['State'], summary['Persistent'], summary['Bridge']) == ('active', False, 'virbr7')
+
+
+def test_inspect_gives_the_definition_and_the_state(api):
+    response = api.get(NETWORKS + '/default/json')
+    assert response.status == 200
+    body = response.json
+    live = api.conn.networkLookupByName('default').XMLDesc(0)
+    assert body['network'] == convert.xml_to_dict(live)['network']
+    assert body['network']['name'] == 'default'
+    assert body['network']['forward'] == {'@mode': 'nat'}
+    assert body['network']['ip']['dhcp']['range'] == {'@start': '192.168.122.2',
+                                                      '@end': '192.168.122.254'}
+    assert {key: body[key] for key in STATE_KEYS} == {
+        'State': 'active', 'Autostart': False, 'Persistent': True, 'Bridge': 'virbr0',
+        'UsedBy': ['web']}
+    assert set(body) == {'network', *STATE_KEYS} and set(STATE_KEYS) == set(NETWORK_STATE)
+
+
+def test_the_persistent_definition_is_a_flag_the_test_driver_lacks(api):
+    """flag=1 (VIR_NETWORK_XML_INACTIVE) is the network drivers'; the test driver's is 501, as
+    any documented flag a driver does not implement."""
+    response = api.get(NETWORKS + '/default/json', 'flag=1')
+    assert response.status == 501 and response.json['code'] == 'not_supported'
+
+
+@pytest.mark.parametrize('query', ['flag=2', 'flag=x', 'flag=-1'])
+def test_inspect_refuses_a_flag_outside_its_table(api, query):
+    response = api.get(NETWORKS + '/default/json', query)
+    assert response.status == 400 and response.json['code'] == 'bad_parameter'
+
+
+@pytest.mark.parametrize('method, action', [
+    ('GET', 'json'), ('POST', 'start'), ('POST', 'stop'), ('POST', 'delete'),
+    ('POST', 'autostart?enable=1'), ('GET', 'leases')])
+def test_a_network_that_does_not_exist_is_404(api, method, action):
+    before = definitions(api)
+    action, _, query = action.partition('?')
+    response = api.request(method, f'{NETWORKS}/nowhere/{action}', query=query)
+    assert response.status == 404 and response.json['code'] == 'no_such_network'
+    assert definitions(api) == before
+
+
+# -- Create -----------------------------------------------------------------------------------
+
+def test_create_defines_a_network_without_starting_it(api):
+    created = define(api)
+    assert created['Warnings'] == []
+    net = api.conn.networkLookupByName('isolated')
+    assert created['Uuid'] == net.UUIDString()
+    assert networks(api)['isolated'] == (0, 1, 0)
+
+
+def test_what_inspect_answers_creates_the_same_network_again(api):
+    define(api)
+    answer = api.get(NETWORKS + '/isolated/json').json
+    assert api.post(NETWORKS + '/isolated/delete').status == 204
+    assert 'isolated' not in networks(api)
+    again = api.post(NETWORKS + '/create', answer)  # unchanged: its state keys are ignored
+    assert again.status == 201 and again.json == {'Uuid': answer['network']['uuid'],
+                                                  'Warnings': []}
+    assert api.get(NETWORKS + '/isolated/json').json == answer
+
+
+def test_an_active_networks_answer_creates_it_again_too(api):
+    answer = api.get(NETWORKS + '/default/json').json
+    assert api.post(NETWORKS + '/default/delete', query='force=1').status == 204
+    again = api.post(NETWORKS + '/create', answer)
+    assert again.status == 201 and again.json['Warnings'] == []
+    assert again.json['Uuid'] == answer['network']['uuid']
+    assert networks(api)['default'] == (0, 1, 0)  # Create defines; start starts
+    assert api.get(NETWORKS + '/default/json').json['network'] == answer['network']
+
+
+def test_create_warns_of_what_libvirt_dropped(api):
+    doc = {'network': {**ISOLATED['network'], 'sparkle': {'@level': '11'}}}
+    assert define(api, doc)['Warnings'] == ['network.sparkle was dropped by libvirt']
+
+
+def test_a_definition_without_uuid_replaces_the_network_of_its_name(api):
+    uuid = define(api)['Uuid']
+    doc = {'network': {**ISOLATED['network'], 'ip': {'@address': '10.9.9.1',
+                                                     '@netmask': '255.255.255.0'}}}
+    assert define(api, doc)['Uuid'] == uuid
+    answer = api.get(NETWORKS + '/isolated/json').json['network']
+    assert answer['ip']['@address'] == '10.9.9.1'
+
+
+@pytest.mark.parametrize('doc, code', [
+    # the name of a network, with another UUID; the UUID of a network, with another name
+    ({'network': {'name': 'default', 'uuid': '5d5c6b88-2f3c-4d36-9d3b-3f3c1c0a7e02'}},
+     'already_exists'),
+    ({'network': {'name': 'other', 'uuid': '5D5C6B88-2F3C-4D36-9D3B-3F3C1C0A7E01'}},
+     'already_exists'),
+])
+def test_create_does_not_take_another_networks_name_or_uuid(api, doc, code):
+    before = definitions(api)
+    response = api.post(NETWORKS + '/create', doc)
+    assert response.status == 409 and response.json['code'] == code
+    assert 'default' in response.json['message']
+    assert definitions(api) == before
+
+
+@pytest.mark.parametrize('doc', [
+    [], b'"network"', {}, {'domain': ISOLATED['network']}, {**ISOLATED, 'Extra': 1},
+    {**ISOLATED, 'network2': {}}, {'network': [ISOLATED['network']]},
+    {'network': {'name': 'x', '@p:file': '/etc', '@xmlns:p': 'urn:p'}},
+])
+def test_a_body_create_cannot_read_is_400_and_defines_nothing(api, doc):
+    before = definitions(api)
+    response = api.post(NETWORKS + '/create', doc)
+    assert response.status == 400 and response.json['code'] == 'bad_parameter'
+    assert definitions(api) == before
+
+
+def test_a_definition_libvirt_refuses_is_406(api):
+    before = definitions(api)
+    response = api.post(NETWORKS + '/create', {'network': {'bridge': {'@name': 'virbr5'}}})
+    assert response.status == 406 and response.json['code'] == 'definition_rejected'
+    assert definitions(api) == before
+
+
+# -- start, stop, delete ------------------------------------------------------------------------
+
+def test_start_starts_a_defined_network_and_a_repeat_is_304(api):
+    define(api)
+    assert api.post(NETWORKS + '/isolated/start').status == 204
+    assert networks(api)['isolated'] == (1, 1, 0)
+    assert api.post(NETWORKS + '/isolated/start').status == 304
+    assert networks(api)['isolated'] == (1, 1, 0)
+
+
+def test_stop_stops_an_unused_network_and_a_repeat_is_304(api):
+    define(api)
+    api.post(NETWORKS + '/isolated/start')
+    assert api.post(NETWORKS + '/isolated/stop').status == 204
+    assert networks(api)['isolated'] == (0, 1, 0)
+    assert api.post(NETWORKS + '/isolated/stop').status == 304
+
+
+def test_a_network_a_running_guest_uses_is_not_stopped(api):
+    before = definitions(api)
+    response = api.post(NETWORKS + '/default/stop')
+    assert response.status == 409 and response.json['code'] == 'network_in_use'
+    assert 'web' in response.json['message'] and 'idle' not in response.json['message']
+    assert definitions(api) == before
+
+
+def test_force_stops_a_network_in_use(api):
+    assert api.post(NETWORKS + '/default/stop', query='force=1').status == 204
+    assert networks(api)['default'] == (0, 1, 0)
+
+
+def test_a_network_whose_guest_stopped_is_no_longer_in_use(api):
+    api.post(HV + '/nodes/web/destroy')
+    assert api.post(NETWORKS + '/default/stop').status == 204
+
+
+def test_stopping_a_transient_network_removes_it(api):
+    transient(api)
+    assert api.post(NETWORKS + '/temporary/stop').status == 204
+    assert 'temporary' not in networks(api)
+
+
+def test_delete_removes_a_defined_network(api):
+    define(api)
+    assert api.post(NETWORKS + '/isolated/delete').status == 204
+    assert 'isolated' not in networks(api)
+
+
+def test_delete_stops_a_running_network_first(api):
+    define(api)
+    api.post(NETWORKS + '/isolated/start')
+    assert api.post(NETWORKS + '/isolated/delete').status == 204
+    assert 'isolated' not in networks(api)
+
+
+def test_delete_removes_a_transient_network(api):
+    transient(api)
+    assert api.post(NETWORKS + '/temporary/delete').status == 204
+    assert 'temporary' not in networks(api)
+
+
+def test_a_network_in_use_is_not_deleted(api):
+    before = definitions(api)
+    response = api.post(NETWORKS + '/default/delete')
+    assert response.status == 409 and response.json['code'] == 'network_in_use'
+    assert definitions(api) == before
+    assert api.post(NETWORKS + '/default/delete', query='force=1').status == 204
+    assert 'default' not in networks(api)
+
+
+@pytest.mark.parametrize('action', ['stop', 'delete'])
+def test_a_bad_force_is_400(api, action):
+    before = definitions(api)
+    response = api.post(f'{NETWORKS}/default/{action}', query='force=yes')
+    assert response.status == 400 and definitions(api) == before
+
+
+# -- autostart --------------------------------------------------------------------------------
+
+def test_autostart_is_set_and_cleared_and_a_repeat_is_304(api):
+    assert api.post(NETWORKS + '/default/autostart', query='enable=1').status == 204
+    assert networks(api)['default'] == (1, 1, 1)
+    assert api.get(NETWORKS + '/default/json').json['Autostart'] is True
+    assert api.post(NETWORKS + '/default/autostart', query='enable=true').status == 304
+    assert api.post(NETWORKS + '/default/autostart', query='enable=0').status == 204
+    assert networks(api)['default'] == (1, 1, 0)
+    assert api.post(NETWORKS + '/default/autostart', query='enable=False').status == 304
+
+
+@pytest.mark.parametrize('query', ['', 'enable=', 'enable=yes', 'enable=1&enable=0'])
+def test_autostart_needs_enable(api, query):
+    response = api.post(NETWORKS + '/default/autostart', query=query)
+    assert response.status == 400 and networks(api)['default'] == (1, 1, 0)
+
+
+def test_a_transient_network_has_no_autostart(api):
+    transient(api)
+    response = api.post(NETWORKS + '/temporary/autostart', query='enable=1')
+    assert response.status == 409 and response.json['code'] == 'invalid_state'
+    assert networks(api)['temporary'] == (1, 0, 0)
+
+
+# -- leases and bridges -----------------------------------------------------------------------
+
+def test_leases_of_an_inactive_network_are_409(api):
+    define(api)
+    response = api.get(NETWORKS + '/isolated/leases')
+    assert response.status == 409 and response.json['code'] == 'invalid_state'
+
+
+def test_the_test_driver_keeps_no_leases_501(api):
+    """libvirt's test driver has no virNetworkGetDHCPLeases (the QEMU tier reads real ones)."""
+    response = api.get(NETWORKS + '/default/leases')
+    assert response.status == 501 and response.json['code'] == 'not_supported'
+
+
+@pytest.mark.parametrize('mac', ['x', '00:16:3e:00:01', '00:16:3e:00:01:00:00', '00-16-3e-00-01-00'])
+def test_a_bad_mac_is_400(api, mac):
+    response = api.get(NETWORKS + '/default/leases', 'mac=' + mac)
+    assert response.status == 400 and response.json['code'] == 'bad_parameter'
+
+
+def test_bridges_are_dom0s_as_libvirt_reports_them(api):
+    response = api.get(HV + '/bridges/json')
+    assert response.status == 200
+    assert response.json == [
+        {'Name': 'virbr0', 'Active': True, 'Mac': None, 'Interfaces': [], 'Network': 'default'},
+        {'Name': 'xenbr0', 'Active': True, 'Mac': None, 'Interfaces': ['eth0'], 'Network': None},
+    ]
