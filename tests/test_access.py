@@ -124,6 +124,15 @@ ROUTE_ROLES = [
     ('POST', '/libvirt/xen/images/default/web.raw/wipe', None, 'admin'),
     ('POST', '/libvirt/xen/images/default/web.raw/delete', None, 'admin'),
     ('PUT', '/libvirt/xen/images/default/new.raw/upload', None, 'admin'),
+    ('GET', '/libvirt/xen/networks/json', None, 'read'),
+    ('GET', '/libvirt/xen/networks/default/json', None, 'read'),
+    ('GET', '/libvirt/xen/networks/default/leases', None, 'read'),
+    ('GET', '/libvirt/xen/bridges/json', None, 'read'),
+    ('POST', '/libvirt/xen/networks/create', {'network': {'name': 'new'}}, 'admin'),
+    ('POST', '/libvirt/xen/networks/default/start', None, 'operator'),
+    ('POST', '/libvirt/xen/networks/default/stop', None, 'operator'),
+    ('POST', '/libvirt/xen/networks/default/delete', None, 'admin'),
+    ('POST', '/libvirt/xen/networks/default/autostart?enable=1', None, 'admin'),
 ]
 
 

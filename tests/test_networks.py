@@ -4,9 +4,12 @@ import libvirt
 import pytest
 
 from conftest import Client
+from test_events import Stream
 from xend_rest.api.app import make_app
+from xend_rest.api.host_paths import host_access, sent_xml
 from xend_rest.api.handlers.networks import STATE_KEYS
 from xend_rest.api.openapi import NETWORK_STATE
+from xend_rest.api.security import Guard
 from xend_rest.hypervisor import convert
 
 HV = '/libvirt/xen'
@@ -366,3 +369,114 @@ def test_bridges_are_dom0s_as_libvirt_reports_them(api):
         {'Name': 'virbr0', 'Active': True, 'Mac': None, 'Interfaces': [], 'Network': 'default'},
         {'Name': 'xenbr0', 'Active': True, 'Mac': None, 'Interfaces': ['eth0'], 'Network': None},
     ]
+
+
+# -- host paths and namespaces (allowed-paths) ------------------------------------------------
+
+DNSMASQ = 'http://libvirt.org/schemas/network/dnsmasq/1.0'
+
+
+@pytest.fixture
+def tftp(tmp_path):
+    path = tmp_path / 'tftp'
+    path.mkdir()
+    (path / 'link-out').symlink_to('/etc')
+    return path
+
+
+@pytest.fixture
+def confined(api, tftp):
+    """The same node, served by an app whose allowed-paths is the tftp directory."""
+    app = make_app(uri=api.app.hypervisor.connection.uri,
+                   guard=Guard(allowed_paths=[str(tftp)]))
+    yield Client(app)
+    app.close()
+
+
+def pxe(root, boot='pxelinux.0'):
+    """A network that serves `root` over TFTP and tells DHCP clients to boot `boot`."""
+    return {'network': {'name': 'pxe', 'bridge': {'@name': 'virbr8'}, 'ip': {
+        '@address': '10.8.0.1', '@netmask': '255.255.255.0', 'tftp': {'@root': str(root)},
+        'dhcp': {'range': {'@start': '10.8.0.2', '@end': '10.8.0.9'},
+                 'bootp': {'@file': str(boot)}}}}}
+
+
+def with_options(default_namespace=False):
+    """A network whose <dnsmasq:options> give dnsmasq a dhcp-script (prefixed, or in a default
+    namespace)."""
+    option = {'@value': 'dhcp-script=/var/tmp/x.sh'}
+    if default_namespace:
+        return {'network': {'name': 'opts', 'options': {'@xmlns': DNSMASQ, 'option': option}}}
+    return {'network': {'@xmlns:dnsmasq': DNSMASQ, 'name': 'opts',
+                        'dnsmasq:options': {'dnsmasq:option': option}}}
+
+
+@pytest.mark.parametrize('default_namespace', [False, True], ids=['prefixed', 'default xmlns'])
+def test_dnsmasq_options_are_refused_while_allowed_paths_is_set(confined, default_namespace):
+    """A dhcp-script in <dnsmasq:options> runs as root: no path check can see into it."""
+    before = definitions(confined)
+    response = confined.post(NETWORKS + '/create', with_options(default_namespace))
+    assert response.status == 403 and response.json['code'] == 'path_not_allowed'
+    assert 'dnsmasq' in response.json['message']
+    assert definitions(confined) == before
+
+
+def test_dnsmasq_options_reach_libvirt_without_allowed_paths(api):
+    """An admin without allowed-paths is root on dom0 anyway; the test driver drops them."""
+    response = api.post(NETWORKS + '/create', with_options())
+    assert response.status == 201
+    assert 'network.dnsmasq:options was dropped by libvirt' in response.json['Warnings']
+
+
+def test_a_tftp_root_and_boot_file_inside_are_accepted(confined, tftp):
+    response = confined.post(NETWORKS + '/create', pxe(tftp, tftp / 'pxelinux.0'))
+    assert response.status == 201 and response.json['Warnings'] == []
+    assert 'pxe' in networks(confined)
+
+
+@pytest.mark.parametrize('where, root, boot', [
+    ('network.ip.tftp.@root', '/', 'pxelinux.0'),
+    ('network.ip.tftp.@root', '{tftp}/link-out', '{tftp}/pxelinux.0'),
+    ('network.ip.tftp.@root', '{tftp}/../', '{tftp}/pxelinux.0'),
+    ('network.ip.tftp.@root', 'tftp', '{tftp}/pxelinux.0'),  # relative: dnsmasq's own directory
+    ('network.ip.dhcp.bootp.@file', '{tftp}', '/etc/shadow'),
+    ('network.ip.dhcp.bootp.@file', '{tftp}', '{tftp}/link-out/shadow'),
+    ('network.ip.dhcp.bootp.@file', '{tftp}', 'pxelinux.0'),  # relative: no place to judge
+])
+def test_a_tftp_root_or_boot_file_outside_is_refused(confined, tftp, where, root, boot):
+    before = definitions(confined)
+    doc = pxe(root.format(tftp=tftp), boot.format(tftp=tftp))
+    response = confined.post(NETWORKS + '/create', doc)
+    assert response.status == 403 and response.json['code'] == 'path_not_allowed'
+    assert response.json['message'].startswith(where + ':')
+    assert definitions(confined) == before
+
+
+def test_the_walk_finds_a_networks_host_paths(tftp):
+    found = host_access(sent_xml(pxe(tftp, '/srv/boot.0')))
+    assert found == [('network.ip.tftp.@root', 'path', str(tftp)),
+                     ('network.ip.dhcp.bootp.@file', 'path', '/srv/boot.0')]
+
+
+# -- events -------------------------------------------------------------------------------------
+
+def test_network_events_come_to_streams_that_ask_for_them(api):
+    stream = Stream(api, 'type=network&limit=4')
+    domains_only = Stream(api, 'timeout=0.5')
+    uuid = define(api)['Uuid']
+    for action in ('start', 'stop', 'delete'):
+        assert api.post(f'{NETWORKS}/isolated/{action}').status == 204
+    records = stream.records()
+    assert [(record['Type'], record['Event'], record['Detail']) for record in records] == [
+        ('network', 'defined', None), ('network', 'started', None),
+        ('network', 'stopped', None), ('network', 'undefined', None)]
+    assert all(record['Network'] == {'Name': 'isolated', 'Uuid': uuid} for record in records)
+    assert all('Domain' not in record for record in records)
+    assert domains_only.records() == []  # the default stream is as it was: domains only
+
+
+def test_a_stream_filters_network_events_by_name_of_event(api):
+    stream = Stream(api, 'type=network&event=stopped&limit=1', {'HTTP_ACCEPT': 'text/event-stream'})
+    api.post(NETWORKS + '/default/stop', query='force=1')
+    lines = [block for block in stream.finish().decode().split('\n\n') if block.strip(':\n')]
+    assert lines[0].split('\n')[1] == 'event: network.stopped'
