@@ -269,7 +269,7 @@ ROUTES = [
                                                                       409: ERROR},
                                    body='NetworkDefinition')),
     Route('GET', NETWORK + '/json', networks.inspect_network, READ, doc=Doc(
-        'Inspect a network: its definition and its state', {200: 'Network'},
+        'Inspect a network: its definition and its state', {200: 'Network', 501: ERROR},
         [flag(NETWORK_XML_FLAGS)])),
     Route('POST', NETWORK + '/start', networks.start_network, OPERATOR, doc=Doc(
         'Start a network', {204: NO_BODY, 304: NO_BODY, 409: ERROR})),
