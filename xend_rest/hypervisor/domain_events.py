@@ -207,8 +207,9 @@ class EventHub:
         return len(self._subscribers)
 
     def attach(self, conn):
-        """Register for the domain events of a connection the pool just opened; returns the
-        function that deregisters them (the pool calls it before closing the connection)."""
+        """Register for the domain and network events of a connection the pool just opened;
+        returns the function that deregisters them (the pool calls it before closing the
+        connection)."""
         callback_ids = []
         for event_id, callback in (
                 (libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle),
