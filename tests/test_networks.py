@@ -224,6 +224,8 @@ def test_create_does_not_take_another_networks_name_or_uuid(api, doc, code):
 @pytest.mark.parametrize('doc', [
     [], b'"network"', {}, {'domain': ISOLATED['network']}, {**ISOLATED, 'Extra': 1},
     {**ISOLATED, 'network2': {}}, {'network': [ISOLATED['network']]},
+    {**ISOLATED, 'State': 'running'}, {**ISOLATED, 'Autostart': 1}, {**ISOLATED, 'UsedBy': 'web'},
+    {**ISOLATED, 'Bridge': ['virbr0']},
     {'network': {'name': 'x', '@p:file': '/etc', '@xmlns:p': 'urn:p'}},
 ])
 def test_a_body_create_cannot_read_is_400_and_defines_nothing(api, doc):

@@ -205,7 +205,7 @@ SCHEMAS = {
     'NetworkList': {'type': 'array', 'items': _ref('NetworkSummary')},
     'Network': _object({'network': {'type': 'object'}, **NETWORK_STATE}),
     'NetworkDefinition': {'type': 'object', 'properties': {
-        'network': _ref('XmlItem'), **{key: {} for key in NETWORK_STATE}},
+        'network': _ref('XmlItem'), **NETWORK_STATE},
         'required': ['network'], 'additionalProperties': False},
     'Lease': _object({'Mac': STRING, 'Address': STRING, 'Prefix': MAYBE_INT,
                       'Family': {'type': 'string', 'enum': ['ipv4', 'ipv6', 'unknown']},

@@ -13,9 +13,16 @@ from xend_rest.hypervisor.libvirt_errors import from_libvirt, is_connection_erro
 from .domains import NO_CONTENT, NOT_MODIFIED, _change_state, _rejected, parse_uuid
 
 # What Inspect answers beside the definition: the network's state, which Create takes back
-# unchanged and ignores (as Incus ignores a network's status and used_by on PUT). Create defines;
-# start and autostart change the state.
-STATE_KEYS = ('State', 'Autostart', 'Persistent', 'Bridge', 'UsedBy')
+# unchanged and ignores (as Incus ignores a network's status and used_by on PUT), each key with
+# what Inspect may give for it. Create defines; start and autostart change the state.
+STATE_KEYS = {
+    'State': lambda value: value in ('active', 'inactive'),
+    'Autostart': lambda value: isinstance(value, bool),
+    'Persistent': lambda value: isinstance(value, bool),
+    'Bridge': lambda value: value is None or isinstance(value, str),
+    'UsedBy': lambda value: isinstance(value, list) and all(isinstance(item, str)
+                                                            for item in value),
+}
 MAC = '[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}'  # as libvirt writes one (any case taken)
 FAMILIES = {libvirt.VIR_IP_ADDR_TYPE_IPV4: 'ipv4', libvirt.VIR_IP_ADDR_TYPE_IPV6: 'ipv6'}
 
@@ -126,8 +133,9 @@ def inspect_network(request, network):
 def create_network(request):
     """POST /networks/create: define (or redefine) a network; Warnings name what libvirt dropped."""
     posted = request.json()
-    if not isinstance(posted, dict) or 'network' not in posted or set(posted) - {
-            'network', *STATE_KEYS}:
+    if not isinstance(posted, dict) or 'network' not in posted or not all(
+            key in STATE_KEYS and STATE_KEYS[key](value) for key, value in posted.items()
+            if key != 'network'):
         raise bad_request('the body must be a JSON object with the key "network" (and, as '
                           f"Inspect answers them, none but {', '.join(STATE_KEYS)} beside it)")
     definition = {'network': posted['network']}
