@@ -11,6 +11,7 @@ import ipaddress
 import libvirt
 import pytest
 
+import test_events
 from conftest import Client
 from test_events import Stream
 from xend_rest.api.app import make_app
@@ -77,8 +78,11 @@ def guest_address(console):
     return ipaddress.ip_interface(line.split()[2])
 
 
-def test_a_network_through_its_life_with_a_guest_on_it(api, network_libvirtd, guest_on_lab):
+def test_a_network_through_its_life_with_a_guest_on_it(api, network_libvirtd, guest_on_lab,
+                                                       monkeypatch):
+    monkeypatch.setattr(test_events, 'EVENTS', '/libvirt/qemu/events')  # this app's connection
     events = Stream(api, 'type=network&limit=4')
+    assert events.status == 200
     created = api.post(NETWORKS + '/create', LAB)
     assert created.status == 201 and created.json['Warnings'] == []
     assert not has_link(network_libvirtd, BRIDGE)  # defined, not started
