@@ -179,11 +179,11 @@ def module(grammars=None, version='?'):
         'not edit).',
         '',
         f'Read from libvirt {version}\'s {SCHEMAS}/domain.rng and network.rng by',
-        'tests/libvirt_schema.py; tests/test_schema_paths.py fails while the installed schemas give',
-        'another table. A place is the shortest tail of element names, then \'@attribute\' or',
-        '\'#text\', that only places of its kind end with: \'path\' (a file, directory, device or',
-        'socket) or \'dbus\' (a D-Bus address). The comment gives the first place it stands for',
-        '(under <domain>, or under the <network> it names) and how many more.',
+        'tests/libvirt_schema.py; tests/test_schema_paths.py fails while the installed schemas',
+        'give another table. A place is the shortest tail of element names, then \'@attribute\'',
+        'or \'#text\', that only places of its kind end with: \'path\' (a file, directory, device',
+        'or socket) or \'dbus\' (a D-Bus address). The comment gives the first place it stands',
+        'for (under <domain>, or under the <network> it names) and how many more.',
         '"""',
         'SCHEMA_PATHS = {']
     for key in sorted(table, key=lambda key: (key[-1], key)):

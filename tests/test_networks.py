@@ -118,7 +118,8 @@ def test_a_network_only_a_shut_off_guest_names_is_used_by_nobody(api):
 def test_a_transient_network_is_listed_as_such(api):
     transient(api)
     summary = {net['Name']: net for net in api.get(NETWORKS + '/json').json}['temporary']
-    assert (summary['State'], summary['Persistent'], summary['Bridge']) == ('active', False, 'virbr7')
+    assert (summary['State'], summary['Persistent'], summary['Bridge']) == (
+        'active', False, 'virbr7')
 
 
 def test_inspect_gives_the_definition_and_the_state(api):
@@ -358,7 +359,8 @@ def test_the_test_driver_keeps_no_leases_501(api):
     assert response.status == 501 and response.json['code'] == 'not_supported'
 
 
-@pytest.mark.parametrize('mac', ['x', '00:16:3e:00:01', '00:16:3e:00:01:00:00', '00-16-3e-00-01-00'])
+@pytest.mark.parametrize('mac', ['x', '00:16:3e:00:01', '00:16:3e:00:01:00:00',
+                                 '00-16-3e-00-01-00'])
 def test_a_bad_mac_is_400(api, mac):
     response = api.get(NETWORKS + '/default/leases', 'mac=' + mac)
     assert response.status == 400 and response.json['code'] == 'bad_parameter'
