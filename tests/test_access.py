@@ -137,7 +137,11 @@ ROUTE_ROLES = [
 
 
 def snapshot(api):
-    return sorted((dom.name(), dom.state()[0], dom.XMLDesc(0)) for dom in api.conn.listAllDomains())
+    """The domains and networks libvirt holds, to show a refusal changed nothing."""
+    conn = api.conn
+    return (sorted((dom.name(), dom.state()[0], dom.XMLDesc(0)) for dom in conn.listAllDomains()),
+            sorted((net.name(), net.isActive(), net.autostart(), net.XMLDesc(0))
+                   for net in conn.listAllNetworks(0)))
 
 
 @pytest.mark.parametrize('method, path, body, needed', ROUTE_ROLES)
