@@ -207,6 +207,14 @@ def test_a_definition_without_uuid_replaces_the_network_of_its_name(api):
     assert answer['ip']['@address'] == '10.9.9.1'
 
 
+def test_a_running_network_is_redefined_and_keeps_running(api):
+    answer = api.get(NETWORKS + '/default/json').json
+    answer['network']['ip']['dhcp']['range']['@end'] = '192.168.122.99'
+    response = api.post(NETWORKS + '/create', answer)
+    assert response.status == 201 and response.json['Uuid'] == answer['network']['uuid']
+    assert networks(api)['default'] == (1, 1, 0)
+
+
 @pytest.mark.parametrize('doc, code', [
     # the name of a network, with another UUID; the UUID of a network, with another name
     ({'network': {'name': 'default', 'uuid': '5d5c6b88-2f3c-4d36-9d3b-3f3c1c0a7e02'}},
