@@ -464,6 +464,45 @@ def test_a_tftp_root_or_boot_file_outside_is_refused(confined, tftp, where, root
     assert definitions(confined) == before
 
 
+PCI = {'@type': 'pci', '@domain': '0x0000', '@bus': '0x03', '@slot': '0x00', '@function': '0x1'}
+HOSTDEV_FORWARDS = {
+    'hostdev mode, PCI address': {'@mode': 'hostdev', '@managed': 'yes', 'address': PCI},
+    'hostdev mode, SR-IOV pf': {'@mode': 'hostdev', '@managed': 'yes', 'pf': {'@dev': 'eth1'}},
+    'hostdev mode, interface': {'@mode': 'hostdev', 'interface': {'@dev': 'eth1'}},
+    'PCI address, no mode': {'address': PCI},
+}
+
+
+@pytest.mark.parametrize('forward', HOSTDEV_FORWARDS.values(), ids=list(HOSTDEV_FORWARDS))
+def test_a_network_that_hands_guests_host_devices_is_refused(confined, forward):
+    """Its guests would get host PCI devices, as with <interface type='hostdev'>."""
+    before = definitions(confined)
+    response = confined.post(NETWORKS + '/create', {'network': {'name': 'vfs', 'forward': forward}})
+    assert response.status == 403 and response.json['code'] == 'host_device_not_allowed'
+    assert response.json['message'].startswith('network.forward')
+    assert definitions(confined) == before
+
+
+def test_allow_host_devices_lets_a_hostdev_network_through(api, tftp):
+    app = make_app(uri=api.app.hypervisor.connection.uri,
+                   guard=Guard(allowed_paths=[str(tftp)], allow_host_devices=True))
+    try:
+        client = Client(app)
+        doc = {'network': {'name': 'vfs', 'forward': HOSTDEV_FORWARDS['hostdev mode, PCI address']}}
+        assert client.post(NETWORKS + '/create', doc).status == 201
+        assert 'vfs' in networks(client)
+    finally:
+        app.close()
+
+
+def test_a_macvtap_network_is_networking_not_a_host_device(confined):
+    """As <interface type='direct'> for a domain: the guest gets a macvtap on eth1, not eth1."""
+    doc = {'network': {'name': 'direct', 'forward': {'@mode': 'bridge',
+                                                      'interface': {'@dev': 'eth1'}}}}
+    assert confined.post(NETWORKS + '/create', doc).status == 201
+    assert 'direct' in networks(confined)
+
+
 def test_the_walk_finds_a_networks_host_paths(tftp):
     found = host_access(sent_xml(pxe(tftp, '/srv/boot.0')))
     assert found == [('network.ip.tftp.@root', 'path', str(tftp)),

@@ -41,11 +41,14 @@ NOT_HOST_PATHS = {
 # is set. libxl puts a bootloader's after its own --output and --output-directory, so pygrub
 # would write what it reads from the guest's disk wherever they say.
 OPTIONS = {('domain', 'bootloader_args', '#text')}
-# Elements that hand a host device to the guest (when their attribute says so), with no path:
-# refused while allowed-paths is set, unless allow-host-devices.
-HOST_DEVICES = {'hostdev': None, 'interface': ('@type', 'hostdev'), 'smartcard': ('@mode', 'host'),
-                'disk': ('@type', 'nvme'), 'backingStore': ('@type', 'nvme'),
-                'mirror': ('@type', 'nvme')}
+# Elements (by the names a place ends with) that hand a host device to the guest (when their
+# attribute says so), with no path: refused while allowed-paths is set, unless allow-host-devices.
+# A network in hostdev mode hands its guests host PCI devices (the VFs its <pf> or <address>es
+# name); a PCI <address> of a forward is a host device whatever the mode says.
+HOST_DEVICES = {('hostdev',): None, ('interface',): ('@type', 'hostdev'),
+                ('smartcard',): ('@mode', 'host'), ('disk',): ('@type', 'nvme'),
+                ('backingStore',): ('@type', 'nvme'), ('mirror',): ('@type', 'nvme'),
+                ('network', 'forward'): ('@mode', 'hostdev'), ('forward', 'address'): None}
 # Elements that give the guest a host directory (<source dir=...>): the guest of a writable one
 # can make links and files there, which the hypervisor then follows or reads for another domain
 # (a disk named before it exists): refused while allowed-paths is set, unless <readonly/>.
@@ -160,9 +163,10 @@ def _read(element, chain, owners, where, driver, found):
     if chain[-1] in DIRECTORY_SHARES and 'readonly' not in names:
         found += [(where, 'share', source.get('dir')) for source in element
                   if _local(source.tag) == 'source' and source.get('dir') is not None]
-    device = HOST_DEVICES.get(chain[-1], False)  # after its paths, the more telling refusal
-    if device is None or device and attributes.get(device[0][1:]) == device[1]:
-        found.append((where, 'device', chain[-1]))
+    for tail, device in HOST_DEVICES.items():  # after its paths, the more telling refusal
+        if chain[-len(tail):] == tail and (device is None
+                                           or attributes.get(device[0][1:]) == device[1]):
+            found.append((where, 'device', chain[-1]))
     return text
 
 
