@@ -322,6 +322,21 @@ def test_a_network_in_use_is_not_deleted(api):
 
 
 @pytest.mark.parametrize('action', ['stop', 'delete'])
+def test_a_guest_on_the_networks_bridge_uses_it(api, action):
+    """A guest plugged into the network's bridge directly (<interface type='bridge'>) is cut off
+    by a stop as much as one on the network: it is a user, found from its live definition."""
+    api.conn.lookupByName('web').destroy()
+    api.conn.createXML(DOMAIN % {'name': 'plain', 'type': 'bridge', 'mac': '10', 'extra': '',
+                                 'source': "<source bridge='virbr0'/>"}, 0)
+    assert api.get(NETWORKS + '/default/json').json['UsedBy'] == ['plain']
+    before = definitions(api)
+    response = api.post(f'{NETWORKS}/default/{action}')
+    assert response.status == 409 and response.json['code'] == 'network_in_use'
+    assert 'plain' in response.json['message']
+    assert definitions(api) == before
+
+
+@pytest.mark.parametrize('action', ['stop', 'delete'])
 def test_a_bad_force_is_400(api, action):
     before = definitions(api)
     response = api.post(f'{NETWORKS}/default/{action}', query='force=yes')

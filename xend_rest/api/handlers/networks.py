@@ -63,32 +63,38 @@ def _active(net):
 class NetworkUsers:
     """Which running domains are attached to which network, from libvirt's state: the network's
     ports (the owner libvirt recorded), or, on a driver that keeps none, the running domains'
-    live interfaces (<source network=...>). Read once per request, whatever it asks about."""
+    live interfaces (<source network=...>); and on either, the running domains whose live
+    interface is on the network's bridge (<source bridge=...>, a plain bridge interface). Read
+    once per request, whatever it asks about."""
 
     def __init__(self, conn):
         self._conn = conn
-        self._interfaces = None  # {network name: {domain names}}, read on first need
+        self._interfaces = None  # {('network' or 'bridge', name): {domain names}}, on first need
 
     def of(self, net):
         if not _active(net):
             return []
+        bridge = ElementTree.fromstring(net.XMLDesc(0)).find('bridge')
+        users = set(self._live_interfaces().get(('bridge', bridge.get('name')), ())
+                    if bridge is not None else ())
         try:
             ports = net.listAllPorts(0)
         except libvirt.libvirtError as err:
             if err.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
                 raise
-            return sorted(self._live_interfaces().get(net.name(), ()))
+            return sorted(users | self._live_interfaces().get(('network', net.name()), set()))
         owners = (ElementTree.fromstring(port.XMLDesc(0)).findtext('owner/name') for port in ports)
-        return sorted(set(owners) - {None})
+        return sorted(users | set(owners) - {None})
 
     def _live_interfaces(self):
         if self._interfaces is None:
             self._interfaces = {}
             running = self._conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
             for name, xml in still_there(running, lambda dom: (dom.name(), dom.XMLDesc(0))):
-                for source in ElementTree.fromstring(xml).iterfind(
-                        "devices/interface[@type='network']/source"):
-                    self._interfaces.setdefault(source.get('network'), set()).add(name)
+                for source in ElementTree.fromstring(xml).iterfind('devices/interface/source'):
+                    for kind in ('network', 'bridge'):
+                        if source.get(kind):
+                            self._interfaces.setdefault((kind, source.get(kind)), set()).add(name)
         return self._interfaces
 
 
