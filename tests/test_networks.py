@@ -398,6 +398,35 @@ def test_bridges_are_dom0s_as_libvirt_reports_them(api):
     ]
 
 
+def test_bridges_leave_out_what_vanished_after_the_listing(api, monkeypatch):
+    """A network and an interface removed between libvirt's listing and their reading (as by
+    another client at that moment) are left out, not a 404 for the whole answer."""
+    conn = api.conn._target  # libvirt's own connection, under the app's gate (held in calls)
+    transient(api)
+    listed_networks, listed_interfaces = conn.listAllNetworks, conn.listAllInterfaces
+
+    def networks_then_one_goes(flags):
+        listed = listed_networks(flags)
+        conn.networkLookupByName('temporary').destroy()
+        return listed
+
+    def interfaces_then_one_goes(flags):
+        listed = listed_interfaces(flags)
+        eth1 = conn.interfaceLookupByName('eth1')
+        eth1.destroy()
+        eth1.undefine()
+        return listed
+
+    monkeypatch.setattr(conn, 'listAllNetworks', networks_then_one_goes)
+    monkeypatch.setattr(conn, 'listAllInterfaces', interfaces_then_one_goes)
+    response = api.get(HV + '/bridges/json')
+    monkeypatch.undo()
+    assert response.status == 200, response.json
+    assert [bridge['Name'] for bridge in response.json] == ['virbr0', 'xenbr0']
+    assert 'temporary' not in networks(api)
+    assert 'eth1' not in api.conn.listInterfaces() + api.conn.listDefinedInterfaces()
+
+
 # -- host paths and namespaces (allowed-paths) ------------------------------------------------
 
 DNSMASQ = 'http://libvirt.org/schemas/network/dnsmasq/1.0'

@@ -280,22 +280,32 @@ def _lease(lease):
 
 def list_bridges(request):
     """GET /bridges/json: dom0's bridges as libvirt's interface driver reports them (remote
-    connections too), each with its member interfaces and the network whose bridge it is."""
-    networks = {}
-    for net in request.conn.listAllNetworks(0):
-        bridge = ElementTree.fromstring(net.XMLDesc(0)).find('bridge')
-        if bridge is not None and bridge.get('name'):
-            networks[bridge.get('name')] = net.name()
-    bridges = []
-    for iface in request.conn.listAllInterfaces(0):
-        xml = ElementTree.fromstring(iface.XMLDesc(0))
-        if xml.get('type') != 'bridge':
-            continue
-        bridges.append({
-            'Name': iface.name(),
-            'Active': bool(iface.isActive()),
-            'Mac': iface.MACString() or None,
-            'Interfaces': sorted(member.get('name') for member in xml.iterfind('bridge/interface')),
-            'Network': networks.get(iface.name()),
-        })
-    return 200, sorted(bridges, key=lambda bridge: bridge['Name'])
+    connections too), each with its member interfaces and the network whose bridge it is. A
+    network or interface gone between the listing and its reading is left out, as List does."""
+    networks = dict(still_there(request.conn.listAllNetworks(0), _bridge_of, _is_no_network))
+    bridges = still_there(request.conn.listAllInterfaces(0), _bridge, _is_no_interface)
+    return 200, sorted(({**bridge, 'Network': networks.get(bridge['Name'])} for bridge in bridges),
+                       key=lambda bridge: bridge['Name'])
+
+
+def _bridge_of(net):
+    """(bridge name, network name), or None for a network without a bridge."""
+    bridge = ElementTree.fromstring(net.XMLDesc(0)).find('bridge')
+    return (bridge.get('name'), net.name()) if bridge is not None and bridge.get('name') else None
+
+
+def _bridge(iface):
+    """A host interface that is a bridge, as Bridges lists it (but its network); None otherwise."""
+    xml = ElementTree.fromstring(iface.XMLDesc(0))
+    if xml.get('type') != 'bridge':
+        return None
+    return {
+        'Name': iface.name(),
+        'Active': bool(iface.isActive()),
+        'Mac': iface.MACString() or None,
+        'Interfaces': sorted(member.get('name') for member in xml.iterfind('bridge/interface')),
+    }
+
+
+def _is_no_interface(err):
+    return err.get_error_code() == libvirt.VIR_ERR_NO_INTERFACE
