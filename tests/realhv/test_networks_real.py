@@ -137,6 +137,26 @@ def test_the_persistent_definition_creates_the_network_again(api):
     assert api.get(f'{NETWORKS}/{NAME}/json', 'flag=1').json == {**answer, 'State': 'inactive'}
 
 
+def test_a_running_networks_redefinition_is_kept_for_its_next_start(api):
+    """The network driver stores a running network's new definition beside the live one:
+    Warnings are computed against it, and a restart runs it (the test driver keeps none)."""
+    assert api.post(NETWORKS + '/create', LAB).status == 201
+    assert api.post(f'{NETWORKS}/{NAME}/start').status == 204
+    answer = api.get(f'{NETWORKS}/{NAME}/json').json
+    answer['network']['ip']['dhcp']['range']['@end'] = '10.77.0.15'
+    answer['network']['domain'] = {'@name': 'lab.example'}  # the running one has none
+    response = api.post(NETWORKS + '/create', answer)
+    assert response.status == 201 and response.json['Warnings'] == []
+    assert 'domain' not in api.get(f'{NETWORKS}/{NAME}/json').json['network']  # still the old
+    assert api.get(f'{NETWORKS}/{NAME}/json', 'flag=1').json['network']['domain'] == {
+        '@name': 'lab.example'}
+    assert api.post(f'{NETWORKS}/{NAME}/stop').status == 204
+    assert api.post(f'{NETWORKS}/{NAME}/start').status == 204
+    live = api.get(f'{NETWORKS}/{NAME}/json').json
+    assert live['State'] == 'active' and live['network']['domain'] == {'@name': 'lab.example'}
+    assert live['network']['ip']['dhcp']['range']['@end'] == '10.77.0.15'
+
+
 def test_the_network_driver_keeps_dnsmasq_options(api):
     """What allowed-paths refuses reaches dnsmasq on a real host: the driver keeps it."""
     doc = {'network': {**LAB['network'], 'name': NAME + '-opts', '@xmlns:dnsmasq': DNSMASQ,
