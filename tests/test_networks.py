@@ -264,6 +264,16 @@ def test_a_body_create_cannot_read_is_400_and_defines_nothing(api, doc):
     assert definitions(api) == before
 
 
+@pytest.mark.parametrize('name', ['lab\rnet', 'lab\nnet', 'lab\tnet', 'lab\x7f'])
+def test_a_name_with_a_control_character_is_400(api, name):
+    """libvirt's network driver refuses a newline; a carriage return would reach it as one."""
+    before = definitions(api)
+    response = api.post(NETWORKS + '/create', {'network': {'name': name}})
+    assert response.status == 400 and response.json['code'] == 'bad_parameter'
+    assert 'control characters' in response.json['message']
+    assert definitions(api) == before
+
+
 def test_a_definition_libvirt_refuses_is_406(api):
     before = definitions(api)
     response = api.post(NETWORKS + '/create', {'network': {'bridge': {'@name': 'virbr5'}}})

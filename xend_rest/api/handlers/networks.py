@@ -23,6 +23,7 @@ STATE_KEYS = {
     'UsedBy': lambda value: isinstance(value, list) and all(isinstance(item, str)
                                                             for item in value),
 }
+CONTROL = re.compile('[\x00-\x1f\x7f]')  # (a '\r' sent would reach libvirt as '\n': XML's own)
 MAC = '[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}'  # as libvirt writes one (any case taken)
 FAMILIES = {libvirt.VIR_IP_ADDR_TYPE_IPV4: 'ipv4', libvirt.VIR_IP_ADDR_TYPE_IPV6: 'ipv6'}
 
@@ -187,6 +188,8 @@ def _check_identity(conn, xml):
     gives none and its name is a network's (None: leave it). As domains' Create decides."""
     root = ElementTree.fromstring(xml)  # ours, from dict_to_xml: no DOCTYPE, no entities
     name, text = _text(root.find('name')), _text(root.find('uuid'))
+    if name is not None and CONTROL.search(name):  # libvirt's network driver refuses '\n' too
+        raise bad_request(f'network name {name!r}: control characters are not allowed in it')
     uuid = parse_uuid(text)
     named = _lookup(conn.networkLookupByName, name) if name is not None else None
     owner = _lookup(conn.networkLookupByUUIDString, uuid) if uuid is not None else None
