@@ -22,6 +22,8 @@ NODE_XML = """<node xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>
        <cores>4</cores><threads>2</threads></cpu>
   <memory>16777216</memory>
   %s
+  <network><name>default</name><forward mode='nat'/><bridge name='virbr0'/>
+    <ip address='192.168.122.1' netmask='255.255.255.0'/></network>
 </node>"""
 
 DOMAIN_XML = """<domain type='xen'>

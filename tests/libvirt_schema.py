@@ -1,5 +1,6 @@
-"""Where libvirt's domain schema says a definition names a host path: read from the RELAX NG
-grammar libvirt installs (/usr/share/libvirt/schemas/domain.rng and what it includes).
+"""Where libvirt's domain and network schemas say a definition names a host path: read from the
+RELAX NG grammars libvirt installs (/usr/share/libvirt/schemas/domain.rng, network.rng and what
+they include).
 
 `python tests/libvirt_schema.py > xend_rest/api/schema_paths.py` regenerates the table the guard
 reads; tests/test_schema_paths.py fails while the committed table differs from this output.
@@ -27,6 +28,8 @@ OTHER_TYPES = {
 }
 # Names of the places in a definition: element local names, then '@attribute' or '#text'.
 TEXT = '#text'
+# The definitions a client posts whole (api/host_paths.py DEFINITIONS), by their grammars.
+GRAMMARS = ('domain.rng', 'network.rng')
 
 
 def load(directory=SCHEMAS, name='domain.rng', defines=None):
@@ -42,6 +45,22 @@ def load(directory=SCHEMAS, name='domain.rng', defines=None):
         elif node.tag == RNG + 'start':
             defines.setdefault('', []).append(node)
     return defines
+
+
+def load_all(directory=SCHEMAS):
+    """[the defines of each of GRAMMARS]."""
+    return [load(directory, name) for name in GRAMMARS]
+
+
+def all_places(grammars):
+    """places() of several grammars together (their chains start with their roots' names)."""
+    typed, other = {}, set()
+    for defines in grammars:
+        found, rest = places(defines)
+        for chain, types in found.items():
+            typed.setdefault(chain, set()).update(types)
+        other |= rest
+    return typed, other - set(typed)
 
 
 def data_types(defines):
@@ -124,11 +143,11 @@ def places(defines):
     return typed, other - set(typed)
 
 
-def path_table(defines=None):
-    """{key: kind}: for each place of a host type, the shortest tail of its chain (two names at
-    least) that no place of another kind ends with; kind as HOST_TYPES says ('path' where a
-    place takes several types)."""
-    typed, other = places(load() if defines is None else defines)
+def path_table(grammars=None):
+    """{key: kind}: for each place of a host type (in any of the grammars), the shortest tail of
+    its chain (two names at least) that no place of another kind ends with; kind as HOST_TYPES
+    says ('path' where a place takes several types)."""
+    typed, other = all_places(load_all() if grammars is None else grammars)
     kinds = {chain: 'path' if 'path' in {HOST_TYPES[t] for t in found} else 'dbus'
              for chain, found in typed.items()}
     table = {}
@@ -142,30 +161,35 @@ def path_table(defines=None):
     return table
 
 
-def chains_by_key(defines=None):
-    """{key: [the chains of the schema it stands for]}, for the generated table's comments."""
-    typed, _ = places(load() if defines is None else defines)
-    table = path_table(defines)
+def chains_by_key(grammars=None):
+    """{key: [the chains of the schemas it stands for]}, for the generated table's comments."""
+    grammars = load_all() if grammars is None else grammars
+    typed, _ = all_places(grammars)
+    table = path_table(grammars)
     return {key: sorted('/'.join(chain) for chain in typed if chain[-len(key):] == key)
             for key in table}
 
 
-def module(defines=None, version='?'):
+def module(grammars=None, version='?'):
     """The text of xend_rest/api/schema_paths.py."""
-    table, chains = path_table(defines), chains_by_key(defines)
+    grammars = load_all() if grammars is None else grammars
+    table, chains = path_table(grammars), chains_by_key(grammars)
     lines = [
-        '"""Where libvirt\'s domain schema types a value as a host path (generated: do not edit).',
+        '"""Where libvirt\'s domain and network schemas type a value as a host path (generated: do',
+        'not edit).',
         '',
-        f'Read from libvirt {version}\'s {SCHEMAS}/domain.rng by tests/libvirt_schema.py;',
-        'tests/test_schema_paths.py fails while the installed schema gives another table. A place is',
-        'the shortest tail of element names, then \'@attribute\' or \'#text\', that only places of its',
-        'kind end with: \'path\' (a file, directory, device or socket) or \'dbus\' (a D-Bus address).',
-        'The comment gives the first place it stands for (under <domain>) and how many more.',
+        f'Read from libvirt {version}\'s {SCHEMAS}/domain.rng and network.rng by',
+        'tests/libvirt_schema.py; tests/test_schema_paths.py fails while the installed schemas',
+        'give another table. A place is the shortest tail of element names, then \'@attribute\'',
+        'or \'#text\', that only places of its kind end with: \'path\' (a file, directory, device',
+        'or socket) or \'dbus\' (a D-Bus address). The comment gives the first place it stands',
+        'for (under <domain>, or under the <network> it names) and how many more.',
         '"""',
         'SCHEMA_PATHS = {']
     for key in sorted(table, key=lambda key: (key[-1], key)):
         more = f' (+{len(chains[key]) - 1})' if len(chains[key]) > 1 else ''
-        lines.append(f'    {key!r}: {table[key]!r},  # {chains[key][0][len("domain/"):]}{more}')
+        first = chains[key][0].removeprefix('domain/')
+        lines.append(f'    {key!r}: {table[key]!r},  # {first}{more}')
     lines.append('}')
     return '\n'.join(lines) + '\n'
 

@@ -135,11 +135,24 @@ ROUTE_ROLES = [
     ('POST', '/libvirt/xen/maintenance/enter', None, 'admin'),  # every guest of the host
     ('POST', '/libvirt/xen/maintenance/lift', None, 'admin'),
     ('POST', '/libvirt/xen/evacuate?to=xen', None, 'admin'),
+    ('GET', '/libvirt/xen/networks/json', None, 'read'),
+    ('GET', '/libvirt/xen/networks/default/json', None, 'read'),
+    ('GET', '/libvirt/xen/networks/default/leases', None, 'read'),
+    ('GET', '/libvirt/xen/bridges/json', None, 'read'),
+    ('POST', '/libvirt/xen/networks/create', {'network': {'name': 'new'}}, 'admin'),
+    ('POST', '/libvirt/xen/networks/default/start', None, 'operator'),
+    ('POST', '/libvirt/xen/networks/default/stop', None, 'operator'),
+    ('POST', '/libvirt/xen/networks/default/delete', None, 'admin'),
+    ('POST', '/libvirt/xen/networks/default/autostart?enable=1', None, 'admin'),
 ]
 
 
 def snapshot(api):
-    return sorted((dom.name(), dom.state()[0], dom.XMLDesc(0)) for dom in api.conn.listAllDomains())
+    """The domains and networks libvirt holds, to show a refusal changed nothing."""
+    conn = api.conn
+    return (sorted((dom.name(), dom.state()[0], dom.XMLDesc(0)) for dom in conn.listAllDomains()),
+            sorted((net.name(), net.isActive(), net.autostart(), net.XMLDesc(0))
+                   for net in conn.listAllNetworks(0)))
 
 
 @pytest.mark.parametrize('method, path, body, needed', ROUTE_ROLES)

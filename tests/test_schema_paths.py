@@ -1,6 +1,6 @@
-"""The guard reads a definition's host paths where libvirt does: the places its schema types as
-paths (xend_rest/api/schema_paths.py, generated from it), and, checked from the other side, every
-path libvirt stores when it defines its own test definitions."""
+"""The guard reads a definition's host paths where libvirt does: the places its schemas (domain,
+network) type as paths (xend_rest/api/schema_paths.py, generated from them), and, checked from
+the other side, every path libvirt stores when it defines its own test definitions."""
 import os
 import re
 
@@ -39,7 +39,7 @@ def unavailable(reason):
 def schema():
     if not os.path.exists(os.path.join(libvirt_schema.SCHEMAS, 'domain.rng')):
         unavailable(f'{libvirt_schema.SCHEMAS}/domain.rng is missing (package libvirt0)')
-    return libvirt_schema.load()
+    return libvirt_schema.load_all()
 
 
 def test_the_table_is_the_installed_schemas(schema):
@@ -57,7 +57,8 @@ def test_every_type_that_can_hold_a_path_is_known(schema):
             if data.get('type') == 'string' and all(re.fullmatch(p, SAMPLE) for p in patterns):
                 return True
         return False
-    types = {name for name, node in libvirt_schema.data_types(schema).items() if takes_a_path(node)}
+    types = {name for defines in schema for name, node in libvirt_schema.data_types(defines).items()
+             if takes_a_path(node)}
     assert types - set(libvirt_schema.HOST_TYPES) == set(libvirt_schema.OTHER_TYPES)
 
 
@@ -71,8 +72,8 @@ def element(chain, value):
 
 def test_every_place_the_schema_types_as_a_path_is_judged(schema):
     """Relative values too: the hypervisor resolves them against a directory of its own."""
-    typed, _ = libvirt_schema.places(schema)
-    assert typed
+    typed, _ = libvirt_schema.all_places(schema)
+    assert typed and any(chain[0] == 'network' for chain in typed)
     for chain in typed:
         for value in (SAMPLE, 'relative', 'unix:path=/etc/x'):
             judged = host_paths.host_access(host_paths.sent_xml(element(chain, value)))

@@ -1,6 +1,6 @@
-"""Host paths in a definition: what a domain or device definition reaches on the host (files,
-directories, devices, volumes, programs' options), read from the XML libvirt is sent as libvirt
-reads it. The Guard (security.py) judges what this walk finds against allowed-paths.
+"""Host paths in a definition: what a domain, device or network definition reaches on the host
+(files, directories, devices, volumes, programs' options), read from the XML libvirt is sent as
+libvirt reads it. The Guard (security.py) judges what this walk finds against allowed-paths.
 """
 import re
 import xml.etree.ElementTree as ElementTree
@@ -23,6 +23,7 @@ TEXT_TYPED_PATHS = {
     ('entry', '@file'): 'path',  # <sysinfo type='fwcfg'>: a file QEMU hands the guest
     ('lease', 'target', '@path'): 'path',  # a lock manager's lease file
     ('graphics', '@xauth'): 'path',  # SDL's X authority file
+    ('tftp', '@root'): 'path',  # <network>: the directory dnsmasq serves over TFTP, as root
 }
 PATH_PLACES = {**SCHEMA_PATHS, **TEXT_TYPED_PATHS}
 # Places whose values name no host file, though they may start with '/': every other value that
@@ -40,11 +41,14 @@ NOT_HOST_PATHS = {
 # is set. libxl puts a bootloader's after its own --output and --output-directory, so pygrub
 # would write what it reads from the guest's disk wherever they say.
 OPTIONS = {('domain', 'bootloader_args', '#text')}
-# Elements that hand a host device to the guest (when their attribute says so), with no path:
-# refused while allowed-paths is set, unless allow-host-devices.
-HOST_DEVICES = {'hostdev': None, 'interface': ('@type', 'hostdev'), 'smartcard': ('@mode', 'host'),
-                'disk': ('@type', 'nvme'), 'backingStore': ('@type', 'nvme'),
-                'mirror': ('@type', 'nvme')}
+# Elements (by the names a place ends with) that hand a host device to the guest (when their
+# attribute says so), with no path: refused while allowed-paths is set, unless allow-host-devices.
+# A network in hostdev mode hands its guests host PCI devices (the VFs its <pf> or <address>es
+# name); a PCI <address> of a forward is a host device whatever the mode says.
+HOST_DEVICES = {('hostdev',): None, ('interface',): ('@type', 'hostdev'),
+                ('smartcard',): ('@mode', 'host'), ('disk',): ('@type', 'nvme'),
+                ('backingStore',): ('@type', 'nvme'), ('mirror',): ('@type', 'nvme'),
+                ('network', 'forward'): ('@mode', 'hostdev'), ('forward', 'address'): None}
 # Elements that give the guest a host directory (<source dir=...>): the guest of a writable one
 # can make links and files there, which the hypervisor then follows or reads for another domain
 # (a disk named before it exists): refused while allowed-paths is set, unless <readonly/>.
@@ -78,19 +82,33 @@ LONGEST_PLACE = max(len(place) for table in (PATH_PLACES, NOT_HOST_PATHS, OPTION
                                              [tail for tail, *_ in NAMES]) for place in table)
 
 
+# The definitions whose JSON is {root: {...}}: a root element may hold a driver's namespaced
+# elements at its top (qemu:commandline, dnsmasq:options) and a <metadata> libvirt never reads.
+DEFINITIONS = ('domain', 'network')
+UNREAD = {(root, 'metadata') for root in DEFINITIONS}
+
+
+def definition_root(doc):
+    """The root of a whole definition ({"domain": ...}, {"network": ...}), None for a device.
+    Beside it, a network's Create takes the state Inspect answers (capitalised keys, no XML)."""
+    roots = [key for key in doc if key in DEFINITIONS] if isinstance(doc, dict) else []
+    return roots[0] if len(roots) == 1 else None
+
+
 def sent_xml(doc):
-    """The XML libvirt is sent for a JSON definition ({"domain": ...}) or one device, parsed
-    back: ours, from convert (no DOCTYPE, no entities), so every spelling question (lists,
-    #text, prefixes, order) is answered by the same serialisation libvirt reads. 400 for what
-    convert refuses."""
-    domain = isinstance(doc, dict) and 'domain' in doc
-    return ElementTree.fromstring(convert.dict_to_xml(doc, 'domain') if domain
+    """The XML libvirt is sent for a JSON definition ({"domain": ...}, {"network": ...}) or one
+    device, parsed back: ours, from convert (no DOCTYPE, no entities), so every spelling question
+    (lists, #text, prefixes, order) is answered by the same serialisation libvirt reads. 400 for
+    what convert refuses."""
+    root = definition_root(doc)
+    return ElementTree.fromstring(convert.dict_to_xml({root: doc[root]}, root) if root is not None
                                   else convert.device_to_xml(doc))
 
 
 def read_elements(root, name):
     """The elements of a definition with this name, but those in <metadata> (never read)."""
-    unread = {id(element) for metadata in (root.findall('metadata') if root.tag == 'domain' else ())
+    unread = {id(element) for metadata in (root.findall('metadata') if root.tag in DEFINITIONS
+                                           else ())
               for element in metadata.iter()}
     return [element for element in root.iter(name) if id(element) not in unread]
 
@@ -109,8 +127,8 @@ def host_access(root, driver=None):
     of a volume disk ('volume'), a host device ('device'), a program's options ('options'), a
     writable host directory ('share'). <metadata> is never read."""
     found = []
-    if root.tag == 'domain':
-        _read(root, ('domain',), (root.attrib,), 'domain', driver, found)
+    if root.tag in DEFINITIONS:
+        _read(root, (root.tag,), (root.attrib,), root.tag, driver, found)
     else:
         chain = ('domain', 'devices', _local(root.tag))
         _read(root, chain, ({}, {}, root.attrib), chain[-1], driver, found)
@@ -130,7 +148,7 @@ def _read(element, chain, owners, where, driver, found):
     repeated, seen = Counter(names), Counter()
     for child, name in zip(element, names):
         inner = chain + (name,)
-        if inner != ('domain', 'metadata'):
+        if inner not in UNREAD:
             index = f'[{seen[name]}]' if repeated[name] > 1 else ''
             seen[name] += 1
             value = _read(child, inner, owners + (child.attrib,), f'{where}.{name}{index}',
@@ -145,9 +163,10 @@ def _read(element, chain, owners, where, driver, found):
     if chain[-1] in DIRECTORY_SHARES and 'readonly' not in names:
         found += [(where, 'share', source.get('dir')) for source in element
                   if _local(source.tag) == 'source' and source.get('dir') is not None]
-    device = HOST_DEVICES.get(chain[-1], False)  # after its paths, the more telling refusal
-    if device is None or device and attributes.get(device[0][1:]) == device[1]:
-        found.append((where, 'device', chain[-1]))
+    for tail, device in HOST_DEVICES.items():  # after its paths, the more telling refusal
+        if chain[-len(tail):] == tail and (device is None
+                                           or attributes.get(device[0][1:]) == device[1]):
+            found.append((where, 'device', chain[-1]))
     return text
 
 
@@ -215,17 +234,19 @@ def dbus_socket(address):
 
 
 def hypervisor_elements(doc):
-    """Where a definition puts elements in a namespace of its own at the top of <domain>: a
-    prefixed name, or a default xmlns on <domain> or a child. There, libvirt reads a driver's
-    extensions (xen:commandline, qemu:commandline), which no path check can see into."""
-    domain = doc.get('domain') if isinstance(doc, dict) else None
-    if not isinstance(domain, dict):
+    """Where a definition puts elements in a namespace of its own at the top of <domain> or
+    <network>: a prefixed name, or a default xmlns on the root or a child. There, libvirt reads a
+    driver's extensions (xen:commandline, qemu:commandline, dnsmasq:options), which no path check
+    can see into."""
+    root = definition_root(doc)
+    top = doc[root] if root is not None else None
+    if not isinstance(top, dict):
         return
-    if '@xmlns' in domain:
-        yield 'domain.@xmlns'
-    for key, value in domain.items():
+    if '@xmlns' in top:
+        yield f'{root}.@xmlns'
+    for key, value in top.items():
         if ':' in key and not key.startswith('@'):
-            yield 'domain.' + key
+            yield f'{root}.{key}'
         for child in value if isinstance(value, list) else [value]:
             if isinstance(child, dict) and '@xmlns' in child:
-                yield f'domain.{key}.@xmlns'
+                yield f'{root}.{key}.@xmlns'

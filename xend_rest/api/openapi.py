@@ -74,6 +74,7 @@ PATH_PARAMETERS = {
     'pool': 'The storage pool, by name.',
     'name': 'The image (volume) name within its pool.',
     'operation': 'The operation, by its Id.',
+    'network': 'The network, by name.',
 }
 STRING = {'type': 'string'}
 # A pool or image name as handlers/images.check_name enforces it: no '/', '\\' or control
@@ -130,6 +131,10 @@ MAX_NUMBER = jsonbody.MAX_NUMBER
 XML_TEXT = {'type': 'string', 'pattern': '^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\ufffe\\uffff]*$'}
 
 
+# A network's state (docs/api.md, Networks).
+NETWORK_STATE = {'State': {'type': 'string', 'enum': ['active', 'inactive']},
+                 'Autostart': {'type': 'boolean'}, 'Persistent': {'type': 'boolean'},
+                 'Bridge': MAYBE_STRING, 'UsedBy': {'type': 'array', 'items': STRING}}
 # Whether an image's content is all there (docs/api.md, Upload).
 UPLOAD_STATE = {'Uploading': {'type': 'boolean'}, 'Incomplete': {'type': 'boolean'}}
 
@@ -203,10 +208,29 @@ SCHEMAS = {
     'PoolList': {'type': 'array', 'items': _ref('Pool')},
     'StoragePool': _object({'pool': {'type': 'object'}}),
     'Octets': {'type': 'string', 'format': 'binary', 'minLength': 1},  # empty: use create
+    # A network's state as List and Inspect give it; Create takes Inspect's answer back and
+    # ignores these keys (api/handlers/networks.py STATE_KEYS).
+    'NetworkSummary': _object({'Name': STRING, 'Uuid': STRING, 'Forward': MAYBE_STRING,
+                               **NETWORK_STATE}),
+    'NetworkList': {'type': 'array', 'items': _ref('NetworkSummary')},
+    'Network': _object({'network': {'type': 'object'}, **NETWORK_STATE}),
+    'NetworkDefinition': {'type': 'object', 'properties': {
+        'network': _ref('XmlItem'), **NETWORK_STATE},
+        'required': ['network'], 'additionalProperties': False},
+    'Lease': _object({'Mac': STRING, 'Address': STRING, 'Prefix': MAYBE_INT,
+                      'Family': {'type': 'string', 'enum': ['ipv4', 'ipv6', 'unknown']},
+                      'Hostname': MAYBE_STRING, 'ClientId': MAYBE_STRING, 'Iaid': MAYBE_STRING,
+                      'Interface': MAYBE_STRING, 'Expires': MAYBE_STRING}),
+    'LeaseList': {'type': 'array', 'items': _ref('Lease')},
+    'Bridge': _object({'Name': STRING, 'Active': {'type': 'boolean'}, 'Mac': MAYBE_STRING,
+                       'Interfaces': {'type': 'array', 'items': STRING},
+                       'Network': MAYBE_STRING}),
+    'BridgeList': {'type': 'array', 'items': _ref('Bridge')},
     # A domain's event names its Domain and has no Type; another kind's has its Type (type=).
     'Event': _object({
         'Id': INT, 'Time': STRING, 'Event': STRING, 'Detail': MAYBE_STRING, 'Type': STRING,
-        'Domain': _object({'Name': STRING, 'Uuid': STRING})},
+        'Domain': _object({'Name': STRING, 'Uuid': STRING}),
+        'Network': _object({'Name': STRING, 'Uuid': STRING})},
         required=['Detail', 'Event', 'Id', 'Time']),
     # A line of the stream: an event, or a notice (gap, reconnected, overflow, closed).
     'Notice': _object({'Notice': STRING, 'Message': STRING, 'LastId': MAYBE_INT}),
@@ -260,7 +284,7 @@ REASONS = {
     400: 'Bad request: a parameter, name, body or query string this API does not take',
     401: 'Credentials required (where the daemon has tokens or client certificates)',
     403: 'Refused: dom0, or a role, connection, path, Host or Origin the request may not use',
-    404: 'No such connection, domain, image, pool or device',
+    404: 'No such connection, domain, image, pool, network or device',
     406: 'Definition rejected by libvirt (its message says why)',
     408: 'A wait ran out, or the client stopped sending the body',
     409: "Not in a state that allows it (a screen: its VNC server is not listening), or it "

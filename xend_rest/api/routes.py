@@ -9,15 +9,15 @@ import libvirt
 
 from xend_rest import defaults
 from xend_rest.api.handlers import (addresses, consoles, domains, events, images, migration,
-                                    operations, system)
+                                    networks, operations, system)
 from xend_rest.hypervisor.addresses.lookup import POLL_SECONDS, SOURCES
 from xend_rest.hypervisor.domain_events import CONDITION_STATES, EVENT_TYPES
 from .openapi import (AFFECT_FLAG, ALL, BOOLEAN, CAPACITY, ERROR, FORCE, NAME, NO_BODY, NO_FLAG,
                       OCTETS, SIZE_SCHEMA, SIZE_TEXT, STRING, TEXT, WAIT, WATCHER_ANSWERS, WHOLE,
                       XML_FLAG, Doc, flag, lifecycle, query, upgrade)
-from .params import (DESTROY_FLAGS, IMAGE_FORMATS, MAX_WHOLE, REBOOT_FLAGS, SHUTDOWN_FLAGS,
-                     START_FLAGS, UNDEFINE_FLAGS, VOL_CREATE_FLAGS, VOL_DELETE_FLAGS,
-                     VOL_RESIZE_FLAGS, WIPE_ALGORITHMS)
+from .params import (DESTROY_FLAGS, IMAGE_FORMATS, MAX_WHOLE, NETWORK_XML_FLAGS, REBOOT_FLAGS,
+                     SHUTDOWN_FLAGS, START_FLAGS, UNDEFINE_FLAGS, VOL_CREATE_FLAGS,
+                     VOL_DELETE_FLAGS, VOL_RESIZE_FLAGS, WIPE_ALGORITHMS)
 
 READ, OPERATOR, ADMIN = 'read', 'operator', 'admin'
 ROLES = (READ, OPERATOR, ADMIN)  # each role may do everything the ones before it may
@@ -70,6 +70,8 @@ IMAGES = HV + '/images'
 IMAGE = IMAGES + '/{pool}/{name}'
 POOLS = HV + '/pools'
 OPERATIONS = HV + '/operations'
+NETWORKS = HV + '/networks'
+NETWORK = NETWORKS + '/{network}'
 JSON = defaults.JSON
 SECONDS = {'type': 'number', 'minimum': 0}
 CONNECTION = '$request.path.connection'
@@ -87,6 +89,8 @@ def to_image(*handlers):
                                          'name': '$response.body#/Name'})
             for handler in handlers}
 
+NETWORK_FORCE = query('force', '1/True/true: even while running domains use the network (they are '
+                      'cut off).', BOOLEAN)
 IMAGE_LINKS = to_image(images.inspect_image, images.clone_image, images.resize_image,
                        images.wipe_image, images.delete_image, images.download_image)
 FORMAT = query('format', 'raw (default) or qcow2.', {'type': 'string',
@@ -317,4 +321,38 @@ ROUTES = [
                'connection with the most free memory among those of the same driver).', NAME)],
         links={'inspect_operation': (operations.inspect_operation, {
             'connection': CONNECTION, 'operation': '$response.body#/Id'})})),
+    # Networks: defining or deleting one changes the host (a bridge, NAT rules, a DHCP server run
+    # as root): admin; starting or stopping one runs or halts what an admin defined, as a
+    # domain's start and stop do: operator (docs/security.md).
+    Route('GET', NETWORKS + '/json', networks.list_networks, READ, doc=Doc(
+        'List networks, with their state', {200: 'NetworkList'}, links={
+            'inspect_network': (networks.inspect_network, {
+                'connection': CONNECTION, 'network': '$response.body#/0/Name'})})),
+    Route('POST', NETWORKS + '/create', networks.create_network, ADMIN, body=JSON,
+          host_paths=True, doc=Doc('Define (or redefine) a network', {201: 'Created', 406: ERROR,
+                                                                      409: ERROR},
+                                   body='NetworkDefinition')),
+    Route('GET', NETWORK + '/json', networks.inspect_network, READ, doc=Doc(
+        'Inspect a network: its definition and its state', {200: 'Network', 501: ERROR},
+        [flag(NETWORK_XML_FLAGS)])),
+    Route('POST', NETWORK + '/start', networks.start_network, OPERATOR, doc=Doc(
+        'Start a network', {204: NO_BODY, 304: NO_BODY, 409: ERROR})),
+    Route('POST', NETWORK + '/stop', networks.stop_network, OPERATOR, doc=Doc(
+        'Stop a network (a transient one is then gone)', {204: NO_BODY, 304: NO_BODY,
+                                                          409: ERROR}, [NETWORK_FORCE])),
+    Route('POST', NETWORK + '/delete', networks.delete_network, ADMIN, doc=Doc(
+        'Delete a network (stopping it first if it runs)', {204: NO_BODY, 409: ERROR},
+        [NETWORK_FORCE])),
+    Route('POST', NETWORK + '/autostart', networks.autostart_network, ADMIN, doc=Doc(
+        'Whether the host starts a network when it boots', {204: NO_BODY, 304: NO_BODY,
+                                                            409: ERROR},
+        [query('enable', '1/True/true: start it with the host; 0/False/false: do not.',
+               BOOLEAN, True)])),
+    Route('GET', NETWORK + '/leases', networks.network_leases, READ, doc=Doc(
+        "The DHCP leases of a network's dnsmasq", {200: 'LeaseList', 409: ERROR, 501: ERROR},
+        [query('mac', 'Only the leases of this MAC address.',
+               {'type': 'string', 'pattern': f'^{networks.MAC}$'})])),
+    Route('GET', HV + '/bridges/json', networks.list_bridges, READ, doc=Doc(
+        "dom0's bridges, as libvirt's interface driver reports them", {200: 'BridgeList',
+                                                                        501: ERROR})),
 ]

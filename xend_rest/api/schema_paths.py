@@ -1,10 +1,12 @@
-"""Where libvirt's domain schema types a value as a host path (generated: do not edit).
+"""Where libvirt's domain and network schemas type a value as a host path (generated: do
+not edit).
 
-Read from libvirt 9.0.0's /usr/share/libvirt/schemas/domain.rng by tests/libvirt_schema.py;
-tests/test_schema_paths.py fails while the installed schema gives another table. A place is
-the shortest tail of element names, then '@attribute' or '#text', that only places of its
-kind end with: 'path' (a file, directory, device or socket) or 'dbus' (a D-Bus address).
-The comment gives the first place it stands for (under <domain>) and how many more.
+Read from libvirt 9.0.0's /usr/share/libvirt/schemas/domain.rng and network.rng by
+tests/libvirt_schema.py; tests/test_schema_paths.py fails while the installed schemas
+give another table. A place is the shortest tail of element names, then '@attribute'
+or '#text', that only places of its kind end with: 'path' (a file, directory, device
+or socket) or 'dbus' (a D-Bus address). The comment gives the first place it stands
+for (under <domain>, or under the <network> it names) and how many more.
 """
 SCHEMA_PATHS = {
     ('backend', '#text'): 'path',  # devices/rng/backend/#text
@@ -34,6 +36,7 @@ SCHEMA_PATHS = {
     ('output', '@dev'): 'path',  # devices/audio/output/@dev
     ('source', '@dir'): 'path',  # devices/disk/backingStore/source/@dir (+5)
     ('source', '@evdev'): 'path',  # devices/input/source/@evdev
+    ('bootp', '@file'): 'path',  # network/ip/dhcp/bootp/@file
     ('config', '@file'): 'path',  # devices/disk/backingStore/source/config/@file (+4)
     ('log', '@file'): 'path',  # devices/channel/log/@file (+6)
     ('mirror', '@file'): 'path',  # devices/disk/mirror/@file

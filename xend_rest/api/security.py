@@ -210,9 +210,10 @@ class Guard:
             return
         where = next(hypervisor_elements(doc), None)
         if where is not None:
-            raise HTTPError(403, f"{where}: elements in a hypervisor's namespace "
-                            '(xen:commandline, qemu:commandline, ...) pass anything to the '
-                            'device model, so they are refused while allowed-paths is set',
+            raise HTTPError(403, f"{where}: elements in a driver's namespace "
+                            '(xen:commandline, qemu:commandline, dnsmasq:options...) pass '
+                            'anything to a program libvirt runs as root (a device model, '
+                            'dnsmasq), so they are refused while allowed-paths is set',
                             'path_not_allowed')
         # Judged as libvirt will read it: the XML it is sent (400 for what XML or libvirt's
         # reading of names cannot carry, before any path is looked at).

@@ -40,7 +40,9 @@ EVENT_NAMES = tuple(name for name, _details in LIFECYCLE_EVENTS) + OTHER_EVENTS
 # The kinds of event the hub carries, each with its event names. A domain event has no `Type`
 # (as before there were others); every other kind's does. A stream asks for kinds with `type=`,
 # domain events only by default: a client from before other kinds sees what it always saw.
-EVENT_TYPES = {'domain': EVENT_NAMES,
+# libvirt's virNetworkEventLifecycleType values, in order (their detail is always 0: none).
+NETWORK_EVENTS = ('defined', 'undefined', 'started', 'stopped')
+EVENT_TYPES = {'domain': EVENT_NAMES, 'network': NETWORK_EVENTS,
                'operation': ('created', 'finished')}
 DEFAULT_TYPES = frozenset({'domain'})
 
@@ -207,8 +209,9 @@ class EventHub:
         return len(self._subscribers)
 
     def attach(self, conn):
-        """Register for the domain events of a connection the pool just opened; returns the
-        function that deregisters them (the pool calls it before closing the connection)."""
+        """Register for the domain and network events of a connection the pool just opened;
+        returns the function that deregisters them (the pool calls it before closing the
+        connection)."""
         callback_ids = []
         for event_id, callback in (
                 (libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle),
@@ -220,6 +223,13 @@ class EventHub:
             except libvirt.libvirtError as err:
                 log.warning('no domain events of kind %d from this driver: %s',
                             event_id, printable_text(err.get_error_message()))
+        try:
+            network_callback = conn.networkEventRegisterAny(
+                None, libvirt.VIR_NETWORK_EVENT_ID_LIFECYCLE, self._on_network, None)
+        except libvirt.libvirtError as err:
+            network_callback = None
+            log.warning('no network events from this driver: %s',
+                        printable_text(err.get_error_message()))
         self.attached += 1
         if self.attached > 1:  # whatever happened while libvirt was away was never seen
             self._append({'Notice': 'gap', 'Message': RECONNECT_MESSAGE})
@@ -230,6 +240,11 @@ class EventHub:
                     conn.domainEventDeregisterAny(callback_id)
                 except libvirt.libvirtError:
                     pass  # the connection is dead: libvirt dropped its callbacks with it
+            if network_callback is not None:
+                try:
+                    conn.networkEventDeregisterAny(network_callback)
+                except libvirt.libvirtError:
+                    pass
         return detach
 
     def _on_lifecycle(self, _conn, dom, event, detail, _opaque):
@@ -243,6 +258,10 @@ class EventHub:
 
     def _on_device_removed(self, _conn, dom, alias, _opaque):
         self.publish(dom.name(), dom.UUIDString(), 'device_removed', alias)
+
+    def _on_network(self, _conn, net, event, _detail, _opaque):
+        name = NETWORK_EVENTS[event] if 0 <= event < len(NETWORK_EVENTS) else f'unknown_{event}'
+        self.announce('network', name, Network={'Name': net.name(), 'Uuid': net.UUIDString()})
 
     def publish(self, name, uuid, event, detail):
         """Number an event, keep it in the ring and offer it to every subscriber that wants it."""
