@@ -114,10 +114,13 @@ def test_every_relative_link_resolves():
 
 
 def repository_files():
-    """Every file of the checkout, without hidden directories (.git, .venv) and caches."""
+    """Every file of the checkout, without hidden directories (.git, .venv), caches and what
+    an install generates (.gitignore: an egg-info keeps the README of its install)."""
     for folder, subfolders, files in os.walk(ROOT):
         subfolders[:] = sorted(name for name in subfolders
-                               if not name.startswith('.') and name != '__pycache__')
+                               if not name.startswith('.') and name != '__pycache__'
+                               and not name.endswith('.egg-info')
+                               and (Path(folder) != ROOT or name not in ('build', 'dist')))
         for name in sorted(files):
             yield Path(folder, name)
 
