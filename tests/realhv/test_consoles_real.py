@@ -113,7 +113,9 @@ def test_sessions_leave_no_descriptor_behind(server, shared_guest, consoles):
         with connect(url) as ws:
             typed(ws.send, lambda: ws.recv(timeout=30))
         wait_until(lambda: len(consoles) == 0, 10, 'the session to end')
-    assert open_fds() == before
+    # None left behind (five sessions leaking would be five or more); fewer is no leak: a
+    # connection an earlier test's daemon left to the collector may close meanwhile.
+    assert open_fds() <= before
 
 
 def test_the_guest_powering_off_ends_the_session_cleanly(server, libvirt_conn, guest_name,
