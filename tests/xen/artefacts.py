@@ -43,6 +43,9 @@ DOM0_PACKAGES = (
     "qemu-system-xen",
     # libvirt as Debian runs it (libvirtd socket-activated, libvirt-guests) with the libxl driver
     "libvirt-daemon-system", "libvirt-daemon-driver-xen", "libvirt-clients",
+    # DHCP and DNS of libvirt's NAT networks (libvirt-daemon-system only recommends it; the
+    # network driver itself is in libvirt-daemon, iptables, which it drives, a Depends of -system)
+    "dnsmasq-base",
     # the test agent's interpreter, and tools the tests use
     "python3", "curl", "qemu-utils",
 )
@@ -63,6 +66,9 @@ DOM0_MODULES = BOOT_MODULES + (
     "xen_evtchn", "xen_gntdev", "xen_gntalloc", "xen_privcmd", "xenfs", "xen_acpi_processor",
     "xen_blkback", "xen_netback", "loop", "bridge", "tun", "virtio_net", "overlay", "autofs4", "binfmt_misc",
 )
+# Every module of these folders too: the rules of a libvirt network (iptables-nft) make the
+# kernel load netfilter's tables, matches and targets by name, whichever libvirt's version asks.
+DOM0_MODULE_DIRS = ("kernel/net/netfilter", "kernel/net/ipv4/netfilter", "kernel/net/ipv6/netfilter")
 GUEST_MODULES = ("xen_blkfront", "xen_netfront")
 # Not needed in a test dom0: documentation, translations, udev's hardware database.
 SHRINK = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale",
@@ -85,6 +91,7 @@ RECIPE = 2
 BOOT_MARKER = realhv_guest.BOOT_MARKER
 READY_MARKER = realhv_guest.READY_MARKER
 POWEROFF_MARKER = realhv_guest.POWEROFF_MARKER
+ADDRESS_MARKER = realhv_guest.ADDRESS_MARKER  # the DHCP script's: then the interface, its address
 STATE_MARKER = "XEND-GUEST-STATE"
 REBOOT_MARKER = "XEND-GUEST-REBOOT"
 PROMPT = realhv_guest.PROMPT
@@ -127,6 +134,14 @@ uevent /sbin/uevent-hook &
 for m in $(cat /etc/modules); do
     insmod /lib/modules/$m.ko || echo "XEND-GUEST-ERROR insmod $m" > /dev/console
 done
+# With xend.dhcp on its command line, eth0 asks for a DHCP lease (in the background, renewing);
+# the script says on the console what the guest was given (realhv's, as the QEMU guest's).
+if grep -qw xend.dhcp /proc/cmdline; then
+    ip link set lo up
+    i=0  # netfront's eth0 appears once xenbus has connected it to its backend
+    while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+    udhcpc -i eth0 -s /etc/udhcpc.script -b -t 120 -T 1 >/dev/null 2>&1
+fi
 echo "{READY_MARKER} cpus=$(grep -c ^processor /proc/cpuinfo)" > /dev/console
 # A shell on the PV console, for the console tests; respawned when it exits (an HVM guest may
 # have no hvc0: then it is tried again each second, not in a busy loop).
@@ -267,7 +282,8 @@ def cache_key(kernel):
     for package, version in sorted(candidate_versions([*KEY_PACKAGES, kernel]).items()):
         digest.update(f"{package}={version}\n".encode())
     parts = (BOOT_INIT, GUEST_INIT, GUEST_UEVENT_HOOK, " ".join(DOM0_PACKAGES + REPO_PACKAGES),
-             " ".join(BOOT_MODULES + DOM0_MODULES + GUEST_MODULES + DOM0_UNITS), " ".join(SHRINK),
+             " ".join(BOOT_MODULES + DOM0_MODULES + DOM0_MODULE_DIRS + GUEST_MODULES + DOM0_UNITS),
+             " ".join(SHRINK), realhv_guest.DHCP_SCRIPT,
              IMAGE_SIZE, str(RECIPE), *HOOKS,
              *(f"{path}\0{text}" for path, text in sorted(DOM0_FILES.items()) + sorted(DOM0_APPENDED.items())))
     for part in parts:
@@ -383,10 +399,13 @@ def _drop_vme(rootfs):
 
 
 def _install_modules(moddir, rootfs, version):
-    """DOM0_MODULES and their dependencies at their places in dom0's /lib/modules, indexed by
-    the root's own depmod, so that modprobe (udev, Xen's init script) finds them."""
+    """DOM0_MODULES, those of DOM0_MODULE_DIRS, and their dependencies at their places in dom0's
+    /lib/modules, indexed by the root's own depmod, so that modprobe (udev, Xen's init script,
+    the kernel asking for a netfilter module) finds them."""
     target = rootfs / "lib" / "modules" / version
-    for _, path, _ in realhv_guest._module_files_in_load_order(moddir, DOM0_MODULES):
+    in_dirs = [re.sub(r"\.ko(\.xz|\.gz|\.zst)?$", "", path.name).replace("-", "_")
+               for folder in DOM0_MODULE_DIRS for path in (moddir / folder).rglob("*.ko*")]
+    for _, path, _ in realhv_guest._module_files_in_load_order(moddir, DOM0_MODULES + tuple(in_dirs)):
         destination = target / path.relative_to(moddir)
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, destination)
@@ -421,6 +440,7 @@ def _guest_initramfs(moddir):
     cpio.add("bin/sh", 0o120777, b"busybox")
     cpio.add("init", 0o100755, GUEST_INIT.encode())
     cpio.add("sbin/uevent-hook", 0o100755, GUEST_UEVENT_HOOK.encode())
+    cpio.add("etc/udhcpc.script", 0o100755, realhv_guest.DHCP_SCRIPT.encode())
     cpio.add("etc/modules", 0o100644, "".join(f"{n}\n" for n, _ in modules).encode())
     for name, data in modules:
         cpio.add(f"lib/modules/{name}.ko", 0o100644, data)

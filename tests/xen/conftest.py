@@ -70,9 +70,11 @@ class Guests:
         self.names.append(f"{self.prefix}{stem}-{next(self.counter)}")
         return self.names[-1]
 
-    def xml(self, name, memory_mib=256, current_memory_mib=None, vcpus=2, current_vcpus=1, extra="", kind="pv"):
+    def xml(self, name, memory_mib=256, current_memory_mib=None, vcpus=2, current_vcpus=1, extra="", kind="pv",
+            cmdline="console=hvc0 quiet"):
         """A PV guest (kind="pv") or a PVH one ("pvh": the same kernel, entered by Xen directly
-        in a HAP container; no device model, no firmware)."""
+        in a HAP container; no device model, no firmware). `xend.dhcp` on its command line: its
+        eth0 asks for a DHCP lease."""
         os_type = OS_TYPES[kind]
         return f"""<domain type='xen'>
   <name>{name}</name>
@@ -83,7 +85,7 @@ class Guests:
     {os_type}
     <kernel>{built.GUEST_KERNEL}</kernel>
     <initrd>{built.GUEST_INITRD}</initrd>
-    <cmdline>console=hvc0 quiet</cmdline>
+    <cmdline>{cmdline}</cmdline>
   </os>
   <on_poweroff>destroy</on_poweroff>
   <on_reboot>restart</on_reboot>
