@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 # A domain paused for its migration's switch-over, whose console ended: its QEMU is gone.
 MIGRATING = {(libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_MIGRATION),
              (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY)}
-STOP_WAIT = 3.0  # seconds libvirt gets to tell that a domain whose console ended has stopped
+STOP_WAIT = 10.0  # seconds libvirt gets to tell why a domain's console ended (stopped, migrated)
 CONSOLE_FLAGS = (('force', libvirt.VIR_DOMAIN_CONSOLE_FORCE),
                  ('safe', libvirt.VIR_DOMAIN_CONSOLE_SAFE))
 STREAM_EVENTS = libvirt.VIR_STREAM_EVENT_READABLE | libvirt.VIR_STREAM_EVENT_ERROR | \
