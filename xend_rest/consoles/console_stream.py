@@ -26,7 +26,10 @@ log = logging.getLogger(__name__)
 # A domain paused for its migration's switch-over, whose console ended: its QEMU is gone.
 MIGRATING = {(libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_MIGRATION),
              (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY)}
-STOP_WAIT = 10.0  # seconds libvirt gets to tell why a domain's console ended (stopped, migrated)
+STOP_WAIT = 3.0  # seconds libvirt gets to tell that a domain whose console ended has stopped
+# ...and while it holds the domain (a state call that does not answer: QEMU stopped after a
+# migration, with the domain locked until it is gone; libxl shutting a domain down).
+HELD_WAIT = 15.0
 CONSOLE_FLAGS = (('force', libvirt.VIR_DOMAIN_CONSOLE_FORCE),
                  ('safe', libvirt.VIR_DOMAIN_CONSOLE_SAFE))
 STREAM_EVENTS = libvirt.VIR_STREAM_EVENT_READABLE | libvirt.VIR_STREAM_EVENT_ERROR | \
@@ -267,13 +270,14 @@ class ConsoleStream:
         if self.taken_over:
             return 'taken_over'
         deadline = time.monotonic() + STOP_WAIT
+        held = time.monotonic() + HELD_WAIT
         while True:  # the console may close a moment before libvirt marks the domain stopped
             if not self.alive():
                 return 'libvirt_lost'
             unknown = 'console_closed' if ended.kind == 'eof' else 'console_lost'
             try:
                 # bounded: libxl holds a domain that is shutting down for up to 60 s
-                state, reason = call_within(self.dom.state, max(deadline - time.monotonic(), 0.1),
+                state, reason = call_within(self.dom.state, max(held - time.monotonic(), 0.1),
                                             f'state of {self.dom.name()}')
                 if state == libvirt.VIR_DOMAIN_SHUTOFF:  # what libvirt says it stopped for
                     return 'guest_migrated' if reason == libvirt.VIR_DOMAIN_SHUTOFF_MIGRATED \
