@@ -4,7 +4,7 @@ none, across a restart of the daemon; an evacuation is one operation over every 
 outcome there is its 501, and the others are still tried (the QEMU tier moves them)."""
 import pytest
 
-from conftest import Client, node_xml
+from conftest import Client, node_xml, until
 from test_migration import nodes  # noqa: F401 (a fixture)
 from xend_rest.api.app import make_app
 
@@ -118,3 +118,86 @@ def test_a_node_without_guests_evacuates_at_once(tmp_path):
     response = client.post('/libvirt/a/evacuate', query='to=b')
     done = client.get(response.headers['Location'], query='wait=10').json
     assert (done['State'], done['Guests']) == ('succeeded', [])
+
+
+# The test driver cannot migrate: these tests put in its place the one libvirt call it lacks
+# (virDomainMigrateToURI3, migration.migrate), which records the flags and, while `hold` is
+# clear, waits as a long migration would. Everything else is the daemon's own.
+@pytest.fixture
+def migrating(monkeypatch):
+    import threading
+    from xend_rest.hypervisor.moves import migration
+    calls, hold = [], threading.Event()
+    hold.set()
+
+    def migrate(source, uuid, destination, params, bits, downtime=None):
+        calls.append((uuid, bits))
+        assert hold.wait(20)
+    monkeypatch.setattr(migration, 'migrates', lambda conn: True)
+    monkeypatch.setattr(migration, 'migrate', migrate)
+    return calls, hold
+
+
+def test_persistent_guests_move_for_good_on_one_operation_thread(nodes, tmp_path, migrating):  # noqa: F811
+    """An evacuation migrates its guests on its own thread: with one operation thread it still
+    ends (it once waited for a second thread for ever). Persistent guests are defined on the
+    destination and undefined here, so that a reboot of this host starts no second copy."""
+    import libvirt
+    calls, _hold = migrating
+    client = Client(make_app(connections=nodes, operation_threads=1))
+    response = client.post('/libvirt/a/evacuate', query='to=b')
+    assert response.status == 202
+    done = client.get(response.headers['Location'], query='wait=20').json
+    assert done['State'] == 'succeeded', done
+    assert [guest['State'] for guest in done['Guests']] == ['succeeded'] * len(RUNNING)
+    for guest in done['Guests']:  # each guest's migration is an operation of its own
+        child = client.get(f"/libvirt/a/operations/{guest['Operation']}/json").json
+        assert (child['Kind'], child['State']) == ('migrate', 'succeeded')
+    live = libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_LIVE
+    moved = live | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+    source = client.app.hypervisors['a'].connection.get()
+    persistent = {uuid: source.lookupByUUIDString(uuid).isPersistent() for uuid, _ in calls}
+    assert sorted(persistent.values()) == [0, 1, 1, 1]  # scratch is transient
+    assert [bits for _uuid, bits in calls] == [moved if persistent[uuid] else live
+                                               for uuid, _bits in calls]  # transient as it is
+
+
+def test_an_evacuation_is_cancelled_and_its_maintenance_not_lifted_meanwhile(hosts, migrating):
+    """Cancel: no further guest starts, the running migration is aborted where the driver can
+    (the test driver cannot: it ends as it would). Lifting the maintenance of a host being
+    evacuated is 409 until the evacuation ended."""
+    calls, hold = migrating
+    hold.clear()
+    response = hosts.post('/libvirt/a/evacuate', query='to=b')
+    location = response.headers['Location']
+    until(lambda: calls)
+    assert len(calls) == 1
+    lift = hosts.post('/libvirt/a/maintenance/lift')
+    assert lift.status == 409 and lift.json['code'] == 'operation_in_progress'
+    assert 'host a' in lift.json['message'] and 'domain' not in lift.json['message']
+    assert hosts.post(location.replace('/json', '/cancel')).status == 202
+    hold.set()
+    done = hosts.get(location, query='wait=20').json
+    assert done['State'] == 'cancelled' and len(calls) == 1
+    states = [guest['State'] for guest in done['Guests']]
+    assert states == ['succeeded'] + ['cancelled'] * (len(RUNNING) - 1)
+    assert maintenance(hosts)['Maintenance'] is True
+    assert hosts.post('/libvirt/a/maintenance/lift').status == 204
+
+
+def test_two_evacuations_at_once_leave_the_host_in_maintenance(hosts):
+    """The refused one undoes only what it did: it entered no maintenance, it lifts none."""
+    import threading
+    for _round in range(20):
+        answers = []
+        threads = [threading.Thread(target=lambda: answers.append(
+            hosts.post('/libvirt/a/evacuate', query='to=b'))) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert maintenance(hosts)['Maintenance'] is True, [a.status for a in answers]
+        for answer in answers:
+            if answer.status == 202:
+                hosts.get(answer.headers['Location'], query='wait=20')
+        assert hosts.post('/libvirt/a/maintenance/lift').status == 204

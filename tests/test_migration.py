@@ -143,6 +143,22 @@ def test_the_destinations_definition_passes_the_host_path_policy(nodes, tmp_path
     app.close()
 
 
+def test_an_offline_migration_moves_the_definition_and_is_an_admin_change(scoped):
+    """A shut-off domain's migration defines it on the destination and undefines it here
+    (issue 23): a change of definitions, like persist=1, for the admin role only."""
+    idle = MIGRATE.replace('web', 'idle')
+    operator = scoped.request('POST', idle, query='to=b',
+                              headers={'HTTP_AUTHORIZATION': 'Bearer ' + 'o' * 32})
+    assert operator.status == 403 and 'admin role' in operator.json['message']
+    assert as_(scoped, 'everything', 'POST', idle, query='to=b').status == 501  # past the role
+    running = scoped.request('POST', MIGRATE, query='to=b',
+                             headers={'HTTP_AUTHORIZATION': 'Bearer ' + 'o' * 32})
+    assert running.status == 501  # a live migration is an operator's
+    assert migration.flags(False, False, False) == (
+        libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_OFFLINE
+        | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
+
+
 def test_flags_and_parameters_are_those_virsh_would_send():
     live = migration.flags(True, False, False)
     assert live == libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_LIVE

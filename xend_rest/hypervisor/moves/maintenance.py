@@ -24,6 +24,9 @@ class Maintenance:
     def __init__(self, name, path=None):
         self.name, self.path = name, path
         self._lock = threading.Lock()
+        # held while an evacuation enters maintenance and starts, and while it is lifted: a
+        # refused evacuation undoes only its own entry, and no lift comes in between
+        self.changing = threading.Lock()
         self.state = self._load()
 
     @property

@@ -39,14 +39,15 @@ def check_support(source, destination, names):
 
 
 def flags(active, persist, undefine):
-    """Peer to peer always; live for a running domain, offline (persisting it, as libvirt
-    wants) for a shut-off one."""
+    """Peer to peer always; live for a running domain, offline for a shut-off one: its
+    definition moves (defined on the destination, undefined on the source), as libvirt wants
+    an offline migration to persist it and as issue 23 says."""
     bits = libvirt.VIR_MIGRATE_PEER2PEER
     if active:
         bits |= libvirt.VIR_MIGRATE_LIVE
     else:
         bits |= libvirt.VIR_MIGRATE_OFFLINE
-        persist = True
+        persist = undefine = True
     if persist:
         bits |= libvirt.VIR_MIGRATE_PERSIST_DEST
     if undefine:
