@@ -201,3 +201,43 @@ def test_two_evacuations_at_once_leave_the_host_in_maintenance(hosts):
             if answer.status == 202:
                 hosts.get(answer.headers['Location'], query='wait=20')
         assert hosts.post('/libvirt/a/maintenance/lift').status == 204
+
+
+def test_every_connection_to_a_host_sees_its_operations_and_maintenance(hosts, migrating):
+    """a2 is a second connection to a's hypervisor (same_hypervisor, as the daemon says): a
+    migration in flight through a is in flight through a2, and a's maintenance is a2's host's."""
+    calls, hold = migrating
+    hold.clear()
+    started = hosts.post('/libvirt/a/nodes/web/migrate', query='to=b')
+    assert started.status == 202
+    until(lambda: calls)
+    for path, query in (('/libvirt/a2/nodes/web/suspend', ''),
+                        ('/libvirt/a2/nodes/web/migrate', 'to=b')):
+        response = hosts.post(path, query=query)
+        assert response.status == 409 and response.json['operation'] == started.json['Id'], path
+    hold.set()
+    hosts.get(started.headers['Location'], query='wait=20')
+    assert hosts.post('/libvirt/a/maintenance/enter').status == 200
+    response = hosts.post('/libvirt/a2/nodes/idle/start')
+    assert response.status == 409 and response.json['code'] == 'in_maintenance'
+    response = hosts.post('/libvirt/b/nodes/web/migrate', query='to=a2')
+    assert response.status == 409 and response.json['code'] == 'in_maintenance'
+    assert len(calls) == 1
+
+
+def test_an_evacuations_events_carry_it_as_it_stood_and_name_the_host_as_host(hosts, migrating):
+    import json
+    response = hosts.post('/libvirt/a/evacuate', query='to=b')
+    hosts.get(response.headers['Location'], query='wait=20')
+
+    def stream(query):
+        body = hosts.get('/libvirt/a/events', query='type=operation&since=0&timeout=0.2'
+                         + query).body
+        return [json.loads(line) for line in body.splitlines() if line.strip()]
+    created, = [r for r in stream('') if r['Operation']['Kind'] == 'evacuate'
+                and r['Event'] == 'created']
+    assert created['Host'] == {'Name': 'a', 'Uuid': None} and 'Domain' not in created
+    assert {guest['State'] for guest in created['Operation']['Guests']} == {'waiting'}
+    # a domain= filter lets through what names no domain (as network events): never by a
+    # domain named like the host
+    assert [r['Id'] for r in stream('&domain=a')] == [r['Id'] for r in stream('&domain=zz')]

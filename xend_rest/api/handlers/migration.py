@@ -9,6 +9,7 @@ from xend_rest.errors import HTTPError, bad_request
 from xend_rest.hypervisor import convert
 from xend_rest.hypervisor.libvirt_errors import from_libvirt
 from xend_rest.hypervisor.moves import migration
+from xend_rest.hypervisor.moves.maintenance import refuse_on_host
 from .domains import NO_CONTENT, changeable_domain, is_dom0
 from .operations import accepted
 
@@ -53,7 +54,7 @@ def _prepared(request, dom, destination, persist=False, undefine=False, bandwidt
     dconn = destination.connection.get()
     names = (request.hypervisor.name, destination.name)
     migration.check_distinct(request.conn, dconn, names)
-    destination.maintenance.refuse()
+    refuse_on_host(request.app.hypervisors.values(), destination)
     active = bool(dom.isActive())  # live; else offline (a shut-off domain is a defined one)
     # The destination defines the domain from this XML: judged as a Create there would be.
     definition = convert.xml_to_dict(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE))
@@ -107,7 +108,7 @@ def evacuate(request):
     if to:
         migration.check_distinct(request.conn, destinations[0].connection.get(),
                                  (request.hypervisor.name, to))
-        destinations[0].maintenance.refuse()
+        refuse_on_host(request.app.hypervisors.values(), destinations[0])
     if not destinations:
         raise HTTPError(409, f'no connection to evacuate {request.hypervisor.name} to: none that '
                         'your credentials cover has the same driver and is up, out of '
@@ -161,7 +162,9 @@ def _candidates(request):
     kind, host = request.conn.getType(), migration.host_of(request.conn)
     found = []
     for hypervisor in request.usable_hypervisors():
-        if hypervisor is request.hypervisor or hypervisor.maintenance.on:
+        if hypervisor is request.hypervisor or any(
+                other.maintenance.on and other.same_host(hypervisor)
+                for other in request.app.hypervisors.values()):
             continue
         try:
             conn = hypervisor.connection.get()

@@ -18,6 +18,13 @@ def in_maintenance(name, state):
                      f"{state['Caller']}): lift it first", 'in_maintenance')
 
 
+def refuse_on_host(hypervisors, hypervisor):
+    """409 while `hypervisor`'s host is in maintenance, entered through any connection to it."""
+    for other in hypervisors:
+        if other.maintenance.on and other.same_host(hypervisor):
+            other.maintenance.refuse()
+
+
 class Maintenance:
     """One connection's maintenance: None, or {"Since", "Caller"}; kept in `path` if given."""
 

@@ -74,6 +74,7 @@ class Operation:
         self.error = None  # the answer's {"code", "message"}, once it failed
         self.failure = None  # the exception, for a request still waiting for it
         self.cancel_asked = False
+        self.host = host_key(hypervisor)  # the hypervisor's host: what "in flight" is keyed by
         self.on_cancel = on_cancel  # how one that is no libvirt job is cancelled (an evacuation)
         self.counted = True  # takes a place of the pool (an evacuation's guests do not)
         self._done = threading.Event()
@@ -173,6 +174,11 @@ class Operation:
         operations.ended(self, state)
 
 
+def host_key(hypervisor):
+    """The host a connection reaches (Hypervisor.host), or, never known, the connection."""
+    return hypervisor.host() or ('connection', hypervisor.name)
+
+
 def not_cancellable(operation, why):
     return HTTPError(409, f'operation {operation.id} cannot be cancelled: {why}',
                      'operation_not_cancellable')
@@ -227,7 +233,7 @@ class Operations:
     def _register(self, operation, join=False):
         """Keep a new operation (with the lock held): the running one it joins, else None."""
         self._prune()
-        busy = self._running_on(operation.hypervisor.name, operation.target['Uuid'])
+        busy = self._running_on(operation.host, operation.target['Uuid'])
         if busy is not None and join and busy.kind == operation.kind:
             return busy
         if busy is not None:
@@ -266,17 +272,19 @@ class Operations:
     def refuse_busy(self, hypervisor, dom_uuid, joins=None):
         """409 (InProgress) while an operation runs on that domain, unless it is of the kind
         `joins` (a repeat of it joins it: see start)."""
+        host = host_key(hypervisor)
         with self._lock:
-            busy = self._running_on(hypervisor.name, dom_uuid)
+            busy = self._running_on(host, dom_uuid)
         if busy is not None and busy.kind != joins:
             raise InProgress(busy)
 
     def refuse_kind(self, hypervisor, kind):
         """409 (InProgress) while an operation of `kind` runs on that connection (an
         evacuation, for a lift of its host's maintenance)."""
+        host = host_key(hypervisor)
         with self._lock:
             busy = next((op for op in self._operations.values() if op.running
-                         and op.kind == kind and op.hypervisor is hypervisor), None)
+                         and op.kind == kind and op.host == host), None)
         if busy is not None:
             raise InProgress(busy)
 
@@ -301,9 +309,9 @@ class Operations:
     def __len__(self):
         return len(self._operations)
 
-    def _running_on(self, name, dom_uuid):
+    def _running_on(self, host, dom_uuid):
         return next((op for op in self._operations.values() if op.running
-                     and op.hypervisor.name == name and op.target['Uuid'] == dom_uuid), None)
+                     and op.host == host and op.target['Uuid'] == dom_uuid), None)
 
     def _prune(self):
         """Forget finished operations past their age, then the oldest past `kept` (a running
