@@ -382,8 +382,8 @@ def test_one_caller_has_half_the_threads(node_uri, monkeypatch):
     assert response.status == 503 and response.json['code'] == 'too_many_operations'
     assert 'one caller (anonymous)' in response.json['message'] and response.headers['Retry-After']
     assert api.conn.lookupByName('scratch').state()[0] == libvirt.VIR_DOMAIN_RUNNING
-    other = app.operations.start('shutdown', app.hypervisor, api.conn.lookupByName('scratch'),
-                                 lambda: None, 'token:other')
+    other = type(app.operations).start(app.operations, 'shutdown', app.hypervisor,                                        api.conn.lookupByName('scratch'), lambda: None,
+                                       'token:other')  # not held
     assert other.wait(10) and other.state == 'succeeded'
     holder.release.set()
     app.close()
