@@ -65,7 +65,7 @@ def _prepared(request, dom, destination, persist=False, undefine=False, bandwidt
     uri = migration.destination_uri(destination.connection)
     params = migration.parameters(destination.connection.settings, bandwidth)
     bits = migration.flags(active, persist, undefine)
-    source, uuid = request.hypervisor.connection.uri, dom.UUIDString()
+    source, uuid = request.hypervisor.connection, dom.UUIDString()
     # A definition that moves keeps its autostart mark (libvirt does not carry it over).
     autostart = bool(bits & libvirt.VIR_MIGRATE_UNDEFINE_SOURCE and dom.isPersistent()
                      and dom.autostart())

@@ -66,12 +66,13 @@ def parameters(settings, bandwidth=None):
     return params
 
 
-def migrate(source_uri, dom_uuid, destination, params, bits, downtime=None):
+def migrate(source, dom_uuid, destination, params, bits, downtime=None):
     """Ask the source's libvirtd to migrate the domain (returns once libvirt says it ended), on
-    a libvirt connection of the call's own: the call holds its connection for the whole
-    migration, and a lane of the pool would let no other call through meanwhile (progress,
-    abort, other requests). downtime: the longest pause at the switch-over, in ms."""
-    conn = libvirt.open(source_uri)
+    a libvirt connection of the call's own (source: the SharedConnection opens it, bounded,
+    with keepalive): the call holds its connection for the whole migration, and a lane of the
+    pool would let no other call through meanwhile (progress, abort, other requests).
+    downtime: the longest pause at the switch-over, in ms."""
+    conn = source.open_own()
     try:
         dom = conn.lookupByUUIDString(dom_uuid)
         if downtime is not None:

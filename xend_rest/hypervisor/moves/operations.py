@@ -109,8 +109,8 @@ class Operation:
         take seconds, and neither a reader of the operation nor a lane of the pool (a console
         asking its domain's state) waits for that meanwhile."""
         try:
-            conn = libvirt.open(self.hypervisor.connection.uri)
-        except libvirt.libvirtError:
+            conn = self.hypervisor.connection.open_own()
+        except (libvirt.libvirtError, HTTPError):
             return  # libvirt away: no progress, the operation goes on
         try:
             dom = conn.lookupByUUIDString(self.target['Uuid'])
