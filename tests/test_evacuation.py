@@ -241,3 +241,21 @@ def test_an_evacuations_events_carry_it_as_it_stood_and_name_the_host_as_host(ho
     # a domain= filter lets through what names no domain (as network events): never by a
     # domain named like the host
     assert [r['Id'] for r in stream('&domain=a')] == [r['Id'] for r in stream('&domain=zz')]
+
+
+@pytest.mark.parametrize('content', ['{}', '[]', '"x"', '1', '{"Since": 5}', 'null',
+                                     '{"Maintenance": false, "Since": null, "Caller": null}',
+                                     '{"Since": "x", "Caller": ["y"]}', '{'])
+def test_a_maintenance_file_of_another_shape_is_maintenance_never_a_500(nodes, tmp_path,  # noqa: F811
+                                                                       content):
+    """The file is read as untrusted: unreadable or of a shape the daemon never writes, the
+    host is in maintenance (fail safe), as GET and Start both say."""
+    state = tmp_path / 'state'
+    (state / 'maintenance').mkdir(parents=True)
+    (state / 'maintenance' / 'a.json').write_text(content)
+    client = Client(make_app(connections=nodes, state_dir=str(state)))
+    assert maintenance(client) == {'Maintenance': True, 'Since': None, 'Caller': None}
+    response = client.post('/libvirt/a/nodes/idle/start')
+    assert response.status == 409 and response.json['code'] == 'in_maintenance'
+    assert client.post('/libvirt/a/maintenance/lift').status == 204
+    assert client.post('/libvirt/a/nodes/idle/start').status == 204
