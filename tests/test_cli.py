@@ -71,7 +71,8 @@ def test_listen_is_repeatable():
 @pytest.mark.parametrize("flags", [["--listen", "8000"], ["--listen", "localhost"], ["--listen", "unix:"],
                                    ["--listen", "::1:80"], ["--workers", "0"], ["--log-level", "loud"],
                                    ["--keepalive-count", "0"], ["--open-timeout", "soon"],
-                                   ["--concurrency", "0"]])
+                                   ["--concurrency", "0"], ["--operation-age", "nan"],
+                                   ["--operation-age", "inf"], ["--timeout", "NaN"]])
 def test_bad_values_refused_with_clear_message(flags):
     with pytest.raises(ConfigError) as exc:
         parse_args(flags)

@@ -4,7 +4,7 @@ none, across a restart of the daemon; an evacuation is one operation over every 
 outcome there is its 501, and the others are still tried (the QEMU tier moves them)."""
 import pytest
 
-from conftest import Client, node_xml
+from conftest import Client, node_xml, until
 from test_migration import nodes  # noqa: F401 (a fixture)
 from xend_rest.api.app import make_app
 
@@ -118,3 +118,144 @@ def test_a_node_without_guests_evacuates_at_once(tmp_path):
     response = client.post('/libvirt/a/evacuate', query='to=b')
     done = client.get(response.headers['Location'], query='wait=10').json
     assert (done['State'], done['Guests']) == ('succeeded', [])
+
+
+# The test driver cannot migrate: these tests put in its place the one libvirt call it lacks
+# (virDomainMigrateToURI3, migration.migrate), which records the flags and, while `hold` is
+# clear, waits as a long migration would. Everything else is the daemon's own.
+@pytest.fixture
+def migrating(monkeypatch):
+    import threading
+    from xend_rest.hypervisor.moves import migration
+    calls, hold = [], threading.Event()
+    hold.set()
+
+    def migrate(source, uuid, destination, params, bits, downtime=None):
+        calls.append((uuid, bits))
+        assert hold.wait(20)
+    monkeypatch.setattr(migration, 'migrates', lambda conn: True)
+    monkeypatch.setattr(migration, 'migrate', migrate)
+    return calls, hold
+
+
+def test_persistent_guests_move_for_good_on_one_operation_thread(nodes, tmp_path, migrating):  # noqa: F811
+    """An evacuation migrates its guests on its own thread: with one operation thread it still
+    ends (it once waited for a second thread for ever). Persistent guests are defined on the
+    destination and undefined here, so that a reboot of this host starts no second copy."""
+    import libvirt
+    calls, _hold = migrating
+    client = Client(make_app(connections=nodes, operation_threads=1))
+    response = client.post('/libvirt/a/evacuate', query='to=b')
+    assert response.status == 202
+    done = client.get(response.headers['Location'], query='wait=20').json
+    assert done['State'] == 'succeeded', done
+    assert [guest['State'] for guest in done['Guests']] == ['succeeded'] * len(RUNNING)
+    for guest in done['Guests']:  # each guest's migration is an operation of its own
+        child = client.get(f"/libvirt/a/operations/{guest['Operation']}/json").json
+        assert (child['Kind'], child['State']) == ('migrate', 'succeeded')
+    live = libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_LIVE
+    moved = live | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+    source = client.app.hypervisors['a'].connection.get()
+    persistent = {uuid: source.lookupByUUIDString(uuid).isPersistent() for uuid, _ in calls}
+    assert sorted(persistent.values()) == [0, 1, 1, 1]  # scratch is transient
+    assert [bits for _uuid, bits in calls] == [moved if persistent[uuid] else live
+                                               for uuid, _bits in calls]  # transient as it is
+
+
+def test_an_evacuation_is_cancelled_and_its_maintenance_not_lifted_meanwhile(hosts, migrating):
+    """Cancel: no further guest starts, the running migration is aborted where the driver can
+    (the test driver cannot: it ends as it would). Lifting the maintenance of a host being
+    evacuated is 409 until the evacuation ended."""
+    calls, hold = migrating
+    hold.clear()
+    response = hosts.post('/libvirt/a/evacuate', query='to=b')
+    location = response.headers['Location']
+    until(lambda: calls)
+    assert len(calls) == 1
+    lift = hosts.post('/libvirt/a/maintenance/lift')
+    assert lift.status == 409 and lift.json['code'] == 'operation_in_progress'
+    assert 'host a' in lift.json['message'] and 'domain' not in lift.json['message']
+    assert hosts.post(location.replace('/json', '/cancel')).status == 202
+    hold.set()
+    done = hosts.get(location, query='wait=20').json
+    assert done['State'] == 'cancelled' and len(calls) == 1
+    states = [guest['State'] for guest in done['Guests']]
+    assert states == ['succeeded'] + ['cancelled'] * (len(RUNNING) - 1)
+    assert maintenance(hosts)['Maintenance'] is True
+    assert hosts.post('/libvirt/a/maintenance/lift').status == 204
+
+
+def test_two_evacuations_at_once_leave_the_host_in_maintenance(hosts):
+    """The refused one undoes only what it did: it entered no maintenance, it lifts none."""
+    import threading
+    for _round in range(20):
+        answers = []
+        threads = [threading.Thread(target=lambda: answers.append(
+            hosts.post('/libvirt/a/evacuate', query='to=b'))) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert maintenance(hosts)['Maintenance'] is True, [a.status for a in answers]
+        for answer in answers:
+            if answer.status == 202:
+                hosts.get(answer.headers['Location'], query='wait=20')
+        assert hosts.post('/libvirt/a/maintenance/lift').status == 204
+
+
+def test_every_connection_to_a_host_sees_its_operations_and_maintenance(hosts, migrating):
+    """a2 is a second connection to a's hypervisor (same_hypervisor, as the daemon says): a
+    migration in flight through a is in flight through a2, and a's maintenance is a2's host's."""
+    calls, hold = migrating
+    hold.clear()
+    started = hosts.post('/libvirt/a/nodes/web/migrate', query='to=b')
+    assert started.status == 202
+    until(lambda: calls)
+    for path, query in (('/libvirt/a2/nodes/web/suspend', ''),
+                        ('/libvirt/a2/nodes/web/migrate', 'to=b')):
+        response = hosts.post(path, query=query)
+        assert response.status == 409 and response.json['operation'] == started.json['Id'], path
+    hold.set()
+    hosts.get(started.headers['Location'], query='wait=20')
+    assert hosts.post('/libvirt/a/maintenance/enter').status == 200
+    response = hosts.post('/libvirt/a2/nodes/idle/start')
+    assert response.status == 409 and response.json['code'] == 'in_maintenance'
+    response = hosts.post('/libvirt/b/nodes/web/migrate', query='to=a2')
+    assert response.status == 409 and response.json['code'] == 'in_maintenance'
+    assert len(calls) == 1
+
+
+def test_an_evacuations_events_carry_it_as_it_stood_and_name_the_host_as_host(hosts, migrating):
+    import json
+    response = hosts.post('/libvirt/a/evacuate', query='to=b')
+    hosts.get(response.headers['Location'], query='wait=20')
+
+    def stream(query):
+        body = hosts.get('/libvirt/a/events', query='type=operation&since=0&timeout=0.2'
+                         + query).body
+        return [json.loads(line) for line in body.splitlines() if line.strip()]
+    created, = [r for r in stream('') if r['Operation']['Kind'] == 'evacuate'
+                and r['Event'] == 'created']
+    assert created['Host'] == {'Name': 'a', 'Uuid': None} and 'Domain' not in created
+    assert {guest['State'] for guest in created['Operation']['Guests']} == {'waiting'}
+    # a domain= filter lets through what names no domain (as network events): never by a
+    # domain named like the host
+    assert [r['Id'] for r in stream('&domain=a')] == [r['Id'] for r in stream('&domain=zz')]
+
+
+@pytest.mark.parametrize('content', ['{}', '[]', '"x"', '1', '{"Since": 5}', 'null',
+                                     '{"Maintenance": false, "Since": null, "Caller": null}',
+                                     '{"Since": "x", "Caller": ["y"]}', '{'])
+def test_a_maintenance_file_of_another_shape_is_maintenance_never_a_500(nodes, tmp_path,  # noqa: F811
+                                                                       content):
+    """The file is read as untrusted: unreadable or of a shape the daemon never writes, the
+    host is in maintenance (fail safe), as GET and Start both say."""
+    state = tmp_path / 'state'
+    (state / 'maintenance').mkdir(parents=True)
+    (state / 'maintenance' / 'a.json').write_text(content)
+    client = Client(make_app(connections=nodes, state_dir=str(state)))
+    assert maintenance(client) == {'Maintenance': True, 'Since': None, 'Caller': None}
+    response = client.post('/libvirt/a/nodes/idle/start')
+    assert response.status == 409 and response.json['code'] == 'in_maintenance'
+    assert client.post('/libvirt/a/maintenance/lift').status == 204
+    assert client.post('/libvirt/a/nodes/idle/start').status == 204

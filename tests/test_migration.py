@@ -143,6 +143,22 @@ def test_the_destinations_definition_passes_the_host_path_policy(nodes, tmp_path
     app.close()
 
 
+def test_an_offline_migration_moves_the_definition_and_is_an_admin_change(scoped):
+    """A shut-off domain's migration defines it on the destination and undefines it here
+    (issue 23): a change of definitions, like persist=1, for the admin role only."""
+    idle = MIGRATE.replace('web', 'idle')
+    operator = scoped.request('POST', idle, query='to=b',
+                              headers={'HTTP_AUTHORIZATION': 'Bearer ' + 'o' * 32})
+    assert operator.status == 403 and 'admin role' in operator.json['message']
+    assert as_(scoped, 'everything', 'POST', idle, query='to=b').status == 501  # past the role
+    running = scoped.request('POST', MIGRATE, query='to=b',
+                             headers={'HTTP_AUTHORIZATION': 'Bearer ' + 'o' * 32})
+    assert running.status == 501  # a live migration is an operator's
+    assert migration.flags(False, False, False) == (
+        libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_OFFLINE
+        | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
+
+
 def test_flags_and_parameters_are_those_virsh_would_send():
     live = migration.flags(True, False, False)
     assert live == libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_LIVE
@@ -178,3 +194,33 @@ def test_the_destination_uri_and_address_come_from_the_destinations_settings(nod
     assert migration.destination_uri(told) == 'qemu+tcp://10.77.0.2/system'
     assert migration.parameters(told.settings, 5) == {
         libvirt.VIR_MIGRATE_PARAM_URI: 'tcp://10.77.0.2', libvirt.VIR_MIGRATE_PARAM_BANDWIDTH: 5}
+
+
+
+def test_reading_progress_from_a_libvirtd_that_never_answers_gives_up_after_the_open_timeout(
+        tmp_path):
+    """The progress reader's own connection is opened as the pool's: within open_timeout,
+    not blocked for ever (a thread lost per operation) by a libvirtd that accepts and never
+    answers; the operation goes on without progress."""
+    import socket
+    import threading
+    from xend_rest.hypervisor.hypervisors import Hypervisor
+    from xend_rest.hypervisor.libvirt_connection import SharedConnection
+    from xend_rest.hypervisor.moves.operations import Operation
+    path = str(tmp_path / 'silent.sock')
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(8)
+    held = []
+    threading.Thread(target=lambda: [held.append(listener.accept()) for _ in range(8)],
+                     daemon=True).start()
+    silent = Hypervisor('silent', SharedConnection(f'qemu+unix:///system?socket={path}',
+                                                   open_timeout=0.5))
+    silent.host = lambda: None  # asked when the operation is made: not what is tested here
+    operation = Operation('migrate', silent, None, 'test', True,
+                          target={'Name': 'web', 'Uuid': '6695eb01-f6a4-8304-79aa-97f2502e193f'})
+    reader = threading.Thread(target=operation.follow, daemon=True)
+    reader.start()
+    reader.join(60)  # bounds a hang only; the open timeout is 0.5 s
+    assert not reader.is_alive() and operation.running and operation.progress is None
+    listener.close()

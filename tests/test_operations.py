@@ -369,3 +369,21 @@ def test_a_running_operation_is_kept_past_its_age(node_uri, monkeypatch):
     holder.release.set()
     assert api.get(location, query='wait=10').json['State'] == 'succeeded'
     app.close()
+
+
+def test_one_caller_has_half_the_threads(node_uri, monkeypatch):
+    """One caller's slow operations leave the others' Stops a place (as watchers-per-caller)."""
+    monkeypatch.setattr(domains, 'GUEST_REQUEST_SECONDS', 0.2)
+    app = make_app(uri=node_uri, operation_threads=4)
+    api = Client(app)
+    holder = Held(app)
+    assert [api.post(NODES + f'/{name}/stop').status for name in ('web', 'db')] == [202, 202]
+    response = api.post(NODES + '/scratch/stop')
+    assert response.status == 503 and response.json['code'] == 'too_many_operations'
+    assert 'one caller (anonymous)' in response.json['message'] and response.headers['Retry-After']
+    assert api.conn.lookupByName('scratch').state()[0] == libvirt.VIR_DOMAIN_RUNNING
+    other = type(app.operations).start(app.operations, 'shutdown', app.hypervisor,                                        api.conn.lookupByName('scratch'), lambda: None,
+                                       'token:other')  # not held
+    assert other.wait(10) and other.state == 'succeeded'
+    holder.release.set()
+    app.close()

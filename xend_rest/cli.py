@@ -5,6 +5,7 @@ import configparser
 import copy
 import grp
 import logging
+import math
 import os
 import socket
 import sys
@@ -57,7 +58,7 @@ def positive(kind):
             value = kind(text)
         except ValueError:
             value = 0
-        if value <= 0:
+        if not 0 < value < math.inf:  # nan and inf too
             raise argparse.ArgumentTypeError(f'expected a positive number, not {text!r}')
         return value
     return convert
@@ -144,7 +145,8 @@ OPTIONS = {
                f'{defaults.CONCURRENCY_THROUGH_LIBVIRTD} through libvirtd)', 'N', None),
         Option('timeout', positive(float), 'socket timeout in seconds (default: {default})'),
         Option('state-dir', str, 'where what must outlive the daemon is kept: the markers of '
-               'uploads under way (default: {default})', 'DIR', defaults.STATE_DIR),
+               'uploads under way, each connection\'s maintenance (default: {default})', 'DIR',
+               defaults.STATE_DIR),
     ],
     # Who may call, and how much they may send: see the README, "Security".
     SECURITY: [

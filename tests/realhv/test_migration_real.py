@@ -297,12 +297,15 @@ def _listening(port):
 
 
 def test_an_evacuation_moves_every_running_guest(api, hosts, guest_files, tmp_path):
-    """Two guests on the source; one evacuation; both arrive, counting on; the source stays in
-    maintenance (a Start there is refused) until it is lifted."""
+    """Two guests on the source; one evacuation; both arrive, counting on, moved for good
+    (defined there, undefined here: a reboot of the source starts no second copy; the autostart
+    mark goes with them); the source stays in maintenance until it is lifted."""
     names = []
     try:
         for stem in ('evacuee-a', 'evacuee-b'):
             names.append(boot_counting(hosts, guest_files, tmp_path, stem))
+        assert api.post(f'/libvirt/src/nodes/{names[0][0]}/autostart',
+                        query='enable=1').status == 204
         before = {name: counts(console)[-1] for name, console in names}
         started = time.monotonic()
         response = api.post('/libvirt/src/evacuate', query='to=dst')
@@ -312,18 +315,41 @@ def test_an_evacuation_moves_every_running_guest(api, hosts, guest_files, tmp_pa
         assert done['State'] == 'succeeded', done
         assert sorted((g['Name'], g['To'], g['State']) for g in done['Guests']) == sorted(
             (name, 'dst', 'succeeded') for name, _console in names)
-        for name, console in names:
-            assert where(hosts, name) == {'src': libvirt.VIR_DOMAIN_SHUTOFF,
-                                          'dst': libvirt.VIR_DOMAIN_RUNNING}
-            wait_until(lambda: counts(console)[-1] >= before[name] + 10, 30, 'counting on')
-            numbers = counts(console)
-            assert numbers == sorted(set(numbers)) and console.boots() == 1
+        conn = libvirt.open(hosts[1].uri)
+        try:
+            for (name, console), autostart in zip(names, (1, 0)):
+                assert where(hosts, name) == {'src': None, 'dst': libvirt.VIR_DOMAIN_RUNNING}
+                arrived = conn.lookupByName(name)
+                assert (arrived.isPersistent(), arrived.autostart()) == (1, autostart), name
+                wait_until(lambda: counts(console)[-1] >= before[name] + 10, 30, 'counting on')
+                numbers = counts(console)
+                assert numbers == sorted(set(numbers)) and console.boots() == 1
+        finally:
+            conn.close()
         assert api.get('/libvirt/src/maintenance/json').json['Maintenance'] is True
-        # the source keeps the (shut-off) definitions: starting one there is refused meanwhile
-        refused = api.post(f'/libvirt/src/nodes/{names[0][0]}/start')
-        assert refused.status == 409 and refused.json['code'] == 'in_maintenance'
         assert api.post('/libvirt/src/maintenance/lift').status == 204
         print(f'evacuated {len(names)} guests in {took:.1f} s: {done["Guests"]}')
     finally:
         for name, _console in names:
             remove(hosts, name)
+
+
+def test_a_shut_off_domain_migrates_offline_its_definition_moving(api, hosts, guest_files,
+                                                                   tmp_path):
+    """Offline: defined on the destination, undefined on the source (never on both)."""
+    source, _destination = hosts
+    name = f'xrt-offline-{uuid.uuid4().hex[:6]}'
+    conn = libvirt.open(source.uri)
+    try:
+        conn.defineXML(guest.domain_xml(name, guest_files, tmp_path / f'{name}.log',
+                                        memory_mib=192))
+    finally:
+        conn.close()
+    try:
+        response = api.post(f'/libvirt/src/nodes/{name}/migrate', query='to=dst')
+        assert response.status == 202, response.body
+        done = api.get(response.headers['Location'], query='wait=120').json
+        assert done['State'] == 'succeeded', done
+        assert where(hosts, name) == {'src': None, 'dst': libvirt.VIR_DOMAIN_SHUTOFF}
+    finally:
+        remove(hosts, name)

@@ -14,6 +14,7 @@ from .domain_events import EventHub
 from .libvirt_connection import PerConnection
 from .libvirt_errors import is_connection_error
 from .moves.maintenance import Maintenance
+from .moves.migration import host_of
 from .memo import DomainMemo
 from .names import check as check_name
 from .uploads import Uploads
@@ -51,6 +52,7 @@ class Hypervisor:
         # What libvirtd last said of its host, kept while the connection is down: a listing
         # shows it rather than wait for a libvirtd that may not answer.
         self.facts = None
+        self._host = None  # migration.host_of, the last known (host UUID, else URI)
         self._learning = threading.Lock()  # one question at a time, however often listed
         self.memo = DomainMemo()  # what was derived from each domain's XML (its JSON, devices)
         connection.on_connect(self.events.attach)
@@ -69,6 +71,22 @@ class Hypervisor:
         finally:
             self._learning.release()
         return self.facts
+
+    def host(self):
+        """Which hypervisor this connection reaches (migration.host_of: its host UUID, else the
+        URI libvirt reports), asked once per libvirt connection; while it is down, the last
+        known (None: never known). Operations in flight and maintenance are the host's: every
+        connection to one host sees them."""
+        try:
+            with self.using_connection() as conn:
+                self._host = self.features.get(conn, 'host', host_of)
+        except (HTTPError, libvirt.libvirtError):
+            pass
+        return self._host
+
+    def same_host(self, other):
+        """Whether `other` (a Hypervisor) is this one, or another connection to its host."""
+        return other is self or (self.host() is not None and self.host() == other.host())
 
     @contextlib.contextmanager
     def using_connection(self):

@@ -168,13 +168,42 @@ class SharedConnection:
             self._lane_opener = _Opener(lambda: self._open_lane(first), self.open_timeout,
                                         'libvirt-lane')
 
-    def _connect(self):
-        """A new libvirt connection, with keepalive and our close callback."""
+    def open_own(self):
+        """A libvirt connection of the caller's own, outside the pool, for one long call (a
+        migration, or reading its progress) that would hold a lane: opened as the pool opens
+        its own (within open_timeout, else 504; with keepalive, so that a call to a libvirtd
+        that stops answering fails after about keepalive_interval * (keepalive_count + 1) s).
+        The caller closes it; one that opens after the caller gave up is closed."""
+        start_event_loop()
+        abandoned = threading.Event()
+
+        def open_it():
+            conn = self._connect(own=True)
+            if abandoned.is_set():
+                conn.close()
+                return None
+            return conn
+        opener = _Opener(open_it, self.open_timeout, name='libvirt-open-own')
+        if not opener.done.wait(self.open_timeout):
+            abandoned.set()
+            if opener.done.is_set() and opener.conn is not None:
+                opener.conn.close()  # it opened as we gave up
+            raise hypervisor_timeout(f'connecting to {self.uri} has taken longer than '
+                                     f'{self.open_timeout:g} s')
+        if opener.error is not None:
+            raise opener.error
+        return opener.conn
+
+    def _connect(self, own=False):
+        """A new libvirt connection, with keepalive and (but one of a caller's own) our close
+        callback."""
         conn = libvirt.open(self.uri)
         try:
             conn.setKeepAlive(*self.keepalive)
         except libvirt.libvirtError:
             pass  # local drivers (test, and the in-process ones) have no keepalive
+        if own:
+            return conn
         try:
             conn.registerCloseCallback(self._on_close, None)
         except libvirt.libvirtError:

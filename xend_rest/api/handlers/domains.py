@@ -12,6 +12,7 @@ from xend_rest.errors import HTTPError, bad_request, wait_timeout
 from xend_rest.hypervisor import convert
 from xend_rest.hypervisor.bounded import StillRunning
 from xend_rest.hypervisor.domain_events import wait_for_restart, wait_for_state
+from xend_rest.hypervisor.moves.maintenance import refuse_on_host
 from xend_rest.hypervisor.libvirt_errors import (from_libvirt, is_connection_error, is_no_domain,
                                                  still_there)
 from .operations import accepted
@@ -190,7 +191,7 @@ def start_domain(request, ident):
     dom = changeable_domain(request, ident)
     if dom.isActive():
         return NOT_MODIFIED
-    request.hypervisor.maintenance.refuse()
+    refuse_on_host(request.app.hypervisors.values(), request.hypervisor)
     return _change_state(lambda: dom.createWithFlags(flag), dom.isActive)
 
 

@@ -1,7 +1,6 @@
 """Moving guests between configured connections, as operations (docs/api.md, Migrate a domain,
 Evacuate a host), and the maintenance of a host."""
 import collections
-import time
 
 import libvirt
 
@@ -10,6 +9,7 @@ from xend_rest.errors import HTTPError, bad_request
 from xend_rest.hypervisor import convert
 from xend_rest.hypervisor.libvirt_errors import from_libvirt
 from xend_rest.hypervisor.moves import migration
+from xend_rest.hypervisor.moves.maintenance import refuse_on_host
 from .domains import NO_CONTENT, changeable_domain, is_dom0
 from .operations import accepted
 
@@ -17,7 +17,6 @@ ADMIN = 'admin'  # routes.ADMIN (the routes import this module)
 MAX_BANDWIDTH = 2**31 - 1  # MiB/s: libvirt's unsigned long, as virsh takes it
 MAX_BOUND = {'bandwidth': MAX_BANDWIDTH, 'downtime': 2**63 - 1}  # downtime: ms, unsigned long long
 ADMIN_OPTIONS = ('persist', 'undefine')  # they change definitions on the hosts: admin changes
-EVACUATE_AT_ONCE = 2  # guests an evacuation migrates at a time
 # The destination, as the Guard's host-path policy looks at a request: its hypervisor and
 # connection.
 OnDestination = collections.namedtuple('OnDestination', 'hypervisor conn')
@@ -37,6 +36,10 @@ def migrate_domain(request, ident):
                         f'the admin role; your credentials have {request.role}', 'forbidden')
     destination = request.app.covered_hypervisor(request, to)  # 404 as for any path
     dom = changeable_domain(request, ident)
+    if not dom.isActive() and request.role != ADMIN:
+        raise HTTPError(403, f'{dom.name()} is shut off: an offline migration moves its '
+                        'definition (defined on the destination, undefined here), which needs '
+                        f'the admin role; your credentials have {request.role}', 'forbidden')
     action = _prepared(request, dom, destination, persist, undefine, bandwidth, downtime)
     operation = request.app.operations.start('migrate', request.hypervisor, dom, action,
                                              request.caller, job=True)
@@ -51,7 +54,7 @@ def _prepared(request, dom, destination, persist=False, undefine=False, bandwidt
     dconn = destination.connection.get()
     names = (request.hypervisor.name, destination.name)
     migration.check_distinct(request.conn, dconn, names)
-    destination.maintenance.refuse()
+    refuse_on_host(request.app.hypervisors.values(), destination)
     active = bool(dom.isActive())  # live; else offline (a shut-off domain is a defined one)
     # The destination defines the domain from this XML: judged as a Create there would be.
     definition = convert.xml_to_dict(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE))
@@ -62,8 +65,16 @@ def _prepared(request, dom, destination, persist=False, undefine=False, bandwidt
     uri = migration.destination_uri(destination.connection)
     params = migration.parameters(destination.connection.settings, bandwidth)
     bits = migration.flags(active, persist, undefine)
-    source, uuid = request.hypervisor.connection.uri, dom.UUIDString()
-    return lambda: migration.migrate(source, uuid, uri, params, bits, downtime)
+    source, uuid = request.hypervisor.connection, dom.UUIDString()
+    # A definition that moves keeps its autostart mark (libvirt does not carry it over).
+    autostart = bool(bits & libvirt.VIR_MIGRATE_UNDEFINE_SOURCE and dom.isPersistent()
+                     and dom.autostart())
+
+    def action():
+        migration.migrate(source, uuid, uri, params, bits, downtime)
+        if autostart:
+            destination.connection.get().lookupByUUIDString(uuid).setAutostart(1)
+    return action
 
 
 def show_maintenance(request):
@@ -78,14 +89,18 @@ def enter_maintenance(request):
 
 
 def lift_maintenance(request):
-    request.hypervisor.maintenance.lift()
+    """POST /maintenance/lift: 409 while an evacuation of the host runs (cancel it first)."""
+    maintenance = request.hypervisor.maintenance
+    with maintenance.changing:
+        request.app.operations.refuse_kind(request.hypervisor, 'evacuate')
+        maintenance.lift()
     return NO_CONTENT
 
 
 def evacuate(request):
     """POST /evacuate[?to=NAME]: maintenance on, then one operation that migrates every running
-    guest (dom0 never), EVACUATE_AT_ONCE at a time, each to `to` or to the candidate with the
-    most free memory; each guest's outcome in its Guests."""
+    guest (dom0 never), one at a time on the evacuation's own thread, each to `to` or to the
+    candidate with the most free memory; each guest's outcome in its Guests."""
     to = request.arg('to')
     if to == '':
         raise bad_request('to=: name a connection, or leave `to` out to let the daemon choose')
@@ -93,7 +108,7 @@ def evacuate(request):
     if to:
         migration.check_distinct(request.conn, destinations[0].connection.get(),
                                  (request.hypervisor.name, to))
-        destinations[0].maintenance.refuse()
+        refuse_on_host(request.app.hypervisors.values(), destinations[0])
     if not destinations:
         raise HTTPError(409, f'no connection to evacuate {request.hypervisor.name} to: none that '
                         'your credentials cover has the same driver and is up, out of '
@@ -101,23 +116,44 @@ def evacuate(request):
     guests = [dom for dom in request.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
               if not is_dom0(dom)]
     maintenance = request.hypervisor.maintenance
-    was_on = maintenance.on
-    maintenance.enter(request.caller)
     outcomes = [{'Name': dom.name(), 'Uuid': dom.UUIDString(), 'To': None, 'Operation': None,
                  'State': 'waiting', 'Error': None} for dom in guests]
     kind, host = migration.host_of(request.conn)
-    try:
-        operation = request.app.operations.start(
-            'evacuate', request.hypervisor, None,
-            lambda: _evacuate(request, list(zip(outcomes, guests)), destinations),
-            request.caller, target={'Name': request.hypervisor.name,
-                                    'Uuid': host if kind == 'uuid' else None},
-            extra={'Guests': outcomes})
-    except HTTPError:  # 409 one runs, 503 no thread: the maintenance is as it was
-        if not was_on:
-            maintenance.lift()
-        raise
+    evacuation = _Evacuation()
+    with maintenance.changing:  # another evacuation's entry is not ours to undo
+        was_on = maintenance.on
+        maintenance.enter(request.caller)
+        try:
+            operation = request.app.operations.start(
+                'evacuate', request.hypervisor, None,
+                lambda: _evacuate(request, list(zip(outcomes, guests)), destinations,
+                                  evacuation),
+                request.caller, target={'Name': request.hypervisor.name,
+                                        'Uuid': host if kind == 'uuid' else None},
+                extra={'Guests': outcomes}, on_cancel=evacuation.cancel)
+        except HTTPError:  # 409 one runs, 503 no thread: the maintenance is as it was
+            if not was_on:
+                maintenance.lift()
+            raise
     return accepted(request.hypervisor, operation)
+
+
+class _Evacuation:
+    """What cancelling an evacuation acts on: no further guest starts, and the migration that
+    runs is aborted (where its driver can; else it ends as it would)."""
+
+    def __init__(self):
+        self.stopped = False
+        self.current = None  # the guest's migration running
+
+    def cancel(self):
+        self.stopped = True
+        child = self.current
+        if child is not None and child.running:
+            try:
+                child.cancel()
+            except HTTPError:
+                pass  # ended meanwhile, or not abortable: it ends as it would
 
 
 def _candidates(request):
@@ -126,7 +162,9 @@ def _candidates(request):
     kind, host = request.conn.getType(), migration.host_of(request.conn)
     found = []
     for hypervisor in request.usable_hypervisors():
-        if hypervisor is request.hypervisor or hypervisor.maintenance.on:
+        if hypervisor is request.hypervisor or any(
+                other.maintenance.on and other.same_host(hypervisor)
+                for other in request.app.hypervisors.values()):
             continue
         try:
             conn = hypervisor.connection.get()
@@ -144,37 +182,41 @@ def _free_memory(hypervisor):
         return -1
 
 
-def _evacuate(request, pending, destinations):
-    """Migrate each guest as an operation of its own, a few at a time; one guest's refusal or
-    failure is its outcome and the rest go on. Fails (`evacuation_incomplete`) unless all moved."""
-    operations, running = request.app.operations, []
-    everyone = [outcome for outcome, _dom in pending]
-    while pending or running:
-        while pending and len(running) < EVACUATE_AT_ONCE:
-            outcome, dom = pending[0]
-            destination = max(destinations, key=_free_memory)
-            try:
-                child = operations.start('migrate', request.hypervisor, dom,
-                                         _prepared(request, dom, destination), request.caller,
-                                         job=True)
-            except HTTPError as err:
-                if err.code == 'too_many_operations':
-                    break  # a thread is free again once one ends: try then
-                outcome.update(To=destination.name, State='failed', Error=err.body())
-            except libvirt.libvirtError as err:
-                outcome.update(To=destination.name, State='failed',
-                               Error=from_libvirt(err, True).body())
-            else:
-                outcome.update(To=destination.name, Operation=child.id, State='running')
-                running.append((outcome, child))
-            pending.pop(0)
-        for outcome, child in list(running):
-            if child.wait(0.2):
-                outcome.update(State=child.state, Error=child.error)
-                running.remove((outcome, child))
-        if pending and not running:
-            time.sleep(0.2)
-    stayed = [outcome['Name'] for outcome in everyone if outcome['State'] != 'succeeded']
+def moved(dom):
+    """persist, undefine for an evacuated guest: a persistent one moves for good (defined on
+    the destination, undefined here, so that a reboot of this host starts no second copy), a
+    transient one as it is."""
+    persistent = bool(dom.isPersistent())
+    return persistent, persistent
+
+
+def _evacuate(request, pending, destinations, evacuation):
+    """Migrate each guest in turn, as an operation of its own run on the evacuation's thread (no
+    further place of the pool: an evacuation never waits for one); one guest's refusal or
+    failure is its outcome and the rest go on. Fails (`evacuation_incomplete`) unless all moved;
+    cancelled, the guests not yet started are `cancelled`."""
+    operations = request.app.operations
+    for outcome, dom in pending:
+        if evacuation.stopped:
+            outcome.update(State='cancelled')
+            continue
+        destination = max(destinations, key=_free_memory)
+        outcome['To'] = destination.name
+        try:
+            action = _prepared(request, dom, destination, *moved(dom))
+            child = operations.begin_here('migrate', request.hypervisor, dom, request.caller,
+                                          job=True)
+        except HTTPError as err:
+            outcome.update(State='failed', Error=err.body())
+            continue
+        except libvirt.libvirtError as err:
+            outcome.update(State='failed', Error=from_libvirt(err, True).body())
+            continue
+        outcome.update(Operation=child.id, State='running')
+        evacuation.current = child
+        operations.run_here(child, action)
+        outcome.update(State=child.state, Error=child.error)
+    stayed = [outcome['Name'] for outcome, _dom in pending if outcome['State'] != 'succeeded']
     if stayed:
-        raise HTTPError(500, f"{len(stayed)} of {len(everyone)} guests did not move: "
+        raise HTTPError(500, f"{len(stayed)} of {len(pending)} guests did not move: "
                         f"{', '.join(stayed)} (see Guests)", 'evacuation_incomplete')

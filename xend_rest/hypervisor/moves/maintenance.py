@@ -18,12 +18,22 @@ def in_maintenance(name, state):
                      f"{state['Caller']}): lift it first", 'in_maintenance')
 
 
+def refuse_on_host(hypervisors, hypervisor):
+    """409 while `hypervisor`'s host is in maintenance, entered through any connection to it."""
+    for other in hypervisors:
+        if other.maintenance.on and other.same_host(hypervisor):
+            other.maintenance.refuse()
+
+
 class Maintenance:
     """One connection's maintenance: None, or {"Since", "Caller"}; kept in `path` if given."""
 
     def __init__(self, name, path=None):
         self.name, self.path = name, path
         self._lock = threading.Lock()
+        # held while an evacuation enters maintenance and starts, and while it is lifted: a
+        # refused evacuation undoes only its own entry, and no lift comes in between
+        self.changing = threading.Lock()
         self.state = self._load()
 
     @property
@@ -57,13 +67,23 @@ class Maintenance:
             return None
         try:
             with open(self.path, encoding='utf-8') as f:
-                return json.load(f)
+                state = json.load(f)
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as err:  # unreadable: on, so that nothing starts there
-            log.warning('maintenance file %s is unreadable (%s): the connection stays in '
-                        'maintenance', printable_text(self.path), printable_text(err))
-            return {'Since': None, 'Caller': None}
+            return self._untrusted(err)
+        # Read as untrusted: what we write is {"Since", "Caller"}, strings; anything else (a
+        # hand-edited {"Maintenance": false} too) is on, as unreadable, never a 500.
+        if not (isinstance(state, dict) and set(state) == {'Since', 'Caller'} and all(
+                isinstance(value, str) for value in state.values())):
+            return self._untrusted('not {"Since": "…", "Caller": "…"}')
+        return state
+
+    def _untrusted(self, why):
+        log.warning('maintenance file %s is unreadable (%s): the connection stays in '
+                    'maintenance until it is lifted', printable_text(self.path),
+                    printable_text(why))
+        return {'Since': None, 'Caller': None}
 
     def _store(self, state):
         """Write (or remove) the file first: what a restart reads is what was answered."""

@@ -39,14 +39,15 @@ def check_support(source, destination, names):
 
 
 def flags(active, persist, undefine):
-    """Peer to peer always; live for a running domain, offline (persisting it, as libvirt
-    wants) for a shut-off one."""
+    """Peer to peer always; live for a running domain, offline for a shut-off one: its
+    definition moves (defined on the destination, undefined on the source), as libvirt wants
+    an offline migration to persist it and as issue 23 says."""
     bits = libvirt.VIR_MIGRATE_PEER2PEER
     if active:
         bits |= libvirt.VIR_MIGRATE_LIVE
     else:
         bits |= libvirt.VIR_MIGRATE_OFFLINE
-        persist = True
+        persist = undefine = True
     if persist:
         bits |= libvirt.VIR_MIGRATE_PERSIST_DEST
     if undefine:
@@ -65,12 +66,18 @@ def parameters(settings, bandwidth=None):
     return params
 
 
-def migrate(source_uri, dom_uuid, destination, params, bits, downtime=None):
+def migrate(source, dom_uuid, destination, params, bits, downtime=None):
     """Ask the source's libvirtd to migrate the domain (returns once libvirt says it ended), on
-    a libvirt connection of the call's own: the call holds its connection for the whole
-    migration, and a lane of the pool would let no other call through meanwhile (progress,
-    abort, other requests). downtime: the longest pause at the switch-over, in ms."""
-    conn = libvirt.open(source_uri)
+    a libvirt connection of the call's own (source: its SharedConnection): the call holds its
+    connection for the whole migration, and a lane of the pool would let no other call through
+    meanwhile (progress, abort, other requests). downtime: the longest pause at the
+    switch-over, in ms.
+
+    A bare open, unbounded: opened as the pool's (SharedConnection.open_own, in a thread, with
+    keepalive), the QEMU tier's console on the migrating guest no longer learnt that it
+    migrated (its state read on the source took past 3 s at the switch-over); not understood
+    yet, so left as it was (docs/api.md, Migrate)."""
+    conn = libvirt.open(source.uri)
     try:
         dom = conn.lookupByUUIDString(dom_uuid)
         if downtime is not None:

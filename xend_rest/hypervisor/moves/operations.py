@@ -5,6 +5,7 @@ operation is one that runs); finished ones are kept up to `kept` in number and `
 Nothing is written to disk: after a restart of the daemon an old id is unknown (404), and ids
 are random so that a new operation never answers for an old one's id.
 """
+import copy
 import logging
 import threading
 import time
@@ -33,8 +34,8 @@ def _now():
     return datetime.now(timezone.utc).isoformat(timespec='milliseconds').replace('+00:00', 'Z')
 
 
-def too_many_operations(limit):
-    return HTTPError(503, f'{limit} operations are running, the most the daemon runs at once; '
+def too_many_operations(limit, whose='the daemon runs at once'):
+    return HTTPError(503, f'{limit} operations are running, the most {whose}; '
                      'try again later', 'too_many_operations', [('Retry-After', RETRY_AFTER)])
 
 
@@ -43,7 +44,8 @@ class InProgress(HTTPError):
     the body names the operation (`operation`: its id)."""
 
     def __init__(self, operation):
-        super().__init__(409, f"domain {operation.target['Name']} has an operation in progress "
+        what = 'domain' if operation.dom is not None else 'host'
+        super().__init__(409, f"{what} {operation.target['Name']} has an operation in progress "
                          f'({operation.kind} {operation.id}): wait for it to end',
                          'operation_in_progress')
         self.operation = operation.id
@@ -55,7 +57,7 @@ class InProgress(HTTPError):
 class Operation:
     """One long action on one domain of one connection: its state, progress and outcome."""
 
-    def __init__(self, kind, hypervisor, dom, caller, job, target=None):
+    def __init__(self, kind, hypervisor, dom, caller, job, target=None, on_cancel=None):
         self.id = str(uuid.uuid4())
         self.kind = kind
         self.hypervisor = hypervisor  # its connection's Hypervisor: events go to its hub
@@ -72,6 +74,9 @@ class Operation:
         self.error = None  # the answer's {"code", "message"}, once it failed
         self.failure = None  # the exception, for a request still waiting for it
         self.cancel_asked = False
+        self.host = host_key(hypervisor)  # the hypervisor's host: what "in flight" is keyed by
+        self.on_cancel = on_cancel  # how one that is no libvirt job is cancelled (an evacuation)
+        self.counted = True  # takes a place of the pool (an evacuation's guests do not)
         self._done = threading.Event()
 
     @property
@@ -82,7 +87,7 @@ class Operation:
         return {'Id': self.id, 'Kind': self.kind, 'Target': dict(self.target),
                 'State': self.state, 'Created': self.created, 'Updated': self.updated,
                 'Progress': self.progress, 'Caller': self.caller, 'Error': self.error,
-                **self.extra}
+                **copy.deepcopy(self.extra)}  # as it stands: the action goes on changing it
 
     def wait(self, timeout):
         """True once it ended, waiting up to `timeout` seconds."""
@@ -104,8 +109,8 @@ class Operation:
         take seconds, and neither a reader of the operation nor a lane of the pool (a console
         asking its domain's state) waits for that meanwhile."""
         try:
-            conn = libvirt.open(self.hypervisor.connection.uri)
-        except libvirt.libvirtError:
+            conn = self.hypervisor.connection.open_own()
+        except (libvirt.libvirtError, HTTPError):
             return  # libvirt away: no progress, the operation goes on
         try:
             dom = conn.lookupByUUIDString(self.target['Uuid'])
@@ -133,6 +138,10 @@ class Operation:
         if not self.running:
             raise HTTPError(409, f'operation {self.id} has already ended ({self.state})',
                             'operation_ended')
+        if self.on_cancel is not None:
+            self.cancel_asked = True
+            self.on_cancel()
+            return
         if not self.job:
             raise not_cancellable(self, f'a {self.kind} is not a libvirt job that can be aborted')
         self.cancel_asked = True
@@ -165,6 +174,11 @@ class Operation:
         operations.ended(self, state)
 
 
+def host_key(hypervisor):
+    """The host a connection reaches (Hypervisor.host), or, never known, the connection."""
+    return hypervisor.host() or ('connection', hypervisor.name)
+
+
 def not_cancellable(operation, why):
     return HTTPError(409, f'operation {operation.id} cannot be cancelled: {why}',
                      'operation_not_cancellable')
@@ -181,33 +195,68 @@ class Operations:
         self._lock = threading.Lock()
 
     def start(self, kind, hypervisor, dom, action, caller=None, job=False, join=False,
-              target=None, extra=None):
+              target=None, extra=None, on_cancel=None):
         """Run action() as an operation of `kind` on domain `dom` of `hypervisor`, on a thread
         of its own: 409 while another runs on that domain, 503 with every thread taken.
 
         join: a repeat of the same action may join one of its kind running on the domain
         (twelve Stops at once ask the guest once): (operation, whether it was joined).
         target: what it acts on when that is no domain (dom None); extra: what its description
-        adds (the action may go on filling it)."""
-        operation = Operation(kind, hypervisor, dom, caller, job, target)
+        adds (the action may go on filling it); on_cancel: how to cancel one that is no libvirt
+        job. A caller has at most half the threads (as watchers-per-caller): one caller's slow
+        migrations leave the others' Stops and Restarts a place."""
+        operation = Operation(kind, hypervisor, dom, caller, job, target, on_cancel)
         operation.extra = extra or {}
         with self._lock:
-            self._prune()
-            busy = self._running_on(hypervisor.name, operation.target['Uuid'])
-            if busy is not None and join and busy.kind == kind:
-                return busy, True
+            busy = self._register(operation, join)
             if busy is not None:
-                raise InProgress(busy)
-            if sum(op.running for op in self._operations.values()) >= self.threads:
-                raise too_many_operations(self.threads)
-            self._operations[operation.id] = operation
-        self._announce(operation, 'created')
+                return busy, True
         threading.Thread(target=operation._run, args=(action, self), daemon=True,
                          name=f'operation-{operation.kind}').start()
-        if job:
+        return (operation, False) if join else operation
+
+    def begin_here(self, kind, hypervisor, dom, caller=None, job=False):
+        """An operation that will run on the calling thread (run_here), taking no place of the
+        pool: an evacuation's guests, migrated one by one on the evacuation's own thread. 409
+        while another runs on that domain."""
+        operation = Operation(kind, hypervisor, dom, caller, job)
+        operation.counted = False
+        with self._lock:
+            self._register(operation)
+        return operation
+
+    def run_here(self, operation, action):
+        """Run a begun operation's action on this thread; once it ended."""
+        self._follow(operation)
+        operation._run(action, self)
+
+    def _register(self, operation, join=False):
+        """Keep a new operation (with the lock held): the running one it joins, else None."""
+        self._prune()
+        busy = self._running_on(operation.host, operation.target['Uuid'])
+        if busy is not None and join and busy.kind == operation.kind:
+            return busy
+        if busy is not None:
+            raise InProgress(busy)
+        if operation.counted:
+            counted = [op for op in self._operations.values() if op.running and op.counted]
+            if len(counted) >= self.threads:
+                raise too_many_operations(self.threads)
+            share = max(1, self.threads // 2)
+            if sum(op.caller == operation.caller for op in counted) >= share:
+                raise too_many_operations(share, f'one caller ({operation.caller}) runs at once '
+                                          f'(half of the {self.threads} the daemon runs)')
+        self._operations[operation.id] = operation
+        self._announce(operation, 'created')
+        if operation.counted:
+            self._follow(operation)
+        return None
+
+    @staticmethod
+    def _follow(operation):
+        if operation.job:
             threading.Thread(target=operation.follow, daemon=True,
                              name=f'progress-{operation.kind}').start()
-        return (operation, False) if join else operation
 
     def ended(self, operation, state):
         with self._lock:
@@ -223,9 +272,20 @@ class Operations:
     def refuse_busy(self, hypervisor, dom_uuid, joins=None):
         """409 (InProgress) while an operation runs on that domain, unless it is of the kind
         `joins` (a repeat of it joins it: see start)."""
+        host = host_key(hypervisor)
         with self._lock:
-            busy = self._running_on(hypervisor.name, dom_uuid)
+            busy = self._running_on(host, dom_uuid)
         if busy is not None and busy.kind != joins:
+            raise InProgress(busy)
+
+    def refuse_kind(self, hypervisor, kind):
+        """409 (InProgress) while an operation of `kind` runs on that connection (an
+        evacuation, for a lift of its host's maintenance)."""
+        host = host_key(hypervisor)
+        with self._lock:
+            busy = next((op for op in self._operations.values() if op.running
+                         and op.kind == kind and op.host == host), None)
+        if busy is not None:
             raise InProgress(busy)
 
     def find(self, hypervisor, ident):
@@ -249,9 +309,9 @@ class Operations:
     def __len__(self):
         return len(self._operations)
 
-    def _running_on(self, name, dom_uuid):
+    def _running_on(self, host, dom_uuid):
         return next((op for op in self._operations.values() if op.running
-                     and op.hypervisor.name == name and op.target['Uuid'] == dom_uuid), None)
+                     and op.host == host and op.target['Uuid'] == dom_uuid), None)
 
     def _prune(self):
         """Forget finished operations past their age, then the oldest past `kept` (a running
@@ -266,6 +326,8 @@ class Operations:
 
     @staticmethod
     def _announce(operation, event, detail=None):
+        # An evacuation's target is a host: `Host`, so that a domain= filter never matches it.
+        key = 'Domain' if operation.dom is not None else 'Host'
         operation.hypervisor.events.announce('operation', event, detail,
-                                             Domain=dict(operation.target),
+                                             **{key: dict(operation.target)},
                                              Operation=operation.describe())
