@@ -104,6 +104,10 @@ TYPE_LIST = f'^(?:{ANY_TYPE})?(?:,(?:{ANY_TYPE})?)*$'
 ANY_SOURCE = '|'.join(SOURCES)
 SOURCE_LIST = f'^(?:{ANY_SOURCE})?(?:,(?:{ANY_SOURCE})?)*$'
 
+# An answer that starts an operation (202) links to where it is read.
+OPERATION_LINKS = {'inspect_operation': (operations.inspect_operation, {
+    'connection': CONNECTION, 'operation': '$response.body#/Id'})}
+
 ROUTES = [
     Route('GET', NODES + '/json', domains.list_domains, READ, secret_flag=SECURE_XML, doc=Doc(
         'List domains (dom0 excepted)', {200: 'DomainList', 501: ERROR}, [ALL, XML_FLAG])),
@@ -305,8 +309,7 @@ ROUTES = [
          query('downtime', 'The longest pause of the guest at the switch-over, in ms (where '
                'the driver bounds it: 501 where not).',
                {'type': 'integer', 'minimum': 1, 'maximum': migration.MAX_BOUND['downtime']})],
-        links={'inspect_operation': (operations.inspect_operation, {
-            'connection': CONNECTION, 'operation': '$response.body#/Id'})})),
+        links=OPERATION_LINKS)),
     # Maintenance and evacuation act on every guest of a host: admins.
     Route('GET', HV + '/maintenance/json', migration.show_maintenance, READ, doc=Doc(
         'Whether the host is in maintenance (no guest starts there)', {200: 'Maintenance'})),
@@ -319,8 +322,7 @@ ROUTES = [
         {202: 'Operation', 409: ERROR},
         [query('to', 'The connection to migrate them to (default: for each guest, the '
                'connection with the most free memory among those of the same driver).', NAME)],
-        links={'inspect_operation': (operations.inspect_operation, {
-            'connection': CONNECTION, 'operation': '$response.body#/Id'})})),
+        links=OPERATION_LINKS)),
     # Networks: defining or deleting one changes the host (a bridge, NAT rules, a DHCP server run
     # as root): admin; starting or stopping one runs or halts what an admin defined, as a
     # domain's start and stop do: operator (docs/security.md).
