@@ -11,7 +11,7 @@ from xend_rest.api.params import parse_bool
 from xend_rest.errors import HTTPError
 from xend_rest.hypervisor.hypervisors import dotted, gather, public_uri
 from xend_rest.hypervisor.libvirt_errors import still_there
-from xend_rest.hypervisor.stats import STATE_NAMES, bulk_stats, describe
+from xend_rest.hypervisor.stats import BULK, STATE_NAMES, bulk_stats, describe
 from .domains import is_dom0, lookup_domain
 
 API_VERSION = '1.0'
@@ -89,7 +89,8 @@ def info(request):
         'NumaNodes': numa_nodes, 'Sockets': sockets, 'Cores': cores, 'Threads': threads,
         'MemoryKiB': memory_mib * 1024,
         'Domains': _domain_counts(conn),
-        'Supports': request.hypervisor.features.get(conn, 'operations', _probe_operations),
+        'Supports': request.hypervisor.features.get(
+            conn, 'operations', lambda conn: _probe_operations(conn, request.hypervisor.features)),
     }
 
 
@@ -103,10 +104,12 @@ def _domain_counts(conn):
             for state, flag in STATE_LISTS}
 
 
-def _probe_operations(conn):
-    """Which optional operations this driver has, found out without changing anything."""
-    supports = {'BulkStats': _has(lambda: conn.getAllDomainStats(
-        libvirt.VIR_DOMAIN_STATS_STATE, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE))}
+def _probe_operations(conn, features):
+    """Which optional operations this driver has, found out without changing anything; the
+    bulk calls' answer is the one statistics remember (features), asked once for both."""
+    supports = {'BulkStats': features.get(conn, BULK, lambda conn: _has(
+        lambda: conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE,
+                                       libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE)))}
     domains = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE) or conn.listAllDomains(0)
     for name, method in PROBED_CALLS:  # without a domain to ask, we cannot tell: null
         supports[name] = _has(lambda: getattr(domains[0], method)('', PROBE_FLAG)) \
