@@ -89,3 +89,22 @@ def test_check_config_reports_a_file_error_as_a_start_would(tmp_path):
     result = run('--config', str(path), '--check-config')
     assert result.returncode == 2
     assert result.stderr.count('\n') == 1 and 'unknown key(s)' in result.stderr
+
+
+@pytest.mark.parametrize('name', ['tokens', 'config'])
+def test_a_file_that_is_not_utf8_is_a_configuration_error_not_a_traceback(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(f'{TOKEN} admin caf\xe9\n'.encode('latin-1') if name == 'tokens'
+                     else b'[xend-rest]\nlog-level = d\xe9bug\n')
+    path.chmod(0o600)
+    flag = '--tokens-file' if name == 'tokens' else '--config'
+    for args in ([], ['--check-config']):
+        result = run('--uri', 'test:///default', '--listen', '127.0.0.1:0', flag, str(path),
+                     *args)
+        assert result.returncode == 2, result.stderr
+        assert 'Traceback' not in result.stderr and 'utf-8' in result.stderr.lower()
+
+
+def test_a_tokens_file_open_to_others_is_refused_before_it_is_read():
+    result = run('--uri', 'test:///default', '--tokens-file', '/dev/zero', '--check-config')
+    assert result.returncode == 2 and 'accessible to group or others' in result.stderr

@@ -288,9 +288,9 @@ def read_config(path, parser):
     "connections" those of each [connection NAME] section: {name: {dest: value}}."""
     config = configparser.ConfigParser()
     try:
-        with open(path) as f:
+        with open(path, encoding='utf-8') as f:
             config.read_file(f)
-    except (OSError, configparser.Error) as err:
+    except (OSError, UnicodeDecodeError, configparser.Error) as err:
         reason = ' '.join(str(err).split())  # configparser's spans lines: one line in the log
         parser.error(f'cannot read configuration file {path}: {reason}')
     settings = {}

@@ -435,20 +435,27 @@ def parse_grant(text):
     return Grant(parse_role(role), frozenset(connections))
 
 
+MAX_TOKENS_FILE = 1 << 20  # characters: a tokens file is a few lines a token
+
+
 def load_tokens(path):
     """{token: (Grant, name)} from a file of 'TOKEN ROLE[@CONNECTION,...] [NAME]' lines that
     only its owner may read."""
     try:
-        with open(path) as f:
+        with open(path, encoding='utf-8') as f:
             info = os.fstat(f.fileno())
-            lines = f.read().splitlines()
-    except OSError as err:
-        raise ConfigError(f'cannot read tokens file: {err}') from None
-    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(f'tokens file {path} is accessible to group or others '
-                          f'(mode {stat.S_IMODE(info.st_mode):o}): chmod 600 it')
-    if info.st_uid != os.geteuid():
-        raise ConfigError(f'tokens file {path} must belong to the user running xend-rest')
+            if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):  # judged before anything is read
+                raise ConfigError(f'tokens file {path} is accessible to group or others '
+                                  f'(mode {stat.S_IMODE(info.st_mode):o}): chmod 600 it')
+            if info.st_uid != os.geteuid():
+                raise ConfigError(f'tokens file {path} must belong to the user running '
+                                  'xend-rest')
+            text = f.read(MAX_TOKENS_FILE + 1)
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f'cannot read tokens file {path}: {err}') from None
+    if len(text) > MAX_TOKENS_FILE:
+        raise ConfigError(f'tokens file {path} is larger than {MAX_TOKENS_FILE} characters')
+    lines = text.splitlines()
     tokens = {}
     for number, line in enumerate(lines, 1):
         fields = line.split('#', 1)[0].split()
