@@ -224,3 +224,16 @@ def test_settings_a_reload_does_not_read_are_named_and_left_for_a_restart(tmp_pa
         assert 'reload: workers, max-body changed, which takes a restart: not applied' in log, log
     finally:
         daemon.stop()
+
+
+def test_reload_signals_nothing_but_a_xend_rest_daemon(tmp_path):
+    other = subprocess.Popen(['sleep', '60'])  # SIGHUP would end it
+    try:
+        env = dict(os.environ, RUNTIME_DIRECTORY=str(tmp_path))
+        result = subprocess.run([sys.executable, 'xend_rest.py', '--reload', str(other.pid)],
+                                cwd=REPO, env=env, capture_output=True, text=True, timeout=30)
+        assert result.returncode == 1 and 'not a xend-rest daemon' in result.stderr
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()

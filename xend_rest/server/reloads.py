@@ -52,6 +52,17 @@ def read_reply(path, pid):
     return int(fields[1]), fields[2].strip(), fields[3].strip() if len(fields) > 3 else ''
 
 
+def is_daemon(pid):
+    """Whether process `pid` runs xend-rest (its command line names it), as the unit's
+    $MAINPID does."""
+    try:
+        with open(f'/proc/{pid}/cmdline', 'rb') as f:
+            words = f.read().split(b'\0')
+    except OSError:
+        return False
+    return any(b'xend-rest' in word or b'xend_rest' in word for word in words)
+
+
 def reload_and_wait(pid, timeout):
     """Send SIGHUP to `pid` and wait for the reload it asks for: (state, message), state DONE
     or REFUSED; RuntimeError when there is no reply file or no answer within `timeout` s."""
@@ -59,6 +70,8 @@ def reload_and_wait(pid, timeout):
     if path is None:
         raise RuntimeError('no $RUNTIME_DIRECTORY, where the daemon answers (the unit\'s '
                            'RuntimeDirectory=): send it SIGHUP instead, and read its log')
+    if not is_daemon(pid):  # SIGHUP ends most other programs
+        raise RuntimeError(f'process {pid} is not a xend-rest daemon: nothing was sent')
     before = read_reply(path, pid)[0]
     os.kill(pid, signal.SIGHUP)
     deadline = time.monotonic() + timeout
