@@ -138,12 +138,17 @@ def test_a_wait_takes_a_watcher_place_and_gives_it_back(node_uri):
         app.close()
 
 
-def test_a_domain_that_stops_during_a_wait_is_409(api):
-    dom = api.conn.defineXML(BARE % '')
-    dom.create()
+@pytest.mark.parametrize('transient', [False, True])
+def test_a_domain_that_stops_during_a_wait_is_409(api, transient):
+    """A transient domain is gone once it stops: still 409 (it was there and running when the
+    wait began), not 404."""
+    dom = api.conn.createXML(BARE % '', 0) if transient else api.conn.defineXML(BARE % '')
+    if not transient:
+        dom.create()
     threading.Timer(0.5, dom.destroy).start()
     response = api.get(ADDRESSES % 'bare', 'wait=20')
     assert (response.status, response.json['code']) == (409, 'invalid_state')
+    assert ('gone' in response.json['message']) == transient
 
 
 @pytest.mark.parametrize('uri, driver, xenstore, neighbour', [

@@ -15,7 +15,7 @@ import libvirt
 
 from xend_rest.errors import HTTPError, client_gone, wait_timeout
 from xend_rest.logtext import printable_text
-from xend_rest.hypervisor.libvirt_errors import is_connection_error
+from xend_rest.hypervisor.libvirt_errors import is_connection_error, is_no_domain
 from . import neighbours, xenstore
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ NOT_THERE = {getattr(libvirt, name) for name in (
     'VIR_ERR_NO_SUPPORT', 'VIR_ERR_ARGUMENT_UNSUPPORTED', 'VIR_ERR_OPERATION_UNSUPPORTED')}
 # The agent's channel was connected when we looked, and has gone away since: no agent source.
 AGENT_GONE = {libvirt.VIR_ERR_AGENT_UNRESPONSIVE, libvirt.VIR_ERR_AGENT_UNSYNCED}
-# The domain stopped or vanished meanwhile: the request's answer (409, 404), not a source's.
+# The domain stopped or vanished meanwhile: the request's answer (409), not a source's.
 STATE_CHANGED = {libvirt.VIR_ERR_OPERATION_INVALID, libvirt.VIR_ERR_NO_DOMAIN}
 AGENT_CHANNEL = 'org.qemu.guest_agent.0'
 POLL_SECONDS = 1.0  # between looks while a request waits for an address (no event announces one)
@@ -185,18 +185,19 @@ def _from_neighbours(by_mac):
             interface.add(entry.address, None, entry.family, 'neighbour')
 
 
-def not_running(dom):
-    return HTTPError(409, f'domain {dom.name()} is not running: it has no addresses',
-                     'invalid_state')
+def not_running(dom, why='is not running'):
+    return HTTPError(409, f'domain {dom.name()} {why}: it has no addresses', 'invalid_state')
 
 
 def addresses(conn, dom, place, wanted):
-    """look(), or 409 for a domain that is not running."""
-    if not dom.isActive():
-        raise not_running(dom)
+    """look(), or 409 for a domain that is not running (or stopped since it was looked up)."""
     try:
+        if not dom.isActive():
+            raise not_running(dom)
         return look(conn, dom, place, wanted)
     except libvirt.libvirtError as err:
+        if is_no_domain(err):  # a transient domain that stopped is gone with its run
+            raise not_running(dom, 'stopped and is gone (transient)') from None
         if err.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID and not dom.isActive():
             raise not_running(dom) from None  # it stopped meanwhile
         raise
