@@ -102,7 +102,7 @@ EVENT_LIST = f'^(?:{ANY_EVENT})?(?:,(?:{ANY_EVENT})?)*$'
 ANY_TYPE = '|'.join(EVENT_TYPES)
 TYPE_LIST = f'^(?:{ANY_TYPE})?(?:,(?:{ANY_TYPE})?)*$'
 ANY_SOURCE = '|'.join(SOURCES)
-SOURCE_LIST = f'^(?:{ANY_SOURCE})?(?:,(?:{ANY_SOURCE})?)*$'
+SOURCE_LIST = f'^,*(?:{ANY_SOURCE})(?:,(?:{ANY_SOURCE})?)*$'  # naming one at least
 
 # An answer that starts an operation (202) links to where it is read.
 OPERATION_LINKS = {'inspect_operation': (operations.inspect_operation, {

@@ -88,12 +88,15 @@ def usable(address):
 
 
 def parse_sources(values):
-    """The sources `source=` lists (in our order; empty items skipped): every one when it lists
-    none; None when it names one we do not know."""
-    names = {name for value in values or () for name in value.split(',') if name}
-    if names - set(SOURCES):
+    """The sources `source=` lists (in our order; empty items skipped): every one when there is
+    no `source`; None when a value names none (`source=`) or one we do not know."""
+    if values is None:
+        return SOURCES
+    listed = [{name for name in value.split(',') if name} for value in values]
+    names = set().union(*listed)
+    if not all(listed) or names - set(SOURCES):
         return None
-    return tuple(name for name in SOURCES if name in names) or SOURCES
+    return tuple(name for name in SOURCES if name in names)
 
 
 def look(conn, dom, place, wanted):
