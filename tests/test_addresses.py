@@ -97,6 +97,19 @@ def test_a_source_that_fails_is_left_out_and_the_answer_stands(api, caplog):
     assert 'the lease source failed' in caplog.text and 'the arp source failed' in caplog.text
 
 
+def test_a_wait_logs_a_failing_source_once(api, caplog):
+    """A wait looks every second: a source that fails each time is one warning per request."""
+    api.conn.createXML(BARE % """<devices><interface type='network'>
+      <mac address='52:54:00:aa:bb:cd'/><source network='gone'/></interface></devices>""", 0)
+    assert api.get(ADDRESSES % 'bare', 'wait=2.5').status == 408
+    messages = [record.getMessage() for record in caplog.records]
+    assert [message.startswith('the lease source failed') for message in messages].count(True) == 1
+    assert [message.startswith('the arp source failed') for message in messages].count(True) == 1
+    assert api.get(ADDRESSES % 'bare', 'wait=0').status == 408  # the next request warns anew
+    assert sum(record.getMessage().startswith('the lease source failed')
+               for record in caplog.records) == 2
+
+
 def test_wait_answers_at_once_when_an_address_is_known(api):
     started = time.monotonic()
     response = api.get(ADDRESSES % 'web', 'wait=30')
