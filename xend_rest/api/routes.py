@@ -211,8 +211,9 @@ ROUTES = [
          query('type', 'The kinds of event to read (repeat the parameter, or separate them '
                f"with commas): {', '.join(EVENT_TYPES)}; domain alone by default.",
                {'type': 'array', 'items': {'type': 'string', 'pattern': TYPE_LIST}}),
-         query('domain', 'Only events of these domains (names or UUIDs; repeat the parameter, '
-               'or separate them with commas).', {'type': 'array', 'items': STRING}),
+         query('domain', 'Only events about these domains (names or UUIDs; repeat the '
+               'parameter, or separate them with commas): no event that names no domain.',
+               {'type': 'array', 'items': STRING}),
          query('event', 'Only these events (repeat the parameter, or separate them with '
                'commas).', {'type': 'array', 'items': {'type': 'string',
                                                        'pattern': EVENT_LIST}}),
