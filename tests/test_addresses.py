@@ -42,7 +42,6 @@ def test_each_interface_with_the_addresses_its_sources_saw(api):
     ('source=arp,lease', ['lease', 'arp']),
     ('source=arp&source=lease', ['lease', 'arp']),
     ('source=lease,,', ['lease']),
-    ('source=', ['lease', 'arp']),  # lists none: every source
     ('source=neighbour,xenstore', None),  # no test-driver guest is in the host's table
     ('source=agent', None),  # the domain has no agent channel
 ])
@@ -53,7 +52,8 @@ def test_source_chooses_the_sources(api, query, sources):
     assert addresses == ([dict(TEST_DRIVER_ADDRESS, Sources=sources)] if sources else [])
 
 
-@pytest.mark.parametrize('query', ['source=dhcp', 'source=lease,Lease', 'wait=-1', 'wait=x',
+@pytest.mark.parametrize('query', ['source=dhcp', 'source=lease,Lease', 'source=', 'source=,',
+                                   'source=lease&source=', 'wait=-1', 'wait=x',
                                    'wait=100000', 'wait=1&wait=2'])
 def test_a_bad_parameter_is_400(api, query):
     response = api.get(ADDRESSES % 'web', query)
@@ -97,6 +97,19 @@ def test_a_source_that_fails_is_left_out_and_the_answer_stands(api, caplog):
     assert 'the lease source failed' in caplog.text and 'the arp source failed' in caplog.text
 
 
+def test_a_wait_logs_a_failing_source_once(api, caplog):
+    """A wait looks every second: a source that fails each time is one warning per request."""
+    api.conn.createXML(BARE % """<devices><interface type='network'>
+      <mac address='52:54:00:aa:bb:cd'/><source network='gone'/></interface></devices>""", 0)
+    assert api.get(ADDRESSES % 'bare', 'wait=2.5').status == 408
+    messages = [record.getMessage() for record in caplog.records]
+    assert [message.startswith('the lease source failed') for message in messages].count(True) == 1
+    assert [message.startswith('the arp source failed') for message in messages].count(True) == 1
+    assert api.get(ADDRESSES % 'bare', 'wait=0').status == 408  # the next request warns anew
+    assert sum(record.getMessage().startswith('the lease source failed')
+               for record in caplog.records) == 2
+
+
 def test_wait_answers_at_once_when_an_address_is_known(api):
     started = time.monotonic()
     response = api.get(ADDRESSES % 'web', 'wait=30')
@@ -138,12 +151,17 @@ def test_a_wait_takes_a_watcher_place_and_gives_it_back(node_uri):
         app.close()
 
 
-def test_a_domain_that_stops_during_a_wait_is_409(api):
-    dom = api.conn.defineXML(BARE % '')
-    dom.create()
+@pytest.mark.parametrize('transient', [False, True])
+def test_a_domain_that_stops_during_a_wait_is_409(api, transient):
+    """A transient domain is gone once it stops: still 409 (it was there and running when the
+    wait began), not 404."""
+    dom = api.conn.createXML(BARE % '', 0) if transient else api.conn.defineXML(BARE % '')
+    if not transient:
+        dom.create()
     threading.Timer(0.5, dom.destroy).start()
     response = api.get(ADDRESSES % 'bare', 'wait=20')
     assert (response.status, response.json['code']) == (409, 'invalid_state')
+    assert ('gone' in response.json['message']) == transient
 
 
 @pytest.mark.parametrize('uri, driver, xenstore, neighbour', [

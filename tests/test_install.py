@@ -2,6 +2,7 @@
 module of every subpackage and the demo's node file (nothing setup.cfg or build-deb misses slips
 through), and serve --demo from where they were installed, away from this checkout."""
 import http.client
+import json
 import os
 import shutil
 import signal
@@ -86,3 +87,63 @@ def test_the_deb_ships_every_module_and_serves(tmp_path):
     assert shipped(site) == shipped(ROOT)
     # Its /usr/bin/xend-rest, with this interpreter rather than the system's python3.
     serves_the_demo(site, [sys.executable, str(root / 'usr' / 'bin' / 'xend-rest')], tmp_path)
+
+
+@pytest.fixture(scope='module')
+def deb_root(tmp_path_factory):
+    """The .deb of packaging/build-deb, unpacked: its files and its maintainer scripts."""
+    tmp = tmp_path_factory.mktemp('deb')
+    deb = subprocess.run([str(ROOT / 'packaging' / 'build-deb'), str(tmp / 'dist')],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    subprocess.run(['dpkg-deb', '-x', deb, str(tmp / 'root')], check=True)
+    subprocess.run(['dpkg-deb', '-e', deb, str(tmp / 'root' / 'DEBIAN')], check=True)
+    return tmp / 'root'
+
+
+def systemd_252(bin_dir, path, argv):
+    """What systemd 252 answers for a unit whose ExecStart= runs `argv` (there is no systemd on
+    this test machine; tests/xen has a real one): `systemctl show -P ExecStart` joins the words
+    with spaces, unquoted (systemctl-show.c: strv_join(argv, " ")); busctl --json gives the
+    D-Bus property a(sasbttttuii), structs and arrays as JSON arrays."""
+    shown = (f"{{ path={path} ; argv[]={' '.join(argv)} ; ignore_errors=no ; start_time=[n/a] ; "
+             "stop_time=[n/a] ; pid=0 ; code=(null) ; status=0/0 }")
+    answers = {'systemctl': shown + '\n', 'busctl': json.dumps(
+        {'type': 'a(sasbttttuii)', 'data': [[path, argv, False, 0, 0, 0, 0, 0, 0, 0]]}) + '\n'}
+    bin_dir.mkdir(exist_ok=True)
+    for name, answer in answers.items():
+        (bin_dir / f'{name}.answer').write_text(answer)
+        (bin_dir / name).write_text(f'#!/bin/sh\nexec cat {bin_dir / name}.answer\n')
+        (bin_dir / name).chmod(0o755)
+
+
+@pytest.mark.skipif(shutil.which('dpkg-deb') is None, reason='needs dpkg-deb')
+@pytest.mark.parametrize('bad', [False, True])
+def test_the_postinst_checks_the_configuration_with_the_units_words_as_they_are(deb_root,
+                                                                               tmp_path, bad):
+    """An upgrade's check runs the unit's command line word for word: a configuration file
+    whose path has a space, a list of paths in one argument, a `*` that no shell expands. With a
+    problem in that file, the check names it (it was read); without, it passes."""
+    conf_dir = tmp_path / 'my conf'
+    conf_dir.mkdir()
+    (conf_dir / 'xend-rest.conf').write_text('[xend-rest]\n' + ('no-such-key = 1\n' * bad))
+    (tmp_path / '*').mkdir()  # a glob would find it
+    site = deb_root / 'usr' / 'lib' / 'python3' / 'dist-packages'
+    argv = [sys.executable, str(deb_root / 'usr' / 'bin' / 'xend-rest'),
+            '--config', str(conf_dir / 'xend-rest.conf'), '--allowed-paths', '/srv/a /srv/b',
+            '--allowed-hosts', '*']
+    systemd_252(tmp_path / 'bin', sys.executable, argv)
+    postinst = (deb_root / 'DEBIAN' / 'postinst').read_text()
+    check_config = postinst[postinst.index('check_config() {'):]
+    check_config = check_config[:check_config.index('\n}\n') + 3]
+    env = dict(os.environ, PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}",
+               PYTHONPATH=str(site), PYTHONDONTWRITEBYTECODE='1')
+    env.pop('XEND_REST_URI', None)
+    checked = subprocess.run(['sh', '-c', f'unit=xend-rest.service\n{check_config}check_config'],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    if bad:
+        assert checked.returncode == 2, checked
+        [line] = checked.stderr.splitlines()
+        assert line.endswith(f"{conf_dir / 'xend-rest.conf'}: unknown key(s) in [xend-rest]: "
+                             'no-such-key'), checked
+    else:
+        assert (checked.returncode, checked.stdout, checked.stderr) == (0, '', ''), checked

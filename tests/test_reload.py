@@ -44,7 +44,7 @@ def pki(tmp_path_factory):
 class Daemon:
     """The daemon as systemd runs it: a process of its own, $RUNTIME_DIRECTORY, its log read."""
 
-    def __init__(self, tmp_path, pki, *flags):
+    def __init__(self, tmp_path, pki, *flags, tokens_flag=True):
         self.tmp_path, self.pki = tmp_path, pki
         self.tokens = tmp_path / 'tokens'
         self.write_tokens(f'{OLD} admin old\n{KEPT} admin kept\n')
@@ -62,7 +62,8 @@ class Daemon:
             self.process = subprocess.Popen(
                 [sys.executable, 'xend_rest.py', '--uri', f'test://{node}', '--listen',
                  f'127.0.0.1:{self.port}', '--tls-cert', str(tmp_path / 'server.pem'),
-                 '--tls-key', str(tmp_path / 'server.key'), '--tokens-file', str(self.tokens),
+                 '--tls-key', str(tmp_path / 'server.key'),
+                 *(['--tokens-file', str(self.tokens)] if tokens_flag else []),
                  '--state-dir', str(tmp_path / 'state'), *flags],
                 cwd=REPO, env=self.env, stderr=stderr)
         until(lambda: 'listening on' in self.log.read_text())
@@ -222,6 +223,35 @@ def test_settings_a_reload_does_not_read_are_named_and_left_for_a_restart(tmp_pa
         assert daemon.call('GET', '/libvirt/xen/nodes/json', NEW) == 200
         log = daemon.log.read_text()
         assert 'reload: workers, max-body changed, which takes a restart: not applied' in log, log
+    finally:
+        daemon.stop()
+
+
+def test_a_reload_that_would_turn_authentication_off_is_refused(tmp_path, pki):
+    """The configuration file no longer names a tokens file, and nothing else authenticates:
+    every loopback client would be let in as anonymous. Refused, as switching TLS is."""
+    config = tmp_path / 'xend-rest.conf'
+    config.write_text(f'[xend-rest]\ntokens-file = {tmp_path / "tokens"}\n')
+    daemon = Daemon(tmp_path, pki, '--config', str(config), tokens_flag=False)
+    try:
+        config.write_text('[xend-rest]\n')
+        result = daemon.reload()
+        assert result.returncode == 2, result
+        assert 'neither tokens-file nor tls-ca is set any more' in result.stderr
+        assert daemon.call('GET', '/libvirt/xen/nodes/json', OLD) == 200
+        assert daemon.call('GET', '/libvirt/xen/nodes/json', 'x' * 32) == 401
+        log = daemon.log.read_text()
+        assert log.count('ERROR xend_rest.cli: reload refused, the credentials in force stay: '
+                         'neither tokens-file') == 1, log
+    finally:
+        daemon.stop()
+
+
+def test_a_daemon_that_started_without_authentication_reloads_without(tmp_path, pki):
+    daemon = Daemon(tmp_path, pki, tokens_flag=False)
+    try:
+        assert daemon.reload().returncode == 0
+        assert daemon.call('GET', '/libvirt/xen/nodes/json', 'x' * 32) == 200
     finally:
         daemon.stop()
 

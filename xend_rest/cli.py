@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import socket
+import ssl
 import sys
 from collections import namedtuple
 from urllib.parse import urlsplit
@@ -526,6 +527,11 @@ def reload_credentials(argv, started, app, server):
         if (tls is None) != (server.tls is None):
             raise security.ConfigError('tls-cert was set or unset: that changes how the TCP '
                                        'listeners speak, which takes a restart')
+        if (tcp_hosts(started) and authenticates(app.guard.tokens, server.tls)
+                and not authenticates(tokens, tls)):
+            raise security.ConfigError('neither tokens-file nor tls-ca is set any more: every '
+                                       'client of the TCP listeners would get in without '
+                                       'credentials, which takes a restart')
         security.Guard(tokens, clients).check_connections(app.hypervisors)
     except security.ConfigError as err:
         problems = str(err).splitlines()
@@ -542,6 +548,11 @@ def reload_credentials(argv, started, app, server):
     log.info('reloaded the tokens file, TLS certificate, key and CA and allowed clients; '
              '%d event streams and console sessions whose credentials are gone ended', ended)
     return []
+
+
+def authenticates(tokens, tls):
+    """Whether a TCP client must show a credential: a token, or a certificate (tls-ca)."""
+    return bool(tokens) or (tls is not None and tls.verify_mode == ssl.CERT_REQUIRED)
 
 
 def usable_state_dir(path):

@@ -102,7 +102,7 @@ EVENT_LIST = f'^(?:{ANY_EVENT})?(?:,(?:{ANY_EVENT})?)*$'
 ANY_TYPE = '|'.join(EVENT_TYPES)
 TYPE_LIST = f'^(?:{ANY_TYPE})?(?:,(?:{ANY_TYPE})?)*$'
 ANY_SOURCE = '|'.join(SOURCES)
-SOURCE_LIST = f'^(?:{ANY_SOURCE})?(?:,(?:{ANY_SOURCE})?)*$'
+SOURCE_LIST = f'^,*(?:{ANY_SOURCE})(?:,(?:{ANY_SOURCE})?)*$'  # naming one at least
 
 # An answer that starts an operation (202) links to where it is read.
 OPERATION_LINKS = {'inspect_operation': (operations.inspect_operation, {
@@ -211,8 +211,9 @@ ROUTES = [
          query('type', 'The kinds of event to read (repeat the parameter, or separate them '
                f"with commas): {', '.join(EVENT_TYPES)}; domain alone by default.",
                {'type': 'array', 'items': {'type': 'string', 'pattern': TYPE_LIST}}),
-         query('domain', 'Only events of these domains (names or UUIDs; repeat the parameter, '
-               'or separate them with commas).', {'type': 'array', 'items': STRING}),
+         query('domain', 'Only events about these domains (names or UUIDs; repeat the '
+               'parameter, or separate them with commas): no event that names no domain.',
+               {'type': 'array', 'items': STRING}),
          query('event', 'Only these events (repeat the parameter, or separate them with '
                'commas).', {'type': 'array', 'items': {'type': 'string',
                                                        'pattern': EVENT_LIST}}),

@@ -13,7 +13,7 @@ def domain_addresses(request, ident):
     wanted = parse_sources(request.query.get('source'))
     if wanted is None:
         raise bad_request(f"source={','.join(request.query['source'])}: expected some of "
-                          f"{', '.join(SOURCES)}")
+                          f"{', '.join(SOURCES)} (or no source: every one that applies)")
     wait = parse_seconds(request, 'wait', None, MAX_WAIT_SECONDS)
     conn = request.conn
     dom = lookup_domain(conn, ident)

@@ -61,8 +61,8 @@ def _types(request):
 
 
 def _filter(domains, events, types=DEFAULT_TYPES):
-    """Which events a stream wants: `events` by name among its `types`; `domains` narrows the
-    events that name a domain (an event of another kind that names none passes)."""
+    """Which events a stream wants: `events` by name among its `types`; `domains`, only the
+    events about one of them (an operation on it: yes; a network's or a host's: no)."""
     known = [name for kind in EVENT_TYPES if kind in types for name in EVENT_TYPES[kind]]
     unknown = events - set(known)
     if unknown:
@@ -74,8 +74,8 @@ def _filter(domains, events, types=DEFAULT_TYPES):
     def wanted(record):
         domain = record.get('Domain')
         return ((not events or record['Event'] in events)
-                and (not domains or domain is None or domain['Name'] in domains
-                     or domain['Uuid'].lower() in uuids))
+                and (not domains or domain is not None and (
+                    domain['Name'] in domains or domain['Uuid'].lower() in uuids)))
     return wanted
 
 

@@ -15,7 +15,7 @@ import libvirt
 
 from xend_rest.errors import HTTPError, client_gone, wait_timeout
 from xend_rest.logtext import printable_text
-from xend_rest.hypervisor.libvirt_errors import is_connection_error
+from xend_rest.hypervisor.libvirt_errors import is_connection_error, is_no_domain
 from . import neighbours, xenstore
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ NOT_THERE = {getattr(libvirt, name) for name in (
     'VIR_ERR_NO_SUPPORT', 'VIR_ERR_ARGUMENT_UNSUPPORTED', 'VIR_ERR_OPERATION_UNSUPPORTED')}
 # The agent's channel was connected when we looked, and has gone away since: no agent source.
 AGENT_GONE = {libvirt.VIR_ERR_AGENT_UNRESPONSIVE, libvirt.VIR_ERR_AGENT_UNSYNCED}
-# The domain stopped or vanished meanwhile: the request's answer (409, 404), not a source's.
+# The domain stopped or vanished meanwhile: the request's answer (409), not a source's.
 STATE_CHANGED = {libvirt.VIR_ERR_OPERATION_INVALID, libvirt.VIR_ERR_NO_DOMAIN}
 AGENT_CHANNEL = 'org.qemu.guest_agent.0'
 POLL_SECONDS = 1.0  # between looks while a request waits for an address (no event announces one)
@@ -88,16 +88,20 @@ def usable(address):
 
 
 def parse_sources(values):
-    """The sources `source=` lists (in our order; empty items skipped): every one when it lists
-    none; None when it names one we do not know."""
-    names = {name for value in values or () for name in value.split(',') if name}
-    if names - set(SOURCES):
+    """The sources `source=` lists (in our order; empty items skipped): every one when there is
+    no `source`; None when a value names none (`source=`) or one we do not know."""
+    if values is None:
+        return SOURCES
+    listed = [{name for name in value.split(',') if name} for value in values]
+    names = set().union(*listed)
+    if not all(listed) or names - set(SOURCES):
         return None
-    return tuple(name for name in SOURCES if name in names) or SOURCES
+    return tuple(name for name in SOURCES if name in names)
 
 
-def look(conn, dom, place, wanted):
-    """The domain's interfaces (live definition) with what each wanted source says now."""
+def look(conn, dom, place, wanted, warned):
+    """The domain's interfaces (live definition) with what each wanted source says now;
+    `warned`: the sources whose failure this request has logged already."""
     root = ElementTree.fromstring(dom.XMLDesc(0))
     interfaces = [Interface(element) for element in root.iterfind('devices/interface')]
     by_mac = {interface.mac: interface for interface in interfaces if interface.mac}
@@ -106,12 +110,19 @@ def look(conn, dom, place, wanted):
             continue
         if source in LIBVIRT_SOURCES:
             if source != 'agent' or _agent_connected(root):
-                _from_libvirt(dom, source, by_mac)
+                _from_libvirt(dom, source, by_mac, warned)
         elif source == 'xenstore':
-            _from_xenstore(dom, by_mac)
+            _from_xenstore(dom, by_mac, warned)
         else:
-            _from_neighbours(by_mac)
+            _from_neighbours(by_mac, warned)
     return [interface.describe() for interface in interfaces]
+
+
+def _warn(warned, source, message, *args):
+    """Log a source's failure once per request (a wait looks again every POLL_SECONDS)."""
+    if source not in warned:
+        warned.add(source)
+        log.warning(message, *args)
 
 
 def _agent_connected(root):
@@ -123,7 +134,7 @@ def _agent_connected(root):
     return False
 
 
-def _from_libvirt(dom, source, by_mac):
+def _from_libvirt(dom, source, by_mac, warned):
     try:
         answer = dom.interfaceAddresses(LIBVIRT_SOURCES[source])
     except libvirt.libvirtError as err:
@@ -134,8 +145,8 @@ def _from_libvirt(dom, source, by_mac):
             raise
         # One source failing (libvirt 9.0's arp on a kernel that ends a netlink dump in the
         # same datagram: "wrong nlmsg len") leaves the others' answer standing.
-        log.warning('the %s source failed: %s', source,
-                    printable_text(err.get_error_message() or str(err)))
+        _warn(warned, source, 'the %s source failed: %s', source,
+              printable_text(err.get_error_message() or str(err)))
         return
     for details in (answer or {}).values():
         interface = by_mac.get((details.get('hwaddr') or '').lower())
@@ -150,26 +161,27 @@ def _from_libvirt(dom, source, by_mac):
                           source)
 
 
-def _from_xenstore(dom, by_mac):
+def _from_xenstore(dom, by_mac, warned):
     if not by_mac:
         return
     try:
         published = xenstore.published(dom.ID(), set(by_mac))
     except OSError as err:
-        log.warning('xenstore cannot be read: %s', printable_text(str(err)))
+        _warn(warned, 'xenstore', 'xenstore cannot be read: %s', printable_text(str(err)))
         return
     for mac, addresses in published.items():
         for address, family in addresses:
             by_mac[mac].add(address, None, family, 'xenstore')
 
 
-def _from_neighbours(by_mac):
+def _from_neighbours(by_mac, warned):
     if not by_mac:
         return
     try:
         table = neighbours.neighbours()
     except (OSError, ValueError) as err:
-        log.warning('the neighbour table cannot be read: %s', printable_text(str(err)))
+        _warn(warned, 'neighbour', 'the neighbour table cannot be read: %s',
+              printable_text(str(err)))
         return
     links = {}
     for interface in by_mac.values():
@@ -185,18 +197,19 @@ def _from_neighbours(by_mac):
             interface.add(entry.address, None, entry.family, 'neighbour')
 
 
-def not_running(dom):
-    return HTTPError(409, f'domain {dom.name()} is not running: it has no addresses',
-                     'invalid_state')
+def not_running(dom, why='is not running'):
+    return HTTPError(409, f'domain {dom.name()} {why}: it has no addresses', 'invalid_state')
 
 
-def addresses(conn, dom, place, wanted):
-    """look(), or 409 for a domain that is not running."""
-    if not dom.isActive():
-        raise not_running(dom)
+def addresses(conn, dom, place, wanted, warned=None):
+    """look(), or 409 for a domain that is not running (or stopped since it was looked up)."""
     try:
-        return look(conn, dom, place, wanted)
+        if not dom.isActive():
+            raise not_running(dom)
+        return look(conn, dom, place, wanted, set() if warned is None else warned)
     except libvirt.libvirtError as err:
+        if is_no_domain(err):  # a transient domain that stopped is gone with its run
+            raise not_running(dom, 'stopped and is gone (transient)') from None
         if err.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID and not dom.isActive():
             raise not_running(dom) from None  # it stopped meanwhile
         raise
@@ -209,8 +222,9 @@ def wait_for_addresses(conn, dom, place, wanted, timeout, watchers, owner=None, 
     watchers.take(owner, hold)
     try:
         deadline = time.monotonic() + timeout
+        warned = set()
         while True:
-            found = addresses(conn, dom, place, wanted)
+            found = addresses(conn, dom, place, wanted, warned)
             if any(interface['Addresses'] for interface in found):
                 return found
             remaining = deadline - time.monotonic()
