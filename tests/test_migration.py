@@ -3,7 +3,7 @@
 import libvirt
 import pytest
 
-from conftest import Client, node_xml
+from conftest import WEB_UUID, Client, node_xml
 from test_connections import TOKENS, as_
 from xend_rest.api import security
 from xend_rest.api.app import make_app
@@ -222,4 +222,36 @@ def test_reading_progress_from_a_libvirtd_that_never_answers_gives_up_after_the_
     reader.start()
     reader.join(60)  # bounds a hang only; the open timeout is 0.5 s
     assert not reader.is_alive() and operation.running and operation.progress is None
+    listener.close()
+
+
+def test_the_migrations_own_connection_to_a_libvirtd_that_never_answers_gives_up(tmp_path):
+    """The migration's own connection is opened as the pool's: against a source libvirtd that
+    accepts and never answers, the operation fails 504 after open_timeout, rather than hold
+    the domain (409 to every change) until the daemon restarts."""
+    import socket
+    import threading
+    from xend_rest.errors import HTTPError
+    from xend_rest.hypervisor.libvirt_connection import SharedConnection
+    path = str(tmp_path / 'silent.sock')
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(8)
+    held = []
+    threading.Thread(target=lambda: [held.append(listener.accept()) for _ in range(8)],
+                     daemon=True).start()
+    silent = SharedConnection(f'qemu+unix:///system?socket={path}', open_timeout=0.5)
+    failed = []
+
+    def migrate():
+        try:
+            migration.migrate(silent, WEB_UUID, 'qemu+tcp://10.77.0.2/system', {},
+                              libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_LIVE)
+        except HTTPError as err:
+            failed.append(err)
+    mover = threading.Thread(target=migrate, daemon=True)
+    mover.start()
+    mover.join(30)  # bounds a hang only; the open timeout is 0.5 s
+    assert not mover.is_alive()
+    assert (failed[0].status, failed[0].code) == (504, 'hypervisor_timeout')
     listener.close()

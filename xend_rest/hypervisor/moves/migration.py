@@ -75,16 +75,13 @@ def parameters(settings, bandwidth=None):
 
 def migrate(source, dom_uuid, destination, params, bits, downtime=None):
     """Ask the source's libvirtd to migrate the domain (returns once libvirt says it ended), on
-    a libvirt connection of the call's own (source: its SharedConnection): the call holds its
-    connection for the whole migration, and a lane of the pool would let no other call through
-    meanwhile (progress, abort, other requests). downtime: the longest pause at the
-    switch-over, in ms.
-
-    A bare open, unbounded: opened as the pool's (SharedConnection.open_own, in a thread, with
-    keepalive), the QEMU tier's console on the migrating guest no longer learnt that it
-    migrated (its state read on the source took past 3 s at the switch-over); not understood
-    yet, so left as it was (docs/api.md, Migrate)."""
-    conn = libvirt.open(source.uri)
+    a libvirt connection of the call's own (source: its SharedConnection), opened as the pool
+    opens its own (open_own: within open_timeout, else 504; with keepalive, so that a source
+    libvirtd that stops answering fails the operation rather than hold it for ever): the call
+    holds its connection for the whole migration, and a lane of the pool would let no other
+    call through meanwhile (progress, abort, other requests). downtime: the longest pause at
+    the switch-over, in ms."""
+    conn = source.open_own()
     try:
         dom = conn.lookupByUUIDString(dom_uuid)
         if downtime is not None:
