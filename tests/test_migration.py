@@ -255,3 +255,38 @@ def test_the_migrations_own_connection_to_a_libvirtd_that_never_answers_gives_up
     assert not mover.is_alive()
     assert (failed[0].status, failed[0].code) == (504, 'hypervisor_timeout')
     listener.close()
+
+
+# A host's sysinfo as libvirt formats dmidecode's SMBIOS tables (virSysinfoFormat).
+SYSINFO = """<sysinfo type='smbios'>
+  <bios><entry name='vendor'>SeaBIOS</entry></bios>
+  <system>
+    <entry name='manufacturer'>QEMU</entry>
+    <entry name='product'>Standard PC (i440FX + PIIX, 1996)</entry>
+    %s
+  </system>
+</sysinfo>"""
+
+
+@pytest.mark.parametrize('entry, uuid', [
+    ("<entry name='uuid'>4C4C4544-0042-3510-8052-B4C04F4E4A32</entry>",
+     '4c4c4544-0042-3510-8052-b4c04f4e4a32'),
+    ("<entry name='uuid'>00000000-0000-0000-0000-000000000000</entry>", None),  # not set
+    ("<entry name='uuid'>FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF</entry>", None),
+    ("<entry name='uuid'>Not Settable</entry>", None),  # dmidecode's words for none
+    ('', None),
+])
+def test_a_hosts_sysinfo_names_it_by_its_smbios_system_uuid_if_it_has_a_real_one(entry, uuid):
+    """libxl's capabilities carry no host UUID: its sysinfo's SMBIOS system UUID tells hosts
+    apart instead, unless it identifies no machine."""
+    assert migration.sysinfo_uuid(SYSINFO % entry) == uuid
+
+
+def test_the_test_drivers_sysinfo_names_no_system_so_test_nodes_stay_apart(three):
+    """The test driver answers one fixed sysinfo for every node: it has no system UUID, so
+    each node is told apart by its URI (were it to name one, every test node would be one
+    host, and this would fail)."""
+    a, b = (three.app.hypervisors[name].connection.get() for name in ('a', 'b'))
+    assert a.getSysinfo(0) == b.getSysinfo(0)
+    assert migration.sysinfo_uuid(a.getSysinfo(0)) is None
+    assert migration.host_of(a) != migration.host_of(b)

@@ -73,8 +73,9 @@ class Hypervisor:
         return self.facts
 
     def host(self):
-        """Which hypervisor this connection reaches (migration.host_of: its host UUID, else the
-        URI libvirt reports), asked once per libvirt connection; while it is down, the last
+        """Which hypervisor this connection reaches (migration.host_of: its host UUID, from the
+        capabilities or the SMBIOS sysinfo, else the URI libvirt reports), asked once per
+        libvirt connection; while it is down, the last
         known (None: never known). Operations in flight and maintenance are the host's: every
         connection to one host sees them."""
         try:

@@ -3,15 +3,18 @@ drives the migration, so it goes on (and ends, or fails, in libvirt's hands) if 
 or dies meanwhile. A shut-off one migrates offline as the daemon's own move (move_definition):
 no driver is asked to migrate it (libvirt 9.0's libxl cannot)."""
 import logging
+import re
 import xml.etree.ElementTree as ElementTree
 
 import libvirt
 
 from xend_rest.errors import HTTPError
 from xend_rest.logtext import printable_text
-from ..libvirt_errors import is_no_domain, is_no_support
+from ..libvirt_errors import is_connection_error, is_no_domain, is_no_support
 
 log = logging.getLogger(__name__)
+
+SMBIOS_UUID = re.compile(r'[0-9A-Fa-f]{8}-([0-9A-Fa-f]{4}-){3}[0-9A-Fa-f]{12}')
 
 # The definition an offline migration defines on the destination: inactive, migratable (no
 # state of this host's), with its secrets (a graphics password would otherwise be dropped, and
@@ -22,10 +25,31 @@ OFFLINE_XML = (libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_MIGRATAB
 
 
 def host_of(conn):
-    """What tells two hypervisors apart: the host UUID libvirt reports (capabilities), or, from
-    a driver that reports none (the test driver), the URI libvirt says it is connected to."""
+    """What tells two hypervisors apart: the host UUID libvirt reports in its capabilities
+    (QEMU, LXC); else, from a driver whose capabilities carry none (libxl), the SMBIOS system
+    UUID of its sysinfo (sysinfo_uuid); else (the test driver, whose fixed sysinfo names no
+    system; a host without dmidecode) the URI libvirt says it is connected to."""
     uuid = ElementTree.fromstring(conn.getCapabilities()).findtext('host/uuid')
-    return ('uuid', uuid.lower()) if uuid else ('uri', conn.getURI())
+    if uuid:
+        return 'uuid', uuid.lower()
+    try:
+        uuid = sysinfo_uuid(conn.getSysinfo(0))
+    except libvirt.libvirtError as err:
+        if is_connection_error(err):
+            raise  # not an answer: asked again on the next connection
+        uuid = None  # no such call, or no SMBIOS (libxl's dom0 without dmidecode)
+    return ('uuid', uuid) if uuid else ('uri', conn.getURI())
+
+
+def sysinfo_uuid(xml):
+    """The SMBIOS system UUID of a host's sysinfo XML, lower case; None where it names none, or
+    one that identifies no machine (not a UUID: dmidecode's "Not Settable"; all of one byte,
+    as a board with no UUID set reports: libvirt's virUUIDIsValid refuses those too)."""
+    text = (ElementTree.fromstring(xml).findtext("system/entry[@name='uuid']") or '').strip()
+    digits = text.replace('-', '').lower()
+    if not SMBIOS_UUID.fullmatch(text) or len(set(digits[i:i + 2] for i in range(0, 32, 2))) == 1:
+        return None
+    return text.lower()
 
 
 def migrates(conn):
