@@ -102,12 +102,14 @@ class Hypervisor:
             raise
 
     def describe(self):
-        """The connection as GET /libvirt/json lists it (asks libvirt nothing)."""
+        """The connection as GET /libvirt/json lists it (asks libvirt nothing); Maintenance as
+        its maintenance route shows it."""
         facts = self.facts or dict.fromkeys(('Driver', 'Hostname', 'LibvirtVersion',
                                              'HypervisorVersion'))
         return {'Name': self.name, 'Uri': public_uri(self.connection.uri),
                 'Connected': self.connection.connected, **facts,
-                'Error': None if self.connection.connected else self.connection.last_error}
+                'Error': None if self.connection.connected else self.connection.last_error,
+                'Maintenance': self.maintenance.on}
 
 
 def _ask_facts(conn):
