@@ -290,3 +290,19 @@ def test_the_test_drivers_sysinfo_names_no_system_so_test_nodes_stay_apart(three
     assert a.getSysinfo(0) == b.getSysinfo(0)
     assert migration.sysinfo_uuid(a.getSysinfo(0)) is None
     assert migration.host_of(a) != migration.host_of(b)
+
+
+@pytest.mark.parametrize('bounds, bound', [({'bandwidth': 5}, 'bandwidth'),
+                                           ({'downtime': 300}, 'downtime'),
+                                           ({'bandwidth': None, 'downtime': 300}, 'downtime')])
+def test_a_bound_the_sources_driver_lacks_is_501_before_anything_moves(three, bounds, bound):
+    """The route refuses a driver that does not migrate first (the test driver); behind that,
+    each bound asked for is probed by reading it (virDomainMigrateGetMaxSpeed,
+    ...GetMaxDowntime): VIR_ERR_NO_SUPPORT, as the test driver (and libxl) answer, is 501."""
+    from xend_rest.errors import HTTPError
+    web = three.app.hypervisors['a'].connection.get().lookupByName('web')
+    with pytest.raises(HTTPError) as refused:
+        migration.check_bounds(web, 'a', **bounds)
+    assert (refused.value.status, refused.value.code) == (501, 'not_supported')
+    assert f'({bound}=)' in refused.value.message and 'connection a (TEST)' in refused.value.message
+    migration.check_bounds(web, 'a', bandwidth=None, downtime=None)  # none asked: nothing probed

@@ -63,8 +63,7 @@ def _prepared(request, dom, destination, persist=False, undefine=False, bandwidt
     definition = convert.xml_to_dict(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE))
     request.app.guard.check_definition(OnDestination(destination, dconn), definition)
     migration.check_support(request.conn, dconn, names)
-    if downtime is not None:
-        dom.migrateGetMaxDowntime()  # 501 from a driver without the bound (libxl), asking only
+    migration.check_bounds(dom, names[0], bandwidth=bandwidth, downtime=downtime)
     uri = migration.destination_uri(destination.connection)
     params = migration.parameters(destination.connection.settings, bandwidth)
     bits = migration.flags(persist, undefine)

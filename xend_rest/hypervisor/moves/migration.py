@@ -76,6 +76,33 @@ def check_support(source, destination, names):
                             'migrate domains', 'not_supported')
 
 
+# A live migration's bounds, each with the call that reads it: a driver that answers it
+# VIR_ERR_NO_SUPPORT (libxl: neither) has no such bound, and would refuse the migration only once
+# it started (libxl's migrateToURI3 takes no bandwidth parameter).
+BOUND_PROBES = {'bandwidth': ('migrateGetMaxSpeed', 'a bandwidth bound'),
+                'downtime': ('migrateGetMaxDowntime', 'a downtime bound')}
+
+
+def check_bounds(dom, name, **bounds):
+    """501 before anything moves when the source's driver (connection `name`) lacks a bound
+    asked for (bandwidth=MiB/s, downtime=ms; None: not asked): each is probed by reading it."""
+    for bound, value in bounds.items():
+        if value is None:
+            continue
+        call, what = BOUND_PROBES[bound]
+        try:
+            if getattr(dom, call)(0) is None:
+                # libvirt-python's migrateGetMaxDowntime answers None where it should raise:
+                # the error is libvirt's last one, which libvirtError reads
+                raise libvirt.libvirtError(f'{call} failed')
+        except libvirt.libvirtError as err:
+            if not is_no_support(err):
+                raise
+            raise HTTPError(501, f'the driver of connection {name} ({dom.connect().getType()}) '
+                            f'migrates without {what} ({bound}=): leave it out', 'not_supported'
+                            ) from None
+
+
 def flags(persist, undefine):
     """A live migration's flags: peer to peer, live, and the options asked for."""
     bits = libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_LIVE
