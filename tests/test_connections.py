@@ -137,7 +137,8 @@ def test_the_listing_says_which_connection_is_down_and_why(one_down, uris):
     assert listed['up'] == {'Name': 'up', 'Uri': uris['a'], 'Connected': True, 'Driver': 'TEST',
                             'Hostname': listed['up']['Hostname'], 'Error': None,
                             'LibvirtVersion': listed['up']['LibvirtVersion'],
-                            'HypervisorVersion': listed['up']['HypervisorVersion']}
+                            'HypervisorVersion': listed['up']['HypervisorVersion'],
+                            'Maintenance': False}
     assert listed['up']['Hostname'] and listed['up']['LibvirtVersion']
     down = listed['down']
     assert (down['Connected'], down['Driver'], down['Hostname']) == (False, None, None)

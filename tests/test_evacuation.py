@@ -258,3 +258,14 @@ def test_a_maintenance_file_of_another_shape_is_maintenance_never_a_500(nodes, t
     assert response.status == 409 and response.json['code'] == 'in_maintenance'
     assert client.post('/libvirt/a/maintenance/lift').status == 204
     assert client.post('/libvirt/a/nodes/idle/start').status == 204
+
+
+def test_the_connections_listing_says_which_are_in_maintenance(hosts):
+    def listed():
+        return {item['Name']: item['Maintenance'] for item in hosts.get('/libvirt/json').json}
+    assert listed() == {'a': False, 'b': False, 'a2': False}
+    hosts.post('/libvirt/a/maintenance/enter')
+    assert listed() == {'a': True, 'b': False, 'a2': False}  # as each maintenance route shows
+    assert maintenance(hosts, 'a2')['Maintenance'] is False
+    hosts.post('/libvirt/a/maintenance/lift')
+    assert listed() == {'a': False, 'b': False, 'a2': False}

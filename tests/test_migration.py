@@ -3,7 +3,7 @@
 import libvirt
 import pytest
 
-from conftest import Client, node_xml
+from conftest import WEB_UUID, Client, node_xml
 from test_connections import TOKENS, as_
 from xend_rest.api import security
 from xend_rest.api.app import make_app
@@ -145,26 +145,25 @@ def test_the_destinations_definition_passes_the_host_path_policy(nodes, tmp_path
 
 def test_an_offline_migration_moves_the_definition_and_is_an_admin_change(scoped):
     """A shut-off domain's migration defines it on the destination and undefines it here
-    (issue 23): a change of definitions, like persist=1, for the admin role only."""
+    (issue 23): a change of definitions, like persist=1, for the admin role only
+    (test_migration_offline.py moves one)."""
     idle = MIGRATE.replace('web', 'idle')
     operator = scoped.request('POST', idle, query='to=b',
                               headers={'HTTP_AUTHORIZATION': 'Bearer ' + 'o' * 32})
     assert operator.status == 403 and 'admin role' in operator.json['message']
-    assert as_(scoped, 'everything', 'POST', idle, query='to=b').status == 501  # past the role
+    admin = as_(scoped, 'everything', 'POST', idle, query='to=b')
+    assert admin.json['code'] == 'already_exists'  # past the role: b has an idle of its own
     running = scoped.request('POST', MIGRATE, query='to=b',
                              headers={'HTTP_AUTHORIZATION': 'Bearer ' + 'o' * 32})
     assert running.status == 501  # a live migration is an operator's
-    assert migration.flags(False, False, False) == (
-        libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_OFFLINE
-        | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
 
 
 def test_flags_and_parameters_are_those_virsh_would_send():
-    live = migration.flags(True, False, False)
+    live = migration.flags(False, False)
     assert live == libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_LIVE
-    offline = migration.flags(False, False, True)
-    assert offline == (libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_OFFLINE
-                       | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
+    moving = migration.flags(True, True)
+    assert moving == (libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_LIVE
+                      | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
 
 
 def test_the_migration_settings_are_per_connection(tmp_path):
@@ -224,3 +223,86 @@ def test_reading_progress_from_a_libvirtd_that_never_answers_gives_up_after_the_
     reader.join(60)  # bounds a hang only; the open timeout is 0.5 s
     assert not reader.is_alive() and operation.running and operation.progress is None
     listener.close()
+
+
+def test_the_migrations_own_connection_to_a_libvirtd_that_never_answers_gives_up(tmp_path):
+    """The migration's own connection is opened as the pool's: against a source libvirtd that
+    accepts and never answers, the operation fails 504 after open_timeout, rather than hold
+    the domain (409 to every change) until the daemon restarts."""
+    import socket
+    import threading
+    from xend_rest.errors import HTTPError
+    from xend_rest.hypervisor.libvirt_connection import SharedConnection
+    path = str(tmp_path / 'silent.sock')
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(8)
+    held = []
+    threading.Thread(target=lambda: [held.append(listener.accept()) for _ in range(8)],
+                     daemon=True).start()
+    silent = SharedConnection(f'qemu+unix:///system?socket={path}', open_timeout=0.5)
+    failed = []
+
+    def migrate():
+        try:
+            migration.migrate(silent, WEB_UUID, 'qemu+tcp://10.77.0.2/system', {},
+                              libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_LIVE)
+        except HTTPError as err:
+            failed.append(err)
+    mover = threading.Thread(target=migrate, daemon=True)
+    mover.start()
+    mover.join(30)  # bounds a hang only; the open timeout is 0.5 s
+    assert not mover.is_alive()
+    assert (failed[0].status, failed[0].code) == (504, 'hypervisor_timeout')
+    listener.close()
+
+
+# A host's sysinfo as libvirt formats dmidecode's SMBIOS tables (virSysinfoFormat).
+SYSINFO = """<sysinfo type='smbios'>
+  <bios><entry name='vendor'>SeaBIOS</entry></bios>
+  <system>
+    <entry name='manufacturer'>QEMU</entry>
+    <entry name='product'>Standard PC (i440FX + PIIX, 1996)</entry>
+    %s
+  </system>
+</sysinfo>"""
+
+
+@pytest.mark.parametrize('entry, uuid', [
+    ("<entry name='uuid'>4C4C4544-0042-3510-8052-B4C04F4E4A32</entry>",
+     '4c4c4544-0042-3510-8052-b4c04f4e4a32'),
+    ("<entry name='uuid'>00000000-0000-0000-0000-000000000000</entry>", None),  # not set
+    ("<entry name='uuid'>FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF</entry>", None),
+    ("<entry name='uuid'>Not Settable</entry>", None),  # dmidecode's words for none
+    ('', None),
+])
+def test_a_hosts_sysinfo_names_it_by_its_smbios_system_uuid_if_it_has_a_real_one(entry, uuid):
+    """libxl's capabilities carry no host UUID: its sysinfo's SMBIOS system UUID tells hosts
+    apart instead, unless it identifies no machine."""
+    assert migration.sysinfo_uuid(SYSINFO % entry) == uuid
+
+
+def test_the_test_drivers_sysinfo_names_no_system_so_test_nodes_stay_apart(three):
+    """The test driver answers one fixed sysinfo for every node: it has no system UUID, so
+    each node is told apart by its URI (were it to name one, every test node would be one
+    host, and this would fail)."""
+    a, b = (three.app.hypervisors[name].connection.get() for name in ('a', 'b'))
+    assert a.getSysinfo(0) == b.getSysinfo(0)
+    assert migration.sysinfo_uuid(a.getSysinfo(0)) is None
+    assert migration.host_of(a) != migration.host_of(b)
+
+
+@pytest.mark.parametrize('bounds, bound', [({'bandwidth': 5}, 'bandwidth'),
+                                           ({'downtime': 300}, 'downtime'),
+                                           ({'bandwidth': None, 'downtime': 300}, 'downtime')])
+def test_a_bound_the_sources_driver_lacks_is_501_before_anything_moves(three, bounds, bound):
+    """The route refuses a driver that does not migrate first (the test driver); behind that,
+    each bound asked for is probed by reading it (virDomainMigrateGetMaxSpeed,
+    ...GetMaxDowntime): VIR_ERR_NO_SUPPORT, as the test driver (and libxl) answer, is 501."""
+    from xend_rest.errors import HTTPError
+    web = three.app.hypervisors['a'].connection.get().lookupByName('web')
+    with pytest.raises(HTTPError) as refused:
+        migration.check_bounds(web, 'a', **bounds)
+    assert (refused.value.status, refused.value.code) == (501, 'not_supported')
+    assert f'({bound}=)' in refused.value.message and 'connection a (TEST)' in refused.value.message
+    migration.check_bounds(web, 'a', bandwidth=None, downtime=None)  # none asked: nothing probed

@@ -267,7 +267,7 @@ SCHEMAS = {
     'Connection': _object({'Name': STRING, 'Uri': STRING, 'Connected': {'type': 'boolean'},
                            'Driver': MAYBE_STRING, 'Hostname': MAYBE_STRING,
                            'LibvirtVersion': MAYBE_STRING, 'HypervisorVersion': MAYBE_STRING,
-                           'Error': MAYBE_STRING}),
+                           'Error': MAYBE_STRING, 'Maintenance': {'type': 'boolean'}}),
     'ConnectionList': {'type': 'array', 'items': _ref('Connection')},
     'Info': _object({
         'Hostname': STRING, 'Driver': STRING, 'Uri': STRING, 'Cpus': INT, 'CpuModel': STRING,

@@ -73,8 +73,9 @@ class Hypervisor:
         return self.facts
 
     def host(self):
-        """Which hypervisor this connection reaches (migration.host_of: its host UUID, else the
-        URI libvirt reports), asked once per libvirt connection; while it is down, the last
+        """Which hypervisor this connection reaches (migration.host_of: its host UUID, from the
+        capabilities or the SMBIOS sysinfo, else the URI libvirt reports), asked once per
+        libvirt connection; while it is down, the last
         known (None: never known). Operations in flight and maintenance are the host's: every
         connection to one host sees them."""
         try:
@@ -101,12 +102,14 @@ class Hypervisor:
             raise
 
     def describe(self):
-        """The connection as GET /libvirt/json lists it (asks libvirt nothing)."""
+        """The connection as GET /libvirt/json lists it (asks libvirt nothing); Maintenance as
+        its maintenance route shows it."""
         facts = self.facts or dict.fromkeys(('Driver', 'Hostname', 'LibvirtVersion',
                                              'HypervisorVersion'))
         return {'Name': self.name, 'Uri': public_uri(self.connection.uri),
                 'Connected': self.connection.connected, **facts,
-                'Error': None if self.connection.connected else self.connection.last_error}
+                'Error': None if self.connection.connected else self.connection.last_error,
+                'Maintenance': self.maintenance.on}
 
 
 def _ask_facts(conn):

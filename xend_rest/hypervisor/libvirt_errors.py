@@ -78,6 +78,11 @@ def is_no_domain(err):
     return err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN
 
 
+def is_no_support(err):
+    """The driver lacks the call (libxl: snapshots, the bandwidth of a migration)."""
+    return err.get_error_code() == libvirt.VIR_ERR_NO_SUPPORT
+
+
 def is_no_image(err):
     return err.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL
 

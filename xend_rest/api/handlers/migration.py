@@ -40,41 +40,57 @@ def migrate_domain(request, ident):
         raise HTTPError(403, f'{dom.name()} is shut off: an offline migration moves its '
                         'definition (defined on the destination, undefined here), which needs '
                         f'the admin role; your credentials have {request.role}', 'forbidden')
-    action = _prepared(request, dom, destination, persist, undefine, bandwidth, downtime)
+    action, live = _prepared(request, dom, destination, persist, undefine, bandwidth, downtime)
+    # An offline migration is no libvirt job: no progress to read, no abort.
     operation = request.app.operations.start('migrate', request.hypervisor, dom, action,
-                                             request.caller, job=True)
+                                             request.caller, job=live)
     return accepted(request.hypervisor, operation)
 
 
 def _prepared(request, dom, destination, persist=False, undefine=False, bandwidth=None,
               downtime=None):
-    """The migration of `dom` to `destination`, once every refusal is passed: 400 the same
-    hypervisor, 409 a destination in maintenance, 403 a definition the host-path policy
-    refuses there, 501 a driver that does not migrate."""
+    """(the migration of `dom` to `destination`, whether it is live), once every refusal is
+    passed: 400 the same hypervisor, 409 a destination in maintenance, 403 a definition the
+    host-path policy refuses there; live, 501 a driver that does not migrate or lacks a bound
+    asked for; offline, 409 what cannot move (migration.check_vacant, check_movable)."""
     dconn = destination.connection.get()
     names = (request.hypervisor.name, destination.name)
     migration.check_distinct(request.conn, dconn, names)
     refuse_on_host(request.app.hypervisors.values(), destination)
-    active = bool(dom.isActive())  # live; else offline (a shut-off domain is a defined one)
+    if not dom.isActive():  # offline: a shut-off domain is a defined one
+        return _offline(request, dom, destination, dconn), False
     # The destination defines the domain from this XML: judged as a Create there would be.
     definition = convert.xml_to_dict(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE))
     request.app.guard.check_definition(OnDestination(destination, dconn), definition)
     migration.check_support(request.conn, dconn, names)
-    if downtime is not None:
-        dom.migrateGetMaxDowntime()  # 501 from a driver without the bound (libxl), asking only
+    migration.check_bounds(dom, names[0], bandwidth=bandwidth, downtime=downtime)
     uri = migration.destination_uri(destination.connection)
     params = migration.parameters(destination.connection.settings, bandwidth)
-    bits = migration.flags(active, persist, undefine)
+    bits = migration.flags(persist, undefine)
     source, uuid = request.hypervisor.connection, dom.UUIDString()
     # A definition that moves keeps its autostart mark (libvirt does not carry it over).
-    autostart = bool(bits & libvirt.VIR_MIGRATE_UNDEFINE_SOURCE and dom.isPersistent()
-                     and dom.autostart())
+    autostart = bool(undefine and dom.isPersistent() and dom.autostart())
 
     def action():
         migration.migrate(source, uuid, uri, params, bits, downtime)
         if autostart:
             destination.connection.get().lookupByUUIDString(uuid).setAutostart(1)
-    return action
+    return action, True
+
+
+def _offline(request, dom, destination, dconn):
+    """An offline migration: the daemon defines the domain on the destination from the XML the
+    Guard judged there, and undefines it here (migration.move_definition). bandwidth and
+    downtime bound a live migration only: an offline one moves no memory."""
+    where = f'connection {destination.name}'
+    migration.check_vacant(dconn, dom.name(), dom.UUIDString(), where)
+    migration.check_movable(dom)
+    definition = convert.xml_to_dict(dom.XMLDesc(migration.OFFLINE_XML))
+    request.app.guard.check_definition(OnDestination(destination, dconn), definition)
+    xml = convert.dict_to_xml(definition, 'domain')  # what was judged is what is defined
+    source, uuid, autostart = request.hypervisor.connection, dom.UUIDString(), dom.autostart()
+    return lambda: migration.move_definition(source.get(), destination.connection.get(), uuid,
+                                             xml, autostart, where)
 
 
 def show_maintenance(request):
@@ -203,9 +219,9 @@ def _evacuate(request, pending, destinations, evacuation):
         destination = max(destinations, key=_free_memory)
         outcome['To'] = destination.name
         try:
-            action = _prepared(request, dom, destination, *moved(dom))
+            action, live = _prepared(request, dom, destination, *moved(dom))
             child = operations.begin_here('migrate', request.hypervisor, dom, request.caller,
-                                          job=True)
+                                          job=live)
         except HTTPError as err:
             outcome.update(State='failed', Error=err.body())
             continue
