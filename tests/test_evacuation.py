@@ -223,6 +223,13 @@ def test_every_connection_to_a_host_sees_its_operations_and_maintenance(hosts, m
     response = hosts.post('/libvirt/b/nodes/web/migrate', query='to=a2')
     assert response.status == 409 and response.json['code'] == 'in_maintenance'
     assert len(calls) == 1
+    # shown alike through both, listed alike, and lifted through either
+    assert maintenance(hosts, 'a2') == maintenance(hosts, 'a') != maintenance(hosts, 'b')
+    listed = {c['Name']: c['Maintenance'] for c in hosts.get('/libvirt/json').json}
+    assert listed == {'a': True, 'a2': True, 'b': False}, listed
+    assert hosts.post('/libvirt/a2/maintenance/lift').status == 204
+    assert maintenance(hosts, 'a')['Maintenance'] is False
+    assert hosts.post('/libvirt/a/nodes/idle/start').status == 204
 
 
 def test_an_evacuations_events_carry_it_as_it_stood_and_name_the_host_as_host(hosts, migrating):
@@ -265,7 +272,8 @@ def test_the_connections_listing_says_which_are_in_maintenance(hosts):
         return {item['Name']: item['Maintenance'] for item in hosts.get('/libvirt/json').json}
     assert listed() == {'a': False, 'b': False, 'a2': False}
     hosts.post('/libvirt/a/maintenance/enter')
-    assert listed() == {'a': True, 'b': False, 'a2': False}  # as each maintenance route shows
-    assert maintenance(hosts, 'a2')['Maintenance'] is False
+    # the host's, as each maintenance route shows it: a2 is a second connection to a's node
+    assert listed() == {'a': True, 'b': False, 'a2': True}
+    assert maintenance(hosts, 'a2')['Maintenance'] is True
     hosts.post('/libvirt/a/maintenance/lift')
     assert listed() == {'a': False, 'b': False, 'a2': False}

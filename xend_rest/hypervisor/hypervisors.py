@@ -68,6 +68,7 @@ class Hypervisor:
         try:
             with self.using_connection() as conn:
                 self.facts = self.features.get(conn, 'facts', _ask_facts)
+                self._host = self.features.get(conn, 'host', host_of)  # for known_host
         finally:
             self._learning.release()
         return self.facts
@@ -83,6 +84,11 @@ class Hypervisor:
                 self._host = self.features.get(conn, 'host', host_of)
         except (HTTPError, libvirt.libvirtError):
             pass
+        return self._host
+
+    @property
+    def known_host(self):
+        """host(), as last known: asks libvirt nothing."""
         return self._host
 
     def same_host(self, other):
@@ -101,15 +107,15 @@ class Hypervisor:
                 self.connection.discard(conn)
             raise
 
-    def describe(self):
+    def describe(self, maintenance=None):
         """The connection as GET /libvirt/json lists it (asks libvirt nothing); Maintenance as
-        its maintenance route shows it."""
+        its maintenance route shows it (its host's: `maintenance`, else its own)."""
         facts = self.facts or dict.fromkeys(('Driver', 'Hostname', 'LibvirtVersion',
                                              'HypervisorVersion'))
         return {'Name': self.name, 'Uri': public_uri(self.connection.uri),
                 'Connected': self.connection.connected, **facts,
                 'Error': None if self.connection.connected else self.connection.last_error,
-                'Maintenance': self.maintenance.on}
+                'Maintenance': self.maintenance.on if maintenance is None else maintenance}
 
 
 def _ask_facts(conn):

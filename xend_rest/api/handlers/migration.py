@@ -1,6 +1,7 @@
 """Moving guests between configured connections, as operations (docs/api.md, Migrate a domain,
 Evacuate a host), and the maintenance of a host."""
 import collections
+import contextlib
 
 import libvirt
 
@@ -9,7 +10,7 @@ from xend_rest.errors import HTTPError, bad_request
 from xend_rest.hypervisor import convert
 from xend_rest.hypervisor.libvirt_errors import from_libvirt
 from xend_rest.hypervisor.moves import migration
-from xend_rest.hypervisor.moves.maintenance import refuse_on_host
+from xend_rest.hypervisor.moves.maintenance import host_state, hosts_entries, refuse_on_host
 from .domains import NO_CONTENT, changeable_domain, is_dom0
 from .operations import accepted
 
@@ -94,7 +95,8 @@ def _offline(request, dom, destination, dconn):
 
 
 def show_maintenance(request):
-    state = request.hypervisor.maintenance.state
+    """GET /maintenance/json: the host's, entered through this connection or another to it."""
+    state = host_state(request.app.hypervisors.values(), request.hypervisor)
     return 200, {'Maintenance': state is not None, **(state or {'Since': None, 'Caller': None})}
 
 
@@ -105,11 +107,16 @@ def enter_maintenance(request):
 
 
 def lift_maintenance(request):
-    """POST /maintenance/lift: 409 while an evacuation of the host runs (cancel it first)."""
-    maintenance = request.hypervisor.maintenance
-    with maintenance.changing:
+    """POST /maintenance/lift: the host's, through whichever connections it was entered; 409
+    while an evacuation of the host runs (cancel it first)."""
+    entries = sorted(hosts_entries(request.app.hypervisors.values(), request.hypervisor),
+                     key=lambda hypervisor: hypervisor.name)  # one order for every lift
+    with contextlib.ExitStack() as held:
+        for hypervisor in entries:
+            held.enter_context(hypervisor.maintenance.changing)
         request.app.operations.refuse_kind(request.hypervisor, 'evacuate')
-        maintenance.lift()
+        for hypervisor in entries:
+            hypervisor.maintenance.lift()
     return NO_CONTENT
 
 

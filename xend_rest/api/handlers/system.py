@@ -11,6 +11,7 @@ from xend_rest.api.params import parse_bool
 from xend_rest.errors import HTTPError
 from xend_rest.hypervisor.hypervisors import dotted, gather, public_uri
 from xend_rest.hypervisor.libvirt_errors import still_there
+from xend_rest.hypervisor.moves.maintenance import host_state
 from xend_rest.hypervisor.stats import BULK, STATE_NAMES, bulk_stats, describe
 from .domains import is_dom0, lookup_domain
 
@@ -74,7 +75,9 @@ def _connections(request):
     LISTING_WAIT at most; one that does not answer by then is described as last known."""
     hypervisors = request.usable_hypervisors()
     gather(hypervisors, lambda hypervisor: hypervisor.learn_facts(), defaults.LISTING_WAIT)
-    return [hypervisor.describe() for hypervisor in hypervisors]
+    everyone = request.app.hypervisors.values()
+    return [hypervisor.describe(host_state(everyone, hypervisor, known=True) is not None)
+            for hypervisor in hypervisors]
 
 
 def info(request):

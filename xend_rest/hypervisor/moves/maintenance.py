@@ -20,9 +20,25 @@ def in_maintenance(name, state):
 
 def refuse_on_host(hypervisors, hypervisor):
     """409 while `hypervisor`'s host is in maintenance, entered through any connection to it."""
-    for other in hypervisors:
-        if other.maintenance.on and other.same_host(hypervisor):
-            other.maintenance.refuse()
+    for other in hosts_entries(hypervisors, hypervisor):
+        other.maintenance.refuse()
+
+
+def hosts_entries(hypervisors, hypervisor, known=False):
+    """The connections to `hypervisor`'s host through which its maintenance was entered (it
+    first, if it was). known: decided from the hosts last known, asking libvirt nothing (a
+    listing)."""
+    same = (lambda other: other.known_host is not None and other.known_host ==
+            hypervisor.known_host) if known else hypervisor.same_host
+    return [other for other in sorted(hypervisors, key=lambda other: other is not hypervisor)
+            if other.maintenance.on and (other is hypervisor or same(other))]
+
+
+def host_state(hypervisors, hypervisor, known=False):
+    """The maintenance of `hypervisor`'s host, {"Since", "Caller"} or None: the same through
+    every connection to it."""
+    entries = hosts_entries(hypervisors, hypervisor, known)
+    return entries[0].maintenance.state if entries else None
 
 
 class Maintenance:
