@@ -277,3 +277,59 @@ def test_the_connections_listing_says_which_are_in_maintenance(hosts):
     assert maintenance(hosts, 'a2')['Maintenance'] is True
     hosts.post('/libvirt/a/maintenance/lift')
     assert listed() == {'a': False, 'b': False, 'a2': False}
+
+
+def test_a_migrating_domain_is_busy_on_its_destination_too(hosts, migrating):
+    """Its copy on the destination (there before, or defined by the move) is the operation's
+    as much as its source: no Start, Delete, Autostart or move of it there meanwhile, so that
+    the move never ends with the domain on neither host or running twice; and Autostart on the
+    source, whose mark the move carries, waits for it too."""
+    import libvirt
+    calls, hold = migrating
+    source = hosts.app.hypervisors['a'].connection.get().lookupByName('web')
+    hosts.app.hypervisors['b'].connection.get().defineXML(
+        source.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+    hold.clear()
+    started = hosts.post('/libvirt/a/nodes/web/migrate', query='to=b')
+    assert started.status == 202
+    until(lambda: calls)
+    for method, path, query in (('POST', '/libvirt/b/nodes/web/start', ''),
+                                ('POST', '/libvirt/b/nodes/web/delete', ''),
+                                ('POST', '/libvirt/b/nodes/web/autostart', 'enable=1'),
+                                ('POST', '/libvirt/b/nodes/web/migrate', 'to=a'),
+                                ('POST', '/libvirt/a/nodes/web/autostart', 'enable=1')):
+        response = hosts.request(method, path, query=query)
+        assert response.status == 409, (path, response.status, response.body)
+        assert response.json['operation'] == started.json['Id'], path
+    hold.set()
+    assert hosts.get(started.headers['Location'], query='wait=20').json['State'] == 'succeeded'
+    assert hosts.post('/libvirt/b/nodes/web/autostart', query='enable=1').status == 204
+
+
+def test_a_host_in_maintenance_that_does_not_answer_holds_no_other_host(nodes, tmp_path):  # noqa: F811
+    """Another connection in maintenance is compared by its host as last known, or asked for
+    a second at most: its libvirtd accepting and never answering (a host in maintenance is
+    often down) does not hold a Start elsewhere for its open timeout."""
+    import socket
+    import threading
+    from xend_rest.hypervisor.libvirt_connection import SharedConnection
+    path = str(tmp_path / 'silent.sock')
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(8)
+    held = []
+    threading.Thread(target=lambda: [held.append(listener.accept()) for _ in range(8)],
+                     daemon=True).start()
+    state = tmp_path / 'state'
+    (state / 'maintenance').mkdir(parents=True)
+    (state / 'maintenance' / 'silent.json').write_text('{"Since": "2026-12-06T00:00:00Z", '
+                                                        '"Caller": "token:ops"}')
+    silent = SharedConnection(f'qemu+unix:///system?socket={path}', open_timeout=60)
+    app = make_app(connections={'a': nodes['a'], 'silent': silent}, state_dir=str(state))
+    answers = []
+    asking = threading.Thread(target=lambda: answers.append(
+        Client(app).post('/libvirt/a/nodes/idle/start')), daemon=True)
+    asking.start()
+    asking.join(30)  # bounds a hang only: half the silent host's open timeout
+    assert answers and answers[0].status == 204, answers
+    assert app.hypervisors['silent'].maintenance.on  # as it was

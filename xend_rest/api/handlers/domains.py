@@ -262,7 +262,7 @@ def set_autostart(request, ident):
         raise bad_request('query parameter "enable" is required: 1 to start the domain with '
                           'libvirtd, 0 not to')
     enable = parse_bool(request, 'enable')
-    dom = lookup_domain(request.conn, ident)
+    dom = changeable_domain(request, ident)  # a migration carries the mark
     if not dom.isPersistent():
         raise HTTPError(409, f'domain {dom.name()} is transient: only a defined domain can be '
                         'started at boot; define it with Create first', 'invalid_state')

@@ -37,19 +37,21 @@ def migrate_domain(request, ident):
                         f'the admin role; your credentials have {request.role}', 'forbidden')
     destination = request.app.covered_hypervisor(request, to)  # 404 as for any path
     dom = changeable_domain(request, ident)
-    if not dom.isActive() and request.role != ADMIN:
+    active = bool(dom.isActive())  # once: the role rule and the kind of move agree
+    if not active and request.role != ADMIN:
         raise HTTPError(403, f'{dom.name()} is shut off: an offline migration moves its '
                         'definition (defined on the destination, undefined here), which needs '
                         f'the admin role; your credentials have {request.role}', 'forbidden')
-    action, live = _prepared(request, dom, destination, persist, undefine, bandwidth, downtime)
+    action, live = _prepared(request, dom, destination, persist, undefine, bandwidth, downtime,
+                             active)
     # An offline migration is no libvirt job: no progress to read, no abort.
     operation = request.app.operations.start('migrate', request.hypervisor, dom, action,
-                                             request.caller, job=live)
+                                             request.caller, job=live, also=destination)
     return accepted(request.hypervisor, operation)
 
 
 def _prepared(request, dom, destination, persist=False, undefine=False, bandwidth=None,
-              downtime=None):
+              downtime=None, active=None):
     """(the migration of `dom` to `destination`, whether it is live), once every refusal is
     passed: 400 the same hypervisor, 409 a destination in maintenance, 403 a definition the
     host-path policy refuses there; live, 501 a driver that does not migrate or lacks a bound
@@ -58,7 +60,9 @@ def _prepared(request, dom, destination, persist=False, undefine=False, bandwidt
     names = (request.hypervisor.name, destination.name)
     migration.check_distinct(request.conn, dconn, names)
     refuse_on_host(request.app.hypervisors.values(), destination)
-    if not dom.isActive():  # offline: a shut-off domain is a defined one
+    if active is None:
+        active = bool(dom.isActive())
+    if not active:  # offline: a shut-off domain is a defined one
         return _offline(request, dom, destination, dconn), False
     # The destination defines the domain from this XML: judged as a Create there would be.
     definition = convert.xml_to_dict(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE))
@@ -228,7 +232,7 @@ def _evacuate(request, pending, destinations, evacuation):
         try:
             action, live = _prepared(request, dom, destination, *moved(dom))
             child = operations.begin_here('migrate', request.hypervisor, dom, request.caller,
-                                          job=live)
+                                          job=live, also=destination)
         except HTTPError as err:
             outcome.update(State='failed', Error=err.body())
             continue

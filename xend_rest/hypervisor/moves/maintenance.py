@@ -7,6 +7,9 @@ import os
 import threading
 from datetime import datetime, timezone
 
+import libvirt
+
+from xend_rest import defaults
 from xend_rest.errors import HTTPError
 from xend_rest.logtext import printable_text
 
@@ -26,12 +29,32 @@ def refuse_on_host(hypervisors, hypervisor):
 
 def hosts_entries(hypervisors, hypervisor, known=False):
     """The connections to `hypervisor`'s host through which its maintenance was entered (it
-    first, if it was). known: decided from the hosts last known, asking libvirt nothing (a
-    listing)."""
-    same = (lambda other: other.known_host is not None and other.known_host ==
-            hypervisor.known_host) if known else hypervisor.same_host
-    return [other for other in sorted(hypervisors, key=lambda other: other is not hypervisor)
-            if other.maintenance.on and (other is hypervisor or same(other))]
+    first, if it was). Hosts as last known; one never known is asked for LISTING_WAIT at most
+    (known: not at all, for a listing): a host in maintenance is often one that is down, and
+    its connection's open timeout must not hold every other request."""
+    wait = 0 if known else defaults.LISTING_WAIT
+    others = [other for other in hypervisors if other is not hypervisor and other.maintenance.on]
+    mine = _known_host(hypervisor, wait) if others else None
+    return ([hypervisor] if hypervisor.maintenance.on else []) + [
+        other for other in others if mine is not None and _known_host(other, wait) == mine]
+
+
+def _known_host(hypervisor, wait):
+    """Hypervisor.host() as last known; never known, asked on a thread for `wait` s at most
+    (learn_facts: one question out per connection, however many requests ask)."""
+    if hypervisor.known_host is None and wait:
+        asking = threading.Thread(target=_learn, args=(hypervisor,), daemon=True,
+                                  name=f'ask-{hypervisor.name}')
+        asking.start()
+        asking.join(wait)
+    return hypervisor.known_host
+
+
+def _learn(hypervisor):
+    try:
+        hypervisor.learn_facts()
+    except (HTTPError, libvirt.libvirtError):
+        pass  # not answering: its host stays unknown until it does
 
 
 def host_state(hypervisors, hypervisor, known=False):

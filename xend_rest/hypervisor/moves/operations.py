@@ -57,7 +57,8 @@ class InProgress(HTTPError):
 class Operation:
     """One long action on one domain of one connection: its state, progress and outcome."""
 
-    def __init__(self, kind, hypervisor, dom, caller, job, target=None, on_cancel=None):
+    def __init__(self, kind, hypervisor, dom, caller, job, target=None, on_cancel=None,
+                 also=None):
         self.id = str(uuid.uuid4())
         self.kind = kind
         self.hypervisor = hypervisor  # its connection's Hypervisor: events go to its hub
@@ -75,6 +76,9 @@ class Operation:
         self.failure = None  # the exception, for a request still waiting for it
         self.cancel_asked = False
         self.host = host_key(hypervisor)  # the hypervisor's host: what "in flight" is keyed by
+        # every host the domain is changed on (a migration's destination too): the domain's
+        # copy there is as busy as its source
+        self.hosts = {self.host} | ({host_key(also)} if also is not None else set())
         self.on_cancel = on_cancel  # how one that is no libvirt job is cancelled (an evacuation)
         self.counted = True  # takes a place of the pool (an evacuation's guests do not)
         self._done = threading.Event()
@@ -195,7 +199,7 @@ class Operations:
         self._lock = threading.Lock()
 
     def start(self, kind, hypervisor, dom, action, caller=None, job=False, join=False,
-              target=None, extra=None, on_cancel=None):
+              target=None, extra=None, on_cancel=None, also=None):
         """Run action() as an operation of `kind` on domain `dom` of `hypervisor`, on a thread
         of its own: 409 while another runs on that domain, 503 with every thread taken.
 
@@ -203,9 +207,11 @@ class Operations:
         (twelve Stops at once ask the guest once): (operation, whether it was joined).
         target: what it acts on when that is no domain (dom None); extra: what its description
         adds (the action may go on filling it); on_cancel: how to cancel one that is no libvirt
-        job. A caller has at most half the threads (as watchers-per-caller): one caller's slow
-        migrations leave the others' Stops and Restarts a place."""
-        operation = Operation(kind, hypervisor, dom, caller, job, target, on_cancel)
+        job; also: a second hypervisor the domain is changed on (a migration's destination:
+        its copy there is busy too). A caller has at most half the threads (as
+        watchers-per-caller): one caller's slow migrations leave the others' Stops and Restarts
+        a place."""
+        operation = Operation(kind, hypervisor, dom, caller, job, target, on_cancel, also)
         operation.extra = extra or {}
         with self._lock:
             busy = self._register(operation, join)
@@ -215,11 +221,11 @@ class Operations:
                          name=f'operation-{operation.kind}').start()
         return (operation, False) if join else operation
 
-    def begin_here(self, kind, hypervisor, dom, caller=None, job=False):
+    def begin_here(self, kind, hypervisor, dom, caller=None, job=False, also=None):
         """An operation that will run on the calling thread (run_here), taking no place of the
         pool: an evacuation's guests, migrated one by one on the evacuation's own thread. 409
         while another runs on that domain."""
-        operation = Operation(kind, hypervisor, dom, caller, job)
+        operation = Operation(kind, hypervisor, dom, caller, job, also=also)
         operation.counted = False
         with self._lock:
             self._register(operation)
@@ -233,7 +239,8 @@ class Operations:
     def _register(self, operation, join=False):
         """Keep a new operation (with the lock held): the running one it joins, else None."""
         self._prune()
-        busy = self._running_on(operation.host, operation.target['Uuid'])
+        busy = next(filter(None, (self._running_on(host, operation.target['Uuid'])
+                                  for host in operation.hosts)), None)
         if busy is not None and join and busy.kind == operation.kind:
             return busy
         if busy is not None:
@@ -311,7 +318,7 @@ class Operations:
 
     def _running_on(self, host, dom_uuid):
         return next((op for op in self._operations.values() if op.running
-                     and op.host == host and op.target['Uuid'] == dom_uuid), None)
+                     and host in op.hosts and op.target['Uuid'] == dom_uuid), None)
 
     def _prune(self):
         """Forget finished operations past their age, then the oldest past `kept` (a running
