@@ -352,19 +352,26 @@ def join(first, second, prefix=24):
                            capture_output=True)
 
 
-def make_pki(directory):
+def make_pki(directory, sans=(), ca=None):
     """A throwaway CA, a server certificate for 127.0.0.1 and a client one, named as libvirt
-    looks for them in a `pkipath` directory. Made at test time: no key is ever committed."""
+    looks for them in a `pkipath` directory. Made at test time: no key is ever committed.
+    `sans`: more subjectAltNames of the server certificate (`IP:10.0.0.2`, `DNS:host`); `ca`:
+    the directory of an earlier make_pki whose CA signs these (copied here) instead of a new one."""
     directory.mkdir(parents=True, exist_ok=True)
 
     def openssl(*args):
         subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
 
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            "-subj", "/O=xend-rest tests/CN=libvirt test CA", "-keyout", "ca.key",
-            "-out", "cacert.pem")
+    if ca:
+        for name in ("ca.key", "cacert.pem"):
+            shutil.copy(Path(ca) / name, directory / name)
+    else:
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                "-subj", "/O=xend-rest tests/CN=libvirt test CA", "-keyout", "ca.key",
+                "-out", "cacert.pem")
     (directory / "server.ext").write_text(
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
+        f"subjectAltName={','.join(('IP:127.0.0.1', 'DNS:localhost', *sans))}\n"
+        "extendedKeyUsage=serverAuth\n")
     (directory / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
     for name, common_name in (("server", "localhost"), ("client", "xend-rest")):
         openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj",

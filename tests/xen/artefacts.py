@@ -47,7 +47,7 @@ DOM0_PACKAGES = (
     # network driver itself is in libvirt-daemon, iptables, which it drives, a Depends of -system)
     "dnsmasq-base",
     # the test agent's interpreter, and tools the tests use
-    "python3", "curl", "qemu-utils",
+    "python3", "curl", "qemu-utils", "iputils-ping",
 )
 # In dom0's local apt repository, NOT installed: apt resolves the .deb's Depends from there.
 REPO_PACKAGES = ("python3-libvirt", "python3-xmltodict")
@@ -94,7 +94,10 @@ POWEROFF_MARKER = realhv_guest.POWEROFF_MARKER
 ADDRESS_MARKER = realhv_guest.ADDRESS_MARKER  # the DHCP script's: then the interface, its address
 STATE_MARKER = "XEND-GUEST-STATE"
 REBOOT_MARKER = "XEND-GUEST-REBOOT"
+COUNT_MARKER = "XEND-COUNT"  # the counter of a guest booted with xend.count
 PROMPT = realhv_guest.PROMPT
+# QEMU's MAC for a first NIC (dom0's uplink); the rig gives it explicitly.
+UPLINK_MAC = "52:54:00:12:34:56"
 
 # PID 1 of the initramfs: what Debian's initramfs-tools does for this root, in busybox.
 BOOT_INIT = """#!/bin/sh
@@ -143,6 +146,11 @@ if grep -qw xend.dhcp /proc/cmdline; then
     udhcpc -i eth0 -s /etc/udhcpc.script -b -t 120 -T 1 >/dev/null 2>&1
 fi
 echo "{READY_MARKER} cpus=$(grep -c ^processor /proc/cpuinfo)" > /dev/console
+# With xend.count on its command line, a counter five times a second: a migrated guest's own
+# evidence that it runs on (the numbers go on, never from 1 again).
+if grep -qw xend.count /proc/cmdline; then
+    (i=0; while true; do i=$((i + 1)); echo "{COUNT_MARKER} $i" > /dev/console; sleep 0.2; done) &
+fi
 # A shell on the PV console, for the console tests; respawned when it exits (an HVM guest may
 # have no hvc0: then it is tried again each second, not in a busy loop).
 (export PS1='{PROMPT} ' HOME=/ TERM=vt100
@@ -171,9 +179,10 @@ DOM0_FILES = {
     "etc/fstab": "/dev/vda / ext4 defaults 0 0\n",
     # No network inside the rig (QEMU's user network is restricted): apt reads the local repository.
     "etc/apt/sources.list": f"deb [trusted=yes] file:{REPO_DIR} ./\n",
-    # QEMU's user network: fixed addresses; the interface's name is udev's (enp0s*).
-    "etc/systemd/network/10-uplink.network": """[Match]
-Name=en* eth*
+    # QEMU's user network: fixed addresses; the interface is the one with QEMU's first MAC (the
+    # rig's second NIC, the link between two dom0s, is configured by the rig: UPLINK_MAC).
+    "etc/systemd/network/10-uplink.network": f"""[Match]
+MACAddress={UPLINK_MAC}
 
 [Network]
 Address=10.0.2.15/24

@@ -22,7 +22,7 @@ from realhv.conftest import _unavailable
 
 from . import artefacts as built
 from .artefacts import READY_MARKER
-from .rig import Rig
+from .rig import Rig, link_pair
 
 HERE = Path(__file__).parent
 NODES = "/libvirt/xen/nodes"
@@ -34,9 +34,16 @@ REQUIRED = ("qemu-system-x86_64", "qemu-img", "mmdebstrap", "mke2fs", "openssl",
 
 
 @pytest.fixture(scope="session")
-def rig(tmp_path_factory):
+def links():
+    """The two ends of the link between host A (`rig`) and host B (`rig_b`)."""
+    return link_pair()
+
+
+@pytest.fixture(scope="session")
+def rig(tmp_path_factory, links):
     """Xen 4.17 + a Debian dom0 (systemd, Debian's Xen and libvirt units) with xend-rest installed
-    by apt from its .deb, booted once."""
+    by apt from its .deb, booted once; its end of the link to host B (`rig_b`) is there from the
+    start."""
     missing = [b for b in REQUIRED if not shutil.which(b, path=os.environ["PATH"] + ":/usr/sbin:/sbin")]
     if missing:
         _unavailable(f"XEN TIER: {', '.join(missing)} not installed (./dev test installs the TEST_PKGS)")
@@ -44,7 +51,7 @@ def rig(tmp_path_factory):
         _unavailable("XEN TIER: building dom0's root (mmdebstrap --mode=root) needs root")
     started = time.monotonic()
     files = built.build(log=lambda message: print(message, flush=True))
-    running = Rig(files, tmp_path_factory.mktemp("xen"))
+    running = Rig(files, tmp_path_factory.mktemp("xen"), link=links[0])
     print(f"xen tier: artefacts ready in {time.monotonic() - started:.0f} s ({files.directory})")
     try:
         running.start()
@@ -55,6 +62,25 @@ def rig(tmp_path_factory):
     yield running
     print(f"xen tier: phases (s): {running.timings}")
     running.stop()
+
+
+@pytest.fixture(scope="module")
+def rig_b(rig, links, tmp_path_factory):
+    """A second Xen host, for migrations: the same image, booted for the module that asks for it,
+    host name dom0-b, its own SMBIOS UUID, certificates from host A's CA, libvirtd's TLS socket,
+    no xend-rest (the management host's daemon drives both)."""
+    started = time.monotonic()
+    host = Rig(rig.artefacts, tmp_path_factory.mktemp("xen-b"), name="dom0-b", link=links[1], ca=rig.pki,
+               install=False)
+    try:
+        host.start()
+    except BaseException:
+        host.stop()
+        raise
+    print(f"xen tier: host B up in {time.monotonic() - started:.0f} s: {host.timings}")
+    yield host
+    print(f"xen tier: host B's phases (s): {host.timings}")
+    host.stop()
 
 
 class Guests:
@@ -158,11 +184,12 @@ def guests(rig):
 
 # The order of the modules: the HVM guest (hvm_boot below) boots beside the modules that boot no
 # guest of their own, its tests follow and remove it; then the rest, whose guests a running HVM
-# guest was seen to slow about threefold (PVH boots of 55-72 s against 17-25 s); dom0's reboot
-# ends the session.
+# guest was seen to slow about threefold (PVH boots of 55-72 s against 17-25 s); the migrations
+# (with host B, booted for them: nothing else shares the two cores with its boot) and dom0's
+# reboot end the session.
 FIRST_MODULES = ("test_create_xen.py", "test_images_xen.py", "test_package_xen.py", "test_hvm_xen.py")
 HVM_MODULE = "test_hvm_xen.py"
-LAST_MODULES = ("test_reboot_xen.py",)
+LAST_MODULES = ("test_migration_xen.py", "test_reboot_xen.py")
 
 
 def pytest_collection_modifyitems(items):
@@ -178,20 +205,21 @@ def pytest_collection_modifyitems(items):
         items[index] = item
 
 
-def hvm_xml(name):
+def hvm_xml(name, memory_mib=256, cmdline="console=tty0 console=ttyS0 quiet"):
     """An HVM guest: hvmloader and SeaBIOS, the device model (Debian's qemu-system-xen) in dom0,
     the PV guest's kernel and initramfs booted directly by the device model, its serial port
-    written to the file the tests read, its screen on VNC (loopback in dom0)."""
+    written to the file the tests read (on whichever host it runs), its screen on VNC (loopback
+    in dom0)."""
     return f"""<domain type='xen'>
   <name>{name}</name>
-  <memory unit='MiB'>256</memory>
+  <memory unit='MiB'>{memory_mib}</memory>
   <vcpu>1</vcpu>
   <os>
     <type arch='x86_64' machine='xenfv'>hvm</type>
     <loader type='rom'>/usr/lib/xen-4.17/boot/hvmloader</loader>
     <kernel>{built.GUEST_KERNEL}</kernel>
     <initrd>{built.GUEST_INITRD}</initrd>
-    <cmdline>console=tty0 console=ttyS0 quiet</cmdline>
+    <cmdline>{cmdline}</cmdline>
   </os>
   <features><acpi/><apic/><pae/></features>
   <clock offset='utc'/>

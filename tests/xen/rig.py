@@ -8,12 +8,20 @@ as an administrator does: `apt-get install ./xend-rest_*.deb` from dom0's local 
     libvirt.open(rig.libvirt_uri)                # dom0's libvirtd over TLS (xen+tls://), from outside
     rig.reboot()                                 # systemctl reboot; QEMU starts again on the same disk
 
+    a, b = link_pair()                           # a second Xen host, linked to the first:
+    host_b = Rig(artefacts, workdir_b, name="dom0-b", link=b, ca=rig.pki, install=False)
+
 dom0 boots a copy-on-write overlay of the cached root image, so what a run changes survives a
 reboot of dom0 and is gone with the run. Once dom0's test agent answers, the rig hands it what an
 administrator would bring (one test CA, realhv.libvirtd.make_pki: the server certificate serves
 xend-rest's TLS and libvirtd's TLS socket at libvirt's default paths; a tokens file; the drop-in
 for xend-rest.service that adds the TLS listener; the .deb built from this checkout), enables
 libvirtd's TLS socket, and installs the package.
+
+Two rigs make two Xen hosts for migrations: each QEMU has a second NIC whose frames travel as UDP
+datagrams on this machine's loopback to the other's (a point-to-point link, `Link`), each dom0
+has a host name and an SMBIOS system UUID of its own, and certificates from one CA (a server
+certificate also for its link address, a client certificate for its libvirtd to dial the other's).
 """
 
 import http.client
@@ -23,11 +31,14 @@ import socket
 import ssl
 import subprocess
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from realhv import guest as realhv_guest
 from realhv.libvirtd import make_pki
+
+from .artefacts import UPLINK_MAC
 
 HERE = Path(__file__).parent
 CHECKOUT = HERE.parent.parent
@@ -56,7 +67,13 @@ UNIX_SOCKET = "/run/xend-rest/api.sock"
 LIBVIRTD_TLS_PORT = 16514
 # libvirtd's default certificate paths (libvirtd.conf's ca_file, cert_file, key_file).
 LIBVIRTD_PKI = {"/etc/pki/CA/cacert.pem": "cacert.pem", "/etc/pki/libvirt/servercert.pem": "servercert.pem",
-                "/etc/pki/libvirt/private/serverkey.pem": "serverkey.pem"}
+                "/etc/pki/libvirt/private/serverkey.pem": "serverkey.pem",
+                # the client certificate libvirtd presents to another host's libvirtd (migrations)
+                "/etc/pki/libvirt/clientcert.pem": "clientcert.pem",
+                "/etc/pki/libvirt/private/clientkey.pem": "clientkey.pem"}
+# The link between two dom0s: its network, and systemd-networkd's file for it in dom0.
+LINK_NETWORK = "10.98.0"
+LINK_NETWORK_FILE = "/etc/systemd/network/05-link.network"
 DEB_IN_DOM0 = "/root/xend-rest_all.deb"
 # In the image, for the first boot only (artefacts.DOM0_FILES): Xen's start waits for libvirtd.
 XEN_FIRST_BOOT_DROP_IN = "/etc/systemd/system/xen.service.d/rig-first-boot.conf"
@@ -65,6 +82,24 @@ LIBVIRTD_UNITS = "libvirtd.socket libvirtd-ro.socket libvirtd-admin.socket libvi
 # Xen's share of the machine for dom0; the rest is for guests.
 XEN_COMMAND_LINE = "dom0_mem=1536M,max:1536M console=com1 com1=115200,8n1 loglvl=warning"
 DOM0_COMMAND_LINE = "console=hvc0 earlyprintk=xen quiet"
+
+
+@dataclass(frozen=True)
+class Link:
+    """One end of the point-to-point link between two dom0s: a second virtio NIC whose Ethernet
+    frames QEMU sends as UDP datagrams from `port` to `peer_port` on 127.0.0.1 (QEMU's socket
+    netdev), dom0's `address` on it (/24), found in dom0 by its MAC."""
+    address: str
+    mac: str
+    port: int
+    peer_port: int
+
+
+def link_pair():
+    """Both ends of a link: (host A's, host B's), on two free UDP ports of this machine."""
+    ports = [free_port(socket.SOCK_DGRAM) for _ in range(2)]
+    return tuple(Link(f"{LINK_NETWORK}.{n}", f"52:54:00:98:00:{n:02x}", ports[n - 1], ports[2 - n])
+                 for n in (1, 2))
 
 
 @dataclass
@@ -157,16 +192,25 @@ def from_curl(output):
     return Response(int(lines[0].split()[1]), headers, payload.encode())
 
 
-def free_port():
-    with socket.socket() as s:
+def free_port(kind=socket.SOCK_STREAM):
+    with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
 class Rig:
-    def __init__(self, artefacts, workdir):
+    def __init__(self, artefacts, workdir, name="dom0", link=None, ca=None, install=True, smp=2):
+        """`name`: dom0's host name; `link`: its end of a link to another dom0 (or none); `ca`:
+        the PKI directory of another rig whose CA signs this one's certificates (else a CA of
+        its own); `install`: install xend-rest (a host that only hosts guests needs libvirtd)."""
         self.artefacts = artefacts
         self.workdir = Path(workdir)
+        self.name = name
+        self.link = link
+        self.ca = ca
+        self.installs = install
+        self.smp = smp
+        self.host_uuid = str(uuid.uuid4())  # QEMU's SMBIOS system UUID (-uuid)
         self.console = self.workdir / "xen-console.log"
         self.disk = self.workdir / "dom0.qcow2"
         self.process = None
@@ -188,8 +232,11 @@ class Rig:
         ordering xend-rest's package ships for libvirtd: the rig records what libvirt and the
         freshly installed daemon answer then (`first_boot`), before restarting libvirtd with its
         TLS socket, now ordered after xen.service by the package's drop-in."""
-        self.deb = self._build_deb()
-        make_pki(self.pki)  # one CA: xend-rest's TLS and libvirtd's (both for 127.0.0.1/localhost)
+        started = time.monotonic()
+        self.deb = self._build_deb() if self.installs else None
+        # one CA: xend-rest's TLS and libvirtd's (both for 127.0.0.1/localhost, and for the link)
+        make_pki(self.pki, ca=self.ca, sans=[f"DNS:{self.name}"] + ([f"IP:{self.link.address}"] if self.link else []))
+        self.timings["deb+pki"] = time.monotonic() - started
         self.api = HTTPSClient(self.tls_port, self.pki / "cacert.pem")
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(self.artefacts.dom0_root),
                         "-F", "raw", str(self.disk)], check=True)
@@ -201,6 +248,12 @@ class Rig:
         self.provision()
         self.timings["provision"] = time.monotonic() - started
         started = time.monotonic()
+        if not self.installs:
+            result = self.dom0("systemctl stop libvirtd.service && systemctl enable --now libvirtd-tls.socket "
+                               "&& systemctl start libvirtd.service", timeout=120)
+            assert result.rc == 0, result
+            self.timings["libvirtd"] = time.monotonic() - started
+            return
         self.install(DEB_IN_DOM0, self.deb, wait=False)
         self.first_boot["api"] = self.unix_api.get("/libvirt/xen/nodes/json")
         # libvirt's error code and domain for it, as the daemon sees them (python3-libvirt came
@@ -226,14 +279,19 @@ class Rig:
         command = [
             # +npt: Xen finds HAP (nested paging), which HVM and PVH guests need.
             "qemu-system-x86_64", "-machine", "q35", "-cpu", "qemu64,+svm,+npt", "-m", "3072",
-            "-smp", "2", "-display", "none", "-no-reboot", "-monitor", "none",
+            "-smp", str(self.smp), "-display", "none", "-no-reboot", "-monitor", "none",
+            "-uuid", self.host_uuid,
             "-chardev", f"file,id=console,path={self.console},append=on", "-serial", "chardev:console",
             "-kernel", str(self.artefacts.xen), "-append", XEN_COMMAND_LINE,
             "-initrd", f"{self.artefacts.kernel} {DOM0_COMMAND_LINE},{self.artefacts.initrd}",
             "-drive", f"file={self.disk},if=virtio,format=qcow2,cache=unsafe",
             # No way out of the rig (restrict=on); the forwards still come in.
-            "-netdev", f"user,id=net0,restrict=on,{forwards}", "-device", "virtio-net-pci,netdev=net0",
+            "-netdev", f"user,id=net0,restrict=on,{forwards}", "-device", f"virtio-net-pci,netdev=net0,mac={UPLINK_MAC}",
         ]
+        if self.link:
+            command += ["-netdev", f"socket,id=link,udp=127.0.0.1:{self.link.peer_port},"
+                                   f"localaddr=127.0.0.1:{self.link.port}",
+                        "-device", f"virtio-net-pci,netdev=link,mac={self.link.mac}"]
         started = time.monotonic()
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
                                         stdout=open(self.workdir / "qemu.out", "ab"),
@@ -255,7 +313,16 @@ class Rig:
 
     def provision(self):
         """What an administrator brings to dom0 for xend-rest and libvirtd's TLS socket:
-        certificates, a tokens file, xend-rest's drop-in, the pool directory of the tests."""
+        certificates, a tokens file, xend-rest's drop-in, the pool directory of the tests; its
+        host name (known to itself only: the hosts resolve no other names), its link's address."""
+        if self.name != "dom0":  # the image's name
+            assert self.dom0(f"hostnamectl hostname {self.name} && "
+                             f"sed -i 's/^127.0.1.1 .*/127.0.1.1 {self.name}/' /etc/hosts").rc == 0
+        if self.link:
+            self.put(LINK_NETWORK_FILE, (f"[Match]\nMACAddress={self.link.mac}\n\n[Network]\n"
+                                         f"Address={self.link.address}/24\nLinkLocalAddressing=no\n\n"
+                                         "[Link]\nRequiredForOnline=no\n").encode())
+            assert self.dom0("networkctl reload").rc == 0
         for path, name in LIBVIRTD_PKI.items():
             self.put(path, (self.pki / name).read_bytes(), 0o600 if "private" in path else 0o644)
         self.put("/etc/xend-rest/tls/server.pem", (self.pki / "servercert.pem").read_bytes())
@@ -339,6 +406,11 @@ class Rig:
         except (OSError, http.client.HTTPException, ValueError) as err:
             parts.append(f"(dom0 agent unreachable: {err})")
         return "\n".join(parts)
+
+    def link_interface(self):
+        """The name dom0 gave the link's NIC (found by its MAC)."""
+        out = self.dom0("ip -o link").out
+        return next(line.split(": ")[1].split("@")[0] for line in out.splitlines() if self.link.mac in line)
 
     def stop(self):
         if self.process is not None and self.process.poll() is None:
