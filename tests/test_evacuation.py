@@ -333,3 +333,20 @@ def test_a_host_in_maintenance_that_does_not_answer_holds_no_other_host(nodes, t
     asking.join(30)  # bounds a hang only: half the silent host's open timeout
     assert answers and answers[0].status == 204, answers
     assert app.hypervisors['silent'].maintenance.on  # as it was
+
+
+def test_live_0_migrates_a_running_guest_paused_while_copied(hosts, migrating):
+    """live=0: libvirt's migration without VIR_MIGRATE_LIVE (virsh migrate without --live),
+    still peer to peer; by default live; another value is 400 and nothing is asked."""
+    import libvirt
+    calls, _hold = migrating
+    for query in ('to=b&live=0', 'to=b'):
+        started = hosts.post('/libvirt/a/nodes/web/migrate', query=query)
+        assert started.status == 202, started.body
+        hosts.get(started.headers['Location'], query='wait=20')
+    (_, paused), (_, live) = calls
+    assert not paused & libvirt.VIR_MIGRATE_LIVE and paused & libvirt.VIR_MIGRATE_PEER2PEER
+    assert live & libvirt.VIR_MIGRATE_LIVE
+    response = hosts.post('/libvirt/a/nodes/web/migrate', query='to=b&live=maybe')
+    assert response.status == 400 and response.json['code'] == 'bad_parameter'
+    assert len(calls) == 2

@@ -305,6 +305,9 @@ ROUTES = [
                'a shut-off domain).', BOOLEAN),
          query('undefine', "1/True/true: undefine it on the source once it left (admin).",
                BOOLEAN),
+         query('live', '0/False/false: pause a running guest while its memory is copied (as '
+               '`virsh migrate` without --live; a PV guest on a Xen without shadow paging); '
+               'default live.', BOOLEAN),
          query('bandwidth', 'At most this many MiB/s (where the driver bounds it: 501 where '
                'not).', {'type': 'integer', 'minimum': 1, 'maximum': migration.MAX_BANDWIDTH}),
          query('downtime', 'The longest pause of the guest at the switch-over, in ms (where '

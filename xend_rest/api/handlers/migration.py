@@ -29,6 +29,7 @@ def migrate_domain(request, ident):
     if not to:
         raise bad_request('query parameter "to" is required: the connection to migrate to')
     persist, undefine = (parse_bool(request, name) for name in ADMIN_OPTIONS)
+    live = parse_bool(request, 'live', True)
     bandwidth, downtime = (parse_int(request, name, minimum=1, maximum=MAX_BOUND[name])
                            if request.arg(name) is not None else None
                            for name in ('bandwidth', 'downtime'))
@@ -42,17 +43,18 @@ def migrate_domain(request, ident):
         raise HTTPError(403, f'{dom.name()} is shut off: an offline migration moves its '
                         'definition (defined on the destination, undefined here), which needs '
                         f'the admin role; your credentials have {request.role}', 'forbidden')
-    action, live = _prepared(request, dom, destination, persist, undefine, bandwidth, downtime,
-                             active)
+    action, job = _prepared(request, dom, destination, persist, undefine, bandwidth, downtime,
+                            active, live)
     # An offline migration is no libvirt job: no progress to read, no abort.
     operation = request.app.operations.start('migrate', request.hypervisor, dom, action,
-                                             request.caller, job=live, also=destination)
+                                             request.caller, job=job, also=destination)
     return accepted(request.hypervisor, operation)
 
 
 def _prepared(request, dom, destination, persist=False, undefine=False, bandwidth=None,
-              downtime=None, active=None):
-    """(the migration of `dom` to `destination`, whether it is live), once every refusal is
+              downtime=None, active=None, live=True):
+    """(the migration of `dom` to `destination`, whether it is a libvirt job: a running
+    domain's, live unless `live` is false, paused while copied), once every refusal is
     passed: 400 the same hypervisor, 409 a destination in maintenance, 403 a definition the
     host-path policy refuses there; live, 501 a driver that does not migrate or lacks a bound
     asked for; offline, 409 what cannot move (migration.check_vacant, check_movable)."""
@@ -71,7 +73,7 @@ def _prepared(request, dom, destination, persist=False, undefine=False, bandwidt
     migration.check_bounds(dom, names[0], bandwidth=bandwidth, downtime=downtime)
     uri = migration.destination_uri(destination.connection)
     params = migration.parameters(destination.connection.settings, bandwidth)
-    bits = migration.flags(persist, undefine)
+    bits = migration.flags(persist, undefine, live)
     source, uuid = request.hypervisor.connection, dom.UUIDString()
     # A definition that moves keeps its autostart mark (libvirt does not carry it over).
     autostart = bool(undefine and dom.isPersistent() and dom.autostart())

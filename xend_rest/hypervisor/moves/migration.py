@@ -103,9 +103,11 @@ def check_bounds(dom, name, **bounds):
                             ) from None
 
 
-def flags(persist, undefine):
-    """A live migration's flags: peer to peer, live, and the options asked for."""
-    bits = libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_LIVE
+def flags(persist, undefine, live=True):
+    """A running domain's migration flags: peer to peer, live unless asked not to (live=0:
+    the guest paused while its memory is copied, as `virsh migrate` without --live), and the
+    options asked for."""
+    bits = libvirt.VIR_MIGRATE_PEER2PEER | (libvirt.VIR_MIGRATE_LIVE if live else 0)
     if persist:
         bits |= libvirt.VIR_MIGRATE_PERSIST_DEST
     if undefine:
@@ -137,9 +139,24 @@ def migrate(source, dom_uuid, destination, params, bits, downtime=None):
         dom = conn.lookupByUUIDString(dom_uuid)
         if downtime is not None:
             dom.migrateSetMaxDowntime(downtime)
-        dom.migrateToURI3(destination, params, bits)
+        try:
+            dom.migrateToURI3(destination, params, bits)
+        except libvirt.libvirtError as err:
+            if is_connection_error(err) and conn.isAlive():
+                raise peer_failed(err) from None
+            raise
     finally:
         conn.close()
+
+
+def peer_failed(err):
+    """A socket error of the source libvirtd's own (dialling the destination's libvirtd or
+    its migration address), carried back on a connection that still works: the migration
+    failed and nothing broke between the daemon and libvirt (not outcome_unknown)."""
+    return HTTPError(502, 'the source host could not reach the destination: '
+                     f'{printable_text(err.get_error_message() or str(err))} (see '
+                     'migration-uri and migration-address in docs/connections.md)',
+                     'migration_unreachable')
 
 
 def destination_uri(connection):
