@@ -362,6 +362,5 @@ def test_a_pv_guest_moves_paused_with_live_0_and_counts_on(rig, rig_b, mgmt, pv_
     on_b = counter(rig_b, name)
     assert on_b[0] > last_on_a >= before and on_b == list(range(on_b[0], on_b[-1] + 1)), (last_on_a, on_b[:20])
     assert BOOT_MARKER not in rig_b.guest_console(name)
-    print(f"
-a PV guest paused while moved (live=0): succeeded after {took:.1f} s; counter {before}"
+    print(f"\na PV guest paused while moved (live=0): succeeded after {took:.1f} s; counter {before}"
           f" at the request, last on A {last_on_a}, first on B {on_b[0]}")
