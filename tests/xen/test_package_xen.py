@@ -11,7 +11,7 @@ import pytest
 from realhv.guest import wait_until
 
 from .conftest import NODES
-from .rig import DEB_IN_DOM0
+from .rig import DEB_IN_DOM0, DROP_IN
 
 UNIT = "xend-rest.service"
 WANTS = "/etc/systemd/system/multi-user.target.wants/xend-rest.service"
@@ -75,6 +75,32 @@ def test_upgrade_whose_configuration_fails_keeps_the_running_daemon(rig):
     finally:
         assert rig.dom0(f"cp /root/conf.saved {conf} && systemctl restart {UNIT}", timeout=120).rc == 0
     wait_until(rig.daemon_answers, 90, "the daemon answering with its configuration repaired")
+
+
+def test_upgrade_checks_the_unit_s_command_line_word_for_word(rig):
+    """The postinst's `--check-config` runs the unit's ExecStart= as systemd holds it (its words,
+    not `systemctl show`'s unquoted join split again by a shell): a quoted argument with a space,
+    as an administrator's drop-in writes it, checks fine and the daemon is restarted."""
+    drop_in = "/etc/systemd/system/xend-rest.service.d/zz-words.conf"
+    exec_start = DROP_IN.split("ExecStart=\n", 1)[1].rstrip()  # the rig's TLS listener, as before
+    words = exec_start + ' \\\n    "--allowed-paths=/var/lib/xend-rest-pool /var/lib/xen"\n'
+    rig.put(drop_in, f"[Service]\nExecStart=\n{words}")
+    assert rig.dom0(f"systemctl daemon-reload && systemctl restart {UNIT}", timeout=120).rc == 0
+    try:
+        wait_until(rig.daemon_answers, 90, "the daemon answering with the drop-in's words")
+        before = rig.unit(UNIT, "MainPID")
+        upgraded = apt_install(rig, newer_deb(rig, "words"))
+        assert upgraded.rc == 0, upgraded
+        said = upgraded.out + upgraded.err
+        assert "not restarted" not in said and "unrecognized arguments" not in said, said
+        wait_until(lambda: rig.unit(UNIT, "ActiveState")["ActiveState"] == "active", 90, "active again")
+        assert rig.unit(UNIT, "MainPID") != before  # checked, then restarted as the new version
+        shown = rig.dom0(f"tr '\\0' '\\n' < /proc/$(systemctl show -P MainPID {UNIT})/cmdline")
+        assert "--allowed-paths=/var/lib/xend-rest-pool /var/lib/xen" in shown.out.splitlines(), shown
+    finally:
+        assert rig.dom0(f"rm -f {drop_in} && systemctl daemon-reload && systemctl restart {UNIT}",
+                        timeout=120).rc == 0
+    wait_until(rig.daemon_answers, 90, "the daemon answering without the drop-in")
 
 
 def test_socket_group_is_created_and_grants_the_unix_socket(rig):
