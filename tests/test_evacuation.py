@@ -5,7 +5,7 @@ outcome there is its 501, and the others are still tried (the QEMU tier moves th
 import pytest
 
 from conftest import Client, node_xml, until
-from test_migration import nodes  # noqa: F401 (a fixture)
+from test_migration import nodes, silent_libvirtd  # noqa: F401 (fixtures)
 from xend_rest.api.app import make_app
 
 RUNNING = ['db', 'frozen', 'scratch', 'web']  # active on conftest's node (paused too; dom0 aside)
@@ -306,25 +306,18 @@ def test_a_migrating_domain_is_busy_on_its_destination_too(hosts, migrating):
     assert hosts.post('/libvirt/b/nodes/web/autostart', query='enable=1').status == 204
 
 
-def test_a_host_in_maintenance_that_does_not_answer_holds_no_other_host(nodes, tmp_path):  # noqa: F811
+def test_a_host_in_maintenance_that_does_not_answer_holds_no_other_host(nodes, tmp_path,  # noqa: F811
+                                                                      silent_libvirtd):  # noqa: F811
     """Another connection in maintenance is compared by its host as last known, or asked for
     a second at most: its libvirtd accepting and never answering (a host in maintenance is
     often down) does not hold a Start elsewhere for its open timeout."""
-    import socket
     import threading
     from xend_rest.hypervisor.libvirt_connection import SharedConnection
-    path = str(tmp_path / 'silent.sock')
-    listener = socket.socket(socket.AF_UNIX)
-    listener.bind(path)
-    listener.listen(8)
-    held = []
-    threading.Thread(target=lambda: [held.append(listener.accept()) for _ in range(8)],
-                     daemon=True).start()
     state = tmp_path / 'state'
     (state / 'maintenance').mkdir(parents=True)
     (state / 'maintenance' / 'silent.json').write_text('{"Since": "2026-12-06T00:00:00Z", '
                                                         '"Caller": "token:ops"}')
-    silent = SharedConnection(f'qemu+unix:///system?socket={path}', open_timeout=60)
+    silent = SharedConnection(silent_libvirtd, open_timeout=60)
     app = make_app(connections={'a': nodes['a'], 'silent': silent}, state_dir=str(state))
     answers = []
     asking = threading.Thread(target=lambda: answers.append(

@@ -196,16 +196,11 @@ def test_the_destination_uri_and_address_come_from_the_destinations_settings(nod
 
 
 
-def test_reading_progress_from_a_libvirtd_that_never_answers_gives_up_after_the_open_timeout(
-        tmp_path):
-    """The progress reader's own connection is opened as the pool's: within open_timeout,
-    not blocked for ever (a thread lost per operation) by a libvirtd that accepts and never
-    answers; the operation goes on without progress."""
+@pytest.fixture
+def silent_libvirtd(tmp_path):
+    """The URI of a libvirtd that accepts connections and never answers."""
     import socket
     import threading
-    from xend_rest.hypervisor.hypervisors import Hypervisor
-    from xend_rest.hypervisor.libvirt_connection import SharedConnection
-    from xend_rest.hypervisor.moves.operations import Operation
     path = str(tmp_path / 'silent.sock')
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(path)
@@ -213,8 +208,20 @@ def test_reading_progress_from_a_libvirtd_that_never_answers_gives_up_after_the_
     held = []
     threading.Thread(target=lambda: [held.append(listener.accept()) for _ in range(8)],
                      daemon=True).start()
-    silent = Hypervisor('silent', SharedConnection(f'qemu+unix:///system?socket={path}',
-                                                   open_timeout=0.5))
+    yield f'qemu+unix:///system?socket={path}'
+    listener.close()
+
+
+def test_reading_progress_from_a_libvirtd_that_never_answers_gives_up_after_the_open_timeout(
+        silent_libvirtd):
+    """The progress reader's own connection is opened as the pool's: within open_timeout,
+    not blocked for ever (a thread lost per operation) by a libvirtd that accepts and never
+    answers; the operation goes on without progress."""
+    import threading
+    from xend_rest.hypervisor.hypervisors import Hypervisor
+    from xend_rest.hypervisor.libvirt_connection import SharedConnection
+    from xend_rest.hypervisor.moves.operations import Operation
+    silent = Hypervisor('silent', SharedConnection(silent_libvirtd, open_timeout=0.5))
     silent.host = lambda: None  # asked when the operation is made: not what is tested here
     operation = Operation('migrate', silent, None, 'test', True,
                           target={'Name': 'web', 'Uuid': '6695eb01-f6a4-8304-79aa-97f2502e193f'})
@@ -222,25 +229,17 @@ def test_reading_progress_from_a_libvirtd_that_never_answers_gives_up_after_the_
     reader.start()
     reader.join(60)  # bounds a hang only; the open timeout is 0.5 s
     assert not reader.is_alive() and operation.running and operation.progress is None
-    listener.close()
 
 
-def test_the_migrations_own_connection_to_a_libvirtd_that_never_answers_gives_up(tmp_path):
+def test_the_migrations_own_connection_to_a_libvirtd_that_never_answers_gives_up(
+        silent_libvirtd):
     """The migration's own connection is opened as the pool's: against a source libvirtd that
     accepts and never answers, the operation fails 504 after open_timeout, rather than hold
     the domain (409 to every change) until the daemon restarts."""
-    import socket
     import threading
     from xend_rest.errors import HTTPError
     from xend_rest.hypervisor.libvirt_connection import SharedConnection
-    path = str(tmp_path / 'silent.sock')
-    listener = socket.socket(socket.AF_UNIX)
-    listener.bind(path)
-    listener.listen(8)
-    held = []
-    threading.Thread(target=lambda: [held.append(listener.accept()) for _ in range(8)],
-                     daemon=True).start()
-    silent = SharedConnection(f'qemu+unix:///system?socket={path}', open_timeout=0.5)
+    silent = SharedConnection(silent_libvirtd, open_timeout=0.5)
     failed = []
 
     def migrate():
@@ -254,7 +253,6 @@ def test_the_migrations_own_connection_to_a_libvirtd_that_never_answers_gives_up
     mover.join(30)  # bounds a hang only; the open timeout is 0.5 s
     assert not mover.is_alive()
     assert (failed[0].status, failed[0].code) == (504, 'hypervisor_timeout')
-    listener.close()
 
 
 # A host's sysinfo as libvirt formats dmidecode's SMBIOS tables (virSysinfoFormat).

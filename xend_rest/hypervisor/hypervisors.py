@@ -107,15 +107,15 @@ class Hypervisor:
                 self.connection.discard(conn)
             raise
 
-    def describe(self, maintenance=None):
-        """The connection as GET /libvirt/json lists it (asks libvirt nothing); Maintenance as
-        its maintenance route shows it (its host's: `maintenance`, else its own)."""
+    def describe(self, maintenance):
+        """The connection as GET /libvirt/json lists it (asks libvirt nothing); `maintenance`:
+        whether its host is in maintenance, as its maintenance route shows it."""
         facts = self.facts or dict.fromkeys(('Driver', 'Hostname', 'LibvirtVersion',
                                              'HypervisorVersion'))
         return {'Name': self.name, 'Uri': public_uri(self.connection.uri),
                 'Connected': self.connection.connected, **facts,
                 'Error': None if self.connection.connected else self.connection.last_error,
-                'Maintenance': self.maintenance.on if maintenance is None else maintenance}
+                'Maintenance': maintenance}
 
 
 def _ask_facts(conn):
