@@ -343,3 +343,46 @@ def test_live_0_migrates_a_running_guest_paused_while_copied(hosts, migrating):
     response = hosts.post('/libvirt/a/nodes/web/migrate', query='to=b&live=maybe')
     assert response.status == 400 and response.json['code'] == 'bad_parameter'
     assert len(calls) == 2
+
+
+def test_a_new_domain_cannot_take_the_uuid_of_one_migrating_to_its_host(hosts, migrating):
+    """Before the move's define reaches the destination, a Create there of a domain with the
+    migrating UUID is 409 too (it would be overwritten by the move, or clash with it)."""
+    import libvirt
+    from xend_rest.hypervisor import convert
+    calls, hold = migrating
+    source = hosts.app.hypervisors['a'].connection.get().lookupByName('web')
+    there = hosts.app.hypervisors['b'].connection.get().lookupByName('web')
+    there.destroy()
+    there.undefine()
+    definition = convert.xml_to_dict(source.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+    hold.clear()
+    started = hosts.post('/libvirt/a/nodes/web/migrate', query='to=b')
+    assert started.status == 202
+    until(lambda: calls)
+    response = hosts.post('/libvirt/b/nodes/create', definition)
+    assert response.status == 409 and response.json['operation'] == started.json['Id'], response.body
+    hold.set()
+    hosts.get(started.headers['Location'], query='wait=20')
+    assert hosts.post('/libvirt/b/nodes/create', definition).status == 201
+
+
+def test_lifting_the_maintenance_of_a_host_that_does_not_answer_asks_it_nothing(tmp_path,
+                                                                               silent_libvirtd):  # noqa: F811
+    """A lift needs no libvirt: a host in maintenance is often down, and its libvirtd not
+    answering holds the lift no longer than the others' hosts are asked (a second)."""
+    import threading
+    from xend_rest.hypervisor.libvirt_connection import SharedConnection
+    state = tmp_path / 'state'
+    (state / 'maintenance').mkdir(parents=True)
+    (state / 'maintenance' / 'silent.json').write_text('{"Since": "2026-12-06T00:00:00Z", '
+                                                        '"Caller": "token:ops"}')
+    app = make_app(connections={'silent': SharedConnection(silent_libvirtd, open_timeout=60)},
+                   state_dir=str(state))
+    answers = []
+    lifting = threading.Thread(target=lambda: answers.append(
+        Client(app).post('/libvirt/silent/maintenance/lift')), daemon=True)
+    lifting.start()
+    lifting.join(30)  # bounds a hang only: half the silent host's open timeout
+    assert answers and answers[0].status == 204, answers
+    assert not app.hypervisors['silent'].maintenance.on

@@ -108,9 +108,11 @@ def create_domain(request):
     """POST /nodes/create: define (or redefine) a domain; Warnings name what libvirt dropped."""
     posted = request.json()
     xml = convert.dict_to_xml(posted, 'domain')
-    kept_uuid, replaced = _check_identity(request.conn, xml)
-    if replaced is not None:  # a redefinition is a change like any other
-        request.app.operations.refuse_busy(request.hypervisor, replaced.UUIDString())
+    kept_uuid, replaced, uuid = _check_identity(request.conn, xml)
+    if replaced is not None or uuid is not None:  # a redefinition is a change like any other,
+        # and a new domain may not take the UUID of one migrating here (docs/api.md, Operations)
+        request.app.operations.refuse_busy(request.hypervisor,
+                                           replaced.UUIDString() if replaced else uuid)
     if kept_uuid is not None:
         xml = convert.dict_to_xml({'domain': {**posted['domain'], 'uuid': kept_uuid}}, 'domain')
     try:
@@ -160,7 +162,7 @@ def parse_uuid(text):
 def _check_identity(conn, xml):
     """403 for a definition that is dom0's, 409 for one whose name or UUID is another domain's;
     (the UUID to fill in when it gives none and its name is a domain's (None: leave it), the
-    domain it redefines (None: a new one))."""
+    domain it redefines (None: a new one), the UUID it gives (None: none libvirt would take))."""
     name, text, system_uuids = _identity(xml)
     uuid = parse_uuid(text)  # None too when libvirt would refuse it
     named = _lookup(conn.lookupByName, name) if name is not None else None
@@ -175,7 +177,7 @@ def _check_identity(conn, xml):
         raise HTTPError(409, f'a domain named {name!r} exists with UUID {named.UUIDString()}: '
                         'give that UUID (or none) to replace its definition', 'already_exists')
     # Without a UUID libvirt makes a new one, and refuses it for a name that is taken.
-    return (named.UUIDString() if named is not None and text is None else None), named
+    return (named.UUIDString() if named is not None and text is None else None), named, uuid
 
 
 def _rejected(err):

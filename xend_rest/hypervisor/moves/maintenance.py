@@ -7,9 +7,10 @@ import os
 import threading
 from datetime import datetime, timezone
 
+import libvirt
+
 from xend_rest import defaults
 from xend_rest.errors import HTTPError
-from xend_rest.hypervisor import hypervisors as hypervisors_module  # gather
 from xend_rest.logtext import printable_text
 
 log = logging.getLogger(__name__)
@@ -28,16 +29,32 @@ def refuse_on_host(hypervisors, hypervisor):
 
 def hosts_entries(hypervisors, hypervisor, known=False):
     """The connections to `hypervisor`'s host through which its maintenance was entered (it
-    first, if it was). Hosts as last known; those never known are asked for LISTING_WAIT at
-    most (known: not at all, for a listing): a host in maintenance is often one that is down,
-    and its connection's open timeout must not hold every other request."""
+    first, if it was). Hosts as last known; one never known is asked for LISTING_WAIT at most
+    (known: not at all, for a listing): a host in maintenance is often one that is down, and
+    its connection's open timeout must not hold every other request."""
+    wait = 0 if known else defaults.LISTING_WAIT
     others = [other for other in hypervisors if other is not hypervisor and other.maintenance.on]
-    unknown = [each for each in (hypervisor, *others) if each.known_host is None]
-    if others and unknown and not known:
-        hypervisors_module.gather(unknown, lambda each: each.learn_facts(), defaults.LISTING_WAIT)
-    mine = hypervisor.known_host
+    mine = _known_host(hypervisor, wait) if others else None
     return ([hypervisor] if hypervisor.maintenance.on else []) + [
-        other for other in others if mine is not None and other.known_host == mine]
+        other for other in others if mine is not None and _known_host(other, wait) == mine]
+
+
+def _known_host(hypervisor, wait):
+    """Hypervisor.host() as last known; never known, asked on a thread for `wait` s at most
+    (learn_facts: one question out per connection, however many requests ask)."""
+    if hypervisor.known_host is None and wait:
+        asking = threading.Thread(target=_learn, args=(hypervisor,), daemon=True,
+                                  name=f'ask-{hypervisor.name}')
+        asking.start()
+        asking.join(wait)
+    return hypervisor.known_host
+
+
+def _learn(hypervisor):
+    try:
+        hypervisor.learn_facts()
+    except (HTTPError, libvirt.libvirtError):
+        pass  # not answering: its host stays unknown until it does
 
 
 def host_state(hypervisors, hypervisor, known=False):

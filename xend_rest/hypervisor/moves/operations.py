@@ -286,9 +286,11 @@ class Operations:
             raise InProgress(busy)
 
     def refuse_kind(self, hypervisor, kind):
-        """409 (InProgress) while an operation of `kind` runs on that connection (an
-        evacuation, for a lift of its host's maintenance)."""
-        host = host_key(hypervisor)
+        """409 (InProgress) while an operation of `kind` runs on that connection's host (an
+        evacuation, for a lift of its host's maintenance), the host as last known: one that
+        ran an operation was known then, and a lift asks libvirt nothing (its host is often
+        down)."""
+        host = hypervisor.known_host or ('connection', hypervisor.name)
         with self._lock:
             busy = next((op for op in self._operations.values() if op.running
                          and op.kind == kind and op.host == host), None)
