@@ -26,6 +26,7 @@ certificate also for its link address, a client certificate for its libvirtd to 
 
 import http.client
 import json
+import re
 import shlex
 import socket
 import ssl
@@ -393,6 +394,10 @@ class Rig:
 
     def guest_console(self, name):
         return self.dom0(f"cat /var/log/xen/console/guest-{shlex.quote(name)}.log 2>/dev/null").out
+
+    def triple_faults(self, domid):
+        """How many times Xen logged a triple fault of a vCPU of domain `domid` (`xl dmesg`)."""
+        return len(re.findall(rf"\bd{domid}v\d+ Triple fault", self.dom0("xl dmesg", timeout=20).out))
 
     def diagnostics(self):
         parts = [f"--- Xen/dom0 console ---\n{_tail(self.console)}"]

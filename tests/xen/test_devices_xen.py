@@ -8,7 +8,7 @@ import pytest
 
 from xend_rest.hypervisor import convert
 
-from .conftest import NODES
+from .conftest import NODES, redone_after_a_rig_triple_fault
 
 LIVE, CONFIG = 1, 2
 DISK_IMAGE = "/var/lib/xend-rest-pool/hotplug.img"
@@ -31,6 +31,7 @@ def vcpus(rig, name, flags):
     return int(rig.dom0(f"virsh -c xen:///system vcpucount {name} {flags}").out.strip())
 
 
+@redone_after_a_rig_triple_fault
 def test_vcpu_resize_default_is_live_on_a_running_guest(rig, guests, guest):
     """libxl refuses flag 0; the daemon decides live from state, and the guest onlines the CPU."""
     response = rig.api.post(f"{NODES}/{guest}/vcpu/resize", query="size=2")
@@ -41,12 +42,14 @@ def test_vcpu_resize_default_is_live_on_a_running_guest(rig, guests, guest):
     guests.wait_state(guest, cpus=1)
 
 
+@redone_after_a_rig_triple_fault
 def test_vcpu_resize_config(rig, guest):
     assert rig.api.post(f"{NODES}/{guest}/vcpu/resize", query=f"size=2&flag={CONFIG}").status == 204
     assert vcpus(rig, guest, "--config --current") == 2
     assert rig.api.post(f"{NODES}/{guest}/vcpu/resize", query=f"size=1&flag={CONFIG}").status == 204
 
 
+@redone_after_a_rig_triple_fault
 def test_memory_balloon_live_then_back(rig, guests, guest):
     full = int(guests.last_state(guest)["mem_kib"])
     assert rig.api.post(f"{NODES}/{guest}/memory/resize", query="size=200000").status == 204
@@ -55,12 +58,14 @@ def test_memory_balloon_live_then_back(rig, guests, guest):
     guests.wait_state(guest, mem_kib=lambda kib: int(kib) >= full - 1024)
 
 
+@redone_after_a_rig_triple_fault
 def test_memory_config(rig, guest):
     response = rig.api.post(f"{NODES}/{guest}/memory/resize", query=f"size=220000&flag={CONFIG}")
     assert response.status == 204, response
     assert "220000" in rig.dom0(f"virsh -c xen:///system dumpxml --inactive {guest}").out
 
 
+@redone_after_a_rig_triple_fault
 def test_disk_attach_update_detach(rig, guests, guest):
     rig.dom0(f"mkdir -p {DISK_IMAGE.rsplit('/', 1)[0]}; truncate -s 64M {DISK_IMAGE}")
     response = rig.api.post(f"{NODES}/{guest}/devices/attach", query=f"flag={LIVE}", body=DISK, timeout=120)
@@ -74,6 +79,7 @@ def test_disk_attach_update_detach(rig, guests, guest):
     guests.wait_state(guest, disks="")
 
 
+@redone_after_a_rig_triple_fault
 def test_nic_attach_detach(rig, guests, guest):
     response = rig.api.post(f"{NODES}/{guest}/devices/attach", query=f"flag={LIVE}", body=NIC, timeout=120)
     assert response.status == 201, response
