@@ -386,3 +386,20 @@ def test_lifting_the_maintenance_of_a_host_that_does_not_answer_asks_it_nothing(
     lifting.join(30)  # bounds a hang only: half the silent host's open timeout
     assert answers and answers[0].status == 204, answers
     assert not app.hypervisors['silent'].maintenance.on
+
+
+def test_live_0_evacuates_every_guest_paused_while_copied(hosts, migrating):
+    """live=0 reaches every guest's migration (a Xen without shadow paging moves its PV guests
+    only so); another value is 400 before anything changes: no maintenance, nothing asked."""
+    import libvirt
+    calls, _hold = migrating
+    response = hosts.post('/libvirt/a/evacuate', query='to=b&live=maybe')
+    assert response.status == 400 and response.json['code'] == 'bad_parameter'
+    assert maintenance(hosts)['Maintenance'] is False and calls == []
+    response = hosts.post('/libvirt/a/evacuate', query='to=b&live=0')
+    assert response.status == 202, response.body
+    done = hosts.get(response.headers['Location'], query='wait=20').json
+    assert done['State'] == 'succeeded', done
+    assert len(calls) == len(RUNNING)
+    assert all(not bits & libvirt.VIR_MIGRATE_LIVE and bits & libvirt.VIR_MIGRATE_PEER2PEER
+               for _uuid, bits in calls), calls

@@ -364,3 +364,30 @@ def test_a_pv_guest_moves_paused_with_live_0_and_counts_on(rig, rig_b, mgmt, pv_
     assert BOOT_MARKER not in rig_b.guest_console(name)
     print(f"\na PV guest paused while moved (live=0): succeeded after {took:.1f} s; counter {before}"
           f" at the request, last on A {last_on_a}, first on B {on_b[0]}")
+
+
+def test_an_evacuation_with_live_0_brings_the_pv_guest_back_and_counts_on(rig, rig_b, mgmt, pv_counting):
+    """Evacuate on Xen: host B, where the PV guest runs since the test above, is emptied into A
+    with live=0, the only way a PV guest leaves a Debian 12 Xen host. One guest, one outcome,
+    the counter going on on A, no boot there; B stays in maintenance until lifted."""
+    name = pv_counting
+    assert state(rig_b, name) == "running"
+    boots_on_a = rig.guest_console(name).count(BOOT_MARKER)
+    started = time.monotonic()
+    response = mgmt("POST", f"{XB}/evacuate", query="to=xa&live=0")
+    assert response.status == 202, response
+    try:
+        operation = mgmt("GET", response.headers["Location"], query="wait=300").json
+        took = time.monotonic() - started
+        assert operation["State"] == "succeeded", operation
+        assert [(guest["Name"], guest["To"], guest["State"]) for guest in operation["Guests"]] == [
+            (name, "xa", "succeeded")], operation["Guests"]
+        assert (state(rig, name), state(rig_b, name)) == ("running", None)  # transient on B: gone
+        last_on_b = counter(rig_b, name)[-1]
+        wait_until(lambda: counter(rig, name)[-1] > last_on_b + 10, 60, "the guest counting on A again")
+        assert rig.guest_console(name).count(BOOT_MARKER) == boots_on_a
+        assert mgmt("GET", f"{XB}/maintenance/json").json["Maintenance"] is True
+        print(f"\nan evacuation of B with live=0: succeeded after {took:.1f} s; last on B {last_on_b}; "
+              f"Guests {operation['Guests']}")
+    finally:
+        assert mgmt("POST", f"{XB}/maintenance/lift").status == 204

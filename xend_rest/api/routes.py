@@ -325,7 +325,10 @@ ROUTES = [
         'Migrate every running guest away, the host put into maintenance (an operation)',
         {202: 'Operation', 409: ERROR},
         [query('to', 'The connection to migrate them to (default: for each guest, the '
-               'connection with the most free memory among those of the same driver).', NAME)],
+               'connection with the most free memory among those of the same driver).', NAME),
+         query('live', '0/False/false: pause each guest while its memory is copied, as '
+               "Migrate's live=0 (PV guests on a Xen without shadow paging); default live.",
+               BOOLEAN)],
         links=OPERATION_LINKS)),
     # Networks: defining or deleting one changes the host (a bridge, NAT rules, a DHCP server run
     # as root): admin; starting or stopping one runs or halts what an admin defined, as a

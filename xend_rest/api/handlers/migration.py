@@ -127,12 +127,13 @@ def lift_maintenance(request):
 
 
 def evacuate(request):
-    """POST /evacuate[?to=NAME]: maintenance on, then one operation that migrates every running
-    guest (dom0 never), one at a time on the evacuation's own thread, each to `to` or to the
+    """POST /evacuate[?to=NAME][&live=0]: maintenance on, then one operation that migrates every
+    running guest (dom0 never; paused while copied with live=0), one at a time on the evacuation's own thread, each to `to` or to the
     candidate with the most free memory; each guest's outcome in its Guests."""
     to = request.arg('to')
     if to == '':
         raise bad_request('to=: name a connection, or leave `to` out to let the daemon choose')
+    live = parse_bool(request, 'live', True)
     destinations = [request.app.covered_hypervisor(request, to)] if to else _candidates(request)
     if to:
         migration.check_distinct(request.conn, destinations[0].connection.get(),
@@ -156,7 +157,7 @@ def evacuate(request):
             operation = request.app.operations.start(
                 'evacuate', request.hypervisor, None,
                 lambda: _evacuate(request, list(zip(outcomes, guests)), destinations,
-                                  evacuation),
+                                  evacuation, live),
                 request.caller, target={'Name': request.hypervisor.name,
                                         'Uuid': host if kind == 'uuid' else None},
                 extra={'Guests': outcomes}, on_cancel=evacuation.cancel)
@@ -219,8 +220,8 @@ def moved(dom):
     return persistent, persistent
 
 
-def _evacuate(request, pending, destinations, evacuation):
-    """Migrate each guest in turn, as an operation of its own run on the evacuation's thread (no
+def _evacuate(request, pending, destinations, evacuation, live=True):
+    """Migrate each guest in turn (live unless `live` is false), as an operation of its own run on the evacuation's thread (no
     further place of the pool: an evacuation never waits for one); one guest's refusal or
     failure is its outcome and the rest go on. Fails (`evacuation_incomplete`) unless all moved;
     cancelled, the guests not yet started are `cancelled`."""
@@ -232,9 +233,9 @@ def _evacuate(request, pending, destinations, evacuation):
         destination = max(destinations, key=_free_memory)
         outcome['To'] = destination.name
         try:
-            action, live = _prepared(request, dom, destination, *moved(dom))
+            action, job = _prepared(request, dom, destination, *moved(dom), live=live)
             child = operations.begin_here('migrate', request.hypervisor, dom, request.caller,
-                                          job=live, also=destination)
+                                          job=job, also=destination)
         except HTTPError as err:
             outcome.update(State='failed', Error=err.body())
             continue
