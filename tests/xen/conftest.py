@@ -176,6 +176,20 @@ class Guests:
                 f"\n--- guest console ---\n{self.console(name)[-3000:]}\n{self.rig.diagnostics()}")
             time.sleep(1)
 
+    def ready(self, name, boots=1, timeout=180):
+        """Wait until the guest booted `boots` times or more and its last boot reached its init's
+        READY line; how many times it booted."""
+        deadline = time.monotonic() + timeout
+        while True:
+            console = self.console(name).splitlines()
+            booted, ready = (sum(line.startswith(marker) for line in console)
+                             for marker in (built.BOOT_MARKER, READY_MARKER))
+            if booted >= boots and ready >= booted:
+                return booted
+            assert time.monotonic() < deadline, (f"{name}: boot {booted} not ready within {timeout} s\n"
+                                                 f"--- guest console ---\n{self.console(name)[-3000:]}")
+            time.sleep(1)
+
     def domid(self, name):
         return int(self.rig.dom0(f"virsh -c xen:///system domid {name}").out.strip())
 
@@ -185,7 +199,8 @@ class Guests:
 
 def redone_after_a_rig_triple_fault(test):
     """Run a test of a running guest (its fixtures `rig` and `guest`) once more when it
-    failed after Xen logged a triple fault of that guest: the rig's flaw, not Xen's or ours
+    failed after Xen logged a triple fault of that guest's domain, or of one created since (its
+    restart by libxl, then reset again): the rig's flaw, not Xen's or ours
     (docs/xen.md, "Guests": QEMU's emulated nested paging now and then resets a PVH or HVM
     guest, and libxl boots it again from its persistent definition). The second run waits for
     that boot, then asserts everything again; a failure without a triple fault, or a second
@@ -194,19 +209,16 @@ def redone_after_a_rig_triple_fault(test):
     def run(**fixtures):
         rig, name = fixtures["rig"], fixtures["guest"]
         guests = Guests(rig)
-        ready = guests.count(name, READY_MARKER)
-        if ready < guests.count(name, built.BOOT_MARKER):  # it was reset between two tests
-            ready += 1
-            guests.wait_for(name, READY_MARKER, count=ready)
+        boots = guests.ready(name)  # reset between two tests: its new boot ends first
         domid = guests.domid(name)
         try:
             return test(**fixtures)
         except AssertionError:
-            if not rig.triple_faults(domid):
+            if not rig.triple_faults(since=domid):
                 raise
-        warnings.warn(f"{name} (domain {domid}) triple-faulted in the rig during the test: it ran again "
-                      "after the guest's new boot (docs/xen.md)")
-        guests.wait_for(name, READY_MARKER, count=ready + 1)
+        warnings.warn(f"{name} (domain {domid} or later) triple-faulted in the rig during the test: "
+                      "it ran again after the guest's new boot (docs/xen.md)")
+        guests.ready(name, boots + 1)
         return test(**fixtures)
     return run
 
