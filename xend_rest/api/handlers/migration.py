@@ -128,8 +128,9 @@ def lift_maintenance(request):
 
 def evacuate(request):
     """POST /evacuate[?to=NAME][&live=0]: maintenance on, then one operation that migrates every
-    running guest (dom0 never; paused while copied with live=0), one at a time on the evacuation's own thread, each to `to` or to the
-    candidate with the most free memory; each guest's outcome in its Guests."""
+    running guest (dom0 never; paused while copied with live=0), one at a time on the
+    evacuation's own thread, each to `to` or to the candidate with the most free memory; each
+    guest's outcome in its Guests."""
     to = request.arg('to')
     if to == '':
         raise bad_request('to=: name a connection, or leave `to` out to let the daemon choose')
@@ -221,10 +222,11 @@ def moved(dom):
 
 
 def _evacuate(request, pending, destinations, evacuation, live=True):
-    """Migrate each guest in turn (live unless `live` is false), as an operation of its own run on the evacuation's thread (no
-    further place of the pool: an evacuation never waits for one); one guest's refusal or
-    failure is its outcome and the rest go on. Fails (`evacuation_incomplete`) unless all moved;
-    cancelled, the guests not yet started are `cancelled`."""
+    """Migrate each guest in turn (live unless `live` is false), as an operation of its own run
+    on the evacuation's thread (no further place of the pool: an evacuation never waits for
+    one); one guest's refusal or failure is its outcome and the rest go on. Fails
+    (`evacuation_incomplete`) unless all moved; cancelled, the guests not yet started are
+    `cancelled`."""
     operations = request.app.operations
     for outcome, dom in pending:
         if evacuation.stopped:

@@ -9,7 +9,8 @@ import libvirt
 from xend_rest.api.params import NETWORK_XML_FLAGS, parse_bool, parse_flag
 from xend_rest.errors import HTTPError, bad_request
 from xend_rest.hypervisor import convert
-from xend_rest.hypervisor.libvirt_errors import from_libvirt, is_connection_error, still_there
+from xend_rest.hypervisor.libvirt_errors import (from_libvirt, is_connection_error, is_no_support,
+                                                 still_there)
 from .domains import NO_CONTENT, NOT_MODIFIED, _change_state, _rejected, parse_uuid
 
 # What Inspect answers beside the definition: the network's state, which Create takes back
@@ -81,7 +82,7 @@ class NetworkUsers:
         try:
             ports = net.listAllPorts(0)
         except libvirt.libvirtError as err:
-            if err.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
+            if not is_no_support(err):
                 raise
             return sorted(users | self._live_interfaces().get(('network', net.name()), set()))
         owners = (ElementTree.fromstring(port.XMLDesc(0)).findtext('owner/name') for port in ports)
