@@ -281,7 +281,7 @@ SCHEMAS = {
 REASONS = {
     101: 'Switching Protocols: the console or screen session begins', 200: 'OK', 201: 'Created', 202: 'Accepted', 204: 'No Content',
     206: 'Partial content: the one Range asked for', 304: 'Already so: nothing was done',
-    400: 'Bad request: a parameter, name, body or query string this API does not take',
+    400: 'Bad request: a malformed parameter, name, body or query string',
     401: 'Credentials required (where the daemon has tokens or client certificates)',
     403: 'Refused: dom0, or a role, connection, path, Host or Origin the request may not use',
     404: 'No such connection, domain, image, pool, network or device',
