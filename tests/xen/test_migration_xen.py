@@ -25,6 +25,7 @@ import shlex
 import subprocess
 import sys
 import time
+import warnings
 
 import pytest
 
@@ -166,13 +167,18 @@ def pv_counting(rig, rig_b, mgmt, guests):
 
 @pytest.fixture
 def hvm_counting(rig, rig_b, mgmt, guests):
-    """An HVM guest (128 MiB, no disk, no NIC), the same kernel and initramfs, counting on its
-    serial port; removed from both hosts afterwards."""
-    name = guests.name("hvm-migrant")
-    start_counting(rig, rig_b, mgmt, guests, convert.xml_to_dict(
-        hvm_xml(name, memory_mib=128, cmdline="console=tty0 console=ttyS0 quiet xend.count")), 300)
-    yield name
-    rig_b.dom0(f"{VIRSH} destroy {name}; {VIRSH} undefine {name}")
+    """Start an HVM guest (128 MiB, no disk, no NIC), the same kernel and initramfs, counting on
+    its serial port: each call another; all removed from both hosts afterwards."""
+    names = []
+
+    def start():
+        names.append(guests.name("hvm-migrant"))
+        start_counting(rig, rig_b, mgmt, guests, convert.xml_to_dict(
+            hvm_xml(names[-1], memory_mib=128, cmdline="console=tty0 console=ttyS0 quiet xend.count")), 300)
+        return names[-1]
+    yield start
+    for name in names:
+        rig_b.dom0(f"{VIRSH} destroy {name}; {VIRSH} undefine {name}")
 
 
 def test_the_two_hosts_are_linked_and_know_only_their_own_names(rig, rig_b):
@@ -198,8 +204,24 @@ def test_a_running_guest_migrates_live_to_the_other_host_and_counts_on(rig, rig_
     """202 with a Location; the operation followed with ?wait while it runs (libxl reports only
     the time elapsed); libxl aborts no job: a Cancel is 409 and the migration goes on; then the
     guest runs on B with its name and UUID, its definition left shut off on A, its counter going
-    on past A's last number without a boot. The timeline is printed (-s)."""
-    name = hvm_counting
+    on past A's last number without a boot. The timeline is printed (-s).
+
+    Once more with another guest when it failed after Xen logged a triple fault on either host:
+    the rig's flaw (docs/xen.md, "Guests"), seen once resetting the guest just after its arrival
+    on B; a failure without one, or a second failure, fails."""
+    faults = (rig.triple_faults(since=0), rig_b.triple_faults(since=0))
+    try:
+        migrate_live_and_check(rig, rig_b, mgmt, hvm_counting())
+        return
+    except AssertionError:
+        if (rig.triple_faults(since=0), rig_b.triple_faults(since=0)) == faults:
+            raise
+    warnings.warn("an HVM guest triple-faulted in the rig during its live migration: it ran again "
+                  "with another guest (docs/xen.md)")
+    migrate_live_and_check(rig, rig_b, mgmt, hvm_counting())
+
+
+def migrate_live_and_check(rig, rig_b, mgmt, name):
     uuid = uuid_of(rig, name)
     before = counter(rig, name)[-1]
     started = time.monotonic()
