@@ -142,7 +142,7 @@ class Guests:
         return self.rig.guest_console(name)
 
     def count(self, name, marker):
-        return sum(line.startswith(marker) for line in self.console(name).splitlines())
+        return _count(self.console(name), marker)
 
     def wait_for(self, name, marker, count=1, timeout=120):
         """Wait until `marker` starts `count` lines of the guest's console (polled inside dom0:
@@ -154,26 +154,24 @@ class Guests:
                                 f"--- guest console ---\n{self.console(name)[-3000:]}\n{self.rig.diagnostics()}")
 
     def last_state(self, name):
-        """The guest's last STATE line as a dict: cpus, mem_kib, disks, nics (the first after a
-        boot follows the shell's prompt on the same line)."""
-        lines = [line.split(built.STATE_MARKER, 1)[1] for line in self.console(name).splitlines()
-                 if built.STATE_MARKER in line]
-        return dict(re.findall(r"(\w+)=(\S*)", lines[-1])) if lines else {}
+        """The guest's last STATE line as a dict: cpus, mem_kib, disks, nics."""
+        return _last_state(self.console(name))
 
     def wait_state(self, name, timeout=60, **wanted):
         """Wait until the guest reports each `key=value` of `wanted` (values compared as text
-        or through a predicate)."""
-        def reached():
-            state = self.last_state(name)
-            return all(key in state and (want(state[key]) if callable(want) else state[key] == str(want))
-                       for key, want in wanted.items())
+        or through a predicate); fails at once if the guest boots again meanwhile."""
         boots = self.count(name, built.BOOT_MARKER)
         deadline = time.monotonic() + timeout
-        while not reached():
-            booted = self.count(name, built.BOOT_MARKER) > boots
+        while True:
+            console = self.console(name)  # once per poll: dom0 is slow under emulation
+            state = _last_state(console)
+            if all(key in state and (want(state[key]) if callable(want) else state[key] == str(want))
+                   for key, want in wanted.items()):
+                return
+            booted = _count(console, built.BOOT_MARKER) > boots
+            why = "booted again" if booted else f"did not report {wanted} within {timeout} s"
             assert not booted and time.monotonic() < deadline, (
-                f"{name} {'booted again' if booted else 'did not report ' + str(wanted) + f' within {timeout} s'}"
-                f"\n--- guest console ---\n{self.console(name)[-3000:]}\n{self.rig.diagnostics()}")
+                f"{name} {why}\n--- guest console ---\n{console[-3000:]}\n{self.rig.diagnostics()}")
             time.sleep(1)
 
     def ready(self, name, boots=1, timeout=180):
@@ -181,13 +179,12 @@ class Guests:
         READY line; how many times it booted."""
         deadline = time.monotonic() + timeout
         while True:
-            console = self.console(name).splitlines()
-            booted, ready = (sum(line.startswith(marker) for line in console)
-                             for marker in (built.BOOT_MARKER, READY_MARKER))
+            console = self.console(name)
+            booted, ready = _count(console, built.BOOT_MARKER), _count(console, READY_MARKER)
             if booted >= boots and ready >= booted:
                 return booted
             assert time.monotonic() < deadline, (f"{name}: boot {booted} not ready within {timeout} s\n"
-                                                 f"--- guest console ---\n{self.console(name)[-3000:]}")
+                                                 f"--- guest console ---\n{console[-3000:]}")
             time.sleep(1)
 
     def domid(self, name):
@@ -195,6 +192,18 @@ class Guests:
 
     def remove(self, name):
         self.rig.dom0(f"virsh -c xen:///system destroy {name}; virsh -c xen:///system undefine {name}")
+
+
+def _count(console, marker):
+    """How many lines of a guest's console `marker` starts."""
+    return sum(line.startswith(marker) for line in console.splitlines())
+
+
+def _last_state(console):
+    """The last STATE line of a guest's console as a dict (the first after a boot follows the
+    shell's prompt on the same line)."""
+    lines = [line.split(built.STATE_MARKER, 1)[1] for line in console.splitlines() if built.STATE_MARKER in line]
+    return dict(re.findall(r"(\w+)=(\S*)", lines[-1])) if lines else {}
 
 
 def redone_after_a_rig_triple_fault(test):

@@ -221,7 +221,7 @@ def moved(dom):
     return persistent, persistent
 
 
-def _evacuate(request, pending, destinations, evacuation, live=True):
+def _evacuate(request, pending, destinations, evacuation, live):
     """Migrate each guest in turn (live unless `live` is false), as an operation of its own run
     on the evacuation's thread (no further place of the pool: an evacuation never waits for
     one); one guest's refusal or failure is its outcome and the rest go on. Fails
