@@ -403,3 +403,25 @@ def test_live_0_evacuates_every_guest_paused_while_copied(hosts, migrating):
     assert len(calls) == len(RUNNING)
     assert all(not bits & libvirt.VIR_MIGRATE_LIVE and bits & libvirt.VIR_MIGRATE_PEER2PEER
                for _uuid, bits in calls), calls
+
+
+def test_refusals_through_a_second_connection_name_that_connection_only(hosts, migrating):
+    """A credential may cover a2 and not a (docs/security.md: what it cannot act on, it cannot
+    see, not even by name): a refusal through a2 because of a's maintenance, or of an
+    evacuation entered through a, names a2."""
+    calls, hold = migrating
+    assert hosts.post('/libvirt/a/maintenance/enter').status == 200
+    for path, query in (('/libvirt/a2/nodes/idle/start', ''), ('/libvirt/b/nodes/web/migrate', 'to=a2')):
+        response = hosts.post(path, query=query)
+        assert response.status == 409 and response.json['code'] == 'in_maintenance', response.body
+        assert 'a2' in response.json['message'] and 'connection a ' not in response.json['message'], path
+    assert hosts.post('/libvirt/a/maintenance/lift').status == 204
+    hold.clear()
+    evacuation = hosts.post('/libvirt/a/evacuate', query='to=b')
+    assert evacuation.status == 202
+    until(lambda: calls)
+    response = hosts.post('/libvirt/a2/maintenance/lift')
+    assert response.status == 409 and response.json['code'] == 'operation_in_progress'
+    assert 'a2' in response.json['message'] and 'host a ' not in response.json['message'], response.body
+    hold.set()
+    hosts.get(evacuation.headers['Location'], query='wait=20')

@@ -47,7 +47,7 @@ class Hypervisor:
         self.uploads = Uploads(state_dir and os.path.join(state_dir, 'uploads', self.name))
         self.features = PerConnection()  # what the driver can do, probed once per connection
         # no guest starts here while on; kept in the state directory, if there is one
-        self.maintenance = Maintenance(self.name, state_dir and os.path.join(
+        self.maintenance = Maintenance(state_dir and os.path.join(
             state_dir, 'maintenance', self.name + '.json'))
         # What libvirtd last said of its host, kept while the connection is down: a listing
         # shows it rather than wait for a libvirtd that may not answer.

@@ -22,9 +22,13 @@ def in_maintenance(name, state):
 
 
 def refuse_on_host(hypervisors, hypervisor):
-    """409 while `hypervisor`'s host is in maintenance, entered through any connection to it."""
+    """409 while `hypervisor`'s host is in maintenance, entered through any connection to it;
+    named as the request named it (the credentials may not cover the connection it was entered
+    through: docs/security.md)."""
     for other in hosts_entries(hypervisors, hypervisor):
-        other.maintenance.refuse()
+        state = other.maintenance.state
+        if state is not None:
+            raise in_maintenance(hypervisor.name, state)
 
 
 def hosts_entries(hypervisors, hypervisor, known=False):
@@ -67,8 +71,8 @@ def host_state(hypervisors, hypervisor, known=False):
 class Maintenance:
     """One connection's maintenance: None, or {"Since", "Caller"}; kept in `path` if given."""
 
-    def __init__(self, name, path=None):
-        self.name, self.path = name, path
+    def __init__(self, path=None):
+        self.path = path
         self._lock = threading.Lock()
         # held while an evacuation enters maintenance and starts, and while it is lifted: a
         # refused evacuation undoes only its own entry, and no lift comes in between
@@ -78,12 +82,6 @@ class Maintenance:
     @property
     def on(self):
         return self.state is not None
-
-    def refuse(self):
-        """409 while on: for a start, or a migration to this host."""
-        state = self.state
-        if state is not None:
-            raise in_maintenance(self.name, state)
 
     def enter(self, caller):
         """Put the host into maintenance (again: it stays as it was); the state."""

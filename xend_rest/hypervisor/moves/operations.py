@@ -43,10 +43,13 @@ class InProgress(HTTPError):
     """409 for a change to a domain while an operation on it runs (Destroy is never refused):
     the body names the operation (`operation`: its id)."""
 
-    def __init__(self, operation):
-        what = 'domain' if operation.dom is not None else 'host'
-        super().__init__(409, f"{what} {operation.target['Name']} has an operation in progress "
-                         f'({operation.kind} {operation.id}): wait for it to end',
+    def __init__(self, operation, connection):
+        """A host's operation is named by `connection`, the one the request named: the
+        credentials may not cover the connection it was started through (docs/security.md)."""
+        what, name = ('domain', operation.target['Name']) if operation.dom is not None \
+            else ('host', connection)
+        super().__init__(409, f"{what} {name} has an operation in "
+                         f'progress ({operation.kind} {operation.id}): wait for it to end',
                          'operation_in_progress')
         self.operation = operation.id
 
@@ -244,7 +247,7 @@ class Operations:
         if busy is not None and join and busy.kind == operation.kind:
             return busy
         if busy is not None:
-            raise InProgress(busy)
+            raise InProgress(busy, operation.hypervisor.name)
         if operation.counted:
             counted = [op for op in self._operations.values() if op.running and op.counted]
             if len(counted) >= self.threads:
@@ -283,7 +286,7 @@ class Operations:
         with self._lock:
             busy = self._running_on(host, dom_uuid)
         if busy is not None and busy.kind != joins:
-            raise InProgress(busy)
+            raise InProgress(busy, hypervisor.name)
 
     def refuse_kind(self, hypervisor, kind):
         """409 (InProgress) while an operation of `kind` runs on that connection's host (an
@@ -295,7 +298,7 @@ class Operations:
             busy = next((op for op in self._operations.values() if op.running
                          and op.kind == kind and op.host == host), None)
         if busy is not None:
-            raise InProgress(busy)
+            raise InProgress(busy, hypervisor.name)
 
     def find(self, hypervisor, ident):
         """The operation `ident` of that connection: 404 for another's, or one no longer kept."""
