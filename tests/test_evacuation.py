@@ -425,3 +425,28 @@ def test_refusals_through_a_second_connection_name_that_connection_only(hosts, m
     assert 'a2' in response.json['message'] and 'host a ' not in response.json['message'], response.body
     hold.set()
     hosts.get(evacuation.headers['Location'], query='wait=20')
+
+
+def test_a_guest_shut_off_before_its_turn_stays_and_its_definition_too(hosts, migrating):
+    """The guests are listed when the evacuation is asked for; one shut off before its turn
+    stays here, defined, as shut-off guests do (it was once moved offline: defined on the
+    destination, undefined here). Its outcome is `stayed`; the evacuation still succeeds."""
+    calls, hold = migrating
+    for name in ('db', 'web'):  # b has them too: made room for them there
+        hosts.post(f'/libvirt/b/nodes/{name}/destroy')
+        assert hosts.post(f'/libvirt/b/nodes/{name}/delete').status == 204
+    hold.clear()
+    response = hosts.post('/libvirt/a/evacuate', query='to=b')
+    assert response.status == 202
+    until(lambda: calls)
+    first = {guest['Name'] for guest in hosts.get(response.headers['Location']).json['Guests']
+             if guest['State'] == 'running'}
+    later = next(name for name in ('db', 'web') if name not in first)  # persistent, not yet moved
+    assert hosts.post(f'/libvirt/a/nodes/{later}/destroy').status == 204
+    hold.set()
+    done = hosts.get(response.headers['Location'], query='wait=20').json
+    outcome = next(guest for guest in done['Guests'] if guest['Name'] == later)
+    assert (outcome['State'], outcome['To'], outcome['Operation']) == ('stayed', None, None), outcome
+    assert done['State'] == 'succeeded', done
+    assert hosts.get(f'/libvirt/a/nodes/{later}/json').status == 200
+    assert hosts.get(f'/libvirt/b/nodes/{later}/json').status == 404

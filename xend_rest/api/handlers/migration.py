@@ -224,18 +224,22 @@ def moved(dom):
 def _evacuate(request, pending, destinations, evacuation, live):
     """Migrate each guest in turn (live unless `live` is false), as an operation of its own run
     on the evacuation's thread (no further place of the pool: an evacuation never waits for
-    one); one guest's refusal or failure is its outcome and the rest go on. Fails
-    (`evacuation_incomplete`) unless all moved; cancelled, the guests not yet started are
-    `cancelled`."""
+    one); one guest's refusal or failure is its outcome and the rest go on; one shut off
+    before its turn has `stayed`. Fails (`evacuation_incomplete`) unless all others moved;
+    cancelled, the guests not yet started are `cancelled`."""
     operations = request.app.operations
     for outcome, dom in pending:
         if evacuation.stopped:
             outcome.update(State='cancelled')
             continue
-        destination = max(destinations, key=_free_memory)
-        outcome['To'] = destination.name
         try:
-            action, job = _prepared(request, dom, destination, *moved(dom), live=live)
+            if not dom.isActive():  # shut off since it was listed: it stays, as shut-off guests do
+                outcome.update(State='stayed')
+                continue
+            destination = max(destinations, key=_free_memory)
+            outcome['To'] = destination.name
+            # active=True: never an offline move, even if it shuts off now (that migration fails)
+            action, job = _prepared(request, dom, destination, *moved(dom), active=True, live=live)
             child = operations.begin_here('migrate', request.hypervisor, dom, request.caller,
                                           job=job, also=destination)
         except HTTPError as err:
@@ -248,7 +252,8 @@ def _evacuate(request, pending, destinations, evacuation, live):
         evacuation.current = child
         operations.run_here(child, action)
         outcome.update(State=child.state, Error=child.error)
-    stayed = [outcome['Name'] for outcome, _dom in pending if outcome['State'] != 'succeeded']
-    if stayed:
-        raise HTTPError(500, f"{len(stayed)} of {len(pending)} guests did not move: "
-                        f"{', '.join(stayed)} (see Guests)", 'evacuation_incomplete')
+    left = [outcome['Name'] for outcome, _dom in pending
+            if outcome['State'] not in ('succeeded', 'stayed')]
+    if left:
+        raise HTTPError(500, f"{len(left)} of {len(pending)} guests did not move: "
+                        f"{', '.join(left)} (see Guests)", 'evacuation_incomplete')
