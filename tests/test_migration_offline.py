@@ -182,3 +182,31 @@ def test_a_live_migration_on_the_test_driver_stays_501(hosts):
     response, _ = migrate(hosts, 'web')
     assert response.status == 501 and response.json['code'] == 'not_supported'
     assert defined(hosts) == before
+
+
+def test_a_start_on_the_source_just_before_the_undefine_keeps_it_there(monkeypatch, tmp_path):
+    """A start (virsh, autostart) landing between the move's last check and its undefine: the
+    domain runs on the source, which libvirt turns transient on the undefine. The move gives it
+    its definition and its autostart mark back, removes the destination's, and says 409 (it
+    once 'succeeded', leaving it running here and defined there: two copies once started)."""
+    (tmp_path / 'a.xml').write_text(node_xml())
+    (tmp_path / 'b.xml').write_text(node_xml([DOMAINS[0]]))
+    app = make_app(connections={'a': f"test://{tmp_path / 'a.xml'}", 'b': f"test://{tmp_path / 'b.xml'}"})
+    client = Client(app)
+    source = app.hypervisors['a'].connection.get()
+    source.lookupByName('idle').setAutostart(1)
+    undefine = libvirt.virDomain.undefineFlags
+
+    def started_just_before(dom, flags=0):
+        if dom.connect().getURI() == source.getURI() and not dom.isActive():
+            dom.create()
+        return undefine(dom, flags)
+    monkeypatch.setattr(libvirt.virDomain, 'undefineFlags', started_just_before)
+    response = client.post('/libvirt/a/nodes/idle/migrate', query='to=b')
+    assert response.status == 202
+    done = client.get(response.headers['Location'], query='wait=10').json
+    assert (done['State'], done['Error']['code']) == ('failed', 'invalid_state'), done
+    idle = source.lookupByName('idle')
+    assert (idle.isActive(), idle.isPersistent(), idle.autostart()) == (1, 1, 1)
+    assert 'idle' not in [dom.name() for dom in app.hypervisors['b'].connection.get().listAllDomains()]
+    app.close()

@@ -227,12 +227,25 @@ def move_definition(source, destination, uuid, xml, autostart, where):
     try:
         if autostart:
             moved.setAutostart(1)
-        if dom.isActive():  # started meanwhile (virsh, autostart): it stays here, defined
+        if not dom.isActive():
+            dom.undefineFlags(undefine_flags(source, xml))
+        if _runs(dom):  # started meanwhile (virsh, autostart), even just before the undefine
+            if not dom.isPersistent():  # which made it transient: its definition back
+                source.defineXML(xml).setAutostart(int(autostart))
             raise HTTPError(409, f'{dom.name()} was started on the source while it migrated '
                             'offline: it stays there', 'invalid_state')
-        dom.undefineFlags(undefine_flags(source, xml))
     except BaseException as err:
         _undefine_again(destination, moved, xml, err, where)
+        raise
+
+
+def _runs(dom):
+    """Whether the domain runs; False once it is gone (undefined while shut off)."""
+    try:
+        return bool(dom.isActive())
+    except libvirt.libvirtError as err:
+        if is_no_domain(err):
+            return False
         raise
 
 
